@@ -1,0 +1,81 @@
+//! Composition root: loads the config, builds the runtime and the real implementations, and runs the
+//! chosen command. The only place that wires OS-facing pieces together.
+
+use std::time::Duration;
+
+use crate::alert::{self, Alerts};
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::Error;
+use crate::{status, storage, sys, web};
+
+/// How long queued alerts get to go out when a one-shot command exits.
+const ONCE_ALERT_GRACE: Duration = Duration::from_secs(5);
+/// How long queued alerts get on a daemon's shutdown.
+const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let config = Config::load(&cli.config)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    match cli.command {
+        Command::CheckConfig => {
+            check_config(&config);
+            Ok(())
+        }
+        Command::Status(args) => {
+            match status::render(&config.state_dir, args.json) {
+                Some(text) => print!("{text}"),
+                None => println!(
+                    "no status yet under {} (is nfs-guard web or storage running?)",
+                    config.state_dir.display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Web(args) => {
+            config.web()?;
+            runtime()?.block_on(async {
+                let shutdown = sys::shutdown::on_signals();
+                let alerts = Alerts::start(&config, shutdown.clone())?;
+                let result = web::run(&config, &args, alerts.sink.clone(), shutdown).await;
+                alerts.drain(if args.once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
+                Ok(result?)
+            })
+        }
+        Command::Storage(args) => {
+            config.storage()?;
+            runtime()?.block_on(async {
+                let shutdown = sys::shutdown::on_signals();
+                let alerts = Alerts::start(&config, shutdown.clone())?;
+                let result = storage::run(&config, &args, alerts.sink.clone(), shutdown).await;
+                alerts.drain(if args.once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
+                Ok(result?)
+            })
+        }
+        Command::AlertTest => {
+            config.alert()?;
+            runtime()?.block_on(async { Ok(alert::test(&config).await?) })
+        }
+    }
+}
+
+fn check_config(config: &Config) {
+    let roles: Vec<&str> = [
+        config.web.as_ref().map(|_| "web"),
+        config.storage.as_ref().map(|_| "storage"),
+        config.alert.as_ref().map(|_| "alert"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    println!("{}: valid (sections: {})", config.path.display(), roles.join(", "));
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)
+}

@@ -1,0 +1,351 @@
+//! Configuration: raw TOML (serde, `deny_unknown_fields` everywhere) -> validated [`Config`].
+//!
+//! Loading never falls back to defaults for a missing file. Syntax and type errors come from serde with
+//! their position; the validation pass then reports *every* semantic problem at once, each as
+//! `file:line:col: key.path: "value" message`. Each role's section lives in its own module and only
+//! converts its raw form through a [`Ctx`], which collects problems instead of stopping at the first.
+
+pub mod alert;
+pub mod rsync;
+pub mod storage;
+pub mod web;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+pub use toml::Spanned;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/nfs-guard";
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Where journals, state, status files and the alert outbox live.
+    pub state_dir: PathBuf,
+    pub web: Option<web::WebConfig>,
+    pub storage: Option<storage::StorageConfig>,
+    pub alert: Option<alert::AlertConfig>,
+    /// Non-fatal findings (e.g. a secret file readable by others), already rendered with their location.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<String>>,
+    web: Option<web::RawWeb>,
+    storage: Option<storage::RawStorage>,
+    alert: Option<alert::RawAlert>,
+}
+
+/// One problem found in a config file, with everything needed to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line:col` (or just `file` when the position is unknown).
+    pub location: String,
+    /// Key path such as `web.servers[1].address`; empty for syntax errors.
+    pub key: String,
+    /// The offending value as written in TOML, when there is one.
+    pub value: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.location)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        if let Some(v) = &self.value {
+            write!(f, "{v} ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} in {}:\n{}", plural(problems.len()), path.display(), render(problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+    #[error("{path}: this node's config has no [{section}] section, which `{command}` needs")]
+    MissingSection { path: PathBuf, section: &'static str, command: &'static str },
+}
+
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 problem".to_owned()
+    } else {
+        format!("{n} problems")
+    }
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl Config {
+    /// Reads and validates `path`. A missing or unreadable file is an error, never a fallback.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (used by tests).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![serde_problem(&file, text, &e)],
+        })?;
+        let mut ctx = Ctx::new(&file, text);
+        let state_dir = match &raw.state_dir {
+            Some(s) => ctx.abs_path("state_dir", s).unwrap_or_default(),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let web = raw.web.as_ref().map(|w| web::WebConfig::validate(w, &mut ctx));
+        let storage = raw.storage.as_ref().map(|s| storage::StorageConfig::validate(s, &mut ctx));
+        let alert = raw.alert.as_ref().map(|a| alert::AlertConfig::validate(a, &mut ctx));
+        if raw.web.is_none() && raw.storage.is_none() && raw.alert.is_none() {
+            ctx.problem("", None, None, "has no [web], [storage] or [alert] section: nothing to do");
+        }
+        if !ctx.problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), problems: ctx.problems });
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            state_dir,
+            web: web.flatten(),
+            storage: storage.flatten(),
+            alert: alert.flatten(),
+            warnings: ctx.warnings,
+        })
+    }
+
+    pub fn web(&self) -> Result<&web::WebConfig, ConfigError> {
+        self.web.as_ref().ok_or_else(|| self.missing("web", "nfs-guard web"))
+    }
+
+    pub fn storage(&self) -> Result<&storage::StorageConfig, ConfigError> {
+        self.storage.as_ref().ok_or_else(|| self.missing("storage", "nfs-guard storage"))
+    }
+
+    pub fn alert(&self) -> Result<&alert::AlertConfig, ConfigError> {
+        self.alert.as_ref().ok_or_else(|| self.missing("alert", "nfs-guard alert-test"))
+    }
+
+    fn missing(&self, section: &'static str, command: &'static str) -> ConfigError {
+        ConfigError::MissingSection { path: self.path.clone(), section, command }
+    }
+}
+
+fn serde_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
+    let location = match e.span() {
+        Some(span) => format!("{file}:{}", line_col(text, span.start)),
+        None => file.to_owned(),
+    };
+    Problem { location, key: String::new(), value: None, message: e.message().trim().to_owned() }
+}
+
+/// 1-based `line:col` of a byte offset (columns count characters).
+pub fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{line}:{col}")
+}
+
+/// Collects problems and warnings while sections convert their raw form. Helpers return `None` after
+/// recording a problem, so a section can keep going and report everything in one pass.
+pub struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(file: &'a str, text: &'a str) -> Self {
+        Ctx { file, text, problems: Vec::new(), warnings: Vec::new() }
+    }
+
+    fn location(&self, span: Option<Range<usize>>) -> String {
+        match span {
+            Some(s) => format!("{}:{}", self.file, line_col(self.text, s.start)),
+            None => self.file.to_owned(),
+        }
+    }
+
+    /// Records a problem at `span`; `value` is shown quoted as written.
+    pub fn problem(&mut self, key: &str, span: Option<Range<usize>>, value: Option<String>, message: &str) {
+        let location = self.location(span);
+        self.problems.push(Problem { location, key: key.to_owned(), value, message: message.to_owned() });
+    }
+
+    /// Records a problem about a spanned string value.
+    pub fn bad(&mut self, key: &str, v: &Spanned<String>, message: &str) {
+        self.problem(key, Some(v.span()), Some(format!("{:?}", v.get_ref())), message);
+    }
+
+    /// Records a problem about any spanned value (rendered with Debug).
+    pub fn bad_value<T: fmt::Debug>(&mut self, key: &str, v: &Spanned<T>, message: &str) {
+        self.problem(key, Some(v.span()), Some(format!("{:?}", v.get_ref())), message);
+    }
+
+    pub fn warn(&mut self, key: &str, span: Option<Range<usize>>, message: &str) {
+        let loc = self.location(span);
+        self.warnings.push(format!("{loc}: {key}: {message}"));
+    }
+
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// A duration such as `"2s"`, `"500ms"` or `"1h 30m"`.
+    pub fn duration(&mut self, key: &str, v: &Spanned<String>) -> Option<Duration> {
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.bad(key, v, "is not a duration (write e.g. \"2s\", \"500ms\", \"5m\")");
+                None
+            }
+        }
+    }
+
+    /// Like [`Ctx::duration`] but rejects zero.
+    pub fn positive_duration(&mut self, key: &str, v: &Spanned<String>) -> Option<Duration> {
+        let d = self.duration(key, v)?;
+        if d.is_zero() {
+            self.bad(key, v, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    /// An IP address or a DNS host name.
+    pub fn host(&mut self, key: &str, v: &Spanned<String>) -> Option<String> {
+        if is_host(v.get_ref()) {
+            Some(v.get_ref().clone())
+        } else {
+            self.bad(key, v, "is not an IP address or host name");
+            None
+        }
+    }
+
+    /// An absolute path.
+    pub fn abs_path(&mut self, key: &str, v: &Spanned<String>) -> Option<PathBuf> {
+        let p = PathBuf::from(v.get_ref());
+        if p.is_absolute() {
+            Some(p)
+        } else {
+            self.bad(key, v, "must be an absolute path");
+            None
+        }
+    }
+
+    /// A file holding a secret: must be an absolute path; warns when it does not exist yet or when
+    /// its mode lets group or others read it.
+    pub fn secret_file(&mut self, key: &str, v: &Spanned<String>) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.abs_path(key, v)?;
+        match std::fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => self.warn(
+                key,
+                Some(v.span()),
+                &format!(
+                    "secret file {} has mode {:04o}: readable by group or others; run `chmod 600 {}`",
+                    p.display(),
+                    m.permissions().mode() & 0o7777,
+                    p.display()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => self.warn(key, Some(v.span()), &format!("secret file {}: {e}", p.display())),
+        }
+        Some(p)
+    }
+
+    /// An integer within `range`.
+    pub fn int_in(&mut self, key: &str, v: &Spanned<i64>, range: std::ops::RangeInclusive<i64>) -> Option<u64> {
+        if range.contains(v.get_ref()) {
+            u64::try_from(*v.get_ref()).ok()
+        } else {
+            self.problem(
+                key,
+                Some(v.span()),
+                Some(v.get_ref().to_string()),
+                &format!("must be between {} and {}", range.start(), range.end()),
+            );
+            None
+        }
+    }
+}
+
+/// True for an IPv4/IPv6 literal or a syntactically valid DNS name. A dotted-quad-looking string
+/// that is not a valid IPv4 address (`10.0.0.300`) is rejected rather than taken as a name.
+pub fn is_host(s: &str) -> bool {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    if s.is_empty() || s.len() > 253 || s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return false;
+    }
+    s.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(is_host("10.0.0.1"));
+        assert!(is_host("::1"));
+        assert!(is_host("nfs-1.example.com"));
+        assert!(!is_host("10.0.0.300"));
+        assert!(!is_host("bad_name"));
+        assert!(!is_host(""));
+        assert!(!is_host("-x"));
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let t = "a = 1\nbb = \"x\"\n";
+        assert_eq!(line_col(t, 0), "1:1");
+        assert_eq!(line_col(t, 11), "2:6");
+    }
+
+    #[test]
+    fn empty_config_is_an_error() {
+        let e = Config::parse(Path::new("n.toml"), "").unwrap_err().to_string();
+        assert!(e.contains("n.toml: has no [web], [storage] or [alert] section"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_located() {
+        let e = Config::parse(Path::new("n.toml"), "\nbogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("n.toml:2:1: unknown field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn relative_state_dir_is_rejected() {
+        let e = Config::parse(Path::new("n.toml"), "state_dir = \"var\"\n[web]\n").unwrap_err().to_string();
+        assert!(e.contains("n.toml:1:13: state_dir: \"var\" must be an absolute path"), "{e}");
+    }
+}

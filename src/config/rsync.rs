@@ -1,0 +1,112 @@
+//! An rsync target (daemon module or ssh), shared by `[[storage.remotes]]` and the web node's
+//! reverse-sync target. Only converts config; running rsync lives in `sys::rsync`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Ctx, Spanned};
+use crate::sys::rsync::{RsyncTarget, Transport};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRsyncTarget {
+    /// `daemon` (rsync://, default) or `ssh`.
+    pub transport: Option<Spanned<String>>,
+    pub host: Spanned<String>,
+    pub port: Option<Spanned<i64>>,
+    /// Daemon module name (transport = "daemon").
+    pub module: Option<Spanned<String>>,
+    /// Directory on the remote host (transport = "ssh").
+    pub path: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    /// rsync daemon password file (mode 0600).
+    pub password_file: Option<Spanned<String>>,
+    /// ssh private key (transport = "ssh").
+    pub ssh_identity: Option<Spanned<String>>,
+    /// Deadline for connecting (rsync `--contimeout`, ssh `ConnectTimeout`). Default 5s.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// rsync `--timeout`: abort when no data moves for this long. Default 30s.
+    pub io_timeout: Option<Spanned<String>>,
+}
+
+impl RawRsyncTarget {
+    /// Validates this target; `key` is its path in the file, e.g. `storage.remotes[0]`.
+    pub fn validate(&self, key: &str, ctx: &mut Ctx) -> Option<RsyncTarget> {
+        let transport = match self.transport.as_ref().map(|t| (t, t.get_ref().as_str())) {
+            None | Some((_, "daemon")) => Some(Transport::Daemon),
+            Some((_, "ssh")) => Some(Transport::Ssh),
+            Some((t, _)) => {
+                ctx.bad(&format!("{key}.transport"), t, "must be \"daemon\" or \"ssh\"");
+                None
+            }
+        };
+        let host = ctx.host(&format!("{key}.host"), &self.host);
+        let port = match &self.port {
+            Some(p) => ctx.int_in(&format!("{key}.port"), p, 1..=65535).and_then(|p| u16::try_from(p).ok()),
+            None => Some(match transport {
+                Some(Transport::Ssh) => 22,
+                _ => 873,
+            }),
+        };
+        let location = match (transport, &self.module, &self.path) {
+            (Some(Transport::Daemon), Some(m), _) => {
+                if m.get_ref().is_empty() || m.get_ref().contains('/') {
+                    ctx.bad(&format!("{key}.module"), m, "must be a module name without '/'");
+                    None
+                } else {
+                    Some(m.get_ref().clone())
+                }
+            }
+            (Some(Transport::Ssh), _, Some(p)) => {
+                ctx.abs_path(&format!("{key}.path"), p).map(|p| p.display().to_string())
+            }
+            (Some(Transport::Daemon), None, _) => {
+                ctx.problem(
+                    &format!("{key}.module"),
+                    Some(self.host.span()),
+                    None,
+                    "is required for transport = \"daemon\"",
+                );
+                None
+            }
+            (Some(Transport::Ssh), _, None) => {
+                ctx.problem(
+                    &format!("{key}.path"),
+                    Some(self.host.span()),
+                    None,
+                    "is required for transport = \"ssh\"",
+                );
+                None
+            }
+            (None, _, _) => None,
+        };
+        let password_file =
+            self.password_file.as_ref().and_then(|p| ctx.secret_file(&format!("{key}.password_file"), p));
+        let ssh_identity = self.ssh_identity.as_ref().and_then(|p| ctx.secret_file(&format!("{key}.ssh_identity"), p));
+        let connect_timeout =
+            opt_duration(ctx, &format!("{key}.connect_timeout"), self.connect_timeout.as_ref(), Duration::from_secs(5));
+        let io_timeout =
+            opt_duration(ctx, &format!("{key}.io_timeout"), self.io_timeout.as_ref(), Duration::from_secs(30));
+        Some(RsyncTarget {
+            transport: transport?,
+            host: host?,
+            port: port?,
+            location: location?,
+            user: self.user.as_ref().map(|u| u.get_ref().clone()),
+            password_file: password_file.map(PathBuf::from),
+            ssh_identity,
+            connect_timeout: connect_timeout?,
+            io_timeout: io_timeout?,
+        })
+    }
+}
+
+/// A positive duration with a default when the key is absent.
+pub fn opt_duration(ctx: &mut Ctx, key: &str, v: Option<&Spanned<String>>, default: Duration) -> Option<Duration> {
+    match v {
+        Some(v) => ctx.positive_duration(key, v),
+        None => Some(default),
+    }
+}

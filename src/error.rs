@@ -1,0 +1,57 @@
+//! Top-level error and the process exit codes (0 ok, 1 runtime failure, 64 usage, 78 config).
+
+use std::path::PathBuf;
+
+pub const EXIT_RUNTIME: u8 = 1;
+/// `EX_USAGE` from sysexits.h.
+pub const EXIT_USAGE: u8 = 64;
+/// `EX_CONFIG` from sysexits.h.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Web(#[from] crate::web::Error),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Alert(#[from] crate::alert::Error),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => EXIT_CONFIG,
+            Error::Usage(_) => EXIT_USAGE,
+            _ => EXIT_RUNTIME,
+        }
+    }
+}
+
+/// Renders an error and all its causes on one line: `outer: cause: root cause`.
+pub fn render_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}

@@ -1,0 +1,17 @@
+//! nfs-guard: an NFS high-availability failover controller (`web`) and a watch-and-push rsync
+//! replicator (`storage`), one binary and one TOML config.
+//!
+//! The library exists so that `tests/` can drive every layer; `main.rs` only parses the command line.
+
+pub mod alert;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod status;
+pub mod storage;
+pub mod sys;
+pub mod web;
+
+pub use error::Error;

@@ -1,0 +1,356 @@
+//! Running the real `rsync` binary: target URLs and transport arguments, exit-code classification,
+//! and a runner with a hard deadline. Arguments are always a vector (never a shell); file lists go to
+//! rsync NUL-separated on stdin, so every byte sequence Linux allows in a name survives.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// How rsync reaches the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `rsync://user@host:port/module/`
+    Daemon,
+    /// `user@host:/path/` over ssh.
+    Ssh,
+}
+
+/// A validated remote end for rsync (see `config::rsync`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncTarget {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+    /// Module name (daemon) or absolute directory (ssh).
+    pub location: String,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ssh_identity: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+impl RsyncTarget {
+    /// The destination (or source) argument for the root of the target, with a trailing slash.
+    pub fn url(&self) -> String {
+        let user = self.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        match self.transport {
+            Transport::Daemon => format!("rsync://{user}{host}:{}/{}/", self.port, self.location),
+            Transport::Ssh => format!("{user}{host}:{}/", self.location.trim_end_matches('/')),
+        }
+    }
+
+    /// Arguments that make a dead remote fail in bounded time, plus authentication.
+    pub fn transport_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![format!("--timeout={}", self.io_timeout.as_secs().max(1)).into()];
+        match self.transport {
+            Transport::Daemon => {
+                args.push(format!("--contimeout={}", self.connect_timeout.as_secs().max(1)).into());
+                if let Some(p) = &self.password_file {
+                    let mut a = OsString::from("--password-file=");
+                    a.push(p);
+                    args.push(a);
+                }
+            }
+            Transport::Ssh => {
+                // -e is parsed by rsync (not a shell) into argv; paths in it must not contain spaces.
+                let mut ssh = format!(
+                    "ssh -p {} -o BatchMode=yes -o ConnectTimeout={} -o ServerAliveInterval=5 -o ServerAliveCountMax=3",
+                    self.port,
+                    self.connect_timeout.as_secs().max(1)
+                );
+                if let Some(id) = &self.ssh_identity {
+                    ssh.push_str(&format!(" -i {}", id.display()));
+                }
+                args.push("-e".into());
+                args.push(ssh.into());
+            }
+        }
+        args
+    }
+
+    /// Human name for logs: `rsync://nfsguard@10.0.0.3:873/data/`.
+    pub fn display(&self) -> String {
+        self.url()
+    }
+}
+
+/// What an rsync exit code means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitClass {
+    /// 0, and 24 (some source files vanished before transfer: they are gone, nothing to copy).
+    Success,
+    /// 23 (partial transfer): some files did not make it. Not a success; retry them.
+    Partial,
+    /// The remote or the network failed (refused, timeouts, killed, auth): retry with backoff.
+    Transient,
+    /// Our invocation is wrong (syntax, unsupported option): retrying will not help.
+    Fatal,
+}
+
+pub fn classify(code: Option<i32>) -> ExitClass {
+    match code {
+        Some(0 | 24) => ExitClass::Success,
+        Some(23) => ExitClass::Partial,
+        Some(1 | 4) => ExitClass::Fatal,
+        // 5 start-up/auth, 10 socket, 11 file I/O, 12 protocol stream, 14 IPC, 20 signal, 30 I/O timeout,
+        // 35 connect timeout, 255 ssh; None = killed by a signal (our deadline).
+        _ => ExitClass::Transient,
+    }
+}
+
+/// Meaning of the common codes, for logs and alerts.
+pub fn describe(code: Option<i32>) -> &'static str {
+    match code {
+        Some(0) => "success",
+        Some(1) => "syntax or usage error",
+        Some(2) => "protocol incompatibility",
+        Some(3) => "errors selecting input/output files",
+        Some(4) => "requested action not supported",
+        Some(5) => "error starting client-server protocol (authentication?)",
+        Some(10) => "error in socket I/O (connection refused?)",
+        Some(11) => "error in file I/O",
+        Some(12) => "error in rsync protocol data stream (remote died?)",
+        Some(20) => "received SIGUSR1 or SIGINT",
+        Some(23) => "partial transfer due to error",
+        Some(24) => "partial transfer due to vanished source files",
+        Some(30) => "timeout in data send/receive",
+        Some(35) => "timeout waiting for daemon connection",
+        Some(255) => "ssh failed",
+        None => "killed (deadline exceeded)",
+        Some(_) => "rsync error",
+    }
+}
+
+/// The result of one rsync run.
+#[derive(Debug, Clone)]
+pub struct RsyncReport {
+    pub code: Option<i32>,
+    pub class: ExitClass,
+    pub files: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Last lines of stderr (for errors and alerts).
+    pub stderr_tail: String,
+    pub timed_out: bool,
+}
+
+impl RsyncReport {
+    pub fn ok(&self) -> bool {
+        self.class == ExitClass::Success
+    }
+
+    /// One-line error text: `exit 10 (error in socket I/O ...): <stderr tail>`.
+    pub fn error_text(&self) -> String {
+        let code = self.code.map_or_else(|| "killed".to_owned(), |c| format!("exit {c}"));
+        format!("{code} ({}): {}", describe(self.code), self.stderr_tail.trim())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {program}")]
+pub struct SpawnError {
+    pub program: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Encodes paths for `--files-from=- --from0`: raw bytes, NUL-terminated.
+pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend_from_slice(p.as_os_str().as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Runs `rsync` with `args`, feeding `stdin` (if any), killing it (and its process group) when
+/// `deadline` passes. `--stats` output is parsed for files and bytes, so callers should pass `--stats`.
+pub async fn run(
+    rsync: &Path,
+    args: &[OsString],
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+) -> Result<RsyncReport, SpawnError> {
+    let started = Instant::now();
+    let mut cmd = Command::new(rsync);
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| SpawnError { program: rsync.display().to_string(), source })?;
+    let pid = child.id();
+    let mut child_stdin = child.stdin.take();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let io = async {
+        let feed = async {
+            if let (Some(mut w), Some(data)) = (child_stdin.take(), stdin) {
+                // A remote that dies early closes the pipe; rsync's exit code tells the story.
+                let _ = w.write_all(&data).await;
+                let _ = w.shutdown().await;
+            }
+        };
+        let mut so = Vec::new();
+        let mut se = Vec::new();
+        let read_out = async {
+            if let Some(o) = out.as_mut() {
+                let _ = o.read_to_end(&mut so).await;
+            }
+        };
+        let read_err = async {
+            if let Some(e) = err.as_mut() {
+                let _ = e.read_to_end(&mut se).await;
+            }
+        };
+        tokio::join!(feed, read_out, read_err);
+        let status = child.wait().await;
+        (status, so, se)
+    };
+    let (code, stdout, stderr, timed_out) = match tokio::time::timeout(deadline, io).await {
+        Ok((status, so, se)) => (status.ok().and_then(|s| s.code()), so, se, false),
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
+        }
+    };
+    let stdout = String::from_utf8_lossy(&stdout);
+    let (files, bytes) = parse_stats(&stdout);
+    Ok(RsyncReport {
+        code,
+        class: classify(code),
+        files,
+        bytes,
+        elapsed: started.elapsed(),
+        stderr_tail: tail(&String::from_utf8_lossy(&stderr), 5),
+        timed_out,
+    })
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    v[v.len().saturating_sub(lines)..].join(" | ")
+}
+
+/// Extracts (files transferred, total bytes sent) from `--stats` output.
+pub fn parse_stats(stdout: &str) -> (u64, u64) {
+    let num = |line: &str| -> u64 {
+        line.split(':')
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .map(|v| v.replace([',', '.'], ""))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut files = 0;
+    let mut bytes = 0;
+    for line in stdout.lines() {
+        if line.starts_with("Number of regular files transferred:") {
+            files = num(line);
+        } else if line.starts_with("Total bytes sent:") {
+            bytes = num(line);
+        }
+    }
+    (files, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon() -> RsyncTarget {
+        RsyncTarget {
+            transport: Transport::Daemon,
+            host: "10.0.0.3".into(),
+            port: 873,
+            location: "data".into(),
+            user: Some("nfsguard".into()),
+            password_file: Some("/etc/nfs-guard/rsync.pass".into()),
+            ssh_identity: None,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn daemon_url_and_args() {
+        let t = daemon();
+        assert_eq!(t.url(), "rsync://nfsguard@10.0.0.3:873/data/");
+        assert_eq!(
+            t.transport_args(),
+            vec![
+                OsString::from("--timeout=30"),
+                "--contimeout=5".into(),
+                "--password-file=/etc/nfs-guard/rsync.pass".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn ssh_url_and_args() {
+        let t = RsyncTarget {
+            transport: Transport::Ssh,
+            port: 22,
+            location: "/srv/nfs/".into(),
+            password_file: None,
+            ..daemon()
+        };
+        assert_eq!(t.url(), "nfsguard@10.0.0.3:/srv/nfs/");
+        let a = t.transport_args();
+        assert_eq!(a[1], OsString::from("-e"));
+        assert!(a[2].to_string_lossy().contains("ConnectTimeout=5"));
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let t = RsyncTarget { host: "fd00::3".into(), ..daemon() };
+        assert_eq!(t.url(), "rsync://nfsguard@[fd00::3]:873/data/");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(classify(Some(0)), ExitClass::Success);
+        assert_eq!(classify(Some(24)), ExitClass::Success);
+        assert_eq!(classify(Some(23)), ExitClass::Partial);
+        for c in [5, 10, 12, 30, 35, 255] {
+            assert_eq!(classify(Some(c)), ExitClass::Transient, "{c}");
+        }
+        assert_eq!(classify(None), ExitClass::Transient);
+        assert_eq!(classify(Some(1)), ExitClass::Fatal);
+    }
+
+    #[test]
+    fn nul_list_keeps_raw_bytes() {
+        use std::ffi::OsStr;
+        let weird = Path::new(OsStr::from_bytes(b"a\nb\xff"));
+        assert_eq!(nul_list([Path::new("x y"), weird]), b"x y\0a\nb\xff\0");
+    }
+
+    #[test]
+    fn stats_parsing() {
+        let s = "Number of files: 3\nNumber of regular files transferred: 1,234\nTotal bytes sent: 56,789\n";
+        assert_eq!(parse_stats(s), (1234, 56789));
+    }
+
+    #[tokio::test]
+    async fn deadline_kills_rsync() {
+        // `rsync --daemon --no-detach` with a bogus config never exits by itself quickly; use sleep via a
+        // path that is not rsync to test the deadline mechanism on any machine.
+        let r = run(Path::new("/bin/sleep"), &["10".into()], None, Duration::from_millis(200)).await.unwrap();
+        assert!(r.timed_out);
+        assert_eq!(r.class, ExitClass::Transient);
+        assert!(r.elapsed < Duration::from_secs(5));
+    }
+}
