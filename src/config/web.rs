@@ -1,18 +1,430 @@
-//! The `[web]` section. Placeholder until the web role defines its keys.
+//! The `[web]` section: the mount point a web node keeps served, the two NFS servers, the health-check
+//! layers and their timing, and the reverse-sync target used before failing back. Only converts and
+//! validates config; the behaviour lives in `web/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Ctx;
+use super::rsync::{opt_duration, RawRsyncTarget};
+use super::{Ctx, Spanned};
+use crate::sys::rsync::RsyncTarget;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWeb {}
+pub struct RawWeb {
+    pub mount_point: Spanned<String>,
+    pub fstype: Option<Spanned<String>>,
+    pub options: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub fall: Option<Spanned<i64>>,
+    pub rise: Option<Spanned<i64>>,
+    pub probe_timeout: Option<Spanned<String>>,
+    pub mount_timeout: Option<Spanned<String>>,
+    pub hold_down: Option<Spanned<String>>,
+    pub witness: Option<Spanned<String>>,
+    #[serde(default)]
+    pub restart_units: Vec<Spanned<String>>,
+    pub restart_timeout: Option<Spanned<String>>,
+    pub rsync: Option<Spanned<String>>,
+    pub checks: Option<RawChecks>,
+    pub primary: RawServer,
+    pub backup: RawServer,
+    pub reverse_sync: Option<RawReverseSync>,
+}
 
-#[derive(Debug, Clone)]
-pub struct WebConfig {}
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecks {
+    pub icmp: Option<bool>,
+    pub tcp: Option<bool>,
+    pub rpc: Option<bool>,
+    pub nfs_version: Option<Spanned<i64>>,
+    pub canary: Option<Spanned<String>>,
+    pub canary_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub address: Spanned<String>,
+    pub export: Spanned<String>,
+    pub nfs_port: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReverseSync {
+    pub target: RawRsyncTarget,
+    #[serde(default)]
+    pub delete: bool,
+    pub timeout: Option<Spanned<String>>,
+    pub retry_initial: Option<Spanned<String>>,
+    pub retry_max: Option<Spanned<String>>,
+}
+
+/// One NFS server as the web node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub address: String,
+    pub export: String,
+    pub nfs_port: u16,
+}
+
+impl ServerConfig {
+    /// The mount source, `SERVER:EXPORT` (IPv6 in brackets), as mount(8) and /proc/self/mountinfo show it.
+    pub fn source(&self) -> String {
+        if self.address.contains(':') {
+            format!("[{}]:{}", self.address, self.export)
+        } else {
+            format!("{}:{}", self.address, self.export)
+        }
+    }
+}
+
+/// Which health-check layers run, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksConfig {
+    pub icmp: bool,
+    pub tcp: bool,
+    pub rpc: bool,
+    /// NFS program version used in the RPC NULL call (3 or 4).
+    pub nfs_version: u32,
+    /// A file under the mount point read through the current mount (relative path).
+    pub canary: Option<PathBuf>,
+    pub canary_timeout: Duration,
+}
+
+/// The address whose loss means "this node lost its network", not "the server died".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub host: String,
+    /// `None`: ICMP echo; `Some(port)`: TCP connect.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseSyncConfig {
+    pub target: RsyncTarget,
+    /// `--delete` on the primary (opt-in; the default never deletes there).
+    pub delete: bool,
+    /// Deadline for one rsync run (it reads a network mount, so it must be abandonable).
+    pub timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    /// Mount options exactly as in fstab (comma-separated); empty means none.
+    pub options: String,
+    pub interval: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub probe_timeout: Duration,
+    pub mount_timeout: Duration,
+    /// How long the primary must stay UP before failback starts.
+    pub hold_down: Duration,
+    pub witness: Option<Witness>,
+    pub restart_units: Vec<String>,
+    pub restart_timeout: Duration,
+    pub rsync: PathBuf,
+    pub checks: ChecksConfig,
+    pub primary: ServerConfig,
+    pub backup: ServerConfig,
+    /// `None`: no automatic failback (the primary's recovery is reported; switching back is manual).
+    pub reverse_sync: Option<ReverseSyncConfig>,
+}
+
+fn no_space_string(ctx: &mut Ctx, key: &str, v: &Spanned<String>, what: &str) -> Option<String> {
+    let s = v.get_ref();
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        ctx.bad(key, v, &format!("must be {what} without spaces"));
+        None
+    } else {
+        Some(s.clone())
+    }
+}
+
+fn count(ctx: &mut Ctx, key: &str, v: Option<&Spanned<i64>>, default: u32) -> Option<u32> {
+    match v {
+        Some(v) => ctx.int_in(key, v, 1..=100).and_then(|n| u32::try_from(n).ok()),
+        None => Some(default),
+    }
+}
+
+fn server(ctx: &mut Ctx, key: &str, raw: &RawServer) -> Option<ServerConfig> {
+    let address = ctx.host(&format!("{key}.address"), &raw.address);
+    let export = ctx.abs_path(&format!("{key}.export"), &raw.export).map(|p| p.display().to_string());
+    if export.as_ref().is_some_and(|e| e.chars().any(char::is_whitespace)) {
+        ctx.bad(&format!("{key}.export"), &raw.export, "must not contain spaces (mount(8) source)");
+        return None;
+    }
+    let nfs_port = match &raw.nfs_port {
+        Some(p) => ctx.int_in(&format!("{key}.nfs_port"), p, 1..=65535).and_then(|p| u16::try_from(p).ok()),
+        None => Some(2049),
+    };
+    Some(ServerConfig { address: address?, export: export?, nfs_port: nfs_port? })
+}
+
+fn witness(ctx: &mut Ctx, v: &Spanned<String>) -> Option<Witness> {
+    let s = v.get_ref();
+    // "host" -> ICMP; "host:port" -> TCP; "[v6]:port" -> TCP; a bare IPv6 literal -> ICMP.
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once("]:") {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (rest.trim_end_matches(']').to_owned(), None),
+        }
+    } else if s.matches(':').count() == 1 {
+        let (h, p) = s.split_once(':').unwrap_or((s, ""));
+        (h.to_owned(), Some(p))
+    } else {
+        (s.clone(), None)
+    };
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                ctx.bad("web.witness", v, "has a bad port (write \"HOST\" for ICMP or \"HOST:PORT\" for TCP)");
+                return None;
+            }
+        },
+        None => None,
+    };
+    if !crate::config::is_host(&host) {
+        ctx.bad("web.witness", v, "is not an IP address or host name (optionally with :PORT)");
+        return None;
+    }
+    Some(Witness { host, port })
+}
+
+fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
+    let Some(raw) = raw else {
+        return Some(ChecksConfig {
+            icmp: true,
+            tcp: true,
+            rpc: true,
+            nfs_version: 3,
+            canary: None,
+            canary_timeout: Duration::from_secs(2),
+        });
+    };
+    let nfs_version = match &raw.nfs_version {
+        Some(v) if *v.get_ref() == 3 || *v.get_ref() == 4 => u32::try_from(*v.get_ref()).ok(),
+        Some(v) => {
+            ctx.problem(
+                "web.checks.nfs_version",
+                Some(v.span()),
+                Some(v.get_ref().to_string()),
+                "must be 3 or 4",
+            );
+            None
+        }
+        None => Some(3),
+    };
+    let canary = match &raw.canary {
+        Some(c) => {
+            let p = PathBuf::from(c.get_ref());
+            if c.get_ref().is_empty()
+                || p.is_absolute()
+                || p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                ctx.bad("web.checks.canary", c, "must be a relative path under the mount point (no \"..\")");
+                None
+            } else {
+                Some(Some(p))
+            }
+        }
+        None => Some(None),
+    };
+    let canary_timeout =
+        opt_duration(ctx, "web.checks.canary_timeout", raw.canary_timeout.as_ref(), Duration::from_secs(2));
+    let (icmp, tcp, rpc) = (raw.icmp.unwrap_or(true), raw.tcp.unwrap_or(true), raw.rpc.unwrap_or(true));
+    if !icmp && !tcp && !rpc && canary.as_ref().is_some_and(Option::is_none) {
+        ctx.problem("web.checks", None, None, "disables every check: enable at least one of icmp, tcp, rpc, canary");
+        return None;
+    }
+    Some(ChecksConfig { icmp, tcp, rpc, nfs_version: nfs_version?, canary: canary?, canary_timeout: canary_timeout? })
+}
+
+fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig> {
+    let target = raw.target.validate("web.reverse_sync.target", ctx);
+    let timeout = opt_duration(ctx, "web.reverse_sync.timeout", raw.timeout.as_ref(), Duration::from_secs(3600));
+    let retry_initial =
+        opt_duration(ctx, "web.reverse_sync.retry_initial", raw.retry_initial.as_ref(), Duration::from_secs(30));
+    let retry_max = opt_duration(ctx, "web.reverse_sync.retry_max", raw.retry_max.as_ref(), Duration::from_secs(600));
+    if let (Some(i), Some(m), Some(v)) = (retry_initial, retry_max, raw.retry_max.as_ref()) {
+        if m < i {
+            ctx.bad("web.reverse_sync.retry_max", v, "must not be shorter than retry_initial");
+            return None;
+        }
+    }
+    Some(ReverseSyncConfig {
+        target: target?,
+        delete: raw.delete,
+        timeout: timeout?,
+        retry_initial: retry_initial?,
+        retry_max: retry_max?,
+    })
+}
 
 impl WebConfig {
-    pub fn validate(_raw: &RawWeb, _ctx: &mut Ctx) -> Option<WebConfig> {
-        Some(WebConfig {})
+    pub fn validate(raw: &RawWeb, ctx: &mut Ctx) -> Option<WebConfig> {
+        let mount_point = ctx.abs_path("web.mount_point", &raw.mount_point);
+        let fstype = match &raw.fstype {
+            Some(f) => no_space_string(ctx, "web.fstype", f, "a file system type such as \"nfs\" or \"nfs4\""),
+            None => Some("nfs".to_owned()),
+        };
+        let options = match &raw.options {
+            Some(o) if o.get_ref().is_empty() => Some(String::new()),
+            Some(o) => no_space_string(ctx, "web.options", o, "comma-separated mount options (as in fstab)"),
+            None => Some(String::new()),
+        };
+        let interval = opt_duration(ctx, "web.interval", raw.interval.as_ref(), Duration::from_secs(1));
+        let fall = count(ctx, "web.fall", raw.fall.as_ref(), 3);
+        let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
+        let probe_timeout =
+            opt_duration(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), Duration::from_millis(800));
+        let mount_timeout =
+            opt_duration(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), Duration::from_secs(15));
+        let hold_down = opt_duration(ctx, "web.hold_down", raw.hold_down.as_ref(), Duration::from_secs(60));
+        let witness = match &raw.witness {
+            Some(w) => witness(ctx, w).map(Some),
+            None => Some(None),
+        };
+        let mut units_ok = true;
+        for (i, u) in raw.restart_units.iter().enumerate() {
+            let s = u.get_ref();
+            if s.is_empty() || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c == '/') {
+                ctx.bad(&format!("web.restart_units[{i}]"), u, "is not a systemd unit name");
+                units_ok = false;
+            }
+        }
+        let restart_timeout =
+            opt_duration(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), Duration::from_secs(30));
+        let rsync = raw.rsync.as_ref().map_or_else(|| PathBuf::from("rsync"), |r| PathBuf::from(r.get_ref()));
+        let checks = checks(ctx, raw.checks.as_ref());
+        let primary = server(ctx, "web.primary", &raw.primary);
+        let backup = server(ctx, "web.backup", &raw.backup);
+        if let (Some(p), Some(b)) = (&primary, &backup) {
+            if p.source() == b.source() {
+                ctx.bad("web.backup.address", &raw.backup.address, "is the same server and export as web.primary");
+                return None;
+            }
+        }
+        let reverse_sync = match &raw.reverse_sync {
+            Some(r) => reverse_sync(ctx, r).map(Some),
+            None => Some(None),
+        };
+        if let (Some(i), Some(t), Some(v)) = (interval, probe_timeout, raw.probe_timeout.as_ref()) {
+            if t > i * 4 {
+                ctx.warn(
+                    "web.probe_timeout",
+                    Some(v.span()),
+                    "is much longer than web.interval: detection takes longer than fall x interval",
+                );
+            }
+        }
+        Some(WebConfig {
+            mount_point: mount_point?,
+            fstype: fstype?,
+            options: options?,
+            interval: interval?,
+            fall: fall?,
+            rise: rise?,
+            probe_timeout: probe_timeout?,
+            mount_timeout: mount_timeout?,
+            hold_down: hold_down?,
+            witness: witness?,
+            restart_units: if units_ok { raw.restart_units.iter().map(|u| u.get_ref().clone()).collect() } else { return None },
+            restart_timeout: restart_timeout?,
+            rsync,
+            checks: checks?,
+            primary: primary?,
+            backup: backup?,
+            reverse_sync: reverse_sync?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const MIN: &str = "[web]\nmount_point = \"/mnt/nfs\"\n[web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n[web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n";
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("w.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(Path::new("w.toml"), MIN).unwrap();
+        let w = c.web.unwrap();
+        assert_eq!(w.fstype, "nfs");
+        assert_eq!((w.fall, w.rise), (3, 3));
+        assert_eq!(w.interval, std::time::Duration::from_secs(1));
+        assert_eq!(w.primary.source(), "10.0.0.2:/srv/nfs");
+        assert_eq!(w.primary.nfs_port, 2049);
+        assert!(w.checks.icmp && w.checks.tcp && w.checks.rpc);
+        assert!(w.reverse_sync.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_all_reported_with_location() {
+        let text = MIN.replace("mount_point = \"/mnt/nfs\"", "mount_point = \"mnt\"\nfall = 0\nwitness = \"gw:x\"")
+            .replace("export = \"/srv/nfs\"\n[web.backup]", "export = \"/srv/nfs\"\nnfs_port = 70000\n[web.backup]");
+        let e = err(&text);
+        assert!(e.contains("w.toml:2:15: web.mount_point: \"mnt\" must be an absolute path"), "{e}");
+        assert!(e.contains("w.toml:3:8: web.fall: 0 must be between 1 and 100"), "{e}");
+        assert!(e.contains("web.witness: \"gw:x\" has a bad port"), "{e}");
+        assert!(e.contains("web.primary.nfs_port: 70000 must be between 1 and 65535"), "{e}");
+    }
+
+    #[test]
+    fn same_server_twice_is_rejected() {
+        let e = err(&MIN.replace("10.0.0.3", "10.0.0.2"));
+        assert!(e.contains("web.backup.address: \"10.0.0.2\" is the same server and export as web.primary"), "{e}");
+    }
+
+    #[test]
+    fn nfs_version_and_canary_are_checked() {
+        let e = err(&format!("{MIN}[web.checks]\nnfs_version = 2\ncanary = \"../x\"\n"));
+        assert!(e.contains("web.checks.nfs_version: 2 must be 3 or 4"), "{e}");
+        assert!(e.contains("web.checks.canary: \"../x\" must be a relative path"), "{e}");
+    }
+
+    #[test]
+    fn reverse_sync_target_is_validated() {
+        let e = err(&format!("{MIN}[web.reverse_sync]\n[web.reverse_sync.target]\nhost = \"10.0.0.2\"\n"));
+        assert!(e.contains("web.reverse_sync.target.module"), "{e}");
+        let ok = format!(
+            "{MIN}[web.reverse_sync]\ndelete = true\n[web.reverse_sync.target]\nhost = \"10.0.0.2\"\nmodule = \"data\"\n"
+        );
+        let w = Config::parse(Path::new("w.toml"), &ok).unwrap().web.unwrap();
+        let r = w.reverse_sync.unwrap();
+        assert!(r.delete);
+        assert_eq!(r.target.url(), "rsync://10.0.0.2:873/data/");
+    }
+
+    #[test]
+    fn witness_forms() {
+        let w = |s: &str| {
+            Config::parse(Path::new("w.toml"), &MIN.replace("[web.primary]", &format!("witness = \"{s}\"\n[web.primary]")))
+                .unwrap()
+                .web
+                .unwrap()
+                .witness
+                .unwrap()
+        };
+        assert_eq!(w("10.0.0.1").port, None);
+        assert_eq!(w("gw.example:53").port, Some(53));
+        assert_eq!(w("[fe80::1]:22").host, "fe80::1");
+        assert_eq!(w("fe80::1").port, None);
     }
 }

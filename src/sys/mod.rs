@@ -2,6 +2,9 @@
 //! elsewhere stays pure and talks to these through small traits or plain functions.
 
 pub mod fsutil;
+pub mod mount;
+pub mod mountinfo;
+pub mod probe;
 pub mod rsync;
 pub mod shutdown;
 pub mod systemd;

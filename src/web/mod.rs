@@ -1,24 +1,116 @@
-//! `nfs-guard web`. Placeholder until the web issue lands.
+//! `nfs-guard web`: keeps a web node's NFS mount point served by a healthy server, fails over to the
+//! backup when the primary dies, and fails back only after the backup's changes are copied back.
+//!
+//! ```text
+//!                 +------------------- controller task (owns State) -------------------+
+//!   interval ---> | spawn probe(primary|backup|witness)     request file (--failover-to)|
+//!                 |        |                                        |                   |
+//!                 |        v  Msg::Probed                           v                   |
+//!                 |   health::Health (fall/rise) --Snapshot--> fsm::step(State, Event)  |
+//!                 |                                                 | actions           |
+//!                 +-------------------------------------------------|-------------------+
+//!                        ^  Msg::Done(Event)                        v
+//!                        +---- spawned effects, each with a deadline: mount / staged switch /
+//!                              reverse sync / catch-up / after-switch; alerts -> AlertSink
+//! ```
+//!
+//! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
+//! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
+//! unmounts anything.
+
+pub mod controller;
+pub mod effects;
+pub mod fsm;
+pub mod health;
+pub mod state;
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::AlertSink;
-use crate::cli::WebArgs;
+use crate::cli::{Target, WebArgs};
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the web role is not implemented yet")]
-    NotImplemented,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("cannot create the state directory {path}")]
+    StateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
+/// Runs the web role: a manual request (recorded for the daemon), one cycle (`--once`), or the daemon.
 pub async fn run(
-    _config: &Config,
-    _args: &WebArgs,
-    _alerts: Arc<dyn AlertSink>,
-    _shutdown: CancellationToken,
+    config: &Config,
+    args: &WebArgs,
+    alerts: Arc<dyn AlertSink>,
+    shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    Err(Error::NotImplemented)
+    let cfg = config.web()?;
+    let state_dir = config.state_dir.clone();
+    crate::sys::fsutil::ensure_private_dir(&state_dir)
+        .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
+    if let Some(request) = request_of(args) {
+        state::put_request(&state_dir, request)?;
+        println!("{}", explain(cfg, request, args.once));
+        if !args.once {
+            return Ok(());
+        }
+    }
+    let durable = state::load(&state_dir)?;
+    let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
+    let c = controller::Controller::new(cfg, state_dir, durable, fx.clone(), fx.clone(), fx, alerts);
+    c.run(args.once, shutdown).await;
+    Ok(())
+}
+
+fn request_of(args: &WebArgs) -> Option<fsm::Request> {
+    match (args.failover_to, args.hold, args.release) {
+        (Some(Target::Primary), _, _) => Some(fsm::Request::FailoverTo(fsm::Server::Primary)),
+        (Some(Target::Backup), _, _) => Some(fsm::Request::FailoverTo(fsm::Server::Backup)),
+        (None, true, _) => Some(fsm::Request::Hold),
+        (None, false, true) => Some(fsm::Request::Release),
+        (None, false, false) => None,
+    }
+}
+
+/// What the running daemon will do with `request`, for the operator who typed it.
+fn explain(cfg: &crate::config::web::WebConfig, request: fsm::Request, once: bool) -> String {
+    let when = if once {
+        "now (this --once run)".to_owned()
+    } else {
+        format!(
+            "within {} by the running `nfs-guard web` (or at the next `nfs-guard web --once`)",
+            humantime::format_duration(cfg.interval)
+        )
+    };
+    let mp = cfg.mount_point.display();
+    match request {
+        fsm::Request::FailoverTo(fsm::Server::Backup) => format!(
+            "Recorded: switch {mp} to backup {} and hold there, {when}.\n\
+             If the primary is healthy the backup is mounted at a staging dir first and moved into place \
+             (no gap); if the primary is dead the old mount is detached and the backup mounted directly.\n\
+             Automatic failover/failback is off until `nfs-guard web --release`.",
+            cfg.backup.source()
+        ),
+        fsm::Request::FailoverTo(fsm::Server::Primary) => format!(
+            "Recorded: switch {mp} to primary {} and hold there, {when}.\n{}\n\
+             Automatic failover/failback is off until `nfs-guard web --release`.",
+            cfg.primary.source(),
+            if cfg.reverse_sync.is_some() {
+                "If writes are pending on the backup, they are reverse-synced to the primary first (no hold-down wait); the mount moves only after that succeeds."
+            } else {
+                "No [web.reverse_sync] is configured: the mount moves WITHOUT copying the backup's changes back."
+            }
+        ),
+        fsm::Request::Hold => format!("Recorded: hold {mp} on its current server, {when}. No automatic failover or failback until `nfs-guard web --release`."),
+        fsm::Request::Release => format!("Recorded: release the hold, {when}. Automatic failover and failback resume."),
+    }
 }

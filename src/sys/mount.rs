@@ -1,0 +1,250 @@
+//! Mount operations, each with a deadline and run where it can be abandoned: the system mount helper
+//! as a child process (so fstab-style options and `mount.nfs` work as on any host), and the raw
+//! syscalls (lazy detach, bind, move) on a blocking thread we stop waiting for at the deadline.
+//! Nothing here stats a mounted file system.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::mount::{MntFlags, MsFlags};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed { command: String, status: String, stderr: String },
+    #[error("`{command}` did not finish within {deadline:?} (abandoned)")]
+    TimedOut { command: String, deadline: Duration },
+    #[error("{op} {path}")]
+    Syscall {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{op} {path} did not return within {deadline:?} (abandoned)")]
+    SyscallTimedOut { op: &'static str, path: PathBuf, deadline: Duration },
+}
+
+/// `mount -t FSTYPE [-o OPTIONS] SOURCE TARGET` as a child in its own process group, killed at the
+/// deadline. Arguments are a vector: no shell sees the paths.
+pub async fn mount_helper(
+    fstype: &str,
+    options: &str,
+    source: &str,
+    target: &Path,
+    deadline: Duration,
+) -> Result<(), MountError> {
+    let mut cmd = Command::new("mount");
+    cmd.arg("-t").arg(fstype);
+    if !options.is_empty() {
+        cmd.arg("-o").arg(options);
+    }
+    cmd.arg(source).arg(target);
+    let command = format!("mount -t {fstype}{} {source} {}", opt_text(options), target.display());
+    run_child(cmd, command, deadline).await
+}
+
+fn opt_text(options: &str) -> String {
+    if options.is_empty() {
+        String::new()
+    } else {
+        format!(" -o {options}")
+    }
+}
+
+/// Runs a prepared command with a deadline; on timeout kills its process group and stops waiting.
+pub async fn run_child(mut cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| MountError::Spawn { program, source })?;
+    let pid = child.id();
+    let mut err = child.stderr.take();
+    let wait = async {
+        let mut se = Vec::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_end(&mut se).await;
+        }
+        (child.wait().await, se)
+    };
+    match tokio::time::timeout(deadline, wait).await {
+        Ok((Ok(status), _)) if status.success() => Ok(()),
+        Ok((status, se)) => Err(MountError::Failed {
+            command,
+            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            stderr: String::from_utf8_lossy(&se).trim().replace('\n', " | "),
+        }),
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            Err(MountError::TimedOut { command, deadline })
+        }
+    }
+}
+
+/// Runs a blocking syscall on its own thread and stops waiting at the deadline (the thread is
+/// abandoned if the kernel never returns, which a hung network file system can cause).
+async fn blocking(
+    op: &'static str,
+    path: &Path,
+    deadline: Duration,
+    f: impl FnOnce() -> nix::Result<()> + Send + 'static,
+) -> Result<(), MountError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("nfs-guard-{op}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| MountError::Syscall {
+            op,
+            path: path.to_owned(),
+            source: nix::Error::try_from(e).unwrap_or(nix::Error::EAGAIN),
+        })?;
+    match tokio::time::timeout(deadline, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(source))) => Err(MountError::Syscall { op, path: path.to_owned(), source }),
+        Ok(Err(_)) => Err(MountError::Syscall { op, path: path.to_owned(), source: nix::Error::EIO }),
+        Err(_) => Err(MountError::SyscallTimedOut { op, path: path.to_owned(), deadline }),
+    }
+}
+
+/// Lazily detaches whatever is mounted at `target` (`umount2(MNT_DETACH [| MNT_FORCE])`): it leaves
+/// the namespace at once, open files keep working (or fail, when the server is dead) until closed.
+/// `force` also aborts pending requests to a dead server. EINVAL (nothing mounted) is success.
+pub async fn detach(target: &Path, force: bool, deadline: Duration) -> Result<(), MountError> {
+    let t = target.to_owned();
+    let flags = if force { MntFlags::MNT_DETACH | MntFlags::MNT_FORCE } else { MntFlags::MNT_DETACH };
+    let r = blocking("umount2", target, deadline, move || match nix::mount::umount2(&t, flags) {
+        // A file system without umount_begin rejects MNT_FORCE with EINVAL on some kernels: retry lazily.
+        Err(nix::Error::EINVAL) if force => nix::mount::umount2(&t, MntFlags::MNT_DETACH),
+        r => r,
+    })
+    .await;
+    match r {
+        Err(MountError::Syscall { source: nix::Error::EINVAL, .. }) => Ok(()),
+        r => r,
+    }
+}
+
+/// `mount --bind SRC DST`.
+pub async fn bind(src: &Path, dst: &Path, deadline: Duration) -> Result<(), MountError> {
+    let (s, d) = (src.to_owned(), dst.to_owned());
+    blocking("bind", dst, deadline, move || {
+        nix::mount::mount(Some(&s), &d, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    })
+    .await
+}
+
+/// `mount --move SRC DST` (the mount at SRC now appears at DST; its parent must not be shared).
+pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<(), MountError> {
+    let (s, d) = (src.to_owned(), dst.to_owned());
+    blocking("move", dst, deadline, move || {
+        nix::mount::mount(Some(&s), &d, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+    })
+    .await
+}
+
+/// Makes `dir` a private mount point of its own (a bind of itself, propagation private), so mounts
+/// made under it can be moved with MS_MOVE even when `/` is shared (systemd's default).
+pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration) -> Result<(), MountError> {
+    let already = crate::sys::mountinfo::read(mountinfo)
+        .map(|e| crate::sys::mountinfo::top_at(&e, dir).is_some_and(|m| !m.optional.iter().any(|o| o.starts_with("shared:"))))
+        .unwrap_or(false);
+    if !already {
+        bind(dir, dir, deadline).await?;
+    }
+    let d = dir.to_owned();
+    blocking("make-private", dir, deadline, move || {
+        nix::mount::mount(None::<&str>, &d, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+    })
+    .await
+}
+
+/// A process that still has files open on a detached mount.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub command: String,
+    pub files: usize,
+}
+
+/// Processes with open files on mount `mnt_id` (from /proc/PID/fdinfo `mnt_id:`, which never touches
+/// the mounted file system). Scans at most `max_fds` descriptors so a huge host stays bounded.
+pub fn holders(proc_root: &Path, mnt_id: u64, max_fds: usize) -> Vec<Holder> {
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    let Ok(procs) = std::fs::read_dir(proc_root) else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
+        let mut files = 0;
+        for fd in fds.flatten() {
+            scanned += 1;
+            if scanned > max_fds {
+                break;
+            }
+            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+            let id = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).and_then(|v| v.trim().parse::<u64>().ok());
+            if id == Some(mnt_id) {
+                files += 1;
+            }
+        }
+        if files > 0 {
+            let command = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim().to_owned();
+            out.push(Holder { pid, command, files });
+        }
+        if scanned > max_fds {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_helper_reports_command_and_stderr() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo 'mount: bad option' >&2; exit 32"]);
+        let e = run_child(cmd, "mount -t nfs x:/e /m".into(), Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert_eq!(e, "`mount -t nfs x:/e /m` failed (exit status: 32): mount: bad option");
+    }
+
+    #[tokio::test]
+    async fn a_hung_helper_is_abandoned_at_the_deadline() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let t = std::time::Instant::now();
+        let e = run_child(cmd, "mount hang".into(), Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(e, MountError::TimedOut { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn holders_match_fdinfo_mount_ids() {
+        let d = tempfile::tempdir().unwrap();
+        for (pid, ids) in [("10", vec![40, 41]), ("11", vec![22]), ("self", vec![40])] {
+            let fdinfo = d.path().join(pid).join("fdinfo");
+            std::fs::create_dir_all(&fdinfo).unwrap();
+            std::fs::write(d.path().join(pid).join("comm"), "php-fpm\n").unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                std::fs::write(fdinfo.join(i.to_string()), format!("pos:\t0\nflags:\t02\nmnt_id:\t{id}\n")).unwrap();
+            }
+        }
+        let h = holders(d.path(), 40, 1000);
+        assert_eq!(h, vec![Holder { pid: 10, command: "php-fpm".into(), files: 1 }]);
+    }
+}

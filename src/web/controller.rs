@@ -1,0 +1,415 @@
+//! The controller: ONE task owns the state. Every interval it spawns a probe per target (never two at
+//! once for the same target), feeds each result through hysteresis into the pure state machine, and
+//! spawns the actions it returns as effects that report back as events, each with an outer deadline.
+//! It never awaits an effect inline, so a hung mount or a slow rsync never stops it from probing,
+//! answering status or taking operator requests. In `--once` mode it runs one probe round, waits for
+//! the effects it started, persists and returns.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
+use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
+use super::health::Status;
+use super::state::{self, Durable};
+use crate::alert::AlertSink;
+use crate::config::web::WebConfig;
+
+/// Margin added to an effect's own deadlines before the controller gives up on it.
+const EFFECT_GRACE: Duration = Duration::from_secs(10);
+
+enum Msg {
+    Probed(Target, Result<(), String>),
+    Done(Event),
+    AfterSwitch(String),
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests control them) and
+/// start from the real wall clock (so persisted times survive restarts).
+struct Clock {
+    start: tokio::time::Instant,
+    base_ms: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let base_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        Clock { start: tokio::time::Instant::now(), base_ms }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+pub struct Controller<P, M, S> {
+    cfg: Arc<WebConfig>,
+    state_dir: PathBuf,
+    policy: Policy,
+    d: Durable,
+    prober: Arc<P>,
+    mounter: Arc<M>,
+    syncer: Arc<S>,
+    alerts: Arc<dyn AlertSink>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    probing: [bool; 3],
+    reported: [bool; 3],
+    effects: usize,
+    clock: Clock,
+    last_status: Vec<u8>,
+    last_after_switch: Option<String>,
+}
+
+impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
+    pub fn new(
+        cfg: &WebConfig,
+        state_dir: PathBuf,
+        d: Durable,
+        prober: Arc<P>,
+        mounter: Arc<M>,
+        syncer: Arc<S>,
+        alerts: Arc<dyn AlertSink>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let policy = Policy {
+            hold_down_ms: ms(cfg.hold_down),
+            failback: cfg.reverse_sync.is_some(),
+            retry_initial_ms: cfg.reverse_sync.as_ref().map_or(30_000, |r| ms(r.retry_initial)),
+            retry_max_ms: cfg.reverse_sync.as_ref().map_or(600_000, |r| ms(r.retry_max)),
+            primary_label: format!("primary ({})", cfg.primary.source()),
+            backup_label: format!("backup ({})", cfg.backup.source()),
+        };
+        Controller {
+            cfg: Arc::new(cfg.clone()),
+            state_dir,
+            policy,
+            d,
+            prober,
+            mounter,
+            syncer,
+            alerts,
+            tx,
+            rx,
+            probing: [false; 3],
+            reported: [false; 3],
+            effects: 0,
+            clock: Clock::new(),
+            last_status: Vec::new(),
+            last_after_switch: None,
+        }
+    }
+
+    /// Runs until `shutdown` (daemon) or until one cycle is complete (`once`). Never unmounts on exit.
+    pub async fn run(mut self, once: bool, shutdown: CancellationToken) -> Durable {
+        self.reconcile();
+        self.publish();
+        if !once {
+            crate::sys::systemd::ready(&self.summary());
+            crate::sys::systemd::spawn_watchdog(shutdown.clone());
+        }
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticked = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(msg) = self.rx.recv() => self.handle(msg),
+                _ = tick.tick(), if !(once && ticked) => {
+                    ticked = true;
+                    self.on_tick();
+                }
+            }
+            if once && ticked && self.effects == 0 && self.round_complete() {
+                break;
+            }
+        }
+        self.persist();
+        self.publish();
+        if !once {
+            crate::sys::systemd::stopping();
+        }
+        self.d
+    }
+
+    fn round_complete(&self) -> bool {
+        Target::ALL.iter().all(|t| self.reported[t.index()] || !self.wants(*t))
+    }
+
+    fn wants(&self, t: Target) -> bool {
+        t != Target::Witness || self.cfg.witness.is_some()
+    }
+
+    /// Makes the persisted phase agree with what mountinfo shows: work that was in progress when the
+    /// process stopped is re-decided from what is actually mounted.
+    fn reconcile(&mut self) {
+        let mounted = self.mounter.mounted();
+        let before = self.d.fsm.phase;
+        let serving = mounted.map_or(Phase::Unmounted, |server| Phase::Serving { server });
+        let phase = match before {
+            Phase::Serving { server } if mounted == Some(server) => before,
+            Phase::CatchingUp => {
+                tracing::warn!("the catch-up pass was interrupted by a restart; files written to the backup during the reverse sync may need a manual `rsync --update`");
+                serving
+            }
+            Phase::Unmounted
+            | Phase::Serving { .. }
+            | Phase::Mounting { .. }
+            | Phase::Resyncing { .. }
+            | Phase::Staging { .. } => serving,
+        };
+        if mounted == Some(Server::Backup) && !self.d.fsm.pending_reverse_sync {
+            // Someone (or an interrupted failover) left the backup mounted: assume writes happened there.
+            self.d.fsm.pending_reverse_sync = true;
+        }
+        if phase != before {
+            tracing::info!(from = ?before, to = ?phase, "resuming from the mount table");
+        }
+        self.d.fsm.phase = phase;
+        self.persist();
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(r) = state::take_request(&self.state_dir) {
+            tracing::info!(request = ?r, "operator request");
+            self.step(Event::Requested(r));
+        }
+        let active = self.d.fsm.active();
+        for t in Target::ALL {
+            if !self.wants(t) || self.probing[t.index()] {
+                continue;
+            }
+            self.probing[t.index()] = true;
+            let canary = active.is_some_and(|s| Target::of(s) == t);
+            let fut = self.prober.probe(t, canary);
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Msg::Probed(t, fut.await));
+            });
+        }
+        self.step(Event::Ticked);
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Probed(t, result) => {
+                self.probing[t.index()] = false;
+                self.reported[t.index()] = true;
+                let now = self.clock.now_ms();
+                let (fall, rise) = (self.cfg.fall, self.cfg.rise);
+                let h = match t {
+                    Target::Primary => &mut self.d.health.primary,
+                    Target::Backup => &mut self.d.health.backup,
+                    Target::Witness => &mut self.d.health.witness,
+                };
+                if let Err(e) = &result {
+                    tracing::debug!(target = ?t, error = %e, "check failed");
+                }
+                if let Some(status) = h.observe(result, fall, rise, now) {
+                    tracing::info!(target = ?t, status = status.name(), last_error = ?h.last_error, "health changed");
+                }
+                let snap = self.snapshot();
+                self.step(Event::HealthObserved(snap));
+            }
+            Msg::Done(event) => {
+                self.effects = self.effects.saturating_sub(1);
+                self.step(event);
+            }
+            Msg::AfterSwitch(summary) => {
+                self.effects = self.effects.saturating_sub(1);
+                tracing::info!("{summary}");
+                self.last_after_switch = Some(summary);
+                self.publish();
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let h = &self.d.health;
+        Snapshot {
+            primary: h.primary.status,
+            backup: h.backup.status,
+            witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
+            primary_error: h.primary.last_error.clone(),
+            backup_error: h.backup.last_error.clone(),
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        let now = self.clock.now_ms();
+        let t = fsm::step(&self.d.fsm, event, &self.policy, now);
+        if t.next.phase != self.d.fsm.phase {
+            tracing::info!(from = ?self.d.fsm.phase, to = ?t.next.phase, epoch = t.next.epoch, "state change");
+            crate::sys::systemd::status(&format!("{:?}", t.next.phase));
+        }
+        self.d.fsm = t.next;
+        for a in t.actions {
+            self.act(a);
+        }
+        self.publish();
+    }
+
+    fn spawn_effect<F>(&mut self, limit: Duration, fut: F, on_timeout: Event)
+    where
+        F: Future<Output = Event> + Send + 'static,
+    {
+        self.effects += 1;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let ev = tokio::time::timeout(limit, fut).await.unwrap_or(on_timeout);
+            let _ = tx.send(Msg::Done(ev));
+        });
+    }
+
+    fn act(&mut self, a: Action) {
+        let mount_limit = self.cfg.mount_timeout * 2 + EFFECT_GRACE;
+        let sync_limit = self.cfg.reverse_sync.as_ref().map_or(Duration::from_secs(3600), |r| r.timeout) + EFFECT_GRACE;
+        match a {
+            Action::Mount { server } => {
+                tracing::info!(server = server.name(), mount_point = %self.cfg.mount_point.display(), "detaching and mounting");
+                let fut = self.mounter.mount(server);
+                self.spawn_effect(
+                    mount_limit,
+                    async move {
+                        match fut.await {
+                            Ok(old_mount) => Event::MountSucceeded { server, old_mount },
+                            Err(error) => Event::MountFailed { server, error },
+                        }
+                    },
+                    Event::MountFailed { server, error: "mount effect exceeded its deadline (abandoned)".into() },
+                );
+            }
+            Action::StagedSwitch { to, keep_old } => {
+                tracing::info!(to = to.name(), "staged switch");
+                let fut = self.mounter.staged_switch(to, keep_old);
+                let serving = self.d.fsm.active();
+                self.spawn_effect(
+                    mount_limit * 2,
+                    async move {
+                        match fut.await {
+                            Ok(old_mount) => Event::StagedSwitchSucceeded { to, old_mount },
+                            Err((error, serving)) => Event::StagedSwitchFailed { to, error, serving },
+                        }
+                    },
+                    Event::StagedSwitchFailed { to, error: "staged switch exceeded its deadline".into(), serving },
+                );
+            }
+            Action::ReverseSync { attempt } => {
+                tracing::info!(attempt, "reverse sync backup -> primary");
+                let fut = self.syncer.reverse_sync();
+                self.spawn_effect(
+                    sync_limit,
+                    async move {
+                        match fut.await {
+                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
+                                Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }
+                            }
+                            Err(error) => Event::ReverseSyncFailed { error },
+                        }
+                    },
+                    Event::ReverseSyncFailed { error: "reverse sync exceeded its deadline".into() },
+                );
+            }
+            Action::CatchUp => {
+                tracing::info!("catch-up pass from the kept backup mount");
+                let fut = self.syncer.catch_up();
+                self.spawn_effect(
+                    sync_limit,
+                    async move { Event::CatchUpFinished { result: fut.await.map(|s| (s.files, s.bytes)) } },
+                    Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
+                );
+            }
+            Action::AfterSwitch { server, old_mount } => {
+                self.effects += 1;
+                let fut = self.mounter.after_switch(server, old_mount);
+                let tx = self.tx.clone();
+                let limit = self.cfg.restart_timeout + EFFECT_GRACE;
+                tokio::spawn(async move {
+                    let s = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| "after-switch actions timed out".into());
+                    let _ = tx.send(Msg::AfterSwitch(s));
+                });
+            }
+            Action::Alert(e) => {
+                tracing::warn!(kind = e.kind.name(), reason = %e.reason, "{}", e.title);
+                self.alerts.emit(e);
+            }
+            Action::Persist => self.persist(),
+        }
+    }
+
+    fn persist(&self) {
+        if let Err(e) = state::save(&self.state_dir, &self.d) {
+            tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state");
+        }
+    }
+
+    fn summary(&self) -> String {
+        let f = &self.d.fsm;
+        match f.active() {
+            Some(s) => format!("serving {} ({:?}, epoch {})", s.name(), f.phase, f.epoch),
+            None => format!("{:?} (epoch {})", f.phase, f.epoch),
+        }
+    }
+
+    fn publish(&mut self) {
+        let f = &self.d.fsm;
+        let h = &self.d.health;
+        let server = |name: &str, c: &crate::config::web::ServerConfig, h: &super::health::Health| ServerStatus {
+            name: name.to_owned(),
+            source: c.source(),
+            state: h.status,
+            consecutive_failures: h.fails,
+            consecutive_successes: h.oks,
+            last_error: h.last_error.clone(),
+        };
+        let doc = StatusDoc {
+            active: f.active().map_or("none", Server::name),
+            phase: f.phase,
+            mount_point: self.cfg.mount_point.display().to_string(),
+            hold: f.hold,
+            epoch: f.epoch,
+            pending_reverse_sync: f.pending_reverse_sync,
+            reverse_sync_failures: f.resync_failures,
+            servers: vec![server("primary", &self.cfg.primary, &h.primary), server("backup", &self.cfg.backup, &h.backup)],
+            witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
+            last_after_switch: self.last_after_switch.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&doc) else { return };
+        if bytes != self.last_status {
+            crate::status::write(&self.state_dir, "web", &doc);
+            self.last_status = bytes;
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ServerStatus {
+    name: String,
+    source: String,
+    state: Status,
+    consecutive_failures: u32,
+    consecutive_successes: u32,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusDoc {
+    active: &'static str,
+    phase: Phase,
+    mount_point: String,
+    hold: fsm::Hold,
+    epoch: u64,
+    pending_reverse_sync: bool,
+    reverse_sync_failures: u32,
+    servers: Vec<ServerStatus>,
+    witness: Option<Status>,
+    last_after_switch: Option<String>,
+}

@@ -1,0 +1,405 @@
+//! The side effects the controller spawns, behind three small traits (`Prober`, `Mounter`, `Syncer`) so
+//! component tests drive the controller with fakes on paused time; [`SysEffects`] is the real
+//! implementation over `sys::{probe, mount, mountinfo, rsync}`. Every method returns a `'static` future
+//! with its own deadlines; none of them stats a mount that may be dead.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fsm::Server;
+use crate::config::web::{ServerConfig, WebConfig};
+use crate::sys::mount::{self, MountError};
+use crate::sys::mountinfo;
+use crate::sys::probe::{self, Icmp};
+
+/// What a probe checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Primary,
+    Backup,
+    Witness,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Primary, Target::Backup, Target::Witness];
+
+    pub fn index(self) -> usize {
+        match self {
+            Target::Primary => 0,
+            Target::Backup => 1,
+            Target::Witness => 2,
+        }
+    }
+
+    pub fn of(s: Server) -> Target {
+        match s {
+            Server::Primary => Target::Primary,
+            Server::Backup => Target::Backup,
+        }
+    }
+}
+
+/// Files and bytes moved by one rsync pass, and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+pub trait Prober: Send + Sync + 'static {
+    /// One health check of `target`; `canary` asks for the read through the current mount too.
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static;
+}
+
+pub trait Mounter: Send + Sync + 'static {
+    /// Which server the mount point serves now (from mountinfo only).
+    fn mounted(&self) -> Option<Server>;
+    /// Detach whatever is at the mount point (lazy + force) and mount `server` there; returns the
+    /// mountinfo id of the detached mount.
+    fn mount(&self, server: Server) -> impl Future<Output = Result<Option<u64>, String>> + Send + 'static;
+    /// Mount `to` at a staging dir, verify, keep the old mount at a second staging dir, swap. On error,
+    /// also returns what the mount point serves afterwards.
+    fn staged_switch(
+        &self,
+        to: Server,
+        keep_old: bool,
+    ) -> impl Future<Output = Result<Option<u64>, (String, Option<Server>)>> + Send + 'static;
+    /// Restart units, list processes still holding the detached mount; returns a one-line summary.
+    fn after_switch(&self, server: Server, old_mount: Option<u64>) -> impl Future<Output = String> + Send + 'static;
+}
+
+pub trait Syncer: Send + Sync + 'static {
+    /// Pass 1: the mount point (serving the backup) -> the primary's rsync target.
+    fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static;
+    /// Catch-up: the kept backup mount -> the primary, then detach the kept mount.
+    fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static;
+}
+
+/// The real effects.
+pub struct SysEffects {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: WebConfig,
+    mountinfo: PathBuf,
+    stage: PathBuf,
+    icmp: Icmp,
+    canary_busy: Arc<AtomicBool>,
+}
+
+impl SysEffects {
+    /// Must run inside the tokio runtime (opens the ICMP sockets). Staging dirs live in
+    /// `<state_dir>/stage`.
+    pub fn new(cfg: &WebConfig, state_dir: &Path) -> SysEffects {
+        SysEffects {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                mountinfo: PathBuf::from("/proc/self/mountinfo"),
+                stage: state_dir.join("stage"),
+                icmp: if cfg.checks.icmp || cfg.witness.as_ref().is_some_and(|w| w.port.is_none()) {
+                    Icmp::open()
+                } else {
+                    Icmp::none()
+                },
+                canary_busy: Arc::new(AtomicBool::new(false)),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn server(&self, s: Server) -> &ServerConfig {
+        match s {
+            Server::Primary => &self.cfg.primary,
+            Server::Backup => &self.cfg.backup,
+        }
+    }
+
+    fn entries(&self) -> Vec<mountinfo::MountEntry> {
+        mountinfo::read(&self.mountinfo).unwrap_or_else(|e| {
+            tracing::warn!(path = %self.mountinfo.display(), error = %e, "cannot read mountinfo");
+            Vec::new()
+        })
+    }
+
+    fn serving(&self, at: &Path) -> Option<Server> {
+        let e = self.entries();
+        let top = mountinfo::top_at(&e, at)?;
+        [Server::Primary, Server::Backup].into_iter().find(|s| mountinfo::same_source(&top.source, &self.server(*s).source()))
+    }
+
+    fn top_id(&self, at: &Path) -> Option<u64> {
+        mountinfo::top_at(&self.entries(), at).map(|e| e.id)
+    }
+
+    fn verify(&self, at: &Path, s: Server) -> Result<(), String> {
+        let src = self.server(s).source();
+        if mountinfo::serves(&self.entries(), at, &src) {
+            Ok(())
+        } else {
+            Err(format!("{} does not show {src} at {} after mounting", self.mountinfo.display(), at.display()))
+        }
+    }
+
+    async fn mount_at(&self, s: Server, at: &Path) -> Result<(), MountError> {
+        let c = &self.cfg;
+        mount::mount_helper(&c.fstype, &c.options, &self.server(s).source(), at, c.mount_timeout).await
+    }
+
+    /// Detaches everything stacked at `at` (bounded), forcing when the server may be dead.
+    async fn clear(&self, at: &Path, force: bool) -> Result<(), MountError> {
+        for _ in 0..4 {
+            if mountinfo::top_at(&self.entries(), at).is_none() {
+                break;
+            }
+            mount::detach(at, force, DETACH_DEADLINE).await?;
+        }
+        Ok(())
+    }
+
+    async fn direct_mount(&self, s: Server) -> Result<Option<u64>, String> {
+        let mp = &self.cfg.mount_point;
+        if self.serving(mp) == Some(s) {
+            return Ok(None);
+        }
+        let old = self.top_id(mp);
+        self.clear(mp, true).await.map_err(|e| e.to_string())?;
+        self.mount_at(s, mp).await.map_err(|e| e.to_string())?;
+        self.verify(mp, s)?;
+        Ok(old)
+    }
+
+    async fn staged(&self, to: Server, keep_old: bool) -> Result<Option<u64>, (String, Option<Server>)> {
+        let mp = self.cfg.mount_point.clone();
+        let here = |e: String| (e, self.serving(&mp));
+        let (new, old) = (self.stage.join("new"), self.stage.join("old"));
+        for d in [&new, &old] {
+            std::fs::create_dir_all(d).map_err(|e| here(format!("cannot create {}: {e}", d.display())))?;
+        }
+        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| here(e.to_string()))?;
+        self.clear(&new, true).await.map_err(|e| here(e.to_string()))?;
+        self.clear(&old, false).await.map_err(|e| here(e.to_string()))?;
+        // (1) the new mount, ready and verified before the old one is touched
+        if let Err(e) = self.mount_at(to, &new).await {
+            let _ = self.clear(&new, true).await;
+            return Err(here(e.to_string()));
+        }
+        if let Err(e) = self.verify(&new, to) {
+            let _ = self.clear(&new, true).await;
+            return Err(here(e));
+        }
+        let from = self.serving(&mp);
+        let old_id = self.top_id(&mp);
+        // (2) keep the old mount reachable (catch-up source, and the way back if the swap fails)
+        if from.is_some() {
+            if let Err(e) = mount::bind(&mp, &old, DETACH_DEADLINE).await {
+                let _ = self.clear(&new, true).await;
+                return Err(here(e.to_string()));
+            }
+        }
+        // (3) swap: lazy detach + move, two syscalls back to back
+        let swapped = match mount::detach(&mp, false, DETACH_DEADLINE).await {
+            Ok(()) => mount::move_mount(&new, &mp, DETACH_DEADLINE).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = swapped {
+            tracing::warn!(error = %e, "move of the staged mount failed; mounting directly");
+            let _ = self.clear(&new, true).await;
+            if self.serving(&mp).is_none() {
+                if let Err(e2) = self.mount_at(to, &mp).await {
+                    // the way back: the kept old mount
+                    if from.is_some() {
+                        let _ = mount::move_mount(&old, &mp, DETACH_DEADLINE).await;
+                    }
+                    return Err(here(format!("{e}; direct mount failed too: {e2}")));
+                }
+            }
+        }
+        if let Err(e) = self.verify(&mp, to) {
+            return Err(here(e));
+        }
+        if !keep_old {
+            let _ = self.clear(&old, false).await;
+        }
+        Ok(old_id)
+    }
+
+    fn rsync_args(&self, src: &Path) -> Result<Vec<OsString>, String> {
+        let rs = self.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
+        Ok(reverse_sync_args(src, rs))
+    }
+
+    async fn push(&self, src: &Path) -> Result<SyncStats, String> {
+        let rs = self.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
+        let args = self.rsync_args(src)?;
+        let r = crate::sys::rsync::run(&self.cfg.rsync, &args, None, rs.timeout).await.map_err(|e| {
+            format!("{e}: {}", e.source)
+        })?;
+        if r.ok() {
+            Ok(SyncStats {
+                files: r.files,
+                bytes: r.bytes,
+                elapsed_ms: u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
+            })
+        } else {
+            Err(r.error_text())
+        }
+    }
+}
+
+/// rsync argv for a push of `src` (a local directory) to the reverse-sync target: `--update` (never
+/// overwrite a newer file on the primary), no `--delete` unless opted in.
+pub fn reverse_sync_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--stats".into()];
+    if rs.delete {
+        args.push("--delete".into());
+    }
+    args.extend(rs.target.transport_args());
+    let mut s = src.as_os_str().to_owned();
+    s.push("/");
+    args.push(s);
+    args.push(rs.target.url().into());
+    args
+}
+
+const DETACH_DEADLINE: Duration = Duration::from_secs(3);
+const HOLDERS_SCAN_LIMIT: usize = 200_000;
+
+impl Prober for SysEffects {
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let c = &inner.cfg;
+            let t = c.probe_timeout;
+            if target == Target::Witness {
+                let Some(w) = &c.witness else { return Ok(()) };
+                let ip = probe::resolve(&w.host, t).await.map_err(|e| e.to_string())?;
+                return match w.port {
+                    Some(port) => probe::tcp_connect((ip, port).into(), t).await.map(drop).map_err(|e| e.to_string()),
+                    None => inner.icmp.ping(ip, t).await.map(drop).map_err(|e| e.to_string()),
+                };
+            }
+            let s = match target {
+                Target::Primary => &c.primary,
+                Target::Backup | Target::Witness => &c.backup,
+            };
+            let ip = probe::resolve(&s.address, t).await.map_err(|e| e.to_string())?;
+            if c.checks.icmp {
+                inner.icmp.ping(ip, t).await.map_err(|e| e.to_string())?;
+            }
+            if c.checks.tcp || c.checks.rpc {
+                let addr = (ip, s.nfs_port).into();
+                let mut stream = probe::tcp_connect(addr, t).await.map_err(|e| e.to_string())?;
+                if c.checks.rpc {
+                    let target = addr.to_string();
+                    probe::rpc_null(&mut stream, &target, probe::NFS_PROGRAM, c.checks.nfs_version, t)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            if let (true, Some(rel)) = (canary, &c.checks.canary) {
+                probe::canary(c.mount_point.join(rel), c.checks.canary_timeout, inner.canary_busy.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Mounter for SysEffects {
+    fn mounted(&self) -> Option<Server> {
+        self.inner.serving(&self.inner.cfg.mount_point)
+    }
+
+    fn mount(&self, server: Server) -> impl Future<Output = Result<Option<u64>, String>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.direct_mount(server).await }
+    }
+
+    fn staged_switch(
+        &self,
+        to: Server,
+        keep_old: bool,
+    ) -> impl Future<Output = Result<Option<u64>, (String, Option<Server>)>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.staged(to, keep_old).await }
+    }
+
+    fn after_switch(&self, server: Server, old_mount: Option<u64>) -> impl Future<Output = String> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let mut out = Vec::new();
+            let units = &inner.cfg.restart_units;
+            if !units.is_empty() {
+                let mut cmd = tokio::process::Command::new("systemctl");
+                cmd.arg("try-restart").arg("--").args(units);
+                let text = format!("systemctl try-restart {}", units.join(" "));
+                match mount::run_child(cmd, text, inner.cfg.restart_timeout).await {
+                    Ok(()) => out.push(format!("restarted {}", units.join(", "))),
+                    Err(e) => out.push(e.to_string()),
+                }
+            }
+            if let Some(id) = old_mount {
+                let scan = tokio::task::spawn_blocking(move || mount::holders(Path::new("/proc"), id, HOLDERS_SCAN_LIMIT));
+                match tokio::time::timeout(Duration::from_secs(5), scan).await {
+                    Ok(Ok(h)) if h.is_empty() => out.push("no process holds files on the detached mount".into()),
+                    Ok(Ok(h)) => out.push(format!(
+                        "processes still holding files on the detached mount (they get errors until restarted): {}",
+                        h.iter().map(|h| format!("{} [{}] ({} files)", h.command, h.pid, h.files)).collect::<Vec<_>>().join(", ")
+                    )),
+                    _ => out.push("holder scan did not finish".into()),
+                }
+            }
+            format!("after switch to {}: {}", server.name(), if out.is_empty() { "nothing to do".into() } else { out.join("; ") })
+        }
+    }
+}
+
+impl Syncer for SysEffects {
+    fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.push(&inner.cfg.mount_point.clone()).await }
+    }
+
+    fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let old = inner.stage.join("old");
+            let r = if inner.serving(&old) == Some(Server::Backup) {
+                inner.push(&old).await
+            } else {
+                Err(format!("the kept backup mount at {} is gone", old.display()))
+            };
+            let _ = inner.clear(&old, false).await;
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_sync_never_deletes_by_default() {
+        let t = "[web]\nmount_point = \"/mnt/nfs\"\n[web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n[web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n[web.reverse_sync]\n[web.reverse_sync.target]\nhost = \"10.0.0.2\"\nmodule = \"data\"\nuser = \"nfsguard\"\n";
+        let c = crate::config::Config::parse(Path::new("w.toml"), t).unwrap();
+        let rs = c.web.unwrap().reverse_sync.unwrap();
+        let a: Vec<String> =
+            reverse_sync_args(Path::new("/mnt/nfs"), &rs).iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(&a[..3], ["-a", "--update", "--stats"]);
+        assert!(!a.iter().any(|x| x == "--delete"));
+        assert_eq!(a[a.len() - 2], "/mnt/nfs/");
+        assert_eq!(a[a.len() - 1], "rsync://nfsguard@10.0.0.2:873/data/");
+        let mut rs = rs;
+        rs.delete = true;
+        assert!(reverse_sync_args(Path::new("/m"), &rs).iter().any(|x| x == "--delete"));
+    }
+}

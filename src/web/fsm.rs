@@ -1,0 +1,650 @@
+//! The failover state machine: a PURE function `step(&State, Event, &Policy, now_ms) -> Transition`.
+//! It decides; it performs nothing. Events are past-tense facts (health verdicts after hysteresis,
+//! effect completions, operator requests); actions are imperatives the controller carries out and
+//! reports back. Work in progress is a phase (`Mounting`, `Resyncing`, `Staging`, `CatchingUp`), never a
+//! flag, so a restart knows exactly what was interrupted.
+//!
+//! Ordering promises encoded here: the primary is never mounted again after a failover until a reverse
+//! sync backup->primary has succeeded (or the operator forces it); the staged switch keeps the old mount
+//! until the new one is verified; both-down and network-lost alert once per episode.
+
+use serde::{Deserialize, Serialize};
+
+use super::health::Status;
+use crate::alert::{AlertEvent, AlertKind, Role};
+
+/// One of the two NFS servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Server {
+    Primary,
+    Backup,
+}
+
+impl Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Primary => "primary",
+            Server::Backup => "backup",
+        }
+    }
+
+    pub fn other(self) -> Server {
+        match self {
+            Server::Primary => Server::Backup,
+            Server::Backup => Server::Primary,
+        }
+    }
+}
+
+/// What the node is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+pub enum Phase {
+    /// Nothing of ours is mounted (start-up, or a mount failed after the old one was detached).
+    Unmounted,
+    /// The mount point serves this server.
+    Serving { server: Server },
+    /// Detaching the old (dead) mount and mounting `to` directly.
+    Mounting { to: Server },
+    /// Serving the backup; reverse sync backup->primary attempt `attempt` running.
+    Resyncing { attempt: u32 },
+    /// Staged switch to `to`: new mount ready at a staging dir, then moved onto the mount point.
+    Staging { to: Server },
+    /// Serving the primary again; catch-up pass from the kept backup mount running.
+    CatchingUp,
+}
+
+/// Operator control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hold {
+    /// Automatic control.
+    #[default]
+    None,
+    /// Stay on the current server: no automatic failover or failback.
+    Stay,
+    /// Switch to this server (now) and stay there.
+    Pinned(Server),
+}
+
+/// What the operator asked for (`web --failover-to/--hold/--release`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    FailoverTo(Server),
+    Hold,
+    Release,
+}
+
+/// Health verdicts (after hysteresis) and the last check errors, for decisions and alert texts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Snapshot {
+    pub primary: Status,
+    pub backup: Status,
+    /// `None` when no witness is configured.
+    pub witness: Option<Status>,
+    pub primary_error: Option<String>,
+    pub backup_error: Option<String>,
+}
+
+impl Snapshot {
+    pub fn of(&self, s: Server) -> Status {
+        match s {
+            Server::Primary => self.primary,
+            Server::Backup => self.backup,
+        }
+    }
+
+    fn error(&self, s: Server) -> &str {
+        match s {
+            Server::Primary => self.primary_error.as_deref(),
+            Server::Backup => self.backup_error.as_deref(),
+        }
+        .unwrap_or("no error recorded")
+    }
+}
+
+/// The whole decision state; persisted as is (with the health counters) by `web::state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub phase: Phase,
+    /// Bumped at every failover to the backup; names the episode in alerts and status.
+    pub epoch: u64,
+    /// Writes may exist on the backup that the primary lacks (set at failover, cleared by failback).
+    pub pending_reverse_sync: bool,
+    pub hold: Hold,
+    pub health: Snapshot,
+    /// Wall-clock ms since which the primary has been continuously UP (hold-down for failback).
+    pub primary_up_since: Option<u64>,
+    /// Failed reverse-sync attempts in a row (attempt numbers in alerts; backoff).
+    pub resync_failures: u32,
+    /// No reverse-sync attempt before this wall-clock ms (backoff).
+    pub resync_not_before: Option<u64>,
+    pub both_down_alerted: bool,
+    pub network_lost_alerted: bool,
+    pub recovered_alerted: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            phase: Phase::Unmounted,
+            epoch: 0,
+            pending_reverse_sync: false,
+            hold: Hold::None,
+            health: Snapshot::default(),
+            primary_up_since: None,
+            resync_failures: 0,
+            resync_not_before: None,
+            both_down_alerted: false,
+            network_lost_alerted: false,
+            recovered_alerted: false,
+        }
+    }
+}
+
+impl State {
+    /// The server the mount point serves (or is being switched away from), if any.
+    pub fn active(&self) -> Option<Server> {
+        match self.phase {
+            Phase::Unmounted | Phase::Mounting { .. } => None,
+            Phase::Serving { server } => Some(server),
+            Phase::Resyncing { .. } => Some(Server::Backup),
+            Phase::Staging { to } => Some(to.other()),
+            Phase::CatchingUp => Some(Server::Primary),
+        }
+    }
+}
+
+/// Knobs from the config, in milliseconds, plus server labels for alert texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub hold_down_ms: u64,
+    /// A reverse-sync target is configured: automatic failback is possible.
+    pub failback: bool,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// e.g. `primary (10.0.0.2:/srv/nfs)`.
+    pub primary_label: String,
+    pub backup_label: String,
+}
+
+impl Policy {
+    fn label(&self, s: Server) -> &str {
+        match s {
+            Server::Primary => &self.primary_label,
+            Server::Backup => &self.backup_label,
+        }
+    }
+
+    /// Backoff before reverse-sync attempt `failures + 1`: doubling from `retry_initial`, capped.
+    pub fn backoff_ms(&self, failures: u32) -> u64 {
+        let shift = failures.saturating_sub(1).min(20);
+        self.retry_initial_ms.saturating_mul(1 << shift).min(self.retry_max_ms)
+    }
+}
+
+/// Past-tense facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A check finished; the snapshot holds every verdict after hysteresis.
+    HealthObserved(Snapshot),
+    /// Time passed (backoff and hold-down expiry).
+    Ticked,
+    /// The mount point now serves `server` (verified in mountinfo). `old_mount` is the mountinfo id
+    /// of the mount that was detached, if any (to report processes still holding it).
+    MountSucceeded { server: Server, old_mount: Option<u64> },
+    /// The direct mount failed; nothing of ours is mounted now.
+    MountFailed { server: Server, error: String },
+    ReverseSyncSucceeded { files: u64, bytes: u64, elapsed_ms: u64 },
+    ReverseSyncFailed { error: String },
+    /// The staged switch to `to` completed (verified).
+    StagedSwitchSucceeded { to: Server, old_mount: Option<u64> },
+    /// The staged switch failed; `serving` is what the mount point serves now.
+    StagedSwitchFailed { to: Server, error: String, serving: Option<Server> },
+    CatchUpFinished { result: Result<(u64, u64), String> },
+    Requested(Request),
+}
+
+/// Imperatives for the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Detach whatever is at the mount point (force, lazily) and mount `server` directly.
+    Mount { server: Server },
+    /// Push the mount point's content (the backup) to the primary.
+    ReverseSync { attempt: u32 },
+    /// Mount `to` at a staging dir, verify, then swap it onto the mount point. `keep_old`: keep the old
+    /// mount reachable at a second staging dir for the catch-up pass.
+    StagedSwitch { to: Server, keep_old: bool },
+    /// Push files written during the first pass from the kept backup mount, then detach it.
+    CatchUp,
+    /// Restart the listed units and report processes holding the detached mount.
+    AfterSwitch { server: Server, old_mount: Option<u64> },
+    Alert(AlertEvent),
+    /// Write the durable state now (the transition must survive a crash).
+    Persist,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub next: State,
+    pub actions: Vec<Action>,
+}
+
+struct Out<'a> {
+    s: State,
+    acts: Vec<Action>,
+    p: &'a Policy,
+}
+
+impl Out<'_> {
+    fn alert(&mut self, kind: AlertKind, title: String, reason: String, next: &str) {
+        let h = &self.s.health;
+        let mut e = AlertEvent::new(kind, Role::Web, title, reason)
+            .server(self.p.primary_label.clone(), h.primary.name())
+            .server(self.p.backup_label.clone(), h.backup.name())
+            .detail("failover epoch", self.s.epoch)
+            .detail("pending reverse sync", self.s.pending_reverse_sync)
+            .next_steps(next);
+        if let Some(w) = h.witness {
+            e = e.server("witness", w.name());
+        }
+        self.acts.push(Action::Alert(e));
+    }
+
+    fn alert_with(&mut self, e: AlertEvent) {
+        self.acts.push(Action::Alert(e));
+    }
+}
+
+/// The transition for `event` in `state`.
+pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition {
+    let mut o = Out { s: state.clone(), acts: Vec::new(), p };
+    let phase = state.phase;
+    match (phase, event) {
+        // any --health observed--> (same), then decide
+        (_, Event::HealthObserved(snap)) => {
+            observe(&mut o, snap, now_ms);
+            decide(&mut o, now_ms);
+        }
+        // any --ticked--> (same), then decide (hold-down, backoff)
+        (_, Event::Ticked) => decide(&mut o, now_ms),
+        // any --requested--> (same, hold changed), then decide
+        (_, Event::Requested(r)) => {
+            request(&mut o, r);
+            decide(&mut o, now_ms);
+        }
+        // Mounting(to) --mount succeeded--> Serving(to)
+        (Phase::Mounting { to }, Event::MountSucceeded { server, old_mount }) if to == server => {
+            o.s.phase = Phase::Serving { server };
+            o.acts.push(Action::Persist);
+            let title = format!("now serving {}", p.label(server));
+            let next = match server {
+                Server::Backup => "Nothing to do now: the web node serves the backup. When the primary is back and stays up for the hold-down period, nfs-guard reverse-syncs and fails back by itself.",
+                Server::Primary => "None.",
+            };
+            o.alert(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
+            o.acts.push(Action::AfterSwitch { server, old_mount });
+            decide(&mut o, now_ms);
+        }
+        // Mounting(to) --mount failed--> Unmounted (retried on the next decision)
+        (Phase::Mounting { to }, Event::MountFailed { server, error }) if to == server => {
+            o.s.phase = Phase::Unmounted;
+            o.acts.push(Action::Persist);
+            o.alert(
+                AlertKind::FailoverCompleted,
+                format!("mounting {} FAILED: the mount point is empty", p.label(server)),
+                error,
+                "nfs-guard retries every check interval. Check the mount options and the server's export.",
+            );
+        }
+        // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
+        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }) => {
+            o.s.resync_failures = 0;
+            o.s.resync_not_before = None;
+            o.alert_with(
+                AlertEvent::new(
+                    AlertKind::ReverseSyncSucceeded,
+                    Role::Web,
+                    format!("reverse sync to {} succeeded", p.primary_label),
+                    format!("attempt {attempt}: {files} files, {bytes} bytes in {elapsed_ms} ms"),
+                )
+                .detail("attempt", attempt)
+                .detail("files", files)
+                .detail("bytes", bytes)
+                .detail("duration ms", elapsed_ms)
+                .next_steps("None: switching the mount back to the primary now."),
+            );
+            let stay = matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.primary != Status::Up;
+            if stay {
+                o.s.phase = Phase::Serving { server: Server::Backup };
+            } else {
+                o.s.phase = Phase::Staging { to: Server::Primary };
+                o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: true });
+            }
+            o.acts.push(Action::Persist);
+        }
+        // Resyncing(n) --sync failed--> Serving(backup), retry after backoff
+        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { error }) => {
+            o.s.resync_failures = attempt;
+            let wait = p.backoff_ms(attempt);
+            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.phase = Phase::Serving { server: Server::Backup };
+            o.acts.push(Action::Persist);
+            o.alert_with(
+                AlertEvent::new(
+                    AlertKind::ReverseSyncFailed,
+                    Role::Web,
+                    format!("reverse sync to {} failed (attempt {attempt})", p.primary_label),
+                    error,
+                )
+                .detail("attempt", attempt)
+                .detail("next attempt in", format!("{} s", wait / 1000))
+                .server(p.primary_label.clone(), o.s.health.primary.name())
+                .server(p.backup_label.clone(), o.s.health.backup.name())
+                .next_steps("The web node stays on the backup (no data is lost). Check the primary's rsync daemon/target; nfs-guard retries on its own."),
+            );
+        }
+        // Staging(to) --switched--> CatchingUp (failback) or Serving(to)
+        (Phase::Staging { to }, Event::StagedSwitchSucceeded { to: done, old_mount }) if to == done => {
+            let catch_up = to == Server::Primary && p.failback && o.s.pending_reverse_sync;
+            if catch_up {
+                o.s.phase = Phase::CatchingUp;
+                o.acts.push(Action::CatchUp);
+            } else {
+                o.s.phase = Phase::Serving { server: to };
+                if to == Server::Primary {
+                    o.s.pending_reverse_sync = false;
+                    o.alert(
+                        AlertKind::FailbackCompleted,
+                        format!("failed back to {}", p.primary_label),
+                        "staged switch verified in /proc/self/mountinfo".into(),
+                        "None.",
+                    );
+                } else {
+                    o.s.pending_reverse_sync = true;
+                    o.alert(
+                        AlertKind::FailoverCompleted,
+                        format!("now serving {}", p.backup_label),
+                        "manual switch verified in /proc/self/mountinfo".into(),
+                        "Run `nfs-guard web --release` to return to automatic control.",
+                    );
+                }
+            }
+            o.acts.push(Action::Persist);
+            o.acts.push(Action::AfterSwitch { server: to, old_mount });
+        }
+        // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted
+        (Phase::Staging { to }, Event::StagedSwitchFailed { to: failed, error, serving }) if to == failed => {
+            o.s.phase = serving.map_or(Phase::Unmounted, |server| Phase::Serving { server });
+            o.s.resync_failures += 1;
+            o.s.resync_not_before = Some(now_ms + p.backoff_ms(o.s.resync_failures));
+            o.acts.push(Action::Persist);
+            o.alert(
+                AlertKind::ReverseSyncFailed,
+                format!("switch to {} failed at the mount step", p.label(to)),
+                error,
+                "The web node keeps serving what it served; nfs-guard retries after the backoff.",
+            );
+        }
+        // CatchingUp --catch-up finished--> Serving(primary)
+        (Phase::CatchingUp, Event::CatchUpFinished { result }) => {
+            o.s.phase = Phase::Serving { server: Server::Primary };
+            o.s.pending_reverse_sync = false;
+            o.acts.push(Action::Persist);
+            match result {
+                Ok((files, bytes)) => o.alert(
+                    AlertKind::FailbackCompleted,
+                    format!("failed back to {}", p.primary_label),
+                    format!("catch-up pass copied {files} files ({bytes} bytes) written during the reverse sync"),
+                    "None.",
+                ),
+                Err(e) => o.alert(
+                    AlertKind::FailbackCompleted,
+                    format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
+                    e,
+                    "Files written to the backup during the reverse sync may be missing on the primary: run `rsync -a --update BACKUP/ PRIMARY/` by hand.",
+                ),
+            }
+        }
+        // Completions that do not match the phase (stale after a restart): ignored.
+        (
+            Phase::Unmounted
+            | Phase::Serving { .. }
+            | Phase::Mounting { .. }
+            | Phase::Resyncing { .. }
+            | Phase::Staging { .. }
+            | Phase::CatchingUp,
+            Event::MountSucceeded { .. }
+            | Event::MountFailed { .. }
+            | Event::ReverseSyncSucceeded { .. }
+            | Event::ReverseSyncFailed { .. }
+            | Event::StagedSwitchSucceeded { .. }
+            | Event::StagedSwitchFailed { .. }
+            | Event::CatchUpFinished { .. },
+        ) => {}
+    }
+    Transition { next: o.s, actions: o.acts }
+}
+
+/// Records the new verdicts and the episode flags that depend on them.
+fn observe(o: &mut Out, snap: Snapshot, now_ms: u64) {
+    let was = o.s.health.clone();
+    if snap.primary == Status::Up && was.primary != Status::Up {
+        o.s.primary_up_since = Some(now_ms);
+    }
+    if snap.primary != Status::Up {
+        o.s.primary_up_since = None;
+        o.s.recovered_alerted = false;
+    }
+    if snap.primary == Status::Up || snap.backup == Status::Up {
+        o.s.both_down_alerted = false;
+    }
+    if snap.witness != Some(Status::Down) {
+        o.s.network_lost_alerted = false;
+    }
+    o.s.health = snap;
+}
+
+fn request(o: &mut Out, r: Request) {
+    o.s.hold = match r {
+        Request::FailoverTo(s) => Hold::Pinned(s),
+        Request::Hold => Hold::Stay,
+        Request::Release => Hold::None,
+    };
+    let (title, next) = match r {
+        Request::FailoverTo(s) => (
+            format!("manual switch to {} requested (held there)", o.p.label(s)),
+            "Run `nfs-guard web --release` to return to automatic control.",
+        ),
+        Request::Hold => (
+            "hold: automatic failover and failback suspended".to_owned(),
+            "Run `nfs-guard web --release` to return to automatic control.",
+        ),
+        Request::Release => ("released: automatic control resumed".to_owned(), "None."),
+    };
+    o.acts.push(Action::Persist);
+    o.alert(AlertKind::ManualOverride, title, "operator request".into(), next);
+}
+
+/// The decision for a steady phase; work in progress is never interrupted.
+fn decide(o: &mut Out, now_ms: u64) {
+    let h = o.s.health.clone();
+    let witness_down = h.witness == Some(Status::Down);
+    match o.s.phase {
+        // Unmounted --a server is usable--> Mounting(it)
+        Phase::Unmounted => {
+            let prefer = match o.s.hold {
+                Hold::Pinned(s) => [Some(s), None],
+                Hold::None | Hold::Stay if o.s.pending_reverse_sync => [Some(Server::Backup), Some(Server::Primary)],
+                Hold::None | Hold::Stay => [Some(Server::Primary), Some(Server::Backup)],
+            };
+            if let Some(s) = prefer.into_iter().flatten().find(|s| h.of(*s) == Status::Up) {
+                if s == Server::Backup && !o.s.pending_reverse_sync {
+                    o.s.epoch += 1;
+                    o.s.pending_reverse_sync = true;
+                }
+                o.s.phase = Phase::Mounting { to: s };
+                o.acts.push(Action::Persist);
+                o.acts.push(Action::Mount { server: s });
+            } else {
+                both_down(o, witness_down);
+            }
+        }
+        Phase::Serving { server: Server::Primary } => match o.s.hold {
+            // Serving(primary) --held--> (same)
+            Hold::Stay | Hold::Pinned(Server::Primary) => {}
+            // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead)
+            Hold::Pinned(Server::Backup) => {
+                if h.backup != Status::Down {
+                    o.s.epoch += 1;
+                    o.s.pending_reverse_sync = true;
+                    if h.primary == Status::Down {
+                        o.s.phase = Phase::Mounting { to: Server::Backup };
+                        o.acts.push(Action::Mount { server: Server::Backup });
+                    } else {
+                        o.s.phase = Phase::Staging { to: Server::Backup };
+                        o.acts.push(Action::StagedSwitch { to: Server::Backup, keep_old: false });
+                    }
+                    o.acts.push(Action::Persist);
+                }
+            }
+            // Serving(primary) --primary down, backup up--> Mounting(backup)
+            Hold::None => {
+                if h.primary != Status::Down {
+                    return;
+                }
+                if witness_down {
+                    network_lost(o);
+                } else if h.backup == Status::Up {
+                    o.s.epoch += 1;
+                    o.s.pending_reverse_sync = true;
+                    o.s.phase = Phase::Mounting { to: Server::Backup };
+                    o.acts.push(Action::Persist);
+                    let reason = format!("{} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
+                    o.alert(
+                        AlertKind::FailoverStarted,
+                        format!("failing over to {}", o.p.backup_label),
+                        reason,
+                        "None yet: nfs-guard detaches the dead mount and mounts the backup; a completion alert follows.",
+                    );
+                    o.acts.push(Action::Mount { server: Server::Backup });
+                } else {
+                    both_down(o, false);
+                }
+            }
+        },
+        Phase::Serving { server: Server::Backup } => {
+            let manual = o.s.hold == Hold::Pinned(Server::Primary);
+            if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) {
+                return;
+            }
+            if h.backup == Status::Down {
+                if witness_down {
+                    network_lost(o);
+                } else if h.primary == Status::Up {
+                    // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
+                    // is impossible now; the pending flag stays so the operator is told.
+                    o.s.phase = Phase::Mounting { to: Server::Primary };
+                    o.acts.push(Action::Persist);
+                    o.alert(
+                        AlertKind::FailoverStarted,
+                        format!("backup failed: moving to {} WITHOUT reverse sync", o.p.primary_label),
+                        format!("{} is DOWN: {}", o.p.backup_label, h.error(Server::Backup)),
+                        "Files written on the backup since the failover are not on the primary: copy them by hand (rsync -a --update) when the backup is back.",
+                    );
+                    o.acts.push(Action::Mount { server: Server::Primary });
+                } else if h.primary == Status::Down {
+                    both_down(o, false);
+                }
+                return;
+            }
+            if h.primary != Status::Up {
+                return;
+            }
+            // Serving(backup) --primary up--> (same), alert once
+            if !o.s.recovered_alerted {
+                o.s.recovered_alerted = true;
+                let hold = o.p.hold_down_ms / 1000;
+                let next = if o.p.failback {
+                    format!("None: after {hold} s of stable health nfs-guard reverse-syncs and fails back.")
+                } else {
+                    "No [web.reverse_sync] is configured: copy the backup's changes to the primary, then run `nfs-guard web --failover-to primary`.".to_owned()
+                };
+                o.alert(AlertKind::PrimaryRecovered, format!("{} is up again", o.p.primary_label), "all checks pass".into(), &next);
+            }
+            let held_long = o.s.primary_up_since.is_some_and(|t| now_ms >= t.saturating_add(o.p.hold_down_ms));
+            let backoff_over = o.s.resync_not_before.is_none_or(|t| now_ms >= t);
+            if !(manual || (o.p.failback && held_long)) || !backoff_over {
+                return;
+            }
+            if o.p.failback && o.s.pending_reverse_sync {
+                // Serving(backup) --primary up for hold-down--> Resyncing(n)
+                let attempt = o.s.resync_failures + 1;
+                o.s.phase = Phase::Resyncing { attempt };
+                o.acts.push(Action::Persist);
+                o.alert_with(
+                    AlertEvent::new(
+                        AlertKind::ReverseSyncStarted,
+                        Role::Web,
+                        format!("reverse sync {} -> {} started", o.p.backup_label, o.p.primary_label),
+                        format!("attempt {attempt}: copying files written during failover epoch {}", o.s.epoch),
+                    )
+                    .detail("attempt", attempt)
+                    .next_steps("None: the mount moves back only after this sync succeeds."),
+                );
+                o.acts.push(Action::ReverseSync { attempt });
+            } else {
+                // Serving(backup) --manual, nothing to sync--> Staging(primary)
+                o.s.phase = Phase::Staging { to: Server::Primary };
+                o.acts.push(Action::Persist);
+                o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: false });
+            }
+        }
+        // Work in progress: decided when it reports back.
+        Phase::Mounting { .. } | Phase::Resyncing { .. } | Phase::Staging { .. } | Phase::CatchingUp => {}
+    }
+}
+
+fn both_down(o: &mut Out, witness_down: bool) {
+    if witness_down {
+        network_lost(o);
+        return;
+    }
+    let h = &o.s.health;
+    if h.primary != Status::Down || h.backup != Status::Down || o.s.both_down_alerted {
+        return;
+    }
+    o.s.both_down_alerted = true;
+    let reason = format!(
+        "{}: {}; {}: {}",
+        o.p.primary_label,
+        h.error(Server::Primary),
+        o.p.backup_label,
+        h.error(Server::Backup)
+    );
+    o.alert(
+        AlertKind::BothDown,
+        "both NFS servers are DOWN: staying put".into(),
+        reason,
+        "Bring either server back; nfs-guard keeps probing and switches as soon as one is up.",
+    );
+}
+
+fn network_lost(o: &mut Out) {
+    if o.s.network_lost_alerted {
+        return;
+    }
+    o.s.network_lost_alerted = true;
+    o.alert(
+        AlertKind::NetworkLost,
+        "this web node lost its network (witness unreachable): not switching".into(),
+        "the witness address fails its checks too, so the servers are probably fine".into(),
+        "Check this node's network link and gateway.",
+    );
+}
+
+#[cfg(test)]
+#[path = "fsm_tests.rs"]
+mod tests;
