@@ -14,7 +14,8 @@ use crate::sys::rsync::RsyncTarget;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWeb {
-    pub mount_point: Spanned<String>,
+    /// Required; optional here so a missing key is reported with every other problem.
+    pub mount_point: Option<Spanned<String>>,
     pub fstype: Option<Spanned<String>>,
     pub options: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
@@ -29,8 +30,8 @@ pub struct RawWeb {
     pub restart_timeout: Option<Spanned<String>>,
     pub rsync: Option<Spanned<String>>,
     pub checks: Option<RawChecks>,
-    pub primary: RawServer,
-    pub backup: RawServer,
+    pub primary: Option<RawServer>,
+    pub backup: Option<RawServer>,
     pub reverse_sync: Option<RawReverseSync>,
 }
 
@@ -170,6 +171,16 @@ fn server(ctx: &mut Ctx, key: &str, raw: &RawServer) -> Option<ServerConfig> {
     Some(ServerConfig { address: address?, export: export?, nfs_port: nfs_port? })
 }
 
+fn required_server(ctx: &mut Ctx, key: &str, raw: Option<&RawServer>) -> Option<ServerConfig> {
+    match raw {
+        Some(r) => server(ctx, key, r),
+        None => {
+            ctx.problem(key, None, None, &format!("is required: add a [{key}] table with address and export"));
+            None
+        }
+    }
+}
+
 fn witness(ctx: &mut Ctx, v: &Spanned<String>) -> Option<Witness> {
     let s = v.get_ref();
     // "host" -> ICMP; "host:port" -> TCP; "[v6]:port" -> TCP; a bare IPv6 literal -> ICMP.
@@ -273,7 +284,13 @@ fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig
 
 impl WebConfig {
     pub fn validate(raw: &RawWeb, ctx: &mut Ctx) -> Option<WebConfig> {
-        let mount_point = ctx.abs_path("web.mount_point", &raw.mount_point);
+        let mount_point = match &raw.mount_point {
+            Some(m) => ctx.abs_path("web.mount_point", m),
+            None => {
+                ctx.problem("web.mount_point", None, None, "is required (the directory the web node keeps mounted)");
+                None
+            }
+        };
         let fstype = match &raw.fstype {
             Some(f) => no_space_string(ctx, "web.fstype", f, "a file system type such as \"nfs\" or \"nfs4\""),
             None => Some("nfs".to_owned()),
@@ -307,11 +324,11 @@ impl WebConfig {
             opt_duration(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), Duration::from_secs(30));
         let rsync = raw.rsync.as_ref().map_or_else(|| PathBuf::from("rsync"), |r| PathBuf::from(r.get_ref()));
         let checks = checks(ctx, raw.checks.as_ref());
-        let primary = server(ctx, "web.primary", &raw.primary);
-        let backup = server(ctx, "web.backup", &raw.backup);
-        if let (Some(p), Some(b)) = (&primary, &backup) {
+        let primary = required_server(ctx, "web.primary", raw.primary.as_ref());
+        let backup = required_server(ctx, "web.backup", raw.backup.as_ref());
+        if let (Some(p), Some(b), Some(rb)) = (&primary, &backup, &raw.backup) {
             if p.source() == b.source() {
-                ctx.bad("web.backup.address", &raw.backup.address, "is the same server and export as web.primary");
+                ctx.bad("web.backup.address", &rb.address, "is the same server and export as web.primary");
                 return None;
             }
         }
@@ -384,6 +401,14 @@ mod tests {
         assert!(e.contains("w.toml:3:8: web.fall: 0 must be between 1 and 100"), "{e}");
         assert!(e.contains("web.witness: \"gw:x\" has a bad port"), "{e}");
         assert!(e.contains("web.primary.nfs_port: 70000 must be between 1 and 65535"), "{e}");
+    }
+
+    #[test]
+    fn missing_keys_are_reported_together() {
+        let e = err("[web]\n");
+        assert!(e.contains("w.toml: web.mount_point: is required"), "{e}");
+        assert!(e.contains("w.toml: web.primary: is required: add a [web.primary] table"), "{e}");
+        assert!(e.contains("w.toml: web.backup: is required"), "{e}");
     }
 
     #[test]

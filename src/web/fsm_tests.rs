@@ -1,0 +1,346 @@
+//! Every transition of the pure state machine.
+
+use super::*;
+use crate::alert::AlertKind;
+
+fn policy() -> Policy {
+    Policy {
+        hold_down_ms: 10_000,
+        failback: true,
+        retry_initial_ms: 1_000,
+        retry_max_ms: 4_000,
+        primary_label: "primary (p:/e)".into(),
+        backup_label: "backup (b:/e)".into(),
+    }
+}
+
+fn snap(primary: Status, backup: Status) -> Snapshot {
+    Snapshot { primary, backup, witness: None, primary_error: Some("rpc timeout".into()), backup_error: None }
+}
+
+fn serving(server: Server) -> State {
+    State { phase: Phase::Serving { server }, health: snap(Status::Up, Status::Up), ..State::default() }
+}
+
+fn on_backup() -> State {
+    State {
+        phase: Phase::Serving { server: Server::Backup },
+        epoch: 1,
+        pending_reverse_sync: true,
+        health: snap(Status::Down, Status::Up),
+        ..State::default()
+    }
+}
+
+fn kinds(t: &Transition) -> Vec<AlertKind> {
+    t.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Alert(e) => Some(e.kind),
+            _ => None,
+        })
+        .collect()
+}
+
+fn effects(t: &Transition) -> Vec<Action> {
+    t.actions.iter().filter(|a| !matches!(a, Action::Alert(_) | Action::Persist)).cloned().collect()
+}
+
+fn persists(t: &Transition) -> bool {
+    t.actions.contains(&Action::Persist)
+}
+
+const UP: Status = Status::Up;
+const DOWN: Status = Status::Down;
+const UNKNOWN: Status = Status::Unknown;
+
+#[test]
+fn unmounted_mounts_the_primary_when_up() {
+    let t = step(&State::default(), Event::HealthObserved(snap(UP, UP)), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Mounting { to: Server::Primary });
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
+    assert_eq!(t.next.epoch, 0);
+}
+
+#[test]
+fn unmounted_with_pending_sync_prefers_the_backup() {
+    let s = State { pending_reverse_sync: true, ..State::default() };
+    let t = step(&s, Event::HealthObserved(snap(UP, UP)), &policy(), 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Backup }]);
+}
+
+#[test]
+fn unmounted_mounts_the_backup_when_only_it_is_up_and_opens_an_epoch() {
+    let t = step(&State::default(), Event::HealthObserved(snap(DOWN, UP)), &policy(), 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(t.next.epoch, 1);
+    assert!(t.next.pending_reverse_sync);
+}
+
+#[test]
+fn unmounted_waits_while_nothing_is_known() {
+    let t = step(&State::default(), Event::HealthObserved(snap(UNKNOWN, UNKNOWN)), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Unmounted);
+    assert!(t.actions.is_empty());
+}
+
+#[test]
+fn primary_down_backup_up_fails_over_with_one_alert() {
+    let t = step(&serving(Server::Primary), Event::HealthObserved(snap(DOWN, UP)), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Mounting { to: Server::Backup });
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(kinds(&t), vec![AlertKind::FailoverStarted]);
+    assert_eq!(t.next.epoch, 1);
+    assert!(t.next.pending_reverse_sync);
+    assert!(persists(&t));
+    // further observations while mounting change nothing
+    let t2 = step(&t.next, Event::HealthObserved(snap(DOWN, UP)), &policy(), 1);
+    assert!(t2.actions.is_empty());
+}
+
+#[test]
+fn primary_unknown_or_up_does_not_fail_over() {
+    for p in [UP, UNKNOWN] {
+        let t = step(&serving(Server::Primary), Event::HealthObserved(snap(p, UP)), &policy(), 0);
+        assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+        assert!(t.actions.is_empty());
+    }
+}
+
+#[test]
+fn mount_success_serves_and_reports() {
+    let s = State { phase: Phase::Mounting { to: Server::Backup }, ..on_backup() };
+    let t = step(&s, Event::MountSucceeded { server: Server::Backup, old_mount: Some(40) }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert_eq!(kinds(&t), vec![AlertKind::FailoverCompleted]);
+    assert_eq!(effects(&t), vec![Action::AfterSwitch { server: Server::Backup, old_mount: Some(40) }]);
+    assert!(persists(&t));
+}
+
+#[test]
+fn mount_failure_leaves_unmounted_and_retries_next_decision() {
+    let s = State { phase: Phase::Mounting { to: Server::Backup }, ..on_backup() };
+    let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Unmounted);
+    let t2 = step(&t.next, Event::Ticked, &policy(), 1000);
+    assert_eq!(effects(&t2), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(t2.next.epoch, 1, "a retry is the same episode");
+}
+
+#[test]
+fn both_down_stays_and_alerts_once_per_episode() {
+    let t = step(&serving(Server::Primary), Event::HealthObserved(snap(DOWN, DOWN)), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+    assert_eq!(kinds(&t), vec![AlertKind::BothDown]);
+    let t2 = step(&t.next, Event::HealthObserved(snap(DOWN, DOWN)), &policy(), 1);
+    assert!(kinds(&t2).is_empty());
+    let t3 = step(&t2.next, Event::Ticked, &policy(), 2);
+    assert!(t3.actions.is_empty());
+    // backup back: failover; a later both-down is a new episode
+    let t4 = step(&t3.next, Event::HealthObserved(snap(DOWN, UP)), &policy(), 3);
+    assert!(!t4.next.both_down_alerted);
+    assert_eq!(kinds(&t4), vec![AlertKind::FailoverStarted]);
+}
+
+#[test]
+fn witness_down_means_our_network_is_lost_and_nothing_moves() {
+    let mut h = snap(DOWN, DOWN);
+    h.witness = Some(DOWN);
+    let t = step(&serving(Server::Primary), Event::HealthObserved(h.clone()), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+    assert_eq!(kinds(&t), vec![AlertKind::NetworkLost]);
+    let t2 = step(&t.next, Event::HealthObserved(h), &policy(), 1);
+    assert!(t2.actions.is_empty(), "alerted once");
+    // even when the backup looks up, a lost witness blocks the switch
+    let mut h2 = snap(DOWN, UP);
+    h2.witness = Some(DOWN);
+    let t3 = step(&serving(Server::Primary), Event::HealthObserved(h2), &policy(), 0);
+    assert!(effects(&t3).is_empty());
+    // witness back: the flag resets
+    let mut h3 = snap(UP, UP);
+    h3.witness = Some(UP);
+    assert!(!step(&t2.next, Event::HealthObserved(h3), &policy(), 2).next.network_lost_alerted);
+}
+
+#[test]
+fn primary_recovery_alerts_once_and_waits_for_hold_down() {
+    let t = step(&on_backup(), Event::HealthObserved(snap(UP, UP)), &policy(), 1_000);
+    assert_eq!(kinds(&t), vec![AlertKind::PrimaryRecovered]);
+    assert_eq!(t.next.primary_up_since, Some(1_000));
+    assert!(effects(&t).is_empty());
+    let t2 = step(&t.next, Event::Ticked, &policy(), 10_999);
+    assert!(t2.actions.is_empty());
+    let t3 = step(&t2.next, Event::Ticked, &policy(), 11_000);
+    assert_eq!(t3.next.phase, Phase::Resyncing { attempt: 1 });
+    assert_eq!(effects(&t3), vec![Action::ReverseSync { attempt: 1 }]);
+    assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncStarted]);
+}
+
+#[test]
+fn a_flapping_primary_restarts_the_hold_down_and_never_moves_the_mount() {
+    let p = policy();
+    let mut s = on_backup();
+    let mut now = 0;
+    for _ in 0..10 {
+        let t = step(&s, Event::HealthObserved(snap(UP, UP)), &p, now);
+        assert!(effects(&t).is_empty());
+        now += 5_000;
+        let t = step(&t.next, Event::HealthObserved(snap(DOWN, UP)), &p, now);
+        assert!(effects(&t).is_empty());
+        assert_eq!(t.next.primary_up_since, None);
+        s = t.next;
+        now += 1_000;
+    }
+    assert_eq!(s.phase, Phase::Serving { server: Server::Backup });
+}
+
+#[test]
+fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
+    let p = policy();
+    let s = State { phase: Phase::Resyncing { attempt: 1 }, primary_up_since: Some(0), ..on_backup() };
+    let s = State { health: snap(UP, UP), recovered_alerted: true, ..s };
+    let t = step(&s, Event::ReverseSyncFailed { error: "exit 10".into() }, &p, 20_000);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert_eq!(kinds(&t), vec![AlertKind::ReverseSyncFailed]);
+    assert_eq!(t.next.resync_not_before, Some(21_000));
+    assert!(step(&t.next, Event::Ticked, &p, 20_999).actions.is_empty());
+    let t2 = step(&t.next, Event::Ticked, &p, 21_000);
+    assert_eq!(effects(&t2), vec![Action::ReverseSync { attempt: 2 }]);
+    let t3 = step(&t2.next, Event::ReverseSyncFailed { error: "exit 10".into() }, &p, 22_000);
+    assert_eq!(t3.next.resync_not_before, Some(24_000), "doubling");
+    assert_eq!(p.backoff_ms(5), 4_000, "capped");
+    match &t3.actions.iter().find_map(|a| if let Action::Alert(e) = a { Some(e.clone()) } else { None }) {
+        Some(e) => assert!(e.title.contains("attempt 2") && e.reason == "exit 10", "{e:?}"),
+        None => panic!("no alert"),
+    }
+}
+
+#[test]
+fn only_a_successful_sync_leads_to_the_staged_switch() {
+    let s = State { phase: Phase::Resyncing { attempt: 3 }, resync_failures: 2, ..on_backup() };
+    let s = State { health: snap(UP, UP), ..s };
+    let t = step(&s, Event::ReverseSyncSucceeded { files: 5, bytes: 10, elapsed_ms: 7 }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Staging { to: Server::Primary });
+    assert_eq!(effects(&t), vec![Action::StagedSwitch { to: Server::Primary, keep_old: true }]);
+    assert_eq!(kinds(&t), vec![AlertKind::ReverseSyncSucceeded]);
+    assert_eq!(t.next.resync_failures, 0);
+    assert!(t.next.pending_reverse_sync, "still pending until the catch-up is done");
+}
+
+#[test]
+fn a_sync_success_after_the_primary_died_again_stays_on_backup() {
+    let s = State { phase: Phase::Resyncing { attempt: 1 }, ..on_backup() };
+    let t = step(&s, Event::ReverseSyncSucceeded { files: 0, bytes: 0, elapsed_ms: 0 }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert!(effects(&t).is_empty());
+}
+
+#[test]
+fn staged_switch_then_catch_up_then_failback_completed() {
+    let s = State { phase: Phase::Staging { to: Server::Primary }, ..on_backup() };
+    let t = step(&s, Event::StagedSwitchSucceeded { to: Server::Primary, old_mount: Some(7) }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::CatchingUp);
+    assert_eq!(
+        effects(&t),
+        vec![Action::CatchUp, Action::AfterSwitch { server: Server::Primary, old_mount: Some(7) }]
+    );
+    let t2 = step(&t.next, Event::CatchUpFinished { result: Ok((3, 30)) }, &policy(), 1);
+    assert_eq!(t2.next.phase, Phase::Serving { server: Server::Primary });
+    assert!(!t2.next.pending_reverse_sync);
+    assert_eq!(kinds(&t2), vec![AlertKind::FailbackCompleted]);
+    let t3 = step(&t.next, Event::CatchUpFinished { result: Err("exit 23".into()) }, &policy(), 1);
+    assert_eq!(kinds(&t3), vec![AlertKind::FailbackCompleted]);
+    assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED")));
+}
+
+#[test]
+fn a_failed_staged_switch_keeps_serving_and_backs_off() {
+    let s = State { phase: Phase::Staging { to: Server::Primary }, ..on_backup() };
+    let ev = Event::StagedSwitchFailed { to: Server::Primary, error: "mount: exit 32".into(), serving: Some(Server::Backup) };
+    let t = step(&s, ev, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert_eq!(t.next.resync_not_before, Some(1_000));
+    assert!(t.next.pending_reverse_sync);
+}
+
+#[test]
+fn without_reverse_sync_config_the_node_stays_on_backup() {
+    let p = Policy { failback: false, ..policy() };
+    let t = step(&on_backup(), Event::HealthObserved(snap(UP, UP)), &p, 0);
+    assert_eq!(kinds(&t), vec![AlertKind::PrimaryRecovered]);
+    let t2 = step(&t.next, Event::Ticked, &p, 1_000_000);
+    assert!(t2.actions.is_empty());
+}
+
+#[test]
+fn backup_dying_while_serving_it_moves_to_the_primary_and_says_what_is_missing() {
+    let s = State { health: snap(UP, UP), ..on_backup() };
+    let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &policy(), 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
+    assert_eq!(kinds(&t), vec![AlertKind::FailoverStarted]);
+    assert!(t.next.pending_reverse_sync);
+}
+
+#[test]
+fn manual_failover_to_backup_stages_when_the_primary_is_healthy() {
+    let t = step(&serving(Server::Primary), Event::Requested(Request::FailoverTo(Server::Backup)), &policy(), 0);
+    assert_eq!(t.next.hold, Hold::Pinned(Server::Backup));
+    assert_eq!(kinds(&t), vec![AlertKind::ManualOverride]);
+    assert_eq!(effects(&t), vec![Action::StagedSwitch { to: Server::Backup, keep_old: false }]);
+    let t2 = step(&t.next, Event::StagedSwitchSucceeded { to: Server::Backup, old_mount: None }, &policy(), 1);
+    assert_eq!(t2.next.phase, Phase::Serving { server: Server::Backup });
+    // held: a healthy primary does not trigger failback
+    let t3 = step(&t2.next, Event::Ticked, &policy(), 1_000_000);
+    assert!(effects(&t3).is_empty());
+}
+
+#[test]
+fn manual_failover_to_primary_syncs_first_without_hold_down() {
+    let s = State { health: snap(UP, UP), primary_up_since: Some(0), ..on_backup() };
+    let t = step(&s, Event::Requested(Request::FailoverTo(Server::Primary)), &policy(), 1);
+    assert_eq!(effects(&t), vec![Action::ReverseSync { attempt: 1 }]);
+}
+
+#[test]
+fn hold_suspends_failover_and_release_resumes_it() {
+    let t = step(&serving(Server::Primary), Event::Requested(Request::Hold), &policy(), 0);
+    assert_eq!(t.next.hold, Hold::Stay);
+    let t2 = step(&t.next, Event::HealthObserved(snap(DOWN, UP)), &policy(), 1);
+    assert!(effects(&t2).is_empty());
+    let t3 = step(&t2.next, Event::Requested(Request::Release), &policy(), 2);
+    assert_eq!(t3.next.hold, Hold::None);
+    assert_eq!(effects(&t3), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(kinds(&t3), vec![AlertKind::ManualOverride, AlertKind::FailoverStarted]);
+}
+
+#[test]
+fn stale_completions_are_ignored() {
+    let s = serving(Server::Primary);
+    for ev in [
+        Event::MountSucceeded { server: Server::Backup, old_mount: None },
+        Event::MountFailed { server: Server::Backup, error: "x".into() },
+        Event::ReverseSyncSucceeded { files: 0, bytes: 0, elapsed_ms: 0 },
+        Event::ReverseSyncFailed { error: "x".into() },
+        Event::StagedSwitchSucceeded { to: Server::Primary, old_mount: None },
+        Event::StagedSwitchFailed { to: Server::Primary, error: "x".into(), serving: None },
+        Event::CatchUpFinished { result: Ok((0, 0)) },
+    ] {
+        let t = step(&s, ev, &policy(), 0);
+        assert_eq!(t.next, s);
+        assert!(t.actions.is_empty());
+    }
+    let m = State { phase: Phase::Mounting { to: Server::Backup }, ..s };
+    assert!(step(&m, Event::MountSucceeded { server: Server::Primary, old_mount: None }, &policy(), 0).actions.is_empty());
+}
+
+#[test]
+fn active_server_per_phase() {
+    let mut s = State::default();
+    assert_eq!(s.active(), None);
+    s.phase = Phase::Resyncing { attempt: 1 };
+    assert_eq!(s.active(), Some(Server::Backup));
+    s.phase = Phase::Staging { to: Server::Primary };
+    assert_eq!(s.active(), Some(Server::Backup));
+    s.phase = Phase::CatchingUp;
+    assert_eq!(s.active(), Some(Server::Primary));
+}
