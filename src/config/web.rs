@@ -226,12 +226,7 @@ fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
     let nfs_version = match &raw.nfs_version {
         Some(v) if *v.get_ref() == 3 || *v.get_ref() == 4 => u32::try_from(*v.get_ref()).ok(),
         Some(v) => {
-            ctx.problem(
-                "web.checks.nfs_version",
-                Some(v.span()),
-                Some(v.get_ref().to_string()),
-                "must be 3 or 4",
-            );
+            ctx.problem("web.checks.nfs_version", Some(v.span()), Some(v.get_ref().to_string()), "must be 3 or 4");
             None
         }
         None => Some(3),
@@ -305,8 +300,7 @@ impl WebConfig {
         let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
         let probe_timeout =
             opt_duration(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), Duration::from_millis(800));
-        let mount_timeout =
-            opt_duration(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), Duration::from_secs(15));
+        let mount_timeout = opt_duration(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), Duration::from_secs(15));
         let hold_down = opt_duration(ctx, "web.hold_down", raw.hold_down.as_ref(), Duration::from_secs(60));
         let witness = match &raw.witness {
             Some(w) => witness(ctx, w).map(Some),
@@ -356,7 +350,11 @@ impl WebConfig {
             mount_timeout: mount_timeout?,
             hold_down: hold_down?,
             witness: witness?,
-            restart_units: if units_ok { raw.restart_units.iter().map(|u| u.get_ref().clone()).collect() } else { return None },
+            restart_units: if units_ok {
+                raw.restart_units.iter().map(|u| u.get_ref().clone()).collect()
+            } else {
+                return None;
+            },
             restart_timeout: restart_timeout?,
             rsync,
             checks: checks?,
@@ -394,7 +392,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_all_reported_with_location() {
-        let text = MIN.replace("mount_point = \"/mnt/nfs\"", "mount_point = \"mnt\"\nfall = 0\nwitness = \"gw:x\"")
+        let text = MIN
+            .replace("mount_point = \"/mnt/nfs\"", "mount_point = \"mnt\"\nfall = 0\nwitness = \"gw:x\"")
             .replace("export = \"/srv/nfs\"\n[web.backup]", "export = \"/srv/nfs\"\nnfs_port = 70000\n[web.backup]");
         let e = err(&text);
         assert!(e.contains("w.toml:2:15: web.mount_point: \"mnt\" must be an absolute path"), "{e}");
@@ -440,12 +439,15 @@ mod tests {
     #[test]
     fn witness_forms() {
         let w = |s: &str| {
-            Config::parse(Path::new("w.toml"), &MIN.replace("[web.primary]", &format!("witness = \"{s}\"\n[web.primary]")))
-                .unwrap()
-                .web
-                .unwrap()
-                .witness
-                .unwrap()
+            Config::parse(
+                Path::new("w.toml"),
+                &MIN.replace("[web.primary]", &format!("witness = \"{s}\"\n[web.primary]")),
+            )
+            .unwrap()
+            .web
+            .unwrap()
+            .witness
+            .unwrap()
         };
         assert_eq!(w("10.0.0.1").port, None);
         assert_eq!(w("gw.example:53").port, Some(53));

@@ -159,7 +159,9 @@ pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<()
 /// made under it can be moved with MS_MOVE even when `/` is shared (systemd's default).
 pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration) -> Result<(), MountError> {
     let already = crate::sys::mountinfo::read(mountinfo)
-        .map(|e| crate::sys::mountinfo::top_at(&e, dir).is_some_and(|m| !m.optional.iter().any(|o| o.starts_with("shared:"))))
+        .map(|e| {
+            crate::sys::mountinfo::top_at(&e, dir).is_some_and(|m| !m.optional.iter().any(|o| o.starts_with("shared:")))
+        })
         .unwrap_or(false);
     if !already {
         bind(dir, dir, deadline).await?;

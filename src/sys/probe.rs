@@ -111,7 +111,8 @@ pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 
 /// A NULL call (procedure 0, AUTH_NONE) to `program`/`version`, framed with an RPC record mark.
 pub fn rpc_null_call(xid: u32, program: u32, version: u32) -> Vec<u8> {
-    let words: [u32; 10] = [xid, 0 /* CALL */, 2 /* RPC v2 */, program, version, 0 /* NULL */, 0, 0, 0, 0];
+    let words: [u32; 10] =
+        [xid, 0 /* CALL */, 2 /* RPC v2 */, program, version, 0 /* NULL */, 0, 0, 0, 0];
     let mut out = Vec::with_capacity(44);
     out.extend_from_slice(&(0x8000_0000u32 | 40).to_be_bytes());
     for w in words {
@@ -125,7 +126,10 @@ pub fn rpc_null_call(xid: u32, program: u32, version: u32) -> Vec<u8> {
 pub enum RpcReply {
     Success,
     /// The program runs but not this version (e.g. v4-only server asked for v3): alive.
-    ProgMismatch { low: u32, high: u32 },
+    ProgMismatch {
+        low: u32,
+        high: u32,
+    },
     /// Accepted with another status (e.g. PROG_UNAVAIL = 1: no NFS behind this port).
     Accepted(u32),
     /// MSG_DENIED (RPC version mismatch or auth error): an RPC server answered.

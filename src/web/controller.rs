@@ -23,6 +23,8 @@ use crate::config::web::WebConfig;
 
 /// Margin added to an effect's own deadlines before the controller gives up on it.
 const EFFECT_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping daemon waits for running effects (under systemd's TimeoutStopSec=20s).
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 enum Msg {
     Probed(Target, Result<(), String>),
@@ -132,12 +134,45 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 break;
             }
         }
+        if shutdown.is_cancelled() && self.effects > 0 {
+            // A switch half done is worse than a slow stop: let running effects report (bounded), but
+            // start nothing new. Nothing is unmounted because we stop.
+            tracing::info!(effects = self.effects, "stopping: waiting for running effects");
+            crate::sys::systemd::stopping();
+            let grace = tokio::time::sleep(STOP_GRACE);
+            tokio::pin!(grace);
+            while self.effects > 0 {
+                tokio::select! {
+                    () = &mut grace => break,
+                    Some(msg) = self.rx.recv() => self.settle(msg),
+                }
+            }
+        }
         self.persist();
         self.publish();
         if !once {
             crate::sys::systemd::stopping();
         }
         self.d
+    }
+
+    /// Records an effect's completion while stopping, without starting follow-up actions.
+    fn settle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Probed(t, _) => self.probing[t.index()] = false,
+            Msg::AfterSwitch(_) => self.effects = self.effects.saturating_sub(1),
+            Msg::Done(event) => {
+                self.effects = self.effects.saturating_sub(1);
+                let now = self.clock.now_ms();
+                let t = fsm::step(&self.d.fsm, event, &self.policy, now);
+                self.d.fsm = t.next;
+                for a in t.actions {
+                    if let Action::Alert(e) = a {
+                        self.alerts.emit(e);
+                    }
+                }
+            }
+        }
     }
 
     fn round_complete(&self) -> bool {
@@ -240,6 +275,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
             primary_error: h.primary.last_error.clone(),
             backup_error: h.backup.last_error.clone(),
+            primary_failing: h.primary.fails > 0,
+            backup_failing: h.backup.fails > 0,
         }
     }
 
@@ -333,7 +370,9 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let tx = self.tx.clone();
                 let limit = self.cfg.restart_timeout + EFFECT_GRACE;
                 tokio::spawn(async move {
-                    let s = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| "after-switch actions timed out".into());
+                    let s = tokio::time::timeout(limit, fut)
+                        .await
+                        .unwrap_or_else(|_| "after-switch actions timed out".into());
                     let _ = tx.send(Msg::AfterSwitch(s));
                 });
             }
@@ -378,7 +417,10 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             epoch: f.epoch,
             pending_reverse_sync: f.pending_reverse_sync,
             reverse_sync_failures: f.resync_failures,
-            servers: vec![server("primary", &self.cfg.primary, &h.primary), server("backup", &self.cfg.backup, &h.backup)],
+            servers: vec![
+                server("primary", &self.cfg.primary, &h.primary),
+                server("backup", &self.cfg.backup, &h.backup),
+            ],
             witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
             last_after_switch: self.last_after_switch.clone(),
         };

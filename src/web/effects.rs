@@ -131,7 +131,9 @@ impl Inner {
     fn serving(&self, at: &Path) -> Option<Server> {
         let e = self.entries();
         let top = mountinfo::top_at(&e, at)?;
-        [Server::Primary, Server::Backup].into_iter().find(|s| mountinfo::same_source(&top.source, &self.server(*s).source()))
+        [Server::Primary, Server::Backup]
+            .into_iter()
+            .find(|s| mountinfo::same_source(&top.source, &self.server(*s).source()))
     }
 
     fn top_id(&self, at: &Path) -> Option<u64> {
@@ -182,7 +184,9 @@ impl Inner {
         for d in [&new, &old] {
             std::fs::create_dir_all(d).map_err(|e| here(format!("cannot create {}: {e}", d.display())))?;
         }
-        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| here(e.to_string()))?;
+        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE)
+            .await
+            .map_err(|e| here(e.to_string()))?;
         self.clear(&new, true).await.map_err(|e| here(e.to_string()))?;
         self.clear(&old, false).await.map_err(|e| here(e.to_string()))?;
         // (1) the new mount, ready and verified before the old one is touched
@@ -238,9 +242,9 @@ impl Inner {
     async fn push(&self, src: &Path) -> Result<SyncStats, String> {
         let rs = self.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
         let args = self.rsync_args(src)?;
-        let r = crate::sys::rsync::run(&self.cfg.rsync, &args, None, rs.timeout).await.map_err(|e| {
-            format!("{e}: {}", e.source)
-        })?;
+        let r = crate::sys::rsync::run(&self.cfg.rsync, &args, None, rs.timeout)
+            .await
+            .map_err(|e| format!("{e}: {}", e.source))?;
         if r.ok() {
             Ok(SyncStats {
                 files: r.files,
@@ -347,17 +351,25 @@ impl Mounter for SysEffects {
                 }
             }
             if let Some(id) = old_mount {
-                let scan = tokio::task::spawn_blocking(move || mount::holders(Path::new("/proc"), id, HOLDERS_SCAN_LIMIT));
+                let scan =
+                    tokio::task::spawn_blocking(move || mount::holders(Path::new("/proc"), id, HOLDERS_SCAN_LIMIT));
                 match tokio::time::timeout(Duration::from_secs(5), scan).await {
                     Ok(Ok(h)) if h.is_empty() => out.push("no process holds files on the detached mount".into()),
                     Ok(Ok(h)) => out.push(format!(
                         "processes still holding files on the detached mount (they get errors until restarted): {}",
-                        h.iter().map(|h| format!("{} [{}] ({} files)", h.command, h.pid, h.files)).collect::<Vec<_>>().join(", ")
+                        h.iter()
+                            .map(|h| format!("{} [{}] ({} files)", h.command, h.pid, h.files))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                     _ => out.push("holder scan did not finish".into()),
                 }
             }
-            format!("after switch to {}: {}", server.name(), if out.is_empty() { "nothing to do".into() } else { out.join("; ") })
+            format!(
+                "after switch to {}: {}",
+                server.name(),
+                if out.is_empty() { "nothing to do".into() } else { out.join("; ") }
+            )
         }
     }
 }

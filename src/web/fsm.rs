@@ -86,6 +86,13 @@ pub struct Snapshot {
     pub witness: Option<Status>,
     pub primary_error: Option<String>,
     pub backup_error: Option<String>,
+    /// The latest check of the server failed (it may still be UP while below `fall`). A server is only
+    /// switched TO when it is UP and its latest check passed, so two servers dying together never
+    /// cause a switch to the one whose failure count is one step behind.
+    #[serde(default)]
+    pub primary_failing: bool,
+    #[serde(default)]
+    pub backup_failing: bool,
 }
 
 impl Snapshot {
@@ -94,6 +101,15 @@ impl Snapshot {
             Server::Primary => self.primary,
             Server::Backup => self.backup,
         }
+    }
+
+    /// UP and the latest check passed: safe to switch to.
+    pub fn usable(&self, s: Server) -> bool {
+        let failing = match s {
+            Server::Primary => self.primary_failing,
+            Server::Backup => self.backup_failing,
+        };
+        self.of(s) == Status::Up && !failing
     }
 
     fn error(&self, s: Server) -> &str {
@@ -194,16 +210,37 @@ pub enum Event {
     Ticked,
     /// The mount point now serves `server` (verified in mountinfo). `old_mount` is the mountinfo id
     /// of the mount that was detached, if any (to report processes still holding it).
-    MountSucceeded { server: Server, old_mount: Option<u64> },
+    MountSucceeded {
+        server: Server,
+        old_mount: Option<u64>,
+    },
     /// The direct mount failed; nothing of ours is mounted now.
-    MountFailed { server: Server, error: String },
-    ReverseSyncSucceeded { files: u64, bytes: u64, elapsed_ms: u64 },
-    ReverseSyncFailed { error: String },
+    MountFailed {
+        server: Server,
+        error: String,
+    },
+    ReverseSyncSucceeded {
+        files: u64,
+        bytes: u64,
+        elapsed_ms: u64,
+    },
+    ReverseSyncFailed {
+        error: String,
+    },
     /// The staged switch to `to` completed (verified).
-    StagedSwitchSucceeded { to: Server, old_mount: Option<u64> },
+    StagedSwitchSucceeded {
+        to: Server,
+        old_mount: Option<u64>,
+    },
     /// The staged switch failed; `serving` is what the mount point serves now.
-    StagedSwitchFailed { to: Server, error: String, serving: Option<Server> },
-    CatchUpFinished { result: Result<(u64, u64), String> },
+    StagedSwitchFailed {
+        to: Server,
+        error: String,
+        serving: Option<Server>,
+    },
+    CatchUpFinished {
+        result: Result<(u64, u64), String>,
+    },
     Requested(Request),
 }
 
@@ -211,16 +248,26 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Detach whatever is at the mount point (force, lazily) and mount `server` directly.
-    Mount { server: Server },
+    Mount {
+        server: Server,
+    },
     /// Push the mount point's content (the backup) to the primary.
-    ReverseSync { attempt: u32 },
+    ReverseSync {
+        attempt: u32,
+    },
     /// Mount `to` at a staging dir, verify, then swap it onto the mount point. `keep_old`: keep the old
     /// mount reachable at a second staging dir for the catch-up pass.
-    StagedSwitch { to: Server, keep_old: bool },
+    StagedSwitch {
+        to: Server,
+        keep_old: bool,
+    },
     /// Push files written during the first pass from the kept backup mount, then detach it.
     CatchUp,
     /// Restart the listed units and report processes holding the detached mount.
-    AfterSwitch { server: Server, old_mount: Option<u64> },
+    AfterSwitch {
+        server: Server,
+        old_mount: Option<u64>,
+    },
     Alert(AlertEvent),
     /// Write the durable state now (the transition must survive a crash).
     Persist,
@@ -316,7 +363,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 .detail("duration ms", elapsed_ms)
                 .next_steps("None: switching the mount back to the primary now."),
             );
-            let stay = matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.primary != Status::Up;
+            let stay =
+                matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.primary != Status::Up;
             if stay {
                 o.s.phase = Phase::Serving { server: Server::Backup };
             } else {
@@ -480,7 +528,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                 Hold::None | Hold::Stay if o.s.pending_reverse_sync => [Some(Server::Backup), Some(Server::Primary)],
                 Hold::None | Hold::Stay => [Some(Server::Primary), Some(Server::Backup)],
             };
-            if let Some(s) = prefer.into_iter().flatten().find(|s| h.of(*s) == Status::Up) {
+            if let Some(s) = prefer.into_iter().flatten().find(|s| h.usable(*s)) {
                 if s == Server::Backup && !o.s.pending_reverse_sync {
                     o.s.epoch += 1;
                     o.s.pending_reverse_sync = true;
@@ -517,7 +565,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                 }
                 if witness_down {
                     network_lost(o);
-                } else if h.backup == Status::Up {
+                } else if h.usable(Server::Backup) {
                     o.s.epoch += 1;
                     o.s.pending_reverse_sync = true;
                     o.s.phase = Phase::Mounting { to: Server::Backup };
@@ -543,7 +591,7 @@ fn decide(o: &mut Out, now_ms: u64) {
             if h.backup == Status::Down {
                 if witness_down {
                     network_lost(o);
-                } else if h.primary == Status::Up {
+                } else if h.usable(Server::Primary) {
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
                     // is impossible now; the pending flag stays so the operator is told.
                     o.s.phase = Phase::Mounting { to: Server::Primary };
@@ -572,7 +620,12 @@ fn decide(o: &mut Out, now_ms: u64) {
                 } else {
                     "No [web.reverse_sync] is configured: copy the backup's changes to the primary, then run `nfs-guard web --failover-to primary`.".to_owned()
                 };
-                o.alert(AlertKind::PrimaryRecovered, format!("{} is up again", o.p.primary_label), "all checks pass".into(), &next);
+                o.alert(
+                    AlertKind::PrimaryRecovered,
+                    format!("{} is up again", o.p.primary_label),
+                    "all checks pass".into(),
+                    &next,
+                );
             }
             let held_long = o.s.primary_up_since.is_some_and(|t| now_ms >= t.saturating_add(o.p.hold_down_ms));
             let backoff_over = o.s.resync_not_before.is_none_or(|t| now_ms >= t);

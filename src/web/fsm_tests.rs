@@ -15,7 +15,15 @@ fn policy() -> Policy {
 }
 
 fn snap(primary: Status, backup: Status) -> Snapshot {
-    Snapshot { primary, backup, witness: None, primary_error: Some("rpc timeout".into()), backup_error: None }
+    Snapshot {
+        primary,
+        backup,
+        witness: None,
+        primary_error: Some("rpc timeout".into()),
+        backup_error: None,
+        primary_failing: primary == Status::Down,
+        backup_failing: backup == Status::Down,
+    }
 }
 
 fn serving(server: Server) -> State {
@@ -96,6 +104,14 @@ fn primary_down_backup_up_fails_over_with_one_alert() {
     // further observations while mounting change nothing
     let t2 = step(&t.next, Event::HealthObserved(snap(DOWN, UP)), &policy(), 1);
     assert!(t2.actions.is_empty());
+}
+
+#[test]
+fn a_backup_whose_latest_check_failed_is_not_switched_to() {
+    let mut h = snap(DOWN, UP);
+    h.backup_failing = true;
+    let t = step(&serving(Server::Primary), Event::HealthObserved(h), &policy(), 0);
+    assert!(t.actions.is_empty());
 }
 
 #[test]
@@ -240,10 +256,7 @@ fn staged_switch_then_catch_up_then_failback_completed() {
     let s = State { phase: Phase::Staging { to: Server::Primary }, ..on_backup() };
     let t = step(&s, Event::StagedSwitchSucceeded { to: Server::Primary, old_mount: Some(7) }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::CatchingUp);
-    assert_eq!(
-        effects(&t),
-        vec![Action::CatchUp, Action::AfterSwitch { server: Server::Primary, old_mount: Some(7) }]
-    );
+    assert_eq!(effects(&t), vec![Action::CatchUp, Action::AfterSwitch { server: Server::Primary, old_mount: Some(7) }]);
     let t2 = step(&t.next, Event::CatchUpFinished { result: Ok((3, 30)) }, &policy(), 1);
     assert_eq!(t2.next.phase, Phase::Serving { server: Server::Primary });
     assert!(!t2.next.pending_reverse_sync);
@@ -256,7 +269,11 @@ fn staged_switch_then_catch_up_then_failback_completed() {
 #[test]
 fn a_failed_staged_switch_keeps_serving_and_backs_off() {
     let s = State { phase: Phase::Staging { to: Server::Primary }, ..on_backup() };
-    let ev = Event::StagedSwitchFailed { to: Server::Primary, error: "mount: exit 32".into(), serving: Some(Server::Backup) };
+    let ev = Event::StagedSwitchFailed {
+        to: Server::Primary,
+        error: "mount: exit 32".into(),
+        serving: Some(Server::Backup),
+    };
     let t = step(&s, ev, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert_eq!(t.next.resync_not_before, Some(1_000));
@@ -330,7 +347,9 @@ fn stale_completions_are_ignored() {
         assert!(t.actions.is_empty());
     }
     let m = State { phase: Phase::Mounting { to: Server::Backup }, ..s };
-    assert!(step(&m, Event::MountSucceeded { server: Server::Primary, old_mount: None }, &policy(), 0).actions.is_empty());
+    assert!(step(&m, Event::MountSucceeded { server: Server::Primary, old_mount: None }, &policy(), 0)
+        .actions
+        .is_empty());
 }
 
 #[test]

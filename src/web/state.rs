@@ -83,7 +83,8 @@ struct RequestFile {
 pub fn put_request(state_dir: &Path, request: Request) -> Result<(), StateError> {
     let path = request_path(state_dir);
     let doc = RequestFile { request, requested_at: chrono::Utc::now().to_rfc3339() };
-    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| StateError::Write { path: path.clone(), source: e.into() })?;
+    let bytes =
+        serde_json::to_vec_pretty(&doc).map_err(|e| StateError::Write { path: path.clone(), source: e.into() })?;
     write_atomic(&path, &bytes).map_err(|source| StateError::Write { path, source })
 }
 

@@ -1,0 +1,391 @@
+//! Component tests of the web controller with fake probes, mounts and syncs on paused tokio time: the
+//! real state machine, hysteresis, durable state and status file, with scripted servers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nfs_guard::alert::{AlertEvent, AlertKind, AlertSink};
+use nfs_guard::config::Config;
+use nfs_guard::web::controller::Controller;
+use nfs_guard::web::effects::{Mounter, Prober, SyncStats, Syncer, Target};
+use nfs_guard::web::fsm::{Phase, Request, Server};
+use nfs_guard::web::state;
+use tokio_util::sync::CancellationToken;
+
+const CONFIG: &str = r#"
+[web]
+mount_point = "/mnt/nfs"
+interval = "1s"
+fall = 3
+rise = 3
+hold_down = "5s"
+[web.primary]
+address = "10.9.0.2"
+export = "/srv/nfs"
+[web.backup]
+address = "10.9.0.3"
+export = "/srv/nfs"
+[web.reverse_sync]
+retry_initial = "2s"
+retry_max = "8s"
+[web.reverse_sync.target]
+host = "10.9.0.2"
+module = "data"
+"#;
+
+#[derive(Default)]
+struct World {
+    /// Is the server answering its checks?
+    up: HashMap<&'static str, bool>,
+    mounted: Option<Server>,
+    calls: Vec<String>,
+    /// Mount calls never complete while set.
+    mount_hangs: bool,
+    /// Results of the next reverse syncs (default: success).
+    sync_results: Vec<Result<(), String>>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<World>>);
+
+impl Fake {
+    fn set_up(&self, who: &'static str, up: bool) {
+        self.0.lock().unwrap().up.insert(who, up);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.0.lock().unwrap().calls.clone()
+    }
+    fn mounted(&self) -> Option<Server> {
+        self.0.lock().unwrap().mounted
+    }
+}
+
+impl Prober for Fake {
+    fn probe(&self, target: Target, _canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let name = match target {
+            Target::Primary => "primary",
+            Target::Backup => "backup",
+            Target::Witness => "witness",
+        };
+        let up = *self.0.lock().unwrap().up.get(name).unwrap_or(&true);
+        async move {
+            if up {
+                Ok(())
+            } else {
+                // a dead server costs the probe its full timeout
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Err(format!("{name}: no RPC reply within 800ms"))
+            }
+        }
+    }
+}
+
+impl Mounter for Fake {
+    fn mounted(&self) -> Option<Server> {
+        self.0.lock().unwrap().mounted
+    }
+    fn mount(&self, server: Server) -> impl Future<Output = Result<Option<u64>, String>> + Send + 'static {
+        let w = self.0.clone();
+        let hangs = {
+            let mut g = w.lock().unwrap();
+            g.calls.push(format!("mount {}", server.name()));
+            g.mount_hangs
+        };
+        async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            w.lock().unwrap().mounted = Some(server);
+            Ok(Some(40))
+        }
+    }
+    fn staged_switch(
+        &self,
+        to: Server,
+        keep_old: bool,
+    ) -> impl Future<Output = Result<Option<u64>, (String, Option<Server>)>> + Send + 'static {
+        let w = self.0.clone();
+        w.lock().unwrap().calls.push(format!("staged {} keep_old={keep_old}", to.name()));
+        async move {
+            w.lock().unwrap().mounted = Some(to);
+            Ok(Some(41))
+        }
+    }
+    fn after_switch(&self, server: Server, _old: Option<u64>) -> impl Future<Output = String> + Send + 'static {
+        async move { format!("after switch to {}", server.name()) }
+    }
+}
+
+impl Syncer for Fake {
+    fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let r = {
+            let mut g = self.0.lock().unwrap();
+            g.calls.push("reverse-sync".into());
+            if g.sync_results.is_empty() {
+                Ok(())
+            } else {
+                g.sync_results.remove(0)
+            }
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            r.map(|()| SyncStats { files: 3, bytes: 300, elapsed_ms: 500 })
+        }
+    }
+    fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        self.0.lock().unwrap().calls.push("catch-up".into());
+        async move { Ok(SyncStats { files: 1, bytes: 10, elapsed_ms: 5 }) }
+    }
+}
+
+#[derive(Default)]
+struct Sink(Mutex<Vec<AlertEvent>>);
+
+impl AlertSink for Sink {
+    fn emit(&self, e: AlertEvent) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+impl Sink {
+    fn kinds(&self) -> Vec<AlertKind> {
+        self.0.lock().unwrap().iter().map(|e| e.kind).collect()
+    }
+    fn count(&self, k: AlertKind) -> usize {
+        self.kinds().iter().filter(|x| **x == k).count()
+    }
+}
+
+struct Rig {
+    fake: Fake,
+    sink: Arc<Sink>,
+    dir: tempfile::TempDir,
+    cfg: nfs_guard::config::web::WebConfig,
+}
+
+impl Rig {
+    fn new(config: &str) -> Rig {
+        let cfg = Config::parse(Path::new("t.toml"), config).unwrap().web.unwrap();
+        Rig { fake: Fake::default(), sink: Arc::new(Sink::default()), dir: tempfile::tempdir().unwrap(), cfg }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    fn controller(&self) -> Controller<Fake, Fake, Fake> {
+        let d = state::load(self.dir.path()).unwrap();
+        let f = Arc::new(self.fake.clone());
+        Controller::new(&self.cfg, self.state_dir(), d, f.clone(), f.clone(), f, self.sink.clone())
+    }
+
+    /// Starts the daemon loop; returns its stop token and handle.
+    fn spawn(&self) -> (CancellationToken, tokio::task::JoinHandle<state::Durable>) {
+        let stop = CancellationToken::new();
+        let c = self.controller();
+        let s = stop.clone();
+        (stop, tokio::spawn(async move { c.run(false, s).await }))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.path().join("web.status.json"))
+            .map_or(serde_json::Value::Null, |t| serde_json::from_str(&t).unwrap())
+    }
+
+    fn phase(&self) -> Phase {
+        state::load(self.dir.path()).unwrap().fsm.phase
+    }
+}
+
+/// Advances paused time in small steps until `cond` holds; returns the time it took.
+async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn primary_down_three_times_unmount_mount_backup_one_alert() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    until("serving primary", Duration::from_secs(3), || rig.status()["phase"]["phase"] == "serving").await;
+    rig.fake.set_up("primary", false);
+    let took = until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert!(took <= Duration::from_secs(5), "failover took {took:?}, more than fall x interval + 2s");
+    assert_eq!(rig.fake.calls(), vec!["mount backup"]);
+    until("status updated", Duration::from_secs(2), || rig.status()["active"] == "backup").await;
+    // stays put: no more mounts, one alert of each kind
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rig.fake.calls(), vec!["mount backup"]);
+    assert_eq!(rig.sink.count(AlertKind::FailoverStarted), 1, "{:?}", rig.sink.kinds());
+    assert_eq!(rig.sink.count(AlertKind::FailoverCompleted), 1);
+    let st = rig.status();
+    assert_eq!(st["epoch"], 1);
+    assert_eq!(st["pending_reverse_sync"], true);
+    assert_eq!(st["servers"][0]["state"], "down");
+    assert!(st["servers"][0]["last_error"].as_str().unwrap().contains("no RPC reply"), "{st}");
+    stop.cancel();
+    let d = h.await.unwrap();
+    assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Backup });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_mount_never_stops_the_controller() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.fake.0.lock().unwrap().mount_hangs = true;
+    let (stop, h) = rig.spawn();
+    rig.fake.set_up("primary", false);
+    until("mount started", Duration::from_secs(10), || !rig.fake.calls().is_empty()).await;
+    // the controller keeps probing and publishing while the mount hangs
+    let before = rig.status()["servers"][1]["consecutive_successes"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rig.status()["servers"][1]["consecutive_successes"].as_u64().unwrap();
+    assert!(after >= before + 4, "probes stalled: {before} -> {after}");
+    assert_eq!(rig.status()["phase"]["phase"], "mounting");
+    // and an operator request is still taken
+    state::put_request(&rig.state_dir(), Request::Hold).unwrap();
+    until("hold recorded", Duration::from_secs(3), || rig.status()["hold"] == "stay").await;
+    // the outer deadline (2 x mount_timeout + 10 s) ends the hung mount as a failure
+    rig.fake.0.lock().unwrap().mount_hangs = false;
+    until("mount abandoned", Duration::from_secs(60), || rig.sink.kinds().contains(&AlertKind::FailoverCompleted))
+        .await;
+    assert!(rig.sink.0.lock().unwrap().iter().any(|e| e.title.contains("FAILED")));
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn failback_only_after_a_successful_reverse_sync_then_catch_up() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Backup);
+        w.sync_results = vec![Err("exit 10 (connection refused)".into()), Err("exit 10 (connection refused)".into())];
+    }
+    let mut d = state::Durable::default();
+    d.fsm.phase = Phase::Serving { server: Server::Backup };
+    d.fsm.epoch = 1;
+    d.fsm.pending_reverse_sync = true;
+    state::save(&rig.state_dir(), &d).unwrap();
+    let (stop, h) = rig.spawn();
+    until("failed back", Duration::from_secs(60), || rig.fake.mounted() == Some(Server::Primary)).await;
+    assert_eq!(
+        rig.fake.calls(),
+        vec!["reverse-sync", "reverse-sync", "reverse-sync", "staged primary keep_old=true", "catch-up"]
+    );
+    until("serving primary", Duration::from_secs(5), || rig.phase() == Phase::Serving { server: Server::Primary })
+        .await;
+    let k = rig.sink.kinds();
+    assert_eq!(rig.sink.count(AlertKind::ReverseSyncFailed), 2, "{k:?}");
+    assert_eq!(rig.sink.count(AlertKind::ReverseSyncSucceeded), 1);
+    assert_eq!(rig.sink.count(AlertKind::FailbackCompleted), 1);
+    let failed: Vec<String> = rig
+        .sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == AlertKind::ReverseSyncFailed)
+        .map(|e| e.title.clone())
+        .collect();
+    assert!(failed[0].contains("attempt 1") && failed[1].contains("attempt 2"), "{failed:?}");
+    assert_eq!(rig.status()["pending_reverse_sync"], false);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_down_stays_put_with_one_alert() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.fake.set_up("primary", false);
+    rig.fake.set_up("backup", false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
+    assert_eq!(rig.sink.kinds(), vec![AlertKind::BothDown]);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_primary_causes_no_mount_flapping() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // fails 2 checks out of every 3: never `fall` in a row
+    for _ in 0..10 {
+        rig.fake.set_up("primary", false);
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        rig.fake.set_up("primary", true);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_mode_counts_failures_across_runs() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.controller().run(true, CancellationToken::new()).await;
+    rig.fake.set_up("primary", false);
+    for run in 1..=2 {
+        let d = rig.controller().run(true, CancellationToken::new()).await;
+        assert_eq!(d.health.primary.fails, run);
+        assert!(rig.fake.calls().is_empty(), "run {run} switched too early");
+    }
+    let d = rig.controller().run(true, CancellationToken::new()).await;
+    assert_eq!(rig.fake.calls(), vec!["mount backup"]);
+    assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Backup }, "the run waits for its mount");
+    assert_eq!(rig.sink.count(AlertKind::FailoverStarted), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_mid_failover_resumes_from_the_mount_table() {
+    let rig = Rig::new(CONFIG);
+    // a previous process died after detaching the primary and before the backup mount finished
+    let mut d = state::Durable::default();
+    d.fsm.phase = Phase::Mounting { to: Server::Backup };
+    d.fsm.epoch = 1;
+    d.fsm.pending_reverse_sync = true;
+    state::save(&rig.state_dir(), &d).unwrap();
+    rig.fake.set_up("primary", false);
+    let (stop, h) = rig.spawn();
+    until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.calls(), vec!["mount backup"]);
+    until("serving backup", Duration::from_secs(3), || rig.phase() == Phase::Serving { server: Server::Backup }).await;
+    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.epoch, 1, "the same episode, not a new failover");
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_failover_and_release() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    state::put_request(&rig.state_dir(), Request::FailoverTo(Server::Backup)).unwrap();
+    until("switched", Duration::from_secs(3), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.calls(), vec!["staged backup keep_old=false"]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rig.fake.calls().len(), 1, "held: no failback");
+    state::put_request(&rig.state_dir(), Request::Release).unwrap();
+    until("failed back", Duration::from_secs(30), || rig.fake.mounted() == Some(Server::Primary)).await;
+    assert_eq!(rig.sink.count(AlertKind::ManualOverride), 2);
+    stop.cancel();
+    h.await.unwrap();
+}
