@@ -49,6 +49,13 @@ WEB_MOUNT=/mnt/nfs
 UP_DEADLINE=${LAB_UP_DEADLINE:-60}
 
 die() { echo "lab.sh[$LAB]: error: $*" >&2; exit 1; }
+# die_log LOGFILE MESSAGE: die, showing the end of a daemon's log (the state dir may be gone soon).
+die_log() {
+    local f=$1; shift
+    echo "lab.sh[$LAB]: error: $*" >&2
+    if [[ -s $f ]]; then echo "--- last lines of $f:" >&2; tail -n 20 "$f" >&2; fi
+    exit 1
+}
 log() { [[ -n ${LAB_QUIET:-} ]] || echo "lab.sh[$LAB]: $*" >&2; }
 
 usage() {
@@ -156,8 +163,30 @@ registry_locked() { # run "$@" holding the global registry lock
     return $rc
 }
 
+# An entry is stale when its lab has no state dir, no namespace, and nobody holds its lock
+# (a lab being brought up holds its lock from before its entry exists until it is up).
+_registry_gc() {
+    local n x keep=() changed=0 lf
+    while read -r n x; do
+        [[ -n $n ]] || continue
+        if [[ $n != "$LAB" && ! -d $BASE/$n && ! -e /run/netns/ngl-$n-sw ]]; then
+            lf=$BASE/.$n.lock
+            if [[ ! -e $lf ]] || flock -n "$lf" true; then
+                changed=1
+                continue
+            fi
+        fi
+        keep+=("$n $x")
+    done <"$BASE/registry"
+    if (( changed )); then
+        printf '%s\n' "${keep[@]}" | grep -v '^$' >"$BASE/registry.new" || true
+        mv "$BASE/registry.new" "$BASE/registry"
+    fi
+}
+
 _alloc_subnet() {
     touch "$BASE/registry"
+    _registry_gc
     local x
     x=$(awk -v n="$LAB" '$1 == n { print $2; exit }' "$BASE/registry")
     if [[ -z $x ]]; then
@@ -173,7 +202,7 @@ _alloc_subnet() {
         (( x <= 254 )) || die "no free 10.203.X.0/24 subnet left in $BASE/registry"
         echo "$LAB $x" >>"$BASE/registry"
     fi
-    echo "$x" >"$BASE/.$LAB.subnet"
+    echo "$x"
 }
 
 _free_subnet() {
@@ -235,12 +264,12 @@ netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
 
 # All live pids in a host's network namespace (includes processes started with `exec`).
 ns_pids() {
-    local id p
+    local id
     id=$(netns_id "$1")
     [[ -n $id ]] || return 0
-    for p in /proc/[0-9]*; do
-        [[ $(readlink "$p/ns/net" 2>/dev/null) == "$id" ]] && echo "${p#/proc/}"
-    done
+    # One find for all processes (a readlink per process is far too slow).
+    find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null |
+        awk -v id="$id" '$1 == id { split($2, a, "/"); print a[3] }'
     return 0
 }
 
@@ -581,7 +610,13 @@ install_mount_standin() {
     sed -e "s|@IDENTITY@|$STATE/ssh/id_ed25519|" -e "s|@RUNDIR@|$RUN/web|" \
         "$SCRIPT_DIR/lab/mount.nfs" >"$d/mount.nfs.tmp"
     chmod 755 "$d/mount.nfs.tmp"
-    mv "$d/mount.nfs.tmp" "$d/mount.nfs"
+    if [[ ! -e $d/mount.nfs ]]; then
+        mv "$d/mount.nfs.tmp" "$d/mount.nfs"
+    else
+        # In place: the file is an overlay lower layer of a running web host; keep its inode.
+        cmp -s "$d/mount.nfs.tmp" "$d/mount.nfs" || cat "$d/mount.nfs.tmp" >"$d/mount.nfs"
+        rm -f "$d/mount.nfs.tmp"
+    fi
     ln -sfn mount.nfs "$d/mount.nfs4"
 }
 
@@ -655,13 +690,13 @@ wait_ready() {
     local h=$1 d=$UP_DEADLINE
     case $h in
         primary|backup)
-            wait_for "$h rpcbind" "$d" check_rpcbind "$h" || die "$h: rpcbind does not answer (log $RUN/$h/rpcbind.log)"
-            wait_for "$h nfs-ganesha (NFS v3+v4 NULL)" "$d" check_nfs "$h" || die "$h: nfs-ganesha does not answer (log $RUN/$h/ganesha.log)"
-            wait_for "$h rsync daemon" "$d" check_rsyncd "$h" || die "$h: rsync daemon does not answer (log $RUN/$h/rsyncd.log)"
-            wait_for "$h sshd" "$d" check_sshd "$h" || die "$h: sshd does not answer (log $RUN/$h/sshd.log)"
+            wait_for "$h rpcbind" "$d" check_rpcbind "$h" || die_log "$RUN/$h/rpcbind.log" "$h: rpcbind does not answer"
+            wait_for "$h nfs-ganesha (NFS v3+v4 NULL)" "$d" check_nfs "$h" || die_log "$RUN/$h/ganesha.log" "$h: nfs-ganesha does not answer"
+            wait_for "$h rsync daemon" "$d" check_rsyncd "$h" || die_log "$RUN/$h/rsyncd.log" "$h: rsync daemon does not answer"
+            wait_for "$h sshd" "$d" check_sshd "$h" || die_log "$RUN/$h/sshd.log" "$h: sshd does not answer"
             ;;
         mail)
-            wait_for "mail smtpd" "$d" check_smtpd "$h" || die "mail: smtpd does not answer (log $RUN/mail/smtpd.log)"
+            wait_for "mail smtpd" "$d" check_smtpd "$h" || die_log "$RUN/mail/smtpd.log" "mail: smtpd does not answer"
             ;;
         web)
             hx web test -x /sbin/mount.nfs || die "web: mount.nfs stand-in missing"
@@ -669,7 +704,7 @@ wait_ready() {
     esac
     local daemon
     for daemon in $(daemons_of "$h"); do
-        daemon_pid "$h" "$daemon" >/dev/null || die "$h: $daemon died (log $RUN/$h/$daemon.log)"
+        daemon_pid "$h" "$daemon" >/dev/null || die_log "$RUN/$h/$daemon.log" "$h: $daemon died"
     done
 }
 
@@ -689,9 +724,9 @@ cmd_up() {
     require_root
     ensure_tools
     lock_lab
-    registry_locked _alloc_subnet
-    load_ips "$(cat "$BASE/.$LAB.subnet")"
-    rm -f "$BASE/.$LAB.subnet"
+    local x
+    x=$(registry_locked _alloc_subnet) || die "could not allocate a subnet"
+    load_ips "$x"
     local t0 h
     t0=$(now_ms)
     mkdir -p "$STATE" "$RUN"
@@ -701,16 +736,24 @@ cmd_up() {
     for h in "${STORAGE[@]}"; do write_storage_configs "$h"; done
     mkdir -p "$RUN/web" "$RUN/mail" "$STATE/mail/tmp" "$STATE/mail/new" "$STATE/mail/cur"
     install_mount_standin
+    for h in "${HOSTS[@]}"; do clear_faults "$h"; done
     for h in "${HOSTS[@]}"; do ensure_holder "$h"; done
     for h in "${HOSTS[@]}"; do ensure_daemons "$h"; done
+    # Readiness of all hosts in parallel; then, across the switch, web reaches every host.
+    local -A waiters=()
     for h in "${HOSTS[@]}"; do
-        wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
-        wait_ready "$h"
+        (
+            wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
+            wait_ready "$h"
+            if [[ $h != web ]]; then
+                wait_for "ping web -> $h" 20 hx web ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
+            fi
+        ) &
+        waiters[$h]=$!
     done
-    # Across the switch: web reaches every host.
-    for h in primary backup mail; do
-        wait_for "ping web -> $h" 20 hx web ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
-    done
+    local failed=
+    for h in "${HOSTS[@]}"; do wait "${waiters[$h]}" || failed="$failed $h"; done
+    [[ -z $failed ]] || die "not ready:$failed (see above)"
     log "up in $(( $(now_ms) - t0 )) ms: primary=${IP[primary]} backup=${IP[backup]} web=${IP[web]} mail=${IP[mail]} state=$STATE"
 }
 
@@ -749,7 +792,7 @@ cmd_down() {
     fi
     # 5. registry entry and lock
     registry_locked _free_subnet
-    rm -f "$BASE/.$LAB.lock" "$BASE/.$LAB.subnet"
+    rm -f "$BASE/.$LAB.lock"
     log "down"
 }
 
@@ -811,6 +854,9 @@ table inet ngl_fault {
   }
   chain out {
     type filter hook output priority -300; policy accept;
+    # let out the RSTs and ICMP errors generated by the rejects above
+    oifname "eth0" tcp flags & rst == rst accept
+    oifname "eth0" icmp type destination-unreachable accept
     oifname "eth0" meta l4proto tcp reject with tcp reset
     oifname "eth0" reject with icmpx type admin-prohibited
   }
@@ -870,6 +916,16 @@ cmd_fault() {
     log "fault $kind on $h"
 }
 
+# Undo every fault of a host: SIGCONT, no nftables fault table, links up.
+clear_faults() {
+    local h=$1 p
+    for p in $(ns_pids "$h"); do kill -CONT "$p" 2>/dev/null || true; done
+    nsexec_net "$(ns_name "$h")" nft delete table inet ngl_fault 2>/dev/null || true
+    ip -n "$(ns_name sw)" link set "$(sw_port "$h")" up
+    ip -n "$(ns_name "$h")" link set eth0 up
+    rm -f "$(faults_file "$h")"
+}
+
 cmd_heal() {
     (( $# == 1 )) || usage
     local h=$1
@@ -877,16 +933,11 @@ cmd_heal() {
     require_root
     lock_lab
     load_env_or_die
-    local p
-    for p in $(ns_pids "$h"); do kill -CONT "$p" 2>/dev/null || true; done
-    nsexec_net "$(ns_name "$h")" nft delete table inet ngl_fault 2>/dev/null || true
-    ip -n "$(ns_name sw)" link set "$(sw_port "$h")" up
-    ip -n "$(ns_name "$h")" link set eth0 up
+    clear_faults "$h"
     ensure_holder "$h"
     ensure_daemons "$h"
     wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
     wait_ready "$h"
-    rm -f "$(faults_file "$h")"
     log "healed $h"
 }
 
