@@ -68,21 +68,30 @@ pub async fn run_child(mut cmd: Command, command: String, deadline: Duration) ->
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     let mut child = cmd.spawn().map_err(|source| MountError::Spawn { program, source })?;
     let pid = child.id();
-    let mut err = child.stderr.take();
-    let wait = async {
-        let mut se = Vec::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut se).await;
+    // stderr is collected by its own task: a helper that daemonizes (FUSE) may leave a grandchild holding
+    // the pipe, so the exit status, not EOF, ends the wait.
+    let (etx, erx) = tokio::sync::oneshot::channel();
+    if let Some(mut e) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut se = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(60), e.read_to_end(&mut se)).await;
+            let _ = etx.send(se);
+        });
+    }
+    match tokio::time::timeout(deadline, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(status) => {
+            let se = tokio::time::timeout(Duration::from_millis(300), erx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            Err(MountError::Failed {
+                command,
+                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                stderr: String::from_utf8_lossy(&se).trim().replace('\n', " | "),
+            })
         }
-        (child.wait().await, se)
-    };
-    match tokio::time::timeout(deadline, wait).await {
-        Ok((Ok(status), _)) if status.success() => Ok(()),
-        Ok((status, se)) => Err(MountError::Failed {
-            command,
-            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-            stderr: String::from_utf8_lossy(&se).trim().replace('\n', " | "),
-        }),
         Err(_) => {
             if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);

@@ -528,10 +528,30 @@ fn decide(o: &mut Out, now_ms: u64) {
                 Hold::None | Hold::Stay if o.s.pending_reverse_sync => [Some(Server::Backup), Some(Server::Primary)],
                 Hold::None | Hold::Stay => [Some(Server::Primary), Some(Server::Backup)],
             };
-            if let Some(s) = prefer.into_iter().flatten().find(|s| h.usable(*s)) {
+            // The first preferred server that is usable; a preferred server still Unknown (start-up)
+            // is waited for rather than skipped, so a slow first check never causes a failover.
+            let mut pick = None;
+            for s in prefer.into_iter().flatten() {
+                if h.usable(s) {
+                    pick = Some(s);
+                    break;
+                }
+                if h.of(s) != Status::Down {
+                    break;
+                }
+            }
+            if let Some(s) = pick {
                 if s == Server::Backup && !o.s.pending_reverse_sync {
+                    // Unmounted --only the backup is usable--> Mounting(backup): a failover, new epoch
                     o.s.epoch += 1;
                     o.s.pending_reverse_sync = true;
+                    let reason = format!("{} is not usable: {}", o.p.primary_label, h.error(Server::Primary));
+                    o.alert(
+                        AlertKind::FailoverStarted,
+                        format!("failing over to {}", o.p.backup_label),
+                        reason,
+                        "None yet: nfs-guard mounts the backup; a completion alert follows.",
+                    );
                 }
                 o.s.phase = Phase::Mounting { to: s };
                 o.acts.push(Action::Persist);

@@ -81,8 +81,16 @@ fn unmounted_with_pending_sync_prefers_the_backup() {
 fn unmounted_mounts_the_backup_when_only_it_is_up_and_opens_an_epoch() {
     let t = step(&State::default(), Event::HealthObserved(snap(DOWN, UP)), &policy(), 0);
     assert_eq!(effects(&t), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(kinds(&t), vec![AlertKind::FailoverStarted]);
     assert_eq!(t.next.epoch, 1);
     assert!(t.next.pending_reverse_sync);
+}
+
+#[test]
+fn unmounted_waits_for_the_first_check_of_the_preferred_server() {
+    let t = step(&State::default(), Event::HealthObserved(snap(UNKNOWN, UP)), &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Unmounted);
+    assert!(t.actions.is_empty());
 }
 
 #[test]

@@ -1,0 +1,357 @@
+//! Lab tests of `nfs-guard web` with the real binary inside the lab's `web` host: real probes (ICMP,
+//! TCP, ONC-RPC NULL against nfs-ganesha), the real mount helper (the lab's NFS stand-in), real rsync
+//! daemons, real faults. Root only; a lab that cannot come up fails the test.
+
+#[path = "common/lab.rs"]
+mod lab;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab::{output_with_timeout, wait_until, Fault, Host, Lab};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
+const INTERVAL_S: u64 = 1;
+const FALL: u64 = 3;
+
+/// A config for the lab, with a fresh state dir. `extra` is appended inside `[web]`.
+struct Node {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Node {
+    fn new(lab: &Lab, extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("web.toml");
+        let text = format!(
+            r#"state_dir = "{state}"
+[web]
+mount_point = "{mp}"
+fstype = "nfs"
+options = "vers=3,soft,timeo=10"
+interval = "{INTERVAL_S}s"
+fall = {FALL}
+rise = 3
+probe_timeout = "800ms"
+mount_timeout = "10s"
+hold_down = "2s"
+{extra}
+[web.primary]
+address = "{p}"
+export = "{export}"
+[web.backup]
+address = "{b}"
+export = "{export}"
+[web.reverse_sync]
+retry_initial = "1s"
+retry_max = "2s"
+timeout = "60s"
+[web.reverse_sync.target]
+host = "{p}"
+module = "{module}"
+user = "{user}"
+password_file = "{pass}"
+connect_timeout = "2s"
+io_timeout = "10s"
+"#,
+            state = dir.path().join("state").display(),
+            mp = Lab::WEB_MOUNT,
+            p = lab.ip(Host::Primary),
+            b = lab.ip(Host::Backup),
+            export = Lab::EXPORT,
+            module = Lab::RSYNC_MODULE,
+            user = Lab::RSYNC_USER,
+            pass = lab.rsync_password_file().display(),
+        );
+        fs::write(&config, text).unwrap();
+        Node { dir, config }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("web.log")
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Starts `nfs-guard web` inside the web host, logging to web.log.
+    fn start(&self, lab: &Lab, args: &[&str]) -> Daemon {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let child = lab
+            .command(Host::Web, BIN)
+            .args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Daemon(Some(child))
+    }
+
+    /// One `web --once` run inside the web host (bounded).
+    fn once(&self, lab: &Lab) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        let mut c = lab.command(Host::Web, BIN);
+        c.args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web", "--once"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let out = output_with_timeout(&mut c, Duration::from_secs(40)).expect("web --once did not finish in 40 s");
+        assert!(out.status.success(), "web --once failed: {}", self.log_text());
+    }
+
+    /// `nfs-guard status --json` from the root namespace, bounded: it must answer at all times.
+    fn status(&self) -> serde_json::Value {
+        let mut c = Command::new(BIN);
+        c.args(["--config", self.config.to_str().unwrap(), "status", "--json"]);
+        let t = Instant::now();
+        let out = output_with_timeout(&mut c, Duration::from_secs(3)).expect("status did not answer within 3 s");
+        assert!(t.elapsed() < Duration::from_secs(2), "status took {:?}", t.elapsed());
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn alerts(&self, title_part: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains("alert (no [alert] section") && l.contains(title_part)).count()
+    }
+}
+
+/// The daemon; SIGTERM + wait on drop.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let t = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if t.elapsed() > Duration::from_secs(20) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("nfs-guard web did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn source(lab: &Lab, h: Host) -> String {
+    lab.nfs_source(h)
+}
+
+/// Waits until the web host's mount serves `h` AND the daemon has verified it (status `active`).
+fn wait_mounted(lab: &Lab, h: Host, within: Duration, node: &Node) {
+    let want = source(lab, h);
+    let name = if h == Host::Primary { "primary" } else { "backup" };
+    let t = Instant::now();
+    while lab.web_mount_source().as_deref() != Some(want.as_str()) || node.status()["active"] != name {
+        assert!(t.elapsed() < within, "{want} not mounted within {within:?}; log:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Detaches whatever the web host has at the mount point (between scenarios).
+fn unmount_all(lab: &Lab) {
+    for _ in 0..4 {
+        if lab.web_mount_source().is_none() {
+            return;
+        }
+        let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+    }
+}
+
+/// Fault the primary, measure the time until the web host's mount serves the backup; the controller's
+/// status keeps answering throughout.
+fn failover_scenario(lab: &Lab, fault: Fault) -> Duration {
+    unmount_all(lab);
+    let node = Node::new(lab, "");
+    let mut d = node.start(lab, &[]);
+    wait_mounted(lab, Host::Primary, Duration::from_secs(15), &node);
+    wait_until("primary checks up", Duration::from_secs(5), || node.status()["servers"][1]["state"] == "up");
+    let t = Instant::now();
+    lab.fault(Host::Primary, fault);
+    let backup = source(lab, Host::Backup);
+    let limit = Duration::from_secs(FALL * INTERVAL_S + 2);
+    while lab.web_mount_source().as_deref() != Some(backup.as_str()) {
+        assert!(t.elapsed() < limit + Duration::from_secs(5), "{fault:?}: no failover; log:\n{}", node.log_text());
+        let _ = node.status(); // panics if status does not answer
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    assert!(took <= limit, "{fault:?}: failover took {took:?} (limit {limit:?}); log:\n{}", node.log_text());
+    wait_until("status shows backup", Duration::from_secs(3), || node.status()["active"] == "backup");
+    // the new mount serves the backup's data
+    fs::write(lab.data_dir(Host::Backup).join("probe.txt"), "from backup").unwrap();
+    let got = lab.exec_timeout(Host::Web, &["cat", "/mnt/nfs/probe.txt"], Duration::from_secs(10)).expect("read hung");
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "from backup");
+    assert_eq!(node.alerts("failing over to backup"), 1, "{}", node.log_text());
+    d.stop();
+    lab.heal(Host::Primary);
+    eprintln!("{fault:?}: failover in {} ms", took.as_millis());
+    took
+}
+
+#[test]
+fn web_lab_fails_over_on_host_faults() {
+    let lab = Lab::up("wfh");
+    for fault in [Fault::Freeze, Fault::Kill, Fault::StopNfs] {
+        failover_scenario(&lab, fault);
+    }
+    unmount_all(&lab);
+}
+
+#[test]
+fn web_lab_fails_over_on_network_faults() {
+    let lab = Lab::up("wfn");
+    for fault in [Fault::Blackhole, Fault::Unplug] {
+        failover_scenario(&lab, fault);
+    }
+    unmount_all(&lab);
+}
+
+/// Every file written on the backup during the failover is on the primary after failback, byte for
+/// byte; the reverse sync fails twice (the primary's rsync daemon is down while its NFS is up) and the
+/// mount moves back only after it succeeds; a restart mid-failover resumes without remounting.
+#[test]
+fn web_lab_failback_after_reverse_sync_retries() {
+    let lab = Lab::up("wfb");
+    let node = Node::new(&lab, "");
+    let mut d = node.start(&lab, &[]);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
+    fs::write(lab.data_dir(Host::Primary).join("old.txt"), "on primary before").unwrap();
+
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_mounted(&lab, Host::Backup, Duration::from_secs(FALL * INTERVAL_S + 2), &node);
+
+    // restart mid-failover: the new process resumes on the backup, same epoch, no remount
+    let mount_id = mount_id(&lab);
+    d.kill();
+    let mut d = node.start(&lab, &[]);
+    wait_until("restarted daemon publishes", Duration::from_secs(5), || node.status()["active"] == "backup");
+    assert_eq!(node.status()["epoch"], 1);
+    assert_eq!(mount_id, mount_id_now(&lab), "the restart remounted");
+
+    // writes during the failover, names that a shell would mangle included
+    let script = r#"set -e
+mkdir -p "/mnt/nfs/dir with space/sub"
+for i in $(seq 1 40); do head -c $((i * 997)) /dev/urandom > "/mnt/nfs/dir with space/sub/f$i"; done
+printf 'x' > "/mnt/nfs/new
+line"
+printf 'changed on backup' > /mnt/nfs/old.txt
+sync"#;
+    let out = lab.exec_timeout(Host::Web, &["sh", "-c", script], Duration::from_secs(30)).expect("writes hung");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // primary back, but its rsync daemon stays down: the reverse sync fails, the mount stays
+    lab.heal(Host::Primary);
+    lab.fault(Host::Primary, Fault::StopRsyncd);
+    wait_until("two failed reverse syncs", Duration::from_secs(40), || {
+        node.alerts("reverse sync to primary") >= 2 && node.alerts("failed (attempt 2)") >= 1
+    });
+    assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Backup)), "failed back before a successful sync");
+    assert!(!lab.data_dir(Host::Primary).join("dir with space").exists(), "nothing synced yet");
+
+    lab.heal(Host::Primary);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(30), &node);
+    wait_until("failback completed", Duration::from_secs(20), || {
+        let s = node.status();
+        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"]["phase"] == "serving"
+    });
+    let log = node.log_text();
+    assert!(log.contains("reverse sync to primary") && log.contains("succeeded"), "{log}");
+    assert!(node.alerts("failed back to primary") == 1, "{log}");
+    assert_eq!(same_tree(&lab.data_dir(Host::Backup), &lab.data_dir(Host::Primary)), Vec::<String>::new());
+    // the web host reads the primary now
+    fs::write(lab.data_dir(Host::Primary).join("after.txt"), "primary again").unwrap();
+    let got = lab.exec_timeout(Host::Web, &["cat", "/mnt/nfs/after.txt"], Duration::from_secs(10)).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "primary again");
+    d.stop();
+    // stopping never unmounts
+    assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)));
+    unmount_all(&lab);
+}
+
+/// Both servers down: no switch, one alert. Then `--once` across several timer runs behaves like the
+/// daemon: the failover happens on the `fall`-th failed run, not before.
+#[test]
+fn web_lab_both_down_and_once_mode() {
+    let lab = Lab::up("wbo");
+    let node = Node::new(&lab, "");
+    node.once(&lab);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(1), &node);
+
+    lab.fault(Host::Primary, Fault::StopNfs);
+    for run in 1..FALL {
+        node.once(&lab);
+        assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)), "switched after {run} run(s)");
+    }
+    node.once(&lab);
+    assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Backup)), "{}", node.log_text());
+    assert_eq!(node.status()["epoch"], 1);
+
+    // both down, daemon mode: stays on the backup, one both-down alert
+    lab.fault(Host::Backup, Fault::StopNfs);
+    let mut d = node.start(&lab, &[]);
+    wait_until("both-down alert", Duration::from_secs(15), || node.alerts("both NFS servers are DOWN") == 1);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Backup)));
+        let _ = node.status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(node.alerts("both NFS servers are DOWN"), 1, "{}", node.log_text());
+    d.stop();
+    unmount_all(&lab);
+}
+
+fn mount_id(lab: &Lab) -> u64 {
+    mount_id_now(lab)
+}
+
+fn mount_id_now(lab: &Lab) -> u64 {
+    let mi = fs::read_to_string(format!("/proc/{}/mountinfo", lab.holder_pid(Host::Web))).unwrap();
+    mi.lines()
+        .filter(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT))
+        .last()
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("nothing mounted")
+}
+
+/// Relative paths whose content differs (or that are missing) in `b` compared with `a`.
+fn same_tree(a: &Path, b: &Path) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(a.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(r);
+            } else if fs::read(a.join(&r)).ok() != fs::read(b.join(&r)).ok() {
+                diffs.push(r.display().to_string());
+            }
+        }
+    }
+    diffs
+}
