@@ -224,7 +224,7 @@ fn web_lab_fails_over_on_host_faults() {
 #[test]
 fn web_lab_fails_over_on_network_faults() {
     let lab = Lab::up("wfn");
-    for fault in [Fault::Blackhole, Fault::Unplug] {
+    for fault in [Fault::Blackhole, Fault::Reject, Fault::Unplug] {
         failover_scenario(&lab, fault);
     }
     unmount_all(&lab);
@@ -321,6 +321,30 @@ fn web_lab_both_down_and_once_mode() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(node.alerts("both NFS servers are DOWN"), 1, "{}", node.log_text());
+    d.stop();
+    unmount_all(&lab);
+}
+
+/// The web node itself loses its network (its switch port goes down): every server AND the witness
+/// fail, nfs-guard says so once and does not switch.
+#[test]
+fn web_lab_lost_network_never_switches() {
+    let lab = Lab::up("wnl");
+    let node = Node::new(&lab, &format!("witness = \"{}\"", lab.ip(Host::Mail)));
+    let mut d = node.start(&lab, &[]);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
+    lab.fault(Host::Web, Fault::Unplug);
+    wait_until("network-lost alert", Duration::from_secs(15), || node.alerts("lost its network") == 1);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)), "switched: {}", node.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.alerts("lost its network"), 1);
+    assert_eq!(node.alerts("failing over"), 0, "{}", node.log_text());
+    lab.heal(Host::Web);
+    wait_until("servers up again", Duration::from_secs(15), || node.status()["servers"][0]["state"] == "up");
+    assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)));
     d.stop();
     unmount_all(&lab);
 }

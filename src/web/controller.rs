@@ -277,6 +277,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             backup_error: h.backup.last_error.clone(),
             primary_failing: h.primary.fails > 0,
             backup_failing: h.backup.fails > 0,
+            witness_failing: self.cfg.witness.is_some() && h.witness.fails > 0,
         }
     }
 

@@ -93,6 +93,10 @@ pub struct Snapshot {
     pub primary_failing: bool,
     #[serde(default)]
     pub backup_failing: bool,
+    /// The witness's latest check failed: no switch is started until it passes again or the witness
+    /// is DOWN (then the node has lost its network), so losing our own link never races a failover.
+    #[serde(default)]
+    pub witness_failing: bool,
 }
 
 impl Snapshot {
@@ -585,6 +589,8 @@ fn decide(o: &mut Out, now_ms: u64) {
                 }
                 if witness_down {
                     network_lost(o);
+                } else if h.witness_failing {
+                    // wait one more check: is it the primary or our own network?
                 } else if h.usable(Server::Backup) {
                     o.s.epoch += 1;
                     o.s.pending_reverse_sync = true;
@@ -611,6 +617,8 @@ fn decide(o: &mut Out, now_ms: u64) {
             if h.backup == Status::Down {
                 if witness_down {
                     network_lost(o);
+                } else if h.witness_failing {
+                    // as above: our own network may be the problem
                 } else if h.usable(Server::Primary) {
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
                     // is impossible now; the pending flag stays so the operator is told.

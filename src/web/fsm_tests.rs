@@ -23,6 +23,7 @@ fn snap(primary: Status, backup: Status) -> Snapshot {
         backup_error: None,
         primary_failing: primary == Status::Down,
         backup_failing: backup == Status::Down,
+        witness_failing: false,
     }
 }
 
@@ -184,6 +185,18 @@ fn witness_down_means_our_network_is_lost_and_nothing_moves() {
     let mut h3 = snap(UP, UP);
     h3.witness = Some(UP);
     assert!(!step(&t2.next, Event::HealthObserved(h3), &policy(), 2).next.network_lost_alerted);
+}
+
+#[test]
+fn a_failing_witness_delays_the_failover_by_one_check() {
+    let mut h = snap(DOWN, UP);
+    h.witness = Some(UP);
+    h.witness_failing = true;
+    let t = step(&serving(Server::Primary), Event::HealthObserved(h.clone()), &policy(), 0);
+    assert!(t.actions.is_empty());
+    h.witness_failing = false;
+    let t2 = step(&t.next, Event::HealthObserved(h), &policy(), 1);
+    assert_eq!(effects(&t2), vec![Action::Mount { server: Server::Backup }]);
 }
 
 #[test]
