@@ -1,6 +1,8 @@
 //! `nfs-guard web --failover-to/--hold/--release` record the request durably for the running daemon
 //! and say what will happen; `status` shows the web status without talking to the daemon.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");

@@ -1,6 +1,8 @@
 //! Component tests of the web controller with fake probes, mounts and syncs on paused tokio time: the
 //! real state machine, hysteresis, durable state and status file, with scripted servers.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -115,6 +117,7 @@ impl Mounter for Fake {
             Ok(Some(41))
         }
     }
+    #[allow(clippy::manual_async_fn, reason = "the trait's signature")]
     fn after_switch(&self, server: Server, _old: Option<u64>) -> impl Future<Output = String> + Send + 'static {
         async move { format!("after switch to {}", server.name()) }
     }
@@ -329,7 +332,7 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
         rig.fake.set_up("primary", false);
         tokio::time::sleep(Duration::from_millis(1900)).await;
         rig.fake.set_up("primary", true);
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
     stop.cancel();

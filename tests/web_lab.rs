@@ -2,6 +2,8 @@
 //! TCP, ONC-RPC NULL against nfs-ganesha), the real mount helper (the lab's NFS stand-in), real rsync
 //! daemons, real faults. Root only; a lab that cannot come up fails the test.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "common/lab.rs"]
 mod lab;
 
@@ -356,8 +358,7 @@ fn mount_id(lab: &Lab) -> u64 {
 fn mount_id_now(lab: &Lab) -> u64 {
     let mi = fs::read_to_string(format!("/proc/{}/mountinfo", lab.holder_pid(Host::Web))).unwrap();
     mi.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT))
         .and_then(|l| l.split(' ').next()?.parse().ok())
         .expect("nothing mounted")
 }

@@ -171,6 +171,7 @@ fn server(ctx: &mut Ctx, key: &str, raw: &RawServer) -> Option<ServerConfig> {
     Some(ServerConfig { address: address?, export: export?, nfs_port: nfs_port? })
 }
 
+#[allow(clippy::single_match_else, reason = "both arms are real work")]
 fn required_server(ctx: &mut Ctx, key: &str, raw: Option<&RawServer>) -> Option<ServerConfig> {
     match raw {
         Some(r) => server(ctx, key, r),
@@ -212,6 +213,7 @@ fn witness(ctx: &mut Ctx, v: &Spanned<String>) -> Option<Witness> {
     Some(Witness { host, port })
 }
 
+#[allow(clippy::single_match_else, reason = "the default arm is a full value")]
 fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
     let Some(raw) = raw else {
         return Some(ChecksConfig {
@@ -279,12 +281,11 @@ fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig
 
 impl WebConfig {
     pub fn validate(raw: &RawWeb, ctx: &mut Ctx) -> Option<WebConfig> {
-        let mount_point = match &raw.mount_point {
-            Some(m) => ctx.abs_path("web.mount_point", m),
-            None => {
-                ctx.problem("web.mount_point", None, None, "is required (the directory the web node keeps mounted)");
-                None
-            }
+        let mount_point = if let Some(m) = &raw.mount_point {
+            ctx.abs_path("web.mount_point", m)
+        } else {
+            ctx.problem("web.mount_point", None, None, "is required (the directory the web node keeps mounted)");
+            None
         };
         let fstype = match &raw.fstype {
             Some(f) => no_space_string(ctx, "web.fstype", f, "a file system type such as \"nfs\" or \"nfs4\""),
@@ -366,6 +367,7 @@ impl WebConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::Path;
 

@@ -165,13 +165,11 @@ pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<()
 }
 
 /// Makes `dir` a private mount point of its own (a bind of itself, propagation private), so mounts
-/// made under it can be moved with MS_MOVE even when `/` is shared (systemd's default).
+/// made under it can be moved with `MS_MOVE` even when `/` is shared (systemd's default).
 pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration) -> Result<(), MountError> {
-    let already = crate::sys::mountinfo::read(mountinfo)
-        .map(|e| {
-            crate::sys::mountinfo::top_at(&e, dir).is_some_and(|m| !m.optional.iter().any(|o| o.starts_with("shared:")))
-        })
-        .unwrap_or(false);
+    let already = crate::sys::mountinfo::read(mountinfo).is_ok_and(|e| {
+        crate::sys::mountinfo::top_at(&e, dir).is_some_and(|m| !m.optional.iter().any(|o| o.starts_with("shared:")))
+    });
     if !already {
         bind(dir, dir, deadline).await?;
     }
@@ -223,6 +221,7 @@ pub fn holders(proc_root: &Path, mnt_id: u64, max_fds: usize) -> Vec<Holder> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

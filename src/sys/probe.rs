@@ -51,7 +51,7 @@ pub async fn resolve(host: &str, timeout: Duration) -> Result<IpAddr, ProbeError
     }
 }
 
-/// ICMP echo, when a socket could be opened (raw sockets need root or CAP_NET_RAW; unprivileged ICMP
+/// ICMP echo, when a socket could be opened (raw sockets need root or `CAP_NET_RAW`; unprivileged ICMP
 /// sockets need `net.ipv4.ping_group_range`). Without one the layer is skipped, never failed.
 pub struct Icmp {
     v4: Option<surge_ping::Client>,
@@ -109,12 +109,12 @@ pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
     }
 }
 
-/// A NULL call (procedure 0, AUTH_NONE) to `program`/`version`, framed with an RPC record mark.
+/// A NULL call (procedure 0, `AUTH_NONE`) to `program`/`version`, framed with an RPC record mark.
 pub fn rpc_null_call(xid: u32, program: u32, version: u32) -> Vec<u8> {
     let words: [u32; 10] =
         [xid, 0 /* CALL */, 2 /* RPC v2 */, program, version, 0 /* NULL */, 0, 0, 0, 0];
     let mut out = Vec::with_capacity(44);
-    out.extend_from_slice(&(0x8000_0000u32 | 40).to_be_bytes());
+    out.extend_from_slice(&(0x8000_0000u32 | 0x28).to_be_bytes());
     for w in words {
         out.extend_from_slice(&w.to_be_bytes());
     }
@@ -130,9 +130,9 @@ pub enum RpcReply {
         low: u32,
         high: u32,
     },
-    /// Accepted with another status (e.g. PROG_UNAVAIL = 1: no NFS behind this port).
+    /// Accepted with another status (e.g. `PROG_UNAVAIL` = 1: no NFS behind this port).
     Accepted(u32),
-    /// MSG_DENIED (RPC version mismatch or auth error): an RPC server answered.
+    /// `MSG_DENIED` (RPC version mismatch or auth error): an RPC server answered.
     Denied(u32),
 }
 
@@ -238,6 +238,7 @@ pub async fn canary(path: PathBuf, timeout: Duration, busy: Arc<AtomicBool>) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -396,6 +396,7 @@ impl Syncer for SysEffects {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -29,6 +29,7 @@ impl Server {
         }
     }
 
+    #[must_use]
     pub fn other(self) -> Server {
         match self {
             Server::Primary => Server::Backup,
@@ -125,6 +126,7 @@ impl Snapshot {
     }
 }
 
+#[allow(clippy::struct_excessive_bools, reason = "per-episode alert flags, each independent")]
 /// The whole decision state; persisted as is (with the health counters) by `web::state`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -310,6 +312,7 @@ impl Out<'_> {
 }
 
 /// The transition for `event` in `state`.
+#[allow(clippy::too_many_lines, reason = "one exhaustive (state, event) table reads best in one place")]
 pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition {
     let mut o = Out { s: state.clone(), acts: Vec::new(), p };
     let phase = state.phase;
@@ -521,6 +524,7 @@ fn request(o: &mut Out, r: Request) {
 }
 
 /// The decision for a steady phase; work in progress is never interrupted.
+#[allow(clippy::too_many_lines, reason = "one arm per steady phase, kept together")]
 fn decide(o: &mut Out, now_ms: u64) {
     let h = o.s.health.clone();
     let witness_down = h.witness == Some(Status::Down);
@@ -727,5 +731,6 @@ fn network_lost(o: &mut Out) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 #[path = "fsm_tests.rs"]
 mod tests;

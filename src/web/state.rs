@@ -103,6 +103,7 @@ pub fn take_request(state_dir: &Path) -> Option<Request> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::web::fsm::{Phase, Server};

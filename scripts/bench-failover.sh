@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Benchmark of `nfs-guard web` failover and failback in the lab, next to the classic ping loop.
+#
+#   sudo scripts/bench-failover.sh                 # RUNS=20 per fault kind
+#   RUNS=5 FAULTS="freeze kill" sudo scripts/bench-failover.sh
+#
+# What it measures (real binary inside the lab's `web` host, real nfs-ganesha/rsyncd/sshfs stand-in):
+#   1. failover: time from the start of `lab.sh fault primary KIND` to /proc/<web>/mountinfo showing the
+#      backup at /mnt/nfs; RUNS runs per fault kind, p50/p99 (nearest rank) and max. Each run ends
+#      with `heal` and nfs-guard's own failback, so every run starts from "serving primary".
+#   2. failback with FILES (default 10000) changed files: files written to the backup during the
+#      failover, then the primary healed; time from heal to mountinfo showing the primary, and the
+#      reverse-sync pass duration nfs-guard reports.
+#   3. the classic loop `while sleep 10; do ping -c1 -W1 PRIMARY || remount backup; done` on the same
+#      faults (PING_RUNS runs, each watched for PING_WATCH seconds): it never notices a frozen host or a
+#      dead NFS service, because the kernel still answers ping.
+# Figures go to stdout; docs/bench-failover.md holds a recorded run with the machine description.
+set -euo pipefail
+export LC_ALL=C
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LAB=${LAB:-wbnch}
+export LAB
+RUNS=${RUNS:-20}
+FILES=${FILES:-10000}
+FAULTS=${FAULTS:-"freeze kill stop-nfs blackhole reject unplug"}
+PING_RUNS=${PING_RUNS:-3}
+PING_WATCH=${PING_WATCH:-35}
+BIN=${BIN:-$ROOT/target/debug/nfs-guard}
+LABSH="$ROOT/scripts/lab.sh"
+WORK=$(mktemp -d /tmp/nfs-guard-bench.XXXXXX)
+DAEMON=
+
+[[ $(id -u) == 0 ]] || { echo "bench-failover.sh: needs root (the lab uses namespaces)" >&2; exit 1; }
+[[ -x $BIN ]] || (cd "$ROOT" && cargo build --quiet)
+
+cleanup() {
+    [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+    bash "$LABSH" down >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
+lab() { LAB_QUIET=1 bash "$LABSH" "$@"; }
+
+lab up
+eval "$(lab env)"
+HOLDER=$(cut -d' ' -f1 "$LAB_RUN/web/holder.pid")
+P=$LAB_PRIMARY_IP B=$LAB_BACKUP_IP
+
+mount_src() { # source of the topmost mount at /mnt/nfs in the web host ("" if none); never touches it
+    awk '$5=="/mnt/nfs"{for(i=7;i<=NF;i++) if($i=="-"){s=$(i+2)}} END{print s}' "/proc/$HOLDER/mountinfo"
+}
+web() { nsenter -t "$HOLDER" -m -n -- "$@"; }
+wait_src() { # SOURCE SECONDS
+    local end=$(( $(now_ms) + $2 * 1000 ))
+    until [[ $(mount_src) == "$1" ]]; do
+        (( $(now_ms) < end )) || return 1
+        sleep 0.02
+    done
+}
+status_field() { "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | sed -n "s/^  \"$1\": \\(.*\\),\$/\\1/p" | head -1; }
+wait_failed_back() {
+    local end=$(( $(now_ms) + $1 * 1000 ))
+    until [[ $(mount_src) == "$P:/srv/nfs" && $(status_field pending_reverse_sync) == false && $(status_field active) == '"primary"' ]]; do
+        (( $(now_ms) < end )) || return 1
+        sleep 0.1
+    done
+}
+
+cat >"$WORK/web.toml" <<EOF
+state_dir = "$WORK/state"
+[web]
+mount_point = "/mnt/nfs"
+fstype = "nfs"
+options = "vers=3,soft,timeo=10"
+interval = "1s"
+fall = 3
+rise = 3
+probe_timeout = "800ms"
+mount_timeout = "10s"
+hold_down = "1s"
+[web.primary]
+address = "$P"
+export = "/srv/nfs"
+[web.backup]
+address = "$B"
+export = "/srv/nfs"
+[web.reverse_sync]
+retry_initial = "1s"
+retry_max = "2s"
+timeout = "10m"
+[web.reverse_sync.target]
+host = "$P"
+module = "$LAB_RSYNC_MODULE"
+user = "$LAB_RSYNC_USER"
+password_file = "$LAB_RSYNC_PASS"
+connect_timeout = "2s"
+io_timeout = "30s"
+EOF
+
+# nsenter execs the program, so $! is nfs-guard itself (a shell function here would background a subshell)
+nsenter -t "$HOLDER" -m -n -- "$BIN" --config "$WORK/web.toml" --log-format human web >"$WORK/web.log" 2>&1 &
+DAEMON=$!
+wait_src "$P:/srv/nfs" 20 || { echo "nfs-guard did not mount the primary" >&2; tail "$WORK/web.log" >&2; exit 1; }
+wait_failed_back 20 || true
+
+stats() { # NAME values... -> "NAME n p50 p99 max" (nearest rank)
+    local name=$1; shift
+    local sorted n p50 p99
+    sorted=$(printf '%s\n' "$@" | sort -n)
+    n=$#
+    p50=$(sed -n "$(( (n * 50 + 99) / 100 ))p" <<<"$sorted")
+    p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" <<<"$sorted")
+    printf '%-10s runs=%-3s p50=%6s ms  p99=%6s ms  max=%6s ms\n' "$name" "$n" "$p50" "$p99" "$(tail -1 <<<"$sorted")"
+}
+
+echo "== nfs-guard failover: fault injection -> mount serves the backup (interval 1s, fall 3, probe_timeout 800ms)"
+for fault in $FAULTS; do
+    times=()
+    for ((i = 1; i <= RUNS; i++)); do
+        wait_failed_back 60 || { echo "run $i: not back on the primary" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+        t0=$(now_ms)
+        lab fault primary "$fault"
+        wait_src "$B:/srv/nfs" 30 || { echo "$fault run $i: no failover within 30 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+        times+=($(( $(now_ms) - t0 )))
+        lab heal primary
+    done
+    stats "$fault" "${times[@]}"
+done
+
+echo "== nfs-guard failback with $FILES changed files (hold_down 1s, rise 3)"
+wait_failed_back 60
+lab fault primary stop-nfs
+wait_src "$B:/srv/nfs" 30
+mkdir -p "$LAB_BACKUP_DATA/bench"
+for ((i = 0; i < FILES; i++)); do printf 'file %d\n' "$i" >"$LAB_BACKUP_DATA/bench/f$i"; done
+t0=$(now_ms)
+lab heal primary
+wait_src "$P:/srv/nfs" 600 || { echo "no failback within 600 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+t1=$(now_ms)
+wait_failed_back 120
+n=$(find "$LAB_PRIMARY_DATA/bench" -type f | wc -l)
+sync_line=$(grep -a "reverse sync to primary" "$WORK/web.log" | grep -a succeeded | tail -1 | grep -o 'attempt [0-9]*: [0-9]* files, [0-9]* bytes in [0-9]* ms' || true)
+echo "heal -> mount serves the primary: $(( t1 - t0 )) ms (includes rise 3 x 1s + hold_down 1s); files on primary: $n/$FILES"
+echo "reverse sync pass: $sync_line"
+
+kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=
+sleep 0.5
+
+echo "== classic ping loop (every 10 s: ping -c1 -W1 primary || remount backup), watched ${PING_WATCH}s per run"
+cat >"$WORK/pingloop.sh" <<EOF
+#!/bin/sh
+while sleep 10; do
+    if ! ping -c 1 -W 1 $P >/dev/null 2>&1; then
+        umount -l /mnt/nfs; mount -t nfs -o vers=3,soft $B:/srv/nfs /mnt/nfs
+    fi
+done
+EOF
+chmod +x "$WORK/pingloop.sh"
+for fault in $FAULTS; do
+    times=() missed=0
+    for ((i = 1; i <= PING_RUNS; i++)); do
+        web umount -l /mnt/nfs 2>/dev/null || true
+        web mount -t nfs "$P:/srv/nfs" /mnt/nfs
+        nsenter -t "$HOLDER" -m -n -- "$WORK/pingloop.sh" &
+        loop=$!
+        sleep "0.$((RANDOM % 10))" # fault lands anywhere in the 10 s cycle
+        t0=$(now_ms)
+        lab fault primary "$fault"
+        if wait_src "$B:/srv/nfs" "$PING_WATCH"; then times+=($(( $(now_ms) - t0 ))); else missed=$((missed + 1)); fi
+        kill "$loop" 2>/dev/null; wait "$loop" 2>/dev/null || true
+        lab heal primary
+    done
+    if ((${#times[@]})); then stats "$fault" "${times[@]}"; fi
+    echo "$fault: ping loop never switched in $missed of $PING_RUNS runs (watched ${PING_WATCH}s each)"
+done
+web umount -l /mnt/nfs 2>/dev/null || true
+echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
