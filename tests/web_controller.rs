@@ -376,6 +376,25 @@ async fn restart_mid_failover_resumes_from_the_mount_table() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn restart_during_catch_up_finishes_the_pass() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let mut d = state::Durable::default();
+    d.fsm.phase = Phase::CatchingUp;
+    d.fsm.epoch = 1;
+    d.fsm.pending_reverse_sync = true;
+    state::save(&rig.state_dir(), &d).unwrap();
+    let (stop, h) = rig.spawn();
+    until("failback completed", Duration::from_secs(5), || rig.sink.count(AlertKind::FailbackCompleted) == 1).await;
+    assert_eq!(rig.fake.calls(), vec!["catch-up"]);
+    let d = state::load(&rig.state_dir()).unwrap();
+    assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
+    assert!(!d.fsm.pending_reverse_sync);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn manual_failover_and_release() {
     let rig = Rig::new(CONFIG);
     rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);

@@ -189,8 +189,16 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         let mounted = self.mounter.mounted();
         let before = self.d.fsm.phase;
         let serving = mounted.map_or(Phase::Unmounted, |server| Phase::Serving { server });
+        let mut resume_catch_up = false;
         let phase = match before {
             Phase::Serving { server } if mounted == Some(server) => before,
+            Phase::CatchingUp if mounted == Some(Server::Primary) => {
+                // The kept backup mount outlives the process (it lives in the mount namespace): finish
+                // the pass from it; if it is gone too, the catch-up reports that and alerts.
+                tracing::info!("resuming the interrupted catch-up pass");
+                resume_catch_up = true;
+                before
+            }
             Phase::CatchingUp => {
                 tracing::warn!("the catch-up pass was interrupted by a restart; files written to the backup during the reverse sync may need a manual `rsync --update`");
                 serving
@@ -210,6 +218,9 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         }
         self.d.fsm.phase = phase;
         self.persist();
+        if resume_catch_up {
+            self.act(Action::CatchUp);
+        }
     }
 
     fn on_tick(&mut self) {
