@@ -249,9 +249,9 @@ async fn a_hung_mount_never_stops_the_controller() {
     rig.fake.set_up("primary", false);
     until("mount started", Duration::from_secs(10), || !rig.fake.calls().is_empty()).await;
     // the controller keeps probing and publishing while the mount hangs
-    let before = rig.status()["servers"][1]["consecutive_successes"].as_u64().unwrap();
+    let before = rig.status()["servers"][0]["consecutive_failures"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = rig.status()["servers"][1]["consecutive_successes"].as_u64().unwrap();
+    let after = rig.status()["servers"][0]["consecutive_failures"].as_u64().unwrap();
     assert!(after >= before + 4, "probes stalled: {before} -> {after}");
     assert_eq!(rig.status()["phase"]["phase"], "mounting");
     // and an operator request is still taken

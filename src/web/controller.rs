@@ -413,12 +413,14 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     fn publish(&mut self) {
         let f = &self.d.fsm;
         let h = &self.d.health;
+        let rise = self.cfg.rise;
         let server = |name: &str, c: &crate::config::web::ServerConfig, h: &super::health::Health| ServerStatus {
             name: name.to_owned(),
             source: c.source(),
             state: h.status,
-            consecutive_failures: h.fails,
-            consecutive_successes: h.oks,
+            consecutive_failures: h.fails.min(1000),
+            // capped at `rise`: an ever-growing counter would rewrite the status file every interval
+            consecutive_successes: h.oks.min(rise),
             last_error: h.last_error.clone(),
         };
         let doc = StatusDoc {

@@ -17,6 +17,37 @@
 //! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
 //! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
 //! unmounts anything.
+//!
+//! # Failover (old server dead)
+//! `umount2(MNT_DETACH | MNT_FORCE)` of the mount point on a thread with a deadline (never a stat), then
+//! `mount -t FSTYPE -o OPTIONS BACKUP:EXPORT MOUNT_POINT` as a child with a deadline, then a check that
+//! /proc/self/mountinfo shows `BACKUP:EXPORT` on top at the mount point (fstype is not compared).
+//!
+//! # Failback (old server alive): new mount ready before the old one is detached
+//! 1. reverse sync pass 1: `rsync -a --update [--delete] MOUNT_POINT/ PRIMARY_TARGET` (the mount serves
+//!    the backup), killed at its deadline; failures retry with doubling backoff and alert each time;
+//! 2. the primary is mounted at `<state_dir>/stage/new` (the `stage` dir is a private self-bind, so a
+//!    mount below it may be moved even when `/` is shared) and verified in mountinfo;
+//! 3. the current mount (backup) is bound to `<state_dir>/stage/old`: still reachable, and the way back;
+//! 4. lazy detach of the mount point, immediately followed by `MS_MOVE stage/new -> mount point` (two
+//!    syscalls back to back: the empty window is microseconds; open files on the backup keep working);
+//!    if the move fails, the primary is mounted directly, and if that fails too the kept backup mount is
+//!    moved back;
+//! 5. catch-up pass `rsync --update stage/old/ PRIMARY_TARGET` for files written during pass 1;
+//! 6. lazy detach of `stage/old`.
+//! Stacking the new mount over the old one and then detaching the covered one would avoid even the
+//! microsecond gap, but a lazy detach of a covered mount takes the mounts above it along, so the
+//! detach-then-move order is used.
+//!
+//! # Several web nodes failing back at once
+//! Each node pushes the same backup tree to the same primary with `--update` and no `--delete`: rsync
+//! writes every file to a temporary name and renames it, so readers never see a partial file, and two
+//! nodes pushing the same file write the same bytes (last rename wins, both identical). `--update` skips
+//! files that are newer on the primary, so a node that has already failed back and whose clients write
+//! to the primary is not overwritten by a slower node's older copy. What remains is last-writer-wins by
+//! mtime for a file changed on BOTH servers during the staggered window (a node still on the backup and
+//! a node already on the primary); nothing is deleted unless `delete = true`, which should only be used
+//! with a single web node (a node would delete files another node just created on the primary).
 
 pub mod controller;
 pub mod effects;
