@@ -3,6 +3,7 @@
 #
 #   sudo scripts/bench-failover.sh                 # RUNS=20 per fault kind
 #   RUNS=5 FAULTS="freeze kill" sudo scripts/bench-failover.sh
+#   SECTIONS=ping FAULTS="blackhole unplug" PING_RUNS=5 sudo scripts/bench-failover.sh
 #
 # What it measures (real binary inside the lab's `web` host, real nfs-ganesha/rsyncd/sshfs stand-in):
 #   1. failover: time from the start of `lab.sh fault primary KIND` to /proc/<web>/mountinfo showing the
@@ -25,6 +26,7 @@ FILES=${FILES:-10000}
 FAULTS=${FAULTS:-"freeze kill stop-nfs blackhole reject unplug"}
 PING_RUNS=${PING_RUNS:-3}
 PING_WATCH=${PING_WATCH:-35}
+SECTIONS=${SECTIONS:-"failover failback ping"}
 BIN=${BIN:-$ROOT/target/debug/nfs-guard}
 LABSH="$ROOT/scripts/lab.sh"
 WORK=$(mktemp -d /tmp/nfs-guard-bench.XXXXXX)
@@ -115,6 +117,9 @@ stats() { # NAME values... -> "NAME n p50 p99 max" (nearest rank)
     printf '%-10s runs=%-3s p50=%6s ms  p99=%6s ms  max=%6s ms\n' "$name" "$n" "$p50" "$p99" "$(tail -1 <<<"$sorted")"
 }
 
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if section failover; then
 echo "== nfs-guard failover: fault injection -> mount serves the backup (interval 1s, fall 3, probe_timeout 800ms)"
 for fault in $FAULTS; do
     times=()
@@ -128,7 +133,9 @@ for fault in $FAULTS; do
     done
     stats "$fault" "${times[@]}"
 done
+fi
 
+if section failback; then
 echo "== nfs-guard failback with $FILES changed files (hold_down 1s, rise 3)"
 wait_failed_back 60
 lab fault primary stop-nfs
@@ -144,10 +151,12 @@ n=$(find "$LAB_PRIMARY_DATA/bench" -type f | wc -l)
 sync_line=$(grep -a "reverse sync to primary" "$WORK/web.log" | grep -a succeeded | tail -1 | grep -o 'attempt [0-9]*: [0-9]* files, [0-9]* bytes in [0-9]* ms' || true)
 echo "heal -> mount serves the primary: $(( t1 - t0 )) ms (includes rise 3 x 1s + hold_down 1s); files on primary: $n/$FILES"
 echo "reverse sync pass: $sync_line"
+fi
 
 kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=
 sleep 0.5
 
+if section ping; then
 echo "== classic ping loop (every 10 s: ping -c1 -W1 primary || remount backup), watched ${PING_WATCH}s per run"
 cat >"$WORK/pingloop.sh" <<EOF
 #!/bin/sh
@@ -165,7 +174,7 @@ for fault in $FAULTS; do
         web mount -t nfs "$P:/srv/nfs" /mnt/nfs
         nsenter -t "$HOLDER" -m -n -- "$WORK/pingloop.sh" &
         loop=$!
-        sleep "0.$((RANDOM % 10))" # fault lands anywhere in the 10 s cycle
+        sleep "$((RANDOM % 10)).$((RANDOM % 10))" # the fault lands anywhere in the 10 s cycle
         t0=$(now_ms)
         lab fault primary "$fault"
         if wait_src "$B:/srv/nfs" "$PING_WATCH"; then times+=($(( $(now_ms) - t0 ))); else missed=$((missed + 1)); fi
@@ -176,4 +185,5 @@ for fault in $FAULTS; do
     echo "$fault: ping loop never switched in $missed of $PING_RUNS runs (watched ${PING_WATCH}s each)"
 done
 web umount -l /mnt/nfs 2>/dev/null || true
+fi
 echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
