@@ -284,6 +284,9 @@ sync"#;
     assert!(log.contains("reverse sync to primary") && log.contains("succeeded"), "{log}");
     assert!(node.alerts("failed back to primary") == 1, "{log}");
     assert_eq!(same_tree(&lab.data_dir(Host::Backup), &lab.data_dir(Host::Primary)), Vec::<String>::new());
+    if let (Some(a), Some(b)) = (log_time(&log, "to=Staging"), log_time(&log, "to=CatchingUp")) {
+        eprintln!("staged switch (mount at staging dir, verify, bind old, detach + move, verify): {} ms", b - a);
+    }
     // the web host reads the primary now
     fs::write(lab.data_dir(Host::Primary).join("after.txt"), "primary again").unwrap();
     let got = lab.exec_timeout(Host::Web, &["cat", "/mnt/nfs/after.txt"], Duration::from_secs(10)).unwrap();
@@ -327,6 +330,38 @@ fn web_lab_both_down_and_once_mode() {
     unmount_all(&lab);
 }
 
+/// A primary that keeps coming back and dying again while the node is on the backup never moves the
+/// mount: every recovery restarts the hold-down, no reverse sync starts, the backup mount stays the
+/// same; when it finally stays up, the node fails back once.
+#[test]
+fn web_lab_flapping_primary_causes_no_mount_flapping() {
+    let lab = Lab::up("wfl");
+    let node = Node::new(&lab, "");
+    // a longer hold-down than each "up" phase below
+    let text = fs::read_to_string(&node.config).unwrap().replace("hold_down = \"2s\"", "hold_down = \"6s\"");
+    fs::write(&node.config, text).unwrap();
+    let mut d = node.start(&lab, &[]);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_mounted(&lab, Host::Backup, Duration::from_secs(FALL * INTERVAL_S + 2), &node);
+    let id = mount_id_now(&lab);
+    for round in 0..3 {
+        lab.heal(Host::Primary);
+        wait_until("primary up", Duration::from_secs(10), || node.status()["servers"][0]["state"] == "up");
+        lab.fault(Host::Primary, Fault::StopNfs);
+        wait_until("primary down", Duration::from_secs(10), || node.status()["servers"][0]["state"] == "down");
+        assert_eq!(mount_id_now(&lab), id, "round {round}: the mount moved; log:\n{}", node.log_text());
+    }
+    assert_eq!(node.alerts("reverse sync backup"), 0, "{}", node.log_text());
+    assert_eq!(node.alerts("is up again"), 3, "one recovery alert per recovery: {}", node.log_text());
+    lab.heal(Host::Primary);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(40), &node);
+    assert_eq!(node.alerts("failing over to backup"), 1);
+    assert_eq!(node.alerts("reverse sync backup"), 1, "{}", node.log_text());
+    d.stop();
+    unmount_all(&lab);
+}
+
 /// The web node itself loses its network (its switch port goes down): every server AND the witness
 /// fail, nfs-guard says so once and does not switch.
 #[test]
@@ -349,6 +384,16 @@ fn web_lab_lost_network_never_switches() {
     assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)));
     d.stop();
     unmount_all(&lab);
+}
+
+/// Milliseconds of the day of the first log line containing `what` (human log format, UTC stamps).
+fn log_time(log: &str, what: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let t = line.split('T').nth(1)?.split('Z').next()?;
+    let mut it = t.split(':');
+    let (h, m, s): (u64, u64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((h * 3600 + m * 60) * 1000 + (s * 1000.0) as u64)
 }
 
 fn mount_id(lab: &Lab) -> u64 {
