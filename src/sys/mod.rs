@@ -4,4 +4,5 @@
 pub mod fsutil;
 pub mod rsync;
 pub mod shutdown;
+pub mod smtp;
 pub mod systemd;
