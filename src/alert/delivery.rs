@@ -159,8 +159,9 @@ pub(crate) async fn run<M: Mailer>(
                 Outcome::Retry if draining => break,
                 Outcome::Retry => {
                     let delay = backoff.next();
+                    let shown = Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                     let waiting = lock(&shared).outbox.len();
-                    tracing::info!(waiting, "next alert delivery attempt in {}", humantime::format_duration(delay));
+                    tracing::info!(waiting, "next alert delivery attempt in {}", humantime::format_duration(shown));
                     retry_at = Some(Instant::now() + delay);
                 }
                 Outcome::Stopped => break,
@@ -222,12 +223,13 @@ async fn attempt<M: Mailer>(
     match result {
         Ok(Ok(report)) => {
             q.attempts += 1;
+            let accepted: Vec<String> = report.accepted().map(ToString::to_string).collect();
+            if !accepted.is_empty() {
+                tracing::info!(seq, to = %accepted.join(", "), elapsed_ms, "alert mailed: {}", mail.subject);
+            }
             for (addr, r) in &report.rcpt {
                 match r {
-                    RcptResult::Accepted => {
-                        tracing::info!(seq, recipient = %addr, elapsed_ms, "alert mailed: {}", mail.subject);
-                        q.sent_to.push(addr.to_string());
-                    }
+                    RcptResult::Accepted => q.sent_to.push(addr.to_string()),
                     RcptResult::Rejected { permanent: true, reply } => {
                         tracing::error!(seq, recipient = %addr, "recipient refused the alert for good, not retried: {reply}");
                         q.refused.push(addr.to_string());

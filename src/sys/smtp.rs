@@ -306,7 +306,8 @@ impl SmtpMailer {
                         Stage::Tls
                     };
                     *stage = stage_of;
-                    last = SendError::new(stage_of, format!("{addr}: {}", chain(&e)));
+                    let text = if stage_of == Stage::Tls { tls_text(&e) } else { chain(&e) };
+                    last = SendError::new(stage_of, format!("{addr}: {text}"));
                     if stage_of != Stage::Connect {
                         return Err(last);
                     }
@@ -314,7 +315,10 @@ impl SmtpMailer {
                 Err(_) => {
                     last = SendError::new(
                         Stage::Tls,
-                        format!("{addr}: connected but no TLS handshake within {}", human(s.connect_timeout)),
+                        format!(
+                            "{addr}: connected but no TLS handshake and greeting within {}",
+                            human(s.connect_timeout + s.command_timeout)
+                        ),
                     );
                 }
             }
@@ -330,6 +334,9 @@ impl SmtpMailer {
     ) -> Result<T, SendError> {
         match timeout(self.settings.command_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if stage == Stage::Tls => {
+                Err(SendError::new(stage, format!("{}: {}", self.settings.host, tls_text(&e))))
+            }
             Ok(Err(e)) => Err(SendError { stage, permanent: e.is_permanent(), message: chain(&e) }),
             Err(_) => Err(self.no_reply(stage)),
         }
@@ -457,6 +464,21 @@ fn reply_text(e: &lettre::transport::smtp::Error) -> String {
     let code = e.status().map(|c| c.to_string()).unwrap_or_default();
     let text = std::error::Error::source(e).map(ToString::to_string).unwrap_or_default();
     format!("{code} {text}").trim().to_owned()
+}
+
+/// A TLS failure in words: lettre nests its connection errors, the innermost one says what went
+/// wrong (e.g. `invalid peer certificate: UnknownIssuer`); add the usual fix for certificate trouble.
+fn tls_text(e: &lettre::transport::smtp::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let text = cur.to_string();
+    if text.contains("certificate") {
+        format!("{text} (ca_file must hold the CA that signed the server's certificate, which must name smtp_host)")
+    } else {
+        text
+    }
 }
 
 /// An error and its causes on one line.
