@@ -63,13 +63,15 @@ impl Mailer for FakeMailer {
             Mode::Down => Err(SendError::new(Stage::Connect, "127.0.0.1:25: connection refused")),
             Mode::Hang => std::future::pending().await,
             Mode::Up => {
-                // Like the lab's server: local parts starting with "reject" get 550.
+                // Like the lab's server: local parts starting with "reject" get 550; "later" get 452.
                 let rcpt: Vec<(lettre::Address, RcptResult)> = mail
                     .rcpt
                     .iter()
                     .map(|a| {
                         let r = if a.user().starts_with("reject") {
                             RcptResult::Rejected { permanent: true, reply: "550 no such user".into() }
+                        } else if a.user().starts_with("later") {
+                            RcptResult::Rejected { permanent: false, reply: "452 mailbox full".into() }
                         } else {
                             RcptResult::Accepted
                         };
@@ -288,4 +290,40 @@ async fn alert_test_reports_each_problem_on_its_own_line() {
     let e = alert::test_with_mailer(&cfg, &down).await.unwrap_err().to_string();
     assert_eq!(e, "alert test failed:\n  connect failed: 127.0.0.1:25: connection refused");
     assert!(!d.path().join("outbox").exists(), "alert-test does not go through the outbox");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recipient_refused_for_now_is_retried_alone_then_given_up() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["a@example.com", "later-b@example.com"], "");
+    let mailer = FakeMailer::new(Mode::Up);
+    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    alerts.sink.emit(event(KINDS[0], "one"));
+    alerts.sink.emit(event(KINDS[1], "two"));
+    wait_for("both alerts done", Duration::from_secs(60 * 60), || queue_files(d.path()) == 0).await;
+    let delivered = mailer.delivered();
+    assert_eq!(delivered[0].0, ["a@example.com"], "the accepting recipient got it at the first attempt");
+    assert_eq!(delivered[1].0, ["a@example.com"]);
+    assert_eq!(delivered.len(), 2, "no duplicates for the recipient that already has it");
+    // 10 attempts on the first alert (a 4xx recipient is given up after that), then 10 on the second.
+    assert_eq!(mailer.attempts(), 20);
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(std::fs::read_dir(d.path().join("outbox/dead")).unwrap().count(), 0, "a got them: not dead letters");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbox_write_failure_still_delivers_from_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "");
+    let mailer = FakeMailer::new(Mode::Down);
+    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let queue = d.path().join("outbox/queue");
+    std::fs::remove_dir(&queue).unwrap();
+    std::fs::write(&queue, b"in the way").unwrap();
+    alerts.sink.emit(event(KINDS[0], "not on disk"));
+    assert_eq!(alerts.pending(), 1);
+    mailer.set(Mode::Up);
+    wait_for("delivery", Duration::from_secs(60), || mailer.delivered().len() == 1).await;
+    assert_eq!(alerts.pending(), 0);
+    alerts.drain(Duration::from_secs(3)).await;
 }
