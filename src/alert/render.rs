@@ -8,6 +8,9 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use super::event::AlertEvent;
 
+/// A digest lists at most this many alerts (the first and the last half).
+const DIGEST_LIST_MAX: usize = 20;
+
 /// What rendering needs besides the events.
 #[derive(Debug, Clone)]
 pub struct RenderContext {
@@ -55,7 +58,15 @@ fn digest(events: &[AlertEvent], latest: &AlertEvent, seq: u64, cx: &RenderConte
     let _ = writeln!(body, "Latest: {}", latest.title);
     facts(&mut body, latest, cx);
     body.push_str("All folded alerts (UTC):\n");
-    for e in events {
+    // A long flap would make an endless list on a phone: show its start and its end.
+    let (head, tail) = if n > DIGEST_LIST_MAX { (DIGEST_LIST_MAX / 2, DIGEST_LIST_MAX / 2) } else { (n, 0) };
+    for (i, e) in events.iter().enumerate() {
+        if i == head && tail > 0 {
+            let _ = writeln!(body, "  ... {} more ...", n - head - tail);
+        }
+        if i >= head && i < n - tail {
+            continue;
+        }
         let _ = writeln!(body, "  {}  {}", utc(e).format("%Y-%m-%d %H:%M:%S"), e.title);
         if !e.reason.is_empty() {
             let _ = writeln!(body, "    {}", e.reason);
@@ -238,6 +249,25 @@ nfs-guard {} on web01, alert #7 (failover-completed)
                 env!("CARGO_PKG_VERSION")
             )
         );
+    }
+
+    #[test]
+    fn long_digest_lists_its_start_and_end() {
+        let events: Vec<AlertEvent> = (0..25)
+            .map(|i| {
+                AlertEvent::new(AlertKind::BothDown, Role::Web, format!("down {i}"), "")
+                    .at_time(at() + Duration::from_secs(i))
+            })
+            .collect();
+        let r = render(&events, 3, &cx());
+        let list = r.body.split("All folded alerts (UTC):\n").nth(1).unwrap().split("\n-- ").next().unwrap();
+        let lines: Vec<&str> = list.lines().collect();
+        assert_eq!(lines.len(), 10 + 1 + 10, "{list}");
+        assert_eq!(lines[0], "  2026-11-21 06:40:12  down 0");
+        assert_eq!(lines[9], "  2026-11-21 06:40:21  down 9");
+        assert_eq!(lines[10], "  ... 5 more ...");
+        assert_eq!(lines[11], "  2026-11-21 06:40:27  down 15");
+        assert_eq!(lines[20], "  2026-11-21 06:40:36  down 24");
     }
 
     #[test]
