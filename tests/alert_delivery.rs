@@ -257,8 +257,32 @@ async fn repeats_are_folded_into_one_digest_and_disabled_kinds_dropped() {
     alerts.drain(Duration::from_secs(3)).await;
 }
 
+/// `web --once` is a new process per check: flood control (periods, folded alerts, digests due)
+/// must carry over from one process to the next.
 #[tokio::test(start_paused = true)]
-async fn drain_sends_open_digests_now() {
+async fn flood_control_carries_over_to_the_next_process() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "flood_period = \"10m\"\n");
+    let mailer = FakeMailer::new(Mode::Up);
+    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    alerts.sink.emit(event(AlertKind::BothDown, "both down 1"));
+    alerts.sink.emit(event(AlertKind::BothDown, "both down 2"));
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(mailer.subjects(), ["[nfs-guard] web01 web: both down 1"]);
+    assert_eq!(std::fs::read_dir(d.path().join("outbox/fold")).unwrap().count(), 1, "the repeat waits on disk");
+
+    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    alerts.sink.emit(event(AlertKind::BothDown, "both down 3"));
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    assert_eq!(mailer.delivered().len(), 1, "the next process keeps folding within the period");
+    wait_for("the digest", Duration::from_secs(6 * 60), || mailer.delivered().len() == 2).await;
+    assert_eq!(mailer.subjects()[1], "[nfs-guard] web01 web: 2 x both-down (digest), latest: both down 3");
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(std::fs::read_dir(d.path().join("outbox/fold")).unwrap().count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn folded_alerts_without_flood_state_get_their_digest_at_start() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "flood_period = \"1h\"\n");
     let mailer = FakeMailer::new(Mode::Up);
@@ -266,8 +290,12 @@ async fn drain_sends_open_digests_now() {
     alerts.sink.emit(event(AlertKind::BothDown, "both down 1"));
     alerts.sink.emit(event(AlertKind::BothDown, "both down 2"));
     alerts.drain(Duration::from_secs(3)).await;
-    assert_eq!(mailer.subjects(), ["[nfs-guard] web01 web: both down 1", "[nfs-guard] web01 web: both down 2"]);
-    assert_eq!(std::fs::read_dir(d.path().join("outbox/fold")).unwrap().count(), 0);
+    std::fs::remove_file(d.path().join("outbox/flood.json")).unwrap();
+
+    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    wait_for("the digest", Duration::from_secs(10), || mailer.delivered().len() == 2).await;
+    assert_eq!(mailer.subjects()[1], "[nfs-guard] web01 web: both down 2");
+    alerts.drain(Duration::from_secs(3)).await;
 }
 
 #[tokio::test(start_paused = true)]

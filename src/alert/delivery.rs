@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use lettre::message::Mailbox;
@@ -47,6 +47,39 @@ pub struct DeliverySettings {
 pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
     pub(crate) policy: FloodPolicy,
+    pub(crate) clock: Clock,
+}
+
+impl Shared {
+    /// Saves the flood-control state for the next process; failing only weakens flood control.
+    fn save_flood(&self) {
+        if let Err(e) = self.outbox.save_flood(&self.policy.snapshot()) {
+            tracing::warn!("flood-control state not saved: {}", crate::error::render_chain(&e));
+        }
+    }
+}
+
+/// Wall-clock time for the flood policy, derived from tokio's monotonic clock anchored at start:
+/// a clock jump during the run does not disturb it, and it follows paused time in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall0: SystemTime,
+    mono0: Instant,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock { wall0: SystemTime::now(), mono0: Instant::now() }
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.wall0 + self.mono0.elapsed()
+    }
+
+    /// The monotonic instant of wall time `at` (now, if `at` is before the anchor).
+    fn instant(&self, at: SystemTime) -> Instant {
+        self.mono0 + at.duration_since(self.wall0).unwrap_or_default()
+    }
 }
 
 pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -59,7 +92,8 @@ pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub(crate) struct Control {
     /// Something was queued or folded, or drain began.
     pub(crate) wake: Notify,
-    /// Shutting down: release open digests, try what is queued once, then stop.
+    /// Shutting down: try what is queued once, then stop. Open digests are not sent early: their
+    /// alerts stay folded on disk and the next process mails the digest when the period ends.
     pub(crate) draining: AtomicBool,
     /// Stop now (grace is over); an in-flight send is abandoned, its file stays.
     pub(crate) stop: CancellationToken,
@@ -73,11 +107,14 @@ pub struct OutboxSink {
 
 impl AlertSink for OutboxSink {
     fn emit(&self, event: AlertEvent) {
-        let now = Instant::now().into_std();
         let kind = event.kind.name();
         let title = event.title.clone();
         let mut s = lock(&self.shared);
-        match s.policy.admit(event.kind, now) {
+        let now = s.clock.now();
+        let before = s.policy.kind_state(event.kind);
+        let admitted = s.policy.admit(event.kind, now);
+        let changed = s.policy.kind_state(event.kind) != before;
+        match admitted {
             Admit::Drop => {
                 tracing::info!(kind, reason = %event.reason, "alert not mailed ({kind} is in [alert] disabled): {title}");
             }
@@ -89,6 +126,9 @@ impl AlertSink for OutboxSink {
                 let (seq, written) = s.outbox.fold(event);
                 log_queued(seq, kind, &title, "folded into the next digest (flood control)", written.err());
             }
+        }
+        if changed {
+            s.save_flood();
         }
         drop(s);
         self.control.wake.notify_one();
@@ -137,11 +177,15 @@ pub(crate) async fn run<M: Mailer>(
         let now = Instant::now();
         let head = {
             let mut s = lock(&shared);
-            let kinds = if draining { s.policy.flush_all(now.into_std()) } else { s.policy.due(now.into_std()) };
-            for kind in kinds {
-                if let Some((seq, written)) = s.outbox.seal_digest(kind) {
+            let wall = s.clock.now();
+            let kinds = s.policy.due(wall);
+            for kind in &kinds {
+                if let Some((seq, written)) = s.outbox.seal_digest(*kind) {
                     log_queued(seq, kind.name(), "digest of folded alerts", "queued", written.err());
                 }
+            }
+            if !kinds.is_empty() {
+                s.save_flood();
             }
             if retry_at.is_none_or(|t| now >= t) {
                 s.outbox.head().cloned()
@@ -169,7 +213,10 @@ pub(crate) async fn run<M: Mailer>(
         } else if draining && retry_at.is_none() {
             break;
         }
-        let next_digest = lock(&shared).policy.next_due().map(Instant::from_std);
+        let next_digest = {
+            let s = lock(&shared);
+            s.policy.next_due().map(|d| s.clock.instant(d))
+        };
         let wake_at = match (retry_at, next_digest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -27,7 +27,7 @@ impl Role {
 }
 
 /// Every transition that can send mail. Each kind can be switched off in `[alert]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlertKind {
     // web

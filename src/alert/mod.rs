@@ -30,7 +30,7 @@ pub use outbox::OutboxError;
 
 use crate::config::Config;
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SmtpMailer};
-use delivery::{Control, Shared};
+use delivery::{Clock, Control, Shared};
 use policy::FloodPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +71,19 @@ impl Alerts {
     /// Like [`Alerts::start`] with a given mailer (tests use a fake). Needs an `[alert]` section.
     pub fn start_with_mailer<M: Mailer>(config: &Config, mailer: M) -> Result<Alerts, Error> {
         let alert = config.alert.as_ref().ok_or(Error::NotConfigured)?;
-        let mut outbox = outbox::Outbox::open(&config.state_dir.join("outbox"))?;
-        // Folded alerts a previous run left behind are already late: send their digests now.
+        let outbox = outbox::Outbox::open(&config.state_dir.join("outbox"))?;
+        let clock = Clock::start();
+        // Flood control carries over from the previous process (`web --once` is one per run):
+        // its periods and scheduled digests continue; folded alerts without a digest get one now.
+        let mut policy = FloodPolicy::new(alert.flood_period, alert.disabled.clone());
+        policy.restore(outbox.load_flood(), clock.now());
         for kind in outbox.folded_kinds() {
-            if let Some((_, Err(e))) = outbox.seal_digest(kind) {
-                tracing::error!("{}", crate::error::render_chain(&e));
-            }
+            policy.ensure_digest(kind, clock.now());
         }
         if !outbox.is_empty() {
             tracing::info!(waiting = outbox.len(), dir = %outbox.dir().display(), "alerts from a previous run are waiting in the outbox");
         }
-        let shared = Arc::new(Mutex::new(Shared {
-            outbox,
-            policy: FloodPolicy::new(alert.flood_period, alert.disabled.clone()),
-        }));
+        let shared = Arc::new(Mutex::new(Shared { outbox, policy, clock }));
         let control = Arc::new(Control::default());
         let settings = DeliverySettings {
             from: alert.from.clone(),
@@ -103,8 +102,8 @@ impl Alerts {
         self.delivery.as_ref().map_or(0, |d| delivery::lock(&d.shared).outbox.len())
     }
 
-    /// Sends open digests and queued alerts, giving delivery up to `grace`; then stops it. What is
-    /// left stays in the outbox for the next run.
+    /// Sends queued alerts, giving delivery up to `grace`; then stops it. What is left (and alerts
+    /// folded for a digest not yet due) stays in the outbox for the next run.
     pub async fn drain(self, grace: Duration) {
         let Some(mut d) = self.delivery else { return };
         d.control.draining.store(true, Ordering::SeqCst);
@@ -119,7 +118,7 @@ impl Alerts {
             tracing::warn!(
                 left,
                 dir = %s.outbox.dir().display(),
-                "alerts not yet mailed stay in the outbox and go out at the next start"
+                "alerts not yet mailed stay in the outbox for the next start"
             );
         }
     }

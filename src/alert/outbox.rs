@@ -8,6 +8,7 @@
 //! queue/00000000000000000042.json   a message to send: one alert, or a digest of folded alerts
 //! fold/00000000000000000043.json    one alert held back by flood control for its kind's digest
 //! dead/00000000000000000040.json    a message no recipient will take (kept for the operator)
+//! flood.json                        flood-control state (when each kind was last mailed, digests due)
 //! ```
 //! "Acknowledged" for an alert means: its file is on disk (fsync'd file and directory). From then
 //! on it survives a crash and is delivered at least once. A crash between the server's 250 and the
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::event::{AlertEvent, AlertKind};
+use super::policy::KindState;
 use crate::sys::fsutil;
 
 /// One message waiting in the queue.
@@ -71,6 +73,7 @@ pub struct Outbox {
 const QUEUE: &str = "queue";
 const FOLD: &str = "fold";
 const DEAD: &str = "dead";
+const FLOOD: &str = "flood.json";
 
 impl Outbox {
     /// Opens (creating it, mode 0700) the outbox in `dir` and loads what a previous run left.
@@ -154,6 +157,26 @@ impl Outbox {
         let (seq, written) = self.enqueue(events);
         let removed = seqs.iter().try_for_each(|s| self.remove_file(FOLD, *s));
         Some((seq, written.and(removed)))
+    }
+
+    /// The flood-control state a previous process saved (empty if none or unreadable).
+    pub fn load_flood(&self) -> Vec<(AlertKind, KindState)> {
+        let path = self.dir.join(FLOOD);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "flood-control state unreadable, starting afresh: {e}");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Saves the flood-control state (fsync'd), so the next process keeps folding.
+    pub fn save_flood(&self, state: &[(AlertKind, KindState)]) -> Result<(), OutboxError> {
+        let path = self.dir.join(FLOOD);
+        let bytes =
+            serde_json::to_vec_pretty(state).map_err(|e| OutboxError { path: path.clone(), source: e.into() })?;
+        fsutil::write_atomic(&path, &bytes).map_err(|source| OutboxError { path, source })
     }
 
     /// The oldest queued message.
@@ -336,6 +359,19 @@ mod tests {
         assert_eq!(titles, ["r1", "r2"]);
         assert_eq!(files(d.path(), FOLD), ["00000000000000000002.json"]);
         assert!(o.seal_digest(AlertKind::PrimaryRecovered).is_none());
+    }
+
+    #[test]
+    fn flood_state_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Outbox::open(d.path()).unwrap();
+        assert!(o.load_flood().is_empty());
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let state = vec![(AlertKind::BothDown, KindState { last_sent: t, digest_due: Some(t) })];
+        o.save_flood(&state).unwrap();
+        assert_eq!(Outbox::open(d.path()).unwrap().load_flood(), state);
+        fs::write(d.path().join(FLOOD), b"{").unwrap();
+        assert!(o.load_flood().is_empty(), "a torn file is not fatal");
     }
 
     #[test]

@@ -5,9 +5,17 @@
 //! Per kind: the first alert goes out at once and opens a period. Repeats inside the period are
 //! folded; when it ends, one digest carries them and opens the next period. So a flapping server
 //! produces at most one mail per kind per period, and nothing is silently lost.
+//!
+//! Times are wall-clock (`SystemTime`) so the state can be saved and restored across processes:
+//! `web --once` runs as a new process every few seconds, and flood control must still hold there.
+//! The caller derives "now" from a monotonic clock anchored at start, so a wall-clock jump during a
+//! run does not disturb it, and [`FloodPolicy::restore`] clamps saved times against a clock that
+//! went backwards between runs.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use super::event::AlertKind;
 
@@ -22,27 +30,56 @@ pub enum Admit {
     Fold,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct KindState {
+/// The flood state of one kind (saved in the outbox as `flood.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindState {
     /// When the last mail of this kind (single or digest) was queued.
-    last_sent: Instant,
+    pub last_sent: SystemTime,
     /// Set while repeats are being folded: when their digest is due.
-    digest_due: Option<Instant>,
+    pub digest_due: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone)]
 pub struct FloodPolicy {
     period: Duration,
     disabled: Vec<AlertKind>,
-    kinds: HashMap<AlertKind, KindState>,
+    kinds: BTreeMap<AlertKind, KindState>,
 }
 
 impl FloodPolicy {
     pub fn new(period: Duration, disabled: Vec<AlertKind>) -> Self {
-        FloodPolicy { period, disabled, kinds: HashMap::new() }
+        FloodPolicy { period, disabled, kinds: BTreeMap::new() }
     }
 
-    pub fn admit(&mut self, kind: AlertKind, now: Instant) -> Admit {
+    /// Takes over the state a previous process saved. Times in the future (the clock went back)
+    /// are clamped, so no kind is muted for longer than one period from `now`.
+    pub fn restore(&mut self, saved: Vec<(AlertKind, KindState)>, now: SystemTime) {
+        for (kind, mut st) in saved {
+            st.last_sent = st.last_sent.min(now);
+            st.digest_due = st.digest_due.map(|d| d.min(now + self.period));
+            self.kinds.insert(kind, st);
+        }
+    }
+
+    /// Folded alerts of `kind` exist (left by an earlier process) but no digest is scheduled for
+    /// them: make it due at `now`.
+    pub fn ensure_digest(&mut self, kind: AlertKind, now: SystemTime) {
+        let st = self.kinds.entry(kind).or_insert(KindState { last_sent: now, digest_due: None });
+        st.digest_due.get_or_insert(now);
+    }
+
+    /// The state to save.
+    pub fn snapshot(&self) -> Vec<(AlertKind, KindState)> {
+        self.kinds.iter().map(|(k, st)| (*k, *st)).collect()
+    }
+
+    /// The state of one kind, to tell whether an `admit` changed anything worth saving.
+    pub fn kind_state(&self, kind: AlertKind) -> Option<KindState> {
+        self.kinds.get(&kind).copied()
+    }
+
+    pub fn admit(&mut self, kind: AlertKind, now: SystemTime) -> Admit {
         if self.disabled.contains(&kind) {
             return Admit::Drop;
         }
@@ -69,8 +106,8 @@ impl FloodPolicy {
     }
 
     /// The kinds whose digest is due at `now`, earliest first; each counts as sent at its due time.
-    pub fn due(&mut self, now: Instant) -> Vec<AlertKind> {
-        let mut due: Vec<(Instant, AlertKind)> =
+    pub fn due(&mut self, now: SystemTime) -> Vec<AlertKind> {
+        let mut due: Vec<(SystemTime, AlertKind)> =
             self.kinds.iter().filter_map(|(k, st)| st.digest_due.filter(|d| *d <= now).map(|d| (d, *k))).collect();
         due.sort_by_key(|(d, k)| (*d, k.name()));
         for (d, k) in &due {
@@ -82,20 +119,8 @@ impl FloodPolicy {
         due.into_iter().map(|(_, k)| k).collect()
     }
 
-    /// Every open digest, whether due or not (on shutdown: send what was folded now).
-    pub fn flush_all(&mut self, now: Instant) -> Vec<AlertKind> {
-        let far = now + self.period * 2;
-        self.due(far).into_iter().inspect(|k| self.mark_sent(*k, now)).collect()
-    }
-
-    fn mark_sent(&mut self, kind: AlertKind, now: Instant) {
-        if let Some(st) = self.kinds.get_mut(&kind) {
-            st.last_sent = now;
-        }
-    }
-
     /// When the next digest is due, if any.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<SystemTime> {
         self.kinds.values().filter_map(|st| st.digest_due).min()
     }
 }
@@ -108,8 +133,8 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
 
-    fn policy() -> (FloodPolicy, Instant) {
-        (FloodPolicy::new(10 * MIN, vec![OverflowRescan]), Instant::now())
+    fn policy() -> (FloodPolicy, SystemTime) {
+        (FloodPolicy::new(10 * MIN, vec![OverflowRescan]), SystemTime::UNIX_EPOCH + 1000 * MIN)
     }
 
     #[test]
@@ -157,12 +182,37 @@ mod tests {
     }
 
     #[test]
-    fn flush_all_releases_open_digests_early() {
+    fn state_carries_over_to_the_next_process() {
         let (mut p, t0) = policy();
         p.admit(BothDown, t0);
         p.admit(BothDown, t0 + MIN);
-        assert_eq!(p.flush_all(t0 + 2 * MIN), vec![BothDown]);
-        assert_eq!(p.next_due(), None);
-        assert_eq!(p.admit(BothDown, t0 + 3 * MIN), Admit::Fold, "the flushed digest counts as sent");
+        let saved = p.snapshot();
+        let mut next = FloodPolicy::new(10 * MIN, vec![]);
+        next.restore(saved, t0 + 2 * MIN);
+        assert_eq!(next.admit(BothDown, t0 + 3 * MIN), Admit::Fold, "still within the period");
+        assert_eq!(next.next_due(), Some(t0 + 10 * MIN));
+        assert_eq!(next.due(t0 + 10 * MIN), vec![BothDown]);
+    }
+
+    #[test]
+    fn restore_clamps_times_from_a_clock_that_went_back() {
+        let (mut p, t0) = policy();
+        p.admit(BothDown, t0 + 500 * MIN);
+        p.admit(BothDown, t0 + 501 * MIN);
+        let mut next = FloodPolicy::new(10 * MIN, vec![]);
+        next.restore(p.snapshot(), t0);
+        assert_eq!(next.next_due(), Some(t0 + 10 * MIN), "muted for one period at most");
+        assert_eq!(next.kind_state(BothDown).unwrap().last_sent, t0);
+    }
+
+    #[test]
+    fn leftover_folds_get_a_digest_now() {
+        let (mut p, t0) = policy();
+        p.ensure_digest(BothDown, t0);
+        assert_eq!(p.due(t0), vec![BothDown]);
+        p.admit(FailoverStarted, t0);
+        p.admit(FailoverStarted, t0 + MIN);
+        p.ensure_digest(FailoverStarted, t0 + 2 * MIN);
+        assert_eq!(p.next_due(), Some(t0 + 10 * MIN), "an already scheduled digest keeps its time");
     }
 }
