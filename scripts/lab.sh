@@ -163,8 +163,30 @@ registry_locked() { # run "$@" holding the global registry lock
     return $rc
 }
 
+# An entry is stale when its lab has no state dir, no namespace, and nobody holds its lock
+# (a lab being brought up holds its lock from before its entry exists until it is up).
+_registry_gc() {
+    local n x keep=() changed=0 lf
+    while read -r n x; do
+        [[ -n $n ]] || continue
+        if [[ $n != "$LAB" && ! -d $BASE/$n && ! -e /run/netns/ngl-$n-sw ]]; then
+            lf=$BASE/.$n.lock
+            if [[ ! -e $lf ]] || flock -n "$lf" true; then
+                changed=1
+                continue
+            fi
+        fi
+        keep+=("$n $x")
+    done <"$BASE/registry"
+    if (( changed )); then
+        printf '%s\n' "${keep[@]}" | grep -v '^$' >"$BASE/registry.new" || true
+        mv "$BASE/registry.new" "$BASE/registry"
+    fi
+}
+
 _alloc_subnet() {
     touch "$BASE/registry"
+    _registry_gc
     local x
     x=$(awk -v n="$LAB" '$1 == n { print $2; exit }' "$BASE/registry")
     if [[ -z $x ]]; then
@@ -242,12 +264,12 @@ netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
 
 # All live pids in a host's network namespace (includes processes started with `exec`).
 ns_pids() {
-    local id p
+    local id
     id=$(netns_id "$1")
     [[ -n $id ]] || return 0
-    for p in /proc/[0-9]*; do
-        [[ $(readlink "$p/ns/net" 2>/dev/null) == "$id" ]] && echo "${p#/proc/}"
-    done
+    # One find for all processes (a readlink per process is far too slow).
+    find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null |
+        awk -v id="$id" '$1 == id { split($2, a, "/"); print a[3] }'
     return 0
 }
 
@@ -717,14 +739,21 @@ cmd_up() {
     for h in "${HOSTS[@]}"; do clear_faults "$h"; done
     for h in "${HOSTS[@]}"; do ensure_holder "$h"; done
     for h in "${HOSTS[@]}"; do ensure_daemons "$h"; done
+    # Readiness of all hosts in parallel; then, across the switch, web reaches every host.
+    local -A waiters=()
     for h in "${HOSTS[@]}"; do
-        wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
-        wait_ready "$h"
+        (
+            wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
+            wait_ready "$h"
+            if [[ $h != web ]]; then
+                wait_for "ping web -> $h" 20 hx web ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
+            fi
+        ) &
+        waiters[$h]=$!
     done
-    # Across the switch: web reaches every host.
-    for h in primary backup mail; do
-        wait_for "ping web -> $h" 20 hx web ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
-    done
+    local failed=
+    for h in "${HOSTS[@]}"; do wait "${waiters[$h]}" || failed="$failed $h"; done
+    [[ -z $failed ]] || die "not ready:$failed (see above)"
     log "up in $(( $(now_ms) - t0 )) ms: primary=${IP[primary]} backup=${IP[backup]} web=${IP[web]} mail=${IP[mail]} state=$STATE"
 }
 

@@ -81,10 +81,7 @@ fn ping(lab: &Lab, ip: &str) -> (bool, String) {
 fn rsync_list(lab: &Lab, host: Host) -> i32 {
     let pass = format!("--password-file={}", s(&lab.rsync_password_file()));
     let url = lab.rsync_url(host);
-    code(&lab.exec(
-        Host::Web,
-        &["timeout", "-s", "KILL", "20", "rsync", "--contimeout=3", "--timeout=3", &pass, &url],
-    ))
+    code(&lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "rsync", "--contimeout=3", "--timeout=3", &pass, &url]))
 }
 
 /// Exit code of an ONC-RPC NULL call to NFS (program 100003) version `vers` over TCP, 3 s limit.
@@ -256,7 +253,11 @@ fn check_smtp(lab: &Lab) {
     let pass = s(&lab.smtp_password_file());
     let ip = lab.ip(Host::Mail);
     let out = lab
-        .exec_timeout(Host::Web, &["/usr/bin/python3", "-c", SMTP_SCRIPT, &ip, &ca, &pass, "selftest"], Duration::from_secs(60))
+        .exec_timeout(
+            Host::Web,
+            &["/usr/bin/python3", "-c", SMTP_SCRIPT, &ip, &ca, &pass, "selftest"],
+            Duration::from_secs(60),
+        )
         .expect("the SMTP client script hung");
     assert_eq!(text(&out.stdout), SMTP_EXPECTED, "stderr: {}", text(&out.stderr));
 
@@ -316,7 +317,20 @@ fn check_rsync_push_pull(lab: &Lab, host: Host) {
     let push_src = format!("{}/", s(&src));
     lab.run(
         Host::Web,
-        &["timeout", "-s", "KILL", "30", "rsync", "-a", "--numeric-ids", "--contimeout=5", "--timeout=10", &pass, &push_src, &url],
+        &[
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            "rsync",
+            "-a",
+            "--numeric-ids",
+            "--contimeout=5",
+            "--timeout=10",
+            &pass,
+            &push_src,
+            &url,
+        ],
     );
     let data = lab.data_dir(host);
     let m = fs::metadata(data.join("owned.txt")).unwrap();
@@ -328,7 +342,20 @@ fn check_rsync_push_pull(lab: &Lab, host: Host) {
     let pull_dst = format!("{}/", s(&back));
     lab.run(
         Host::Web,
-        &["timeout", "-s", "KILL", "30", "rsync", "-a", "--numeric-ids", "--contimeout=5", "--timeout=10", &pass, &url, &pull_dst],
+        &[
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            "rsync",
+            "-a",
+            "--numeric-ids",
+            "--contimeout=5",
+            "--timeout=10",
+            &pass,
+            &url,
+            &pull_dst,
+        ],
     );
     assert_eq!(fs::read_to_string(back.join("owned.txt")).unwrap(), "owned by 1234:2345\n");
     assert_eq!(fs::metadata(back.join("owned.txt")).unwrap().uid(), 1234);
@@ -338,7 +365,8 @@ fn check_rsync_push_pull(lab: &Lab, host: Host) {
     fs::write(&bad, "wrong\n").unwrap();
     fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
     let bad_arg = format!("--password-file={}", s(&bad));
-    let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "rsync", "--contimeout=3", "--timeout=3", &bad_arg, &url]);
+    let out =
+        lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "rsync", "--contimeout=3", "--timeout=3", &bad_arg, &url]);
     assert_eq!(code(&out), 5, "bad password: {}", text(&out.stderr));
 }
 
@@ -346,8 +374,7 @@ fn check_nfs(lab: &Lab, host: Host) {
     fs::write(lab.data_dir(host).join("nfs-visible.txt"), "x").unwrap();
     let ip = lab.ip(host);
     for vers in ["3", "4"] {
-        let out =
-            lab.exec(Host::Web, &["timeout", "-s", "KILL", "5", "rpcinfo", "-T", "tcp", &ip, "100003", vers]);
+        let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "5", "rpcinfo", "-T", "tcp", &ip, "100003", vers]);
         assert_eq!(code(&out), 0, "NFS v{vers} NULL call to {host:?}: {}{}", text(&out.stdout), text(&out.stderr));
         assert!(text(&out.stdout).contains("ready and waiting"), "{}", text(&out.stdout));
     }
@@ -356,6 +383,38 @@ fn check_nfs(lab: &Lab, host: Host) {
         assert_eq!(code(&out), 0, "nfs-ls {url}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("nfs-visible.txt"), "nfs-ls {url}: {}", text(&out.stdout));
     }
+
+    // No stale content: a file replaced by rsync (new inode) reads new at once over NFS.
+    let nfs_cat = |name: &str| {
+        let url = format!("nfs://{ip}/srv/nfs/{name}");
+        let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "10", "nfs-cat", &url]);
+        assert_eq!(code(&out), 0, "nfs-cat {url}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    fs::write(lab.data_dir(host).join("stale.txt"), "v1\n").unwrap();
+    assert_eq!(nfs_cat("stale.txt"), "v1\n");
+    let src = lab.state_dir().join("selftest").join(format!("nfs-{}", host.name()));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("stale.txt"), "version two\n").unwrap();
+    let pass = format!("--password-file={}", s(&lab.rsync_password_file()));
+    let push_src = format!("{}/", s(&src));
+    lab.run(
+        Host::Web,
+        &[
+            "timeout",
+            "-s",
+            "KILL",
+            "30",
+            "rsync",
+            "-a",
+            "--contimeout=5",
+            "--timeout=10",
+            &pass,
+            &push_src,
+            &lab.rsync_url(host),
+        ],
+    );
+    assert_eq!(nfs_cat("stale.txt"), "version two\n", "NFS served stale content after rsync replaced the file");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -364,10 +423,8 @@ fn check_nfs(lab: &Lab, host: Host) {
 fn mount(lab: &Lab, fstype: &str, host: Host, opts: &str) -> (i32, String, Duration) {
     let t = Instant::now();
     let src = lab.nfs_source(host);
-    let out = lab.exec(
-        Host::Web,
-        &["timeout", "-s", "KILL", "30", "mount", "-t", fstype, &src, Lab::WEB_MOUNT, "-o", opts],
-    );
+    let out =
+        lab.exec(Host::Web, &["timeout", "-s", "KILL", "30", "mount", "-t", fstype, &src, Lab::WEB_MOUNT, "-o", opts]);
     (code(&out), text(&out.stdout) + &text(&out.stderr), t.elapsed())
 }
 
@@ -392,12 +449,18 @@ fn check_mount(lab: &Lab) {
         mi.lines().any(|l| l.contains(" /mnt/nfs ") && l.contains(&format!(" {} ", lab.nfs_source(Host::Primary)))),
         "{mi}"
     );
-    assert_eq!(lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]), "hello from primary\n");
+    assert_eq!(
+        lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]),
+        "hello from primary\n"
+    );
     // Writes go through to the primary's data dir, and changes there show at once (no caching).
     lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "sh", "-c", "echo written-by-web > /mnt/nfs/from-web.txt"]);
     assert_eq!(fs::read_to_string(primary.join("from-web.txt")).unwrap(), "written-by-web\n");
     fs::write(primary.join("hello.txt"), "changed on primary\n").unwrap();
-    assert_eq!(lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]), "changed on primary\n");
+    assert_eq!(
+        lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]),
+        "changed on primary\n"
+    );
     // The root namespace sees none of it.
     assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" /mnt/nfs "));
 
@@ -422,7 +485,10 @@ fn check_mount(lab: &Lab) {
     let (rc, out, _) = mount(lab, "nfs4", Host::Backup, "soft,timeo=10");
     assert_eq!(rc, 0, "mount -t nfs4 backup: {out}");
     assert_eq!(lab.web_mount_source(), Some(lab.nfs_source(Host::Backup)));
-    assert_eq!(lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]), "hello from backup\n");
+    assert_eq!(
+        lab.run(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"]),
+        "hello from backup\n"
+    );
     umount_lazy(lab);
     lab.heal(Host::Primary);
 
@@ -445,7 +511,9 @@ fn check_mount(lab: &Lab) {
     umount_lazy(lab);
     // No FUSE daemon left behind once unmounted.
     wait_until("sshfs to exit after umount", Duration::from_secs(10), || {
-        !lab.pids(Host::Web).iter().any(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() == "sshfs")
+        !lab.pids(Host::Web)
+            .iter()
+            .any(|p| fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() == "sshfs")
     });
 }
 
@@ -607,8 +675,11 @@ fn lab_services_faults_and_teardown() {
     let route = Command::new("ip").args(["route", "show", &lab.subnet()]).output().unwrap();
     assert!(text(&route.stdout).starts_with("unreachable"), "safety route: {}", text(&route.stdout));
     assert!(lab.run(Host::Web, &["test", "-d", Lab::WEB_MOUNT, "-a", "-x", "/sbin/mount.nfs"]).is_empty());
-    assert!(!Path::new("/sbin/mount.nfs").exists() || !fs::read_to_string("/sbin/mount.nfs").unwrap_or_default().contains("nfs-guard lab"),
-        "the stand-in must exist only inside web");
+    assert!(
+        !Path::new("/sbin/mount.nfs").exists()
+            || !fs::read_to_string("/sbin/mount.nfs").unwrap_or_default().contains("nfs-guard lab"),
+        "the stand-in must exist only inside web"
+    );
     for h in Host::STORAGE {
         assert_eq!(lab.run(h, &["sh", "-c", "test -S /run/rpcbind.sock && echo ok"]), "ok\n", "{h:?} has its own /run");
     }
@@ -619,7 +690,10 @@ fn lab_services_faults_and_teardown() {
         assert!(ok, "ping {h:?}: {out}");
     }
     // The root namespace cannot reach the lab (the unreachable route).
-    let out = Command::new("timeout").args(["-s", "KILL", "5", "ping", "-n", "-c1", "-W1", &lab.ip(Host::Primary)]).output().unwrap();
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "5", "ping", "-n", "-c1", "-W1", &lab.ip(Host::Primary)])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "the root namespace must not reach the lab");
 
     for h in Host::STORAGE {
@@ -654,7 +728,9 @@ fn lab_services_faults_and_teardown() {
     // Processes started in a host (like the product under test) die with the lab.
     let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();
     let pid = child.id();
-    wait_until("command() to run inside web with its own pid", Duration::from_secs(10), || lab.pids(Host::Web).contains(&pid));
+    wait_until("command() to run inside web with its own pid", Duration::from_secs(10), || {
+        lab.pids(Host::Web).contains(&pid)
+    });
 
     let fp = footprint(&lab);
     assert!(fp.pids.len() >= 12, "expected the lab's processes: {:?}", fp.pids);

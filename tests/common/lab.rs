@@ -418,8 +418,9 @@ impl Lab {
     /// Pid of the process holding the host's namespaces (what `nsenter -t` enters).
     pub fn holder_pid(&self, host: Host) -> u32 {
         let f = self.run_dir(host).join("holder.pid");
-        let s = fs::read_to_string(&f)
-            .unwrap_or_else(|e| panic!("lab {} host {host:?}: cannot read {}: {e} (is the lab up?)", self.name, f.display()));
+        let s = fs::read_to_string(&f).unwrap_or_else(|e| {
+            panic!("lab {} host {host:?}: cannot read {}: {e} (is the lab up?)", self.name, f.display())
+        });
         s.split_whitespace()
             .next()
             .and_then(|p| p.parse().ok())
