@@ -194,9 +194,10 @@ _alloc_subnet() {
         used=" $(awk '{ printf "%s ", $2 }' "$BASE/registry")"
         for ((x = 1; x <= 254; x++)); do
             [[ $used == *" $x "* ]] && continue
-            # Somebody else's (or a crashed lab's) route on that subnet: leave it alone.
-            [[ -n $(ip route show "10.203.$x.0/24" 2>/dev/null) ]] && continue
-            [[ -n $(ip route show match "10.203.$x.1" 2>/dev/null | grep -v '^default') ]] && continue
+            # A route inside that subnet (somebody else's, or a crashed lab's) or an address of this
+            # machine in it: leave it alone.
+            [[ -n $(ip route show root "10.203.$x.0/24" 2>/dev/null) ]] && continue
+            [[ -n $(ip -o -4 addr show to "10.203.$x.0/24" 2>/dev/null) ]] && continue
             break
         done
         (( x <= 254 )) || die "no free 10.203.X.0/24 subnet left in $BASE/registry"
@@ -262,14 +263,32 @@ netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
     [[ -e $f ]] && stat -L -c 'net:[%i]' "$f" 2>/dev/null || true
 }
 
-# All live pids in a host's network namespace (includes processes started with `exec`).
-ns_pids() {
-    local id
-    id=$(netns_id "$1")
-    [[ -n $id ]] || return 0
+# All pids whose network namespace is ID ("net:[inode]").
+netns_id_pids() {
+    [[ -n $1 ]] || return 0
     # One find for all processes (a readlink per process is far too slow).
     find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null |
-        awk -v id="$id" '$1 == id { split($2, a, "/"); print a[3] }'
+        awk -v id="$1" '$1 == id { split($2, a, "/"); print a[3] }'
+    return 0
+}
+
+# All live pids in a host's network namespace (includes processes started with `exec`).
+ns_pids() { netns_id_pids "$(netns_id "$1")"; }
+
+# Everything that belongs to a host, even if its netns was deleted behind our back: the processes in
+# its netns, in its holder's netns, and those of its pid files.
+host_pids() {
+    local h=$1 f p hp
+    {
+        ns_pids "$h"
+        if hp=$(holder_pid "$h"); then netns_id_pids "$(readlink "/proc/$hp/ns/net" 2>/dev/null)"; fi
+        if [[ -d $RUN/$h ]]; then
+            for f in "$RUN/$h"/*.pid; do
+                [[ -e $f ]] || continue
+                p=$(pidfile_pid "$f") && echo "$p"
+            done
+        fi
+    } | sort -un
     return 0
 }
 
@@ -551,6 +570,11 @@ ensure_network() {
             ip -n "$hn" link del eth0 2>/dev/null || true
             ip -n "$sw" link del "$(sw_port "$h")" 2>/dev/null || true
             ip link add eth0 netns "$hn" type veth peer name "$(sw_port "$h")" netns "$sw"
+            # New MAC address: the other hosts must not keep using the old one from their ARP cache.
+            local o
+            for o in "${HOSTS[@]}"; do
+                [[ $o == "$h" ]] || ip -n "$(ns_name "$o")" neigh flush to "${IP[$h]}" 2>/dev/null || true
+            done
         fi
         ip -n "$sw" link set "$(sw_port "$h")" master br0
         ip -n "$sw" link set "$(sw_port "$h")" up
@@ -569,10 +593,9 @@ ensure_holder() {
     if pid=$(holder_pid "$h"); then
         # Alive, but is it still in this host's netns (the netns could have been recreated)?
         if [[ $(readlink "/proc/$pid/ns/net") == "$(netns_id "$h")" ]]; then return 0; fi
-        kill_wait "$pid" || true
     fi
-    # No holder: whatever still runs in this netns lives in a lost mount namespace; start over.
-    kill_wait $(ns_pids "$h") || true
+    # No (usable) holder: whatever still runs for this host lives in a lost namespace; start over.
+    kill_wait $(host_pids "$h") || true
     rm -f "$RUN/$h"/*.pid
     local pf=$RUN/$h/holder.pid
     rm -f "$pf.tmp"
@@ -585,6 +608,7 @@ ensure_holder() {
     # Inside the new mount namespace: drop the copies of /run/netns (they would keep other labs'
     # namespaces alive), then give the host its own /run (rpcbind's socket path is fixed).
     local setup="umount -l /run/netns 2>/dev/null || true
+mkdir -p /run /srv /mnt
 mount -t tmpfs -o mode=0755,size=16m lab-run /run
 mkdir -p /run/lock /run/mount /run/sshd /run/rpcbind /run/ganesha
 chmod 0755 /run/sshd"
@@ -765,13 +789,8 @@ cmd_down() {
     [[ -z $x && -f $STATE/lab.env ]] && x=$(sed -n 's/^LAB_INDEX=//p' "$STATE/lab.env")
     # 1. every process of every host (holders included), plus anything from our pidfiles
     local -a pids=()
-    for h in "${HOSTS[@]}" sw; do pids+=($(ns_pids "$h")); done
-    if [[ -d $RUN ]]; then
-        for f in "$RUN"/*/*.pid; do
-            [[ -e $f ]] || continue
-            p=$(pidfile_pid "$f") && pids+=("$p")
-        done
-    fi
+    for h in "${HOSTS[@]}"; do pids+=($(host_pids "$h")); done
+    pids+=($(ns_pids sw))
     if (( ${#pids[@]} )); then
         kill_wait "${pids[@]}" || die "could not kill all processes of lab $LAB"
     fi

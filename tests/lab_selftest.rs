@@ -725,6 +725,19 @@ fn lab_services_faults_and_teardown() {
     assert_storage_healthy(&lab, Host::Backup, "after repair");
     assert_storage_healthy(&lab, Host::Primary, "after repair");
 
+    // ... and a namespace deleted and a holder killed behind its back (nothing of the old ones left).
+    let old_backup = lab.pids(Host::Backup);
+    let status = Command::new("ip").args(["netns", "delete", &lab.netns(Host::Backup)]).status().unwrap();
+    assert!(status.success());
+    let mail_holder = lab.holder_pid(Host::Mail).to_string();
+    assert!(Command::new("kill").args(["-KILL", &mail_holder]).status().unwrap().success());
+    lab.repair();
+    for pid in old_backup {
+        assert!(!pid_alive(pid), "process {pid} of the deleted backup namespace survived the repair");
+    }
+    assert_storage_healthy(&lab, Host::Backup, "after repair of a deleted namespace");
+    assert_mail_healthy(&lab, "after repair of a killed holder");
+
     // Processes started in a host (like the product under test) die with the lab.
     let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();
     let pid = child.id();
