@@ -28,6 +28,8 @@
 #
 # Network safety: the lab subnet exists only inside the lab namespaces, and the root namespace gets
 # `unreachable 10.203.X.0/24`, so nothing addressed to the lab can leave the machine.
+# Pid lists are split on purpose (they are numbers):
+# shellcheck disable=SC2046,SC2207
 set -euo pipefail
 # Debian's tools first (a pyenv python3 earlier on PATH lacks aiosmtpd; daemons need /usr/sbin).
 export PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin
@@ -259,7 +261,8 @@ write_pidfile() { echo "$2 $(proc_start "$2")" >"$1"; }
 holder_pid() { pidfile_pid "$RUN/$1/holder.pid"; }
 
 netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
-    local f=/run/netns/$(ns_name "$1")
+    local f
+    f=/run/netns/$(ns_name "$1")
     [[ -e $f ]] && stat -L -c 'net:[%i]' "$f" 2>/dev/null || true
 }
 
@@ -336,7 +339,8 @@ hx() {
 detached() {
     (
         local fd
-        for fd in $(ls /proc/$BASHPID/fd); do
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
             (( fd > 2 )) && eval "exec $fd>&-" 2>/dev/null
         done
         exec "$@"
@@ -898,8 +902,8 @@ cmd_fault() {
         freeze)
             # Repeat until no process of the host is left running (a stopped parent cannot fork, but
             # a child forked just before could be missed by one pass).
-            local pass p st left
-            for pass in 1 2 3 4 5; do
+            local p st left
+            for _ in 1 2 3 4 5; do
                 left=0
                 for p in $(ns_pids "$h"); do
                     st=$(proc_state "$p" 2>/dev/null) || continue
