@@ -19,7 +19,7 @@
 # State: /var/tmp/nfs-guard-lab/<name>/ (see `env`). Faults (fault HOST KIND):
 #   freeze       SIGSTOP every process of the host (kernel still answers ping and TCP handshakes)
 #   kill         SIGKILL every process of the host except its namespace holder (ports refuse)
-#   stop-nfs     SIGKILL nfs-ganesha only (rpcbind stays)
+#   stop-nfs     SIGKILL nfs-ganesha, and sshd (the web mount stand-in's data path); rpcbind stays
 #   stop-rsyncd  SIGKILL the rsync daemon (and its sessions) only
 #   blackhole    nftables in the host drops everything on its lab interface (timeouts)
 #   reject       nftables rejects everything on its lab interface (TCP RST / ICMP admin-prohibited)
@@ -923,11 +923,14 @@ cmd_fault() {
             ;;
         stop-nfs|stop-rsyncd)
             is_storage "$h" || die "$kind applies to storage hosts (primary, backup) only"
-            local d=ganesha
-            [[ $kind == stop-rsyncd ]] && d=rsyncd
-            if p=$(daemon_pid "$h" "$d"); then
-                pids=($(tree_pids "$h" "$p"))
-                kill_wait "${pids[@]}" || die "$kind on $h: $d survives"
+            # sshd is the data path of web's mount stand-in, so it is part of "NFS" here: with
+            # ganesha alone gone, mounted shares would keep working.
+            local d roots=()
+            if [[ $kind == stop-nfs ]]; then d="ganesha sshd"; else d=rsyncd; fi
+            for d in $d; do p=$(daemon_pid "$h" "$d") && roots+=("$p"); done
+            if (( ${#roots[@]} )); then
+                pids=($(tree_pids "$h" "${roots[@]}"))
+                kill_wait "${pids[@]}" || die "$kind on $h: some daemons survive"
             fi
             ;;
         blackhole) nft_fault "$h" drop ;;

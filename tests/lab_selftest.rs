@@ -500,6 +500,15 @@ fn check_mount(lab: &Lab) {
     lab.heal(Host::Primary);
     let (rc, out, _) = mount(lab, "nfs", Host::Primary, "soft");
     assert_eq!(rc, 0, "mount after heal: {out}");
+    // NFS stopped: the mounted share fails at once (EIO), a new mount fails; both work after heal.
+    lab.fault(Host::Primary, Fault::StopNfs);
+    let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "cat", "/mnt/nfs/hello.txt"]);
+    assert_ne!(code(&out), 0, "read through the mount of a stopped NFS server must fail");
+    assert_eq!(lab.web_mount_source(), Some(lab.nfs_source(Host::Primary)));
+    lab.heal(Host::Primary);
+    wait_until("the mount to answer again after heal from stop-nfs", Duration::from_secs(30), || {
+        code(&lab.exec(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"])) == 0
+    });
     // A blackholed server: the mounted share stops answering, then works again after heal.
     lab.fault(Host::Primary, Fault::Blackhole);
     let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "cat", "/mnt/nfs/hello.txt"]);
@@ -551,7 +560,7 @@ fn check_fault(lab: &Lab, fault: Fault) {
             assert!(p.nfs4 != 0 && p.nfs4 != KILLED, "NFS must fail at once: {ctx}");
             assert_eq!(p.rsync, 0, "rsync unaffected: {ctx}");
             assert_eq!(p.tcp_rsync, Conn::Open, "{ctx}");
-            assert!(p.ssh_banner.is_some(), "sshd unaffected: {ctx}");
+            assert_eq!(p.ssh_banner, None, "sshd (the mount stand-in's data path) is stopped too: {ctx}");
         }
         Fault::StopRsyncd => {
             assert!(p.ping, "{ctx}");
