@@ -227,6 +227,15 @@ load_ips() {
     for h in "${HOSTS[@]}"; do IP[$h]=10.203.$X.${OCTET[$h]}; done
 }
 
+# After lock_lab: die if the lab is not up, without leaving its lock file behind.
+lab_is_up_or_die() {
+    if [[ ! -f $STATE/lab.env ]]; then
+        rm -f "$BASE/.$LAB.lock"
+        die "lab $LAB is not up (no $STATE/lab.env); run: LAB=$LAB $0 up"
+    fi
+    load_env_or_die
+}
+
 load_env_or_die() {
     [[ -f $STATE/lab.env ]] || die "lab $LAB is not up (no $STATE/lab.env); run: LAB=$LAB $0 up"
     local x
@@ -895,7 +904,7 @@ cmd_fault() {
     is_host "$h" || die "unknown host '$h' (hosts: ${HOSTS[*]})"
     require_root
     lock_lab
-    load_env_or_die
+    lab_is_up_or_die
     holder_pid "$h" >/dev/null || die "host $h is not up"
     local -a pids
     case $kind in
@@ -958,7 +967,7 @@ cmd_heal() {
     is_host "$h" || die "unknown host '$h' (hosts: ${HOSTS[*]})"
     require_root
     lock_lab
-    load_env_or_die
+    lab_is_up_or_die
     clear_faults "$h"
     ensure_holder "$h"
     ensure_daemons "$h"
