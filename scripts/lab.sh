@@ -96,45 +96,8 @@ require_root() {
 }
 
 ensure_tools() {
-    local -a need=(
-        "ip iproute2" "bridge iproute2" "nsenter util-linux" "unshare util-linux" "flock util-linux"
-        "setsid util-linux" "mount mount" "rsync rsync" "ganesha.nfsd nfs-ganesha" "rpcbind rpcbind"
-        "rpcinfo rpcbind" "nfs-ls libnfs-utils" "sshfs sshfs" "sshd openssh-server"
-        "ssh openssh-client" "ssh-keygen openssh-client" "fusermount3 fuse3" "nft nftables"
-        "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
-    )
-    local -a missing=()
-    local e bin pkg
-    for e in "${need[@]}"; do
-        bin=${e%% *}; pkg=${e#* }
-        command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null \
-        || compgen -G '/usr/lib/ganesha/libfsalvfs.so' >/dev/null || missing+=(nfs-ganesha-vfs)
-    [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null \
-        || missing+=(python3 python3-aiosmtpd)
-    (( ${#missing[@]} == 0 )) && return 0
-    mkdir -p "$BASE"
-    exec {ifd}>>"$BASE/install.lock"
-    flock -w 900 "$ifd" || die "timed out waiting for another lab's package install"
-    log "installing missing packages: ${missing[*]}"
-    # Do not start the packages' own services in the root namespace while installing.
-    local policy=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-        policy=1
-    fi
-    local rc=0
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}"; } >&2 || rc=$?
-    [[ -n $policy ]] && rm -f /usr/sbin/policy-rc.d
-    exec {ifd}>&-
-    (( rc == 0 )) || die "apt-get install ${missing[*]} failed (exit $rc)"
-    for e in "${need[@]}"; do
-        bin=${e%% *}
-        command -v "$bin" >/dev/null 2>&1 || die "still missing after install: $bin"
-    done
-    /usr/bin/python3 -c 'import aiosmtpd' || die "python3-aiosmtpd still missing after install"
+    # One list of packages for the lab, the tests, the demo and the benchmarks.
+    "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" || die "cannot install the lab's packages"
 }
 
 # ---------------------------------------------------------------------------------------------------
