@@ -47,7 +47,7 @@ mkdir -p "$D"
 # --- configs (the same keys as config/*.toml) ---
 ALERT="[alert]
 smtp_host = \"$LAB_MAIL_IP\"
-port = 25
+smtp_port = 25
 security = \"none\"
 from = \"nfs-guard <nfs-guard@demo.lab>\"
 to = [\"ops@demo.lab\"]

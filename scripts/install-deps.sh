@@ -1,59 +1,55 @@
 #!/usr/bin/env bash
-# Installs what nfs-guard's build, tests, lab and demo need on a Debian machine: the apt packages
-# (only those missing) and a Rust toolchain check. Idempotent; safe to run on every test run.
+# Installs what nfs-guard's build, tests, lab, demo and benchmarks need on a Debian machine: the
+# Debian packages whose binaries are missing, and a Rust toolchain check. Idempotent and cheap when
+# everything is present; serialised across parallel callers (several labs starting at once).
 set -euo pipefail
 
-# binary-to-check:package pairs; a package is installed only when its binary is missing.
-NEEDS=(
-  rsync:rsync
-  ganesha.nfsd:nfs-ganesha
-  /usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so:nfs-ganesha-vfs
-  rpcbind:rpcbind
-  rpcinfo:rpcbind
-  nfs-ls:libnfs-utils
-  sshfs:sshfs
-  sshd:openssh-server
-  ssh:openssh-client
-  fusermount3:fuse3
-  ip:iproute2
-  nft:nftables
-  fuser:psmisc
-  pkill:procps
-  ping:iputils-ping
-  unshare:util-linux
-  nsenter:util-linux
-  openssl:openssl
-  lsyncd:lsyncd
-  systemd-analyze:systemd
-  flock:util-linux
+# "binary package" pairs: the package is installed only when its binary is missing.
+NEED=(
+  "ip iproute2" "bridge iproute2" "nsenter util-linux" "unshare util-linux" "flock util-linux"
+  "setsid util-linux" "mount mount" "rsync rsync" "ganesha.nfsd nfs-ganesha" "rpcbind rpcbind"
+  "rpcinfo rpcbind" "nfs-ls libnfs-utils" "sshfs sshfs" "sshd openssh-server"
+  "ssh openssh-client" "ssh-keygen openssh-client" "fusermount3 fuse3" "nft nftables"
+  "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
+  "lsyncd lsyncd" "systemd-analyze systemd"
 )
+export PATH="$PATH:/usr/sbin:/sbin"
 
-missing=()
-for pair in "${NEEDS[@]}"; do
-  bin=${pair%%:*} pkg=${pair#*:}
-  if [[ $bin == /* ]]; then [[ -e $bin ]] && continue
-  else PATH="$PATH:/usr/sbin:/sbin" command -v "$bin" >/dev/null 2>&1 && continue; fi
-  missing+=("$pkg")
-done
-# aiosmtpd is a Python module of Debian's python3, not a binary.
-/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+missing_packages() {
+  local e
+  for e in "${NEED[@]}"; do command -v "${e%% *}" >/dev/null 2>&1 || echo "${e#* }"; done
+  compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null \
+    || compgen -G '/usr/lib/ganesha/libfsalvfs.so' >/dev/null || echo nfs-ganesha-vfs
+  # aiosmtpd must be importable by Debian's python3 (a pyenv python3 earlier on PATH may lack it).
+  [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || echo python3-aiosmtpd
+}
 
+mapfile -t missing < <(missing_packages | sort -u)
 if ((${#missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "install-deps: missing packages ${missing[*]} and not root; run as root" >&2
-    exit 1
+  [[ $EUID -eq 0 ]] || { echo "install-deps: missing ${missing[*]} and not root" >&2; exit 1; }
+  mkdir -p /var/tmp/nfs-guard-lab
+  exec {lock}>>/var/tmp/nfs-guard-lab/install.lock
+  flock -w 900 "$lock" || { echo "install-deps: timed out waiting for another install" >&2; exit 1; }
+  mapfile -t missing < <(missing_packages | sort -u)   # another caller may have installed them
+  if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    # Do not start the packages' own daemons in the root namespace: the lab runs its own.
+    policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+    fi
+    rc=0
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"; } >&2 || rc=$?
+    [[ -n $policy ]] && rm -f /usr/sbin/policy-rc.d
+    ((rc == 0)) || { echo "install-deps: apt-get install ${missing[*]} failed (exit $rc)" >&2; exit 1; }
+    still=$(missing_packages)
+    [[ -z $still ]] || { echo "install-deps: still missing after install: $still" >&2; exit 1; }
   fi
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-  echo "install-deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  exec {lock}>&-
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "install-deps: installing Debian's cargo (no rustup toolchain found)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo >/dev/null
+if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
+  echo "install-deps: no Rust toolchain; installing Debian's cargo" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q cargo >&2
 fi

@@ -19,7 +19,7 @@
 # State: /var/tmp/nfs-guard-lab/<name>/ (see `env`). Faults (fault HOST KIND):
 #   freeze       SIGSTOP every process of the host (kernel still answers ping and TCP handshakes)
 #   kill         SIGKILL every process of the host except its namespace holder (ports refuse)
-#   stop-nfs     SIGKILL nfs-ganesha only (rpcbind stays)
+#   stop-nfs     SIGKILL nfs-ganesha, and sshd (the web mount stand-in's data path); rpcbind stays
 #   stop-rsyncd  SIGKILL the rsync daemon (and its sessions) only
 #   blackhole    nftables in the host drops everything on its lab interface (timeouts)
 #   reject       nftables rejects everything on its lab interface (TCP RST / ICMP admin-prohibited)
@@ -28,6 +28,8 @@
 #
 # Network safety: the lab subnet exists only inside the lab namespaces, and the root namespace gets
 # `unreachable 10.203.X.0/24`, so nothing addressed to the lab can leave the machine.
+# Pid lists are split on purpose (they are numbers):
+# shellcheck disable=SC2046,SC2207
 set -euo pipefail
 # Debian's tools first (a pyenv python3 earlier on PATH lacks aiosmtpd; daemons need /usr/sbin).
 export PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin
@@ -94,45 +96,8 @@ require_root() {
 }
 
 ensure_tools() {
-    local -a need=(
-        "ip iproute2" "bridge iproute2" "nsenter util-linux" "unshare util-linux" "flock util-linux"
-        "setsid util-linux" "mount mount" "rsync rsync" "ganesha.nfsd nfs-ganesha" "rpcbind rpcbind"
-        "rpcinfo rpcbind" "nfs-ls libnfs-utils" "sshfs sshfs" "sshd openssh-server"
-        "ssh openssh-client" "ssh-keygen openssh-client" "fusermount3 fuse3" "nft nftables"
-        "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
-    )
-    local -a missing=()
-    local e bin pkg
-    for e in "${need[@]}"; do
-        bin=${e%% *}; pkg=${e#* }
-        command -v "$bin" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null \
-        || compgen -G '/usr/lib/ganesha/libfsalvfs.so' >/dev/null || missing+=(nfs-ganesha-vfs)
-    [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null \
-        || missing+=(python3 python3-aiosmtpd)
-    (( ${#missing[@]} == 0 )) && return 0
-    mkdir -p "$BASE"
-    exec {ifd}>>"$BASE/install.lock"
-    flock -w 900 "$ifd" || die "timed out waiting for another lab's package install"
-    log "installing missing packages: ${missing[*]}"
-    # Do not start the packages' own services in the root namespace while installing.
-    local policy=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
-        policy=1
-    fi
-    local rc=0
-    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}"; } >&2 || rc=$?
-    [[ -n $policy ]] && rm -f /usr/sbin/policy-rc.d
-    exec {ifd}>&-
-    (( rc == 0 )) || die "apt-get install ${missing[*]} failed (exit $rc)"
-    for e in "${need[@]}"; do
-        bin=${e%% *}
-        command -v "$bin" >/dev/null 2>&1 || die "still missing after install: $bin"
-    done
-    /usr/bin/python3 -c 'import aiosmtpd' || die "python3-aiosmtpd still missing after install"
+    # One list of packages for the lab, the tests, the demo and the benchmarks.
+    "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh" || die "cannot install the lab's packages"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,9 +159,10 @@ _alloc_subnet() {
         used=" $(awk '{ printf "%s ", $2 }' "$BASE/registry")"
         for ((x = 1; x <= 254; x++)); do
             [[ $used == *" $x "* ]] && continue
-            # Somebody else's (or a crashed lab's) route on that subnet: leave it alone.
-            [[ -n $(ip route show "10.203.$x.0/24" 2>/dev/null) ]] && continue
-            [[ -n $(ip route show match "10.203.$x.1" 2>/dev/null | grep -v '^default') ]] && continue
+            # A route inside that subnet (somebody else's, or a crashed lab's) or an address of this
+            # machine in it: leave it alone.
+            [[ -n $(ip route show root "10.203.$x.0/24" 2>/dev/null) ]] && continue
+            [[ -n $(ip -o -4 addr show to "10.203.$x.0/24" 2>/dev/null) ]] && continue
             break
         done
         (( x <= 254 )) || die "no free 10.203.X.0/24 subnet left in $BASE/registry"
@@ -222,6 +188,15 @@ load_ips() {
     declare -gA IP=()
     local h
     for h in "${HOSTS[@]}"; do IP[$h]=10.203.$X.${OCTET[$h]}; done
+}
+
+# After lock_lab: die if the lab is not up, without leaving its lock file behind.
+lab_is_up_or_die() {
+    if [[ ! -f $STATE/lab.env ]]; then
+        rm -f "$BASE/.$LAB.lock"
+        die "lab $LAB is not up (no $STATE/lab.env); run: LAB=$LAB $0 up"
+    fi
+    load_env_or_die
 }
 
 load_env_or_die() {
@@ -258,18 +233,37 @@ write_pidfile() { echo "$2 $(proc_start "$2")" >"$1"; }
 holder_pid() { pidfile_pid "$RUN/$1/holder.pid"; }
 
 netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
-    local f=/run/netns/$(ns_name "$1")
+    local f
+    f=/run/netns/$(ns_name "$1")
     [[ -e $f ]] && stat -L -c 'net:[%i]' "$f" 2>/dev/null || true
 }
 
-# All live pids in a host's network namespace (includes processes started with `exec`).
-ns_pids() {
-    local id
-    id=$(netns_id "$1")
-    [[ -n $id ]] || return 0
+# All pids whose network namespace is ID ("net:[inode]").
+netns_id_pids() {
+    [[ -n $1 ]] || return 0
     # One find for all processes (a readlink per process is far too slow).
     find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null |
-        awk -v id="$id" '$1 == id { split($2, a, "/"); print a[3] }'
+        awk -v id="$1" '$1 == id { split($2, a, "/"); print a[3] }'
+    return 0
+}
+
+# All live pids in a host's network namespace (includes processes started with `exec`).
+ns_pids() { netns_id_pids "$(netns_id "$1")"; }
+
+# Everything that belongs to a host, even if its netns was deleted behind our back: the processes in
+# its netns, in its holder's netns, and those of its pid files.
+host_pids() {
+    local h=$1 f p hp
+    {
+        ns_pids "$h"
+        if hp=$(holder_pid "$h"); then netns_id_pids "$(readlink "/proc/$hp/ns/net" 2>/dev/null)"; fi
+        if [[ -d $RUN/$h ]]; then
+            for f in "$RUN/$h"/*.pid; do
+                [[ -e $f ]] || continue
+                p=$(pidfile_pid "$f") && echo "$p"
+            done
+        fi
+    } | sort -un
     return 0
 }
 
@@ -317,7 +311,8 @@ hx() {
 detached() {
     (
         local fd
-        for fd in $(ls /proc/$BASHPID/fd); do
+        for fd in /proc/"$BASHPID"/fd/*; do
+            fd=${fd##*/}
             (( fd > 2 )) && eval "exec $fd>&-" 2>/dev/null
         done
         exec "$@"
@@ -551,6 +546,11 @@ ensure_network() {
             ip -n "$hn" link del eth0 2>/dev/null || true
             ip -n "$sw" link del "$(sw_port "$h")" 2>/dev/null || true
             ip link add eth0 netns "$hn" type veth peer name "$(sw_port "$h")" netns "$sw"
+            # New MAC address: the other hosts must not keep using the old one from their ARP cache.
+            local o
+            for o in "${HOSTS[@]}"; do
+                [[ $o == "$h" ]] || ip -n "$(ns_name "$o")" neigh flush to "${IP[$h]}" 2>/dev/null || true
+            done
         fi
         ip -n "$sw" link set "$(sw_port "$h")" master br0
         ip -n "$sw" link set "$(sw_port "$h")" up
@@ -569,10 +569,9 @@ ensure_holder() {
     if pid=$(holder_pid "$h"); then
         # Alive, but is it still in this host's netns (the netns could have been recreated)?
         if [[ $(readlink "/proc/$pid/ns/net") == "$(netns_id "$h")" ]]; then return 0; fi
-        kill_wait "$pid" || true
     fi
-    # No holder: whatever still runs in this netns lives in a lost mount namespace; start over.
-    kill_wait $(ns_pids "$h") || true
+    # No (usable) holder: whatever still runs for this host lives in a lost namespace; start over.
+    kill_wait $(host_pids "$h") || true
     rm -f "$RUN/$h"/*.pid
     local pf=$RUN/$h/holder.pid
     rm -f "$pf.tmp"
@@ -585,6 +584,7 @@ ensure_holder() {
     # Inside the new mount namespace: drop the copies of /run/netns (they would keep other labs'
     # namespaces alive), then give the host its own /run (rpcbind's socket path is fixed).
     local setup="umount -l /run/netns 2>/dev/null || true
+mkdir -p /run /srv /mnt
 mount -t tmpfs -o mode=0755,size=16m lab-run /run
 mkdir -p /run/lock /run/mount /run/sshd /run/rpcbind /run/ganesha
 chmod 0755 /run/sshd"
@@ -765,13 +765,8 @@ cmd_down() {
     [[ -z $x && -f $STATE/lab.env ]] && x=$(sed -n 's/^LAB_INDEX=//p' "$STATE/lab.env")
     # 1. every process of every host (holders included), plus anything from our pidfiles
     local -a pids=()
-    for h in "${HOSTS[@]}" sw; do pids+=($(ns_pids "$h")); done
-    if [[ -d $RUN ]]; then
-        for f in "$RUN"/*/*.pid; do
-            [[ -e $f ]] || continue
-            p=$(pidfile_pid "$f") && pids+=("$p")
-        done
-    fi
+    for h in "${HOSTS[@]}"; do pids+=($(host_pids "$h")); done
+    pids+=($(ns_pids sw))
     if (( ${#pids[@]} )); then
         kill_wait "${pids[@]}" || die "could not kill all processes of lab $LAB"
     fi
@@ -872,15 +867,15 @@ cmd_fault() {
     is_host "$h" || die "unknown host '$h' (hosts: ${HOSTS[*]})"
     require_root
     lock_lab
-    load_env_or_die
+    lab_is_up_or_die
     holder_pid "$h" >/dev/null || die "host $h is not up"
     local -a pids
     case $kind in
         freeze)
             # Repeat until no process of the host is left running (a stopped parent cannot fork, but
             # a child forked just before could be missed by one pass).
-            local pass p st left
-            for pass in 1 2 3 4 5; do
+            local p st left
+            for _ in 1 2 3 4 5; do
                 left=0
                 for p in $(ns_pids "$h"); do
                     st=$(proc_state "$p" 2>/dev/null) || continue
@@ -900,11 +895,14 @@ cmd_fault() {
             ;;
         stop-nfs|stop-rsyncd)
             is_storage "$h" || die "$kind applies to storage hosts (primary, backup) only"
-            local d=ganesha
-            [[ $kind == stop-rsyncd ]] && d=rsyncd
-            if p=$(daemon_pid "$h" "$d"); then
-                pids=($(tree_pids "$h" "$p"))
-                kill_wait "${pids[@]}" || die "$kind on $h: $d survives"
+            # sshd is the data path of web's mount stand-in, so it is part of "NFS" here: with
+            # ganesha alone gone, mounted shares would keep working.
+            local d roots=()
+            if [[ $kind == stop-nfs ]]; then d="ganesha sshd"; else d=rsyncd; fi
+            for d in $d; do p=$(daemon_pid "$h" "$d") && roots+=("$p"); done
+            if (( ${#roots[@]} )); then
+                pids=($(tree_pids "$h" "${roots[@]}"))
+                kill_wait "${pids[@]}" || die "$kind on $h: some daemons survive"
             fi
             ;;
         blackhole) nft_fault "$h" drop ;;
@@ -932,7 +930,7 @@ cmd_heal() {
     is_host "$h" || die "unknown host '$h' (hosts: ${HOSTS[*]})"
     require_root
     lock_lab
-    load_env_or_die
+    lab_is_up_or_die
     clear_faults "$h"
     ensure_holder "$h"
     ensure_daemons "$h"

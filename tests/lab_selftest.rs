@@ -500,6 +500,15 @@ fn check_mount(lab: &Lab) {
     lab.heal(Host::Primary);
     let (rc, out, _) = mount(lab, "nfs", Host::Primary, "soft");
     assert_eq!(rc, 0, "mount after heal: {out}");
+    // NFS stopped: the mounted share fails at once (EIO), a new mount fails; both work after heal.
+    lab.fault(Host::Primary, Fault::StopNfs);
+    let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "cat", "/mnt/nfs/hello.txt"]);
+    assert_ne!(code(&out), 0, "read through the mount of a stopped NFS server must fail");
+    assert_eq!(lab.web_mount_source(), Some(lab.nfs_source(Host::Primary)));
+    lab.heal(Host::Primary);
+    wait_until("the mount to answer again after heal from stop-nfs", Duration::from_secs(30), || {
+        code(&lab.exec(Host::Web, &["timeout", "-s", "KILL", "10", "cat", "/mnt/nfs/hello.txt"])) == 0
+    });
     // A blackholed server: the mounted share stops answering, then works again after heal.
     lab.fault(Host::Primary, Fault::Blackhole);
     let out = lab.exec(Host::Web, &["timeout", "-s", "KILL", "20", "cat", "/mnt/nfs/hello.txt"]);
@@ -551,7 +560,7 @@ fn check_fault(lab: &Lab, fault: Fault) {
             assert!(p.nfs4 != 0 && p.nfs4 != KILLED, "NFS must fail at once: {ctx}");
             assert_eq!(p.rsync, 0, "rsync unaffected: {ctx}");
             assert_eq!(p.tcp_rsync, Conn::Open, "{ctx}");
-            assert!(p.ssh_banner.is_some(), "sshd unaffected: {ctx}");
+            assert_eq!(p.ssh_banner, None, "sshd (the mount stand-in's data path) is stopped too: {ctx}");
         }
         Fault::StopRsyncd => {
             assert!(p.ping, "{ctx}");
@@ -724,6 +733,19 @@ fn lab_services_faults_and_teardown() {
     eprintln!("lab selftest: repair took {:?}", t.elapsed());
     assert_storage_healthy(&lab, Host::Backup, "after repair");
     assert_storage_healthy(&lab, Host::Primary, "after repair");
+
+    // ... and a namespace deleted and a holder killed behind its back (nothing of the old ones left).
+    let old_backup = lab.pids(Host::Backup);
+    let status = Command::new("ip").args(["netns", "delete", &lab.netns(Host::Backup)]).status().unwrap();
+    assert!(status.success());
+    let mail_holder = lab.holder_pid(Host::Mail).to_string();
+    assert!(Command::new("kill").args(["-KILL", &mail_holder]).status().unwrap().success());
+    lab.repair();
+    for pid in old_backup {
+        assert!(!pid_alive(pid), "process {pid} of the deleted backup namespace survived the repair");
+    }
+    assert_storage_healthy(&lab, Host::Backup, "after repair of a deleted namespace");
+    assert_mail_healthy(&lab, "after repair of a killed holder");
 
     // Processes started in a host (like the product under test) die with the lab.
     let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();

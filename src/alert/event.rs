@@ -15,8 +15,19 @@ pub enum Role {
     Test,
 }
 
+impl Role {
+    /// The name used in subjects and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Web => "web",
+            Role::Storage => "storage",
+            Role::Test => "test",
+        }
+    }
+}
+
 /// Every transition that can send mail. Each kind can be switched off in `[alert]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlertKind {
     // web
@@ -79,6 +90,11 @@ impl AlertKind {
             AlertKind::Test => "test",
         }
     }
+
+    /// The kind with this [`AlertKind::name`], if any.
+    pub fn from_name(name: &str) -> Option<AlertKind> {
+        AlertKind::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// One transition, described for a human reading it on a phone.
@@ -122,6 +138,13 @@ impl AlertEvent {
     #[must_use]
     pub fn server(mut self, name: impl Into<String>, state: impl Into<String>) -> Self {
         self.servers.push((name.into(), state.into()));
+        self
+    }
+
+    /// Sets when it happened (default: when it was built); for tests and replays.
+    #[must_use]
+    pub fn at_time(mut self, at: SystemTime) -> Self {
+        self.at = at;
         self
     }
 

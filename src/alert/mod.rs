@@ -1,40 +1,187 @@
 //! Alerts: an email on every transition, queued durably, never blocking a role.
-//! Placeholder: delivery is built by the alerts issue; until then events are only logged.
+//!
+//! - [`event`]: the contract roles code against (`AlertEvent`, `AlertSink`).
+//! - [`render`] (pure): subject and phone-readable body.
+//! - [`policy`] (pure): disabled kinds, flood control (repeats folded into digests).
+//! - [`outbox`]: sequence-numbered files under `state_dir/outbox/`, fsync'd before `emit` returns.
+//! - [`delivery`]: the sink and the single delivery task that mails the outbox in order.
+//! - `sys::smtp`: the SMTP client behind the `Mailer` trait.
+//!
+//! Roles never wait on SMTP: `emit` writes a file and returns; only the delivery task talks to the
+//! mail server, each send under a hard deadline. `alert-test` bypasses the queue and reports
+//! exactly which step failed.
 
+pub mod delivery;
 pub mod event;
+pub mod outbox;
+pub mod policy;
+pub mod render;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use delivery::{DeliverySettings, OutboxSink};
 pub use event::{AlertEvent, AlertKind, AlertSink, LogSink, Role};
+pub use outbox::OutboxError;
 
 use crate::config::Config;
+use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SmtpMailer};
+use delivery::{Clock, Control, Shared};
+use policy::FloodPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("alert delivery is not configured")]
     NotConfigured,
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("alert test failed:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Test { problems: Vec<String> },
 }
 
 /// The running alert pipeline of a process: the sink roles emit into, and its delivery task.
 pub struct Alerts {
     pub sink: Arc<dyn AlertSink>,
+    delivery: Option<Delivery>,
+}
+
+struct Delivery {
+    shared: Arc<Mutex<Shared>>,
+    control: Arc<Control>,
+    handle: JoinHandle<()>,
 }
 
 impl Alerts {
-    /// Starts delivery for `config` on the current runtime.
-    pub fn start(_config: &Config, _shutdown: CancellationToken) -> Result<Alerts, Error> {
-        Ok(Alerts { sink: Arc::new(LogSink) })
+    /// Starts delivery for `config` on the current runtime. Without an `[alert]` section alerts
+    /// are only logged.
+    ///
+    /// `_shutdown` is deliberately not watched: alerts raised while a role shuts down must still
+    /// go out, so delivery runs until [`Alerts::drain`] ends it.
+    pub fn start(config: &Config, _shutdown: CancellationToken) -> Result<Alerts, Error> {
+        match &config.alert {
+            None => Ok(Alerts { sink: Arc::new(LogSink), delivery: None }),
+            Some(alert) => Alerts::start_with_mailer(config, SmtpMailer::new(alert.smtp.clone())),
+        }
     }
 
-    /// Gives queued alerts up to `grace` to be delivered before the process exits; what is left
-    /// stays in the outbox for the next run.
-    pub async fn drain(self, _grace: Duration) {}
+    /// Like [`Alerts::start`] with a given mailer (tests use a fake). Needs an `[alert]` section.
+    pub fn start_with_mailer<M: Mailer>(config: &Config, mailer: M) -> Result<Alerts, Error> {
+        let alert = config.alert.as_ref().ok_or(Error::NotConfigured)?;
+        let outbox = outbox::Outbox::open(&config.state_dir.join("outbox"))?;
+        let clock = Clock::start();
+        // Flood control carries over from the previous process (`web --once` is one per run):
+        // its periods and scheduled digests continue; folded alerts without a digest get one now.
+        let mut policy = FloodPolicy::new(alert.flood_period, alert.disabled.clone());
+        policy.restore(outbox.load_flood(), clock.now());
+        for kind in outbox.folded_kinds() {
+            policy.ensure_digest(kind, clock.now());
+        }
+        if !outbox.is_empty() {
+            tracing::info!(waiting = outbox.len(), dir = %outbox.dir().display(), "alerts from a previous run are waiting in the outbox");
+        }
+        let shared = Arc::new(Mutex::new(Shared { outbox, policy, clock }));
+        let control = Arc::new(Control::default());
+        let settings = DeliverySettings {
+            from: alert.from.clone(),
+            to: alert.to.clone(),
+            retry_max: alert.retry_max,
+            send_deadline: alert.smtp.deadline() + Duration::from_secs(1),
+            hostname: hostname(config),
+        };
+        let handle = tokio::spawn(delivery::run(shared.clone(), control.clone(), mailer, settings));
+        let sink = Arc::new(OutboxSink { shared: shared.clone(), control: control.clone() });
+        Ok(Alerts { sink, delivery: Some(Delivery { shared, control, handle }) })
+    }
+
+    /// Messages queued and not yet accepted by the SMTP server (0 without delivery).
+    pub fn pending(&self) -> usize {
+        self.delivery.as_ref().map_or(0, |d| delivery::lock(&d.shared).outbox.len())
+    }
+
+    /// Sends queued alerts, giving delivery up to `grace`; then stops it. What is left (and alerts
+    /// folded for a digest not yet due) stays in the outbox for the next run.
+    pub async fn drain(self, grace: Duration) {
+        let Some(mut d) = self.delivery else { return };
+        d.control.draining.store(true, Ordering::SeqCst);
+        d.control.wake.notify_one();
+        if tokio::time::timeout(grace, &mut d.handle).await.is_err() {
+            d.control.stop.cancel();
+            let _ = d.handle.await;
+        }
+        let s = delivery::lock(&d.shared);
+        let left = s.outbox.len() + s.outbox.folded();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                dir = %s.outbox.dir().display(),
+                "alerts not yet mailed stay in the outbox for the next start"
+            );
+        }
+    }
 }
 
-/// `nfs-guard alert-test`.
-pub async fn test(_config: &Config) -> Result<(), Error> {
-    Err(Error::NotConfigured)
+/// The name shown in subjects: `[alert] hostname`, else the system host name.
+fn hostname(config: &Config) -> String {
+    config.alert.as_ref().and_then(|a| a.hostname.clone()).unwrap_or_else(|| {
+        nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
+    })
+}
+
+/// `nfs-guard alert-test`: sends a test message now, directly (not through the outbox), and
+/// reports every problem, one line each: name lookup, connect, TLS, authentication, sender, each
+/// rejected recipient.
+pub async fn test(config: &Config) -> Result<(), Error> {
+    test_with_mailer(config, &SmtpMailer::new(config.alert.as_ref().ok_or(Error::NotConfigured)?.smtp.clone())).await
+}
+
+/// [`test`] with a given mailer.
+pub async fn test_with_mailer<M: Mailer>(config: &Config, mailer: &M) -> Result<(), Error> {
+    let alert = config.alert.as_ref().ok_or(Error::NotConfigured)?;
+    let host = hostname(config);
+    let recipients: Vec<String> = alert.to.iter().map(ToString::to_string).collect();
+    let event = AlertEvent::new(
+        AlertKind::Test,
+        Role::Test,
+        "test message",
+        format!("`nfs-guard alert-test` was run on {host} to check that alert mail arrives"),
+    )
+    .detail("mail server", alert.smtp.describe())
+    .detail("recipients", recipients.join(", "))
+    .next_steps("Nothing to do: this node's alerts reach you.");
+    let at = SystemTime::now();
+    let utc = chrono::DateTime::<chrono::Utc>::from(at);
+    let offset = chrono::Offset::fix(&chrono::TimeZone::offset_from_utc_datetime(&chrono::Local, &utc.naive_utc()));
+    let rendered = render::render(&[event.at_time(at)], 0, &render::RenderContext { hostname: host, offset });
+    let mail = Outgoing {
+        from: alert.from.clone(),
+        to: alert.to.clone(),
+        rcpt: alert.to.iter().map(|m| m.email.clone()).collect(),
+        subject: rendered.subject,
+        body: rendered.body,
+        date: at,
+    };
+    let report = mailer.send(&mail).await.map_err(|e| Error::Test { problems: vec![e.to_string()] })?;
+    let mut problems = Vec::new();
+    let mut accepted = Vec::new();
+    for (addr, r) in &report.rcpt {
+        match r {
+            RcptResult::Accepted => accepted.push(addr.to_string()),
+            RcptResult::Rejected { permanent, reply } => problems.push(format!(
+                "recipient rejected{}: {addr}: {reply}",
+                if *permanent { "" } else { " for now (try again later)" }
+            )),
+        }
+    }
+    if !accepted.is_empty() {
+        println!("test alert sent via {} to {}", alert.smtp.describe(), accepted.join(", "));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Test { problems })
+    }
 }

@@ -7,4 +7,5 @@ pub mod mountinfo;
 pub mod probe;
 pub mod rsync;
 pub mod shutdown;
+pub mod smtp;
 pub mod systemd;

@@ -51,7 +51,8 @@
 //!   kernel still answers: ping works, TCP connects succeed, nothing ever replies.
 //! * `Kill`: SIGKILL every process of the host (daemons and test processes; not the namespace
 //!   holder). Ping works, every port refuses. `heal` restarts the lab daemons only.
-//! * `StopNfs`: SIGKILL nfs-ganesha only (rpcbind stays): NFS NULL calls fail at once, the rest works.
+//! * `StopNfs`: SIGKILL nfs-ganesha and sshd (rpcbind stays): NFS NULL calls fail at once, and so does
+//!   web's mounted share (sshd is the stand-in mount's data path); ping and rsync keep working.
 //! * `StopRsyncd`: SIGKILL the rsync daemon (and its sessions) only: port 873 refuses.
 //! * `Blackhole`: nftables in the host drops everything on its lab interface: ping and connects time
 //!   out (use `rsync --contimeout`, or rsync hangs).

@@ -1,0 +1,401 @@
+//! The outbox sink roles emit into, and the one delivery task that mails the outbox in order.
+//!
+//! ```text
+//!  roles ──emit()──▶ OutboxSink ──(flood policy, fsync'd file)──▶ outbox ◀──head/remove── delivery task ──▶ Mailer (SMTP)
+//!                         └──────────── wake (Notify) ───────────────────────────────────▶┘
+//! ```
+//!
+//! `emit` only decides (pure policy) and writes one small file; it never waits for the network.
+//! The delivery task is the only thing that talks to SMTP: it sends the oldest message, each send
+//! under a hard deadline, and while the server is down retries with exponential backoff and
+//! jitter. The shared state is behind a mutex that is never held across an await.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Offset, TimeZone, Utc};
+use lettre::message::Mailbox;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::event::{AlertEvent, AlertSink};
+use super::outbox::{Outbox, Queued};
+use super::policy::{Admit, FloodPolicy};
+use super::render::{render, RenderContext};
+use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SendError, Stage};
+
+/// First retry delay after a failed send; doubles up to `retry_max`.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// A recipient that keeps answering 4xx is given up after this many attempts, so one full mailbox
+/// cannot hold every later alert back forever.
+const MAX_TRANSIENT_ATTEMPTS: u32 = 10;
+
+/// How delivery addresses and paces mail.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    pub retry_max: Duration,
+    /// Hard deadline for one send (above the mailer's own timeouts).
+    pub send_deadline: Duration,
+    /// Name shown in subjects.
+    pub hostname: String,
+}
+
+pub(crate) struct Shared {
+    pub(crate) outbox: Outbox,
+    pub(crate) policy: FloodPolicy,
+    pub(crate) clock: Clock,
+}
+
+impl Shared {
+    /// Saves the flood-control state for the next process; failing only weakens flood control.
+    fn save_flood(&self) {
+        if let Err(e) = self.outbox.save_flood(&self.policy.snapshot()) {
+            tracing::warn!("flood-control state not saved: {}", crate::error::render_chain(&e));
+        }
+    }
+}
+
+/// Wall-clock time for the flood policy, derived from tokio's monotonic clock anchored at start:
+/// a clock jump during the run does not disturb it, and it follows paused time in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall0: SystemTime,
+    mono0: Instant,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock { wall0: SystemTime::now(), mono0: Instant::now() }
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.wall0 + self.mono0.elapsed()
+    }
+
+    /// The monotonic instant of wall time `at` (now, if `at` is before the anchor).
+    fn instant(&self, at: SystemTime) -> Instant {
+        self.mono0 + at.duration_since(self.wall0).unwrap_or_default()
+    }
+}
+
+pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic elsewhere ends the process anyway (panic = restart); keep delivering meanwhile.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Signals between the [`super::Alerts`] handle, the sink and the delivery task.
+#[derive(Default)]
+pub(crate) struct Control {
+    /// Something was queued or folded, or drain began.
+    pub(crate) wake: Notify,
+    /// Shutting down: try what is queued once, then stop. Open digests are not sent early: their
+    /// alerts stay folded on disk and the next process mails the digest when the period ends.
+    pub(crate) draining: AtomicBool,
+    /// Stop now (grace is over); an in-flight send is abandoned, its file stays.
+    pub(crate) stop: CancellationToken,
+}
+
+/// The sink the roles hold: policy decision plus one durable write, then a wake-up.
+pub struct OutboxSink {
+    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) control: Arc<Control>,
+}
+
+impl AlertSink for OutboxSink {
+    fn emit(&self, event: AlertEvent) {
+        let kind = event.kind.name();
+        let title = event.title.clone();
+        let mut s = lock(&self.shared);
+        let now = s.clock.now();
+        let before = s.policy.kind_state(event.kind);
+        let admitted = s.policy.admit(event.kind, now);
+        let changed = s.policy.kind_state(event.kind) != before;
+        match admitted {
+            Admit::Drop => {
+                tracing::info!(kind, reason = %event.reason, "alert not mailed ({kind} is in [alert] disabled): {title}");
+            }
+            Admit::Send => {
+                let (seq, written) = s.outbox.enqueue(vec![event]);
+                log_queued(seq, kind, &title, "queued", written.err());
+            }
+            Admit::Fold => {
+                let (seq, written) = s.outbox.fold(event);
+                log_queued(seq, kind, &title, "folded into the next digest (flood control)", written.err());
+            }
+        }
+        if changed {
+            s.save_flood();
+        }
+        drop(s);
+        self.control.wake.notify_one();
+    }
+}
+
+fn log_queued(seq: u64, kind: &str, title: &str, what: &str, err: Option<super::outbox::OutboxError>) {
+    match err {
+        None => tracing::info!(seq, kind, "alert {what}: {title}"),
+        Some(e) => tracing::error!(
+            seq,
+            kind,
+            "alert {what} in memory only, it would be lost if the process died before it is mailed ({}): {title}",
+            crate::error::render_chain(&e)
+        ),
+    }
+}
+
+/// What one attempt on the head message came to.
+enum Outcome {
+    /// Removed from the queue (delivered, or dead-lettered).
+    Finished,
+    /// Still queued; try again after a backoff.
+    Retry,
+    /// Stopped mid-send by the grace deadline.
+    Stopped,
+}
+
+/// The delivery task: runs until drained or stopped.
+pub(crate) async fn run<M: Mailer>(
+    shared: Arc<Mutex<Shared>>,
+    control: Arc<Control>,
+    mailer: M,
+    cfg: DeliverySettings,
+) {
+    let mut backoff = Backoff::new(RETRY_MIN, cfg.retry_max.max(RETRY_MIN));
+    let mut retry_at: Option<Instant> = None;
+    let mut drain_started = false;
+    loop {
+        let draining = control.draining.load(Ordering::SeqCst);
+        if draining && !drain_started {
+            // One last attempt now, whatever the backoff said.
+            drain_started = true;
+            retry_at = None;
+        }
+        let now = Instant::now();
+        let head = {
+            let mut s = lock(&shared);
+            let wall = s.clock.now();
+            let kinds = s.policy.due(wall);
+            for kind in &kinds {
+                if let Some((seq, written)) = s.outbox.seal_digest(*kind) {
+                    log_queued(seq, kind.name(), "digest of folded alerts", "queued", written.err());
+                }
+            }
+            if !kinds.is_empty() {
+                s.save_flood();
+            }
+            if retry_at.is_none_or(|t| now >= t) {
+                s.outbox.head().cloned()
+            } else {
+                None
+            }
+        };
+        if let Some(q) = head {
+            match attempt(&shared, &control, &mailer, &cfg, q).await {
+                Outcome::Finished => {
+                    backoff.reset();
+                    retry_at = None;
+                    continue;
+                }
+                Outcome::Retry if draining => break,
+                Outcome::Retry => {
+                    let delay = backoff.next();
+                    let shown = Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                    let waiting = lock(&shared).outbox.len();
+                    tracing::info!(waiting, "next alert delivery attempt in {}", humantime::format_duration(shown));
+                    retry_at = Some(Instant::now() + delay);
+                }
+                Outcome::Stopped => break,
+            }
+        } else if draining && retry_at.is_none() {
+            break;
+        }
+        let next_digest = {
+            let s = lock(&shared);
+            s.policy.next_due().map(|d| s.clock.instant(d))
+        };
+        let wake_at = match (retry_at, next_digest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            () = control.wake.notified() => {}
+            () = sleep_opt(wake_at) => {}
+            () = control.stop.cancelled() => break,
+        }
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One send of the head message and the bookkeeping of its result.
+async fn attempt<M: Mailer>(
+    shared: &Mutex<Shared>,
+    control: &Control,
+    mailer: &M,
+    cfg: &DeliverySettings,
+    mut q: Queued,
+) -> Outcome {
+    let served = |a: &str| q.sent_to.iter().chain(&q.refused).any(|d| d == a);
+    let rcpt: Vec<lettre::Address> = cfg.to.iter().map(|m| m.email.clone()).filter(|a| !served(a.as_ref())).collect();
+    if rcpt.is_empty() {
+        // Every configured recipient is served (e.g. the list changed since): nothing left to do.
+        return finish(shared, &q);
+    }
+    let latest = q.events.last().map_or(std::time::SystemTime::UNIX_EPOCH, |e| e.at);
+    let rendered = render(&q.events, q.seq, &render_context(&cfg.hostname, latest));
+    let mail = Outgoing {
+        from: cfg.from.clone(),
+        to: cfg.to.clone(),
+        rcpt,
+        subject: rendered.subject,
+        body: rendered.body,
+        date: latest,
+    };
+    let started = Instant::now();
+    let result = tokio::select! {
+        r = timeout(cfg.send_deadline, mailer.send(&mail)) => r,
+        () = control.stop.cancelled() => return Outcome::Stopped,
+    };
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let seq = q.seq;
+    match result {
+        Ok(Ok(report)) => {
+            q.attempts += 1;
+            let accepted: Vec<String> = report.accepted().map(ToString::to_string).collect();
+            if !accepted.is_empty() {
+                tracing::info!(seq, to = %accepted.join(", "), elapsed_ms, "alert mailed: {}", mail.subject);
+            }
+            for (addr, r) in &report.rcpt {
+                match r {
+                    RcptResult::Accepted => q.sent_to.push(addr.to_string()),
+                    RcptResult::Rejected { permanent: true, reply } => {
+                        tracing::error!(seq, recipient = %addr, "recipient refused the alert for good, not retried: {reply}");
+                        q.refused.push(addr.to_string());
+                    }
+                    RcptResult::Rejected { permanent: false, reply } if q.attempts >= MAX_TRANSIENT_ATTEMPTS => {
+                        tracing::error!(
+                            seq,
+                            recipient = %addr,
+                            attempts = q.attempts,
+                            "recipient kept refusing the alert, giving up on it: {reply}"
+                        );
+                        q.refused.push(addr.to_string());
+                    }
+                    RcptResult::Rejected { permanent: false, reply } => {
+                        tracing::warn!(seq, recipient = %addr, "recipient refused the alert for now, will retry: {reply}");
+                    }
+                }
+            }
+            let pending =
+                mail.rcpt.iter().any(|a| !q.sent_to.contains(&a.to_string()) && !q.refused.contains(&a.to_string()));
+            if pending {
+                if let Err(e) = lock(shared).outbox.update(q) {
+                    tracing::error!("{}", crate::error::render_chain(&e));
+                }
+                Outcome::Retry
+            } else {
+                finish(shared, &q)
+            }
+        }
+        Ok(Err(e)) if e.stage == Stage::Data && e.permanent => {
+            tracing::error!(seq, "the SMTP server refused the alert message itself: {e}");
+            dead_letter(shared, seq)
+        }
+        Ok(Err(e)) => {
+            log_failure(seq, &e);
+            Outcome::Retry
+        }
+        Err(_) => {
+            tracing::warn!(
+                seq,
+                "alert not delivered: the mail server did not finish within {}, will retry",
+                humantime::format_duration(cfg.send_deadline)
+            );
+            Outcome::Retry
+        }
+    }
+}
+
+fn log_failure(seq: u64, e: &SendError) {
+    tracing::warn!(seq, stage = e.stage.name(), "alert not delivered, will retry: {e}");
+}
+
+/// Every recipient is served: remove the message, or dead-letter it when nobody took it.
+fn finish(shared: &Mutex<Shared>, q: &Queued) -> Outcome {
+    if q.sent_to.is_empty() {
+        tracing::error!(seq = q.seq, refused = ?q.refused, "no recipient accepted the alert; moving it to the dead letters");
+        return dead_letter(shared, q.seq);
+    }
+    if let Err(e) = lock(shared).outbox.remove(q.seq) {
+        tracing::error!(
+            "delivered alert could not be removed, it may be sent again: {}",
+            crate::error::render_chain(&e)
+        );
+    }
+    Outcome::Finished
+}
+
+fn dead_letter(shared: &Mutex<Shared>, seq: u64) -> Outcome {
+    match lock(shared).outbox.dead_letter(seq) {
+        Ok(path) => tracing::error!(seq, path = %path.display(), "alert kept as a dead letter"),
+        Err(e) => tracing::error!(seq, "{}", crate::error::render_chain(&e)),
+    }
+    Outcome::Finished
+}
+
+/// Host name plus the local offset at the time of the alert (so DST is right).
+fn render_context(hostname: &str, at: std::time::SystemTime) -> RenderContext {
+    let utc = DateTime::<Utc>::from(at);
+    let offset = chrono::Local.offset_from_utc_datetime(&utc.naive_utc()).fix();
+    RenderContext { hostname: hostname.to_owned(), offset }
+}
+
+/// Exponential backoff with +-20% jitter, so several nodes that lost the same SMTP server do not
+/// retry in lockstep.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, next: min }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.8 + fastrand::f64() * 0.4)
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let got: Vec<f64> = (0..6).map(|_| b.next().as_secs_f64()).collect();
+        for (g, want) in got.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+            assert!((want * 0.8..=want * 1.2).contains(g), "{got:?}");
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(1200));
+    }
+}
