@@ -395,6 +395,28 @@ async fn restart_during_catch_up_finishes_the_pass() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn network_loss_and_recovery_never_switch() {
+    let rig = Rig::new(&CONFIG.replace("hold_down = \"5s\"", "hold_down = \"5s\"\nwitness = \"10.9.0.1\""));
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for who in ["primary", "backup", "witness"] {
+        rig.fake.set_up(who, false);
+    }
+    until("network-lost alert", Duration::from_secs(10), || rig.sink.count(AlertKind::NetworkLost) == 1).await;
+    // the link comes back; the backup and the witness answer a little before the primary does
+    rig.fake.set_up("backup", true);
+    rig.fake.set_up("witness", true);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    rig.fake.set_up("primary", true);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(rig.fake.calls().is_empty(), "{:?} {:?}", rig.fake.calls(), rig.sink.kinds());
+    assert_eq!(rig.sink.kinds(), vec![AlertKind::NetworkLost]);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn manual_failover_and_release() {
     let rig = Rig::new(CONFIG);
     rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);

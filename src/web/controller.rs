@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
-use super::health::Status;
+use super::health::{Health, Status};
 use super::state::{self, Durable};
 use crate::alert::AlertSink;
 use crate::config::web::WebConfig;
@@ -259,8 +259,18 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 if let Err(e) = &result {
                     tracing::debug!(target = ?t, error = %e, "check failed");
                 }
+                let was = h.status;
                 if let Some(status) = h.observe(result, fall, rise, now) {
                     tracing::info!(target = ?t, status = status.name(), last_error = ?h.last_error, "health changed");
+                    if t == Target::Witness && was == Status::Down && status == Status::Up {
+                        // Our own network is back: the servers' DOWN verdicts date from the outage and
+                        // say nothing about them. Judge them afresh, or the first to climb back to UP
+                        // (through `rise`) would look like the only live server and trigger a switch.
+                        tracing::info!("network back: server verdicts from the outage discarded");
+                        for s in [&mut self.d.health.primary, &mut self.d.health.backup] {
+                            *s = Health { last_error: s.last_error.take(), since_ms: Some(now), ..Health::default() };
+                        }
+                    }
                 }
                 let snap = self.snapshot();
                 self.step(Event::HealthObserved(snap));
