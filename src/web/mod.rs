@@ -35,6 +35,7 @@
 //!    moved back;
 //! 5. catch-up pass `rsync --update stage/old/ PRIMARY_TARGET` for files written during pass 1;
 //! 6. lazy detach of `stage/old`.
+//!
 //! Stacking the new mount over the old one and then detaching the covered one would avoid even the
 //! microsecond gap, but a lazy detach of a covered mount takes the mounts above it along, so the
 //! detach-then-move order is used.
