@@ -2,6 +2,7 @@
 //! the file scenarios of the storage issue end with the remote equal to the source (content by
 //! checksum, modes, owners, mtimes, symlinks, hard links, no extra files). Needs root (chown, daemon
 //! running as root); panics otherwise. The fault scenarios run in the lab (`storage_lab*.rs`).
+#![allow(clippy::unwrap_used)]
 
 mod storage_common;
 

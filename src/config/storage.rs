@@ -22,9 +22,11 @@ pub struct RawStorage {
     pub rsync: Option<Spanned<String>>,
     pub trees: Option<Vec<RawTree>>,
     pub remotes: Option<Vec<RawRemote>>,
-    /// Merge window: a batch goes out this long after the last event (default 100ms).
+    /// Merge window: a batch goes out this long after the last event (default 20ms). Short on purpose:
+    /// while a remote's rsync runs, new paths pile up in its queue and go out as the next batch, so
+    /// bursts coalesce anyway and single writes are not delayed.
     pub window: Option<Spanned<String>>,
-    /// A batch goes out at most this long after its first event, even while events keep coming (1s).
+    /// A batch goes out at most this long after its first event, even while events keep coming (500ms).
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,
@@ -142,7 +144,7 @@ pub struct Events {
 }
 
 impl Default for Events {
-    /// `modify` is off: `close_write` pushes a file once it is complete instead of at every write().
+    /// `modify` is off: `close_write` pushes a file once it is complete instead of at every `write()`.
     fn default() -> Self {
         Events { create: true, close_write: true, modify: false, attrib: true, delete: true, moves: true }
     }
@@ -194,8 +196,8 @@ impl StorageConfig {
             raw.rsync.as_ref().map_or_else(|| Some(PathBuf::from("rsync")), |r| ctx.abs_path("storage.rsync", r));
         let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), ctx);
         let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), ctx);
-        let window = opt_duration(ctx, "storage.window", raw.window.as_ref(), Duration::from_millis(100));
-        let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_secs(1));
+        let window = opt_duration(ctx, "storage.window", raw.window.as_ref(), Duration::from_millis(20));
+        let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_millis(500));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
         let max_pending =
@@ -419,6 +421,7 @@ fn validate_hook(raw: &RawHook, ctx: &mut Ctx) -> Option<Hook> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::Path;
 
@@ -451,7 +454,7 @@ module = "data"
         assert!(s.full_sync.update && !s.full_sync.delete && s.full_sync.at_start);
         assert_eq!(s.rsync_args, ["-a", "-H", "--numeric-ids"]);
         assert!(!s.events.modify && s.events.close_write);
-        assert_eq!(s.window, std::time::Duration::from_millis(100));
+        assert_eq!(s.window, std::time::Duration::from_millis(20));
     }
 
     #[test]

@@ -88,8 +88,8 @@ impl PendingSet {
     /// Returns (changed, seq in use).
     fn merge(&mut self, seq: u64, e: Entry) -> (bool, u64) {
         let key = (e.tree, e.path.clone());
-        match self.by_path.get(&key).copied() {
-            Some(old) => {
+        if let Some(old) = self.by_path.get(&key).copied() {
+            {
                 let cur = self.by_seq.get_mut(&old).expect("by_path and by_seq agree");
                 let widened = e.scope > cur.scope;
                 if widened {
@@ -104,11 +104,10 @@ impl PendingSet {
                 }
                 (widened, old)
             }
-            None => {
-                self.by_path.insert(key, seq);
-                self.by_seq.insert(seq, e);
-                (true, seq)
-            }
+        } else {
+            self.by_path.insert(key, seq);
+            self.by_seq.insert(seq, e);
+            (true, seq)
         }
     }
 
@@ -247,6 +246,7 @@ impl Batcher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -139,15 +139,15 @@ impl Filter {
         if self.exclude.is_empty() {
             return false;
         }
-        self.any_prefix(rel, |prefix, name| self.exclude.matches(prefix, name) && !self.include.matches(prefix, name))
+        Self::any_prefix(rel, |prefix, name| self.exclude.matches(prefix, name) && !self.include.matches(prefix, name))
     }
 
     /// For an include-only filter (hooks): does `rel` or an ancestor match? True when there are no patterns.
     pub fn included(&self, rel: &Path) -> bool {
-        self.include.is_empty() || self.any_prefix(rel, |prefix, name| self.include.matches(prefix, name))
+        self.include.is_empty() || Self::any_prefix(rel, |prefix, name| self.include.matches(prefix, name))
     }
 
-    fn any_prefix(&self, rel: &Path, mut f: impl FnMut(&Path, &[u8]) -> bool) -> bool {
+    fn any_prefix(rel: &Path, mut f: impl FnMut(&Path, &[u8]) -> bool) -> bool {
         let bytes = rel.as_os_str().as_bytes();
         let mut start = 0;
         loop {
@@ -176,6 +176,7 @@ impl Filter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -40,7 +40,7 @@ pub async fn once(cfg: Arc<StorageConfig>) -> Vec<Failure> {
                 let error = match result {
                     Ok(r) if r.ok() => {
                         tracing::info!(remote = %remote.name, tree = %tree.path.display(), files = r.files,
-                            bytes = r.bytes, elapsed_ms = r.elapsed.as_millis() as u64, "full sync done");
+                            bytes = r.bytes, elapsed_ms = u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX), "full sync done");
                         continue;
                     }
                     Ok(r) => r.error_text(),
@@ -69,6 +69,7 @@ pub fn needed_at_start(at_start: bool, previous_run_was_clean: bool) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -115,6 +115,7 @@ async fn post(hook: &Hook, url: String, remote: &str, paths: &[PathBuf]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 
@@ -145,7 +146,7 @@ mod tests {
             &[PathBuf::from("a.html"), PathBuf::from("-x\n.html"), "b.css".into()],
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::read(&out).map(|b| b.len()).unwrap_or(0) < 20 {
+        while std::fs::read(&out).map_or(0, |b| b.len()) < 20 {
             assert!(std::time::Instant::now() < deadline, "hook did not run");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

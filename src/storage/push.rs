@@ -141,6 +141,7 @@ pub fn count_dirs(root: &Path) -> io::Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::os::unix::ffi::OsStrExt;
     use std::time::Duration;

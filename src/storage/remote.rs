@@ -35,8 +35,9 @@ pub enum Work {
 struct QState {
     pending: PendingSet,
     full_sync: BTreeSet<u32>,
-    /// Full syncs requested again while one of the same tree runs.
     journal: Journal,
+    /// Trees of the batch the worker is pushing (not in `pending` until done).
+    in_flight: BTreeSet<u32>,
     max_pending: usize,
 }
 
@@ -63,7 +64,13 @@ impl Queue {
         }
         Ok(Queue {
             name: name.to_owned(),
-            state: Mutex::new(QState { pending: r.pending, full_sync: r.full_sync, journal, max_pending }),
+            state: Mutex::new(QState {
+                pending: r.pending,
+                full_sync: r.full_sync,
+                journal,
+                in_flight: BTreeSet::new(),
+                max_pending,
+            }),
             wake: Notify::new(),
         })
     }
@@ -91,7 +98,9 @@ impl Queue {
         }
         let mut out = Enqueued::default();
         if s.pending.len() > s.max_pending {
-            let trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
+            // The batch in flight loses its journal records in the compaction below: cover it too.
+            let mut trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
+            trees.extend(s.in_flight.iter().copied());
             for t in &trees {
                 s.pending.clear_tree(*t);
                 s.full_sync.insert(*t);
@@ -126,12 +135,14 @@ impl Queue {
             return Some(Work::FullSync(t));
         }
         let batch = s.pending.take(max);
+        s.in_flight = batch.iter().map(|(_, e)| e.tree).collect();
         (!batch.is_empty()).then_some(Work::Batch(batch))
     }
 
     /// Records the outcome of `work`: acknowledged in the journal, or put back in place.
     pub fn done(&self, work: Work, ok: bool) {
         let mut s = self.lock();
+        s.in_flight.clear();
         let result = match (work, ok) {
             (Work::FullSync(t), true) if !s.full_sync.contains(&t) => s.journal.full_sync(t, false),
             (Work::FullSync(_), true) => Ok(()),
@@ -207,6 +218,7 @@ struct Outcome {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_lines)] // one loop reads best as a whole: take, push, account, back off
     pub async fn run(self) {
         let mut attempt: u32 = 0;
         let mut partial_tries = 0;
@@ -277,7 +289,7 @@ impl Worker {
             let since = *failing_since.get_or_insert_with(Instant::now);
             let error = outcome.error.unwrap_or_default();
             let delay = backoff(attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
-            tracing::warn!(remote = %self.remote.name, attempt, retry_in_ms = delay.as_millis() as u64, error = %error, "push failed");
+            tracing::warn!(remote = %self.remote.name, attempt, retry_in_ms = ms(delay), error = %error, "push failed");
             let e2 = error.clone();
             self.board.remote(self.idx, |r| {
                 r.state = "retrying".into();
@@ -366,7 +378,7 @@ impl Worker {
                     let o = outcome(rsync::run(&self.cfg.rsync, &args, Some(stdin), self.cfg.batch_timeout).await);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths = list.len(),
-                            files = o.files, bytes = o.bytes, elapsed_ms = started.elapsed().as_millis() as u64,
+                            files = o.files, bytes = o.bytes, elapsed_ms = ms(started.elapsed()),
                             ok = o.ok, "batch pushed");
                     }
                     if o.ok {
@@ -408,11 +420,16 @@ fn outcome(r: Result<RsyncReport, rsync::SpawnError>) -> Outcome {
     }
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::storage::batch::Scope;

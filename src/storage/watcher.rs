@@ -56,11 +56,13 @@ pub fn changes(ev: &Event, on: &Events) -> Vec<Change> {
         EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Any | RenameMode::Other)) => {
             (Scope::Tree, false, on.moves)
         }
-        // `Both` repeats the From and To events notify already sent.
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return Vec::new(),
         EventKind::Remove(RemoveKind::File) => (Scope::Path, false, on.delete),
         EventKind::Remove(_) => (Scope::Path, true, on.delete),
-        EventKind::Access(_) | EventKind::Any | EventKind::Other => return Vec::new(),
+        // `Both` repeats the From and To events notify already sent.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+        | EventKind::Access(_)
+        | EventKind::Any
+        | EventKind::Other => return Vec::new(),
     };
     if !enabled {
         return Vec::new();
@@ -79,7 +81,7 @@ fn interesting(ev: &Event) -> bool {
 
 /// The running watchers and their shared overflow flags.
 pub struct Watchers {
-    _watchers: Vec<RecommendedWatcher>,
+    _inner: Vec<RecommendedWatcher>,
     /// One flag per tree: the channel was full and an event was dropped.
     pub overflowed: Arc<Vec<AtomicBool>>,
     /// Signalled when a flag is raised.
@@ -175,7 +177,7 @@ pub fn start(trees: &[PathBuf], tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Wat
         })?;
         watchers.push(w);
     }
-    Ok(Watchers { _watchers: watchers, overflowed, overflow_wake })
+    Ok(Watchers { _inner: watchers, overflowed, overflow_wake })
 }
 
 /// The path relative to `root` as the batch wants it (`.` for the root itself), or `None` when the
@@ -186,6 +188,7 @@ pub fn relative(root: &Path, abs: &Path) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use notify::event::{DataChange, MetadataKind};
 

@@ -1,5 +1,6 @@
 //! Shared helpers for the storage tests: a real local rsync daemon, the nfs-guard process, the file
 //! scenarios of the storage issue, and the byte-for-byte + metadata comparison of two trees.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
