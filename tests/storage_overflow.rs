@@ -51,4 +51,20 @@ fn inotify_overflow_becomes_a_full_sync() {
     let log = node.log_text();
     assert!(log.contains("inotify queue overflowed"), "{log}");
     assert!(log.contains("full sync done"), "{log}");
+
+    // Directories created during the flood (their create events were lost) are watched again: a
+    // write inside them arrives in real time, without another full sync.
+    wait_idle(&state, &node, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500)); // status is written at most once per second
+    wait_idle(&state, &node, Duration::from_secs(20));
+    let overflows = || status_json(&state).unwrap()["overflows"].as_u64().unwrap();
+    let before = overflows();
+    let full_syncs = count_in_log(&node.log_text(), "full sync done");
+    for d in [3, 6, 9] {
+        fs::write(src.join(format!("flood/d{d:03}/after-overflow")), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
+    assert_eq!(overflows(), before, "no new overflow from three writes");
+    assert_eq!(count_in_log(&node.log_text(), "full sync done"), full_syncs, "{}", node.log_text());
 }

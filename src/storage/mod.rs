@@ -259,7 +259,14 @@ impl Replicator {
                 let Some(t) = cfg.trees.get(tree as usize) else { return };
                 for c in watcher::changes(&ev, &cfg.events) {
                     match c {
-                        Change::Rescan => self.overflow(tree, "the kernel's inotify queue overflowed", batcher),
+                        Change::Rescan => {
+                            // Lost events may have announced new directories: watch them before the
+                            // full sync starts, so nothing changed after it is missed either.
+                            if let Err(e) = self.watchers.rewatch(tree as usize, &t.path) {
+                                tracing::error!(tree = %t.path.display(), error = %e, "cannot re-install watches");
+                            }
+                            self.overflow(tree, "the kernel's inotify queue overflowed", batcher);
+                        }
                         Change::Push { path, scope, dir_gone } => {
                             let Some(rel) = watcher::relative(&t.path, &path) else { continue };
                             if !cfg.filter.excluded(&rel) {

@@ -142,6 +142,16 @@ pub fn check_limits(trees: &[PathBuf]) -> Result<u64, WatchError> {
     Ok(total)
 }
 
+impl Watchers {
+    /// Re-installs the watches of tree `i` after a kernel queue overflow: the lost events may have
+    /// announced new directories, which notify then never watched. Walks the tree again.
+    pub fn rewatch(&mut self, i: usize, root: &Path) -> notify::Result<()> {
+        let Some(w) = self._inner.get_mut(i) else { return Ok(()) };
+        let _ = w.unwatch(root);
+        w.watch(root, RecursiveMode::Recursive)
+    }
+}
+
 /// Starts one recursive watcher per tree; events go to `tx` tagged with the tree index.
 pub fn start(trees: &[PathBuf], tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Watchers, WatchError> {
     let overflowed: Arc<Vec<AtomicBool>> = Arc::new(trees.iter().map(|_| AtomicBool::new(false)).collect());
