@@ -121,6 +121,11 @@ fn journal_survives_a_dead_remote_and_a_restart() {
     write_config(&cfg, &state, &src, "127.0.0.1", port, "", "");
     let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
     wait_idle(&state, &node, Duration::from_secs(20));
+    // A second replicator on the same state directory is refused (it would corrupt the journal).
+    let second = Command::new(BIN).arg("--config").arg(&cfg).arg("storage").output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another nfs-guard storage already runs"), "{err}");
     // Remote dies; changes queue up (journaled) while pushes fail.
     drop(daemon);
     burst(&src, "queued", 5, 200);

@@ -69,6 +69,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("another nfs-guard storage already runs with state directory {path} (lock held)")]
+    Locked { path: PathBuf },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
@@ -107,6 +109,8 @@ struct Replicator {
     status_stop: CancellationToken,
     status_task: tokio::task::JoinHandle<()>,
     marker: PathBuf,
+    /// Held for the life of the replicator.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     last_overflow_warn: Option<Instant>,
     overflows_suppressed: u64,
     last_journal_alert: Vec<Option<Instant>>,
@@ -121,6 +125,12 @@ impl Replicator {
     ) -> Result<Replicator, Error> {
         let dir = config.state_dir.join("storage");
         fsutil::ensure_private_dir(&dir).map_err(|source| Error::StateDir { path: dir.clone(), source })?;
+        // One replicator per state directory: two would interleave records in the same journals.
+        let lock_path = dir.join("lock");
+        let lock_file =
+            std::fs::File::create(&lock_path).map_err(|source| Error::StateDir { path: lock_path.clone(), source })?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| Error::Locked { path: dir.clone() })?;
         let marker = dir.join("running");
         let clean = !marker.exists();
         if !clean {
@@ -207,6 +217,7 @@ impl Replicator {
             status_stop,
             status_task,
             marker,
+            _lock: lock,
             last_overflow_warn: None,
             overflows_suppressed: 0,
             last_journal_alert: vec![None; n],
