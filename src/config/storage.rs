@@ -30,6 +30,8 @@ pub struct RawStorage {
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,
+    /// rsync runs under way at once per remote, on non-overlapping paths (2). A full sync runs alone.
+    pub push_concurrency: Option<Spanned<i64>>,
     /// Pending paths per remote before the queue collapses into "full sync needed" (200000).
     pub max_pending: Option<Spanned<i64>>,
     /// Options given to every rsync (replaces the default `["-a", "-H", "--numeric-ids"]`).
@@ -175,6 +177,7 @@ pub struct StorageConfig {
     pub window: Duration,
     pub max_delay: Duration,
     pub max_batch: usize,
+    pub push_concurrency: usize,
     pub max_pending: usize,
     pub rsync_args: Vec<String>,
     pub filter: Filter,
@@ -200,6 +203,8 @@ impl StorageConfig {
         let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_millis(500));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
+        let push_concurrency =
+            raw.push_concurrency.as_ref().map_or(Some(2), |v| ctx.int_in("storage.push_concurrency", v, 1..=16));
         let max_pending =
             raw.max_pending.as_ref().map_or(Some(200_000), |v| ctx.int_in("storage.max_pending", v, 1..=100_000_000));
         let rsync_args = match &raw.rsync_args {
@@ -255,6 +260,7 @@ impl StorageConfig {
             window: window?,
             max_delay: max_delay?,
             max_batch: usize::try_from(max_batch?).ok()?,
+            push_concurrency: usize::try_from(push_concurrency?).ok()?,
             max_pending: usize::try_from(max_pending?).ok()?,
             rsync_args,
             filter: filter?,

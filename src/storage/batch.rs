@@ -138,6 +138,32 @@ impl PendingSet {
         out
     }
 
+    /// Like [`PendingSet::take`] but only entries for which `ok` holds (the others keep their place).
+    pub fn take_where(&mut self, max: usize, mut ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
+        let seqs: Vec<u64> = self.by_seq.iter().filter(|(_, e)| ok(e)).take(max).map(|(s, _)| *s).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            if let Some(e) = self.by_seq.remove(&s) {
+                self.by_path.remove(&(e.tree, e.path.clone()));
+                out.push((s, e));
+            }
+        }
+        out
+    }
+
+    /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).
+    pub fn ack_ranges(&mut self, ranges: &[(u64, u64)]) {
+        for &(lo, hi) in ranges {
+            let seqs: Vec<u64> = self.by_seq.range(lo..=hi).map(|(s, _)| *s).collect();
+            for s in seqs {
+                if let Some(e) = self.by_seq.remove(&s) {
+                    self.by_path.remove(&(e.tree, e.path));
+                }
+            }
+            self.next_seq = self.next_seq.max(hi + 1);
+        }
+    }
+
     /// Drops every entry with `seq <= upto` (they were pushed) and never reuses those numbers.
     pub fn ack_upto(&mut self, upto: u64) {
         while let Some(entry) = self.by_seq.first_entry() {
@@ -325,6 +351,23 @@ mod tests {
         let out = b.flush();
         assert_eq!(paths(&out), ["d", "dd/c", "e", "d/z", "d/new"]);
         assert_eq!(out[3].tree, 1, "other trees are untouched");
+    }
+
+    #[test]
+    fn take_where_skips_without_reordering_and_ranges_ack() {
+        let mut s = PendingSet::new(0);
+        for n in ["a", "b/x", "c", "b/y", "d"] {
+            s.insert(p(n));
+        }
+        let got = s.take_where(2, |e| !e.path.starts_with("b"));
+        assert_eq!(got.iter().map(|(q, _)| *q).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(s.take(9).iter().map(|(q, _)| *q).collect::<Vec<_>>(), [1, 3, 4]);
+        let mut s = PendingSet::new(0);
+        for n in ["a", "b", "c", "d", "e"] {
+            s.insert(p(n));
+        }
+        s.ack_ranges(&[(0, 1), (3, 3)]);
+        assert_eq!(s.take(9).iter().map(|(q, _)| *q).collect::<Vec<_>>(), [2, 4]);
     }
 
     #[test]

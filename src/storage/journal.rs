@@ -3,7 +3,8 @@
 //!
 //! Records (integers little-endian; paths are raw bytes, so every name Linux allows survives):
 //! - `A seq:u64 tree:u32 scope:u8 len:u32 path` — a path is pending (fdatasync'd per batch);
-//! - `K upto:u64` — every `A` with `seq <= upto` was pushed (not synced: a lost ack only repeats a push);
+//! - `R n:u32 (lo:u64 hi:u64)*n` — the `A` records with `seq` in these inclusive ranges were pushed
+//!   (not synced: a lost ack only repeats a push); `K upto:u64` (older form) acks every `seq <= upto`;
 //! - `F tree:u32` / `f tree:u32` — a full sync of `tree` is needed / was done.
 //!
 //! A torn tail (crash mid-append) is cut off at the last whole record. The log is compacted (rewritten
@@ -88,6 +89,17 @@ pub fn parse(data: &[u8]) -> (Replayed, usize) {
             b'K' => take(data, &mut cur).map(|b| {
                 r.pending.ack_upto(u64::from_le_bytes(b));
             }),
+            b'R' => (|| {
+                let n = u32::from_le_bytes(take(data, &mut cur)?) as usize;
+                let mut ranges = Vec::with_capacity(n.min(1 << 16));
+                for _ in 0..n {
+                    let lo = u64::from_le_bytes(take(data, &mut cur)?);
+                    let hi = u64::from_le_bytes(take(data, &mut cur)?);
+                    ranges.push((lo, hi));
+                }
+                r.pending.ack_ranges(&ranges);
+                Some(())
+            })(),
             b'F' => take(data, &mut cur).map(|b| {
                 let tree = u32::from_le_bytes(b);
                 r.full_sync.insert(tree);
@@ -169,6 +181,19 @@ impl Journal {
         self.append(&buf, true)
     }
 
+    /// Marks the entries with these sequence numbers as pushed (stored as ranges of consecutive numbers).
+    pub fn ack_seqs(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
+        let ranges = ranges(seqs);
+        let mut buf = Vec::with_capacity(5 + ranges.len() * 16);
+        buf.push(b'R');
+        buf.extend_from_slice(&u32::try_from(ranges.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for (lo, hi) in ranges {
+            buf.extend_from_slice(&lo.to_le_bytes());
+            buf.extend_from_slice(&hi.to_le_bytes());
+        }
+        self.append(&buf, false)
+    }
+
     /// Marks every entry with `seq <= upto` as pushed.
     pub fn ack(&mut self, upto: u64) -> Result<(), JournalError> {
         let mut buf = vec![b'K'];
@@ -203,6 +228,21 @@ impl Journal {
     }
 }
 
+/// Sorted inclusive ranges of consecutive numbers: `[1,2,3,7]` -> `[(1,3),(7,7)]`.
+pub fn ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut v = seqs.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for s in v {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == s => *hi = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -232,6 +272,22 @@ mod tests {
         assert_eq!(live(&r), [(2, b"c".to_vec())]);
         assert_eq!(r.pending.next_seq(), 3);
         assert_eq!(r.full_sync.iter().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn range_acks_survive_replay() {
+        assert_eq!(ranges(&[7, 1, 2, 3, 9, 8]), [(1, 3), (7, 9)]);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.journal");
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            let es: Vec<Entry> = (0..6).map(|i| e(format!("f{i}").as_bytes(), Scope::Path)).collect();
+            j.add(&es.iter().enumerate().map(|(i, e)| (i as u64, e)).collect::<Vec<_>>()).unwrap();
+            j.ack_seqs(&[4, 0, 1]).unwrap();
+        }
+        let (_, r) = Journal::open(&p).unwrap();
+        assert_eq!(live(&r), [(2, b"f2".to_vec()), (3, b"f3".to_vec()), (5, b"f5".to_vec())]);
+        assert_eq!(r.pending.next_seq(), 6);
     }
 
     #[test]

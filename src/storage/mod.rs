@@ -380,12 +380,16 @@ impl Replicator {
 
     async fn finish(mut self, batcher: &mut Batcher) {
         systemd::stopping();
+        // No new events from here on; what the channel already holds still goes into the journal.
+        self.watchers.stop();
+        while let Ok(msg) = self.rx.try_recv() {
+            self.handle(msg, Instant::now(), batcher);
+        }
         let rest = batcher.flush();
         if !rest.is_empty() {
             self.fan_out(&rest);
         }
         tracing::info!(flushed = rest.len(), "stopping: pending batch journaled");
-        drop(self.watchers);
         self.stop.cancel();
         for q in &self.queues {
             q.wake();

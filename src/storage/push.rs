@@ -87,12 +87,22 @@ pub fn full_sync_args(
 /// they are, `Tree` entries with everything beneath them that the filter keeps. Sorted, no duplicates.
 pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
     let mut out = BTreeSet::new();
+    // A tree inside another tree of the same batch is covered by the outer walk (a burst of nested
+    // mkdirs would otherwise walk the same chain once per level).
+    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope == Scope::Tree).map(|e| e.path.as_path()).collect();
+    let covered = |p: &Path| {
+        p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
+    };
     for e in entries {
         if filter.excluded(&e.path) {
             continue;
         }
         out.insert(e.path.clone());
-        if e.scope == Scope::Tree {
+        // lstat: a symlink to a directory is listed as the link, never walked through.
+        if e.scope == Scope::Tree
+            && !covered(&e.path)
+            && std::fs::symlink_metadata(root.join(&e.path)).is_ok_and(|m| m.is_dir())
+        {
             walk(root, &e.path, filter, &mut out);
         }
     }
@@ -229,6 +239,12 @@ mod tests {
         let mut want = want;
         want.insert(0, weird);
         assert_eq!(got, want, "symlinks are listed, not followed");
+        // A symlink to a directory moved into the tree is a Tree entry: listed, not walked through.
+        let linked = expand(root, &[Entry::new(0, "new/link", Scope::Tree)], &f);
+        assert_eq!(linked, [PathBuf::from("new/link")]);
+        // Nested trees in one batch: the inner one is covered by the outer walk (same result).
+        let nested = expand(root, &[Entry::new(0, "new/a", Scope::Tree), Entry::new(0, "new", Scope::Tree)], &f);
+        assert_eq!(nested.len(), 5);
         assert_eq!(count_dirs(root).unwrap(), 4);
     }
 }

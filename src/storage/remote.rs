@@ -7,7 +7,7 @@
 //! outgrows `max_pending` (a remote down for hours) collapses into "full sync needed", so memory and
 //! journal stay bounded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,8 +36,12 @@ struct QState {
     pending: PendingSet,
     full_sync: BTreeSet<u32>,
     journal: Journal,
-    /// Trees of the batch the worker is pushing (not in `pending` until done).
-    in_flight: BTreeSet<u32>,
+    /// Paths of the batches being pushed (with a count: a path can be in one batch only, but the
+    /// count keeps removal simple). A pending path equal to, above or below one of them waits, so two
+    /// concurrent rsyncs never touch the same part of the tree and per-path order holds.
+    busy: BTreeMap<(u32, PathBuf), usize>,
+    batches_in_flight: usize,
+    full_sync_running: bool,
     max_pending: usize,
 }
 
@@ -68,7 +72,9 @@ impl Queue {
                 pending: r.pending,
                 full_sync: r.full_sync,
                 journal,
-                in_flight: BTreeSet::new(),
+                busy: BTreeMap::new(),
+                batches_in_flight: 0,
+                full_sync_running: false,
                 max_pending,
             }),
             wake: Notify::new(),
@@ -100,7 +106,7 @@ impl Queue {
         if s.pending.len() > s.max_pending {
             // The batch in flight loses its journal records in the compaction below: cover it too.
             let mut trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
-            trees.extend(s.in_flight.iter().copied());
+            trees.extend(s.busy.keys().map(|(t, _)| *t));
             for t in &trees {
                 s.pending.clear_tree(*t);
                 s.full_sync.insert(*t);
@@ -128,21 +134,51 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// The next work: pending full syncs first, then up to `max` paths.
+    /// The next work that may start now: a pending full sync once no batch is in flight (it runs
+    /// alone), else up to `max` paths that do not overlap a batch in flight.
     pub fn next(&self, max: usize) -> Option<Work> {
         let mut s = self.lock();
-        if let Some(t) = s.full_sync.pop_first() {
+        if s.full_sync_running {
+            return None;
+        }
+        if !s.full_sync.is_empty() {
+            if s.batches_in_flight > 0 {
+                return None;
+            }
+            let t = s.full_sync.pop_first()?;
+            s.full_sync_running = true;
             return Some(Work::FullSync(t));
         }
-        let batch = s.pending.take(max);
-        s.in_flight = batch.iter().map(|(_, e)| e.tree).collect();
-        (!batch.is_empty()).then_some(Work::Batch(batch))
+        let QState { pending, busy, .. } = &mut *s;
+        let batch = pending.take_where(max, |e| !overlaps(busy, e));
+        if batch.is_empty() {
+            return None;
+        }
+        for (_, e) in &batch {
+            *s.busy.entry((e.tree, e.path.clone())).or_insert(0) += 1;
+        }
+        s.batches_in_flight += 1;
+        Some(Work::Batch(batch))
     }
 
     /// Records the outcome of `work`: acknowledged in the journal, or put back in place.
     pub fn done(&self, work: Work, ok: bool) {
         let mut s = self.lock();
-        s.in_flight.clear();
+        match &work {
+            Work::FullSync(_) => s.full_sync_running = false,
+            Work::Batch(b) => {
+                s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
+                for (_, e) in b {
+                    let key = (e.tree, e.path.clone());
+                    if let Some(n) = s.busy.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.busy.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
         let result = match (work, ok) {
             (Work::FullSync(t), true) if !s.full_sync.contains(&t) => s.journal.full_sync(t, false),
             (Work::FullSync(_), true) => Ok(()),
@@ -150,10 +186,7 @@ impl Queue {
                 s.full_sync.insert(t);
                 Ok(())
             }
-            (Work::Batch(b), true) => match b.iter().map(|(q, _)| *q).max() {
-                Some(upto) => s.journal.ack(upto),
-                None => Ok(()),
-            },
+            (Work::Batch(b), true) => s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>()),
             (Work::Batch(b), false) => {
                 for (seq, e) in b {
                     s.pending.insert_with_seq(seq, e);
@@ -186,6 +219,24 @@ impl Queue {
     }
 }
 
+/// Does `e` overlap a path in `busy` (the same path, an ancestor or a descendant, in the same tree)?
+/// The tree root `.` overlaps everything of its tree.
+pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
+    let t = e.tree;
+    if e.path == Path::new(".") {
+        return busy.keys().any(|(bt, _)| *bt == t);
+    }
+    if busy.contains_key(&(t, PathBuf::from("."))) {
+        return true;
+    }
+    if e.path.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| busy.contains_key(&(t, a.to_path_buf()))) {
+        return true;
+    }
+    // Descendants sort right after the path itself (component-wise order).
+    let start = (t, e.path.clone());
+    busy.range(start..).next().is_some_and(|((bt, bp), _)| *bt == t && bp.starts_with(&e.path))
+}
+
 /// Retry delay after `attempt` consecutive failures (1-based): `min * 2^(attempt-1)` capped at
 /// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
@@ -202,9 +253,9 @@ pub struct Worker {
     pub board: Arc<Board>,
     pub alerts: Arc<dyn AlertSink>,
     pub hooks: Option<Hooks>,
-    /// Finish the current push, then exit instead of waiting for more.
+    /// Finish the pushes under way (and what is queued), then exit instead of waiting for more.
     pub stop: CancellationToken,
-    /// Abandon the current push now (its paths stay in the journal).
+    /// Abandon the pushes under way now (their paths stay in the journal).
     pub hard_stop: CancellationToken,
 }
 
@@ -217,109 +268,147 @@ struct Outcome {
     error: Option<String>,
 }
 
+/// What a push task needs, shared by the concurrent pushes of one remote.
+struct Pusher {
+    remote: Remote,
+    cfg: Arc<StorageConfig>,
+    hooks: Option<Hooks>,
+}
+
+/// Failure bookkeeping of one remote (for backoff and alerts).
+#[derive(Default)]
+struct Health {
+    attempt: u32,
+    partial_tries: u32,
+    failing_since: Option<Instant>,
+    alerted: bool,
+    retry_at: Option<Instant>,
+}
+
 impl Worker {
-    #[allow(clippy::too_many_lines)] // one loop reads best as a whole: take, push, account, back off
+    /// Keeps up to `push_concurrency` pushes of non-overlapping batches under way (a full sync runs
+    /// alone); a slow rsync therefore does not hold back the next files, and per-path order holds.
     pub async fn run(self) {
-        let mut attempt: u32 = 0;
-        let mut partial_tries = 0;
-        let mut failing_since: Option<Instant> = None;
-        let mut alerted = false;
+        let pusher =
+            Arc::new(Pusher { remote: self.remote.clone(), cfg: Arc::clone(&self.cfg), hooks: self.hooks.clone() });
+        let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
+        let mut h = Health::default();
         loop {
             self.publish_depth();
-            let Some(work) = self.queue.next(self.cfg.max_batch) else {
-                self.board.remote(self.idx, |r| r.state = "idle".into());
+            if h.retry_at.is_none_or(|t| t <= Instant::now()) {
+                h.retry_at = None;
+                while tasks.len() < self.cfg.push_concurrency {
+                    let Some(work) = self.queue.next(self.cfg.max_batch) else { break };
+                    let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
+                    self.board.remote(self.idx, |r| r.state = state.into());
+                    let p = Arc::clone(&pusher);
+                    tasks.spawn(async move {
+                        let o = p.perform(&work).await;
+                        (work, o)
+                    });
+                }
+            }
+            if tasks.is_empty() {
+                if h.retry_at.is_none() {
+                    self.board.remote(self.idx, |r| r.state = "idle".into());
+                }
                 if self.stop.is_cancelled() {
                     return;
                 }
-                tokio::select! {
-                    () = self.queue.wake.notified() => {}
-                    () = self.stop.cancelled() => {}
-                }
-                continue;
-            };
-            let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
-            self.board.remote(self.idx, |r| r.state = state.into());
-            let outcome = tokio::select! {
-                o = self.perform(&work) => o,
-                () = self.hard_stop.cancelled() => {
-                    self.queue.done(work, false);
-                    return;
-                }
-            };
-            if outcome.ok || (outcome.class == ExitClass::Partial && partial_tries >= 2) {
-                if !outcome.ok {
-                    tracing::error!(remote = %self.remote.name, error = outcome.error.as_deref().unwrap_or(""),
-                        "partial transfer persists after 3 attempts; giving up on this batch");
-                }
-                partial_tries = 0;
-                attempt = 0;
-                self.queue.done(work, true);
-                let err = outcome.error.clone();
-                self.board.remote(self.idx, |r| {
-                    r.batches += 1;
-                    r.files += outcome.files;
-                    r.bytes += outcome.bytes;
-                    r.last_success = Some(now_rfc3339());
-                    if err.is_some() {
-                        r.last_error = err;
-                    }
-                });
-                if alerted {
-                    let down = failing_since.map(|s| s.elapsed()).unwrap_or_default();
-                    self.alerts.emit(
-                        AlertEvent::new(
-                            AlertKind::RemoteRecovered,
-                            Role::Storage,
-                            format!("remote {} recovered", self.remote.name),
-                            "a push succeeded again; the queued changes are being delivered",
-                        )
-                        .detail("down for", humantime::format_duration(round_secs(down)))
-                        .server(self.remote.name.clone(), "up"),
-                    );
-                }
-                failing_since = None;
-                alerted = false;
-                continue;
-            }
-            if outcome.class == ExitClass::Partial {
-                partial_tries += 1;
-            }
-            self.queue.done(work, false);
-            attempt += 1;
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            let error = outcome.error.unwrap_or_default();
-            let delay = backoff(attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
-            tracing::warn!(remote = %self.remote.name, attempt, retry_in_ms = ms(delay), error = %error, "push failed");
-            let e2 = error.clone();
-            self.board.remote(self.idx, |r| {
-                r.state = "retrying".into();
-                r.retries += 1;
-                r.last_error = Some(format!("{}: {e2}", now_rfc3339()));
-            });
-            if !alerted && since.elapsed() >= self.cfg.alert_after {
-                alerted = true;
-                let (queued, _) = self.queue.depth();
-                self.alerts.emit(
-                    AlertEvent::new(
-                        AlertKind::RemoteUnreachable,
-                        Role::Storage,
-                        format!("remote {} unreachable", self.remote.name),
-                        error.clone(),
-                    )
-                    .detail("failing for", humantime::format_duration(round_secs(since.elapsed())))
-                    .detail("attempts", attempt)
-                    .detail("paths queued (journaled)", queued)
-                    .server(self.remote.name.clone(), "down")
-                    .next_steps(format!(
-                        "Check the rsync service on {}. Changes stay queued on disk and are pushed when it is back.",
-                        self.remote.target.display()
-                    )),
-                );
             }
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.stop.cancelled() => return,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok((work, outcome)) = done {
+                        self.account(work, outcome, &mut h);
+                    }
+                }
+                () = self.queue.wake.notified() => {}
+                () = sleep_until_opt(h.retry_at) => {}
+                () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
+                () = self.hard_stop.cancelled() => {
+                    // The aborted pushes were never acknowledged: the journal still holds them.
+                    tasks.abort_all();
+                    return;
+                }
             }
+            if self.stop.is_cancelled() && h.retry_at.is_some() && tasks.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Records the outcome of one push: acknowledge or put back, counters, alerts, backoff.
+    fn account(&self, work: Work, outcome: Outcome, h: &mut Health) {
+        if outcome.ok || (outcome.class == ExitClass::Partial && h.partial_tries >= 2) {
+            if !outcome.ok {
+                tracing::error!(remote = %self.remote.name, error = outcome.error.as_deref().unwrap_or(""),
+                    "partial transfer persists after 3 attempts; giving up on this batch");
+            }
+            h.partial_tries = 0;
+            h.attempt = 0;
+            self.queue.done(work, true);
+            let err = outcome.error.clone();
+            self.board.remote(self.idx, |r| {
+                r.batches += 1;
+                r.files += outcome.files;
+                r.bytes += outcome.bytes;
+                r.last_success = Some(now_rfc3339());
+                if err.is_some() {
+                    r.last_error = err;
+                }
+            });
+            if h.alerted {
+                let down = h.failing_since.map(|s| s.elapsed()).unwrap_or_default();
+                self.alerts.emit(
+                    AlertEvent::new(
+                        AlertKind::RemoteRecovered,
+                        Role::Storage,
+                        format!("remote {} recovered", self.remote.name),
+                        "a push succeeded again; the queued changes are being delivered",
+                    )
+                    .detail("down for", humantime::format_duration(round_secs(down)))
+                    .server(self.remote.name.clone(), "up"),
+                );
+            }
+            h.failing_since = None;
+            h.alerted = false;
+            return;
+        }
+        if outcome.class == ExitClass::Partial {
+            h.partial_tries += 1;
+        }
+        self.queue.done(work, false);
+        h.attempt += 1;
+        let since = *h.failing_since.get_or_insert_with(Instant::now);
+        let error = outcome.error.unwrap_or_default();
+        let delay = backoff(h.attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
+        h.retry_at = Some(Instant::now() + delay);
+        tracing::warn!(remote = %self.remote.name, attempt = h.attempt, retry_in_ms = ms(delay), error = %error, "push failed");
+        let e2 = error.clone();
+        self.board.remote(self.idx, |r| {
+            r.state = "retrying".into();
+            r.retries += 1;
+            r.last_error = Some(format!("{}: {e2}", now_rfc3339()));
+        });
+        if !h.alerted && since.elapsed() >= self.cfg.alert_after {
+            h.alerted = true;
+            let (queued, _) = self.queue.depth();
+            self.alerts.emit(
+                AlertEvent::new(
+                    AlertKind::RemoteUnreachable,
+                    Role::Storage,
+                    format!("remote {} unreachable", self.remote.name),
+                    error,
+                )
+                .detail("failing for", humantime::format_duration(round_secs(since.elapsed())))
+                .detail("attempts", h.attempt)
+                .detail("paths queued (journaled)", queued)
+                .server(self.remote.name.clone(), "down")
+                .next_steps(format!(
+                    "Check the rsync service on {}. Changes stay queued on disk and are pushed when it is back.",
+                    self.remote.target.display()
+                )),
+            );
         }
     }
 
@@ -335,7 +424,16 @@ impl Worker {
             r.full_sync_pending = names;
         });
     }
+}
 
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Pusher {
     async fn perform(&self, work: &Work) -> Outcome {
         match work {
             Work::FullSync(t) => {
@@ -484,6 +582,32 @@ mod tests {
         drop(q);
         let q = Queue::open(d.path(), "r", 3).unwrap();
         assert_eq!(q.depth(), (0, vec![]));
+    }
+
+    #[test]
+    fn overlapping_paths_wait_for_the_push_under_way() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        q.enqueue(&[e("a/x"), e("b")]);
+        let first = q.next(1).unwrap();
+        // Same path again, its parent, a child, the root: all must wait; an unrelated path may go.
+        q.enqueue(&[e("a/x"), e("a"), e("a/x/y"), e("."), e("c")]);
+        let Some(Work::Batch(second)) = q.next(10) else { panic!() };
+        let names: Vec<_> = second.iter().map(|(_, e)| e.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(q.next(10), None, "everything left overlaps the batch under way");
+        q.done(first, true);
+        let Some(Work::Batch(third)) = q.next(10) else { panic!() };
+        let names: Vec<_> = third.iter().map(|(_, e)| e.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["a/x", "a", "a/x/y"], "the root still overlaps b and c");
+        // A full sync waits until no batch is under way, and runs alone.
+        q.request_full_sync(0);
+        assert_eq!(q.next(10), None);
+        q.done(Work::Batch(second), true);
+        q.done(Work::Batch(third), true);
+        assert_eq!(q.next(10), Some(Work::FullSync(0)));
+        q.enqueue(&[e("z")]);
+        assert_eq!(q.next(10), None);
     }
 
     #[test]

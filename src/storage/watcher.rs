@@ -143,6 +143,11 @@ pub fn check_limits(trees: &[PathBuf]) -> Result<u64, WatchError> {
 }
 
 impl Watchers {
+    /// Removes every watch (shutdown): no event is produced after this returns.
+    pub fn stop(&mut self) {
+        self._inner.clear();
+    }
+
     /// Re-installs the watches of tree `i` after a kernel queue overflow: the lost events may have
     /// announced new directories, which notify then never watched. Walks the tree again.
     pub fn rewatch(&mut self, i: usize, root: &Path) -> notify::Result<()> {
