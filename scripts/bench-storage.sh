@@ -10,6 +10,8 @@
 #   d  2,000 nested new directories with a file each
 #   e  renaming 5,000 files (already replicated)
 #   f  deleting a 5,000-file tree (already replicated)
+#   m  start-up time and memory of nfs-guard watching 1,000,000 files in 100,000 directories, then
+#      (g) 100 files changed in that tree: time until the remote has them
 #
 # Tools: nfs-guard with the default config and a tuned one, lsyncd's default.rsync with its default
 # config (delay 15 s) and a tuned one (delay 0). Floors measured in the same run: the time to write the
@@ -283,9 +285,42 @@ def run_trickle():
         row(f"(b) {tool.name}", "trickle 200 files 50ms apart", f"p50 {p50*1000:.0f}ms", f"p99 {p99*1000:.0f}ms",
             f"cpu {c1 - c0:.2f}s", f"rsync {n}" + (f" MISSING {missing}" if missing else ""))
 
+def rss_mib(pid):
+    return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+
+def run_big():
+    clean(P); clean(B)
+    t = time.monotonic()
+    for d in range(100_000):
+        dd = P + f"/big/{d // 1000:03}/{d % 1000:03}"
+        os.makedirs(dd)
+        for i in range(10):
+            with open(f"{dd}/f{i}", "wb") as f: f.write(b"x")
+    os.sync()
+    row("(m) setup", "1,000,000 files in 100,000 dirs", f"{time.monotonic() - t:.0f}s to create", "", "", "")
+    row("(m) floor", "plain rsync -a of that tree", f"{plain_rsync():.1f}s", "", "", "")
+    tool = NfsGuard("nfs-guard-big", "[storage.full_sync]\nat_start = false")
+    t0 = time.monotonic(); tool.start("-m"); ready = time.monotonic() - t0
+    row("(m) nfs-guard", "start-up until watching + idle", f"{ready:.1f}s", f"RSS {rss_mib(tool.p.pid):.0f} MiB", "", "")
+    open(COUNT, "w").close()
+    c0 = cpu(tool.p.pid); t0 = time.monotonic()
+    for i in range(100):
+        with open(P + f"/big/{i:03}/{i:03}/f0", "wb") as f: f.write(b"changed")
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if all(open(B + f"/big/{i:03}/{i:03}/f0", "rb").read() == b"changed" for i in range(100)): break
+        time.sleep(0.01)
+    el = time.monotonic() - t0
+    row("(g) nfs-guard", "100 files changed among 1,000,000", f"{el:.2f}s", "", f"cpu {cpu(tool.p.pid) - c0:.2f}s",
+        f"rsync {rsync_count()}")
+    row("(m) nfs-guard", "memory after the changes", f"RSS {rss_mib(tool.p.pid):.0f} MiB", "", "", "")
+    tool.stop()
+    clean(P); clean(B)
+
 row("scenario/tool", "what", "result", "", "", "")
 for s in scenarios:
     if s == "b": run_trickle()
+    elif s == "m": run_big()
     elif s in SCEN: run_bulk(s)
     else: print(f"unknown scenario {s}", file=sys.stderr)
 if os.environ.get("BENCH_IDLE", "1") == "1":
