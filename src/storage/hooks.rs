@@ -130,6 +130,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn url_gets_a_json_post() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = c.read(&mut chunk).unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= head_end + 4 + len {
+                        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+                        return text;
+                    }
+                }
+                if n == 0 {
+                    return text;
+                }
+            }
+        });
+        let hook = Hook {
+            command: Vec::new(),
+            url: Some(format!("http://127.0.0.1:{port}/changed")),
+            include: Filter::default(),
+            timeout: Duration::from_secs(5),
+        };
+        Hooks::new(hook).after_batch("backup", Path::new("/srv"), &[PathBuf::from("a b/$(c)")]);
+        let req = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
+        assert!(req.starts_with("POST /changed HTTP/1.1"), "{req}");
+        let body: serde_json::Value = serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body, serde_json::json!({"remote": "backup", "paths": ["/srv/a b/$(c)"]}));
+    }
+
+    #[tokio::test]
     async fn command_gets_filtered_paths_on_stdin() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("out");
