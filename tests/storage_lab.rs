@@ -91,7 +91,7 @@ fn lab_replicates_through_faults_and_kill9() {
         std::thread::spawn(move || burst(&src, "kill9", 30, 3000))
     };
     wait_for("the burst to be underway", Duration::from_secs(20), || {
-        fs::read_dir(src.join("kill9")).map(|d| d.count() >= 5).unwrap_or(false)
+        fs::read_dir(src.join("kill9")).is_ok_and(|d| d.count() >= 5)
     });
     node.kill9();
     writer.join().unwrap();

@@ -81,7 +81,7 @@ fn interesting(ev: &Event) -> bool {
 
 /// The running watchers and their shared overflow flags.
 pub struct Watchers {
-    _inner: Vec<RecommendedWatcher>,
+    inner: Vec<RecommendedWatcher>,
     /// One flag per tree: the channel was full and an event was dropped.
     pub overflowed: Arc<Vec<AtomicBool>>,
     /// Signalled when a flag is raised.
@@ -145,13 +145,13 @@ pub fn check_limits(trees: &[PathBuf]) -> Result<u64, WatchError> {
 impl Watchers {
     /// Removes every watch (shutdown): no event is produced after this returns.
     pub fn stop(&mut self) {
-        self._inner.clear();
+        self.inner.clear();
     }
 
     /// Re-installs the watches of tree `i` after a kernel queue overflow: the lost events may have
     /// announced new directories, which notify then never watched. Walks the tree again.
     pub fn rewatch(&mut self, i: usize, root: &Path) -> notify::Result<()> {
-        let Some(w) = self._inner.get_mut(i) else { return Ok(()) };
+        let Some(w) = self.inner.get_mut(i) else { return Ok(()) };
         let _ = w.unwatch(root);
         w.watch(root, RecursiveMode::Recursive)
     }
@@ -192,7 +192,7 @@ pub fn start(trees: &[PathBuf], tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Wat
         })?;
         watchers.push(w);
     }
-    Ok(Watchers { _inner: watchers, overflowed, overflow_wake })
+    Ok(Watchers { inner: watchers, overflowed, overflow_wake })
 }
 
 /// The path relative to `root` as the batch wants it (`.` for the root itself), or `None` when the
