@@ -148,7 +148,7 @@ impl Replicator {
         let watched: &[PathBuf] = if cfg.remotes.iter().any(|r| r.realtime) { &roots } else { &[] };
         let dirs = if watched.is_empty() { 0 } else { watcher::check_limits(watched)? };
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let watchers = watcher::start(watched, &tx, dirs)?;
+        let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
             for q in &queues {

@@ -5,13 +5,18 @@
 //! the tree's overflow flag, which the replicator turns into a full sync (like notify's rescan flag
 //! for a kernel queue overflow). [`changes`] (pure) maps one notify event to batch entries.
 //! Symlinks are never followed (a link to `/` must not make us watch the whole machine).
+//!
+//! The kernel watch mask leaves out opens and read-only closes ([`kernel_mask`]): every read of an
+//! exported file (NFS clients, rsync itself during a full sync) would otherwise queue two events,
+//! overflow the kernel queue on a busy or large tree, and trigger full syncs that read every file
+//! again: an endless loop. `modify` and `attrib` are subscribed only when enabled.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, EventKindMask, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 
 use super::batch::Scope;
@@ -68,6 +73,21 @@ pub fn changes(ev: &Event, on: &Events) -> Vec<Change> {
         return Vec::new();
     }
     ev.paths.iter().map(|p| Change::Push { path: p.clone(), scope, dir_gone }).collect()
+}
+
+/// The inotify events to subscribe: creations and moves in (always, to follow new directories),
+/// deletions and moves out, renames, `close_write`, and `modify`/`attrib` when enabled. Never opens
+/// or read-only closes.
+pub fn kernel_mask(on: &Events) -> EventKindMask {
+    let mut m =
+        EventKindMask::CREATE | EventKindMask::REMOVE | EventKindMask::MODIFY_NAME | EventKindMask::ACCESS_CLOSE;
+    if on.modify {
+        m |= EventKindMask::MODIFY_DATA;
+    }
+    if on.attrib {
+        m |= EventKindMask::MODIFY_META;
+    }
+    m
 }
 
 /// Cheap pre-filter on notify's thread: kinds that never lead to a push do not cross the channel.
@@ -158,7 +178,7 @@ impl Watchers {
 }
 
 /// Starts one recursive watcher per tree; events go to `tx` tagged with the tree index.
-pub fn start(trees: &[PathBuf], tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Watchers, WatchError> {
+pub fn start(trees: &[PathBuf], on: &Events, tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Watchers, WatchError> {
     let overflowed: Arc<Vec<AtomicBool>> = Arc::new(trees.iter().map(|_| AtomicBool::new(false)).collect());
     let overflow_wake = Arc::new(Notify::new());
     let mut watchers = Vec::new();
@@ -180,7 +200,7 @@ pub fn start(trees: &[PathBuf], tx: &mpsc::Sender<Msg>, dirs: u64) -> Result<Wat
                 wake.notify_one();
             }
         };
-        let config = notify::Config::default().with_follow_symlinks(false);
+        let config = notify::Config::default().with_follow_symlinks(false).with_event_kinds(kernel_mask(on));
         let mut w = RecommendedWatcher::new(handler, config)
             .map_err(|source| WatchError::Watch { tree: tree.clone(), source })?;
         w.watch(tree, RecursiveMode::Recursive).map_err(|source| match source.kind {
@@ -253,6 +273,15 @@ mod tests {
         assert!(changes(&ev(EventKind::Remove(RemoveKind::File), "/t/f"), &off).is_empty());
         let rescan = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         assert_eq!(changes(&rescan, &on), [Change::Rescan]);
+    }
+
+    #[test]
+    fn kernel_mask_never_includes_reads() {
+        let m = kernel_mask(&Events::default());
+        assert!(!m.intersects(EventKindMask::ACCESS_OPEN | EventKindMask::ACCESS_CLOSE_NOWRITE));
+        assert!(!m.intersects(EventKindMask::MODIFY_DATA), "modify is off by default");
+        assert!(m.contains(EventKindMask::ACCESS_CLOSE | EventKindMask::MODIFY_META | EventKindMask::CREATE));
+        assert!(kernel_mask(&Events { modify: true, ..Events::default() }).contains(EventKindMask::MODIFY_DATA));
     }
 
     #[test]
