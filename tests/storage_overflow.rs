@@ -67,4 +67,14 @@ fn inotify_overflow_becomes_a_full_sync() {
     wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
     assert_eq!(overflows(), before, "no new overflow from three writes");
     assert_eq!(count_in_log(&node.log_text(), "full sync done"), full_syncs, "{}", node.log_text());
+
+    // Reads are not subscribed: reading all 3,000 files (as NFS clients and full syncs do) must not
+    // overflow even this 32-event queue.
+    for entry in fs::read_dir(src.join("flood")).unwrap() {
+        for f in fs::read_dir(entry.unwrap().path()).unwrap() {
+            let _ = fs::read(f.unwrap().path()).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(overflows(), before, "reading files overflowed the queue\n{}", node.log_text());
 }
