@@ -10,7 +10,8 @@
 //!     v
 //!  Queue(remote A) ---journal A (fdatasync per batch)      Queue(remote B) ---journal B
 //!     |                                                       |
-//!  [worker A] one rsync per batch and tree, backoff+jitter   [worker B]  (never waits for A)
+//!  [worker A] up to push_concurrency rsyncs at once, of      [worker B]  (never waits for A)
+//!     |       non-overlapping batches (one rsync per batch and tree); backoff + jitter
 //!     |-- ack in journal, status board, hooks (own tasks)     |
 //!     v                                                       v
 //!  [status writer] <state_dir>/storage.status.json (coalesced, <= 1 write/s)
