@@ -104,6 +104,7 @@ def ng_config(name, extra):
 class NfsGuard:
     def __init__(self, name, extra):
         self.name = name; self.cfg = ng_config(name, extra); self.dir = f"{W}/{name}"
+        self.push_at_start = "at_start = false" not in extra
     def start(self, tag=""):
         shutil.rmtree(self.dir + "/state", ignore_errors=True)
         self.log = open(f"{self.dir}/log{tag}", "w")
@@ -113,7 +114,8 @@ class NfsGuard:
         while time.monotonic() < end:
             try:
                 r = json.load(open(st))["remotes"][0]
-                if r["state"] == "idle" and r["last_success"] and not r["full_sync_pending"]: return
+                if r["state"] == "idle" and (r["last_success"] or not self.push_at_start) \
+                        and not r["full_sync_pending"]: return
             except (OSError, ValueError, KeyError): pass
             time.sleep(0.05)
         raise SystemExit(f"{self.name} did not become ready")
