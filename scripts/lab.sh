@@ -444,7 +444,9 @@ write_storage_configs() {
 # nfs-guard lab rsync daemon on $h ($ip)
 log file = $r/rsyncd.log
 reverse lookup = no
-use chroot = no
+# chroot: a non-chrooted daemon strips the leading / of incoming symlinks, so absolute symlinks
+# would not replicate as they are (production rsyncd.conf should do the same).
+use chroot = yes
 munge symlinks = no
 numeric ids = yes
 uid = root

@@ -3,8 +3,6 @@
 //! fast): the file scenarios of the storage issue, the backup blackholed then healed, and `kill -9` in
 //! the middle of a burst then a restart. Every phase ends with the backup's tree equal to the primary's,
 //! byte for byte (checksums) with modes, owners, mtimes, symlinks and hard links.
-//! (Absolute symlinks are covered by `storage_local`: the lab's daemon runs with `use chroot = no`, and
-//! a non-chrooted rsync daemon strips the leading `/` of incoming symlinks.)
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/lab.rs"]
@@ -31,13 +29,6 @@ fn config(lab: &Lab, path: &Path, state: &Path, full_sync_at_start: bool) {
     );
 }
 
-/// Absolute symlinks cannot survive a non-chrooted daemon (see the module doc): remove them.
-fn drop_absolute_symlinks(root: &Path) {
-    for l in ["links/dangling", "links/to-etc"] {
-        let _ = fs::remove_file(root.join(l));
-    }
-}
-
 #[test]
 fn lab_replicates_through_faults_and_kill9() {
     let lab = Lab::up("stor1");
@@ -60,7 +51,6 @@ fn lab_replicates_through_faults_and_kill9() {
     deletes(&src);
     attributes(&src);
     links(&src);
-    drop_absolute_symlinks(&src);
     hostile(&src);
     wait_same(&src, &dst, Duration::from_secs(40), Some(&node));
     deletes_second_half(&src);
