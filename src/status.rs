@@ -2,6 +2,7 @@
 //! changes; `nfs-guard status` prints them without talking to the daemons, so it answers even while a
 //! daemon is busy or a mount is hung.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -35,10 +36,12 @@ pub fn render(state_dir: &Path, json: bool) -> Option<String> {
             out.push('\n');
             continue;
         }
-        out.push_str(&format!("[{role}]\n"));
+        let _ = writeln!(out, "[{role}]");
         match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => render_value(&v, 1, &mut out),
-            Err(e) => out.push_str(&format!("  (unreadable status file: {e})\n")),
+            Err(e) => {
+                let _ = writeln!(out, "  (unreadable status file: {e})");
+            }
         }
     }
     (!out.is_empty()).then_some(out)
@@ -49,21 +52,25 @@ fn render_value(v: &serde_json::Value, depth: usize, out: &mut String) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                if v.is_object() || (v.is_array() && v.as_array().is_some_and(|a| a.iter().any(|x| x.is_object()))) {
-                    out.push_str(&format!("{pad}{k}:\n"));
+                if v.is_object()
+                    || (v.is_array() && v.as_array().is_some_and(|a| a.iter().any(serde_json::Value::is_object)))
+                {
+                    let _ = writeln!(out, "{pad}{k}:");
                     render_value(v, depth + 1, out);
                 } else {
-                    out.push_str(&format!("{pad}{k}: {}\n", scalar(v)));
+                    let _ = writeln!(out, "{pad}{k}: {}", scalar(v));
                 }
             }
         }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                out.push_str(&format!("{pad}- [{i}]\n"));
+                let _ = writeln!(out, "{pad}- [{i}]");
                 render_value(item, depth + 1, out);
             }
         }
-        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+        other => {
+            let _ = writeln!(out, "{pad}{}", scalar(other));
+        }
     }
 }
 
@@ -76,6 +83,7 @@ fn scalar(v: &serde_json::Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! Binary tests: the built `nfs-guard` executable's help, exit codes and config diagnostics.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

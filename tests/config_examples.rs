@@ -1,5 +1,6 @@
 //! Every example in `config/` passes `check-config` (so the examples cannot rot), and a file with
-//! several problems gets all of them reported at once, each with file:line:col, key path and value.
+//! several problems gets all of them reported at once, each with `file:line:col`, key path and value.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

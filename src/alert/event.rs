@@ -130,6 +130,7 @@ impl AlertEvent {
     }
 
     #[must_use]
+    #[allow(clippy::needless_pass_by_value)] // builder ergonomics: `.detail("files", 12)`
     pub fn detail(mut self, label: impl Into<String>, value: impl ToString) -> Self {
         self.details.push((label.into(), value.to_string()));
         self

@@ -213,13 +213,11 @@ impl<'a> Ctx<'a> {
 
     /// A duration such as `"2s"`, `"500ms"` or `"1h 30m"`.
     pub fn duration(&mut self, key: &str, v: &Spanned<String>) -> Option<Duration> {
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) => Some(d),
-            Err(_) => {
-                self.bad(key, v, "is not a duration (write e.g. \"2s\", \"500ms\", \"5m\")");
-                None
-            }
+        let parsed = humantime::parse_duration(v.get_ref()).ok();
+        if parsed.is_none() {
+            self.bad(key, v, "is not a duration (write e.g. \"2s\", \"500ms\", \"5m\")");
         }
+        parsed
     }
 
     /// Like [`Ctx::duration`] but rejects zero.
@@ -310,6 +308,7 @@ pub fn is_host(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,7 +1,6 @@
 //! An rsync target (daemon module or ssh), shared by `[[storage.remotes]]` and the web node's
 //! reverse-sync target. Only converts config; running rsync lives in `sys::rsync`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -95,7 +94,7 @@ impl RawRsyncTarget {
             port: port?,
             location: location?,
             user: self.user.as_ref().map(|u| u.get_ref().clone()),
-            password_file: password_file.map(PathBuf::from),
+            password_file,
             ssh_identity,
             connect_timeout: connect_timeout?,
             io_timeout: io_timeout?,

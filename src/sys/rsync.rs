@@ -3,6 +3,7 @@
 //! rsync NUL-separated on stdin, so every byte sequence Linux allows in a name survives.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -66,7 +67,7 @@ impl RsyncTarget {
                     self.connect_timeout.as_secs().max(1)
                 );
                 if let Some(id) = &self.ssh_identity {
-                    ssh.push_str(&format!(" -i {}", id.display()));
+                    let _ = write!(ssh, " -i {}", id.display());
                 }
                 args.push("-e".into());
                 args.push(ssh.into());
@@ -217,14 +218,13 @@ pub async fn run(
         let status = child.wait().await;
         (status, so, se)
     };
-    let (code, stdout, stderr, timed_out) = match tokio::time::timeout(deadline, io).await {
-        Ok((status, so, se)) => (status.ok().and_then(|s| s.code()), so, se, false),
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-            (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
+    let (code, stdout, stderr, timed_out) = if let Ok((status, so, se)) = tokio::time::timeout(deadline, io).await {
+        (status.ok().and_then(|s| s.code()), so, se, false)
+    } else {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
+        (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
     };
     let stdout = String::from_utf8_lossy(&stdout);
     let (files, bytes) = parse_stats(&stdout);
@@ -267,6 +267,7 @@ pub fn parse_stats(stdout: &str) -> (u64, u64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

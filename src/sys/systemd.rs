@@ -1,4 +1,4 @@
-//! sd_notify integration: READY, STATUS, STOPPING and WATCHDOG pings. All calls are no-ops when not
+//! `sd_notify` integration: READY, STATUS, STOPPING and WATCHDOG pings. All calls are no-ops when not
 //! started by systemd (`NOTIFY_SOCKET` unset).
 
 use std::time::Duration;
