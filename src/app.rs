@@ -1,9 +1,13 @@
 //! Composition root: loads the config, builds the runtime and the real implementations, and runs the
 //! chosen command. The only place that wires OS-facing pieces together.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alert::{self, Alerts};
+use tokio_util::sync::CancellationToken;
+
+use crate::alert::{self, AlertSink, Alerts};
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::Error;
@@ -16,8 +20,11 @@ const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let config = Config::load(&cli.config)?;
-    for w in &config.warnings {
-        tracing::warn!("{w}");
+    // check-config prints its findings itself; every other command logs them.
+    if !matches!(cli.command, Command::CheckConfig) {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
     }
     match cli.command {
         Command::CheckConfig => {
@@ -36,22 +43,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Web(args) => {
             config.web()?;
-            runtime()?.block_on(async {
-                let shutdown = sys::shutdown::on_signals();
-                let alerts = Alerts::start(&config, shutdown.clone())?;
-                let result = web::run(&config, &args, alerts.sink.clone(), shutdown).await;
-                alerts.drain(if args.once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
-                Ok(result?)
-            })
+            run_role(&config, args.once, |sink, shutdown| async { Ok(web::run(&config, &args, sink, shutdown).await?) })
         }
         Command::Storage(args) => {
             config.storage()?;
-            runtime()?.block_on(async {
-                let shutdown = sys::shutdown::on_signals();
-                let alerts = Alerts::start(&config, shutdown.clone())?;
-                let result = storage::run(&config, &args, alerts.sink.clone(), shutdown).await;
-                alerts.drain(if args.once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
-                Ok(result?)
+            run_role(&config, args.once, |sink, shutdown| async {
+                Ok(storage::run(&config, &args, sink, shutdown).await?)
             })
         }
         Command::AlertTest => {
@@ -59,6 +56,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             runtime()?.block_on(async { Ok(alert::test(&config).await?) })
         }
     }
+}
+
+/// Runs a role on a fresh runtime with signal handling and alert delivery; queued alerts get a grace
+/// period to go out when the role returns (the rest stays in the outbox for the next run).
+fn run_role<F, Fut>(config: &Config, once: bool, role: F) -> Result<(), Error>
+where
+    F: FnOnce(Arc<dyn AlertSink>, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    runtime()?.block_on(async {
+        let shutdown = sys::shutdown::on_signals();
+        let alerts = Alerts::start(config, shutdown.clone())?;
+        let result = role(alerts.sink.clone(), shutdown).await;
+        alerts.drain(if once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
+        result
+    })
 }
 
 fn check_config(config: &Config) {

@@ -157,20 +157,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sys::rsync::Transport;
 
     fn target() -> RsyncTarget {
-        RsyncTarget {
-            transport: Transport::Daemon,
-            host: "10.0.0.3".into(),
-            port: 873,
-            location: "data".into(),
-            user: Some("nfsguard".into()),
-            password_file: Some("/p".into()),
-            ssh_identity: None,
-            connect_timeout: Duration::from_secs(5),
-            io_timeout: Duration::from_secs(30),
-        }
+        RsyncTarget::example()
     }
 
     fn strs(a: &[OsString]) -> Vec<String> {
@@ -189,7 +178,7 @@ mod tests {
                 "--stats",
                 "--timeout=30",
                 "--contimeout=5",
-                "--password-file=/p",
+                "--password-file=/etc/nfs-guard/rsync.pass",
                 "--files-from=-",
                 "--from0",
                 "--delete-missing-args",

@@ -37,6 +37,22 @@ pub struct RsyncTarget {
 }
 
 impl RsyncTarget {
+    /// A daemon target for unit tests: `rsync://nfsguard@10.0.0.3:873/data/`, 5 s / 30 s timeouts.
+    #[cfg(test)]
+    pub(crate) fn example() -> RsyncTarget {
+        RsyncTarget {
+            transport: Transport::Daemon,
+            host: "10.0.0.3".into(),
+            port: 873,
+            location: "data".into(),
+            user: Some("nfsguard".into()),
+            password_file: Some("/etc/nfs-guard/rsync.pass".into()),
+            ssh_identity: None,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+
     /// The destination (or source) argument for the root of the target, with a trailing slash.
     pub fn url(&self) -> String {
         let user = self.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
@@ -272,17 +288,7 @@ mod tests {
     use super::*;
 
     fn daemon() -> RsyncTarget {
-        RsyncTarget {
-            transport: Transport::Daemon,
-            host: "10.0.0.3".into(),
-            port: 873,
-            location: "data".into(),
-            user: Some("nfsguard".into()),
-            password_file: Some("/etc/nfs-guard/rsync.pass".into()),
-            ssh_identity: None,
-            connect_timeout: Duration::from_secs(5),
-            io_timeout: Duration::from_secs(30),
-        }
+        RsyncTarget::example()
     }
 
     #[test]
