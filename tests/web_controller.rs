@@ -143,6 +143,21 @@ impl Syncer for Fake {
         self.0.lock().unwrap().calls.push("catch-up".into());
         async move { Ok(SyncStats { files: 1, bytes: 10, elapsed_ms: 5 }) }
     }
+    fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let r = {
+            let mut g = self.0.lock().unwrap();
+            g.calls.push("reconcile".into());
+            if g.sync_results.is_empty() {
+                Ok(())
+            } else {
+                g.sync_results.remove(0)
+            }
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            r.map(|()| SyncStats { files: 4, bytes: 400, elapsed_ms: 500 })
+        }
+    }
 }
 
 #[derive(Default)]
