@@ -274,9 +274,11 @@ async fn a_hung_mount_never_stops_the_controller() {
     until("hold recorded", Duration::from_secs(3), || rig.status()["hold"] == "stay").await;
     // the outer deadline (2 x mount_timeout + 10 s) ends the hung mount as a failure
     rig.fake.0.lock().unwrap().mount_hangs = false;
-    until("mount abandoned", Duration::from_secs(60), || rig.sink.kinds().contains(&AlertKind::FailoverCompleted))
-        .await;
-    assert!(rig.sink.0.lock().unwrap().iter().any(|e| e.title.contains("FAILED")));
+    until("mount abandoned", Duration::from_secs(60), || rig.sink.kinds().contains(&AlertKind::SwitchFailed)).await;
+    assert!(rig.sink.0.lock().unwrap().iter().any(|e| e.kind == AlertKind::SwitchFailed
+        && e.title.contains("FAILED")
+        && e.reason.contains("exceeded its deadline")));
+    assert_eq!(rig.sink.count(AlertKind::FailoverCompleted), 0, "a failed mount is not a completed failover");
     stop.cancel();
     h.await.unwrap();
 }

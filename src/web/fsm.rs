@@ -341,6 +341,12 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn alert(&mut self, kind: AlertKind, title: String, reason: String, next: &str) {
+        let e = self.event(kind, title, reason, next);
+        self.acts.push(Action::Alert(e));
+    }
+
+    /// An alert with the servers' states, the epoch and the pending flags.
+    fn event(&self, kind: AlertKind, title: String, reason: String, next: &str) -> AlertEvent {
         let h = &self.s.health;
         let mut e = AlertEvent::new(kind, Role::Web, title, reason)
             .server(self.p.primary_label.clone(), h.primary.name())
@@ -348,9 +354,18 @@ impl Out<'_> {
             .detail("failover epoch", self.s.epoch)
             .detail("pending reverse sync", self.s.pending_reverse_sync)
             .next_steps(next);
+        if let Some(epoch) = self.s.reconcile_epoch {
+            e = e.detail("pending reconciliation of epoch", epoch);
+        }
         if let Some(w) = h.witness {
             e = e.server("witness", w.name());
         }
+        e
+    }
+
+    /// A failed mount/switch to `to`: the mount command's error as the reason, the server named.
+    fn switch_failed(&mut self, to: Server, title: String, error: String, next: &str) {
+        let e = self.event(AlertKind::SwitchFailed, title, error, next).detail("switching to", self.p.label(to));
         self.acts.push(Action::Alert(e));
     }
 
@@ -394,11 +409,11 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         (Phase::Mounting { to }, Event::MountFailed { server, error }) if to == server => {
             o.s.phase = Phase::Unmounted;
             o.acts.push(Action::Persist);
-            o.alert(
-                AlertKind::FailoverCompleted,
+            o.switch_failed(
+                server,
                 format!("mounting {} FAILED: the mount point is empty", p.label(server)),
                 error,
-                "nfs-guard retries every check interval. Check the mount options and the server's export.",
+                "nfs-guard retries at the next check interval. Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
             );
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
@@ -486,12 +501,11 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.s.resync_failures += 1;
             o.s.resync_not_before = Some(now_ms + p.backoff_ms(o.s.resync_failures));
             o.acts.push(Action::Persist);
-            o.alert(
-                AlertKind::ReverseSyncFailed,
-                format!("switch to {} failed at the mount step", p.label(to)),
-                error,
-                "The web node keeps serving what it served; nfs-guard retries after the backoff.",
-            );
+            let next = match serving {
+                Some(s) => format!("The web node keeps serving {}; nfs-guard retries after the backoff. Check the mount options and the export of {}.", p.label(s), p.label(to)),
+                None => format!("The mount point is EMPTY: nfs-guard mounts a usable server at the next check. Check the mount options and the export of {}.", p.label(to)),
+            };
+            o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
         }
         // CatchingUp --catch-up finished--> Serving(primary)
         (Phase::CatchingUp, Event::CatchUpFinished { result }) => {

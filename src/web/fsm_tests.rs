@@ -147,6 +147,15 @@ fn mount_failure_leaves_unmounted_and_retries_next_decision() {
     let s = State { phase: Phase::Mounting { to: Server::Backup }, ..on_backup() };
     let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Unmounted);
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
+    match &t.actions[1] {
+        Action::Alert(e) => {
+            assert_eq!(e.reason, "exit 32", "the mount command's error");
+            assert!(e.details.contains(&("switching to".into(), "backup (b:/e)".into())), "{e:?}");
+            assert!(e.next_steps.contains("mount options"), "{e:?}");
+        }
+        a => panic!("{a:?}"),
+    }
     let t2 = step(&t.next, Event::Ticked, &policy(), 1000);
     assert_eq!(effects(&t2), vec![Action::Mount { server: Server::Backup }]);
     assert_eq!(t2.next.epoch, 1, "a retry is the same episode");
@@ -300,6 +309,10 @@ fn a_failed_staged_switch_keeps_serving_and_backs_off() {
     };
     let t = step(&s, ev, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
+    assert!(
+        matches!(&t.actions[1], Action::Alert(e) if e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup"))
+    );
     assert_eq!(t.next.resync_not_before, Some(1_000));
     assert!(t.next.pending_reverse_sync);
 }
