@@ -1,24 +1,425 @@
-//! `nfs-guard storage`. Placeholder until the storage issue lands.
+//! `nfs-guard storage`: watch export trees and push every change to every remote with rsync, in
+//! batches, without ever losing a change.
+//!
+//! ```text
+//!  inotify (notify thread, one watcher per tree)
+//!     | try_send (full -> overflow flag)          rescan flag / overflow -> full sync request
+//!     v
+//!  [main loop]  changes() -> filter -> Batcher (pure: window, max_delay, max_batch, subsumption)
+//!     | due batch: fan out to every real-time remote
+//!     v
+//!  Queue(remote A) ---journal A (fdatasync per batch)      Queue(remote B) ---journal B
+//!     |                                                       |
+//!  [worker A] up to push_concurrency rsyncs at once, of      [worker B]  (never waits for A)
+//!     |       non-overlapping batches (one rsync per batch and tree); backoff + jitter
+//!     |-- ack in journal, status board, hooks (own tasks)     |
+//!     v                                                       v
+//!  [status writer] <state_dir>/storage.status.json (coalesced, <= 1 write/s)
+//! ```
+//!
+//! Start: replay journals, compare directory count with the inotify limit, install watches, queue
+//! full syncs (configured at start, or forced after an unclean stop), then READY. Shutdown: flush the
+//! pending batch into the journals, let workers finish their push within a grace period, then stop;
+//! whatever is left stays journaled for the next start.
 
+pub mod batch;
+pub mod filter;
+pub mod fullsync;
+pub mod hooks;
+pub mod journal;
+pub mod push;
+pub mod remote;
+pub mod status;
+pub mod watcher;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::alert::AlertSink;
+use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::cli::StorageArgs;
+use crate::config::storage::StorageConfig;
 use crate::config::Config;
+use crate::sys::{fsutil, systemd};
+use batch::{Batcher, Entry, Timing};
+use remote::{Queue, Worker};
+use status::{Board, RemoteStatus, StorageStatus};
+use watcher::{Change, Msg};
+
+/// Capacity of the watcher -> replicator channel (events, not batches). Past it: full sync.
+const CHANNEL: usize = 65_536;
+/// Workers get this long after shutdown to finish the push in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most one overflow warning (and alert) per this period; the rest are counted.
+const OVERFLOW_WARN_EVERY: Duration = Duration::from_secs(60);
+/// At most one journal-growing alert per remote per this period.
+const JOURNAL_ALERT_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the storage role is not implemented yet")]
-    NotImplemented,
+    #[error("this node's config has no [storage] section")]
+    NoSection,
+    #[error("cannot create state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another nfs-guard storage already runs with state directory {path} (lock held)")]
+    Locked { path: PathBuf },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Watch(#[from] watcher::WatchError),
+    #[error("full sync failed: {}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    FullSync { failures: Vec<fullsync::Failure> },
 }
 
 pub async fn run(
-    _config: &Config,
-    _args: &StorageArgs,
-    _alerts: Arc<dyn AlertSink>,
-    _shutdown: CancellationToken,
+    config: &Config,
+    args: &StorageArgs,
+    alerts: Arc<dyn AlertSink>,
+    shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    Err(Error::NotImplemented)
+    let cfg = Arc::new(config.storage.clone().ok_or(Error::NoSection)?);
+    if args.once {
+        let failures = fullsync::once(Arc::clone(&cfg)).await;
+        return if failures.is_empty() { Ok(()) } else { Err(Error::FullSync { failures }) };
+    }
+    Replicator::start(config, cfg, alerts, shutdown)?.run().await
+}
+
+struct Replicator {
+    cfg: Arc<StorageConfig>,
+    queues: Vec<Arc<Queue>>,
+    board: Arc<Board>,
+    alerts: Arc<dyn AlertSink>,
+    shutdown: CancellationToken,
+    rx: mpsc::Receiver<Msg>,
+    /// Kept so the channel stays open even with no watcher (full-sync-only nodes).
+    _tx: mpsc::Sender<Msg>,
+    watchers: watcher::Watchers,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    status_stop: CancellationToken,
+    status_task: tokio::task::JoinHandle<()>,
+    marker: PathBuf,
+    /// Held for the life of the replicator.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    last_overflow_warn: Option<Instant>,
+    overflows_suppressed: u64,
+    last_journal_alert: Vec<Option<Instant>>,
+}
+
+impl Replicator {
+    fn start(
+        config: &Config,
+        cfg: Arc<StorageConfig>,
+        alerts: Arc<dyn AlertSink>,
+        shutdown: CancellationToken,
+    ) -> Result<Replicator, Error> {
+        let dir = config.state_dir.join("storage");
+        fsutil::ensure_private_dir(&dir).map_err(|source| Error::StateDir { path: dir.clone(), source })?;
+        // One replicator per state directory: two would interleave records in the same journals.
+        let lock_path = dir.join("lock");
+        let lock_file =
+            std::fs::File::create(&lock_path).map_err(|source| Error::StateDir { path: lock_path.clone(), source })?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| Error::Locked { path: dir.clone() })?;
+        let marker = dir.join("running");
+        let clean = !marker.exists();
+        if !clean {
+            tracing::warn!("previous run did not stop cleanly: every tree gets a full sync");
+        }
+        fsutil::write_atomic(&marker, std::process::id().to_string().as_bytes())
+            .map_err(|source| Error::StateDir { path: marker.clone(), source })?;
+        let mut queues = Vec::new();
+        for r in &cfg.remotes {
+            queues.push(Arc::new(Queue::open(&dir, &r.name, cfg.max_pending)?));
+        }
+        // Watches go in before the start-up full sync, so nothing changed in between is missed.
+        let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
+        // A node whose remotes all take full syncs only (a backup) needs no watches at all.
+        let watched: &[PathBuf] = if cfg.remotes.iter().any(|r| r.realtime) { &roots } else { &[] };
+        let dirs = if watched.is_empty() { 0 } else { watcher::check_limits(watched)? };
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
+        tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
+        if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
+            for q in &queues {
+                for t in 0..cfg.trees.len() {
+                    q.request_full_sync(u32::try_from(t).unwrap_or(u32::MAX));
+                }
+            }
+        }
+        let board = Board::new(StorageStatus {
+            pid: std::process::id(),
+            trees: roots.iter().map(|p| p.display().to_string()).collect(),
+            watches: dirs,
+            overflows: 0,
+            remotes: cfg
+                .remotes
+                .iter()
+                .map(|r| RemoteStatus {
+                    name: r.name.clone(),
+                    url: r.target.display(),
+                    state: "idle".into(),
+                    ..RemoteStatus::default()
+                })
+                .collect(),
+        });
+        let status_stop = CancellationToken::new();
+        let status_task = board.spawn_writer(config.state_dir.clone(), status_stop.clone());
+        let stop = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let hooks = cfg.hook.clone().map(hooks::Hooks::new);
+        let workers = cfg
+            .remotes
+            .iter()
+            .enumerate()
+            .map(|(idx, remote)| {
+                tokio::spawn(
+                    Worker {
+                        idx,
+                        remote: remote.clone(),
+                        queue: Arc::clone(&queues[idx]),
+                        cfg: Arc::clone(&cfg),
+                        board: Arc::clone(&board),
+                        alerts: Arc::clone(&alerts),
+                        hooks: hooks.clone(),
+                        stop: stop.clone(),
+                        hard_stop: hard_stop.clone(),
+                    }
+                    .run(),
+                )
+            })
+            .collect();
+        systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
+        systemd::spawn_watchdog(shutdown.clone());
+        let n = cfg.remotes.len();
+        Ok(Replicator {
+            cfg,
+            queues,
+            board,
+            alerts,
+            shutdown,
+            rx,
+            _tx: tx,
+            watchers,
+            workers,
+            stop,
+            hard_stop,
+            status_stop,
+            status_task,
+            marker,
+            _lock: lock,
+            last_overflow_warn: None,
+            overflows_suppressed: 0,
+            last_journal_alert: vec![None; n],
+        })
+    }
+
+    async fn run(mut self) -> Result<(), Error> {
+        let timing = Timing { window: self.cfg.window, max_delay: self.cfg.max_delay, max_batch: self.cfg.max_batch };
+        let mut batcher = Batcher::new(timing);
+        let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
+        let wake = Arc::clone(&self.watchers.overflow_wake);
+        loop {
+            let due = batcher.due();
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                () = wake.notified() => self.check_overflow_flags(&mut batcher),
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    let now = Instant::now();
+                    self.handle(msg, now, &mut batcher);
+                    // Drain what is already queued without another trip through select!.
+                    for _ in 0..4096 {
+                        let Ok(msg) = self.rx.try_recv() else { break };
+                        self.handle(msg, now, &mut batcher);
+                    }
+                }
+                () = sleep_until(due) => {}
+                () = sleep_until(periodic) => {
+                    tracing::info!("periodic full sync");
+                    self.full_sync_all(None);
+                    periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
+                }
+            }
+            while let Some(b) = batcher.take_due(Instant::now()) {
+                self.fan_out(&b);
+                if batcher.due().is_none_or(|d| d > Instant::now()) {
+                    break;
+                }
+            }
+        }
+        self.finish(&mut batcher).await;
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg, now: Instant, batcher: &mut Batcher) {
+        match msg {
+            Msg::Event(tree, ev) => {
+                let cfg = Arc::clone(&self.cfg);
+                let Some(t) = cfg.trees.get(tree as usize) else { return };
+                for c in watcher::changes(&ev, &cfg.events) {
+                    match c {
+                        Change::Rescan => {
+                            // Lost events may have announced new directories: watch them before the
+                            // full sync starts, so nothing changed after it is missed either.
+                            if let Err(e) = self.watchers.rewatch(tree as usize, &t.path) {
+                                tracing::error!(tree = %t.path.display(), error = %e, "cannot re-install watches");
+                            }
+                            self.overflow(tree, "the kernel's inotify queue overflowed", batcher);
+                        }
+                        Change::Push { path, scope, dir_gone } => {
+                            let Some(rel) = watcher::relative(&t.path, &path) else { continue };
+                            if !cfg.filter.excluded(&rel) {
+                                batcher.add(now, Entry { tree, path: rel, scope }, dir_gone);
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Error(tree, e) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    let limit = watcher::max_user_watches().unwrap_or(0);
+                    tracing::error!(
+                        "out of inotify watches: new directories are not watched; raise fs.inotify.max_user_watches \
+                         (now {limit}) to at least {}",
+                        watcher::suggested_watches(limit)
+                    );
+                    self.overflow(tree, "inotify ran out of watches (fs.inotify.max_user_watches)", batcher);
+                } else {
+                    tracing::warn!(error = %e, "watcher error");
+                }
+            }
+        }
+    }
+
+    fn check_overflow_flags(&mut self, batcher: &mut Batcher) {
+        let flags = Arc::clone(&self.watchers.overflowed);
+        for (i, f) in flags.iter().enumerate() {
+            if f.swap(false, Ordering::SeqCst) {
+                let tree = u32::try_from(i).unwrap_or(u32::MAX);
+                self.overflow(tree, "the replicator's event channel was full", batcher);
+            }
+        }
+    }
+
+    /// Events of `tree` were lost: it gets a full sync on every real-time remote. Never silent.
+    fn overflow(&mut self, tree: u32, reason: &str, batcher: &mut Batcher) {
+        batcher.clear_tree(tree);
+        self.full_sync_all(Some(tree));
+        self.board.update(|d| d.overflows += 1);
+        let path = self.cfg.trees.get(tree as usize).map(|t| t.path.display().to_string()).unwrap_or_default();
+        let now = Instant::now();
+        if self.last_overflow_warn.is_some_and(|t| now.duration_since(t) < OVERFLOW_WARN_EVERY) {
+            self.overflows_suppressed += 1;
+            return;
+        }
+        tracing::warn!(tree = %path, suppressed = self.overflows_suppressed, "{reason}: full sync of the tree queued");
+        self.alerts.emit(
+            AlertEvent::new(AlertKind::OverflowRescan, Role::Storage, format!("event overflow on {path}"), reason)
+                .detail("similar overflows suppressed", self.overflows_suppressed)
+                .next_steps(
+                    "A full sync of the tree is running, so nothing is lost. If this repeats, raise \
+                     fs.inotify.max_queued_events or lower the write rate.",
+                ),
+        );
+        self.last_overflow_warn = Some(now);
+        self.overflows_suppressed = 0;
+    }
+
+    /// Queues a full sync of `tree` (or all trees) for every real-time remote.
+    fn full_sync_all(&self, tree: Option<u32>) {
+        let all = u32::try_from(self.cfg.trees.len()).unwrap_or(u32::MAX);
+        for (q, r) in self.queues.iter().zip(&self.cfg.remotes) {
+            if tree.is_some() && !r.realtime {
+                continue;
+            }
+            for t in tree.map_or(0..all, |t| t..t + 1) {
+                q.request_full_sync(t);
+            }
+        }
+    }
+
+    fn fan_out(&mut self, batch: &[Entry]) {
+        for (i, (q, r)) in self.queues.iter().zip(&self.cfg.remotes).enumerate() {
+            if !r.realtime {
+                continue;
+            }
+            let out = q.enqueue(batch);
+            if out.collapsed.is_empty() {
+                continue;
+            }
+            tracing::warn!(remote = %r.name, max_pending = self.cfg.max_pending, "queue collapsed into a full sync");
+            let now = Instant::now();
+            if self.last_journal_alert[i].is_some_and(|t| now.duration_since(t) < JOURNAL_ALERT_EVERY) {
+                continue;
+            }
+            self.last_journal_alert[i] = Some(now);
+            self.alerts.emit(
+                AlertEvent::new(
+                    AlertKind::JournalGrowing,
+                    Role::Storage,
+                    format!("replication to {} is far behind", r.name),
+                    format!("more than {} paths were queued; the queue became a full sync", self.cfg.max_pending),
+                )
+                .server(r.name.clone(), "behind")
+                .next_steps("Check that the remote is reachable; the full sync runs as soon as it is."),
+            );
+        }
+    }
+
+    async fn finish(mut self, batcher: &mut Batcher) {
+        systemd::stopping();
+        // No new events from here on; what the channel already holds still goes into the journal.
+        self.watchers.stop();
+        while let Ok(msg) = self.rx.try_recv() {
+            self.handle(msg, Instant::now(), batcher);
+        }
+        let rest = batcher.flush();
+        if !rest.is_empty() {
+            self.fan_out(&rest);
+        }
+        tracing::info!(flushed = rest.len(), "stopping: pending batch journaled");
+        self.stop.cancel();
+        for q in &self.queues {
+            q.wake();
+        }
+        let mut workers = std::mem::take(&mut self.workers);
+        let all = futures_join(&mut workers);
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::info!("grace period over: abandoning pushes in flight (they stay journaled)");
+            self.hard_stop.cancel();
+            futures_join(&mut workers).await;
+        }
+        self.status_stop.cancel();
+        let _ = self.status_task.await;
+        if let Err(e) = std::fs::remove_file(&self.marker) {
+            tracing::warn!(path = %self.marker.display(), error = %e, "cannot remove the run marker");
+        }
+    }
+}
+
+async fn futures_join(handles: &mut Vec<tokio::task::JoinHandle<()>>) {
+    while let Some(h) = handles.last_mut() {
+        let _ = h.await;
+        handles.pop();
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# Benchmark of `nfs-guard storage` against lsyncd (Debian package), side by side in one run, pushing
+# from the lab's `primary` host to the rsync daemon of its `backup` host (see scripts/lab.sh).
+#
+#   scripts/bench-storage.sh [SCENARIO...]      scenarios: a b c d e f (default: a b)
+#
+#   a  10,000 small files in 100 new directories: time until the remote equals the source
+#   b  a trickle of 200 files 50 ms apart: latency from close() to visible at the remote (p50/p99)
+#   c  one 1 GiB file
+#   d  2,000 nested new directories with a file each
+#   e  renaming 5,000 files (already replicated)
+#   f  deleting a 5,000-file tree (already replicated)
+#   m  start-up time and memory of nfs-guard watching 1,000,000 files in 100,000 directories, then
+#      (g) 100 files changed in that tree: time until the remote has them
+#
+# Tools: nfs-guard with the default config and a tuned one, lsyncd's default.rsync with its default
+# config (delay 15 s) and a tuned one (delay 0). Floors measured in the same run: the time to write the
+# files plus one plain `rsync -a` of the final tree (a, c, d, e, f), and one single-file push (b).
+# Printed per tool and scenario: seconds until equal (or latency percentiles), CPU seconds of the tool
+# and its children, and the number of rsync processes it spawned (counted by an rsync wrapper).
+# Needs root. Not a test: it prints figures; results with the command go to docs/bench-storage.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin:$HOME/.cargo/bin
+[[ $(id -u) -eq 0 ]] || { echo "bench-storage.sh: needs root (lab namespaces)" >&2; exit 1; }
+command -v lsyncd >/dev/null || { echo "bench-storage.sh: lsyncd is not installed (apt-get install lsyncd)" >&2; exit 1; }
+
+LAB_SH=${LAB_SH:-scripts/lab.sh}
+export LAB=${BENCH_LAB:-bench}
+cargo build --release --quiet
+BIN=$PWD/target/release/nfs-guard
+"$LAB_SH" up >/dev/null
+trap '"$LAB_SH" down >/dev/null 2>&1 || true' EXIT
+eval "$("$LAB_SH" env)"
+export BIN LAB_SH LAB_PRIMARY_DATA LAB_BACKUP_DATA LAB_BACKUP_IP LAB_RSYNC_PASS LAB_RSYNC_USER LAB_EXPORT
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)," \
+     "$(rsync --version | head -1 | cut -c1-30), lsyncd $(lsyncd --version 2>&1 | awk '/Version/ {print $2}')"
+/usr/bin/python3 - "$@" <<'PY'
+import os, shutil, signal, subprocess, sys, threading, time, json, statistics
+
+BIN = os.environ["BIN"]; LAB_SH = os.environ["LAB_SH"]
+P = os.environ["LAB_PRIMARY_DATA"]; B = os.environ["LAB_BACKUP_DATA"]
+IP = os.environ["LAB_BACKUP_IP"]; PASS = os.environ["LAB_RSYNC_PASS"]; USER = os.environ["LAB_RSYNC_USER"]
+EXPORT = os.environ["LAB_EXPORT"]
+W = "/var/tmp/nfsguard-bench"
+shutil.rmtree(W, ignore_errors=True); os.makedirs(W)
+COUNT = W + "/rsync-count"
+WRAP = W + "/rsync"
+with open(WRAP, "w") as f:
+    f.write(f"#!/bin/sh\nprintf . >> {COUNT}\nexec /usr/bin/rsync \"$@\"\n")
+os.chmod(WRAP, 0o755)
+URL = f"rsync://{USER}@{IP}/data/"
+scenarios = sys.argv[1:] or ["a", "b"]
+
+def in_primary(argv, **kw):
+    return subprocess.Popen([LAB_SH, "exec", "primary"] + argv, **kw)
+
+def clean(d):
+    for e in os.scandir(d):
+        if e.is_dir(follow_symlinks=False): shutil.rmtree(e.path)
+        else: os.unlink(e.path)
+    # Flush the deletions now, so their writeback does not land in the middle of the next measurement.
+    os.sync()
+
+def files_under(d):
+    n = 0
+    for root, dirs, files in os.walk(d):
+        n += len(files)
+    return n
+
+def same(src, dst):
+    out = subprocess.run(["rsync", "-a", "-n", "-i", "--delete", src + "/", dst + "/"], capture_output=True, text=True)
+    return [l for l in out.stdout.splitlines() if not l.endswith(" ./")]
+
+def cpu(pid):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        t = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+        return t / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+def rsync_count():
+    try: return os.path.getsize(COUNT)
+    except OSError: return 0
+
+def plain_rsync(src_rel=""):
+    t = time.monotonic()
+    subprocess.run([LAB_SH, "exec", "primary", "rsync", "-a", f"--password-file={PASS}", EXPORT + "/" + src_rel, URL],
+                   check=True)
+    return time.monotonic() - t
+
+# ---- tools
+def ng_config(name, extra):
+    d = f"{W}/{name}"; os.makedirs(d, exist_ok=True)
+    cfg = f"{d}/n.toml"
+    with open(cfg, "w") as f:
+        f.write(f'state_dir = "{d}/state"\n[storage]\nrsync = "{WRAP}"\n{extra}\n'
+                f'[[storage.trees]]\npath = "{EXPORT}"\n'
+                f'[[storage.remotes]]\nname = "backup"\nhost = "{IP}"\nmodule = "data"\nuser = "{USER}"\n'
+                f'password_file = "{PASS}"\n')
+    return cfg
+
+class NfsGuard:
+    def __init__(self, name, extra):
+        self.name = name; self.cfg = ng_config(name, extra); self.dir = f"{W}/{name}"
+        self.push_at_start = "at_start = false" not in extra
+    def start(self, tag=""):
+        shutil.rmtree(self.dir + "/state", ignore_errors=True)
+        self.log = open(f"{self.dir}/log{tag}", "w")
+        self.p = in_primary([BIN, "--config", self.cfg, "storage"], stdout=self.log, stderr=self.log)
+        st = self.dir + "/state/storage.status.json"
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                r = json.load(open(st))["remotes"][0]
+                if r["state"] == "idle" and (r["last_success"] or not self.push_at_start) \
+                        and not r["full_sync_pending"]: return
+            except (OSError, ValueError, KeyError): pass
+            time.sleep(0.05)
+        raise SystemExit(f"{self.name} did not become ready")
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM); self.p.wait(30)
+
+LSYNCD = """settings {{ logfile = "{d}/log", statusFile = "{d}/status", nodaemon = true, insist = true }}
+sync {{ default.rsync, source = "{src}", target = "{target}", delay = {delay},
+  rsync = {{ binary = "{wrap}", password_file = "{pw}", archive = true, compress = false {extra} }} }}
+"""
+
+class Lsyncd:
+    def __init__(self, name, delay, extra=""):
+        self.name = name; self.dir = f"{W}/{name}"; os.makedirs(self.dir, exist_ok=True)
+        self.cfg = self.dir + "/lsyncd.lua"
+        with open(self.cfg, "w") as f:
+            f.write(LSYNCD.format(d=self.dir, src=EXPORT, target=f"{USER}@{IP}::data", delay=delay, wrap=WRAP,
+                                  pw=PASS, extra=extra))
+    def start(self, tag=""):
+        try: os.unlink(self.dir + "/log")
+        except OSError: pass
+        self.p = in_primary(["lsyncd", self.cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            try:
+                if "finished" in open(self.dir + "/log").read(): return
+            except OSError: pass
+            time.sleep(0.05)
+        raise SystemExit(f"{self.name} did not become ready")
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try: self.p.wait(30)
+        except subprocess.TimeoutExpired: self.p.kill(); self.p.wait()
+
+tools = [
+    NfsGuard("nfs-guard-default", ""),
+    NfsGuard("nfs-guard-tuned", 'window = "5ms"\nmax_delay = "250ms"\nrsync_args = ["-a", "--numeric-ids", "--whole-file"]'),
+    Lsyncd("lsyncd-default", 15),
+    Lsyncd("lsyncd-tuned", 0, ', whole_file = true'),
+]
+
+if os.environ.get("BENCH_TOOLS"):
+    tools = [t for t in tools if any(o in t.name for o in os.environ["BENCH_TOOLS"].split(","))]
+
+# ---- scenarios: prepare(P) before the tool starts, act(P) -> (t_start, t_written), done() -> bool
+def write_tree(root, dirs, per_dir, size=64, nested=False):
+    for d in range(dirs):
+        dd = os.path.join(root, *(f"n{i}" for i in range(d + 1))) if nested else os.path.join(root, f"d{d:03}")
+        os.makedirs(dd, exist_ok=True)
+        for i in range(per_dir):
+            with open(os.path.join(dd, f"f{i:05}"), "wb") as f: f.write(os.urandom(size))
+
+def sc_a_act():
+    write_tree(P + "/a", 100, 100)
+def sc_c_act():
+    with open(P + "/big", "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(1024): f.write(chunk)
+def sc_d_act():
+    # 2,000 nested directories: 40 chains of 50 levels, one file in each directory.
+    for c in range(40):
+        d = P + f"/d/c{c:02}"
+        for lvl in range(50):
+            d = os.path.join(d, f"l{lvl:02}")
+            os.makedirs(d)
+            with open(d + "/f", "wb") as f: f.write(b"x")
+def sc_e_prepare():
+    write_tree(P + "/e", 50, 100)
+def sc_e_act():
+    for root, _, files in os.walk(P + "/e"):
+        for n in files: os.rename(os.path.join(root, n), os.path.join(root, "r" + n))
+def sc_f_prepare():
+    write_tree(P + "/f", 50, 100)
+def sc_f_act():
+    shutil.rmtree(P + "/f")
+
+SCEN = {
+    "a": ("10,000 small files in 100 new dirs", None, sc_a_act),
+    "c": ("one 1 GiB file", None, sc_c_act),
+    "d": ("2,000 nested new dirs with a file each", None, sc_d_act),
+    "e": ("rename 5,000 files", sc_e_prepare, sc_e_act),
+    "f": ("delete a 5,000-file tree", sc_f_prepare, sc_f_act),
+}
+
+def until_equal(deadline_s=600):
+    # Cheap poll on file counts first, then an exact rsync comparison.
+    want = files_under(P)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if files_under(B) == want and not same(P, B):
+            return time.monotonic()
+        time.sleep(0.02)
+    return float("nan")
+
+results = []
+def row(*cols): print("  ".join(str(c).ljust(w) for c, w in zip(cols, (20, 38, 12, 10, 9, 7))), flush=True)
+
+def run_bulk(key):
+    title, prepare, act = SCEN[key]
+    clean(P); clean(B)
+    if prepare:
+        prepare(); plain_rsync(); os.sync()
+    # Floor: write, then one plain rsync of the final tree.
+    t0 = time.monotonic(); act(); tw = time.monotonic() - t0
+    tr = plain_rsync() if key not in "ef" else 0
+    if key in "ef":
+        # For renames/deletes the floor needs --delete of the final tree.
+        t = time.monotonic()
+        subprocess.run([LAB_SH, "exec", "primary", "rsync", "-a", "--delete", f"--password-file={PASS}", EXPORT + "/", URL], check=True)
+        tr = time.monotonic() - t
+    floor = tw + tr
+    row(f"({key}) floor", title, f"{floor:.2f}s", f"(write {tw:.2f}s + rsync {tr:.2f}s)", "", "")
+    for tool in tools:
+        clean(P); clean(B)
+        if prepare:
+            prepare(); plain_rsync(); os.sync()
+        tool.start(f"-{key}")
+        open(COUNT, "w").close()
+        c0 = cpu(tool.p.pid)
+        t0 = time.monotonic(); act()
+        t1 = until_equal()
+        el = t1 - t0
+        c1 = cpu(tool.p.pid); n = rsync_count()
+        tool.stop()
+        row(f"({key}) {tool.name}", title, f"{el:.2f}s", f"{el / floor:.2f}x floor", f"cpu {c1 - c0:.2f}s", f"rsync {n}")
+
+def run_trickle():
+    clean(P); clean(B)
+    os.makedirs(P + "/t"); plain_rsync()
+    lat = []
+    for i in range(20):
+        fn = P + f"/t/floor{i}"
+        with open(fn, "wb") as f: f.write(b"x" * 100)
+        lat.append(plain_rsync(f"t/floor{i}"))
+    lat.sort()
+    fp50, fp99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1 if len(lat) < 100 else int(len(lat) * 0.99)]
+    row("(b) floor", "single-file push", f"p50 {fp50*1000:.0f}ms", f"p99 {max(lat)*1000:.0f}ms", "", "")
+    for tool in tools:
+        clean(P); clean(B); os.makedirs(P + "/t"); plain_rsync()
+        tool.start("-b")
+        open(COUNT, "w").close()
+        c0 = cpu(tool.p.pid)
+        closed = [0.0] * 200; seen = [None] * 200
+        stop = threading.Event()
+        def poll():
+            nxt = 0
+            while not stop.is_set() and nxt < 200:
+                for i in range(nxt, 200):
+                    if seen[i] is None and closed[i] and os.path.exists(B + f"/t/f{i:03}"):
+                        seen[i] = time.monotonic()
+                while nxt < 200 and seen[nxt] is not None: nxt += 1
+                time.sleep(0.001)
+        th = threading.Thread(target=poll); th.start()
+        start = time.monotonic()
+        for i in range(200):
+            target = start + i * 0.05
+            d = target - time.monotonic()
+            if d > 0: time.sleep(d)
+            with open(P + f"/t/f{i:03}", "wb") as f: f.write(b"y" * 100)
+            closed[i] = time.monotonic()
+        end = time.monotonic() + 60
+        while any(s is None for s in seen) and time.monotonic() < end: time.sleep(0.01)
+        stop.set(); th.join()
+        c1 = cpu(tool.p.pid); n = rsync_count()
+        tool.stop()
+        ls = sorted((s - c) for s, c in zip(seen, closed) if s is not None)
+        missing = sum(1 for s in seen if s is None)
+        p50 = statistics.median(ls) if ls else float("nan"); p99 = ls[int(len(ls) * 0.99) - 1] if ls else float("nan")
+        row(f"(b) {tool.name}", "trickle 200 files 50ms apart", f"p50 {p50*1000:.0f}ms", f"p99 {p99*1000:.0f}ms",
+            f"cpu {c1 - c0:.2f}s", f"rsync {n}" + (f" MISSING {missing}" if missing else ""))
+
+def rss_mib(pid):
+    return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+
+def run_big():
+    clean(P); clean(B)
+    t = time.monotonic()
+    for d in range(100_000):
+        dd = P + f"/big/{d // 1000:03}/{d % 1000:03}"
+        os.makedirs(dd)
+        for i in range(10):
+            with open(f"{dd}/f{i}", "wb") as f: f.write(b"x")
+    os.sync()
+    row("(m) setup", "1,000,000 files in 100,000 dirs", f"{time.monotonic() - t:.0f}s to create", "", "", "")
+    row("(m) floor", "plain rsync -a of that tree", f"{plain_rsync():.1f}s", "", "", "")
+    tool = NfsGuard("nfs-guard-big", "[storage.full_sync]\nat_start = false")
+    t0 = time.monotonic(); tool.start("-m"); ready = time.monotonic() - t0
+    row("(m) nfs-guard", "start-up until watching + idle", f"{ready:.1f}s", f"RSS {rss_mib(tool.p.pid):.0f} MiB", "", "")
+    open(COUNT, "w").close()
+    c0 = cpu(tool.p.pid); t0 = time.monotonic()
+    for i in range(100):
+        with open(P + f"/big/{i:03}/{i:03}/f0", "wb") as f: f.write(b"changed")
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        if all(open(B + f"/big/{i:03}/{i:03}/f0", "rb").read() == b"changed" for i in range(100)): break
+        time.sleep(0.01)
+    el = time.monotonic() - t0
+    row("(g) nfs-guard", "100 files changed among 1,000,000", f"{el:.2f}s", "", f"cpu {cpu(tool.p.pid) - c0:.2f}s",
+        f"rsync {rsync_count()}")
+    row("(m) nfs-guard", "memory after the changes", f"RSS {rss_mib(tool.p.pid):.0f} MiB", "", "", "")
+    tool.stop()
+    clean(P); clean(B)
+
+row("scenario/tool", "what", "result", "", "", "")
+for s in scenarios:
+    if s == "b": run_trickle()
+    elif s == "m": run_big()
+    elif s in SCEN: run_bulk(s)
+    else: print(f"unknown scenario {s}", file=sys.stderr)
+if os.environ.get("BENCH_IDLE", "1") == "1":
+  # Idle CPU: nfs-guard watching the (now populated) tree for 10 s with no changes.
+  t = tools[0]; t.start(); c0 = cpu(t.p.pid); time.sleep(10); c1 = cpu(t.p.pid); t.stop()
+  row("idle", "nfs-guard, 10 s without changes", f"cpu {c1 - c0:.3f}s", "", "", "")
+PY

@@ -1,0 +1,389 @@
+//! Coalescing of file events into batches: PURE (no I/O, no clock; `now` is a parameter).
+//!
+//! An [`Entry`] names one path of one tree, relative to the tree root, and a [`Scope`]: `Path` pushes
+//! that path alone (a file, a symlink, a directory's own attributes, or its deletion when it is gone);
+//! `Tree` pushes it and everything beneath it (new or moved-in directories, whose contents inotify
+//! could not see). Events for one path merge into one entry (scope only widens); a directory's
+//! deletion drops the entries queued beneath it (rsync deletes the whole directory). Because rsync
+//! sends a path's state at push time, one entry per path preserves per-path order by construction.
+//!
+//! [`PendingSet`] is the ordered, merging set shared by the batcher and each remote's queue;
+//! [`Batcher`] adds the timing: a batch is due `window` after the last event, or `max_delay` after the
+//! first, or at once when it holds `max_batch` entries.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    Path,
+    Tree,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Index into `StorageConfig::trees`.
+    pub tree: u32,
+    /// Relative to the tree root; never empty (the root itself is `.`).
+    pub path: PathBuf,
+    pub scope: Scope,
+}
+
+impl Entry {
+    pub fn new(tree: u32, path: impl Into<PathBuf>, scope: Scope) -> Entry {
+        Entry { tree, path: path.into(), scope }
+    }
+}
+
+/// Ordered by first insertion (sequence number), merged by path. Paths sort component-wise, so
+/// everything beneath a directory is one contiguous range of `by_path`.
+#[derive(Debug, Default, Clone)]
+pub struct PendingSet {
+    by_seq: BTreeMap<u64, Entry>,
+    by_path: BTreeMap<(u32, PathBuf), u64>,
+    next_seq: u64,
+}
+
+impl PendingSet {
+    pub fn new(next_seq: u64) -> PendingSet {
+        PendingSet { next_seq, ..PendingSet::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Adds `e` with a fresh sequence number, or merges it into the queued entry of the same path
+    /// (which keeps its place). Returns the sequence number of a NEW record worth persisting (a new
+    /// path, or a widened scope), `None` when nothing changed.
+    pub fn insert(&mut self, e: Entry) -> Option<u64> {
+        let seq = self.next_seq;
+        let (changed, _) = self.merge(seq, e);
+        if changed {
+            self.next_seq += 1;
+            Some(seq)
+        } else {
+            None
+        }
+    }
+
+    /// Inserts with a known sequence number (journal replay, a failed batch put back). An entry of the
+    /// same path keeps the older place; the scope is the wider of both.
+    pub fn insert_with_seq(&mut self, seq: u64, e: Entry) {
+        self.merge(seq, e);
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Returns (changed, seq in use).
+    fn merge(&mut self, seq: u64, e: Entry) -> (bool, u64) {
+        let key = (e.tree, e.path.clone());
+        if let Some(old) = self.by_path.get(&key).copied() {
+            {
+                let cur = self.by_seq.get_mut(&old).expect("by_path and by_seq agree");
+                let widened = e.scope > cur.scope;
+                if widened {
+                    cur.scope = e.scope;
+                }
+                if seq < old {
+                    // A put-back batch is older than what arrived meanwhile: it takes the older place.
+                    let entry = self.by_seq.remove(&old).expect("present");
+                    self.by_seq.insert(seq, entry);
+                    self.by_path.insert(key, seq);
+                    return (true, seq);
+                }
+                (widened, old)
+            }
+        } else {
+            self.by_path.insert(key, seq);
+            self.by_seq.insert(seq, e);
+            (true, seq)
+        }
+    }
+
+    /// Drops every queued entry strictly beneath `dir` (the directory itself stays).
+    pub fn remove_beneath(&mut self, tree: u32, dir: &Path) {
+        let start = (tree, dir.to_path_buf());
+        let doomed: Vec<((u32, PathBuf), u64)> = self
+            .by_path
+            .range(start..)
+            .skip_while(|((t, p), _)| *t == tree && p == dir)
+            .take_while(|((t, p), _)| *t == tree && p.starts_with(dir) && p != dir)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for (k, s) in doomed {
+            self.by_path.remove(&k);
+            self.by_seq.remove(&s);
+        }
+    }
+
+    /// Removes and returns up to `max` entries, oldest first, with their sequence numbers.
+    pub fn take(&mut self, max: usize) -> Vec<(u64, Entry)> {
+        let mut out = Vec::with_capacity(max.min(self.len()));
+        while out.len() < max {
+            let Some((seq, e)) = self.by_seq.pop_first() else { break };
+            self.by_path.remove(&(e.tree, e.path.clone()));
+            out.push((seq, e));
+        }
+        out
+    }
+
+    /// Like [`PendingSet::take`] but only entries for which `ok` holds (the others keep their place).
+    pub fn take_where(&mut self, max: usize, mut ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
+        let seqs: Vec<u64> = self.by_seq.iter().filter(|(_, e)| ok(e)).take(max).map(|(s, _)| *s).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            if let Some(e) = self.by_seq.remove(&s) {
+                self.by_path.remove(&(e.tree, e.path.clone()));
+                out.push((s, e));
+            }
+        }
+        out
+    }
+
+    /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).
+    pub fn ack_ranges(&mut self, ranges: &[(u64, u64)]) {
+        for &(lo, hi) in ranges {
+            let seqs: Vec<u64> = self.by_seq.range(lo..=hi).map(|(s, _)| *s).collect();
+            for s in seqs {
+                if let Some(e) = self.by_seq.remove(&s) {
+                    self.by_path.remove(&(e.tree, e.path));
+                }
+            }
+            self.next_seq = self.next_seq.max(hi + 1);
+        }
+    }
+
+    /// Drops every entry with `seq <= upto` (they were pushed) and never reuses those numbers.
+    pub fn ack_upto(&mut self, upto: u64) {
+        while let Some(entry) = self.by_seq.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            let e = entry.remove();
+            self.by_path.remove(&(e.tree, e.path));
+        }
+        self.next_seq = self.next_seq.max(upto + 1);
+    }
+
+    /// Every entry, oldest first (journal compaction).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.by_seq.iter().map(|(s, e)| (*s, e))
+    }
+
+    /// Drops everything of `tree` (it is going to be fully synced).
+    pub fn clear_tree(&mut self, tree: u32) {
+        self.by_seq.retain(|_, e| e.tree != tree);
+        self.by_path.retain(|(t, _), _| *t != tree);
+    }
+}
+
+/// Timing policy of the batcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub window: Duration,
+    pub max_delay: Duration,
+    pub max_batch: usize,
+}
+
+/// The pending batch and when it is due.
+#[derive(Debug)]
+pub struct Batcher {
+    set: PendingSet,
+    timing: Timing,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(timing: Timing) -> Batcher {
+        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None }
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Records an event. `dir_deleted`: `e.path` was a directory and is gone, so queued entries
+    /// beneath it are subsumed by its deletion.
+    pub fn add(&mut self, now: Instant, e: Entry, dir_deleted: bool) {
+        if dir_deleted {
+            self.set.remove_beneath(e.tree, &e.path);
+        }
+        self.set.insert(e);
+        self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
+    }
+
+    /// When the pending batch must go out; `None` when there is nothing pending.
+    pub fn due(&self) -> Option<Instant> {
+        let (first, last) = (self.first_at?, self.last_at?);
+        if self.set.len() >= self.timing.max_batch {
+            return Some(last.min(first));
+        }
+        Some((last + self.timing.window).min(first + self.timing.max_delay))
+    }
+
+    /// The batch, if it is due at `now`. Leftovers beyond `max_batch` stay, due again at once.
+    pub fn take_due(&mut self, now: Instant) -> Option<Vec<Entry>> {
+        if self.due()? > now {
+            return None;
+        }
+        let batch: Vec<Entry> = self.set.take(self.timing.max_batch).into_iter().map(|(_, e)| e).collect();
+        if self.set.is_empty() {
+            self.first_at = None;
+            self.last_at = None;
+        } else {
+            self.first_at = Some(now);
+            self.last_at = Some(now);
+        }
+        Some(batch)
+    }
+
+    /// Everything pending, due or not (shutdown).
+    pub fn flush(&mut self) -> Vec<Entry> {
+        self.first_at = None;
+        self.last_at = None;
+        self.set.take(usize::MAX).into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Drops pending entries of `tree` (a full sync of it is coming).
+    pub fn clear_tree(&mut self, tree: u32) {
+        self.set.clear_tree(tree);
+        if self.set.is_empty() {
+            self.first_at = None;
+            self.last_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn timing() -> Timing {
+        Timing { window: 100 * MS, max_delay: 1000 * MS, max_batch: 3 }
+    }
+
+    fn p(path: &str) -> Entry {
+        Entry::new(0, path, Scope::Path)
+    }
+
+    fn paths(b: &[Entry]) -> Vec<String> {
+        b.iter().map(|e| format!("{}{}", e.path.display(), if e.scope == Scope::Tree { "/**" } else { "" })).collect()
+    }
+
+    #[test]
+    fn batch_waits_for_a_quiet_window() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        assert_eq!(b.due(), None);
+        b.add(t0, p("a"), false);
+        b.add(t0 + 50 * MS, p("b"), false);
+        assert_eq!(b.due(), Some(t0 + 150 * MS));
+        assert!(b.take_due(t0 + 149 * MS).is_none());
+        assert_eq!(paths(&b.take_due(t0 + 150 * MS).unwrap()), ["a", "b"]);
+        assert_eq!(b.due(), None);
+    }
+
+    #[test]
+    fn max_delay_caps_a_steady_stream() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        for i in 0..20u32 {
+            b.add(t0 + i * 60 * MS, p("same"), false);
+        }
+        assert_eq!(b.len(), 1, "one path, one entry");
+        assert_eq!(b.due(), Some(t0 + 1000 * MS));
+    }
+
+    #[test]
+    fn max_batch_makes_it_due_now_and_leftovers_follow() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        for n in ["a", "b", "c", "d"] {
+            b.add(t0, p(n), false);
+        }
+        assert_eq!(b.due(), Some(t0));
+        assert_eq!(paths(&b.take_due(t0).unwrap()), ["a", "b", "c"]);
+        assert_eq!(paths(&b.take_due(t0 + 100 * MS).unwrap()), ["d"]);
+    }
+
+    #[test]
+    fn merging_keeps_first_position_and_widens_scope() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Timing { max_batch: 100, ..timing() });
+        b.add(t0, p("x"), false);
+        b.add(t0, p("y"), false);
+        b.add(t0, Entry::new(0, "x", Scope::Tree), false);
+        b.add(t0, p("x"), false);
+        assert_eq!(paths(&b.flush()), ["x/**", "y"]);
+    }
+
+    #[test]
+    fn deleting_a_dir_subsumes_queued_children_only() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Timing { max_batch: 100, ..timing() });
+        for n in ["d/a", "d/sub/b", "d", "dd/c", "e"] {
+            b.add(t0, p(n), false);
+        }
+        b.add(t0, Entry::new(1, "d/z", Scope::Path), false);
+        b.add(t0, p("d"), true);
+        // Recreated after the delete: must stay.
+        b.add(t0, p("d/new"), false);
+        let out = b.flush();
+        assert_eq!(paths(&out), ["d", "dd/c", "e", "d/z", "d/new"]);
+        assert_eq!(out[3].tree, 1, "other trees are untouched");
+    }
+
+    #[test]
+    fn take_where_skips_without_reordering_and_ranges_ack() {
+        let mut s = PendingSet::new(0);
+        for n in ["a", "b/x", "c", "b/y", "d"] {
+            s.insert(p(n));
+        }
+        let got = s.take_where(2, |e| !e.path.starts_with("b"));
+        assert_eq!(got.iter().map(|(q, _)| *q).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(s.take(9).iter().map(|(q, _)| *q).collect::<Vec<_>>(), [1, 3, 4]);
+        let mut s = PendingSet::new(0);
+        for n in ["a", "b", "c", "d", "e"] {
+            s.insert(p(n));
+        }
+        s.ack_ranges(&[(0, 1), (3, 3)]);
+        assert_eq!(s.take(9).iter().map(|(q, _)| *q).collect::<Vec<_>>(), [2, 4]);
+    }
+
+    #[test]
+    fn pending_set_reports_what_must_be_persisted() {
+        let mut s = PendingSet::new(10);
+        assert_eq!(s.insert(p("a")), Some(10));
+        assert_eq!(s.insert(p("a")), None);
+        assert_eq!(s.insert(Entry::new(0, "a", Scope::Tree)), Some(11));
+        assert_eq!(s.insert(p("b")), Some(12));
+        let taken = s.take(1);
+        assert_eq!(taken[0].0, 10);
+        assert_eq!(taken[0].1.scope, Scope::Tree);
+        // Put back after a failure while "a" was queued again meanwhile: older place wins.
+        s.insert(p("a"));
+        s.insert_with_seq(10, taken[0].1.clone());
+        let all: Vec<(u64, String)> = s.take(9).into_iter().map(|(q, e)| (q, paths(&[e])[0].clone())).collect();
+        assert_eq!(all, [(10, "a/**".to_owned()), (12, "b".to_owned())]);
+    }
+}

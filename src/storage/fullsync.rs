@@ -1,0 +1,82 @@
+//! Full syncs outside the real-time path: `nfs-guard storage --once` (every tree to every remote,
+//! remotes in parallel) and the decision of which full syncs a daemon start needs.
+//!
+//! Safe by default (see `push`): `--update` and no `--delete` unless `[storage.full_sync]` opts in,
+//! because after a failover the backup holds data newer than the primary's.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use super::push;
+use crate::config::storage::StorageConfig;
+use crate::sys::rsync;
+
+/// One failed full sync: `remote`, `tree`, and rsync's error text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub remote: String,
+    pub tree: String,
+    pub error: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}: {}", self.tree, self.remote, self.error)
+    }
+}
+
+/// Runs a full sync of every tree to every remote; returns the failures (empty = success).
+pub async fn once(cfg: Arc<StorageConfig>) -> Vec<Failure> {
+    let mut set = JoinSet::new();
+    for ri in 0..cfg.remotes.len() {
+        let cfg = Arc::clone(&cfg);
+        set.spawn(async move {
+            let remote = &cfg.remotes[ri];
+            let mut failures = Vec::new();
+            for tree in &cfg.trees {
+                let args = push::full_sync_args(&cfg.rsync_args, &remote.target, tree, &cfg.full_sync, &cfg.filter);
+                let result = rsync::run(&cfg.rsync, &args, None, cfg.full_sync.timeout).await;
+                let error = match result {
+                    Ok(r) if r.ok() => {
+                        tracing::info!(remote = %remote.name, tree = %tree.path.display(), files = r.files,
+                            bytes = r.bytes, elapsed_ms = u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX), "full sync done");
+                        continue;
+                    }
+                    Ok(r) => r.error_text(),
+                    Err(e) => crate::error::render_chain(&e),
+                };
+                tracing::error!(remote = %remote.name, tree = %tree.path.display(), error = %error, "full sync failed");
+                failures.push(Failure { remote: remote.name.clone(), tree: tree.path.display().to_string(), error });
+            }
+            failures
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(f) => all.extend(f),
+            Err(e) => all.push(Failure { remote: "?".into(), tree: "?".into(), error: e.to_string() }),
+        }
+    }
+    all
+}
+
+/// Whether a daemon start must fully sync every tree: when configured, or when the previous run did
+/// not shut down cleanly (events between its last journal write and the crash were only in memory).
+pub fn needed_at_start(at_start: bool, previous_run_was_clean: bool) -> bool {
+    at_start || !previous_run_was_clean
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unclean_stop_forces_a_full_sync() {
+        assert!(needed_at_start(true, true));
+        assert!(needed_at_start(false, false));
+        assert!(!needed_at_start(false, true));
+    }
+}

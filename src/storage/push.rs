@@ -1,0 +1,250 @@
+//! rsync argument vectors for real-time batches and full syncs, and the expansion of a batch into
+//! the NUL-separated file list rsync reads on stdin. Pure apart from [`expand`], which walks the
+//! local directories of `Tree` entries (never following symlinks).
+//!
+//! Why these options:
+//! - `--files-from=- --from0`: names are raw bytes on stdin, never parsed by a shell or as rsync
+//!   wildcards (`*?[]`, a leading `-`, newlines all arrive literally); it implies `-R` and no recursion,
+//!   so a listed directory carries only its own attributes and the walk decides what goes with it.
+//! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
+//!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
+//!   3.x refuses "cannot delete non-empty directory" and still exits 0).
+//! - `--stats`: files and bytes for the status file.
+//! - Full syncs are recursive and SAFE by default: `--update` (never overwrite a newer remote file) and
+//!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
+//!   from the primary would overwrite or delete them.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::batch::{Entry, Scope};
+use super::filter::Filter;
+use crate::config::storage::{FullSync, Tree};
+use crate::sys::rsync::RsyncTarget;
+
+/// `SRC/` for a tree root.
+fn source(tree: &Tree) -> OsString {
+    let mut s = tree.path.clone().into_os_string();
+    if !s.to_string_lossy().ends_with('/') {
+        s.push("/");
+    }
+    s
+}
+
+/// The destination URL of `tree` on `target`.
+pub fn dest_url(target: &RsyncTarget, tree: &Tree) -> String {
+    if tree.dest.is_empty() {
+        target.url()
+    } else {
+        format!("{}{}/", target.url(), tree.dest)
+    }
+}
+
+fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
+    let mut a: Vec<OsString> = base.iter().map(OsString::from).collect();
+    a.push("--stats".into());
+    if !tree.dest.is_empty() {
+        // Create the tree's directory on the remote the first time.
+        a.push("--mkpath".into());
+    }
+    a.extend(target.transport_args());
+    a
+}
+
+/// argv (without the program) for one real-time batch of `tree`; the list goes on stdin.
+pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
+    let mut a = common(base, target, tree);
+    a.extend(["--files-from=-", "--from0", "--delete-missing-args", "--force"].map(OsString::from));
+    a.push(source(tree));
+    a.push(dest_url(target, tree).into());
+    a
+}
+
+/// argv for a recursive full sync of `tree`.
+pub fn full_sync_args(
+    base: &[String],
+    target: &RsyncTarget,
+    tree: &Tree,
+    policy: &FullSync,
+    filter: &Filter,
+) -> Vec<OsString> {
+    let mut a = common(base, target, tree);
+    if policy.update {
+        a.push("--update".into());
+    }
+    if policy.delete {
+        a.push("--delete".into());
+    }
+    a.extend(filter.rsync_args());
+    a.push(source(tree));
+    a.push(dest_url(target, tree).into());
+    a
+}
+
+/// The relative paths to list for `entries` (all of one tree rooted at `root`): `Path` entries as
+/// they are, `Tree` entries with everything beneath them that the filter keeps. Sorted, no duplicates.
+pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
+    let mut out = BTreeSet::new();
+    // A tree inside another tree of the same batch is covered by the outer walk (a burst of nested
+    // mkdirs would otherwise walk the same chain once per level).
+    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope == Scope::Tree).map(|e| e.path.as_path()).collect();
+    let covered = |p: &Path| {
+        p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
+    };
+    for e in entries {
+        if filter.excluded(&e.path) {
+            continue;
+        }
+        out.insert(e.path.clone());
+        // lstat: a symlink to a directory is listed as the link, never walked through.
+        if e.scope == Scope::Tree
+            && !covered(&e.path)
+            && std::fs::symlink_metadata(root.join(&e.path)).is_ok_and(|m| m.is_dir())
+        {
+            walk(root, &e.path, filter, &mut out);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Adds everything beneath `root/rel` (a directory, not a symlink) to `out`. Errors (a directory
+/// vanishing mid-walk) end that branch: the vanished part is someone else's event.
+fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut BTreeSet<PathBuf>) {
+    let mut stack = vec![rel.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&dir)) else { continue };
+        for de in rd.flatten() {
+            let child = if dir.as_os_str() == "." { PathBuf::from(de.file_name()) } else { dir.join(de.file_name()) };
+            if filter.excluded(&child) {
+                continue;
+            }
+            if de.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(child.clone());
+            }
+            out.insert(child);
+        }
+    }
+}
+
+/// Counts the directories under `root` (not following symlinks): one inotify watch each.
+pub fn count_dirs(root: &Path) -> io::Result<u64> {
+    let mut n = 1;
+    let mut stack = vec![root.to_path_buf()];
+    let mut first = true;
+    while let Some(dir) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if first => return Err(e),
+            Err(_) => continue,
+        };
+        first = false;
+        for de in rd.flatten() {
+            if de.file_type().is_ok_and(|t| t.is_dir()) {
+                n += 1;
+                stack.push(de.path());
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sys::rsync::Transport;
+
+    fn target() -> RsyncTarget {
+        RsyncTarget {
+            transport: Transport::Daemon,
+            host: "10.0.0.3".into(),
+            port: 873,
+            location: "data".into(),
+            user: Some("nfsguard".into()),
+            password_file: Some("/p".into()),
+            ssh_identity: None,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn strs(a: &[OsString]) -> Vec<String> {
+        a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn batch_argv_lists_on_stdin_and_deletes_missing_args() {
+        let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
+        let a = batch_args(&["-a".into(), "-H".into()], &target(), &tree);
+        assert_eq!(
+            strs(&a),
+            [
+                "-a",
+                "-H",
+                "--stats",
+                "--timeout=30",
+                "--contimeout=5",
+                "--password-file=/p",
+                "--files-from=-",
+                "--from0",
+                "--delete-missing-args",
+                "--force",
+                "/srv/nfs/",
+                "rsync://nfsguard@10.0.0.3:873/data/"
+            ]
+        );
+    }
+
+    #[test]
+    fn full_sync_is_safe_by_default_and_filters_match() {
+        let tree = Tree { path: "/srv/nfs/".into(), dest: "web".into() };
+        let f = Filter::new(&["*.swp"], &[]).unwrap();
+        let safe =
+            FullSync { at_start: true, interval: None, update: true, delete: false, timeout: Duration::from_secs(1) };
+        let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &safe, &f));
+        assert!(a.contains(&"--update".to_owned()) && !a.contains(&"--delete".to_owned()));
+        assert!(a.contains(&"--mkpath".to_owned()));
+        assert_eq!(&a[a.len() - 3..], ["--exclude=*.swp", "/srv/nfs/", "rsync://nfsguard@10.0.0.3:873/data/web/"]);
+        let opt_in = FullSync { update: false, delete: true, ..safe };
+        let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &opt_in, &f));
+        assert!(!a.contains(&"--update".to_owned()) && a.contains(&"--delete".to_owned()));
+    }
+
+    #[test]
+    fn expand_walks_new_trees_and_applies_the_filter() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("new/a/b")).unwrap();
+        std::fs::write(root.join("new/a/b/f"), "x").unwrap();
+        std::fs::write(root.join("new/x.swp"), "x").unwrap();
+        std::fs::write(root.join("plain"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("new/link")).unwrap();
+        let weird = PathBuf::from(std::ffi::OsStr::from_bytes(b"-\n\xff*"));
+        let f = Filter::new(&["*.swp"], &[]).unwrap();
+        let entries = [
+            Entry::new(0, "new", Scope::Tree),
+            Entry::new(0, "plain", Scope::Tree),
+            Entry::new(0, weird.clone(), Scope::Path),
+            Entry::new(0, "new/a/b/f", Scope::Path),
+            Entry::new(0, "gone.swp", Scope::Path),
+        ];
+        let got = expand(root, &entries, &f);
+        let want: Vec<PathBuf> =
+            ["new", "new/a", "new/a/b", "new/a/b/f", "new/link", "plain"].iter().map(PathBuf::from).collect();
+        let mut want = want;
+        want.insert(0, weird);
+        assert_eq!(got, want, "symlinks are listed, not followed");
+        // A symlink to a directory moved into the tree is a Tree entry: listed, not walked through.
+        let linked = expand(root, &[Entry::new(0, "new/link", Scope::Tree)], &f);
+        assert_eq!(linked, [PathBuf::from("new/link")]);
+        // Nested trees in one batch: the inner one is covered by the outer walk (same result).
+        let nested = expand(root, &[Entry::new(0, "new/a", Scope::Tree), Entry::new(0, "new", Scope::Tree)], &f);
+        assert_eq!(nested.len(), 5);
+        assert_eq!(count_dirs(root).unwrap(), 4);
+    }
+}

@@ -1,0 +1,623 @@
+//! One remote: its durable queue ([`Queue`], journal-backed) and its worker task ([`Worker`]).
+//!
+//! Each remote has its own queue and worker, so a slow or dead remote never delays another. The
+//! worker takes up to `max_batch` pending paths (or a pending full sync), runs ONE rsync per tree
+//! in the batch, and acknowledges the paths in the journal only after rsync succeeded; on failure
+//! the paths go back in place and the worker waits with exponential backoff and jitter. A queue that
+//! outgrows `max_pending` (a remote down for hours) collapses into "full sync needed", so memory and
+//! journal stay bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Entry, PendingSet};
+use super::hooks::Hooks;
+use super::journal::Journal;
+use super::push;
+use super::status::{now_rfc3339, Board};
+use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
+use crate::config::storage::{Remote, StorageConfig};
+use crate::sys::rsync::{self, ExitClass, RsyncReport};
+
+/// Work for a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    FullSync(u32),
+    Batch(Vec<(u64, Entry)>),
+}
+
+struct QState {
+    pending: PendingSet,
+    full_sync: BTreeSet<u32>,
+    journal: Journal,
+    /// Paths of the batches being pushed (with a count: a path can be in one batch only, but the
+    /// count keeps removal simple). A pending path equal to, above or below one of them waits, so two
+    /// concurrent rsyncs never touch the same part of the tree and per-path order holds.
+    busy: BTreeMap<(u32, PathBuf), usize>,
+    batches_in_flight: usize,
+    full_sync_running: bool,
+    max_pending: usize,
+}
+
+/// The pending work of one remote, shared by the fan-out (producer) and the worker (consumer).
+pub struct Queue {
+    name: String,
+    state: Mutex<QState>,
+    wake: Notify,
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The queue outgrew `max_pending` and collapsed into full syncs of these trees.
+    pub collapsed: Vec<u32>,
+}
+
+impl Queue {
+    /// Opens the journal of `name` under `dir`, replaying what a previous run left pending.
+    pub fn open(dir: &Path, name: &str, max_pending: usize) -> Result<Queue, super::journal::JournalError> {
+        let (journal, r) = Journal::open(&dir.join(format!("{name}.journal")))?;
+        if !r.pending.is_empty() || !r.full_sync.is_empty() {
+            tracing::info!(remote = name, paths = r.pending.len(), full_syncs = r.full_sync.len(), "journal replayed");
+        }
+        Ok(Queue {
+            name: name.to_owned(),
+            state: Mutex::new(QState {
+                pending: r.pending,
+                full_sync: r.full_sync,
+                journal,
+                busy: BTreeMap::new(),
+                batches_in_flight: 0,
+                full_sync_running: false,
+                max_pending,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn journal_failed(&self, e: &super::journal::JournalError) {
+        // The queue still holds everything in memory; only crash-safety is at risk.
+        tracing::error!(remote = %self.name, error = %crate::error::render_chain(e), "cannot write journal");
+    }
+
+    /// Queues a batch and persists it (one fdatasync) before returning.
+    pub fn enqueue(&self, entries: &[Entry]) -> Enqueued {
+        let mut s = self.lock();
+        let mut fresh = Vec::new();
+        for e in entries {
+            if let Some(seq) = s.pending.insert(e.clone()) {
+                fresh.push((seq, e));
+            }
+        }
+        if let Err(e) = s.journal.add(&fresh) {
+            self.journal_failed(&e);
+        }
+        let mut out = Enqueued::default();
+        if s.pending.len() > s.max_pending {
+            // The batch in flight loses its journal records in the compaction below: cover it too.
+            let mut trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
+            trees.extend(s.busy.keys().map(|(t, _)| *t));
+            for t in &trees {
+                s.pending.clear_tree(*t);
+                s.full_sync.insert(*t);
+            }
+            let QState { pending, full_sync, journal, .. } = &mut *s;
+            if let Err(e) = journal.compact(pending, full_sync) {
+                self.journal_failed(&e);
+            }
+            out.collapsed = trees.into_iter().collect();
+        }
+        drop(s);
+        self.wake.notify_one();
+        out
+    }
+
+    /// Requests a full sync of `tree` (durably); its queued paths are covered by it.
+    pub fn request_full_sync(&self, tree: u32) {
+        let mut s = self.lock();
+        s.pending.clear_tree(tree);
+        s.full_sync.insert(tree);
+        if let Err(e) = s.journal.full_sync(tree, true) {
+            self.journal_failed(&e);
+        }
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// The next work that may start now: a pending full sync once no batch is in flight (it runs
+    /// alone), else up to `max` paths that do not overlap a batch in flight.
+    pub fn next(&self, max: usize) -> Option<Work> {
+        let mut s = self.lock();
+        if s.full_sync_running {
+            return None;
+        }
+        if !s.full_sync.is_empty() {
+            if s.batches_in_flight > 0 {
+                return None;
+            }
+            let t = s.full_sync.pop_first()?;
+            s.full_sync_running = true;
+            return Some(Work::FullSync(t));
+        }
+        let QState { pending, busy, .. } = &mut *s;
+        let batch = pending.take_where(max, |e| !overlaps(busy, e));
+        if batch.is_empty() {
+            return None;
+        }
+        for (_, e) in &batch {
+            *s.busy.entry((e.tree, e.path.clone())).or_insert(0) += 1;
+        }
+        s.batches_in_flight += 1;
+        Some(Work::Batch(batch))
+    }
+
+    /// Records the outcome of `work`: acknowledged in the journal, or put back in place.
+    pub fn done(&self, work: Work, ok: bool) {
+        let mut s = self.lock();
+        match &work {
+            Work::FullSync(_) => s.full_sync_running = false,
+            Work::Batch(b) => {
+                s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
+                for (_, e) in b {
+                    let key = (e.tree, e.path.clone());
+                    if let Some(n) = s.busy.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            s.busy.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        let result = match (work, ok) {
+            (Work::FullSync(t), true) if !s.full_sync.contains(&t) => s.journal.full_sync(t, false),
+            (Work::FullSync(_), true) => Ok(()),
+            (Work::FullSync(t), false) => {
+                s.full_sync.insert(t);
+                Ok(())
+            }
+            (Work::Batch(b), true) => s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>()),
+            (Work::Batch(b), false) => {
+                for (seq, e) in b {
+                    s.pending.insert_with_seq(seq, e);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            self.journal_failed(&e);
+        }
+        // Compact when the log is mostly dead records (cheap when little is pending).
+        let live = s.pending.len() as u64 * 64 + 4096;
+        if s.journal.size() > (1 << 20) && s.journal.size() > 4 * live {
+            let QState { pending, full_sync, journal, .. } = &mut *s;
+            if let Err(e) = journal.compact(pending, full_sync) {
+                self.journal_failed(&e);
+            }
+        }
+    }
+
+    /// (paths queued, trees waiting for a full sync)
+    pub fn depth(&self) -> (usize, Vec<u32>) {
+        let s = self.lock();
+        (s.pending.len(), s.full_sync.iter().copied().collect())
+    }
+
+    /// Wakes the worker (new work or shutdown).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Does `e` overlap a path in `busy` (the same path, an ancestor or a descendant, in the same tree)?
+/// The tree root `.` overlaps everything of its tree.
+pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
+    let t = e.tree;
+    if e.path == Path::new(".") {
+        return busy.keys().any(|(bt, _)| *bt == t);
+    }
+    if busy.contains_key(&(t, PathBuf::from("."))) {
+        return true;
+    }
+    if e.path.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| busy.contains_key(&(t, a.to_path_buf()))) {
+        return true;
+    }
+    // Descendants sort right after the path itself (component-wise order).
+    let start = (t, e.path.clone());
+    busy.range(start..).next().is_some_and(|((bt, bp), _)| *bt == t && bp.starts_with(&e.path))
+}
+
+/// Retry delay after `attempt` consecutive failures (1-based): `min * 2^(attempt-1)` capped at
+/// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep.
+pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
+/// Everything a worker needs, built by `storage::run`.
+pub struct Worker {
+    pub idx: usize,
+    pub remote: Remote,
+    pub queue: Arc<Queue>,
+    pub cfg: Arc<StorageConfig>,
+    pub board: Arc<Board>,
+    pub alerts: Arc<dyn AlertSink>,
+    pub hooks: Option<Hooks>,
+    /// Finish the pushes under way (and what is queued), then exit instead of waiting for more.
+    pub stop: CancellationToken,
+    /// Abandon the pushes under way now (their paths stay in the journal).
+    pub hard_stop: CancellationToken,
+}
+
+/// Outcome of one unit of work.
+struct Outcome {
+    ok: bool,
+    class: ExitClass,
+    files: u64,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// What a push task needs, shared by the concurrent pushes of one remote.
+struct Pusher {
+    remote: Remote,
+    cfg: Arc<StorageConfig>,
+    hooks: Option<Hooks>,
+}
+
+/// Failure bookkeeping of one remote (for backoff and alerts).
+#[derive(Default)]
+struct Health {
+    attempt: u32,
+    partial_tries: u32,
+    failing_since: Option<Instant>,
+    alerted: bool,
+    retry_at: Option<Instant>,
+}
+
+impl Worker {
+    /// Keeps up to `push_concurrency` pushes of non-overlapping batches under way (a full sync runs
+    /// alone); a slow rsync therefore does not hold back the next files, and per-path order holds.
+    pub async fn run(self) {
+        let pusher =
+            Arc::new(Pusher { remote: self.remote.clone(), cfg: Arc::clone(&self.cfg), hooks: self.hooks.clone() });
+        let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
+        let mut h = Health::default();
+        loop {
+            self.publish_depth();
+            if h.retry_at.is_none_or(|t| t <= Instant::now()) {
+                h.retry_at = None;
+                while tasks.len() < self.cfg.push_concurrency {
+                    let Some(work) = self.queue.next(self.cfg.max_batch) else { break };
+                    let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
+                    self.board.remote(self.idx, |r| r.state = state.into());
+                    let p = Arc::clone(&pusher);
+                    tasks.spawn(async move {
+                        let o = p.perform(&work).await;
+                        (work, o)
+                    });
+                }
+            }
+            if tasks.is_empty() {
+                if h.retry_at.is_none() {
+                    self.board.remote(self.idx, |r| r.state = "idle".into());
+                }
+                if self.stop.is_cancelled() {
+                    return;
+                }
+            }
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok((work, outcome)) = done {
+                        self.account(work, outcome, &mut h);
+                    }
+                }
+                () = self.queue.wake.notified() => {}
+                () = sleep_until_opt(h.retry_at) => {}
+                () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
+                () = self.hard_stop.cancelled() => {
+                    // The aborted pushes were never acknowledged: the journal still holds them.
+                    tasks.abort_all();
+                    return;
+                }
+            }
+            if self.stop.is_cancelled() && h.retry_at.is_some() && tasks.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Records the outcome of one push: acknowledge or put back, counters, alerts, backoff.
+    fn account(&self, work: Work, outcome: Outcome, h: &mut Health) {
+        if outcome.ok || (outcome.class == ExitClass::Partial && h.partial_tries >= 2) {
+            if !outcome.ok {
+                tracing::error!(remote = %self.remote.name, error = outcome.error.as_deref().unwrap_or(""),
+                    "partial transfer persists after 3 attempts; giving up on this batch");
+            }
+            h.partial_tries = 0;
+            h.attempt = 0;
+            self.queue.done(work, true);
+            let err = outcome.error.clone();
+            self.board.remote(self.idx, |r| {
+                r.batches += 1;
+                r.files += outcome.files;
+                r.bytes += outcome.bytes;
+                r.last_success = Some(now_rfc3339());
+                if err.is_some() {
+                    r.last_error = err;
+                }
+            });
+            if h.alerted {
+                let down = h.failing_since.map(|s| s.elapsed()).unwrap_or_default();
+                self.alerts.emit(
+                    AlertEvent::new(
+                        AlertKind::RemoteRecovered,
+                        Role::Storage,
+                        format!("remote {} recovered", self.remote.name),
+                        "a push succeeded again; the queued changes are being delivered",
+                    )
+                    .detail("down for", humantime::format_duration(round_secs(down)))
+                    .server(self.remote.name.clone(), "up"),
+                );
+            }
+            h.failing_since = None;
+            h.alerted = false;
+            return;
+        }
+        if outcome.class == ExitClass::Partial {
+            h.partial_tries += 1;
+        }
+        self.queue.done(work, false);
+        h.attempt += 1;
+        let since = *h.failing_since.get_or_insert_with(Instant::now);
+        let error = outcome.error.unwrap_or_default();
+        let delay = backoff(h.attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
+        h.retry_at = Some(Instant::now() + delay);
+        tracing::warn!(remote = %self.remote.name, attempt = h.attempt, retry_in_ms = ms(delay), error = %error, "push failed");
+        let e2 = error.clone();
+        self.board.remote(self.idx, |r| {
+            r.state = "retrying".into();
+            r.retries += 1;
+            r.last_error = Some(format!("{}: {e2}", now_rfc3339()));
+        });
+        if !h.alerted && since.elapsed() >= self.cfg.alert_after {
+            h.alerted = true;
+            let (queued, _) = self.queue.depth();
+            self.alerts.emit(
+                AlertEvent::new(
+                    AlertKind::RemoteUnreachable,
+                    Role::Storage,
+                    format!("remote {} unreachable", self.remote.name),
+                    error,
+                )
+                .detail("failing for", humantime::format_duration(round_secs(since.elapsed())))
+                .detail("attempts", h.attempt)
+                .detail("paths queued (journaled)", queued)
+                .server(self.remote.name.clone(), "down")
+                .next_steps(format!(
+                    "Check the rsync service on {}. Changes stay queued on disk and are pushed when it is back.",
+                    self.remote.target.display()
+                )),
+            );
+        }
+    }
+
+    fn publish_depth(&self) {
+        let (queue, trees) = self.queue.depth();
+        let names: Vec<String> = trees
+            .iter()
+            .filter_map(|t| self.cfg.trees.get(*t as usize))
+            .map(|t| t.path.display().to_string())
+            .collect();
+        self.board.remote(self.idx, |r| {
+            r.queue = queue;
+            r.full_sync_pending = names;
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Pusher {
+    async fn perform(&self, work: &Work) -> Outcome {
+        match work {
+            Work::FullSync(t) => {
+                let Some(tree) = self.cfg.trees.get(*t as usize) else {
+                    return Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
+                };
+                let args = push::full_sync_args(
+                    &self.cfg.rsync_args,
+                    &self.remote.target,
+                    tree,
+                    &self.cfg.full_sync,
+                    &self.cfg.filter,
+                );
+                tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
+                let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
+                let o = outcome(r);
+                if o.ok {
+                    tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
+                }
+                o
+            }
+            Work::Batch(batch) => {
+                let mut total = Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
+                let trees: BTreeSet<u32> = batch.iter().map(|(_, e)| e.tree).collect();
+                for t in trees {
+                    let Some(tree) = self.cfg.trees.get(t as usize) else { continue };
+                    let entries: Vec<Entry> =
+                        batch.iter().filter(|(_, e)| e.tree == t).map(|(_, e)| e.clone()).collect();
+                    let root = tree.path.clone();
+                    let filter = self.cfg.filter.clone();
+                    let list = tokio::task::spawn_blocking(move || push::expand(&root, &entries, &filter))
+                        .await
+                        .unwrap_or_default();
+                    if list.is_empty() {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let args = push::batch_args(&self.cfg.rsync_args, &self.remote.target, tree);
+                    let stdin = rsync::nul_list(list.iter().map(PathBuf::as_path));
+                    let o = outcome(rsync::run(&self.cfg.rsync, &args, Some(stdin), self.cfg.batch_timeout).await);
+                    if o.ok || o.class == ExitClass::Partial {
+                        tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths = list.len(),
+                            files = o.files, bytes = o.bytes, elapsed_ms = ms(started.elapsed()),
+                            ok = o.ok, "batch pushed");
+                    }
+                    if o.ok {
+                        if let Some(h) = &self.hooks {
+                            h.after_batch(&self.remote.name, &tree.path, &list);
+                        }
+                    }
+                    total.files += o.files;
+                    total.bytes += o.bytes;
+                    if !o.ok {
+                        total.ok = false;
+                        total.class = o.class;
+                        total.error = o.error;
+                        break;
+                    }
+                }
+                total
+            }
+        }
+    }
+}
+
+fn outcome(r: Result<RsyncReport, rsync::SpawnError>) -> Outcome {
+    match r {
+        Ok(r) => Outcome {
+            ok: r.ok(),
+            class: r.class,
+            files: r.files,
+            bytes: r.bytes,
+            error: (!r.ok()).then(|| r.error_text()).or_else(|| (r.code == Some(24)).then(|| r.error_text())),
+        },
+        Err(e) => Outcome {
+            ok: false,
+            class: ExitClass::Fatal,
+            files: 0,
+            bytes: 0,
+            error: Some(crate::error::render_chain(&e)),
+        },
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::Scope;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        assert_eq!(backoff(1, S, 60 * S, 0.5), S);
+        assert_eq!(backoff(2, S, 60 * S, 0.5), 2 * S);
+        assert_eq!(backoff(4, S, 60 * S, 0.5), 8 * S);
+        assert_eq!(backoff(30, S, 60 * S, 0.5), 60 * S);
+        assert_eq!(backoff(1, S, 60 * S, 0.0), S.mul_f64(0.8));
+        assert_eq!(backoff(1, S, 60 * S, 1.0), S.mul_f64(1.2));
+    }
+
+    fn e(p: &str) -> Entry {
+        Entry::new(0, p, Scope::Path)
+    }
+
+    #[test]
+    fn failed_batches_go_back_and_acked_ones_stay_gone_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            q.enqueue(&[e("a"), e("b"), e("c")]);
+            let w = q.next(2).unwrap();
+            q.done(w, false);
+            let Some(Work::Batch(b)) = q.next(2) else { panic!() };
+            assert_eq!(b.iter().map(|(_, e)| e.path.to_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+            q.done(Work::Batch(b), true);
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (1, vec![]));
+        let Some(Work::Batch(b)) = q.next(10) else { panic!() };
+        assert_eq!(b[0].1.path, Path::new("c"));
+    }
+
+    #[test]
+    fn overgrown_queue_collapses_into_a_durable_full_sync() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 3).unwrap();
+            let many: Vec<Entry> = (0..5).map(|i| e(&format!("f{i}"))).collect();
+            assert_eq!(q.enqueue(&many).collapsed, [0]);
+            assert_eq!(q.depth(), (0, vec![0]));
+        }
+        let q = Queue::open(d.path(), "r", 3).unwrap();
+        assert_eq!(q.next(10), Some(Work::FullSync(0)));
+        q.done(Work::FullSync(0), true);
+        assert_eq!(q.next(10), None);
+        drop(q);
+        let q = Queue::open(d.path(), "r", 3).unwrap();
+        assert_eq!(q.depth(), (0, vec![]));
+    }
+
+    #[test]
+    fn overlapping_paths_wait_for_the_push_under_way() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        q.enqueue(&[e("a/x"), e("b")]);
+        let first = q.next(1).unwrap();
+        // Same path again, its parent, a child, the root: all must wait; an unrelated path may go.
+        q.enqueue(&[e("a/x"), e("a"), e("a/x/y"), e("."), e("c")]);
+        let Some(Work::Batch(second)) = q.next(10) else { panic!() };
+        let names: Vec<_> = second.iter().map(|(_, e)| e.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(q.next(10), None, "everything left overlaps the batch under way");
+        q.done(first, true);
+        let Some(Work::Batch(third)) = q.next(10) else { panic!() };
+        let names: Vec<_> = third.iter().map(|(_, e)| e.path.to_str().unwrap()).collect();
+        assert_eq!(names, ["a/x", "a", "a/x/y"], "the root still overlaps b and c");
+        // A full sync waits until no batch is under way, and runs alone.
+        q.request_full_sync(0);
+        assert_eq!(q.next(10), None);
+        q.done(Work::Batch(second), true);
+        q.done(Work::Batch(third), true);
+        assert_eq!(q.next(10), Some(Work::FullSync(0)));
+        q.enqueue(&[e("z")]);
+        assert_eq!(q.next(10), None);
+    }
+
+    #[test]
+    fn a_rescan_during_a_full_sync_runs_another() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), "r", 10).unwrap();
+        q.request_full_sync(0);
+        let w = q.next(1).unwrap();
+        q.request_full_sync(0);
+        q.done(w, true);
+        assert_eq!(q.next(1), Some(Work::FullSync(0)));
+    }
+}

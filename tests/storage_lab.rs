@@ -1,0 +1,192 @@
+//! Lab test of `nfs-guard storage`: the real binary runs inside the lab's `primary` host and pushes
+//! /srv/nfs to `backup`'s rsync daemon over the lab network. One lab, several phases (to keep the suite
+//! fast): the file scenarios of the storage issue, the backup blackholed then healed, and `kill -9` in
+//! the middle of a burst then a restart. Every phase ends with the backup's tree equal to the primary's,
+//! byte for byte (checksums) with modes, owners, mtimes, symlinks and hard links.
+//! (Absolute symlinks are covered by `storage_local`: the lab's daemon runs with `use chroot = no`, and
+//! a non-chrooted rsync daemon strips the leading `/` of incoming symlinks.)
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/lab.rs"]
+mod lab;
+mod storage_common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use lab::{Fault, Host, Lab};
+use storage_common::*;
+
+fn config(lab: &Lab, path: &Path, state: &Path, full_sync_at_start: bool) {
+    let pass = lab.rsync_password_file();
+    write_config(
+        path,
+        state,
+        Path::new(Lab::EXPORT),
+        &lab.ip(Host::Backup),
+        873,
+        &format!("alert_after = \"1s\"\n[storage.full_sync]\nat_start = {full_sync_at_start}"),
+        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, pass.display()),
+    );
+}
+
+/// Absolute symlinks cannot survive a non-chrooted daemon (see the module doc): remove them.
+fn drop_absolute_symlinks(root: &Path) {
+    for l in ["links/dangling", "links/to-etc"] {
+        let _ = fs::remove_file(root.join(l));
+    }
+}
+
+#[test]
+fn lab_replicates_through_faults_and_kill9() {
+    let lab = Lab::up("stor1");
+    let src = lab.data_dir(Host::Primary);
+    let dst = lab.data_dir(Host::Backup);
+    let work = tempfile::Builder::new().prefix("nfsguard-storage-lab").tempdir_in("/var/tmp").unwrap();
+    let outside = src.parent().unwrap().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let state = work.path().join("state");
+    let cfg = work.path().join("n.toml");
+    config(&lab, &cfg, &state, true);
+    fs::write(src.join("before-start"), "x").unwrap();
+
+    // Phase 1: the scenarios.
+    let mut node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node1.log"));
+    wait_idle(&state, &node, Duration::from_secs(30));
+    burst(&src, "burst", 20, 3000);
+    mkdir_p_and_write(&src);
+    renames(&src, &outside);
+    deletes(&src);
+    attributes(&src);
+    links(&src);
+    drop_absolute_symlinks(&src);
+    hostile(&src);
+    wait_same(&src, &dst, Duration::from_secs(40), Some(&node));
+    deletes_second_half(&src);
+    hostile_second_half(&src);
+    wait_same(&src, &dst, Duration::from_secs(20), Some(&node));
+    assert!(!dst.join("del/tree").exists());
+
+    // Phase 2: the backup drops every packet; changes queue; after healing they all arrive.
+    lab.fault(Host::Backup, Fault::Blackhole);
+    burst(&src, "during-blackhole", 5, 500);
+    fs::remove_file(src.join("before-start")).unwrap();
+    wait_for("a failed push against the blackholed backup", Duration::from_secs(30), || {
+        status_json(&state).is_some_and(|s| s["remotes"][0]["retries"].as_u64().unwrap_or(0) >= 1)
+    });
+    wait_for("the remote-unreachable alert", Duration::from_secs(30), || {
+        node.log_text().contains("remote backup unreachable")
+    });
+    lab.heal(Host::Backup);
+    wait_same(&src, &dst, Duration::from_secs(40), Some(&node));
+    wait_for("the remote-recovered alert", Duration::from_secs(10), || {
+        node.log_text().contains("remote backup recovered")
+    });
+
+    // Phase 3: kill -9 in the middle of a burst, then restart (start-up full sync OFF in the config:
+    // the unclean stop must force one anyway, and the journal must replay).
+    let writer = {
+        let src = src.clone();
+        std::thread::spawn(move || burst(&src, "kill9", 30, 3000))
+    };
+    wait_for("the burst to be underway", Duration::from_secs(20), || {
+        fs::read_dir(src.join("kill9")).is_ok_and(|d| d.count() >= 5)
+    });
+    node.kill9();
+    writer.join().unwrap();
+    config(&lab, &cfg, &state, false);
+    let node2 = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node2.log"));
+    wait_same(&src, &dst, Duration::from_secs(40), Some(&node2));
+    assert!(node2.log_text().contains("did not stop cleanly"), "{}", node2.log_text());
+    let mut node2 = node2;
+    let status = node2.stop(Duration::from_secs(20));
+    assert!(status.success(), "{}", node2.log_text());
+    let _ = fs::remove_dir_all(&outside);
+}
+
+/// Two remotes: `backup` (over the lab network) and a second rsync daemon inside `primary` itself.
+/// With `backup` blackholed, the other remote keeps receiving in real time; `backup`'s queue outgrows
+/// `max_pending` and collapses into a full sync (journal-growing alert); after healing, both equal the
+/// source.
+#[test]
+fn lab_dead_remote_never_delays_the_other() {
+    let lab = Lab::up("stor2");
+    let src = lab.data_dir(Host::Primary);
+    let dst = lab.data_dir(Host::Backup);
+    let work = tempfile::Builder::new().prefix("nfsguard-storage-lab2").tempdir_in("/var/tmp").unwrap();
+    let local = work.path().join("local-remote");
+    fs::create_dir_all(&local).unwrap();
+    let rsyncd_conf = work.path().join("rsyncd.conf");
+    fs::write(
+        &rsyncd_conf,
+        format!(
+            "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
+            local.display()
+        ),
+    )
+    .unwrap();
+    let mut local_daemon = lab
+        .command(Host::Primary, "rsync")
+        .args(["--daemon", "--no-detach", "--address=127.0.0.1", "--port=8873"])
+        .arg(format!("--config={}", rsyncd_conf.display()))
+        .spawn()
+        .unwrap();
+    let _reap = Reap(&mut local_daemon);
+    wait_for("the local rsync daemon inside primary", Duration::from_secs(10), || {
+        lab.exec(Host::Primary, &["rsync", "rsync://127.0.0.1:8873/"]).status.success()
+    });
+    let state = work.path().join("state");
+    let cfg = work.path().join("n.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{}\"\n[storage]\nwindow = \"20ms\"\nmax_pending = 100\nretry_min = \"200ms\"\nretry_max = \"1s\"\n\
+             [[storage.trees]]\npath = \"{}\"\n\
+             [[storage.remotes]]\nname = \"backup\"\nhost = \"{}\"\nmodule = \"data\"\nuser = \"{}\"\npassword_file = \"{}\"\n\
+             connect_timeout = \"1s\"\nio_timeout = \"2s\"\n\
+             [[storage.remotes]]\nname = \"local\"\nhost = \"127.0.0.1\"\nport = 8873\nmodule = \"data\"\n",
+            state.display(),
+            Lab::EXPORT,
+            lab.ip(Host::Backup),
+            Lab::RSYNC_USER,
+            lab.rsync_password_file().display()
+        ),
+    )
+    .unwrap();
+    let node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node.log"));
+    wait_for("both remotes idle after the start-up full sync", Duration::from_secs(30), || {
+        status_json(&state).is_some_and(|s| {
+            (0..2).all(|i| s["remotes"][i]["state"] == "idle" && s["remotes"][i]["last_success"].is_string())
+        })
+    });
+    lab.fault(Host::Backup, Fault::Blackhole);
+    // One file at a time: each must reach the healthy remote quickly although `backup` hangs.
+    for i in 0..5 {
+        let name = format!("rt{i}");
+        fs::write(src.join(&name), &name).unwrap();
+        let t = std::time::Instant::now();
+        wait_for("the healthy remote to get the file", Duration::from_secs(3), || local.join(&name).exists());
+        assert!(t.elapsed() < Duration::from_secs(2), "healthy remote delayed {:?}", t.elapsed());
+    }
+    // Overgrow backup's queue (max_pending = 100).
+    burst(&src, "many", 4, 400);
+    wait_for("the queue to collapse into a full sync", Duration::from_secs(30), || {
+        node.log_text().contains("queue collapsed into a full sync")
+    });
+    assert!(node.log_text().contains("is far behind"), "journal-growing alert\n{}", node.log_text());
+    wait_same(&src, &local, Duration::from_secs(30), Some(&node));
+    lab.heal(Host::Backup);
+    wait_same(&src, &dst, Duration::from_secs(60), Some(&node));
+    let mut node = node;
+    assert!(node.stop(Duration::from_secs(20)).success(), "{}", node.log_text());
+}
+
+struct Reap<'a>(&'a mut std::process::Child);
+
+impl Drop for Reap<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

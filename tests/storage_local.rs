@@ -1,0 +1,177 @@
+//! Component tests of `nfs-guard storage` with the real binary and a real rsync daemon on loopback:
+//! the file scenarios of the storage issue end with the remote equal to the source (content by
+//! checksum, modes, owners, mtimes, symlinks, hard links, no extra files). Needs root (chown, daemon
+//! running as root); panics otherwise. The fault scenarios run in the lab (`storage_lab*.rs`).
+#![allow(clippy::unwrap_used)]
+
+mod storage_common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use storage_common::*;
+
+fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "storage component tests need root (chown, rsync daemon as root)");
+}
+
+#[test]
+fn scenarios_replicate_exactly() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    let outside = d.path().join("outside");
+    let state = d.path().join("state");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    // Something already there before start: the start-up full sync must carry it.
+    fs::write(src.join("preexisting"), "old").unwrap();
+    let cfg = d.path().join("nfs-guard.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "exclude = [\"*.swp\"]", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    assert_eq!(fs::read_to_string(daemon.root.join("preexisting")).unwrap(), "old");
+
+    burst(&src, "burst", 20, 2000);
+    mkdir_p_and_write(&src);
+    renames(&src, &outside);
+    deletes(&src);
+    attributes(&src);
+    links(&src);
+    hostile(&src);
+    fs::write(src.join("excluded.swp"), "never sent").unwrap();
+    wait_same_except_swp(&src, &daemon.root, &node);
+    deletes_second_half(&src);
+    hostile_second_half(&src);
+    wait_same_except_swp(&src, &daemon.root, &node);
+    assert!(!daemon.root.join("excluded.swp").exists(), "excluded file was pushed");
+    assert!(!daemon.root.join("del/tree").exists());
+
+    let log = node.log_text();
+    let batches = count_in_log(&log, "batch pushed");
+    assert!(batches < 60, "expected batching, got {batches} rsync runs:\n{log}");
+    assert!(!d.path().join("pwned").exists() && !std::path::Path::new("pwned").exists());
+
+    let status = node.stop(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}\n{}", node.log_text());
+    assert!(!state.join("storage/running").exists(), "clean stop removes the run marker");
+    let s = status_json(&state).unwrap();
+    assert!(s["remotes"][0]["files"].as_u64().unwrap() >= 2000, "{s}");
+}
+
+/// The excluded file exists only at the source; compare everything else.
+fn wait_same_except_swp(src: &std::path::Path, dst: &std::path::Path, node: &Node) {
+    let tmp = src.join("excluded.swp");
+    let saved = fs::read(&tmp).ok();
+    if saved.is_some() {
+        fs::remove_file(&tmp).unwrap();
+    }
+    wait_same(src, dst, Duration::from_secs(30), Some(node));
+    if let Some(data) = saved {
+        fs::write(&tmp, data).unwrap();
+    }
+}
+
+#[test]
+fn once_pushes_safely_and_reports_failure() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/f"), "new at source").unwrap();
+    fs::write(src.join("older-here"), "stale").unwrap();
+    // The remote holds a file the source never had and a newer version of another (after failover).
+    fs::write(daemon.root.join("only-remote"), "keep me").unwrap();
+    fs::write(daemon.root.join("older-here"), "newer on remote").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(src.join("older-here")).unwrap().set_modified(old).unwrap();
+    let cfg = d.path().join("n.toml");
+    let state = d.path().join("state");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let out = Command::new(BIN).arg("--config").arg(&cfg).args(["storage", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(daemon.root.join("a/f")).unwrap(), "new at source");
+    assert_eq!(fs::read_to_string(daemon.root.join("only-remote")).unwrap(), "keep me", "no --delete by default");
+    assert_eq!(fs::read_to_string(daemon.root.join("older-here")).unwrap(), "newer on remote", "--update by default");
+
+    // A remote that refuses connections: exit 1 with the rsync error.
+    let port = daemon.port;
+    drop(daemon);
+    write_config(&cfg, &state, &src, "127.0.0.1", port, "", "");
+    let out = Command::new(BIN).arg("--config").arg(&cfg).args(["storage", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full sync failed") && err.contains("-> backup"), "{err}");
+}
+
+#[test]
+fn journal_survives_a_dead_remote_and_a_restart() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let port = daemon.port;
+    let remote_root = daemon.root.clone();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", port, "", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    // A second replicator on the same state directory is refused (it would corrupt the journal).
+    let second = Command::new(BIN).arg("--config").arg(&cfg).arg("storage").output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another nfs-guard storage already runs"), "{err}");
+    // Remote dies; changes queue up (journaled) while pushes fail.
+    drop(daemon);
+    burst(&src, "queued", 5, 200);
+    wait_for("retries against the dead remote", Duration::from_secs(20), || {
+        status_json(&state).is_some_and(|s| s["remotes"][0]["retries"].as_u64().unwrap_or(0) >= 1)
+    });
+    // Clean stop with the remote still dead: the queue stays in the journal.
+    assert!(node.stop(Duration::from_secs(15)).success(), "{}", node.log_text());
+    let journal = fs::metadata(state.join("storage/backup.journal")).unwrap().len();
+    assert!(journal > 1000, "journal holds the queue ({journal} bytes)");
+    // Restart with the remote back (same port) and start-up full sync OFF: only the journal can bring
+    // the queued files over.
+    let daemon = restart_daemon_on(d.path(), port, &remote_root);
+    write_config(&cfg, &state, &src, "127.0.0.1", port, "[storage.full_sync]\nat_start = false", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node2.log"));
+    wait_same(&src, &remote_root, Duration::from_secs(30), Some(&node));
+    assert!(node.log_text().contains("journal replayed"), "{}", node.log_text());
+    assert!(node.stop(Duration::from_secs(15)).success());
+    drop(daemon);
+}
+
+/// A daemon on a fixed port (the one the config names).
+fn restart_daemon_on(dir: &std::path::Path, port: u16, root: &std::path::Path) -> DaemonGuard {
+    let conf = dir.join("rsyncd2.conf");
+    fs::write(
+        &conf,
+        format!(
+            "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("rsync")
+        .args(["--daemon", "--no-detach", "--address=127.0.0.1", &format!("--port={port}")])
+        .arg(format!("--config={}", conf.display()))
+        .spawn()
+        .unwrap();
+    wait_for("rsync daemon", Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    DaemonGuard(child)
+}
+
+struct DaemonGuard(std::process::Child);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

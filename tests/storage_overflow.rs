@@ -1,0 +1,80 @@
+//! A forced inotify queue overflow (tiny `fs.inotify.max_queued_events`) must end in a full sync of
+//! the tree, never in silent loss. The sysctl is GLOBAL: this is its own test binary (cargo runs test
+//! binaries one after another) with a single test, and the old value is restored as soon as the
+//! replicator's inotify instance exists (the kernel reads the limit when an instance is created), and
+//! again on any panic.
+#![allow(clippy::unwrap_used)]
+
+mod storage_common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use storage_common::*;
+
+const SYSCTL: &str = "/proc/sys/fs/inotify/max_queued_events";
+
+struct Restore(String);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = fs::write(SYSCTL, &self.0);
+    }
+}
+
+#[test]
+fn inotify_overflow_becomes_a_full_sync() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (sysctl fs.inotify.max_queued_events)");
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+
+    let old = fs::read_to_string(SYSCTL).unwrap();
+    let restore = Restore(old.clone());
+    fs::write(SYSCTL, "32").unwrap();
+    let node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    drop(restore);
+    assert_eq!(fs::read_to_string(SYSCTL).unwrap(), old, "sysctl restored");
+
+    // Far more events than 32 queued ones, as fast as possible.
+    burst(&src, "flood", 10, 3000);
+    wait_for("an overflow to be detected", Duration::from_secs(20), || {
+        status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1)
+    });
+    wait_same(&src, &daemon.root, Duration::from_secs(40), Some(&node));
+    let log = node.log_text();
+    assert!(log.contains("inotify queue overflowed"), "{log}");
+    assert!(log.contains("full sync done"), "{log}");
+
+    // Directories created during the flood (their create events were lost) are watched again: a
+    // write inside them arrives in real time, without another full sync.
+    wait_idle(&state, &node, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500)); // status is written at most once per second
+    wait_idle(&state, &node, Duration::from_secs(20));
+    let overflows = || status_json(&state).unwrap()["overflows"].as_u64().unwrap();
+    let before = overflows();
+    let full_syncs = count_in_log(&node.log_text(), "full sync done");
+    for d in [3, 6, 9] {
+        fs::write(src.join(format!("flood/d{d:03}/after-overflow")), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
+    assert_eq!(overflows(), before, "no new overflow from three writes");
+    assert_eq!(count_in_log(&node.log_text(), "full sync done"), full_syncs, "{}", node.log_text());
+
+    // Reads are not subscribed: reading all 3,000 files (as NFS clients and full syncs do) must not
+    // overflow even this 32-event queue.
+    for entry in fs::read_dir(src.join("flood")).unwrap() {
+        for f in fs::read_dir(entry.unwrap().path()).unwrap() {
+            let _ = fs::read(f.unwrap().path()).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(overflows(), before, "reading files overflowed the queue\n{}", node.log_text());
+}
