@@ -143,6 +143,21 @@ impl Syncer for Fake {
         self.0.lock().unwrap().calls.push("catch-up".into());
         async move { Ok(SyncStats { files: 1, bytes: 10, elapsed_ms: 5 }) }
     }
+    fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let r = {
+            let mut g = self.0.lock().unwrap();
+            g.calls.push("reconcile".into());
+            if g.sync_results.is_empty() {
+                Ok(())
+            } else {
+                g.sync_results.remove(0)
+            }
+        };
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            r.map(|()| SyncStats { files: 4, bytes: 400, elapsed_ms: 500 })
+        }
+    }
 }
 
 #[derive(Default)]
@@ -259,9 +274,11 @@ async fn a_hung_mount_never_stops_the_controller() {
     until("hold recorded", Duration::from_secs(3), || rig.status()["hold"] == "stay").await;
     // the outer deadline (2 x mount_timeout + 10 s) ends the hung mount as a failure
     rig.fake.0.lock().unwrap().mount_hangs = false;
-    until("mount abandoned", Duration::from_secs(60), || rig.sink.kinds().contains(&AlertKind::FailoverCompleted))
-        .await;
-    assert!(rig.sink.0.lock().unwrap().iter().any(|e| e.title.contains("FAILED")));
+    until("mount abandoned", Duration::from_secs(60), || rig.sink.kinds().contains(&AlertKind::SwitchFailed)).await;
+    assert!(rig.sink.0.lock().unwrap().iter().any(|e| e.kind == AlertKind::SwitchFailed
+        && e.title.contains("FAILED")
+        && e.reason.contains("exceeded its deadline")));
+    assert_eq!(rig.sink.count(AlertKind::FailoverCompleted), 0, "a failed mount is not a completed failover");
     stop.cancel();
     h.await.unwrap();
 }
@@ -432,4 +449,90 @@ async fn manual_failover_and_release() {
     assert_eq!(rig.sink.count(AlertKind::ManualOverride), 2);
     stop.cancel();
     h.await.unwrap();
+}
+
+/// The backup dies while it is served and before any reverse sync succeeded: the node moves to the
+/// primary and records a reconciliation of the epoch (durably); after a restart, in `--once` runs, the
+/// reconciliation waits for the backup (rise + hold-down), fails once, backs off, succeeds, and clears
+/// the flag, all without moving the mount.
+#[tokio::test(start_paused = true)]
+async fn a_backup_dying_while_served_is_reconciled_once_it_is_back() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Backup);
+        w.sync_results = vec![Err("exit 10 (connection refused)".into()); 8];
+    }
+    let mut d = state::Durable::default();
+    d.fsm.phase = Phase::Serving { server: Server::Backup };
+    d.fsm.epoch = 1;
+    d.fsm.pending_reverse_sync = true;
+    state::save(&rig.state_dir(), &d).unwrap();
+    let (stop, h) = rig.spawn();
+    until("a failed reverse sync", Duration::from_secs(30), || rig.sink.count(AlertKind::ReverseSyncFailed) >= 1).await;
+    rig.fake.set_up("backup", false);
+    until("moved to the primary", Duration::from_secs(30), || rig.fake.mounted() == Some(Server::Primary)).await;
+    until("serving primary", Duration::from_secs(5), || rig.phase() == Phase::Serving { server: Server::Primary })
+        .await;
+    let s = rig.status();
+    assert_eq!(s["pending_reconcile_epoch"], 1, "{s}");
+    assert_eq!(s["pending_reverse_sync"], false);
+    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, Some(1), "durable");
+    stop.cancel();
+    h.await.unwrap();
+
+    // restart; the backup comes back; one failed reconciliation, then success
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.sync_results = vec![Err("rsync exit 5 (auth failed)".into())];
+        w.calls.clear();
+    }
+    rig.fake.set_up("backup", true);
+    let titles = |part: &str| {
+        rig.sink.0.lock().unwrap().iter().filter(|e| e.title.contains(part)).map(|e| e.kind).collect::<Vec<_>>()
+    };
+    let (stop, h) = rig.spawn();
+    // rise (3 checks) + hold-down (5 s) + a failed attempt + backoff (2 s) + the second attempt
+    let took = until("reconciled", Duration::from_secs(30), || rig.status()["pending_reconcile_epoch"].is_null()).await;
+    assert!(took >= Duration::from_secs(9), "reconciled after {took:?}: before rise + hold-down + backoff");
+    stop.cancel();
+    h.await.unwrap();
+    assert_eq!(rig.fake.calls(), vec!["reconcile", "reconcile"], "the mount never moved");
+    assert_eq!(rig.fake.mounted(), Some(Server::Primary));
+    assert_eq!(
+        titles("reconciliation"),
+        vec![
+            AlertKind::ReverseSyncStarted,
+            AlertKind::ReverseSyncFailed,
+            AlertKind::ReverseSyncStarted,
+            AlertKind::ReverseSyncSucceeded
+        ]
+    );
+    assert_eq!(rig.phase(), Phase::Serving { server: Server::Primary });
+    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+}
+
+/// A `--once` run that finds the reconciliation due starts it and waits for it before returning.
+#[tokio::test(start_paused = true)]
+async fn once_mode_runs_a_due_reconciliation_to_completion() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let mut d = state::Durable::default();
+    d.fsm.phase = Phase::Serving { server: Server::Primary };
+    d.fsm.epoch = 2;
+    d.fsm.reconcile_epoch = Some(2);
+    d.fsm.backup_up_since = Some(0); // up for ages (wall clock)
+    for h in [&mut d.health.primary, &mut d.health.backup] {
+        h.status = nfs_guard::web::health::Status::Up;
+        h.oks = 3;
+    }
+    d.fsm.health.primary = nfs_guard::web::health::Status::Up;
+    d.fsm.health.backup = nfs_guard::web::health::Status::Up;
+    state::save(&rig.state_dir(), &d).unwrap();
+    let d = rig.controller().run(true, CancellationToken::new()).await;
+    assert_eq!(rig.fake.calls(), vec!["reconcile"]);
+    assert_eq!(d.fsm.reconcile_epoch, None);
+    assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
+    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+    assert_eq!(rig.sink.count(AlertKind::ReverseSyncSucceeded), 1);
 }

@@ -95,14 +95,14 @@ io_timeout = "10s"
         Daemon(Some(child))
     }
 
-    /// One `web --once` run inside the web host (bounded).
+    /// One `web --once` run inside the web host (bounded); its output is appended to web.log.
     fn once(&self, lab: &Lab) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
         let mut c = lab.command(Host::Web, BIN);
-        c.args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web", "--once"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        c.args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web", "--once"]);
         let out = output_with_timeout(&mut c, Duration::from_secs(40)).expect("web --once did not finish in 40 s");
+        let mut log = fs::OpenOptions::new().create(true).append(true).open(self.log()).unwrap();
+        std::io::Write::write_all(&mut log, &out.stdout).unwrap();
+        std::io::Write::write_all(&mut log, &out.stderr).unwrap();
         assert!(out.status.success(), "web --once failed: {}", self.log_text());
     }
 
@@ -297,6 +297,59 @@ sync"#;
     unmount_all(&lab);
 }
 
+/// The backup dies while it is served, before any reverse sync succeeded (the primary's rsync daemon
+/// is down): the node moves to the primary and records a reconciliation of the epoch. After a restart,
+/// `--once` timer runs mount the healed backup at a staging dir and copy the writes made during the
+/// failover to the primary, byte for byte, without ever moving the mount; the flag clears.
+#[test]
+fn web_lab_backup_dying_while_served_is_reconciled() {
+    let lab = Lab::up("wrc");
+    let node = Node::new(&lab, "");
+    let mut d = node.start(&lab, &[]);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
+    lab.fault(Host::Primary, Fault::Freeze);
+    wait_mounted(&lab, Host::Backup, Duration::from_secs(FALL * INTERVAL_S + 8), &node);
+    let script = r#"set -e
+mkdir -p "/mnt/nfs/during failover/sub"
+for i in $(seq 1 20); do head -c $((i * 1531)) /dev/urandom > "/mnt/nfs/during failover/sub/f$i"; done
+printf 'y' > "/mnt/nfs/odd
+name"
+sync"#;
+    let out = lab.exec_timeout(Host::Web, &["sh", "-c", script], Duration::from_secs(30)).expect("writes hung");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // the primary is back but refuses rsync: the node stays on the backup...
+    lab.heal(Host::Primary);
+    lab.fault(Host::Primary, Fault::StopRsyncd);
+    wait_until("a failed reverse sync", Duration::from_secs(30), || node.alerts("failed (attempt 1)") >= 1);
+    assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Backup)));
+    // ...until the backup dies: the node moves to the primary WITHOUT the backup's writes
+    lab.fault(Host::Backup, Fault::Kill);
+    wait_mounted(&lab, Host::Primary, Duration::from_secs(FALL * INTERVAL_S + 8), &node);
+    wait_until("reconciliation recorded", Duration::from_secs(5), || node.status()["pending_reconcile_epoch"] == 1);
+    assert!(node.log_text().contains("WITHOUT reverse sync"), "{}", node.log_text());
+    assert!(!lab.data_dir(Host::Primary).join("during failover").exists(), "nothing synced yet");
+    d.stop();
+
+    // the backup and the primary's rsync daemon come back; `--once` timer runs reconcile
+    lab.heal(Host::Backup);
+    lab.heal(Host::Primary);
+    let t = Instant::now();
+    while node.status()["pending_reconcile_epoch"] != serde_json::Value::Null {
+        assert!(t.elapsed() < Duration::from_secs(40), "not reconciled; log:\n{}", node.log_text());
+        node.once(&lab);
+        assert_eq!(lab.web_mount_source(), Some(source(&lab, Host::Primary)), "the mount moved");
+    }
+    let log = node.log_text();
+    assert_eq!(node.alerts("reconciliation backup"), 2, "started + succeeded: {log}");
+    assert!(log.contains("succeeded"), "{log}");
+    assert_eq!(same_tree(&lab.data_dir(Host::Backup), &lab.data_dir(Host::Primary)), Vec::<String>::new());
+    assert!(lab.data_dir(Host::Primary).join("during failover/sub/f20").exists());
+    let mi = fs::read_to_string(format!("/proc/{}/mountinfo", lab.holder_pid(Host::Web))).unwrap();
+    assert!(!mi.contains("stage/reconcile"), "staging mount left behind: {mi}");
+    unmount_all(&lab);
+}
+
 /// Both servers down: no switch, one alert. Then `--once` across several timer runs behaves like the
 /// daemon: the failover happens on the `fall`-th failed run, not before.
 #[test]
@@ -349,7 +402,16 @@ fn web_lab_flapping_primary_causes_no_mount_flapping() {
         lab.heal(Host::Primary);
         wait_until("primary up", Duration::from_secs(10), || node.status()["servers"][0]["state"] == "up");
         lab.fault(Host::Primary, Fault::StopNfs);
-        wait_until("primary down", Duration::from_secs(10), || node.status()["servers"][0]["state"] == "down");
+        let t = Instant::now();
+        while node.status()["servers"][0]["state"] != "down" {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: primary not down within 10 s; status {}; log:\n{}",
+                node.status(),
+                node.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert_eq!(mount_id_now(&lab), id, "round {round}: the mount moved; log:\n{}", node.log_text());
     }
     assert_eq!(node.alerts("reverse sync backup"), 0, "{}", node.log_text());

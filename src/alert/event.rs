@@ -42,6 +42,8 @@ pub enum AlertKind {
     ReverseSyncSucceeded,
     FailbackCompleted,
     ManualOverride,
+    /// A mount or switch of the mount point failed (the mount command's error in the reason).
+    SwitchFailed,
     // storage
     RemoteUnreachable,
     RemoteRecovered,
@@ -52,7 +54,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 15] = [
+    pub const ALL: [AlertKind; 16] = [
         AlertKind::FailoverStarted,
         AlertKind::FailoverCompleted,
         AlertKind::BothDown,
@@ -63,6 +65,7 @@ impl AlertKind {
         AlertKind::ReverseSyncSucceeded,
         AlertKind::FailbackCompleted,
         AlertKind::ManualOverride,
+        AlertKind::SwitchFailed,
         AlertKind::RemoteUnreachable,
         AlertKind::RemoteRecovered,
         AlertKind::OverflowRescan,
@@ -83,6 +86,7 @@ impl AlertKind {
             AlertKind::ReverseSyncSucceeded => "reverse-sync-succeeded",
             AlertKind::FailbackCompleted => "failback-completed",
             AlertKind::ManualOverride => "manual-override",
+            AlertKind::SwitchFailed => "switch-failed",
             AlertKind::RemoteUnreachable => "remote-unreachable",
             AlertKind::RemoteRecovered => "remote-recovered",
             AlertKind::OverflowRescan => "overflow-rescan",

@@ -165,6 +165,10 @@ mod tests {
             }
             K::FailbackCompleted => ("failback to primary (10.0.0.2) completed", "reverse sync succeeded"),
             K::ManualOverride => ("manual failover to backup, holding", "nfs-guard web --failover-to backup"),
+            K::SwitchFailed => (
+                "mounting backup (10.0.0.3:/srv/nfs) FAILED: the mount point is empty",
+                "mount -t nfs 10.0.0.3:/srv/nfs /mnt/nfs: exit 32: access denied by server",
+            ),
             K::RemoteUnreachable => {
                 ("remote backup (10.0.0.3) unreachable for 5m", "rsync exit 10: connection refused")
             }
@@ -236,6 +240,53 @@ nfs-guard {} on web01, alert #7 (failover-completed)
                 env!("CARGO_PKG_VERSION")
             )
         );
+    }
+
+    #[test]
+    fn switch_failed_names_the_server_the_error_and_what_to_do() {
+        let e = AlertEvent::new(
+            AlertKind::SwitchFailed,
+            Role::Web,
+            "mounting backup (10.0.0.3:/srv/nfs) FAILED: the mount point is empty",
+            "mount -t nfs 10.0.0.3:/srv/nfs /mnt/nfs: exit 32: access denied by server",
+        )
+        .at_time(at())
+        .detail("switching to", "backup (10.0.0.3:/srv/nfs)")
+        .server("primary (10.0.0.2:/srv/nfs)", "down")
+        .server("backup (10.0.0.3:/srv/nfs)", "up")
+        .next_steps("nfs-guard retries at the next check interval. Check the mount options.");
+        let r = render(&[e], 9, &cx());
+        assert_eq!(
+            r.subject,
+            "[nfs-guard] web01 web: mounting backup (10.0.0.3:/srv/nfs) FAILED: the mount point is empty"
+        );
+        assert_eq!(
+            r.body,
+            format!(
+                "web01 (web role): mounting backup (10.0.0.3:/srv/nfs) FAILED: the mount point is empty
+
+Time:   2026-11-21 06:40:12 UTC
+        2026-11-21 07:40:12 +01:00 local
+Reason: mount -t nfs 10.0.0.3:/srv/nfs /mnt/nfs: exit 32: access denied by server
+
+Details:
+  switching to: backup (10.0.0.3:/srv/nfs)
+
+Servers:
+  primary (10.0.0.2:/srv/nfs): down
+  backup (10.0.0.3:/srv/nfs): up
+
+What to do next:
+  nfs-guard retries at the next check interval. Check the mount options.
+
+-- 
+nfs-guard {} on web01, alert #9 (switch-failed)
+",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert_eq!(AlertKind::from_name("switch-failed"), Some(AlertKind::SwitchFailed));
+        assert_eq!(AlertKind::SwitchFailed.name(), "switch-failed");
     }
 
     #[test]

@@ -207,8 +207,14 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
             | Phase::Resyncing { .. }
-            | Phase::Staging { .. } => serving,
+            | Phase::Staging { .. }
+            | Phase::Reconciling { .. } => serving,
         };
+        if phase == (Phase::Serving { server: Server::Primary }) {
+            // On the primary with the backup's writes not synced (an interrupted catch-up, a crash
+            // mid-switch): record the reconciliation, so it runs once the backup is healthy.
+            self.d.fsm.leave_backup_unsynced(self.policy.failback);
+        }
         if mounted == Some(Server::Backup) && !self.d.fsm.pending_reverse_sync {
             // Someone (or an interrupted failover) left the backup mounted: assume writes happened there.
             self.d.fsm.pending_reverse_sync = true;
@@ -386,6 +392,22 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
                 );
             }
+            Action::Reconcile { attempt } => {
+                tracing::info!(attempt, "reconciliation backup -> primary from a staging mount of the backup");
+                let fut = self.syncer.reconcile();
+                self.spawn_effect(
+                    sync_limit + mount_limit,
+                    async move {
+                        match fut.await {
+                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
+                                Event::ReconcileSucceeded { files, bytes, elapsed_ms }
+                            }
+                            Err(error) => Event::ReconcileFailed { error },
+                        }
+                    },
+                    Event::ReconcileFailed { error: "reconciliation exceeded its deadline".into() },
+                );
+            }
             Action::AfterSwitch { server, old_mount } => {
                 self.effects += 1;
                 let fut = self.mounter.after_switch(server, old_mount);
@@ -440,6 +462,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             hold: f.hold,
             epoch: f.epoch,
             pending_reverse_sync: f.pending_reverse_sync,
+            pending_reconcile_epoch: f.reconcile_epoch,
             reverse_sync_failures: f.resync_failures,
             servers: vec![
                 server("primary", &self.cfg.primary, &h.primary),
@@ -474,6 +497,8 @@ struct StatusDoc {
     hold: fsm::Hold,
     epoch: u64,
     pending_reverse_sync: bool,
+    /// The failover epoch whose backup writes still await reconciliation to the primary, if any.
+    pending_reconcile_epoch: Option<u64>,
     reverse_sync_failures: u32,
     servers: Vec<ServerStatus>,
     witness: Option<Status>,

@@ -78,6 +78,9 @@ pub trait Syncer: Send + Sync + 'static {
     fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static;
     /// Catch-up: the kept backup mount -> the primary, then detach the kept mount.
     fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static;
+    /// Reconciliation: mount the backup at a staging dir (deadline), push it to the primary with
+    /// `--update` and never `--delete`, then detach the staging mount lazily.
+    fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static;
 }
 
 /// The real effects.
@@ -234,14 +237,31 @@ impl Inner {
         Ok(old_id)
     }
 
-    fn rsync_args(&self, src: &Path) -> Result<Vec<OsString>, String> {
-        let rs = self.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
-        Ok(reverse_sync_args(src, rs))
+    /// Reconciliation from `<stage>/reconcile`. A leftover mount there (an earlier run died) is detached
+    /// BEFORE the directory is touched, so a dead staging mount is never stat'ed.
+    async fn reconcile(&self) -> Result<SyncStats, String> {
+        let dir = self.stage.join("reconcile");
+        std::fs::create_dir_all(&self.stage).map_err(|e| format!("cannot create {}: {e}", self.stage.display()))?;
+        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| e.to_string())?;
+        self.clear(&dir, true).await.map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let r = match self.mount_at(Server::Backup, &dir).await {
+            Ok(()) => match self.verify(&dir, Server::Backup) {
+                Ok(()) => self.push(&dir, false).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(format!("staging mount of the backup failed: {e}")),
+        };
+        if let Err(e) = self.clear(&dir, false).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot detach the reconciliation staging mount");
+        }
+        r
     }
 
-    async fn push(&self, src: &Path) -> Result<SyncStats, String> {
+    /// Pushes `src` to the primary; `may_delete`: honour `delete = true` (never for a reconciliation).
+    async fn push(&self, src: &Path, may_delete: bool) -> Result<SyncStats, String> {
         let rs = self.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
-        let args = self.rsync_args(src)?;
+        let args = push_args(src, rs, may_delete && rs.delete);
         let r = crate::sys::rsync::run(&self.cfg.rsync, &args, None, rs.timeout)
             .await
             .map_err(|e| format!("{e}: {}", e.source))?;
@@ -260,8 +280,18 @@ impl Inner {
 /// rsync argv for a push of `src` (a local directory) to the reverse-sync target: `--update` (never
 /// overwrite a newer file on the primary), no `--delete` unless opted in.
 pub fn reverse_sync_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) -> Vec<OsString> {
+    push_args(src, rs, rs.delete)
+}
+
+/// rsync argv for a reconciliation push of `src` (the backup's staging mount): never `--delete`,
+/// whatever the config says, because the primary has been live (and written to) since.
+pub fn reconcile_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) -> Vec<OsString> {
+    push_args(src, rs, false)
+}
+
+fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--stats".into()];
-    if rs.delete {
+    if delete {
         args.push("--delete".into());
     }
     args.extend(rs.target.transport_args());
@@ -377,7 +407,7 @@ impl Mounter for SysEffects {
 impl Syncer for SysEffects {
     fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         let inner = self.inner.clone();
-        async move { inner.push(&inner.cfg.mount_point.clone()).await }
+        async move { inner.push(&inner.cfg.mount_point.clone(), true).await }
     }
 
     fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
@@ -385,13 +415,18 @@ impl Syncer for SysEffects {
         async move {
             let old = inner.stage.join("old");
             let r = if inner.serving(&old) == Some(Server::Backup) {
-                inner.push(&old).await
+                inner.push(&old, true).await
             } else {
                 Err(format!("the kept backup mount at {} is gone", old.display()))
             };
             let _ = inner.clear(&old, false).await;
             r
         }
+    }
+
+    fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move { inner.reconcile().await }
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Phase {
     Staging { to: Server },
     /// Serving the primary again; catch-up pass from the kept backup mount running.
     CatchingUp,
+    /// Serving the primary; reconciliation backup->primary attempt `attempt` running from a staging
+    /// mount of the backup (the node left the backup without a completed reverse sync).
+    Reconciling { attempt: u32 },
 }
 
 /// Operator control.
@@ -135,10 +138,18 @@ pub struct State {
     pub epoch: u64,
     /// Writes may exist on the backup that the primary lacks (set at failover, cleared by failback).
     pub pending_reverse_sync: bool,
+    /// The node left the backup without a completed reverse sync during this failover epoch: the
+    /// backup's writes must still be copied to the primary (from a staging mount of the backup, once
+    /// it is back). Cleared by that reconciliation or by a later completed failback.
+    #[serde(default)]
+    pub reconcile_epoch: Option<u64>,
     pub hold: Hold,
     pub health: Snapshot,
     /// Wall-clock ms since which the primary has been continuously UP (hold-down for failback).
     pub primary_up_since: Option<u64>,
+    /// Wall-clock ms since which the backup has been continuously UP (hold-down for reconciliation).
+    #[serde(default)]
+    pub backup_up_since: Option<u64>,
     /// Failed reverse-sync attempts in a row (attempt numbers in alerts; backoff).
     pub resync_failures: u32,
     /// No reverse-sync attempt before this wall-clock ms (backoff).
@@ -154,9 +165,11 @@ impl Default for State {
             phase: Phase::Unmounted,
             epoch: 0,
             pending_reverse_sync: false,
+            reconcile_epoch: None,
             hold: Hold::None,
             health: Snapshot::default(),
             primary_up_since: None,
+            backup_up_since: None,
             resync_failures: 0,
             resync_not_before: None,
             both_down_alerted: false,
@@ -174,7 +187,28 @@ impl State {
             Phase::Serving { server } => Some(server),
             Phase::Resyncing { .. } => Some(Server::Backup),
             Phase::Staging { to } => Some(to.other()),
-            Phase::CatchingUp => Some(Server::Primary),
+            Phase::CatchingUp | Phase::Reconciling { .. } => Some(Server::Primary),
+        }
+    }
+
+    /// A failover to the backup starts a new episode: writes may now land on the backup only. The
+    /// retry counters start afresh (a failed reconciliation of an older epoch must not delay it).
+    fn new_epoch(&mut self) {
+        self.epoch += 1;
+        self.pending_reverse_sync = true;
+        self.resync_failures = 0;
+        self.resync_not_before = None;
+    }
+
+    /// The node leaves (or has left) the backup without a completed reverse sync: with a reverse-sync
+    /// target configured, the backup's writes become a pending reconciliation of this epoch (durable),
+    /// run once the backup is back; without one, the pending flag stays for the operator.
+    pub fn leave_backup_unsynced(&mut self, failback: bool) {
+        if failback && self.pending_reverse_sync {
+            self.reconcile_epoch = Some(self.epoch);
+            self.pending_reverse_sync = false;
+            self.resync_failures = 0;
+            self.resync_not_before = None;
         }
     }
 }
@@ -247,6 +281,15 @@ pub enum Event {
     CatchUpFinished {
         result: Result<(u64, u64), String>,
     },
+    /// The reconciliation backup->primary (from the backup's staging mount) succeeded.
+    ReconcileSucceeded {
+        files: u64,
+        bytes: u64,
+        elapsed_ms: u64,
+    },
+    ReconcileFailed {
+        error: String,
+    },
     Requested(Request),
 }
 
@@ -269,6 +312,11 @@ pub enum Action {
     },
     /// Push files written during the first pass from the kept backup mount, then detach it.
     CatchUp,
+    /// Mount the backup at a staging dir, push it to the primary (`--update`, never `--delete`: the
+    /// primary has been live since), then detach the staging mount lazily.
+    Reconcile {
+        attempt: u32,
+    },
     /// Restart the listed units and report processes holding the detached mount.
     AfterSwitch {
         server: Server,
@@ -293,6 +341,12 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn alert(&mut self, kind: AlertKind, title: String, reason: String, next: &str) {
+        let e = self.event(kind, title, reason, next);
+        self.acts.push(Action::Alert(e));
+    }
+
+    /// An alert with the servers' states, the epoch and the pending flags.
+    fn event(&self, kind: AlertKind, title: String, reason: String, next: &str) -> AlertEvent {
         let h = &self.s.health;
         let mut e = AlertEvent::new(kind, Role::Web, title, reason)
             .server(self.p.primary_label.clone(), h.primary.name())
@@ -300,9 +354,18 @@ impl Out<'_> {
             .detail("failover epoch", self.s.epoch)
             .detail("pending reverse sync", self.s.pending_reverse_sync)
             .next_steps(next);
+        if let Some(epoch) = self.s.reconcile_epoch {
+            e = e.detail("pending reconciliation of epoch", epoch);
+        }
         if let Some(w) = h.witness {
             e = e.server("witness", w.name());
         }
+        e
+    }
+
+    /// A failed mount/switch to `to`: the mount command's error as the reason, the server named.
+    fn switch_failed(&mut self, to: Server, title: String, error: String, next: &str) {
+        let e = self.event(AlertKind::SwitchFailed, title, error, next).detail("switching to", self.p.label(to));
         self.acts.push(Action::Alert(e));
     }
 
@@ -346,17 +409,19 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         (Phase::Mounting { to }, Event::MountFailed { server, error }) if to == server => {
             o.s.phase = Phase::Unmounted;
             o.acts.push(Action::Persist);
-            o.alert(
-                AlertKind::FailoverCompleted,
+            o.switch_failed(
+                server,
                 format!("mounting {} FAILED: the mount point is empty", p.label(server)),
                 error,
-                "nfs-guard retries every check interval. Check the mount options and the server's export.",
+                "nfs-guard retries at the next check interval. Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
             );
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
         (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }) => {
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
+            // pass 1 copied the whole backup tree: an older pending reconciliation is included
+            o.s.reconcile_epoch = None;
             o.alert_with(
                 AlertEvent::new(
                     AlertKind::ReverseSyncSucceeded,
@@ -436,12 +501,11 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.s.resync_failures += 1;
             o.s.resync_not_before = Some(now_ms + p.backoff_ms(o.s.resync_failures));
             o.acts.push(Action::Persist);
-            o.alert(
-                AlertKind::ReverseSyncFailed,
-                format!("switch to {} failed at the mount step", p.label(to)),
-                error,
-                "The web node keeps serving what it served; nfs-guard retries after the backoff.",
-            );
+            let next = match serving {
+                Some(s) => format!("The web node keeps serving {}; nfs-guard retries after the backoff. Check the mount options and the export of {}.", p.label(s), p.label(to)),
+                None => format!("The mount point is EMPTY: nfs-guard mounts a usable server at the next check. Check the mount options and the export of {}.", p.label(to)),
+            };
+            o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
         }
         // CatchingUp --catch-up finished--> Serving(primary)
         (Phase::CatchingUp, Event::CatchUpFinished { result }) => {
@@ -455,13 +519,63 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                     format!("catch-up pass copied {files} files ({bytes} bytes) written during the reverse sync"),
                     "None.",
                 ),
-                Err(e) => o.alert(
-                    AlertKind::FailbackCompleted,
-                    format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
-                    e,
-                    "Files written to the backup during the reverse sync may be missing on the primary: run `rsync -a --update BACKUP/ PRIMARY/` by hand.",
-                ),
+                Err(e) => {
+                    // the files written during pass 1 are still only on the backup: reconcile them
+                    o.s.reconcile_epoch = Some(o.s.epoch);
+                    o.alert(
+                        AlertKind::FailbackCompleted,
+                        format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
+                        e,
+                        "None: files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
+                    );
+                }
             }
+        }
+        // Reconciling(n) --sync succeeded--> Serving(primary), reconciliation done
+        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { files, bytes, elapsed_ms }) => {
+            let epoch = o.s.reconcile_epoch.take().unwrap_or(o.s.epoch);
+            o.s.resync_failures = 0;
+            o.s.resync_not_before = None;
+            o.s.phase = Phase::Serving { server: Server::Primary };
+            o.acts.push(Action::Persist);
+            o.alert_with(
+                AlertEvent::new(
+                    AlertKind::ReverseSyncSucceeded,
+                    Role::Web,
+                    format!("reconciliation {} -> {} succeeded", p.backup_label, p.primary_label),
+                    format!(
+                        "attempt {attempt}: the backup's writes from failover epoch {epoch} are on the primary ({files} files, {bytes} bytes in {elapsed_ms} ms)"
+                    ),
+                )
+                .detail("failover epoch", epoch)
+                .detail("attempt", attempt)
+                .detail("files", files)
+                .detail("bytes", bytes)
+                .detail("duration ms", elapsed_ms)
+                .next_steps("None."),
+            );
+        }
+        // Reconciling(n) --sync failed--> Serving(primary), retry after backoff
+        (Phase::Reconciling { attempt }, Event::ReconcileFailed { error }) => {
+            o.s.resync_failures = attempt;
+            let wait = p.backoff_ms(attempt);
+            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.phase = Phase::Serving { server: Server::Primary };
+            o.acts.push(Action::Persist);
+            o.alert_with(
+                AlertEvent::new(
+                    AlertKind::ReverseSyncFailed,
+                    Role::Web,
+                    format!("reconciliation {} -> {} failed (attempt {attempt})", p.backup_label, p.primary_label),
+                    error,
+                )
+                .detail("failover epoch", o.s.reconcile_epoch.unwrap_or(o.s.epoch))
+                .detail("attempt", attempt)
+                .detail("next attempt in", format!("{} s", wait / 1000))
+                .server(p.primary_label.clone(), o.s.health.primary.name())
+                .server(p.backup_label.clone(), o.s.health.backup.name())
+                .next_steps("The web node keeps serving the primary; the backup's writes stay on the backup until this succeeds. Check the backup's export and the primary's rsync target; nfs-guard retries on its own."),
+            );
         }
         // Completions that do not match the phase (stale after a restart): ignored.
         (
@@ -470,14 +584,17 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             | Phase::Mounting { .. }
             | Phase::Resyncing { .. }
             | Phase::Staging { .. }
-            | Phase::CatchingUp,
+            | Phase::CatchingUp
+            | Phase::Reconciling { .. },
             Event::MountSucceeded { .. }
             | Event::MountFailed { .. }
             | Event::ReverseSyncSucceeded { .. }
             | Event::ReverseSyncFailed { .. }
             | Event::StagedSwitchSucceeded { .. }
             | Event::StagedSwitchFailed { .. }
-            | Event::CatchUpFinished { .. },
+            | Event::CatchUpFinished { .. }
+            | Event::ReconcileSucceeded { .. }
+            | Event::ReconcileFailed { .. },
         ) => {}
     }
     Transition { next: o.s, actions: o.acts }
@@ -492,6 +609,12 @@ fn observe(o: &mut Out, snap: Snapshot, now_ms: u64) {
     if snap.primary != Status::Up {
         o.s.primary_up_since = None;
         o.s.recovered_alerted = false;
+    }
+    if snap.backup == Status::Up && (was.backup != Status::Up || o.s.backup_up_since.is_none()) {
+        o.s.backup_up_since = Some(now_ms);
+    }
+    if snap.backup != Status::Up {
+        o.s.backup_up_since = None;
     }
     if snap.primary == Status::Up || snap.backup == Status::Up {
         o.s.both_down_alerted = false;
@@ -549,10 +672,14 @@ fn decide(o: &mut Out, now_ms: u64) {
                 }
             }
             if let Some(s) = pick {
+                if s == Server::Primary {
+                    // Unmounted --primary picked while the backup's writes are not synced--> Mounting(primary),
+                    // reconciliation pending
+                    o.s.leave_backup_unsynced(o.p.failback);
+                }
                 if s == Server::Backup && !o.s.pending_reverse_sync {
                     // Unmounted --only the backup is usable--> Mounting(backup): a failover, new epoch
-                    o.s.epoch += 1;
-                    o.s.pending_reverse_sync = true;
+                    o.s.new_epoch();
                     let reason = format!("{} is not usable: {}", o.p.primary_label, h.error(Server::Primary));
                     o.alert(
                         AlertKind::FailoverStarted,
@@ -568,14 +695,13 @@ fn decide(o: &mut Out, now_ms: u64) {
                 both_down(o, witness_down);
             }
         }
-        Phase::Serving { server: Server::Primary } => match o.s.hold {
-            // Serving(primary) --held--> (same)
-            Hold::Stay | Hold::Pinned(Server::Primary) => {}
+        Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
+            // Serving(primary) --held--> (same), reconciling when due
+            Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
             // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead)
             Hold::Pinned(Server::Backup) => {
                 if h.backup != Status::Down {
-                    o.s.epoch += 1;
-                    o.s.pending_reverse_sync = true;
+                    o.s.new_epoch();
                     if h.primary == Status::Down {
                         o.s.phase = Phase::Mounting { to: Server::Backup };
                         o.acts.push(Action::Mount { server: Server::Backup });
@@ -587,8 +713,10 @@ fn decide(o: &mut Out, now_ms: u64) {
                 }
             }
             // Serving(primary) --primary down, backup up--> Mounting(backup)
+            // (a running reconciliation never delays a failover: its late report is ignored as stale)
             Hold::None => {
                 if h.primary != Status::Down {
+                    reconcile_if_due(o, now_ms);
                     return;
                 }
                 if witness_down {
@@ -596,8 +724,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                 } else if h.witness_failing {
                     // wait one more check: is it the primary or our own network?
                 } else if h.usable(Server::Backup) {
-                    o.s.epoch += 1;
-                    o.s.pending_reverse_sync = true;
+                    o.s.new_epoch();
                     o.s.phase = Phase::Mounting { to: Server::Backup };
                     o.acts.push(Action::Persist);
                     let reason = format!("{} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
@@ -625,14 +752,21 @@ fn decide(o: &mut Out, now_ms: u64) {
                     // as above: our own network may be the problem
                 } else if h.usable(Server::Primary) {
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
-                    // is impossible now; the pending flag stays so the operator is told.
+                    // is impossible now; a reconciliation of this epoch is recorded (durably, before
+                    // the mount moves) and runs once the backup is back.
+                    o.s.leave_backup_unsynced(o.p.failback);
                     o.s.phase = Phase::Mounting { to: Server::Primary };
                     o.acts.push(Action::Persist);
+                    let next = if o.s.reconcile_epoch.is_some() {
+                        "None: files written on the backup since the failover are not on the primary yet; when the backup is back (rise + hold-down), nfs-guard mounts it at a staging dir and copies them to the primary (--update, never --delete). `nfs-guard status` shows the pending reconciliation."
+                    } else {
+                        "No [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
+                    };
                     o.alert(
                         AlertKind::FailoverStarted,
                         format!("backup failed: moving to {} WITHOUT reverse sync", o.p.primary_label),
                         format!("{} is DOWN: {}", o.p.backup_label, h.error(Server::Backup)),
-                        "Files written on the backup since the failover are not on the primary: copy them by hand (rsync -a --update) when the backup is back.",
+                        next,
                     );
                     o.acts.push(Action::Mount { server: Server::Primary });
                 } else if h.primary == Status::Down {
@@ -690,6 +824,37 @@ fn decide(o: &mut Out, now_ms: u64) {
         // Work in progress: decided when it reports back.
         Phase::Mounting { .. } | Phase::Resyncing { .. } | Phase::Staging { .. } | Phase::CatchingUp => {}
     }
+}
+
+/// Serving(primary) --reconciliation pending, backup UP for hold-down, backoff over--> Reconciling(n)
+fn reconcile_if_due(o: &mut Out, now_ms: u64) {
+    let Some(epoch) = o.s.reconcile_epoch else { return };
+    if o.s.phase != (Phase::Serving { server: Server::Primary }) || !o.p.failback {
+        return;
+    }
+    let h = &o.s.health;
+    let held_long = o.s.backup_up_since.is_some_and(|t| now_ms >= t.saturating_add(o.p.hold_down_ms));
+    let backoff_over = o.s.resync_not_before.is_none_or(|t| now_ms >= t);
+    if !(h.usable(Server::Backup) && h.usable(Server::Primary) && held_long && backoff_over) {
+        return;
+    }
+    let attempt = o.s.resync_failures + 1;
+    o.s.phase = Phase::Reconciling { attempt };
+    o.acts.push(Action::Persist);
+    o.alert_with(
+        AlertEvent::new(
+            AlertKind::ReverseSyncStarted,
+            Role::Web,
+            format!("reconciliation {} -> {} started", o.p.backup_label, o.p.primary_label),
+            format!(
+                "attempt {attempt}: copying files written on the backup during failover epoch {epoch} (the node left the backup without a reverse sync)"
+            ),
+        )
+        .detail("failover epoch", epoch)
+        .detail("attempt", attempt)
+        .next_steps("None: the backup is mounted at a staging dir and copied with --update (never --delete); the web node keeps serving the primary."),
+    );
+    o.acts.push(Action::Reconcile { attempt });
 }
 
 fn both_down(o: &mut Out, witness_down: bool) {

@@ -147,6 +147,15 @@ fn mount_failure_leaves_unmounted_and_retries_next_decision() {
     let s = State { phase: Phase::Mounting { to: Server::Backup }, ..on_backup() };
     let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Unmounted);
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
+    match &t.actions[1] {
+        Action::Alert(e) => {
+            assert_eq!(e.reason, "exit 32", "the mount command's error");
+            assert!(e.details.contains(&("switching to".into(), "backup (b:/e)".into())), "{e:?}");
+            assert!(e.next_steps.contains("mount options"), "{e:?}");
+        }
+        a => panic!("{a:?}"),
+    }
     let t2 = step(&t.next, Event::Ticked, &policy(), 1000);
     assert_eq!(effects(&t2), vec![Action::Mount { server: Server::Backup }]);
     assert_eq!(t2.next.epoch, 1, "a retry is the same episode");
@@ -285,6 +294,9 @@ fn staged_switch_then_catch_up_then_failback_completed() {
     let t3 = step(&t.next, Event::CatchUpFinished { result: Err("exit 23".into()) }, &policy(), 1);
     assert_eq!(kinds(&t3), vec![AlertKind::FailbackCompleted]);
     assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED")));
+    // the files written during pass 1 are reconciled from a staging mount of the backup
+    assert_eq!(t3.next.reconcile_epoch, Some(1));
+    assert_eq!(t2.next.reconcile_epoch, None);
 }
 
 #[test]
@@ -297,6 +309,10 @@ fn a_failed_staged_switch_keeps_serving_and_backs_off() {
     };
     let t = step(&s, ev, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
+    assert!(
+        matches!(&t.actions[1], Action::Alert(e) if e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup"))
+    );
     assert_eq!(t.next.resync_not_before, Some(1_000));
     assert!(t.next.pending_reverse_sync);
 }
@@ -316,7 +332,144 @@ fn backup_dying_while_serving_it_moves_to_the_primary_and_says_what_is_missing()
     let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &policy(), 0);
     assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
     assert_eq!(kinds(&t), vec![AlertKind::FailoverStarted]);
+    assert_eq!(t.next.phase, Phase::Mounting { to: Server::Primary });
+    // the backup's writes become a durable reconciliation of this epoch, recorded before the mount moves
+    assert_eq!(t.next.reconcile_epoch, Some(1));
+    assert!(!t.next.pending_reverse_sync);
+    assert!(persists(&t));
+    assert!(matches!(&t.actions[1], Action::Alert(e) if e.next_steps.contains("staging dir")));
+}
+
+fn on_primary_reconcile_pending() -> State {
+    State {
+        phase: Phase::Serving { server: Server::Primary },
+        epoch: 1,
+        reconcile_epoch: Some(1),
+        health: snap(UP, DOWN),
+        ..State::default()
+    }
+}
+
+#[test]
+fn without_reverse_sync_config_a_dying_backup_leaves_the_pending_flag_for_the_operator() {
+    let p = Policy { failback: false, ..policy() };
+    let s = State { health: snap(UP, UP), ..on_backup() };
+    let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &p, 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
+    assert_eq!(t.next.reconcile_epoch, None);
     assert!(t.next.pending_reverse_sync);
+    assert!(matches!(&t.actions[1], Action::Alert(e) if e.next_steps.contains("by hand")));
+}
+
+#[test]
+fn unmounted_with_pending_sync_and_a_dead_backup_mounts_the_primary_and_records_the_reconciliation() {
+    let s = State { pending_reverse_sync: true, epoch: 3, ..State::default() };
+    let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &policy(), 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
+    assert_eq!(t.next.reconcile_epoch, Some(3));
+    assert!(!t.next.pending_reverse_sync);
+    assert!(persists(&t));
+}
+
+#[test]
+fn reconciliation_waits_for_the_backup_to_be_up_for_the_hold_down() {
+    let p = policy();
+    let s = on_primary_reconcile_pending();
+    let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &p, 0);
+    assert!(t.actions.is_empty());
+    let t = step(&t.next, Event::HealthObserved(snap(UP, UP)), &p, 1_000);
+    assert_eq!(t.next.backup_up_since, Some(1_000));
+    assert!(effects(&t).is_empty());
+    let t2 = step(&t.next, Event::Ticked, &p, 10_999);
+    assert!(t2.actions.is_empty());
+    // Serving(primary) --backup up for hold-down--> Reconciling(1)
+    let t3 = step(&t2.next, Event::Ticked, &p, 11_000);
+    assert_eq!(t3.next.phase, Phase::Reconciling { attempt: 1 });
+    assert_eq!(effects(&t3), vec![Action::Reconcile { attempt: 1 }]);
+    assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncStarted]);
+    assert!(persists(&t3));
+    assert_eq!(t3.next.active(), Some(Server::Primary));
+    // work in progress: nothing else starts
+    assert!(step(&t3.next, Event::Ticked, &p, 12_000).actions.is_empty());
+}
+
+#[test]
+fn a_flapping_backup_restarts_the_reconciliation_hold_down() {
+    let p = policy();
+    let t = step(&on_primary_reconcile_pending(), Event::HealthObserved(snap(UP, UP)), &p, 0);
+    let t = step(&t.next, Event::HealthObserved(snap(UP, DOWN)), &p, 9_000);
+    assert_eq!(t.next.backup_up_since, None);
+    let t = step(&t.next, Event::HealthObserved(snap(UP, UP)), &p, 10_000);
+    assert!(step(&t.next, Event::Ticked, &p, 19_999).actions.is_empty());
+    assert_eq!(effects(&step(&t.next, Event::Ticked, &p, 20_000)), vec![Action::Reconcile { attempt: 1 }]);
+}
+
+#[test]
+fn reconciliation_needs_a_usable_primary_and_runs_while_held() {
+    let p = policy();
+    let s = State { health: snap(UP, UP), backup_up_since: Some(0), ..on_primary_reconcile_pending() };
+    let mut failing = s.clone();
+    failing.health.primary_failing = true;
+    assert!(step(&failing, Event::Ticked, &p, 60_000).actions.is_empty());
+    // held on the primary: the mount does not move, so the reconciliation still runs
+    let held = State { hold: Hold::Stay, ..s };
+    assert_eq!(effects(&step(&held, Event::Ticked, &p, 60_000)), vec![Action::Reconcile { attempt: 1 }]);
+    let no_target = Policy { failback: false, ..policy() };
+    assert!(step(&held, Event::Ticked, &no_target, 60_000).actions.is_empty());
+}
+
+#[test]
+fn reconciliation_success_clears_the_pending_epoch() {
+    let s = State { phase: Phase::Reconciling { attempt: 2 }, resync_failures: 1, ..on_primary_reconcile_pending() };
+    let t = step(&s, Event::ReconcileSucceeded { files: 4, bytes: 40, elapsed_ms: 9 }, &policy(), 0);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+    assert_eq!(t.next.reconcile_epoch, None);
+    assert_eq!(t.next.resync_failures, 0);
+    assert_eq!(kinds(&t), vec![AlertKind::ReverseSyncSucceeded]);
+    assert!(effects(&t).is_empty());
+    assert!(persists(&t));
+}
+
+#[test]
+fn reconciliation_failure_backs_off_then_retries_with_the_next_attempt() {
+    let p = policy();
+    let s = State {
+        phase: Phase::Reconciling { attempt: 1 },
+        health: snap(UP, UP),
+        backup_up_since: Some(0),
+        ..on_primary_reconcile_pending()
+    };
+    let t = step(&s, Event::ReconcileFailed { error: "rsync exit 10".into() }, &p, 20_000);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+    assert_eq!(t.next.reconcile_epoch, Some(1), "still pending");
+    assert_eq!(t.next.resync_not_before, Some(21_000));
+    assert_eq!(kinds(&t), vec![AlertKind::ReverseSyncFailed]);
+    assert!(persists(&t));
+    assert!(step(&t.next, Event::Ticked, &p, 20_999).actions.is_empty());
+    let t2 = step(&t.next, Event::Ticked, &p, 21_000);
+    assert_eq!(effects(&t2), vec![Action::Reconcile { attempt: 2 }]);
+}
+
+#[test]
+fn a_running_reconciliation_never_delays_a_failover_and_its_late_report_is_ignored() {
+    let s = State {
+        phase: Phase::Reconciling { attempt: 1 },
+        health: snap(UP, UP),
+        backup_up_since: Some(0),
+        ..on_primary_reconcile_pending()
+    };
+    // Reconciling --primary down, backup up--> Mounting(backup), new epoch
+    let t = step(&s, Event::HealthObserved(snap(DOWN, UP)), &policy(), 0);
+    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Backup }]);
+    assert_eq!(t.next.epoch, 2);
+    assert!(t.next.pending_reverse_sync);
+    let late = step(&t.next, Event::ReconcileSucceeded { files: 1, bytes: 1, elapsed_ms: 1 }, &policy(), 1);
+    assert_eq!(late.next, t.next);
+    assert!(late.actions.is_empty());
+    // the next failback's first pass copies the whole backup tree: the old reconciliation is included
+    let r = State { phase: Phase::Resyncing { attempt: 1 }, health: snap(UP, UP), ..t.next };
+    let t2 = step(&r, Event::ReverseSyncSucceeded { files: 1, bytes: 1, elapsed_ms: 1 }, &policy(), 2);
+    assert_eq!(t2.next.reconcile_epoch, None);
 }
 
 #[test]
@@ -362,6 +515,8 @@ fn stale_completions_are_ignored() {
         Event::StagedSwitchSucceeded { to: Server::Primary, old_mount: None },
         Event::StagedSwitchFailed { to: Server::Primary, error: "x".into(), serving: None },
         Event::CatchUpFinished { result: Ok((0, 0)) },
+        Event::ReconcileSucceeded { files: 0, bytes: 0, elapsed_ms: 0 },
+        Event::ReconcileFailed { error: "x".into() },
     ] {
         let t = step(&s, ev, &policy(), 0);
         assert_eq!(t.next, s);
@@ -382,5 +537,7 @@ fn active_server_per_phase() {
     s.phase = Phase::Staging { to: Server::Primary };
     assert_eq!(s.active(), Some(Server::Backup));
     s.phase = Phase::CatchingUp;
+    assert_eq!(s.active(), Some(Server::Primary));
+    s.phase = Phase::Reconciling { attempt: 1 };
     assert_eq!(s.active(), Some(Server::Primary));
 }

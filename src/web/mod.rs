@@ -40,6 +40,19 @@
 //! microsecond gap, but a lazy detach of a covered mount takes the mounts above it along, so the
 //! detach-then-move order is used.
 //!
+//! # The backup dies while it is served (reconciliation)
+//! If the backup goes DOWN before a reverse sync succeeded and the primary is usable, the node mounts
+//! the primary (serving beats waiting) and records `reconcile_epoch` (the failover epoch) in the durable
+//! state BEFORE the mount moves; `nfs-guard status` shows it as `pending_reconcile_epoch`. Once the
+//! backup is UP again (rise + hold-down), the node (daemon or a `--once` run) mounts the backup at
+//! `<state_dir>/stage/reconcile` (with the mount deadline, verified in mountinfo), runs
+//! `rsync -a --update STAGE/ PRIMARY_TARGET` (never `--delete`, whatever `delete` says: the primary has
+//! been live since) with the reverse sync's retry/backoff and alerts, lazily detaches the staging mount
+//! and clears the flag. The mount point is never touched; a failover of the primary meanwhile is not
+//! delayed (the late report of the running pass is ignored, and the next failback's pass 1 copies the
+//! whole backup tree anyway, which clears the flag). A failed catch-up pass records the same
+//! reconciliation.
+//!
 //! # Several web nodes failing back at once
 //! Each node pushes the same backup tree to the same primary with `--update` and no `--delete`: rsync
 //! writes every file to a temporary name and renames it, so readers never see a partial file, and two

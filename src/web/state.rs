@@ -122,6 +122,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_reconciliation_is_durable_and_older_state_files_still_load() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Durable::default();
+        s.fsm.reconcile_epoch = Some(3);
+        s.fsm.backup_up_since = Some(1_000);
+        save(d.path(), &s).unwrap();
+        assert_eq!(load(d.path()).unwrap().fsm.reconcile_epoch, Some(3));
+        // a state file written before the reconciliation fields existed
+        let mut v: serde_json::Value = serde_json::to_value(Durable::default()).unwrap();
+        let fsm = v["fsm"].as_object_mut().unwrap();
+        fsm.remove("reconcile_epoch");
+        fsm.remove("backup_up_since");
+        std::fs::write(state_path(d.path()), v.to_string()).unwrap();
+        assert_eq!(load(d.path()).unwrap(), Durable::default());
+    }
+
+    #[test]
     fn corrupt_state_names_the_file() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(state_path(d.path()), "{").unwrap();
