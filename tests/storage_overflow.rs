@@ -42,8 +42,12 @@ fn inotify_overflow_becomes_a_full_sync() {
     drop(restore);
     assert_eq!(fs::read_to_string(SYSCTL).unwrap(), old, "sysctl restored");
 
-    // Far more events than 32 queued ones, as fast as possible.
+    // Far more events than 32 queued ones while the replicator cannot read any (stopped), so the
+    // kernel queue overflows whatever the speed of this machine.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     burst(&src, "flood", 10, 3000);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     wait_for("an overflow to be detected", Duration::from_secs(20), || {
         status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1)
     });
