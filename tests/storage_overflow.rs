@@ -43,14 +43,23 @@ fn inotify_overflow_becomes_a_full_sync() {
     assert_eq!(fs::read_to_string(SYSCTL).unwrap(), old, "sysctl restored");
 
     // Far more events than 32 queued ones while the replicator cannot read any (stopped), so the
-    // kernel queue overflows whatever the speed of this machine.
+    // kernel queue overflows whatever the speed of this machine. The directories exist and are
+    // watched first: files created in a directory that has no watch yet raise no events at all (the
+    // replicator walks such a directory when it sees it), so they could not overflow anything.
+    for d in 0..10 {
+        fs::create_dir_all(src.join(format!("flood/d{d:03}"))).unwrap();
+    }
+    wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
+    wait_idle(&state, &node, Duration::from_secs(20));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(node.child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     burst(&src, "flood", 10, 3000);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    wait_for("an overflow to be detected", Duration::from_secs(20), || {
-        status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1)
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1) {
+        assert!(std::time::Instant::now() < deadline, "no overflow detected in 20 s; log:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_same(&src, &daemon.root, Duration::from_secs(40), Some(&node));
     let log = node.log_text();
     assert!(log.contains("inotify queue overflowed"), "{log}");
