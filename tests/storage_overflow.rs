@@ -34,6 +34,9 @@ fn inotify_overflow_becomes_a_full_sync() {
     let cfg = d.path().join("n.toml");
     write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
 
+    // Two runs of this test at once (two checkouts) would each restore the other's 32: serialize.
+    let lock = fs::OpenOptions::new().create(true).append(true).open("/tmp/nfs-guard-inotify-sysctl.lock").unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
     let old = fs::read_to_string(SYSCTL).unwrap();
     let restore = Restore(old.clone());
     fs::write(SYSCTL, "32").unwrap();
