@@ -56,9 +56,13 @@ def in_primary(argv, **kw):
     return subprocess.Popen([LAB_SH, "exec", "primary"] + argv, **kw)
 
 def clean(d):
+    # Entries may still vanish underneath us (a stopped tool's last rsync): tolerate that, then check.
     for e in os.scandir(d):
-        if e.is_dir(follow_symlinks=False): shutil.rmtree(e.path)
-        else: os.unlink(e.path)
+        if e.is_dir(follow_symlinks=False): shutil.rmtree(e.path, ignore_errors=True)
+        else:
+            try: os.unlink(e.path)
+            except FileNotFoundError: pass
+    assert not os.listdir(d), f"cannot empty {d}"
     # Flush the deletions now, so their writeback does not land in the middle of the next measurement.
     os.sync()
 
