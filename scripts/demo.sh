@@ -53,6 +53,13 @@ from = \"nfs-guard <nfs-guard@demo.lab>\"
 to = [\"ops@demo.lab\"]
 flood_period = \"1s\""
 
+# How both nfs-guard roles reach a storage host's rsync daemon (after `host = ...`).
+RSYNC_AUTH="module = \"$LAB_RSYNC_MODULE\"
+user = \"$LAB_RSYNC_USER\"
+password_file = \"$LAB_RSYNC_PASS\"
+connect_timeout = \"2s\"
+io_timeout = \"5s\""
+
 cat >"$D/primary.toml" <<CONF
 state_dir = "$D/primary-state"
 [storage]
@@ -62,11 +69,7 @@ path = "$LAB_EXPORT"
 [[storage.remotes]]
 name = "backup"
 host = "$LAB_BACKUP_IP"
-module = "$LAB_RSYNC_MODULE"
-user = "$LAB_RSYNC_USER"
-password_file = "$LAB_RSYNC_PASS"
-connect_timeout = "2s"
-io_timeout = "5s"
+$RSYNC_AUTH
 $ALERT
 CONF
 
@@ -90,11 +93,7 @@ export = "$LAB_EXPORT"
 retry_initial = "2s"
 [web.reverse_sync.target]
 host = "$LAB_PRIMARY_IP"
-module = "$LAB_RSYNC_MODULE"
-user = "$LAB_RSYNC_USER"
-password_file = "$LAB_RSYNC_PASS"
-connect_timeout = "2s"
-io_timeout = "5s"
+$RSYNC_AUTH
 $ALERT
 CONF
 "$BIN" --config "$D/primary.toml" check-config

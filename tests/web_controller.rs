@@ -123,11 +123,16 @@ impl Mounter for Fake {
     }
 }
 
-impl Syncer for Fake {
-    fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+impl Fake {
+    /// Records `call`, then takes 500 ms and returns the next scripted result (success if none left).
+    fn scripted_sync(
+        &self,
+        call: &str,
+        stats: SyncStats,
+    ) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         let r = {
             let mut g = self.0.lock().unwrap();
-            g.calls.push("reverse-sync".into());
+            g.calls.push(call.into());
             if g.sync_results.is_empty() {
                 Ok(())
             } else {
@@ -136,27 +141,21 @@ impl Syncer for Fake {
         };
         async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            r.map(|()| SyncStats { files: 3, bytes: 300, elapsed_ms: 500 })
+            r.map(|()| stats)
         }
+    }
+}
+
+impl Syncer for Fake {
+    fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
+        self.scripted_sync("reverse-sync", SyncStats { files: 3, bytes: 300, elapsed_ms: 500 })
     }
     fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         self.0.lock().unwrap().calls.push("catch-up".into());
         async move { Ok(SyncStats { files: 1, bytes: 10, elapsed_ms: 5 }) }
     }
     fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
-        let r = {
-            let mut g = self.0.lock().unwrap();
-            g.calls.push("reconcile".into());
-            if g.sync_results.is_empty() {
-                Ok(())
-            } else {
-                g.sync_results.remove(0)
-            }
-        };
-        async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            r.map(|()| SyncStats { files: 4, bytes: 400, elapsed_ms: 500 })
-        }
+        self.scripted_sync("reconcile", SyncStats { files: 4, bytes: 400, elapsed_ms: 500 })
     }
 }
 
