@@ -59,7 +59,8 @@ fn inotify_overflow_becomes_a_full_sync() {
     burst(&src, "flood", 10, 3000);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1) {
+    let overflowed = || status_json(&state).is_some_and(|s| s["overflows"].as_u64().unwrap_or(0) >= 1);
+    while !overflowed() {
         assert!(std::time::Instant::now() < deadline, "no overflow detected in 20 s; log:\n{}", node.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
