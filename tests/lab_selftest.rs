@@ -301,6 +301,12 @@ fn check_smtp(lab: &Lab) {
 
 /// Pushes a tree with odd owners, modes and a symlink to `host`, checks it arrived as-is in the data
 /// dir, pulls it back and compares.
+/// `rsync -a --numeric-ids` run on `web` from `from` to `to` (bounded in time); panics on failure.
+fn rsync_from_web(lab: &Lab, pass_arg: &str, from: &str, to: &str) {
+    let argv = ["timeout", "-s", "KILL", "30", "rsync", "-a", "--numeric-ids", "--contimeout=5", "--timeout=10"];
+    lab.run(Host::Web, &[&argv[..], &[pass_arg, from, to]].concat());
+}
+
 fn check_rsync_push_pull(lab: &Lab, host: Host) {
     let work = lab.state_dir().join("selftest").join(host.name());
     let src = work.join("src");
@@ -315,23 +321,7 @@ fn check_rsync_push_pull(lab: &Lab, host: Host) {
     let pass = format!("--password-file={}", s(&lab.rsync_password_file()));
     let url = lab.rsync_url(host);
     let push_src = format!("{}/", s(&src));
-    lab.run(
-        Host::Web,
-        &[
-            "timeout",
-            "-s",
-            "KILL",
-            "30",
-            "rsync",
-            "-a",
-            "--numeric-ids",
-            "--contimeout=5",
-            "--timeout=10",
-            &pass,
-            &push_src,
-            &url,
-        ],
-    );
+    rsync_from_web(lab, &pass, &push_src, &url);
     let data = lab.data_dir(host);
     let m = fs::metadata(data.join("owned.txt")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 2345, 0o640), "owner/mode replicated to {host:?}");
@@ -340,23 +330,7 @@ fn check_rsync_push_pull(lab: &Lab, host: Host) {
 
     let back = work.join("back");
     let pull_dst = format!("{}/", s(&back));
-    lab.run(
-        Host::Web,
-        &[
-            "timeout",
-            "-s",
-            "KILL",
-            "30",
-            "rsync",
-            "-a",
-            "--numeric-ids",
-            "--contimeout=5",
-            "--timeout=10",
-            &pass,
-            &url,
-            &pull_dst,
-        ],
-    );
+    rsync_from_web(lab, &pass, &url, &pull_dst);
     assert_eq!(fs::read_to_string(back.join("owned.txt")).unwrap(), "owned by 1234:2345\n");
     assert_eq!(fs::metadata(back.join("owned.txt")).unwrap().uid(), 1234);
 

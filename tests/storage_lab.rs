@@ -45,13 +45,7 @@ fn lab_replicates_through_faults_and_kill9() {
     // Phase 1: the scenarios.
     let mut node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node1.log"));
     wait_idle(&state, &node, Duration::from_secs(30));
-    burst(&src, "burst", 20, 3000);
-    mkdir_p_and_write(&src);
-    renames(&src, &outside);
-    deletes(&src);
-    attributes(&src);
-    links(&src);
-    hostile(&src);
+    all_scenarios(&src, &outside, 3000);
     wait_same(&src, &dst, Duration::from_secs(40), Some(&node));
     deletes_second_half(&src);
     hostile_second_half(&src);
@@ -108,14 +102,7 @@ fn lab_dead_remote_never_delays_the_other() {
     let local = work.path().join("local-remote");
     fs::create_dir_all(&local).unwrap();
     let rsyncd_conf = work.path().join("rsyncd.conf");
-    fs::write(
-        &rsyncd_conf,
-        format!(
-            "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
-            local.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&rsyncd_conf, daemon_conf(&local)).unwrap();
     let mut local_daemon = lab
         .command(Host::Primary, "rsync")
         .args(["--daemon", "--no-detach", "--address=127.0.0.1", "--port=8873"])

@@ -34,13 +34,7 @@ fn scenarios_replicate_exactly() {
     wait_idle(&state, &node, Duration::from_secs(20));
     assert_eq!(fs::read_to_string(daemon.root.join("preexisting")).unwrap(), "old");
 
-    burst(&src, "burst", 20, 2000);
-    mkdir_p_and_write(&src);
-    renames(&src, &outside);
-    deletes(&src);
-    attributes(&src);
-    links(&src);
-    hostile(&src);
+    all_scenarios(&src, &outside, 2000);
     fs::write(src.join("excluded.swp"), "never sent").unwrap();
     wait_same_except_swp(&src, &daemon.root, &node);
     deletes_second_half(&src);
@@ -150,14 +144,7 @@ fn journal_survives_a_dead_remote_and_a_restart() {
 /// A daemon on a fixed port (the one the config names).
 fn restart_daemon_on(dir: &std::path::Path, port: u16, root: &std::path::Path) -> DaemonGuard {
     let conf = dir.join("rsyncd2.conf");
-    fs::write(
-        &conf,
-        format!(
-            "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
-            root.display()
-        ),
-    )
-    .unwrap();
+    fs::write(&conf, daemon_conf(root)).unwrap();
     let child = Command::new("rsync")
         .args(["--daemon", "--no-detach", "--address=127.0.0.1", &format!("--port={port}")])
         .arg(format!("--config={}", conf.display()))

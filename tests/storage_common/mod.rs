@@ -23,6 +23,27 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// rsyncd.conf of a test daemon serving module `data` from `root` (chrooted, so absolute symlinks
+/// arrive as they are; root so owners replicate).
+pub fn daemon_conf(root: &Path) -> String {
+    format!(
+        "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
+        root.display()
+    )
+}
+
+/// Every file scenario of the storage issue in a row: a burst of `files`, `mkdir -p` + writes, renames
+/// (into and out of `outside`), deletes, attribute-only changes, links and hostile names.
+pub fn all_scenarios(src: &Path, outside: &Path, files: usize) {
+    burst(src, "burst", 20, files);
+    mkdir_p_and_write(src);
+    renames(src, outside);
+    deletes(src);
+    attributes(src);
+    links(src);
+    hostile(src);
+}
+
 /// A real rsync daemon on 127.0.0.1 (no auth) serving module `data` from `root`.
 pub struct Daemon {
     pub port: u16,
@@ -37,14 +58,7 @@ impl Daemon {
         let conf = dir.join("rsyncd.conf");
         for _ in 0..20 {
             let port = 20000 + u16::try_from(fastrand::u32(0..40000)).unwrap();
-            fs::write(
-                &conf,
-                format!(
-                    "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
-                    root.display()
-                ),
-            )
-            .unwrap();
+            fs::write(&conf, daemon_conf(&root)).unwrap();
             let mut child = Command::new("rsync")
                 .args(["--daemon", "--no-detach", "--address=127.0.0.1", &format!("--port={port}")])
                 .arg(format!("--config={}", conf.display()))
