@@ -12,6 +12,7 @@ NEED=(
   "ssh openssh-client" "ssh-keygen openssh-client" "fusermount3 fuse3" "nft nftables"
   "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
   "lsyncd lsyncd" "systemd-analyze systemd"
+  "mkfs.ext4 e2fsprogs" "mountpoint util-linux"
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 

@@ -15,6 +15,10 @@
 #   web      10.203.X.4  client: /mnt/nfs, and a mount.nfs/mount.nfs4 stand-in (sshfs) on its /usr/sbin
 #   mail     10.203.X.5  SMTP (aiosmtpd): 25 plain; 587 STARTTLS + AUTH required; 465 TLS + AUTH required
 # Every host has its own tmpfs /run. Storage hosts see <state>/<host>/data at /srv/nfs.
+# LAB_DATA_FS=ext4 (read by `up`) gives each storage host's data its own journaled ext4 on a sparse
+# image file (<state>/<host>/data.img, LAB_DATA_SIZE, default 8G, one inode per 4 KiB), loop-mounted
+# in the root namespace; `down` unmounts it. The benchmarks use it: a fresh journaled ext4, as on an
+# NFS server, instead of whatever filesystem /var/tmp happens to be on.
 #
 # State: /var/tmp/nfs-guard-lab/<name>/ (see `env`). Faults (fault HOST KIND):
 #   freeze       SIGSTOP every process of the host (kernel still answers ping and TCP handshakes)
@@ -563,6 +567,24 @@ ensure_network() {
     ip route replace unreachable "$SUBNET"
 }
 
+# LAB_DATA_FS=ext4: the host's data directory is a loop-mounted ext4 of its own (before its holder
+# starts, so the holder's mount namespace binds the mounted filesystem).
+ensure_data_fs() {
+    local h=$1 d=$STATE/$1/data img=$STATE/$1/data.img
+    case ${LAB_DATA_FS:-dir} in
+        dir) return 0 ;;
+        ext4) ;;
+        *) die "LAB_DATA_FS=${LAB_DATA_FS}: expected dir or ext4" ;;
+    esac
+    mountpoint -q "$d" && return 0
+    if [[ ! -f $img ]]; then
+        truncate -s "${LAB_DATA_SIZE:-8G}" "$img"
+        mkfs.ext4 -q -F -i 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$img" || die "mkfs.ext4 $img failed"
+    fi
+    mount -o loop "$img" "$d" || die "cannot mount $img on $d"
+    chmod 755 "$d"
+}
+
 # The holder: `sleep infinity` in the host's netns and its own (private) mount namespace.
 ensure_holder() {
     local h=$1 hn pid
@@ -735,7 +757,7 @@ cmd_up() {
     ensure_secrets
     write_lab_env
     ensure_network
-    for h in "${STORAGE[@]}"; do write_storage_configs "$h"; done
+    for h in "${STORAGE[@]}"; do write_storage_configs "$h"; ensure_data_fs "$h"; done
     mkdir -p "$RUN/web" "$RUN/mail" "$STATE/mail/tmp" "$STATE/mail/new" "$STATE/mail/cur"
     install_mount_standin
     for h in "${HOSTS[@]}"; do clear_faults "$h"; done

@@ -352,6 +352,7 @@ impl Replicator {
     }
 
     fn fan_out(&mut self, batch: &[Entry]) {
+        tracing::debug!(entries = batch.len(), "batch formed");
         for (i, (q, r)) in self.queues.iter().zip(&self.cfg.remotes).enumerate() {
             if !r.realtime {
                 continue;

@@ -9,6 +9,12 @@
 //! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
 //!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
 //!   3.x refuses "cannot delete non-empty directory" and still exits 0).
+//! - A batch whose entries are all new or moved-in subtrees (the common burst: `mkdir` and files
+//!   inside) goes as source ARGUMENTS `SRC/./rel` with `-R -r`, and rsync walks them itself: rsync
+//!   3.4+ opens every component of every `--files-from` path on its own, which makes a list of the
+//!   files of a deep tree ~2x slower than a recursive transfer. Same options otherwise; a missing
+//!   root is deleted by `--delete-missing-args` as in a list. Past [`MAX_ROOTS`] or
+//!   [`MAX_ROOT_BYTES`] of arguments, the list is used.
 //! - `--stats`: files and bytes for the status file.
 //! - Full syncs are recursive and SAFE by default: `--update` (never overwrite a newer remote file) and
 //!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
@@ -53,11 +59,51 @@ fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     a
 }
 
-/// argv (without the program) for one real-time batch of `tree`; the list goes on stdin.
-pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
+/// At most this many subtree roots go as arguments (and at most this many bytes of them).
+pub const MAX_ROOTS: usize = 1000;
+pub const MAX_ROOT_BYTES: usize = 256 * 1024;
+
+/// How one batch of one tree goes to rsync.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Only subtrees: these roots as arguments, rsync recursing into them.
+    Roots(Vec<PathBuf>),
+    /// The expanded list, on stdin.
+    List(Vec<PathBuf>),
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Plan::Roots(v) | Plan::List(v) => v.is_empty(),
+        }
+    }
+}
+
+/// argv (without the program) for one real-time batch of `tree`; for [`Plan::List`] the list goes
+/// on stdin. `filter` applies inside the roots rsync walks (the list is filtered already).
+pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree, plan: &Plan, filter: &Filter) -> Vec<OsString> {
     let mut a = common(base, target, tree);
-    a.extend(["--files-from=-", "--from0", "--delete-missing-args", "--force"].map(OsString::from));
-    a.push(source(tree));
+    match plan {
+        Plan::List(_) => {
+            a.extend(["--files-from=-", "--from0", "--delete-missing-args", "--force"].map(OsString::from));
+            a.push(source(tree));
+        }
+        Plan::Roots(roots) => {
+            a.extend(["-R", "-r", "--delete-missing-args", "--force"].map(OsString::from));
+            a.extend(filter.rsync_args());
+            // `SRC/./rel`: `-R` keeps what follows `/./`. Absolute, so never taken for an option
+            // or a host; rsync does not glob local arguments.
+            for r in roots {
+                let mut arg = source(tree);
+                arg.push("./");
+                if r != Path::new(".") {
+                    arg.push(r);
+                }
+                a.push(arg);
+            }
+        }
+    }
     a.push(dest_url(target, tree).into());
     a
 }
@@ -83,16 +129,39 @@ pub fn full_sync_args(
     a
 }
 
+/// How to push `entries` (all of one tree rooted at `root`): [`Plan::Roots`] when every entry that
+/// no other `Tree` entry of the batch covers is itself a `Tree` entry, else [`Plan::List`].
+pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
+    let covered = coverage(entries);
+    let mut roots = BTreeSet::new();
+    for e in entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)) {
+        if e.scope != Scope::Tree {
+            return Plan::List(expand(root, entries, filter));
+        }
+        roots.insert(e.path.clone());
+    }
+    let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 3).sum();
+    if roots.len() > MAX_ROOTS || bytes > MAX_ROOT_BYTES {
+        return Plan::List(expand(root, entries, filter));
+    }
+    Plan::Roots(roots.into_iter().collect())
+}
+
+/// Is a path beneath a `Tree` entry of `entries` (so a walk of that tree covers it)?
+fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
+    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope == Scope::Tree).map(|e| e.path.as_path()).collect();
+    move |p: &Path| {
+        p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
+    }
+}
+
 /// The relative paths to list for `entries` (all of one tree rooted at `root`): `Path` entries as
 /// they are, `Tree` entries with everything beneath them that the filter keeps. Sorted, no duplicates.
 pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
     let mut out = BTreeSet::new();
     // A tree inside another tree of the same batch is covered by the outer walk (a burst of nested
     // mkdirs would otherwise walk the same chain once per level).
-    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope == Scope::Tree).map(|e| e.path.as_path()).collect();
-    let covered = |p: &Path| {
-        p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
-    };
+    let covered = coverage(entries);
     for e in entries {
         if filter.excluded(&e.path) {
             continue;
@@ -169,7 +238,8 @@ mod tests {
     #[test]
     fn batch_argv_lists_on_stdin_and_deletes_missing_args() {
         let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
-        let a = batch_args(&["-a".into(), "-H".into()], &target(), &tree);
+        let plan = Plan::List(vec!["x".into()]);
+        let a = batch_args(&["-a".into(), "-H".into()], &target(), &tree, &plan, &Filter::default());
         assert_eq!(
             strs(&a),
             [
@@ -187,6 +257,59 @@ mod tests {
                 "rsync://nfsguard@10.0.0.3:873/data/"
             ]
         );
+    }
+
+    #[test]
+    fn subtree_roots_go_as_arguments_with_the_filter() {
+        let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
+        let weird = PathBuf::from(std::ffi::OsStr::from_bytes(b"-\n\xff*"));
+        let plan = Plan::Roots(vec![".".into(), "a/new".into(), weird]);
+        let f = Filter::new(&["*.swp"], &[]).unwrap();
+        let a = batch_args(&["-a".into()], &target(), &tree, &plan, &f);
+        let tail: Vec<&[u8]> = a[a.len() - 9..].iter().map(|s| s.as_bytes()).collect();
+        assert_eq!(
+            tail,
+            [
+                &b"-R"[..],
+                b"-r",
+                b"--delete-missing-args",
+                b"--force",
+                b"--exclude=*.swp",
+                b"/srv/nfs/./",
+                b"/srv/nfs/./a/new",
+                b"/srv/nfs/./-\n\xff*",
+                b"rsync://nfsguard@10.0.0.3:873/data/"
+            ]
+        );
+        assert!(!a.iter().any(|s| s == "--files-from=-"));
+    }
+
+    #[test]
+    fn plan_uses_roots_only_when_every_uncovered_entry_is_a_subtree() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("new/a")).unwrap();
+        std::fs::write(root.join("new/a/f"), "x").unwrap();
+        std::fs::write(root.join("plain"), "x").unwrap();
+        let f = Filter::new(&["*.swp"], &[]).unwrap();
+        // Files inside a new directory are covered by it; excluded entries do not count.
+        let burst = [
+            Entry::new(0, "new", Scope::Tree),
+            Entry::new(0, "new/a", Scope::Tree),
+            Entry::new(0, "new/a/f", Scope::Path),
+            Entry::new(0, "gone", Scope::Tree),
+            Entry::new(0, "x.swp", Scope::Path),
+        ];
+        assert_eq!(plan(root, &burst, &f), Plan::Roots(vec!["gone".into(), "new".into()]));
+        // A plain path outside every subtree needs the list (which walks the subtrees).
+        let mixed = [Entry::new(0, "new", Scope::Tree), Entry::new(0, "plain", Scope::Path)];
+        assert_eq!(
+            plan(root, &mixed, &f),
+            Plan::List(vec!["new".into(), "new/a".into(), "new/a/f".into(), "plain".into()])
+        );
+        // Too many roots for an argument vector: the list.
+        let many: Vec<Entry> = (0..=MAX_ROOTS).map(|i| Entry::new(0, format!("d{i}"), Scope::Tree)).collect();
+        assert!(matches!(plan(root, &many, &f), Plan::List(l) if l.len() == MAX_ROOTS + 1));
     }
 
     #[test]

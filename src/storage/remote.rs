@@ -464,23 +464,40 @@ impl Pusher {
                         batch.iter().filter(|(_, e)| e.tree == t).map(|(_, e)| e.clone()).collect();
                     let root = tree.path.clone();
                     let filter = self.cfg.filter.clone();
-                    let list = tokio::task::spawn_blocking(move || push::expand(&root, &entries, &filter))
-                        .await
-                        .unwrap_or_default();
-                    if list.is_empty() {
+                    let (plan, entries) = tokio::task::spawn_blocking(move || {
+                        let plan = push::plan(&root, &entries, &filter);
+                        (plan, entries)
+                    })
+                    .await
+                    .unwrap_or_else(|_| (push::Plan::List(Vec::new()), Vec::new()));
+                    if plan.is_empty() {
                         continue;
                     }
                     let started = Instant::now();
-                    let args = push::batch_args(&self.cfg.rsync_args, &self.remote.target, tree);
-                    let stdin = rsync::nul_list(list.iter().map(PathBuf::as_path));
-                    let o = outcome(rsync::run(&self.cfg.rsync, &args, Some(stdin), self.cfg.batch_timeout).await);
+                    let args =
+                        push::batch_args(&self.cfg.rsync_args, &self.remote.target, tree, &plan, &self.cfg.filter);
+                    let (paths, stdin) = match &plan {
+                        push::Plan::List(l) => (l.len(), Some(rsync::nul_list(l.iter().map(PathBuf::as_path)))),
+                        push::Plan::Roots(r) => (r.len(), None),
+                    };
+                    let o = outcome(rsync::run(&self.cfg.rsync, &args, stdin, self.cfg.batch_timeout).await);
                     if o.ok || o.class == ExitClass::Partial {
-                        tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths = list.len(),
-                            files = o.files, bytes = o.bytes, elapsed_ms = ms(started.elapsed()),
-                            ok = o.ok, "batch pushed");
+                        tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,
+                            roots = matches!(plan, push::Plan::Roots(_)), files = o.files, bytes = o.bytes,
+                            elapsed_ms = ms(started.elapsed()), ok = o.ok, "batch pushed");
                     }
                     if o.ok {
                         if let Some(h) = &self.hooks {
+                            // Hooks get every path; rsync walked the roots itself.
+                            let list = match plan {
+                                push::Plan::List(l) => l,
+                                push::Plan::Roots(_) => {
+                                    let (root, filter) = (tree.path.clone(), self.cfg.filter.clone());
+                                    tokio::task::spawn_blocking(move || push::expand(&root, &entries, &filter))
+                                        .await
+                                        .unwrap_or_default()
+                                }
+                            };
                             h.after_batch(&self.remote.name, &tree.path, &list);
                         }
                     }
