@@ -34,6 +34,19 @@ fn scenarios_replicate_exactly() {
     wait_idle(&state, &node, Duration::from_secs(20));
     assert_eq!(fs::read_to_string(daemon.root.join("preexisting")).unwrap(), "old");
 
+    // A batch of only new subtrees goes as rsync arguments (rsync walks them): the filter still
+    // applies inside them, and the log says which form was used.
+    fs::create_dir_all(src.join("newtree/sub")).unwrap();
+    fs::write(src.join("newtree/sub/keep"), "k").unwrap();
+    fs::write(src.join("newtree/sub/skip.swp"), "s").unwrap();
+    wait_for("a batch pushed as subtree roots", Duration::from_secs(20), || node.log_text().contains("roots=true"));
+    assert!(daemon.root.join("newtree/sub/keep").exists());
+    assert!(!daemon.root.join("newtree/sub/skip.swp").exists(), "excluded file inside a new subtree was pushed");
+    // Removing the excluded file changes its directory's mtime, which no event carries: rewrite a
+    // kept file so the directory's attributes go along with it.
+    fs::remove_file(src.join("newtree/sub/skip.swp")).unwrap();
+    fs::write(src.join("newtree/sub/keep"), "k2").unwrap();
+
     all_scenarios(&src, &outside, 2000);
     fs::write(src.join("excluded.swp"), "never sent").unwrap();
     wait_same_except_swp(&src, &daemon.root, &node);

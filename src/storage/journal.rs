@@ -292,21 +292,21 @@ mod tests {
 
     #[test]
     fn torn_tail_is_cut_and_appends_continue() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("r.journal");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.journal");
         {
-            let (mut j, _) = Journal::open(&p).unwrap();
+            let (mut j, _) = Journal::open(&path).unwrap();
             j.add(&[(0, &e(b"whole", Scope::Path))]).unwrap();
         }
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"A\x01\x00\x00").unwrap();
-        drop(f);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"A\x01\x00\x00").unwrap();
+        drop(file);
         {
-            let (mut j, r) = Journal::open(&p).unwrap();
+            let (mut j, r) = Journal::open(&path).unwrap();
             assert_eq!(live(&r), [(0, b"whole".to_vec())]);
             j.add(&[(1, &e(b"next", Scope::Path))]).unwrap();
         }
-        let (_, r) = Journal::open(&p).unwrap();
+        let (_, r) = Journal::open(&path).unwrap();
         assert_eq!(live(&r), [(0, b"whole".to_vec()), (1, b"next".to_vec())]);
     }
 
