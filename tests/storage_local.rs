@@ -7,6 +7,7 @@
 mod storage_common;
 
 use std::fs;
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,7 +30,12 @@ fn scenarios_replicate_exactly() {
     // Something already there before start: the start-up full sync must carry it.
     fs::write(src.join("preexisting"), "old").unwrap();
     let cfg = d.path().join("nfs-guard.toml");
-    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "exclude = [\"*.swp\"]", "");
+    let hook_out = d.path().join("hook.out");
+    let extra = format!(
+        "exclude = [\"*.swp\"]\nsettle = \"1s\"\n[storage.hook]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n",
+        hook_out.display()
+    );
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, &extra, "");
     let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
     wait_idle(&state, &node, Duration::from_secs(20));
     assert_eq!(fs::read_to_string(daemon.root.join("preexisting")).unwrap(), "old");
@@ -42,10 +48,39 @@ fn scenarios_replicate_exactly() {
     wait_for("a batch pushed as subtree roots", Duration::from_secs(20), || node.log_text().contains("roots=true"));
     assert!(daemon.root.join("newtree/sub/keep").exists());
     assert!(!daemon.root.join("newtree/sub/skip.swp").exists(), "excluded file inside a new subtree was pushed");
+    // The post-sync hook still gets every path of the subtree (NUL-separated, absolute), not the root alone.
+    let want = format!("{}\0", src.join("newtree/sub/keep").display());
+    wait_for("the hook got the files of the new subtree", Duration::from_secs(10), || {
+        fs::read(&hook_out).is_ok_and(|b| String::from_utf8_lossy(&b).contains(&want))
+    });
     // Removing the excluded file changes its directory's mtime, which no event carries: rewrite a
     // kept file so the directory's attributes go along with it.
     fs::remove_file(src.join("newtree/sub/skip.swp")).unwrap();
     fs::write(src.join("newtree/sub/keep"), "k2").unwrap();
+
+    // A file still open for writing is not pushed half-written: its creation waits for the close,
+    // while other batches go out (the marker's push starts after the creation was seen).
+    let mut slow = fs::File::create(src.join("slow.bin")).unwrap();
+    slow.write_all(b"first half").unwrap();
+    fs::write(src.join("marker"), "m").unwrap();
+    wait_for("the marker at the remote", Duration::from_secs(20), || daemon.root.join("marker").exists());
+    assert!(!daemon.root.join("slow.bin").exists(), "a file still open for writing was pushed");
+    slow.write_all(b", second half").unwrap();
+    drop(slow);
+    wait_for("slow.bin complete at the remote", Duration::from_secs(20), || {
+        fs::read(daemon.root.join("slow.bin")).is_ok_and(|b| b == b"first half, second half")
+    });
+    // A creation that never gets a close_write (created read-only) is pushed when `settle` runs out.
+    let fd = nix::fcntl::open(
+        &src.join("created-readonly"),
+        nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    drop(fd);
+    wait_for("a never-closed-for-writing creation at the remote", Duration::from_secs(20), || {
+        daemon.root.join("created-readonly").exists()
+    });
 
     all_scenarios(&src, &outside, 2000);
     fs::write(src.join("excluded.swp"), "never sent").unwrap();

@@ -32,6 +32,8 @@ pub struct RawStorage {
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,
+    /// How long a new file's creation waits for its close_write before it is pushed anyway (5s).
+    pub settle: Option<Spanned<String>>,
     /// rsync runs under way at once per remote, on non-overlapping paths (2). A full sync runs alone.
     pub push_concurrency: Option<Spanned<i64>>,
     /// Pending paths per remote before the queue collapses into "full sync needed" (200000).
@@ -179,6 +181,7 @@ pub struct StorageConfig {
     pub window: Duration,
     pub max_delay: Duration,
     pub max_batch: usize,
+    pub settle: Duration,
     pub push_concurrency: usize,
     pub max_pending: usize,
     pub rsync_args: Vec<String>,
@@ -203,6 +206,7 @@ impl StorageConfig {
         let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), ctx);
         let window = opt_duration(ctx, "storage.window", raw.window.as_ref(), Duration::from_millis(20));
         let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_millis(500));
+        let settle = opt_duration(ctx, "storage.settle", raw.settle.as_ref(), Duration::from_secs(5));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
         let push_concurrency =
@@ -262,6 +266,7 @@ impl StorageConfig {
             window: window?,
             max_delay: max_delay?,
             max_batch: usize::try_from(max_batch?).ok()?,
+            settle: settle?,
             push_concurrency: usize::try_from(push_concurrency?).ok()?,
             max_pending: usize::try_from(max_pending?).ok()?,
             rsync_args,

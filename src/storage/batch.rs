@@ -10,6 +10,11 @@
 //! [`PendingSet`] is the ordered, merging set shared by the batcher and each remote's queue;
 //! [`Batcher`] adds the timing: a batch is due `window` after the last event, or `max_delay` after the
 //! first, or at once when it holds `max_batch` entries.
+//!
+//! A file just created by `open()` is still being written: its `close_write` will announce the
+//! finished file, so its creation SETTLES instead of being pushed (a push would send a partial file
+//! and the close would send it all again). Any other event of that path, or of a directory deleted
+//! above it, ends the wait; if none comes within `settle`, the creation is pushed anyway.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,6 +199,8 @@ pub struct Timing {
     pub window: Duration,
     pub max_delay: Duration,
     pub max_batch: usize,
+    /// How long a new file's creation waits for its `close_write`.
+    pub settle: Duration,
 }
 
 /// The pending batch and when it is due.
@@ -203,34 +210,58 @@ pub struct Batcher {
     timing: Timing,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
+    /// Creations waiting for their close, with the time they are pushed anyway.
+    settling: BTreeMap<(u32, PathBuf), Instant>,
 }
 
 impl Batcher {
     pub fn new(timing: Timing) -> Batcher {
-        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None }
+        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None, settling: BTreeMap::new() }
     }
 
+    /// Entries pending, settling ones included.
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.set.len() + self.settling.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.set.is_empty() && self.settling.is_empty()
     }
 
     /// Records an event. `dir_deleted`: `e.path` was a directory and is gone, so queued entries
     /// beneath it are subsumed by its deletion.
     pub fn add(&mut self, now: Instant, e: Entry, dir_deleted: bool) {
+        self.settling.remove(&(e.tree, e.path.clone()));
         if dir_deleted {
             self.set.remove_beneath(e.tree, &e.path);
+            let key = (e.tree, e.path.clone());
+            self.settling.retain(|(t, p), _| !(*t == key.0 && p.starts_with(&key.1)));
         }
         self.set.insert(e);
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
     }
 
-    /// When the pending batch must go out; `None` when there is nothing pending.
+    /// Records the creation of a file that is still open for writing: pushed at its next event, or
+    /// `settle` from now. A path already queued needs no wait (it goes with the batch).
+    pub fn add_settling(&mut self, now: Instant, e: Entry) {
+        if self.set.by_path.contains_key(&(e.tree, e.path.clone())) {
+            return;
+        }
+        self.settling.entry((e.tree, e.path)).or_insert(now + self.timing.settle);
+    }
+
+    /// When the pending batch (or a settled creation) must go out; `None` when nothing is pending.
     pub fn due(&self) -> Option<Instant> {
+        let settled = self.settling.values().min().copied();
+        let batch = self.batch_due();
+        match (batch, settled) {
+            (Some(b), Some(s)) => Some(b.min(s)),
+            (b, s) => b.or(s),
+        }
+    }
+
+    fn batch_due(&self) -> Option<Instant> {
         let (first, last) = (self.first_at?, self.last_at?);
         if self.set.len() >= self.timing.max_batch {
             return Some(last.min(first));
@@ -239,8 +270,19 @@ impl Batcher {
     }
 
     /// The batch, if it is due at `now`. Leftovers beyond `max_batch` stay, due again at once.
+    /// Creations whose wait is over join it.
     pub fn take_due(&mut self, now: Instant) -> Option<Vec<Entry>> {
-        if self.due()? > now {
+        let settled: Vec<(u32, PathBuf)> =
+            self.settling.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+        // A creation that waited long enough makes the batch due at once.
+        let ripe = !settled.is_empty();
+        for (tree, path) in settled {
+            self.settling.remove(&(tree, path.clone()));
+            self.set.insert(Entry { tree, path, scope: Scope::Path });
+            self.first_at.get_or_insert(now);
+            self.last_at.get_or_insert(now);
+        }
+        if !ripe && self.batch_due()? > now {
             return None;
         }
         let batch: Vec<Entry> = self.set.take(self.timing.max_batch).into_iter().map(|(_, e)| e).collect();
@@ -254,15 +296,19 @@ impl Batcher {
         Some(batch)
     }
 
-    /// Everything pending, due or not (shutdown).
+    /// Everything pending, due or not, settling creations included (shutdown).
     pub fn flush(&mut self) -> Vec<Entry> {
         self.first_at = None;
         self.last_at = None;
-        self.set.take(usize::MAX).into_iter().map(|(_, e)| e).collect()
+        let mut out: Vec<Entry> = self.set.take(usize::MAX).into_iter().map(|(_, e)| e).collect();
+        let settling = std::mem::take(&mut self.settling);
+        out.extend(settling.into_keys().map(|(tree, path)| Entry { tree, path, scope: Scope::Path }));
+        out
     }
 
     /// Drops pending entries of `tree` (a full sync of it is coming).
     pub fn clear_tree(&mut self, tree: u32) {
+        self.settling.retain(|(t, _), _| *t != tree);
         self.set.clear_tree(tree);
         if self.set.is_empty() {
             self.first_at = None;
@@ -279,7 +325,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn timing() -> Timing {
-        Timing { window: 100 * MS, max_delay: 1000 * MS, max_batch: 3 }
+        Timing { window: 100 * MS, max_delay: 1000 * MS, max_batch: 3, settle: 5000 * MS }
     }
 
     fn p(path: &str) -> Entry {
@@ -301,6 +347,34 @@ mod tests {
         assert!(b.take_due(t0 + 149 * MS).is_none());
         assert_eq!(paths(&b.take_due(t0 + 150 * MS).unwrap()), ["a", "b"]);
         assert_eq!(b.due(), None);
+    }
+
+    #[test]
+    fn a_new_file_waits_for_its_close_and_is_pushed_anyway_after_settle() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        // Created: nothing due until settle; the close arrives and makes one ordinary entry.
+        b.add_settling(t0, p("big"));
+        assert_eq!(b.due(), Some(t0 + 5000 * MS));
+        assert!(b.take_due(t0 + 200 * MS).is_none());
+        b.add(t0 + 2000 * MS, p("big"), false);
+        assert_eq!(b.due(), Some(t0 + 2100 * MS));
+        assert_eq!(paths(&b.take_due(t0 + 2100 * MS).unwrap()), ["big"]);
+        assert!(b.is_empty() && b.due().is_none(), "the settled creation was consumed by the close");
+        // Never closed (mknod, or a file kept open): pushed when settle runs out, at once.
+        b.add_settling(t0, p("open"));
+        assert!(b.take_due(t0 + 4999 * MS).is_none());
+        assert_eq!(paths(&b.take_due(t0 + 5000 * MS).unwrap()), ["open"]);
+        // A directory deleted above a settling creation ends its wait (its deletion covers it).
+        b.add_settling(t0, p("d/f"));
+        b.add(t0, p("d"), true);
+        assert_eq!(paths(&b.flush()), ["d"]);
+        // A path already queued goes with its batch; shutdown flushes settling ones too.
+        b.add(t0, p("q"), false);
+        b.add_settling(t0, p("q"));
+        b.add_settling(t0, p("s"));
+        assert_eq!(b.len(), 2);
+        assert_eq!(paths(&b.flush()), ["q", "s"]);
     }
 
     #[test]

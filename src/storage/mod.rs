@@ -226,7 +226,12 @@ impl Replicator {
     }
 
     async fn run(mut self) -> Result<(), Error> {
-        let timing = Timing { window: self.cfg.window, max_delay: self.cfg.max_delay, max_batch: self.cfg.max_batch };
+        let timing = Timing {
+            window: self.cfg.window,
+            max_delay: self.cfg.max_delay,
+            max_batch: self.cfg.max_batch,
+            settle: self.cfg.settle,
+        };
         let mut batcher = Batcher::new(timing);
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
@@ -279,10 +284,16 @@ impl Replicator {
                             }
                             self.overflow(tree, "the kernel's inotify queue overflowed", batcher);
                         }
-                        Change::Push { path, scope, dir_gone } => {
+                        Change::Push { path, scope, dir_gone, created } => {
                             let Some(rel) = watcher::relative(&t.path, &path) else { continue };
-                            if !cfg.filter.excluded(&rel) {
-                                batcher.add(now, Entry { tree, path: rel, scope }, dir_gone);
+                            if cfg.filter.excluded(&rel) {
+                                continue;
+                            }
+                            let entry = Entry { tree, path: rel, scope };
+                            if created && cfg.events.close_write && watcher::being_written(&path) {
+                                batcher.add_settling(now, entry);
+                            } else {
+                                batcher.add(now, entry, dir_gone);
                             }
                         }
                     }

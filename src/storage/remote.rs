@@ -464,12 +464,21 @@ impl Pusher {
                         batch.iter().filter(|(_, e)| e.tree == t).map(|(_, e)| e.clone()).collect();
                     let root = tree.path.clone();
                     let filter = self.cfg.filter.clone();
-                    let (plan, entries) = tokio::task::spawn_blocking(move || {
+                    let planned = tokio::task::spawn_blocking(move || {
                         let plan = push::plan(&root, &entries, &filter);
                         (plan, entries)
                     })
-                    .await
-                    .unwrap_or_else(|_| (push::Plan::List(Vec::new()), Vec::new()));
+                    .await;
+                    // A panic while listing must not pass for an empty, successful batch.
+                    let Ok((plan, entries)) = planned else {
+                        return Outcome {
+                            ok: false,
+                            class: ExitClass::Fatal,
+                            files: 0,
+                            bytes: 0,
+                            error: Some(format!("listing the batch of {} failed", tree.path.display())),
+                        };
+                    };
                     if plan.is_empty() {
                         continue;
                     }

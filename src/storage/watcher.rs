@@ -30,14 +30,16 @@ pub enum Msg {
     Error(u32, notify::Error),
 }
 
-/// One change to push, from one event: path (absolute), scope, and whether it is a directory's
-/// deletion (which subsumes queued paths beneath it).
+/// One change to push, from one event: path (absolute), scope, whether it is a directory's
+/// deletion (which subsumes queued paths beneath it), and whether it is the creation of a
+/// non-directory (which may settle until its close, see [`being_written`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Push {
         path: PathBuf,
         scope: Scope,
         dir_gone: bool,
+        created: bool,
     },
     /// The kernel queue overflowed: events were lost; the tree needs a full sync.
     Rescan,
@@ -72,7 +74,16 @@ pub fn changes(ev: &Event, on: &Events) -> Vec<Change> {
     if !enabled {
         return Vec::new();
     }
-    ev.paths.iter().map(|p| Change::Push { path: p.clone(), scope, dir_gone }).collect()
+    let created = matches!(ev.kind, EventKind::Create(CreateKind::File | CreateKind::Any | CreateKind::Other));
+    ev.paths.iter().map(|p| Change::Push { path: p.clone(), scope, dir_gone, created }).collect()
+}
+
+/// Is a just-created `path` a regular file with one link, i.e. made by `open()` and about to be
+/// written and closed? A hard link (more links), a symlink, a device or a FIFO gets no close event
+/// and is pushed at once; so is a path that is already gone.
+pub fn being_written(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
 }
 
 /// The inotify events to subscribe: creations and moves in (always, to follow new directories),
@@ -234,14 +245,17 @@ mod tests {
     }
 
     fn push(p: &str, scope: Scope, dir_gone: bool) -> Vec<Change> {
-        vec![Change::Push { path: p.into(), scope, dir_gone }]
+        vec![Change::Push { path: p.into(), scope, dir_gone, created: false }]
     }
 
     #[test]
     fn event_kinds_map_to_scopes() {
         let on = Events::default();
         assert_eq!(changes(&ev(EventKind::Create(CreateKind::Folder), "/t/d"), &on), push("/t/d", Scope::Tree, false));
-        assert_eq!(changes(&ev(EventKind::Create(CreateKind::File), "/t/f"), &on), push("/t/f", Scope::Path, false));
+        assert_eq!(
+            changes(&ev(EventKind::Create(CreateKind::File), "/t/f"), &on),
+            [Change::Push { path: "/t/f".into(), scope: Scope::Path, dir_gone: false, created: true }]
+        );
         assert_eq!(
             changes(&ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/t/f"), &on),
             push("/t/f", Scope::Path, false)
@@ -261,6 +275,20 @@ mod tests {
         assert_eq!(changes(&ev(EventKind::Remove(RemoveKind::Folder), "/t/d"), &on), push("/t/d", Scope::Path, true));
         assert!(changes(&ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/t/f"), &on).is_empty());
         assert!(changes(&ev(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), "/t/f"), &on).is_empty());
+    }
+
+    #[test]
+    fn only_a_fresh_regular_file_waits_for_its_close() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        assert!(being_written(&f));
+        std::fs::hard_link(&f, d.path().join("link")).unwrap();
+        assert!(!being_written(&f), "a hard link gets no close event");
+        std::os::unix::fs::symlink("f", d.path().join("sym")).unwrap();
+        assert!(!being_written(&d.path().join("sym")));
+        assert!(!being_written(d.path()));
+        assert!(!being_written(&d.path().join("gone")));
     }
 
     #[test]
