@@ -32,7 +32,7 @@ pub struct RawStorage {
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,
-    /// How long a new file's creation waits for its close_write before it is pushed anyway (5s).
+    /// How long a new file's creation waits for its `close_write` before it is pushed anyway (5s).
     pub settle: Option<Spanned<String>>,
     /// rsync runs under way at once per remote, on non-overlapping paths (2). A full sync runs alone.
     pub push_concurrency: Option<Spanned<i64>>,
