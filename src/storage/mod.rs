@@ -274,6 +274,7 @@ impl Replicator {
             Msg::Event(tree, ev) => {
                 let cfg = Arc::clone(&self.cfg);
                 let Some(t) = cfg.trees.get(tree as usize) else { return };
+                tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
                 for c in watcher::changes(&ev, &cfg.events) {
                     match c {
                         Change::Rescan => {
