@@ -82,6 +82,19 @@ fn scenarios_replicate_exactly() {
         daemon.root.join("created-readonly").exists()
     });
 
+    // A directory deleted and made again before its deletion was pushed (`rm -rf d && mkdir d`):
+    // the remote loses the old contents too, not only gains the new ones.
+    fs::create_dir_all(src.join("redo/sub")).unwrap();
+    fs::write(src.join("redo/sub/old"), "old").unwrap();
+    wait_for("redo/sub/old at the remote", Duration::from_secs(20), || daemon.root.join("redo/sub/old").exists());
+    fs::remove_dir_all(src.join("redo")).unwrap();
+    fs::create_dir(src.join("redo")).unwrap();
+    fs::write(src.join("redo/new"), "new").unwrap();
+    wait_for("redo/new at the remote", Duration::from_secs(20), || daemon.root.join("redo/new").exists());
+    wait_for("the old contents of redo gone from the remote", Duration::from_secs(10), || {
+        !daemon.root.join("redo/sub").exists()
+    });
+
     all_scenarios(&src, &outside, 2000);
     fs::write(src.join("excluded.swp"), "never sent").unwrap();
     wait_same_except_swp(&src, &daemon.root, &node);

@@ -3,9 +3,13 @@
 //! An [`Entry`] names one path of one tree, relative to the tree root, and a [`Scope`]: `Path` pushes
 //! that path alone (a file, a symlink, a directory's own attributes, or its deletion when it is gone);
 //! `Tree` pushes it and everything beneath it (new or moved-in directories, whose contents inotify
-//! could not see). Events for one path merge into one entry (scope only widens); a directory's
-//! deletion drops the entries queued beneath it (rsync deletes the whole directory). Because rsync
-//! sends a path's state at push time, one entry per path preserves per-path order by construction.
+//! could not see); `Gone` is a deleted directory (or a path moved away), listed like `Path` so rsync
+//! deletes it with everything beneath; `Replace` is a directory deleted and then created again before
+//! the deletion was pushed (`rm -rf d && mkdir d`): pushed like `Tree`, and what the remote still has
+//! beneath it that the source no longer has is deleted. Events for one path merge into one entry
+//! ([`Scope::then`]); a directory's deletion drops the entries queued beneath it (rsync deletes the
+//! whole directory). Because rsync sends a path's state at push time, one entry per path preserves
+//! per-path order by construction.
 //!
 //! [`PendingSet`] is the ordered, merging set shared by the batcher and each remote's queue;
 //! [`Batcher`] adds the timing: a batch is due `window` after the last event, or `max_delay` after the
@@ -26,6 +30,26 @@ use tokio::time::Instant;
 pub enum Scope {
     Path,
     Tree,
+    Gone,
+    Replace,
+}
+
+impl Scope {
+    /// The scope of one path that saw `self` and then `next`.
+    pub fn then(self, next: Scope) -> Scope {
+        use Scope::{Gone, Path, Replace, Tree};
+        match (self, next) {
+            (Replace, _) | (_, Replace) | (Gone, Tree) => Replace,
+            (Gone, _) | (_, Gone) => Gone,
+            (Tree, _) | (_, Tree) => Tree,
+            (Path, Path) => Path,
+        }
+    }
+
+    /// Pushed with everything beneath it.
+    pub fn recursive(self) -> bool {
+        matches!(self, Scope::Tree | Scope::Replace)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,10 +120,10 @@ impl PendingSet {
         if let Some(old) = self.by_path.get(&key).copied() {
             {
                 let cur = self.by_seq.get_mut(&old).expect("by_path and by_seq agree");
-                let widened = e.scope > cur.scope;
-                if widened {
-                    cur.scope = e.scope;
-                }
+                // A put-back batch (older sequence number) happened before what is queued.
+                let merged = if seq < old { e.scope.then(cur.scope) } else { cur.scope.then(e.scope) };
+                let widened = merged != cur.scope;
+                cur.scope = merged;
                 if seq < old {
                     // A put-back batch is older than what arrived meanwhile: it takes the older place.
                     let entry = self.by_seq.remove(&old).expect("present");
@@ -230,12 +254,13 @@ impl Batcher {
 
     /// Records an event. `dir_deleted`: `e.path` was a directory and is gone, so queued entries
     /// beneath it are subsumed by its deletion.
-    pub fn add(&mut self, now: Instant, e: Entry, dir_deleted: bool) {
+    pub fn add(&mut self, now: Instant, mut e: Entry, dir_deleted: bool) {
         self.settling.remove(&(e.tree, e.path.clone()));
         if dir_deleted {
             self.set.remove_beneath(e.tree, &e.path);
             let key = (e.tree, e.path.clone());
             self.settling.retain(|(t, p), _| !(*t == key.0 && p.starts_with(&key.1)));
+            e.scope = Scope::Gone;
         }
         self.set.insert(e);
         self.first_at.get_or_insert(now);
@@ -375,6 +400,29 @@ mod tests {
         b.add_settling(t0, p("s"));
         assert_eq!(b.len(), 2);
         assert_eq!(paths(&b.flush()), ["q", "s"]);
+    }
+
+    #[test]
+    fn a_directory_deleted_and_made_again_is_replaced() {
+        use Scope::{Gone, Path, Replace, Tree};
+        assert_eq!(Path.then(Tree), Tree);
+        assert_eq!(Tree.then(Gone), Gone, "made and deleted again: only the deletion is left");
+        assert_eq!(Gone.then(Tree), Replace);
+        assert_eq!(Gone.then(Path), Gone, "a file in its place: listed, rsync swaps the directory for it");
+        assert_eq!(Replace.then(Gone), Replace);
+        assert_eq!(Path.then(Replace), Replace);
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        b.add(t0, Entry::new(0, "d/x", Scope::Path), false);
+        b.add(t0, Entry::new(0, "d", Scope::Path), true);
+        b.add(t0, Entry::new(0, "d", Scope::Tree), false);
+        let batch = b.flush();
+        assert_eq!((batch.len(), batch[0].scope), (1, Replace));
+        // A failed push put back behind a newer event keeps the order of the two.
+        let mut s = PendingSet::new(5);
+        s.insert(Entry::new(0, "d", Tree));
+        s.insert_with_seq(0, Entry::new(0, "d", Gone));
+        assert_eq!(s.take(9)[0].1.scope, Gone.then(Tree));
     }
 
     #[test]

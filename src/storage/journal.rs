@@ -52,6 +52,8 @@ fn encode_add(out: &mut Vec<u8>, seq: u64, e: &Entry) {
     out.push(match e.scope {
         Scope::Path => 0,
         Scope::Tree => 1,
+        Scope::Gone => 2,
+        Scope::Replace => 3,
     });
     out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(bytes);
@@ -77,6 +79,8 @@ pub fn parse(data: &[u8]) -> (Replayed, usize) {
                 let scope = match take::<1>(data, &mut cur)? {
                     [0] => Scope::Path,
                     [1] => Scope::Tree,
+                    [2] => Scope::Gone,
+                    [3] => Scope::Replace,
                     _ => return None,
                 };
                 let len = u32::from_le_bytes(take(data, &mut cur)?) as usize;
@@ -264,13 +268,15 @@ mod tests {
             let (mut j, r) = Journal::open(&p).unwrap();
             assert!(r.pending.is_empty());
             j.add(&[(0, &e(b"a\nb", Scope::Path)), (1, &e(b"-x \xff", Scope::Tree))]).unwrap();
-            j.add(&[(2, &e(b"c", Scope::Path))]).unwrap();
+            j.add(&[(2, &e(b"c", Scope::Gone)), (3, &e(b"d", Scope::Replace))]).unwrap();
             j.ack(1).unwrap();
             j.full_sync(3, true).unwrap();
         }
         let (_, r) = Journal::open(&p).unwrap();
-        assert_eq!(live(&r), [(2, b"c".to_vec())]);
-        assert_eq!(r.pending.next_seq(), 3);
+        assert_eq!(live(&r), [(2, b"c".to_vec()), (3, b"d".to_vec())]);
+        let scopes: Vec<Scope> = r.pending.iter().map(|(_, e)| e.scope).collect();
+        assert_eq!(scopes, [Scope::Gone, Scope::Replace]);
+        assert_eq!(r.pending.next_seq(), 4);
         assert_eq!(r.full_sync.iter().copied().collect::<Vec<_>>(), [3]);
     }
 

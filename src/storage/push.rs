@@ -15,6 +15,10 @@
 //!   files of a deep tree ~2x slower than a recursive transfer. Same options otherwise; a missing
 //!   root is deleted by `--delete-missing-args` as in a list. Past [`MAX_ROOTS`] or
 //!   [`MAX_ROOT_BYTES`] of arguments, the list is used.
+//! - `Replace` entries (a directory deleted and made again) go as roots too, in batches of their own
+//!   (see `remote::Queue::next`), with `--delete`: what the remote has beneath them and the source
+//!   no longer has goes. `--delete` never reaches outside the roots (not even their parents, which
+//!   `-R` only creates). New subtrees never get `--delete`: the source has everything they hold.
 //! - `--stats`: files and bytes for the status file.
 //! - Full syncs are recursive and SAFE by default: `--update` (never overwrite a newer remote file) and
 //!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
@@ -68,6 +72,8 @@ pub const MAX_ROOT_BYTES: usize = 256 * 1024;
 pub enum Plan {
     /// Only subtrees: these roots as arguments, rsync recursing into them.
     Roots(Vec<PathBuf>),
+    /// Only replaced directories: roots as arguments, with `--delete` inside them.
+    Replace(Vec<PathBuf>),
     /// The expanded list, on stdin.
     List(Vec<PathBuf>),
 }
@@ -75,7 +81,7 @@ pub enum Plan {
 impl Plan {
     pub fn is_empty(&self) -> bool {
         match self {
-            Plan::Roots(v) | Plan::List(v) => v.is_empty(),
+            Plan::Roots(v) | Plan::Replace(v) | Plan::List(v) => v.is_empty(),
         }
     }
 }
@@ -89,8 +95,11 @@ pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree, plan: &Pla
             a.extend(["--files-from=-", "--from0", "--delete-missing-args", "--force"].map(OsString::from));
             a.push(source(tree));
         }
-        Plan::Roots(roots) => {
+        Plan::Roots(roots) | Plan::Replace(roots) => {
             a.extend(["-R", "-r", "--delete-missing-args", "--force"].map(OsString::from));
+            if matches!(plan, Plan::Replace(_)) {
+                a.push("--delete".into());
+            }
             a.extend(filter.rsync_args());
             // `SRC/./rel`: `-R` keeps what follows `/./`. Absolute, so never taken for an option
             // or a host; rsync does not glob local arguments.
@@ -130,26 +139,32 @@ pub fn full_sync_args(
 }
 
 /// How to push `entries` (all of one tree rooted at `root`): [`Plan::Roots`] when every entry that
-/// no other `Tree` entry of the batch covers is itself a `Tree` entry, else [`Plan::List`].
+/// no recursive entry of the batch covers is a `Tree` entry, [`Plan::Replace`] when all are `Replace`
+/// entries, else [`Plan::List`] (which never deletes beneath a replaced directory: a warning says so).
 pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
     let covered = coverage(entries);
-    let mut roots = BTreeSet::new();
-    for e in entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)) {
-        if e.scope != Scope::Tree {
-            return Plan::List(expand(root, entries, filter));
-        }
-        roots.insert(e.path.clone());
-    }
+    let top: Vec<&Entry> = entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)).collect();
+    let roots: Vec<PathBuf> = top.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 3).sum();
-    if roots.len() > MAX_ROOTS || bytes > MAX_ROOT_BYTES {
-        return Plan::List(expand(root, entries, filter));
+    let fits = roots.len() <= MAX_ROOTS && bytes <= MAX_ROOT_BYTES;
+    if fits && top.iter().all(|e| e.scope == Scope::Tree) {
+        return Plan::Roots(roots);
     }
-    Plan::Roots(roots.into_iter().collect())
+    if fits && top.iter().all(|e| e.scope == Scope::Replace) {
+        return Plan::Replace(roots);
+    }
+    if top.iter().any(|e| e.scope == Scope::Replace) {
+        tracing::warn!(
+            tree = %root.display(),
+            "replaced directories pushed as a list: files the source no longer has beneath them stay on the remote until a full sync with delete"
+        );
+    }
+    Plan::List(expand(root, entries, filter))
 }
 
-/// Is a path beneath a `Tree` entry of `entries` (so a walk of that tree covers it)?
+/// Is a path beneath a recursive entry of `entries` (so a walk of that entry covers it)?
 fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
-    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope == Scope::Tree).map(|e| e.path.as_path()).collect();
+    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope.recursive()).map(|e| e.path.as_path()).collect();
     move |p: &Path| {
         p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
     }
@@ -168,7 +183,7 @@ pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
         }
         out.insert(e.path.clone());
         // lstat: a symlink to a directory is listed as the link, never walked through.
-        if e.scope == Scope::Tree
+        if e.scope.recursive()
             && !covered(&e.path)
             && std::fs::symlink_metadata(root.join(&e.path)).is_ok_and(|m| m.is_dir())
         {
@@ -307,6 +322,17 @@ mod tests {
             plan(root, &mixed, &f),
             Plan::List(vec!["new".into(), "new/a".into(), "new/a/f".into(), "plain".into()])
         );
+        // Replaced directories alone: roots with --delete inside them; mixed with others: the list.
+        let replaced = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "new/a/f", Scope::Gone)];
+        let p = plan(root, &replaced, &f);
+        assert_eq!(p, Plan::Replace(vec!["new".into()]));
+        let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
+        let a = strs(&batch_args(&["-a".into()], &target(), &tree, &p, &f));
+        assert!(a.contains(&"--delete".to_owned()) && a.contains(&"/srv/nfs/./new".to_owned()));
+        let a = strs(&batch_args(&["-a".into()], &target(), &tree, &plan(root, &burst, &f), &f));
+        assert!(!a.contains(&"--delete".to_owned()), "new subtrees never get --delete");
+        let mixed = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "plain", Scope::Path)];
+        assert!(matches!(plan(root, &mixed, &f), Plan::List(l) if l.len() == 4));
         // Too many roots for an argument vector: the list.
         let many: Vec<Entry> = (0..=MAX_ROOTS).map(|i| Entry::new(0, format!("d{i}"), Scope::Tree)).collect();
         assert!(matches!(plan(root, &many, &f), Plan::List(l) if l.len() == MAX_ROOTS + 1));

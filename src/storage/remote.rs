@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Entry, PendingSet};
+use super::batch::{Entry, PendingSet, Scope};
 use super::hooks::Hooks;
 use super::journal::Journal;
 use super::push;
@@ -150,7 +150,11 @@ impl Queue {
             return Some(Work::FullSync(t));
         }
         let QState { pending, busy, .. } = &mut *s;
-        let batch = pending.take_where(max, |e| !overlaps(busy, e));
+        // Replaced directories go in batches of their own (pushed with `--delete` inside them), the
+        // kind of the oldest entry that may go first; each path keeps its one place in the queue.
+        let replace = pending.iter().find(|(_, e)| !overlaps(busy, e)).map(|(_, e)| e.scope == Scope::Replace)?;
+        let max = if replace { max.min(push::MAX_ROOTS) } else { max };
+        let batch = pending.take_where(max, |e| !overlaps(busy, e) && (e.scope == Scope::Replace) == replace);
         if batch.is_empty() {
             return None;
         }
@@ -487,12 +491,13 @@ impl Pusher {
                         push::batch_args(&self.cfg.rsync_args, &self.remote.target, tree, &plan, &self.cfg.filter);
                     let (paths, stdin) = match &plan {
                         push::Plan::List(l) => (l.len(), Some(rsync::nul_list(l.iter().map(PathBuf::as_path)))),
-                        push::Plan::Roots(r) => (r.len(), None),
+                        push::Plan::Roots(r) | push::Plan::Replace(r) => (r.len(), None),
                     };
                     let o = outcome(rsync::run(&self.cfg.rsync, &args, stdin, self.cfg.batch_timeout).await);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,
-                            roots = matches!(plan, push::Plan::Roots(_)), files = o.files, bytes = o.bytes,
+                            roots = !matches!(plan, push::Plan::List(_)), replace = matches!(plan, push::Plan::Replace(_)),
+                            files = o.files, bytes = o.bytes,
                             elapsed_ms = ms(started.elapsed()), ok = o.ok, "batch pushed");
                     }
                     if o.ok {
@@ -500,7 +505,7 @@ impl Pusher {
                             // Hooks get every path; rsync walked the roots itself.
                             let list = match plan {
                                 push::Plan::List(l) => l,
-                                push::Plan::Roots(_) => {
+                                push::Plan::Roots(_) | push::Plan::Replace(_) => {
                                     let (root, filter) = (tree.path.clone(), self.cfg.filter.clone());
                                     tokio::task::spawn_blocking(move || push::expand(&root, &entries, &filter))
                                         .await
@@ -556,7 +561,6 @@ fn round_secs(d: Duration) -> Duration {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::storage::batch::Scope;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -572,6 +576,25 @@ mod tests {
 
     fn e(p: &str) -> Entry {
         Entry::new(0, p, Scope::Path)
+    }
+
+    #[test]
+    fn replaced_directories_go_in_batches_of_their_own_and_survive_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = |w: Option<Work>| match w {
+            Some(Work::Batch(b)) => b.iter().map(|(_, e)| e.path.to_str().unwrap().to_owned()).collect::<Vec<_>>(),
+            _ => panic!("expected a batch"),
+        };
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            // `d` deleted, then made again: one Replace entry, journaled as its two records.
+            q.enqueue(&[e("a"), Entry::new(0, "d", Scope::Gone), e("c")]);
+            q.enqueue(&[Entry::new(0, "d", Scope::Tree)]);
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(paths(q.next(10)), ["a", "c"]);
+        let Some(Work::Batch(b)) = q.next(10) else { panic!() };
+        assert_eq!((b[0].1.path.to_str(), b[0].1.scope, b.len()), (Some("d"), Scope::Replace, 1));
     }
 
     #[test]
