@@ -36,6 +36,7 @@ pub enum Scope {
 
 impl Scope {
     /// The scope of one path that saw `self` and then `next`.
+    #[must_use]
     pub fn then(self, next: Scope) -> Scope {
         use Scope::{Gone, Path, Replace, Tree};
         match (self, next) {

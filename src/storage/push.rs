@@ -301,12 +301,12 @@ mod tests {
 
     #[test]
     fn plan_uses_roots_only_when_every_uncovered_entry_is_a_subtree() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         std::fs::create_dir_all(root.join("new/a")).unwrap();
         std::fs::write(root.join("new/a/f"), "x").unwrap();
         std::fs::write(root.join("plain"), "x").unwrap();
-        let f = Filter::new(&["*.swp"], &[]).unwrap();
+        let filter = Filter::new(&["*.swp"], &[]).unwrap();
         // Files inside a new directory are covered by it; excluded entries do not count.
         let burst = [
             Entry::new(0, "new", Scope::Tree),
@@ -315,27 +315,27 @@ mod tests {
             Entry::new(0, "gone", Scope::Tree),
             Entry::new(0, "x.swp", Scope::Path),
         ];
-        assert_eq!(plan(root, &burst, &f), Plan::Roots(vec!["gone".into(), "new".into()]));
+        assert_eq!(plan(root, &burst, &filter), Plan::Roots(vec!["gone".into(), "new".into()]));
         // A plain path outside every subtree needs the list (which walks the subtrees).
         let mixed = [Entry::new(0, "new", Scope::Tree), Entry::new(0, "plain", Scope::Path)];
         assert_eq!(
-            plan(root, &mixed, &f),
+            plan(root, &mixed, &filter),
             Plan::List(vec!["new".into(), "new/a".into(), "new/a/f".into(), "plain".into()])
         );
         // Replaced directories alone: roots with --delete inside them; mixed with others: the list.
         let replaced = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "new/a/f", Scope::Gone)];
-        let p = plan(root, &replaced, &f);
-        assert_eq!(p, Plan::Replace(vec!["new".into()]));
+        let replace_plan = plan(root, &replaced, &filter);
+        assert_eq!(replace_plan, Plan::Replace(vec!["new".into()]));
         let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
-        let a = strs(&batch_args(&["-a".into()], &target(), &tree, &p, &f));
-        assert!(a.contains(&"--delete".to_owned()) && a.contains(&"/srv/nfs/./new".to_owned()));
-        let a = strs(&batch_args(&["-a".into()], &target(), &tree, &plan(root, &burst, &f), &f));
-        assert!(!a.contains(&"--delete".to_owned()), "new subtrees never get --delete");
+        let argv = strs(&batch_args(&["-a".into()], &target(), &tree, &replace_plan, &filter));
+        assert!(argv.contains(&"--delete".to_owned()) && argv.contains(&"/srv/nfs/./new".to_owned()));
+        let argv = strs(&batch_args(&["-a".into()], &target(), &tree, &plan(root, &burst, &filter), &filter));
+        assert!(!argv.contains(&"--delete".to_owned()), "new subtrees never get --delete");
         let mixed = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "plain", Scope::Path)];
-        assert!(matches!(plan(root, &mixed, &f), Plan::List(l) if l.len() == 4));
+        assert!(matches!(plan(root, &mixed, &filter), Plan::List(l) if l.len() == 4));
         // Too many roots for an argument vector: the list.
         let many: Vec<Entry> = (0..=MAX_ROOTS).map(|i| Entry::new(0, format!("d{i}"), Scope::Tree)).collect();
-        assert!(matches!(plan(root, &many, &f), Plan::List(l) if l.len() == MAX_ROOTS + 1));
+        assert!(matches!(plan(root, &many, &filter), Plan::List(l) if l.len() == MAX_ROOTS + 1));
     }
 
     #[test]
