@@ -2,7 +2,8 @@
 //! /srv/nfs to `backup`'s rsync daemon over the lab network. One lab, several phases (to keep the suite
 //! fast): the file scenarios of the storage issue, the backup blackholed then healed, and `kill -9` in
 //! the middle of a burst then a restart. Every phase ends with the backup's tree equal to the primary's,
-//! byte for byte (checksums) with modes, owners, mtimes, symlinks and hard links.
+//! byte for byte (checksums) with modes, owners, mtimes, symlinks and hard links. Also: two remotes
+//! (a dead one never delays the other), and the ssh transport with a pinned host key.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/lab.rs"]
@@ -157,6 +158,57 @@ fn lab_dead_remote_never_delays_the_other() {
     wait_same(&src, &dst, Duration::from_secs(60), Some(&node));
     let mut node = node;
     assert!(node.stop(Duration::from_secs(20)).success(), "{}", node.log_text());
+}
+
+/// The ssh transport: the replicator pushes to `backup` over ssh (root, the lab key), checking the
+/// backup's host key against a known_hosts file of its own. A wrong key fails the pushes (batch
+/// mode: never a prompt, never a hang); with the right one, the scenarios replicate exactly.
+#[test]
+fn lab_pushes_over_ssh_with_a_pinned_host_key() {
+    let lab = Lab::up("stor3");
+    let src = lab.data_dir(Host::Primary);
+    let dst = lab.data_dir(Host::Backup);
+    let work = tempfile::Builder::new().prefix("nfsguard-storage-lab3").tempdir_in("/var/tmp").unwrap();
+    let outside = src.parent().unwrap().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let host_key = |h: Host| fs::read_to_string(lab.run_dir(h).join("ssh_host_ed25519_key.pub")).unwrap();
+    let known = work.path().join("known_hosts");
+    let backup_ip = lab.ip(Host::Backup);
+    // The primary's key where the backup's belongs: a host key mismatch.
+    fs::write(&known, format!("{backup_ip} {}", host_key(Host::Primary))).unwrap();
+    let state = work.path().join("state");
+    let cfg = work.path().join("n.toml");
+    write_config(
+        &cfg,
+        &state,
+        Path::new(Lab::EXPORT),
+        &backup_ip,
+        22,
+        "",
+        &format!(
+            "transport = \"ssh\"\npath = \"{}\"\nuser = \"root\"\nssh_identity = \"{}\"\nssh_known_hosts = \"{}\"",
+            Lab::EXPORT,
+            lab.ssh_key().display(),
+            known.display()
+        ),
+    );
+    fs::write(src.join("before-start"), "x").unwrap();
+    let mut node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node.log"));
+    wait_for("a failed push: the host key does not match", Duration::from_secs(30), || {
+        status_json(&state).is_some_and(|s| {
+            s["remotes"][0]["retries"].as_u64().unwrap_or(0) >= 1
+                && s["remotes"][0]["last_error"].as_str().is_some_and(|e| e.contains("ssh"))
+        })
+    });
+    assert!(!dst.join("before-start").exists(), "pushed to a host whose key did not match");
+    // The right key: the retries succeed and everything replicates over ssh.
+    fs::write(&known, format!("{backup_ip} {}", host_key(Host::Backup))).unwrap();
+    wait_idle(&state, &node, Duration::from_secs(30));
+    all_scenarios(&src, &outside, 500);
+    wait_same(&src, &dst, Duration::from_secs(40), Some(&node));
+    assert!(node.log_text().contains("roots=true"), "a new subtree went as arguments over ssh too");
+    assert!(node.stop(Duration::from_secs(20)).success(), "{}", node.log_text());
+    let _ = fs::remove_dir_all(&outside);
 }
 
 struct Reap<'a>(&'a mut std::process::Child);

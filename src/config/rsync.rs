@@ -24,6 +24,8 @@ pub struct RawRsyncTarget {
     pub password_file: Option<Spanned<String>>,
     /// ssh private key (transport = "ssh").
     pub ssh_identity: Option<Spanned<String>>,
+    /// `known_hosts` file holding the remote's host key (transport = "ssh"); default: ssh's own.
+    pub ssh_known_hosts: Option<Spanned<String>>,
     /// Deadline for connecting (rsync `--contimeout`, ssh `ConnectTimeout`). Default 5s.
     pub connect_timeout: Option<Spanned<String>>,
     /// rsync `--timeout`: abort when no data moves for this long. Default 30s.
@@ -83,7 +85,12 @@ impl RawRsyncTarget {
         };
         let password_file =
             self.password_file.as_ref().and_then(|p| ctx.secret_file(&format!("{key}.password_file"), p));
-        let ssh_identity = self.ssh_identity.as_ref().and_then(|p| ctx.secret_file(&format!("{key}.ssh_identity"), p));
+        let ssh_identity = self.ssh_identity.as_ref().and_then(|p| {
+            let k = format!("{key}.ssh_identity");
+            ssh_arg_path(ctx, &k, p).and_then(|_| ctx.secret_file(&k, p))
+        });
+        let ssh_known_hosts =
+            self.ssh_known_hosts.as_ref().and_then(|p| ssh_arg_path(ctx, &format!("{key}.ssh_known_hosts"), p));
         let connect_timeout =
             opt_duration(ctx, &format!("{key}.connect_timeout"), self.connect_timeout.as_ref(), Duration::from_secs(5));
         let io_timeout =
@@ -96,10 +103,21 @@ impl RawRsyncTarget {
             user: self.user.as_ref().map(|u| u.get_ref().clone()),
             password_file,
             ssh_identity,
+            ssh_known_hosts,
             connect_timeout: connect_timeout?,
             io_timeout: io_timeout?,
         })
     }
+}
+
+/// A path that goes into rsync's `-e` ssh command, which rsync splits on whitespace: absolute and
+/// without whitespace.
+fn ssh_arg_path(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<std::path::PathBuf> {
+    if v.get_ref().chars().any(char::is_whitespace) {
+        ctx.bad(key, v, "must not contain whitespace (rsync splits its ssh command on it)");
+        return None;
+    }
+    ctx.abs_path(key, v)
 }
 
 /// A positive duration with a default when the key is absent.

@@ -77,6 +77,7 @@ pub struct RawRemote {
     pub user: Option<Spanned<String>>,
     pub password_file: Option<Spanned<String>>,
     pub ssh_identity: Option<Spanned<String>>,
+    pub ssh_known_hosts: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub io_timeout: Option<Spanned<String>>,
     /// `false`: only full syncs go to this remote (e.g. a backup pushing back to the primary).
@@ -342,6 +343,7 @@ fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
             user: r.user.clone(),
             password_file: r.password_file.clone(),
             ssh_identity: r.ssh_identity.clone(),
+            ssh_known_hosts: r.ssh_known_hosts.clone(),
             connect_timeout: r.connect_timeout.clone(),
             io_timeout: r.io_timeout.clone(),
         }

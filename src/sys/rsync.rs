@@ -32,6 +32,7 @@ pub struct RsyncTarget {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ssh_identity: Option<PathBuf>,
+    pub ssh_known_hosts: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
 }
@@ -48,6 +49,7 @@ impl RsyncTarget {
             user: Some("nfsguard".into()),
             password_file: Some("/etc/nfs-guard/rsync.pass".into()),
             ssh_identity: None,
+            ssh_known_hosts: None,
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
         }
@@ -84,6 +86,9 @@ impl RsyncTarget {
                 );
                 if let Some(id) = &self.ssh_identity {
                     let _ = write!(ssh, " -i {}", id.display());
+                }
+                if let Some(k) = &self.ssh_known_hosts {
+                    let _ = write!(ssh, " -o UserKnownHostsFile={}", k.display());
                 }
                 args.push("-e".into());
                 args.push(ssh.into());
@@ -312,12 +317,16 @@ mod tests {
             port: 22,
             location: "/srv/nfs/".into(),
             password_file: None,
+            ssh_identity: Some("/etc/nfs-guard/id".into()),
+            ssh_known_hosts: Some("/etc/nfs-guard/known_hosts".into()),
             ..daemon()
         };
         assert_eq!(t.url(), "nfsguard@10.0.0.3:/srv/nfs/");
         let a = t.transport_args();
         assert_eq!(a[1], OsString::from("-e"));
-        assert!(a[2].to_string_lossy().contains("ConnectTimeout=5"));
+        let e = a[2].to_string_lossy();
+        assert!(e.contains("ConnectTimeout=5") && e.contains(" -i /etc/nfs-guard/id"), "{e}");
+        assert!(e.contains(" -o UserKnownHostsFile=/etc/nfs-guard/known_hosts"), "{e}");
     }
 
     #[test]
