@@ -161,7 +161,7 @@ fn lab_dead_remote_never_delays_the_other() {
 }
 
 /// The ssh transport: the replicator pushes to `backup` over ssh (root, the lab key), checking the
-/// backup's host key against a known_hosts file of its own. A wrong key fails the pushes (batch
+/// backup's host key against a `known_hosts` file of its own. A wrong key fails the pushes (batch
 /// mode: never a prompt, never a hang); with the right one, the scenarios replicate exactly.
 #[test]
 fn lab_pushes_over_ssh_with_a_pinned_host_key() {
