@@ -189,8 +189,9 @@ fn journal_survives_a_dead_remote_and_a_restart() {
     });
     // Clean stop with the remote still dead: the queue stays in the journal.
     assert!(node.stop(Duration::from_secs(15)).success(), "{}", node.log_text());
-    let journal = fs::metadata(state.join("storage/backup.journal")).unwrap().len();
-    assert!(journal > 1000, "journal holds the queue ({journal} bytes)");
+    // What the journal holds depends on how many files were created before their directory's watch
+    // (a new directory is one recursive entry): the restart below proves it holds the queue.
+    assert!(state.join("storage/backup.journal").exists());
     // Restart with the remote back (same port) and start-up full sync OFF: only the journal can bring
     // the queued files over.
     let daemon = restart_daemon_on(d.path(), port, &remote_root);
