@@ -192,35 +192,14 @@ fn journal_survives_a_dead_remote_and_a_restart() {
     // What the journal holds depends on how many files were created before their directory's watch
     // (a new directory is one recursive entry): the restart below proves it holds the queue.
     assert!(state.join("storage/backup.journal").exists());
-    // Restart with the remote back (same port) and start-up full sync OFF: only the journal can bring
-    // the queued files over.
-    let daemon = restart_daemon_on(d.path(), port, &remote_root);
+    // Restart with the remote back (same directory, a new port: the old one may have gone to another
+    // test meanwhile) and start-up full sync OFF: only the journal can bring the queued files over.
+    let daemon = Daemon::serving(d.path(), &remote_root);
+    let port = daemon.port;
     write_config(&cfg, &state, &src, "127.0.0.1", port, "[storage.full_sync]\nat_start = false", "");
     let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node2.log"));
     wait_same(&src, &remote_root, Duration::from_secs(30), Some(&node));
     assert!(node.log_text().contains("journal replayed"), "{}", node.log_text());
     assert!(node.stop(Duration::from_secs(15)).success());
     drop(daemon);
-}
-
-/// A daemon on a fixed port (the one the config names).
-fn restart_daemon_on(dir: &std::path::Path, port: u16, root: &std::path::Path) -> DaemonGuard {
-    let conf = dir.join("rsyncd2.conf");
-    fs::write(&conf, daemon_conf(root)).unwrap();
-    let child = Command::new("rsync")
-        .args(["--daemon", "--no-detach", "--address=127.0.0.1", &format!("--port={port}")])
-        .arg(format!("--config={}", conf.display()))
-        .spawn()
-        .unwrap();
-    wait_for("rsync daemon", Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    DaemonGuard(child)
-}
-
-struct DaemonGuard(std::process::Child);
-
-impl Drop for DaemonGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

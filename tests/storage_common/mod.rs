@@ -25,11 +25,21 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// rsyncd.conf of a test daemon serving module `data` from `root` (chrooted, so absolute symlinks
 /// arrive as they are; root so owners replicate).
+/// rsyncd.conf serving `root` as module `data`; the module's comment is `root`, so a test can tell
+/// its own daemon from another test's on the same port ([`serves`]).
 pub fn daemon_conf(root: &Path) -> String {
     format!(
-        "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {}\nread only = no\n",
+        "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {0}\ncomment = {0}\nread only = no\n",
         root.display()
     )
+}
+
+/// Does the rsync daemon on 127.0.0.1:`port` serve `root` (and not some other test's directory)?
+pub fn serves(port: u16, root: &Path) -> bool {
+    Command::new("rsync")
+        .arg(format!("rsync://127.0.0.1:{port}/"))
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&*root.to_string_lossy()))
 }
 
 /// Every file scenario of the storage issue in a row: a burst of `files`, `mkdir -p` + writes, renames
@@ -53,7 +63,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path) -> Daemon {
-        let root = dir.join("remote");
+        Daemon::serving(dir, &dir.join("remote"))
+    }
+
+    /// A daemon on a free port serving `root` (e.g. a restart after the first one was killed).
+    pub fn serving(dir: &Path, root: &Path) -> Daemon {
+        let root = root.to_path_buf();
         fs::create_dir_all(&root).unwrap();
         let conf = dir.join("rsyncd.conf");
         for _ in 0..20 {
@@ -68,7 +83,7 @@ impl Daemon {
                 .unwrap();
             let end = Instant::now() + Duration::from_secs(5);
             while Instant::now() < end {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if serves(port, &root) {
                     return Daemon { port, root, child };
                 }
                 if child.try_wait().unwrap().is_some() {
