@@ -1,6 +1,6 @@
 //! rsync argument vectors for real-time batches and full syncs, and the expansion of a batch into
-//! the NUL-separated file list rsync reads on stdin. Pure apart from [`expand`], which walks the
-//! local directories of `Tree` entries (never following symlinks).
+//! the NUL-separated file list rsync reads on stdin. Pure apart from [`plan`] and [`expand`], which
+//! walk the local directories of recursive entries (never following symlinks).
 //!
 //! Why these options:
 //! - `--files-from=- --from0`: names are raw bytes on stdin, never parsed by a shell or as rsync
@@ -18,7 +18,8 @@
 //! - `Replace` entries (a directory deleted and made again) go as roots too, in batches of their own
 //!   (see `remote::Queue::next`), with `--delete`: what the remote has beneath them and the source
 //!   no longer has goes. `--delete` never reaches outside the roots (not even their parents, which
-//!   `-R` only creates). New subtrees never get `--delete`: the source has everything they hold.
+//!   `-R` only creates). New subtrees never get `--delete`: while a reverse sync fills a new
+//!   directory on the primary, the backup still holds files it has not copied yet.
 //! - `--stats`: files and bytes for the status file.
 //! - Full syncs are recursive and SAFE by default: `--update` (never overwrite a newer remote file) and
 //!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
