@@ -90,10 +90,10 @@ def rsync_count():
     try: return os.path.getsize(COUNT)
     except OSError: return 0
 
-def plain_rsync(src_rel=""):
+def plain_rsync(src_rel="", delete=False):
     t = time.monotonic()
-    subprocess.run([LAB_SH, "exec", "primary", "rsync", "-a", f"--password-file={PASS}", EXPORT + "/" + src_rel, URL],
-                   check=True)
+    subprocess.run([LAB_SH, "exec", "primary", "rsync", "-a"] + (["--delete"] if delete else [])
+                   + [f"--password-file={PASS}", EXPORT + "/" + src_rel, URL], check=True)
     return time.monotonic() - t
 
 # ---- tools
@@ -221,25 +221,23 @@ def row(*cols): print("  ".join(str(c).ljust(w) for c, w in zip(cols, (20, 38, 1
 
 def run_bulk(key):
     title, prepare, act = SCEN[key]
-    def measure_floor():
+    def reset():
+        # Both sides empty, then (e, f) the tree to rename or delete, replicated.
         clean(P); clean(B)
         if prepare:
             prepare(); plain_rsync(); os.sync()
+    def measure_floor():
+        reset()
         # Floor: write, then one plain rsync of the final tree (with --delete for renames/deletes).
         t0 = time.monotonic(); act(); tw = time.monotonic() - t0
-        t = time.monotonic()
-        subprocess.run([LAB_SH, "exec", "primary", "rsync", "-a"] + (["--delete"] if key in "ef" else [])
-                       + [f"--password-file={PASS}", EXPORT + "/", URL], check=True)
-        return tw, time.monotonic() - t
+        return tw, plain_rsync(delete=key in "ef")
     # Twice, keeping the second: like every tool's run, it then starts right after the previous run's
     # tree was deleted (filesystems differ in what that costs; see docs/bench-storage.md).
     measure_floor(); tw, tr = measure_floor()
     floor = tw + tr
     row(f"({key}) floor", title, f"{floor:.2f}s", f"(write {tw:.2f}s + rsync {tr:.2f}s)", "", "")
     for tool in tools:
-        clean(P); clean(B)
-        if prepare:
-            prepare(); plain_rsync(); os.sync()
+        reset()
         tool.start(f"-{key}")
         open(COUNT, "w").close()
         c0 = cpu(tool.p.pid)

@@ -20,13 +20,13 @@
 //! and the close would send it all again). Any other event of that path, or of a directory deleted
 //! above it, ends the wait; if none comes within `settle`, the creation is pushed anyway.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     Path,
     Tree,
@@ -235,13 +235,78 @@ pub struct Batcher {
     timing: Timing,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
-    /// Creations waiting for their close, with the time they are pushed anyway.
-    settling: BTreeMap<(u32, PathBuf), Instant>,
+    /// Creations waiting for their close.
+    settling: Settling,
+}
+
+/// Creations waiting for their close, by path and by the time they are pushed anyway (so the next
+/// deadline is found without a scan).
+#[derive(Debug, Default)]
+struct Settling {
+    by_path: BTreeMap<(u32, PathBuf), Instant>,
+    by_deadline: BTreeSet<(Instant, u32, PathBuf)>,
+}
+
+impl Settling {
+    fn len(&self) -> usize {
+        self.by_path.len()
+    }
+
+    /// Adds `path` unless it already waits (the earlier deadline stays).
+    fn insert(&mut self, tree: u32, path: PathBuf, at: Instant) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.by_path.entry((tree, path.clone())) {
+            v.insert(at);
+            self.by_deadline.insert((at, tree, path));
+        }
+    }
+
+    fn remove(&mut self, tree: u32, path: &Path) {
+        if let Some((key, at)) = self.by_path.remove_entry(&(tree, path.to_path_buf())) {
+            self.by_deadline.remove(&(at, key.0, key.1));
+        }
+    }
+
+    /// Removes `dir` and everything beneath it (paths sort component-wise: one contiguous range).
+    fn remove_beneath(&mut self, tree: u32, dir: &Path) {
+        let doomed: Vec<PathBuf> = self
+            .by_path
+            .range((tree, dir.to_path_buf())..)
+            .take_while(|((t, p), _)| *t == tree && p.starts_with(dir))
+            .map(|((_, p), _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.remove(tree, &p);
+        }
+    }
+
+    fn clear_tree(&mut self, tree: u32) {
+        self.by_path.retain(|(t, _), _| *t != tree);
+        self.by_deadline.retain(|(_, t, _)| *t != tree);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(at, _, _)| *at)
+    }
+
+    /// The earliest creation whose wait is over at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(u32, PathBuf)> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        let (_, tree, path) = self.by_deadline.pop_first()?;
+        self.by_path.remove(&(tree, path.clone()));
+        Some((tree, path))
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (u32, PathBuf)> {
+        self.by_deadline.clear();
+        std::mem::take(&mut self.by_path).into_keys()
+    }
 }
 
 impl Batcher {
     pub fn new(timing: Timing) -> Batcher {
-        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None, settling: BTreeMap::new() }
+        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None, settling: Settling::default() }
     }
 
     /// Entries pending, settling ones included.
@@ -250,18 +315,18 @@ impl Batcher {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.settling.is_empty()
+        self.set.is_empty() && self.settling.len() == 0
     }
 
     /// Records an event. `dir_deleted`: `e.path` was a directory and is gone, so queued entries
     /// beneath it are subsumed by its deletion.
     pub fn add(&mut self, now: Instant, mut e: Entry, dir_deleted: bool) {
-        self.settling.remove(&(e.tree, e.path.clone()));
         if dir_deleted {
             self.set.remove_beneath(e.tree, &e.path);
-            let key = (e.tree, e.path.clone());
-            self.settling.retain(|(t, p), _| !(*t == key.0 && p.starts_with(&key.1)));
+            self.settling.remove_beneath(e.tree, &e.path);
             e.scope = Scope::Gone;
+        } else {
+            self.settling.remove(e.tree, &e.path);
         }
         self.set.insert(e);
         self.first_at.get_or_insert(now);
@@ -274,14 +339,12 @@ impl Batcher {
         if self.set.by_path.contains_key(&(e.tree, e.path.clone())) {
             return;
         }
-        self.settling.entry((e.tree, e.path)).or_insert(now + self.timing.settle);
+        self.settling.insert(e.tree, e.path, now + self.timing.settle);
     }
 
     /// When the pending batch (or a settled creation) must go out; `None` when nothing is pending.
     pub fn due(&self) -> Option<Instant> {
-        let settled = self.settling.values().min().copied();
-        let batch = self.batch_due();
-        match (batch, settled) {
+        match (self.batch_due(), self.settling.next_deadline()) {
             (Some(b), Some(s)) => Some(b.min(s)),
             (b, s) => b.or(s),
         }
@@ -298,12 +361,10 @@ impl Batcher {
     /// The batch, if it is due at `now`. Leftovers beyond `max_batch` stay, due again at once.
     /// Creations whose wait is over join it.
     pub fn take_due(&mut self, now: Instant) -> Option<Vec<Entry>> {
-        let settled: Vec<(u32, PathBuf)> =
-            self.settling.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
         // A creation that waited long enough makes the batch due at once.
-        let ripe = !settled.is_empty();
-        for (tree, path) in settled {
-            self.settling.remove(&(tree, path.clone()));
+        let mut ripe = false;
+        while let Some((tree, path)) = self.settling.pop_due(now) {
+            ripe = true;
             self.set.insert(Entry { tree, path, scope: Scope::Path });
             self.first_at.get_or_insert(now);
             self.last_at.get_or_insert(now);
@@ -327,14 +388,13 @@ impl Batcher {
         self.first_at = None;
         self.last_at = None;
         let mut out: Vec<Entry> = self.set.take(usize::MAX).into_iter().map(|(_, e)| e).collect();
-        let settling = std::mem::take(&mut self.settling);
-        out.extend(settling.into_keys().map(|(tree, path)| Entry { tree, path, scope: Scope::Path }));
+        out.extend(self.settling.drain().map(|(tree, path)| Entry { tree, path, scope: Scope::Path }));
         out
     }
 
     /// Drops pending entries of `tree` (a full sync of it is coming).
     pub fn clear_tree(&mut self, tree: u32) {
-        self.settling.retain(|(t, _), _| *t != tree);
+        self.settling.clear_tree(tree);
         self.set.clear_tree(tree);
         if self.set.is_empty() {
             self.first_at = None;
