@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod failback_guard;
 pub mod logging;
 pub mod status;
 pub mod storage;

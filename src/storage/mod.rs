@@ -25,6 +25,7 @@
 pub mod batch;
 pub mod filter;
 pub mod fullsync;
+pub mod guard;
 pub mod hooks;
 pub mod journal;
 pub mod push;
@@ -47,6 +48,7 @@ use crate::config::storage::StorageConfig;
 use crate::config::Config;
 use crate::sys::{fsutil, systemd};
 use batch::{Batcher, Entry, Timing};
+use guard::{Guards, Seen};
 use remote::{Queue, Worker};
 use status::{Board, RemoteStatus, StorageStatus};
 use watcher::{Change, Msg};
@@ -115,6 +117,8 @@ struct Replicator {
     last_overflow_warn: Option<Instant>,
     overflows_suppressed: u64,
     last_journal_alert: Vec<Option<Instant>>,
+    /// Per tree: is a reverse sync writing into it (failback guard)?
+    guards: Guards,
 }
 
 impl Replicator {
@@ -203,6 +207,7 @@ impl Replicator {
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
         systemd::spawn_watchdog(shutdown.clone());
         let n = cfg.remotes.len();
+        let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
         Ok(Replicator {
             cfg,
             queues,
@@ -222,6 +227,7 @@ impl Replicator {
             last_overflow_warn: None,
             overflows_suppressed: 0,
             last_journal_alert: vec![None; n],
+            guards,
         })
     }
 
@@ -252,6 +258,11 @@ impl Replicator {
                     }
                 }
                 () = sleep_until(due) => {}
+                () = sleep_until(self.guards.next_expiry()) => {
+                    for tree in self.guards.expire(Instant::now()) {
+                        self.full_sync_all(u32::try_from(tree).ok());
+                    }
+                }
                 () = sleep_until(periodic) => {
                     tracing::info!("periodic full sync");
                     self.full_sync_all(None);
@@ -275,6 +286,10 @@ impl Replicator {
                 let cfg = Arc::clone(&self.cfg);
                 let Some(t) = cfg.trees.get(tree as usize) else { return };
                 tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
+                // A reverse sync's copies must not go back to the backup (see `failback_guard`).
+                if self.guards.observe(tree as usize, &t.path, &ev, now) != Seen::Pass {
+                    return;
+                }
                 for c in watcher::changes(&ev, &cfg.events) {
                     match c {
                         Change::Rescan => {

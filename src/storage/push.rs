@@ -56,6 +56,9 @@ pub fn dest_url(target: &RsyncTarget, tree: &Tree) -> String {
 fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     let mut a: Vec<OsString> = base.iter().map(OsString::from).collect();
     a.push("--stats".into());
+    // The failback guard's marker (and rsync's temporary file for it) never replicates.
+    a.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
+    a.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
     if !tree.dest.is_empty() {
         // Create the tree's directory on the remote the first time.
         a.push("--mkpath".into());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fsm::Server;
+use super::guard;
 use crate::config::web::{ServerConfig, WebConfig};
 use crate::sys::mount::{self, MountError};
 use crate::sys::mountinfo;
@@ -291,6 +292,9 @@ pub fn reconcile_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) ->
 
 fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--stats".into()];
+    // The failback guard's marker on the primary: never copied, never deleted by `--delete`.
+    args.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
+    args.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
     if delete {
         args.push("--delete".into());
     }
@@ -407,7 +411,18 @@ impl Mounter for SysEffects {
 impl Syncer for SysEffects {
     fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         let inner = self.inner.clone();
-        async move { inner.push(&inner.cfg.mount_point.clone(), true).await }
+        async move {
+            // Pass 1 writes into the primary's export: its replicator must not push those copies
+            // back over newer writes on the backup (see `failback_guard`). No guard, no pass.
+            let rs = inner.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
+            let dir = inner.stage.with_file_name("guard");
+            guard::raise(&inner.cfg.rsync, rs, &dir).await?;
+            let r = inner.push(&inner.cfg.mount_point.clone(), true).await;
+            if let Err(e) = guard::lower(&inner.cfg.rsync, rs, &dir).await {
+                tracing::warn!(error = %e, "the failback guard stays up on the primary until its lease runs out");
+            }
+            r
+        }
     }
 
     fn catch_up(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {

@@ -66,6 +66,7 @@
 pub mod controller;
 pub mod effects;
 pub mod fsm;
+pub mod guard;
 pub mod health;
 pub mod state;
 
