@@ -85,6 +85,7 @@ pub async fn lower(rsync: &Path, rs: &ReverseSyncConfig, dir: &Path) -> Result<(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::sys::rsync::RsyncTarget;
