@@ -1,0 +1,200 @@
+//! Lab test of the failback guard (`failback_guard`): writes acknowledged through the backup mount
+//! while reverse-sync pass 1 runs survive the failback on BOTH servers.
+//!
+//! The README's deployment: `nfs-guard storage` on the primary pushes to the backup's rsync daemon;
+//! `nfs-guard web` fails over and reverse-syncs into the primary's rsync daemon. Without the guard,
+//! pass 1 copies a file into the primary's export, the primary's replicator pushes that copy back to
+//! the backup over the newer version a client wrote meanwhile, and the catch-up pass finds nothing
+//! newer: the write is lost on both servers. Two wrapper scripts make the window deterministic: the
+//! web node's rsync holds after pass 1 until the test releases it, and the primary's replicator's
+//! rsync holds until the client's newer write is acknowledged.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/lab.rs"]
+mod lab;
+mod storage_common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lab::{output_with_timeout, wait_until, Fault, Host, Lab};
+use storage_common::{status_json, wait_idle, write_config, Node, BIN};
+
+/// An rsync wrapper: runs the real rsync; `before` / `after` are shell lines run around it.
+fn wrapper(path: &Path, before: &str, after: &str) {
+    let text = format!("#!/bin/sh\n{before}\n/usr/bin/rsync \"$@\"\nrc=$?\n{after}\nexit $rc\n");
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Polls `flag` until it is gone (bounded: a lost test must not leave rsync waiting forever).
+fn hold_while(flag: &Path) -> String {
+    format!("n=0; while [ -e '{}' ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done", flag.display())
+}
+
+fn web_config(lab: &Lab, dir: &Path, rsync: &Path) -> PathBuf {
+    let config = dir.join("web.toml");
+    let text = format!(
+        r#"state_dir = "{state}"
+[web]
+mount_point = "{mp}"
+fstype = "nfs"
+options = "vers=3,soft,timeo=10"
+interval = "1s"
+fall = 3
+rise = 2
+probe_timeout = "800ms"
+mount_timeout = "10s"
+hold_down = "1s"
+rsync = "{rsync}"
+[web.primary]
+address = "{p}"
+export = "{export}"
+[web.backup]
+address = "{b}"
+export = "{export}"
+[web.reverse_sync]
+retry_initial = "1s"
+retry_max = "2s"
+timeout = "120s"
+[web.reverse_sync.target]
+host = "{p}"
+module = "{module}"
+user = "{user}"
+password_file = "{pass}"
+connect_timeout = "2s"
+io_timeout = "30s"
+"#,
+        state = dir.join("web-state").display(),
+        mp = Lab::WEB_MOUNT,
+        rsync = rsync.display(),
+        p = lab.ip(Host::Primary),
+        b = lab.ip(Host::Backup),
+        export = Lab::EXPORT,
+        module = Lab::RSYNC_MODULE,
+        user = Lab::RSYNC_USER,
+        pass = lab.rsync_password_file().display(),
+    );
+    fs::write(&config, text).unwrap();
+    config
+}
+
+fn web_status(config: &Path) -> serde_json::Value {
+    let mut c = Command::new(BIN);
+    c.args(["--config", config.to_str().unwrap(), "status", "--json"]);
+    let out = output_with_timeout(&mut c, Duration::from_secs(5)).expect("status did not answer");
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(serde_json::Value::Null)
+}
+
+/// Writes `content` to `name` through the web host's mount (acknowledged: the command's exit code).
+fn write_through_mount(lab: &Lab, name: &str, content: &str) {
+    let script = format!("printf '%s' '{content}' > '{}/{name}' && sync", Lab::WEB_MOUNT);
+    let out = lab.exec_timeout(Host::Web, &["sh", "-c", &script], Duration::from_secs(20)).expect("write hung");
+    assert!(out.status.success(), "write through the mount failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn writes_during_reverse_sync_pass_1_survive_the_failback() {
+    let lab = Lab::up("echo");
+    let src = lab.data_dir(Host::Primary);
+    let dst = lab.data_dir(Host::Backup);
+    let work = tempfile::Builder::new().prefix("nfsguard-echo").tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    let (hold_echo, hold_pass1, pass1_done) = (w.join("hold-echo"), w.join("hold-pass1"), w.join("pass1-done"));
+
+    // The primary's replicator: its pushes wait while `hold-echo` exists.
+    let storage_rsync = w.join("storage-rsync");
+    wrapper(&storage_rsync, &hold_while(&hold_echo), "");
+    let state = w.join("storage-state");
+    let cfg = w.join("storage.toml");
+    write_config(
+        &cfg,
+        &state,
+        Path::new(Lab::EXPORT),
+        &lab.ip(Host::Backup),
+        873,
+        &format!("rsync = \"{}\"\n[storage.full_sync]\nat_start = true", storage_rsync.display()),
+        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
+    );
+    fs::write(src.join("page.html"), "v0").unwrap();
+    let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &w.join("storage.log"));
+    wait_idle(&state, &storage, Duration::from_secs(30));
+    assert_eq!(read(&dst.join("page.html")), "v0");
+
+    // The web node: its reverse-sync passes (`--update`) mark `pass1-done`, then wait on `hold-pass1`.
+    let web_rsync = w.join("web-rsync");
+    let after = format!(
+        "case \" $* \" in *\" --update \"*) touch '{}'; {};; esac",
+        pass1_done.display(),
+        hold_while(&hold_pass1)
+    );
+    wrapper(&web_rsync, "", &after);
+    let web_cfg = web_config(&lab, w, &web_rsync);
+    let web_log = fs::OpenOptions::new().create(true).append(true).open(w.join("web.log")).unwrap();
+    let mut web = lab
+        .command(Host::Web, BIN)
+        .args(["--config", web_cfg.to_str().unwrap(), "--log-format", "human", "web"])
+        .stdin(Stdio::null())
+        .stdout(web_log.try_clone().unwrap())
+        .stderr(web_log)
+        .spawn()
+        .unwrap();
+    let web_log_text = || read(&w.join("web.log"));
+    wait_until("the web node serves the primary", Duration::from_secs(20), || {
+        web_status(&web_cfg)["active"] == "primary"
+    });
+
+    // Failover (NFS only: the primary's replicator and rsync daemon stay up), then a write on the backup.
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_until("the web node serves the backup", Duration::from_secs(20), || {
+        web_status(&web_cfg)["active"] == "backup"
+    });
+    write_through_mount(&lab, "page.html", "v1");
+    assert_eq!(read(&dst.join("page.html")), "v1");
+
+    // Failback: pass 1 copies v1 into the primary and holds; the replicator's push waits.
+    fs::write(&hold_echo, "").unwrap();
+    fs::write(&hold_pass1, "").unwrap();
+    lab.heal(Host::Primary);
+    wait_until("reverse-sync pass 1 to finish copying", Duration::from_secs(60), || pass1_done.exists());
+    assert_eq!(read(&src.join("page.html")), "v1", "pass 1 copied the backup's version");
+
+    // The replicator has seen pass 1's copy: either its push is on its way (held), or the guard is up.
+    wait_until("the replicator to react to pass 1", Duration::from_secs(20), || {
+        storage.log_text().contains("failback guard on")
+            || status_json(&state).is_some_and(|s| s["remotes"][0]["state"] != "idle" || s["remotes"][0]["queue"] != 0)
+    });
+    // A client overwrites the file through the backup mount (acknowledged), then the replicator runs.
+    write_through_mount(&lab, "page.html", "v2");
+    assert_eq!(read(&dst.join("page.html")), "v2");
+    fs::remove_file(&hold_echo).unwrap();
+    wait_until("the primary's replicator to be idle", Duration::from_secs(20), || {
+        status_json(&state).is_some_and(|s| s["remotes"][0]["state"] == "idle" && s["remotes"][0]["queue"] == 0)
+    });
+    fs::remove_file(&hold_pass1).unwrap();
+    wait_until("the web node to serve the primary again, nothing pending", Duration::from_secs(60), || {
+        let s = web_status(&web_cfg);
+        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
+    });
+
+    let (p, b) = (read(&src.join("page.html")), read(&dst.join("page.html")));
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(
+        p == "v2" && b == "v2",
+        "the acknowledged write v2 was lost: primary has {p:?}, backup has {b:?}\nweb log:\n{}\nstorage log:\n{}",
+        web_log_text(),
+        storage.log_text()
+    );
+    assert!(!src.join(nfs_guard::failback_guard::MARKER).exists(), "the marker was lowered");
+    assert!(!dst.join(nfs_guard::failback_guard::MARKER).exists(), "the marker never replicates");
+    assert!(storage.log_text().contains("failback guard on"), "{}", storage.log_text());
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
