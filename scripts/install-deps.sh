@@ -54,3 +54,11 @@ if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
   echo "install-deps: no Rust toolchain; installing Debian's cargo" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q cargo >&2
 fi
+
+# The test command checks formatting and lints too.
+for c in clippy rustfmt; do
+  sub=${c/rustfmt/fmt}
+  if ! cargo "$sub" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    rustup component add "$c" >&2
+  fi
+done

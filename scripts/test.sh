@@ -16,6 +16,9 @@ fi
 scripts/install-deps.sh
 [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 
+echo "== format and lints"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
 echo "== build"
 cargo build --locked --all-targets
 echo "== tests (unit, component, binary, lab)"

@@ -78,6 +78,8 @@ pub enum Error {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Watch(#[from] watcher::WatchError),
+    #[error("a replication worker ended while the replicator was running")]
+    WorkerEnded,
     #[error("full sync failed: {}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     FullSync { failures: Vec<fullsync::Failure> },
 }
@@ -106,7 +108,9 @@ struct Replicator {
     /// Kept so the channel stays open even with no watcher (full-sync-only nodes).
     _tx: mpsc::Sender<Msg>,
     watchers: watcher::Watchers,
-    workers: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per remote; one ending before shutdown is an error (the process exits, systemd
+    /// restarts it, the journals replay), never a silently dead remote.
+    workers: tokio::task::JoinSet<()>,
     stop: CancellationToken,
     hard_stop: CancellationToken,
     status_stop: CancellationToken,
@@ -183,27 +187,23 @@ impl Replicator {
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let hooks = cfg.hook.clone().map(hooks::Hooks::new);
-        let workers = cfg
-            .remotes
-            .iter()
-            .enumerate()
-            .map(|(idx, remote)| {
-                tokio::spawn(
-                    Worker {
-                        idx,
-                        remote: remote.clone(),
-                        queue: Arc::clone(&queues[idx]),
-                        cfg: Arc::clone(&cfg),
-                        board: Arc::clone(&board),
-                        alerts: Arc::clone(&alerts),
-                        hooks: hooks.clone(),
-                        stop: stop.clone(),
-                        hard_stop: hard_stop.clone(),
-                    }
-                    .run(),
-                )
-            })
-            .collect();
+        let mut workers = tokio::task::JoinSet::new();
+        for (idx, remote) in cfg.remotes.iter().enumerate() {
+            workers.spawn(
+                Worker {
+                    idx,
+                    remote: remote.clone(),
+                    queue: Arc::clone(&queues[idx]),
+                    cfg: Arc::clone(&cfg),
+                    board: Arc::clone(&board),
+                    alerts: Arc::clone(&alerts),
+                    hooks: hooks.clone(),
+                    stop: stop.clone(),
+                    hard_stop: hard_stop.clone(),
+                }
+                .run(),
+            );
+        }
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
         systemd::spawn_watchdog(shutdown.clone());
         let n = cfg.remotes.len();
@@ -241,11 +241,17 @@ impl Replicator {
         let mut batcher = Batcher::new(timing);
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
+        let mut result = Ok(());
         loop {
             let due = batcher.due();
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
+                Some(ended) = self.workers.join_next() => {
+                    tracing::error!(panicked = ended.is_err(), "a replication worker ended unexpectedly; stopping");
+                    result = Err(Error::WorkerEnded);
+                    break;
+                }
                 () = wake.notified() => self.check_overflow_flags(&mut batcher),
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -277,7 +283,7 @@ impl Replicator {
             }
         }
         self.finish(&mut batcher).await;
-        Ok(())
+        result
     }
 
     fn handle(&mut self, msg: Msg, now: Instant, batcher: &mut Batcher) {
@@ -295,7 +301,9 @@ impl Replicator {
                         Change::Rescan => {
                             // Lost events may have announced new directories: watch them before the
                             // full sync starts, so nothing changed after it is missed either.
-                            if let Err(e) = self.watchers.rewatch(tree as usize, &t.path) {
+                            // It walks the tree: let the runtime move other tasks off this thread.
+                            let rewatched = blocking_here(|| self.watchers.rewatch(tree as usize, &t.path));
+                            if let Err(e) = rewatched {
                                 tracing::error!(tree = %t.path.display(), error = %e, "cannot re-install watches");
                             }
                             self.overflow(tree, "the kernel's inotify queue overflowed", batcher);
@@ -423,12 +431,11 @@ impl Replicator {
         for q in &self.queues {
             q.wake();
         }
-        let mut workers = std::mem::take(&mut self.workers);
-        let all = futures_join(&mut workers);
+        let all = async { while self.workers.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
             tracing::info!("grace period over: abandoning pushes in flight (they stay journaled)");
             self.hard_stop.cancel();
-            futures_join(&mut workers).await;
+            while self.workers.join_next().await.is_some() {}
         }
         self.status_stop.cancel();
         let _ = self.status_task.await;
@@ -438,10 +445,14 @@ impl Replicator {
     }
 }
 
-async fn futures_join(handles: &mut Vec<tokio::task::JoinHandle<()>>) {
-    while let Some(h) = handles.last_mut() {
-        let _ = h.await;
-        handles.pop();
+/// Runs blocking `f` on this task, telling a multi-thread runtime to move its other tasks elsewhere
+/// meanwhile (a current-thread runtime, as in tests, just runs it).
+fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
