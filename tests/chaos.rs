@@ -1,0 +1,290 @@
+//! Chaos test: the README's deployment (`nfs-guard storage` on the primary pushing to the backup's
+//! rsync daemon, `nfs-guard web` with a reverse sync) under a writer that never pauses, random faults
+//! on the primary (freeze, kill, NFS-only stop, blackhole, reject, unplug) healed at random, and
+//! `kill -9` of either nfs-guard at random. After quiescence every acknowledged create, write and
+//! append is on both servers, none older than acknowledged; deletes and renames made during a
+//! failover are reported separately (they come back until the storage agents replay them).
+//!
+//! `CHAOS_CYCLES` (default 3) and `CHAOS_SEED` (default: from the clock, printed) choose the run;
+//! `scripts/chaos.sh` runs a long one and prints the report.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/lab.rs"]
+mod lab;
+mod chaos_writer;
+mod storage_common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chaos_writer::{check, Writer};
+use lab::{output_with_timeout, Fault, Host, Lab};
+use storage_common::{status_json, wait_idle, write_config, Node, BIN};
+
+const FAULTS: [Fault; 6] = [Fault::Freeze, Fault::Kill, Fault::StopNfs, Fault::Blackhole, Fault::Reject, Fault::Unplug];
+
+fn web_config(lab: &Lab, dir: &Path) -> PathBuf {
+    let config = dir.join("web.toml");
+    let text = format!(
+        r#"state_dir = "{state}"
+[web]
+mount_point = "{mp}"
+fstype = "nfs"
+options = "vers=3,soft,timeo=10"
+interval = "1s"
+fall = 3
+rise = 2
+probe_timeout = "800ms"
+mount_timeout = "10s"
+hold_down = "1s"
+[web.primary]
+address = "{p}"
+export = "{export}"
+[web.backup]
+address = "{b}"
+export = "{export}"
+[web.reverse_sync]
+retry_initial = "1s"
+retry_max = "3s"
+timeout = "120s"
+[web.reverse_sync.target]
+host = "{p}"
+module = "{module}"
+user = "{user}"
+password_file = "{pass}"
+connect_timeout = "2s"
+io_timeout = "10s"
+"#,
+        state = dir.join("web-state").display(),
+        mp = Lab::WEB_MOUNT,
+        p = lab.ip(Host::Primary),
+        b = lab.ip(Host::Backup),
+        export = Lab::EXPORT,
+        module = Lab::RSYNC_MODULE,
+        user = Lab::RSYNC_USER,
+        pass = lab.rsync_password_file().display(),
+    );
+    fs::write(&config, text).unwrap();
+    config
+}
+
+/// `nfs-guard web` in the web host, restartable.
+struct Web {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Web {
+    fn start(&mut self, lab: &Lab) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        self.child = Some(
+            lab.command(Host::Web, BIN)
+                .args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut c = Command::new(BIN);
+        c.args(["--config", self.config.to_str().unwrap(), "status", "--json"]);
+        let out = output_with_timeout(&mut c, Duration::from_secs(5)).expect("status did not answer in 5 s");
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn serving_primary_settled(&self) -> bool {
+        let s = self.status();
+        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
+    }
+
+    fn log_tail(&self) -> String {
+        let t = fs::read_to_string(&self.log).unwrap_or_default();
+        t.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait(what: &str, deadline: Duration, web: &Web, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}\nweb log:\n{}", web.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dwell(rng: &mut fastrand::Rng, lo_ms: u64, hi_ms: u64) {
+    // Chaos timing (how long the writer runs between faults), not a wait for a condition.
+    std::thread::sleep(Duration::from_millis(rng.u64(lo_ms..hi_ms)));
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    cycles: u32,
+    failovers: u32,
+    failbacks: u32,
+    web_kills: u32,
+    storage_kills: u32,
+    faults: Vec<&'static str>,
+    timeline: Vec<String>,
+}
+
+#[test]
+fn chaos_no_acknowledged_write_is_lost() {
+    let cycles: u32 = std::env::var("CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    });
+    eprintln!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let lab = Lab::up("chaos");
+    let (src, dst) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    let work = tempfile::Builder::new().prefix("nfsguard-chaos").tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+
+    let state = w.join("storage-state");
+    let cfg = w.join("storage.toml");
+    write_config(
+        &cfg,
+        &state,
+        Path::new(Lab::EXPORT),
+        &lab.ip(Host::Backup),
+        873,
+        "[storage.full_sync]\nat_start = true",
+        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
+    );
+    let storage_log = w.join("storage.log");
+    let mut storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
+    wait_idle(&state, &storage, Duration::from_secs(30));
+    let mut web = Web { config: web_config(&lab, w), log: w.join("web.log"), child: None };
+    web.start(&lab);
+    wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.status()["active"] == "primary");
+
+    let in_failover = Arc::new(AtomicBool::new(false));
+    let mount = PathBuf::from(format!("/proc/{}/root{}", lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
+    let writer = Writer::start(mount, seed, Arc::clone(&in_failover));
+    let mut r = Report::default();
+    let started = Instant::now();
+    for _ in 0..cycles {
+        r.cycles += 1;
+        dwell(&mut rng, 500, 2000);
+        let fault = FAULTS[rng.usize(..FAULTS.len())];
+        r.faults.push(fault.as_str());
+        in_failover.store(true, Ordering::SeqCst);
+        let at = |r: &mut Report, what: &str| r.timeline.push(format!("{:.2}s {what}", started.elapsed().as_secs_f64()));
+        at(&mut r, &format!("fault {}", fault.as_str()));
+        lab.fault(Host::Primary, fault);
+        let kill_web = rng.u8(0..100) < 25;
+        if kill_web {
+            dwell(&mut rng, 0, 3000);
+            web.kill9();
+            web.start(&lab);
+            r.web_kills += 1;
+        }
+        wait("the failover", Duration::from_secs(30), &web, || web.status()["active"] == "backup");
+        r.failovers += 1;
+        at(&mut r, "serving the backup");
+        dwell(&mut rng, 1000, 3000);
+        lab.heal(Host::Primary);
+        at(&mut r, "healed");
+        let alive = storage.child.try_wait().unwrap().is_none();
+        if !alive || rng.u8(0..100) < 20 {
+            if alive {
+                storage.kill9();
+                r.storage_kills += 1;
+            }
+            storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
+            at(&mut r, "storage (re)started");
+        }
+        if rng.u8(0..100) < 20 {
+            dwell(&mut rng, 0, 4000);
+            web.kill9();
+            web.start(&lab);
+            r.web_kills += 1;
+            at(&mut r, "web kill -9 + restart");
+        }
+        wait("the failback", Duration::from_secs(120), &web, || web.serving_primary_settled());
+        in_failover.store(false, Ordering::SeqCst);
+        r.failbacks += 1;
+        at(&mut r, "serving the primary");
+    }
+    let model = writer.stop();
+
+    // Quiescence: serving the primary, and everything written there replicated.
+    wait("the web node to settle on the primary", Duration::from_secs(120), &web, || web.serving_primary_settled());
+    fs::write(src.join("chaos-sentinel"), b"end").unwrap();
+    wait("the sentinel on the backup and an idle replicator", Duration::from_secs(120), &web, || {
+        dst.join("chaos-sentinel").exists()
+            && status_json(&state).is_some_and(|s| {
+                let q = &s["remotes"][0];
+                q["state"] == "idle" && q["queue"] == 0 && q["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
+            })
+    });
+    let (p, b) = (check(&model, &src), check(&model, &dst));
+    let c = &model.counts;
+    let report = format!(
+        "chaos report (seed {seed}, {:.0} s)\n\
+         cycles {}  failovers {}  failbacks {}  kill -9: web {} storage {}\n\
+         faults {:?}\n\
+         operations {} (acknowledged {}, failed {}, in doubt {}), files in the model {}\n\
+         LOST acknowledged writes: primary {}  backup {}\n\
+         deletes/renames made during a failover that came back (storage-agent issue): primary {}  backup {}\n\
+         deletes/renames made while serving the primary that came back: primary {}  backup {}",
+        started.elapsed().as_secs_f64(),
+        r.cycles,
+        r.failovers,
+        r.failbacks,
+        r.web_kills,
+        r.storage_kills,
+        r.faults,
+        c.ops,
+        c.acked,
+        c.failed,
+        c.in_doubt,
+        model.files.len(),
+        p.lost.len(),
+        b.lost.len(),
+        p.resurrected_failover.len(),
+        b.resurrected_failover.len(),
+        p.resurrected_other.len(),
+        b.resurrected_other.len(),
+    );
+    eprintln!("{report}");
+    if let Ok(out) = std::env::var("CHAOS_REPORT") {
+        fs::write(out, &report).unwrap();
+    }
+    web.kill9();
+    storage.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+    assert!(c.acked > 0, "the writer never got an acknowledgement");
+    for l in p.lost.iter().chain(&b.lost).take(8) {
+        let name = l.split(':').next().unwrap_or_default();
+        eprintln!("{l}\n  history: {:#?}", model.history.get(name));
+    }
+    eprintln!("timeline: {:#?}", r.timeline);
+    assert!(
+        p.lost.is_empty() && b.lost.is_empty(),
+        "acknowledged writes lost:\nprimary: {:#?}\nbackup: {:#?}",
+        p.lost,
+        b.lost
+    );
+}

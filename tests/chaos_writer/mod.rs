@@ -1,0 +1,297 @@
+//! The chaos test's writer and its model: creates, overwrites, appends, renames and deletes files
+//! through the web host's mount without pause, and records only what the filesystem acknowledged.
+//!
+//! Every content line is `v=N` (N unique per operation), so a file's version is its largest N and an
+//! append's line can be looked for. Each operation runs on its own thread with a deadline: one that
+//! hangs on a dead mount is abandoned, its file is "in doubt" (checked only for a version no older
+//! than its last acknowledged one) and never touched again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// An operation that takes longer than this is abandoned (in doubt).
+const OP_DEADLINE: Duration = Duration::from_secs(4);
+/// At most this many live files (keeps reverse-sync passes short).
+const MAX_LIVE: usize = 250;
+const DIRS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub enum FileState {
+    /// `lines`: the versions the file must contain (since its last acknowledged overwrite).
+    Live { version: u64, lines: Vec<u64>, doubt: bool },
+    /// Deleted or renamed away; `in_failover`: acknowledged while the farm served the backup.
+    Gone { in_failover: bool, renamed: bool },
+}
+
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub ops: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub in_doubt: u64,
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub files: BTreeMap<String, FileState>,
+    pub counts: Counts,
+    /// Per file: what happened to it (for the report of a loss).
+    pub history: BTreeMap<String, Vec<String>>,
+}
+
+/// The writer; `stop()` ends it and returns the model.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Model>>,
+}
+
+impl Writer {
+    /// Starts writing under `root` (the mount as seen from this process). `in_failover` tells the
+    /// model how to label deletes and renames.
+    pub fn start(root: PathBuf, seed: u64, in_failover: Arc<AtomicBool>) -> Writer {
+        for d in 0..DIRS {
+            fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || run(&root, seed, &s, &in_failover));
+        Writer { stop, thread: Some(thread) }
+    }
+
+    pub fn stop(mut self) -> Model {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+enum Op {
+    Create(String),
+    Overwrite(String),
+    Append(String),
+    Rename(String, String),
+    Delete(String),
+}
+
+fn line(v: u64, rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut l = format!("v={v} ").into_bytes();
+    l.extend(std::iter::repeat_n(b'x', rng.usize(0..2000)));
+    l.push(b'\n');
+    l
+}
+
+fn exec(root: &Path, op: &Op, data: &[u8]) -> std::io::Result<()> {
+    let write = |name: &str, append: bool| -> std::io::Result<()> {
+        let mut o = fs::OpenOptions::new();
+        if append {
+            o.append(true);
+        } else {
+            o.write(true).create(true).truncate(true);
+        }
+        let mut f = o.open(root.join(name))?;
+        f.write_all(data)?;
+        f.sync_all()
+    };
+    match op {
+        Op::Create(n) | Op::Overwrite(n) => write(n, false),
+        Op::Append(n) => write(n, true),
+        Op::Rename(a, b) => fs::rename(root.join(a), root.join(b)),
+        Op::Delete(n) => fs::remove_file(root.join(n)),
+    }
+}
+
+fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> Model {
+    let t0 = std::time::Instant::now();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut m = Model::default();
+    let next = AtomicU64::new(1);
+    let root = Arc::new(root.to_path_buf());
+    while !stop.load(Ordering::SeqCst) {
+        let live: Vec<String> = m
+            .files
+            .iter()
+            .filter(|(_, s)| matches!(s, FileState::Live { doubt: false, .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let v = next.fetch_add(1, Ordering::SeqCst);
+        let fresh = || format!("d{}/f{v}", v as usize % DIRS);
+        let op = match (rng.u8(0..100), live.is_empty()) {
+            (_, true) => Op::Create(fresh()),
+            (0..30, _) if live.len() < MAX_LIVE => Op::Create(fresh()),
+            (0..50, _) => Op::Overwrite(live[rng.usize(..live.len())].clone()),
+            (50..75, _) => Op::Append(live[rng.usize(..live.len())].clone()),
+            (75..88, _) => Op::Rename(live[rng.usize(..live.len())].clone(), fresh()),
+            _ => Op::Delete(live[rng.usize(..live.len())].clone()),
+        };
+        let data = line(v, &mut rng);
+        let failover = in_failover.load(Ordering::SeqCst);
+        m.counts.ops += 1;
+        let (tx, rx) = mpsc::channel();
+        {
+            let (root, op_data) = (Arc::clone(&root), data.clone());
+            let op2 = match &op {
+                Op::Create(n) => Op::Create(n.clone()),
+                Op::Overwrite(n) => Op::Overwrite(n.clone()),
+                Op::Append(n) => Op::Append(n.clone()),
+                Op::Rename(a, b) => Op::Rename(a.clone(), b.clone()),
+                Op::Delete(n) => Op::Delete(n.clone()),
+            };
+            std::thread::spawn(move || {
+                let r = exec(&root, &op2, &op_data);
+                let _ = tx.send(r.is_ok());
+            });
+        }
+        let started = t0.elapsed().as_secs_f64();
+        let outcome = rx.recv_timeout(OP_DEADLINE);
+        let what = match &op {
+            Op::Create(n) => vec![(n.clone(), "create")],
+            Op::Overwrite(n) => vec![(n.clone(), "overwrite")],
+            Op::Append(n) => vec![(n.clone(), "append")],
+            Op::Rename(a, b) => vec![(a.clone(), "rename away"), (b.clone(), "rename to")],
+            Op::Delete(n) => vec![(n.clone(), "delete")],
+        };
+        for (n, kind) in what {
+            let res = match outcome {
+                Ok(true) => "acked",
+                Ok(false) => "failed",
+                Err(_) => "in doubt",
+            };
+            m.history.entry(n).or_default().push(format!(
+                "{started:.2}-{:.2}s v={v} {kind} {res}{}",
+                t0.elapsed().as_secs_f64(),
+                if failover { " (failover)" } else { "" }
+            ));
+        }
+        match outcome {
+            Ok(true) => {
+                m.counts.acked += 1;
+                apply(&mut m, &op, v, failover);
+            }
+            Ok(false) => {
+                m.counts.failed += 1;
+                // A failed operation may still have taken effect (a write cut short): in doubt.
+                doubt(&mut m, &op, v);
+            }
+            Err(_) => {
+                m.counts.in_doubt += 1;
+                doubt(&mut m, &op, v);
+            }
+        }
+    }
+    m
+}
+
+fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
+    match op {
+        Op::Create(n) | Op::Overwrite(n) => {
+            m.files.insert(n.clone(), FileState::Live { version: v, lines: vec![v], doubt: false });
+        }
+        Op::Append(n) => {
+            if let Some(FileState::Live { version, lines, .. }) = m.files.get_mut(n) {
+                *version = v;
+                lines.push(v);
+            }
+        }
+        Op::Rename(a, b) => {
+            let s = m.files.insert(a.clone(), FileState::Gone { in_failover, renamed: true });
+            if let Some(s) = s {
+                m.files.insert(b.clone(), s);
+            }
+        }
+        Op::Delete(n) => {
+            m.files.insert(n.clone(), FileState::Gone { in_failover, renamed: false });
+        }
+    }
+}
+
+/// The outcome is unknown: the file(s) may hold this version or the previous one.
+fn doubt(m: &mut Model, op: &Op, v: u64) {
+    let mark = |m: &mut Model, n: &String| match m.files.get_mut(n) {
+        Some(FileState::Live { doubt, .. }) => *doubt = true,
+        Some(FileState::Gone { .. }) | None => {
+            // A create or the target of a rename: it may or may not exist; no version is owed.
+            m.files.insert(n.clone(), FileState::Live { version: 0, lines: Vec::new(), doubt: true });
+        }
+    };
+    match op {
+        Op::Create(n) | Op::Overwrite(n) | Op::Append(n) | Op::Delete(n) => mark(m, n),
+        Op::Rename(a, b) => {
+            mark(m, a);
+            mark(m, b);
+        }
+    }
+    let _ = v;
+}
+
+/// The versions a file's content holds.
+pub fn versions(content: &[u8]) -> Vec<u64> {
+    content
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(b"v="))
+        .filter_map(|l| std::str::from_utf8(l.split(|b| *b == b' ').next()?).ok()?.parse().ok())
+        .collect()
+}
+
+/// What the check found on one server.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Acknowledged writes missing or older than acknowledged (must be zero).
+    pub lost: Vec<String>,
+    /// Files deleted or renamed away while serving the backup that exist again.
+    pub resurrected_failover: Vec<String>,
+    /// Files deleted or renamed away while serving the primary that exist again.
+    pub resurrected_other: Vec<String>,
+}
+
+/// Checks the tree at `root` (a server's export) against the model.
+pub fn check(m: &Model, root: &Path) -> Findings {
+    let mut f = Findings::default();
+    for (name, s) in &m.files {
+        let content = fs::read(root.join(name)).ok();
+        match s {
+            FileState::Live { version, lines, doubt } => {
+                let Some(c) = content else {
+                    if *version > 0 {
+                        f.lost.push(format!("{name}: missing (acknowledged v={version})"));
+                    }
+                    continue;
+                };
+                let have = versions(&c);
+                let max = have.iter().copied().max().unwrap_or(0);
+                if max < *version {
+                    f.lost.push(format!("{name}: holds v={max}, acknowledged v={version}"));
+                } else if !doubt {
+                    let missing: Vec<u64> = lines.iter().filter(|l| !have.contains(l)).copied().collect();
+                    if !missing.is_empty() {
+                        f.lost.push(format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"));
+                    }
+                }
+            }
+            FileState::Gone { in_failover, .. } => {
+                if content.is_some() {
+                    if *in_failover {
+                        f.resurrected_failover.push(name.clone());
+                    } else {
+                        f.resurrected_other.push(name.clone());
+                    }
+                }
+            }
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(versions(b"v=3 xx\nv=12 \n"), [3, 12]);
+        assert!(versions(b"").is_empty());
+    }
+}
