@@ -194,7 +194,7 @@ impl State {
     /// A failover to the backup starts a new episode: writes may now land on the backup only. The
     /// retry counters start afresh (a failed reconciliation of an older epoch must not delay it).
     fn new_epoch(&mut self) {
-        self.epoch += 1;
+        self.epoch = self.epoch.saturating_add(1);
         self.pending_reverse_sync = true;
         self.resync_failures = 0;
         self.resync_not_before = None;
@@ -449,7 +449,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { error }) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
             o.s.phase = Phase::Serving { server: Server::Backup };
             o.acts.push(Action::Persist);
             o.alert_with(
@@ -498,8 +498,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted
         (Phase::Staging { to }, Event::StagedSwitchFailed { to: failed, error, serving }) if to == failed => {
             o.s.phase = serving.map_or(Phase::Unmounted, |server| Phase::Serving { server });
-            o.s.resync_failures += 1;
-            o.s.resync_not_before = Some(now_ms + p.backoff_ms(o.s.resync_failures));
+            o.s.resync_failures = o.s.resync_failures.saturating_add(1);
+            o.s.resync_not_before = Some(now_ms.saturating_add(p.backoff_ms(o.s.resync_failures)));
             o.acts.push(Action::Persist);
             let next = match serving {
                 Some(s) => format!("The web node keeps serving {}; nfs-guard retries after the backoff. Check the mount options and the export of {}.", p.label(s), p.label(to)),
@@ -559,7 +559,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         (Phase::Reconciling { attempt }, Event::ReconcileFailed { error }) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
             o.s.phase = Phase::Serving { server: Server::Primary };
             o.acts.push(Action::Persist);
             o.alert_with(
@@ -800,7 +800,7 @@ fn decide(o: &mut Out, now_ms: u64) {
             }
             if o.p.failback && o.s.pending_reverse_sync {
                 // Serving(backup) --primary up for hold-down--> Resyncing(n)
-                let attempt = o.s.resync_failures + 1;
+                let attempt = o.s.resync_failures.saturating_add(1);
                 o.s.phase = Phase::Resyncing { attempt };
                 o.acts.push(Action::Persist);
                 o.alert_with(
@@ -838,7 +838,7 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
     if !(h.usable(Server::Backup) && h.usable(Server::Primary) && held_long && backoff_over) {
         return;
     }
-    let attempt = o.s.resync_failures + 1;
+    let attempt = o.s.resync_failures.saturating_add(1);
     o.s.phase = Phase::Reconciling { attempt };
     o.acts.push(Action::Persist);
     o.alert_with(

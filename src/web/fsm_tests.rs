@@ -541,3 +541,44 @@ fn active_server_per_phase() {
     s.phase = Phase::Reconciling { attempt: 1 };
     assert_eq!(s.active(), Some(Server::Primary));
 }
+
+#[test]
+fn extreme_counters_and_times_from_a_state_file_never_panic() {
+    // web.state.json is input: any value serde accepts must be survivable.
+    let p = Policy { retry_initial_ms: u64::MAX, retry_max_ms: u64::MAX, ..policy() };
+    let edge = State {
+        epoch: u64::MAX,
+        resync_failures: u32::MAX,
+        resync_not_before: Some(0),
+        primary_up_since: Some(0),
+        health: snap(DOWN, UP),
+        ..State::default()
+    };
+    // Serving(primary) --primary down--> Mounting(backup): a new epoch at u64::MAX
+    let t = step(
+        &State { phase: Phase::Serving { server: Server::Primary }, ..edge.clone() },
+        Event::HealthObserved(snap(DOWN, UP)),
+        &p,
+        u64::MAX,
+    );
+    assert_eq!(t.next.phase, Phase::Mounting { to: Server::Backup });
+    assert_eq!(t.next.epoch, u64::MAX, "saturates");
+    // reverse-sync attempt numbers and backoff deadlines at their limits
+    let on_b = State {
+        phase: Phase::Serving { server: Server::Backup },
+        pending_reverse_sync: true,
+        health: snap(UP, UP),
+        ..edge.clone()
+    };
+    let t = step(&on_b, Event::Ticked, &p, u64::MAX);
+    assert_eq!(t.next.phase, Phase::Resyncing { attempt: u32::MAX });
+    let t = step(&t.next, Event::ReverseSyncFailed { error: "x".into() }, &p, u64::MAX);
+    assert_eq!(t.next.resync_not_before, Some(u64::MAX));
+    let staging = State { phase: Phase::Staging { to: Server::Primary }, ..on_b.clone() };
+    let ev = Event::StagedSwitchFailed { to: Server::Primary, error: "x".into(), serving: Some(Server::Backup) };
+    let t = step(&staging, ev, &p, u64::MAX);
+    assert_eq!(t.next.resync_failures, u32::MAX);
+    let rec = State { phase: Phase::Reconciling { attempt: u32::MAX }, reconcile_epoch: Some(u64::MAX), ..edge };
+    let t = step(&rec, Event::ReconcileFailed { error: "x".into() }, &p, u64::MAX);
+    assert_eq!(t.next.resync_not_before, Some(u64::MAX));
+}
