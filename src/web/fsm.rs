@@ -6,7 +6,10 @@
 //!
 //! Ordering promises encoded here: the primary is never mounted again after a failover until a reverse
 //! sync backup->primary has succeeded (or the operator forces it); the staged switch keeps the old mount
-//! until the new one is verified; both-down and network-lost alert once per episode.
+//! until the new one is verified; both-down and network-lost alert once per episode. A running rsync pass
+//! never blocks a failover: when a server it reads or writes goes DOWN, or the node moves on, the pass is
+//! aborted (`AbortPass`) and what it owed stays recorded; every pass carries an id, so the late report of
+//! an aborted pass is never taken for the report of the next one.
 
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +160,11 @@ pub struct State {
     pub both_down_alerted: bool,
     pub network_lost_alerted: bool,
     pub recovered_alerted: bool,
+    /// Id of the latest rsync pass started (reverse sync, catch-up, reconciliation). A pass's actions
+    /// and its completion carry it, so the late report of an aborted pass is never taken for the
+    /// report of a later pass of the same kind.
+    #[serde(default)]
+    pub pass: u64,
 }
 
 impl Default for State {
@@ -175,11 +183,26 @@ impl Default for State {
             both_down_alerted: false,
             network_lost_alerted: false,
             recovered_alerted: false,
+            pass: 0,
         }
     }
 }
 
 impl State {
+    /// The pass running in this phase, if any.
+    pub fn running_pass(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Resyncing { .. } | Phase::CatchingUp | Phase::Reconciling { .. } => Some(self.pass),
+            Phase::Unmounted | Phase::Serving { .. } | Phase::Mounting { .. } | Phase::Staging { .. } => None,
+        }
+    }
+
+    /// A new pass id (wrapping: a report 2^64 passes late is not a concern, a panic would be).
+    fn start_pass(&mut self) -> u64 {
+        self.pass = self.pass.wrapping_add(1);
+        self.pass
+    }
+
     /// The server the mount point serves (or is being switched away from), if any.
     pub fn active(&self) -> Option<Server> {
         match self.phase {
@@ -259,12 +282,15 @@ pub enum Event {
         server: Server,
         error: String,
     },
+    /// Reverse-sync pass `pass` finished (each pass completion names its pass: see [`State::pass`]).
     ReverseSyncSucceeded {
+        pass: u64,
         files: u64,
         bytes: u64,
         elapsed_ms: u64,
     },
     ReverseSyncFailed {
+        pass: u64,
         error: String,
     },
     /// The staged switch to `to` completed (verified).
@@ -279,18 +305,41 @@ pub enum Event {
         serving: Option<Server>,
     },
     CatchUpFinished {
+        pass: u64,
         result: Result<(u64, u64), String>,
     },
     /// The reconciliation backup->primary (from the backup's staging mount) succeeded.
     ReconcileSucceeded {
+        pass: u64,
         files: u64,
         bytes: u64,
         elapsed_ms: u64,
     },
     ReconcileFailed {
+        pass: u64,
         error: String,
     },
     Requested(Request),
+}
+
+impl Event {
+    /// The pass a pass completion reports on.
+    fn pass(&self) -> Option<u64> {
+        match self {
+            Event::ReverseSyncSucceeded { pass, .. }
+            | Event::ReverseSyncFailed { pass, .. }
+            | Event::CatchUpFinished { pass, .. }
+            | Event::ReconcileSucceeded { pass, .. }
+            | Event::ReconcileFailed { pass, .. } => Some(*pass),
+            Event::HealthObserved(_)
+            | Event::Ticked
+            | Event::MountSucceeded { .. }
+            | Event::MountFailed { .. }
+            | Event::StagedSwitchSucceeded { .. }
+            | Event::StagedSwitchFailed { .. }
+            | Event::Requested(_) => None,
+        }
+    }
 }
 
 /// Imperatives for the controller.
@@ -300,9 +349,10 @@ pub enum Action {
     Mount {
         server: Server,
     },
-    /// Push the mount point's content (the backup) to the primary.
+    /// Push the mount point's content (the backup) to the primary; report with `pass`.
     ReverseSync {
         attempt: u32,
+        pass: u64,
     },
     /// Mount `to` at a staging dir, verify, then swap it onto the mount point. `keep_old`: keep the old
     /// mount reachable at a second staging dir for the catch-up pass.
@@ -310,12 +360,23 @@ pub enum Action {
         to: Server,
         keep_old: bool,
     },
-    /// Push files written during the first pass from the kept backup mount, then detach it.
-    CatchUp,
+    /// Push files written during the first pass from the kept backup mount, then detach it; report
+    /// with `pass`.
+    CatchUp {
+        pass: u64,
+    },
     /// Mount the backup at a staging dir, push it to the primary (`--update`, never `--delete`: the
-    /// primary has been live since), then detach the staging mount lazily.
+    /// primary has been live since), then detach the staging mount lazily; report with `pass`.
     Reconcile {
         attempt: u32,
+        pass: u64,
+    },
+    /// Stop pass `pass` NOW (a server it reads or writes died, or the node moved on): kill its rsync
+    /// (SIGKILL: a read on a dead hard mount is killable) and lazily force-detach what it reads (the
+    /// kept backup mount of a catch-up, the staging mount of a reconciliation). Never wait for it. Its
+    /// report, if one still arrives, is ignored (its pass id is no longer current).
+    AbortPass {
+        pass: u64,
     },
     /// Restart the listed units and report processes holding the detached mount.
     AfterSwitch {
@@ -379,6 +440,9 @@ impl Out<'_> {
 pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition {
     let mut o = Out { s: state.clone(), acts: Vec::new(), p };
     let phase = state.phase;
+    let running = state.running_pass();
+    let finished = running.is_some() && event.pass() == running;
+    let current = |pass: u64| Some(pass) == running;
     match (phase, event) {
         // any --health observed--> (same), then decide
         (_, Event::HealthObserved(snap)) => {
@@ -417,7 +481,9 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             );
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
-        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }) => {
+        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms })
+            if current(pass) =>
+        {
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
             // pass 1 copied the whole backup tree: an older pending reconciliation is included
@@ -446,7 +512,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
         }
         // Resyncing(n) --sync failed--> Serving(backup), retry after backoff
-        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { error }) => {
+        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { pass, error }) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
             o.s.resync_not_before = Some(now_ms.saturating_add(wait));
@@ -471,7 +537,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             let catch_up = to == Server::Primary && p.failback && o.s.pending_reverse_sync;
             if catch_up {
                 o.s.phase = Phase::CatchingUp;
-                o.acts.push(Action::CatchUp);
+                let pass = o.s.start_pass();
+                o.acts.push(Action::CatchUp { pass });
             } else {
                 o.s.phase = Phase::Serving { server: to };
                 if to == Server::Primary {
@@ -507,32 +574,33 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             };
             o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
         }
-        // CatchingUp --catch-up finished--> Serving(primary)
-        (Phase::CatchingUp, Event::CatchUpFinished { result }) => {
-            o.s.phase = Phase::Serving { server: Server::Primary };
-            o.s.pending_reverse_sync = false;
-            o.acts.push(Action::Persist);
-            match result {
-                Ok((files, bytes)) => o.alert(
+        // CatchingUp --catch-up finished--> Serving(primary); a failed pass owes a reconciliation
+        (Phase::CatchingUp, Event::CatchUpFinished { pass, result }) if current(pass) => match result {
+            Ok((files, bytes)) => {
+                o.s.phase = Phase::Serving { server: Server::Primary };
+                o.s.pending_reverse_sync = false;
+                o.acts.push(Action::Persist);
+                o.alert(
                     AlertKind::FailbackCompleted,
                     format!("failed back to {}", p.primary_label),
                     format!("catch-up pass copied {files} files ({bytes} bytes) written during the reverse sync"),
                     "None.",
-                ),
-                Err(e) => {
-                    // the files written during pass 1 are still only on the backup: reconcile them
-                    o.s.reconcile_epoch = Some(o.s.epoch);
-                    o.alert(
+                );
+            }
+            Err(e) => {
+                catch_up_not_done(&mut o);
+                o.alert(
                         AlertKind::FailbackCompleted,
                         format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
                         e,
                         "None: files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
                     );
-                }
             }
-        }
+        },
         // Reconciling(n) --sync succeeded--> Serving(primary), reconciliation done
-        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { files, bytes, elapsed_ms }) => {
+        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms })
+            if current(pass) =>
+        {
             let epoch = o.s.reconcile_epoch.take().unwrap_or(o.s.epoch);
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
@@ -556,7 +624,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             );
         }
         // Reconciling(n) --sync failed--> Serving(primary), retry after backoff
-        (Phase::Reconciling { attempt }, Event::ReconcileFailed { error }) => {
+        (Phase::Reconciling { attempt }, Event::ReconcileFailed { pass, error }) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
             o.s.resync_not_before = Some(now_ms.saturating_add(wait));
@@ -577,7 +645,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 .next_steps("The web node keeps serving the primary; the backup's writes stay on the backup until this succeeds. Check the backup's export and the primary's rsync target; nfs-guard retries on its own."),
             );
         }
-        // Completions that do not match the phase (stale after a restart): ignored.
+        // Completions that do not match the phase or the running pass (stale after a restart, or the
+        // late report of an aborted pass): ignored.
         (
             Phase::Unmounted
             | Phase::Serving { .. }
@@ -596,6 +665,13 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             | Event::ReconcileSucceeded { .. }
             | Event::ReconcileFailed { .. },
         ) => {}
+    }
+    // Any --the node moved on while a pass runs--> (next), the pass aborted: whatever left the pass's
+    // phase (a server died, a failover, an operator request) must not wait for it.
+    if let Some(pass) = running {
+        if !finished && o.s.running_pass() != Some(pass) {
+            o.acts.insert(0, Action::AbortPass { pass });
+        }
     }
     Transition { next: o.s, actions: o.acts }
 }
@@ -695,6 +771,20 @@ fn decide(o: &mut Out, now_ms: u64) {
                 both_down(o, witness_down);
             }
         }
+        // Reconciling(n) --backup or primary DOWN--> Serving(primary), the pass aborted (it reads the
+        // backup's staging mount and writes the primary: it cannot finish; a read on the dead backup
+        // would sit in the kernel until the pass deadline), the reconciliation still owed; then decided
+        // as Serving(primary): a dead primary fails over
+        Phase::Reconciling { attempt } if pass_side_down(&h) => {
+            pass_aborted(
+                o,
+                &format!("reconciliation {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
+                "None: the reconciliation stays pending (`nfs-guard status`) and is retried once both servers are up (the backup for the hold-down).",
+            );
+            o.s.phase = Phase::Serving { server: Server::Primary };
+            o.acts.push(Action::Persist);
+            decide(o, now_ms);
+        }
         Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
             // Serving(primary) --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
@@ -753,7 +843,13 @@ fn decide(o: &mut Out, now_ms: u64) {
                 } else if h.usable(Server::Primary) {
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
                     // is impossible now; a reconciliation of this epoch is recorded (durably, before
-                    // the mount moves) and runs once the backup is back.
+                    // the mount moves) and runs once the backup is back. (Also reached from Resyncing,
+                    // the pass aborted.) Why serve rather than wait on the dead backup: the writes
+                    // acknowledged on the backup are not lost, they stay on the backup's disk and are
+                    // copied back (--update, never --delete) from a staging mount as soon as it
+                    // returns, while waiting means every client hangs on a dead hard mount for as long
+                    // as the backup is down. The price, said in the alert: until then clients see the
+                    // primary's older copies, and a file changed on both sides keeps the newer mtime.
                     o.s.leave_backup_unsynced(o.p.failback);
                     o.s.phase = Phase::Mounting { to: Server::Primary };
                     o.acts.push(Action::Persist);
@@ -813,7 +909,8 @@ fn decide(o: &mut Out, now_ms: u64) {
                     .detail("attempt", attempt)
                     .next_steps("None: the mount moves back only after this sync succeeds."),
                 );
-                o.acts.push(Action::ReverseSync { attempt });
+                let pass = o.s.start_pass();
+                o.acts.push(Action::ReverseSync { attempt, pass });
             } else {
                 // Serving(backup) --manual, nothing to sync--> Staging(primary)
                 o.s.phase = Phase::Staging { to: Server::Primary };
@@ -821,9 +918,70 @@ fn decide(o: &mut Out, now_ms: u64) {
                 o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: false });
             }
         }
-        // Work in progress: decided when it reports back.
-        Phase::Mounting { .. } | Phase::Resyncing { .. } | Phase::Staging { .. } | Phase::CatchingUp => {}
+        // Resyncing(n) --backup or primary DOWN--> Serving(backup), the pass aborted (it reads the backup
+        // through the mount point and writes the primary: it cannot finish, and a read on the dead
+        // backup would block failover until the pass deadline), the reverse sync still owed; then
+        // decided as Serving(backup). A dead primary: stay on the backup (the hold-down restarts). A
+        // dead backup with a usable primary: the node moves to the primary with the backup's writes
+        // recorded as a durable reconciliation BEFORE the mount moves (see that arm for why serving
+        // beats waiting). Both dead: stay, one both-down alert.
+        Phase::Resyncing { attempt } => {
+            if pass_side_down(&h) {
+                pass_aborted(
+                    o,
+                    &format!("reverse sync {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
+                    "None: the reverse sync stays owed; it is retried once the primary has been up for the hold-down, or, if the node has to leave the backup, the backup's writes are reconciled to the primary once the backup is back (the next alert says where the mount goes).",
+                );
+                o.s.phase = Phase::Serving { server: Server::Backup };
+                o.acts.push(Action::Persist);
+                decide(o, now_ms);
+            }
+        }
+        // CatchingUp --backup or primary DOWN--> Serving(primary), the catch-up aborted: the files written
+        // to the backup during pass 1 become a durable reconciliation of this epoch (retried from a
+        // staging mount once the backup is back); then decided as Serving(primary): a dead primary
+        // fails over to the backup (whose pass-1 writes it serves), a dead backup keeps the primary
+        Phase::CatchingUp => {
+            if pass_side_down(&h) {
+                catch_up_not_done(o);
+                pass_aborted(
+                    o,
+                    "catch-up pass",
+                    "None: the files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup once it is back (retried with backoff; `nfs-guard status` shows it pending).",
+                );
+                decide(o, now_ms);
+            }
+        }
+        // Mounting/Staging: decided when the mount step reports back (it has its own deadlines, and it
+        // only ever touches the server it mounts).
+        Phase::Mounting { .. } | Phase::Staging { .. } => {}
     }
+}
+
+/// A server an rsync pass reads or writes is DOWN (after hysteresis): the pass cannot finish.
+fn pass_side_down(h: &Snapshot) -> bool {
+    h.primary == Status::Down || h.backup == Status::Down
+}
+
+/// Alerts that the running pass `what` is abandoned because a server it needs is DOWN (the caller moves
+/// the phase on; `step` emits the [`Action::AbortPass`]).
+fn pass_aborted(o: &mut Out, what: &str, next: &str) {
+    let h = &o.s.health;
+    let dead: Vec<String> = [Server::Primary, Server::Backup]
+        .into_iter()
+        .filter(|s| h.of(*s) == Status::Down)
+        .map(|s| format!("{} is DOWN: {}", o.p.label(s), h.error(s)))
+        .collect();
+    o.alert(AlertKind::ReverseSyncFailed, format!("{what} ABORTED"), dead.join("; "), next);
+}
+
+/// `CatchingUp --(catch-up failed or aborted)--> Serving(primary)`: the files written to the backup during
+/// pass 1 are still only there; they become a reconciliation of this epoch.
+fn catch_up_not_done(o: &mut Out) {
+    o.s.phase = Phase::Serving { server: Server::Primary };
+    o.s.pending_reverse_sync = false;
+    o.s.reconcile_epoch = Some(o.s.epoch);
+    o.acts.push(Action::Persist);
 }
 
 /// Serving(primary) --reconciliation pending, backup UP for hold-down, backoff over--> Reconciling(n)
@@ -854,7 +1012,8 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
         .detail("attempt", attempt)
         .next_steps("None: the backup is mounted at a staging dir and copied with --update (never --delete); the web node keeps serving the primary."),
     );
-    o.acts.push(Action::Reconcile { attempt });
+    let pass = o.s.start_pass();
+    o.acts.push(Action::Reconcile { attempt, pass });
 }
 
 fn both_down(o: &mut Out, witness_down: bool) {
