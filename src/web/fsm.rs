@@ -157,6 +157,12 @@ pub struct State {
     pub resync_failures: u32,
     /// No reverse-sync attempt before this wall-clock ms (backoff).
     pub resync_not_before: Option<u64>,
+    /// Failed direct mounts in a row while the mount point is empty (one alert per outage; backoff).
+    #[serde(default)]
+    pub mount_failures: u32,
+    /// No direct-mount retry before this wall-clock ms (backoff).
+    #[serde(default)]
+    pub mount_not_before: Option<u64>,
     pub both_down_alerted: bool,
     pub network_lost_alerted: bool,
     pub recovered_alerted: bool,
@@ -180,6 +186,8 @@ impl Default for State {
             backup_up_since: None,
             resync_failures: 0,
             resync_not_before: None,
+            mount_failures: 0,
+            mount_not_before: None,
             both_down_alerted: false,
             network_lost_alerted: false,
             recovered_alerted: false,
@@ -236,6 +244,11 @@ impl State {
     }
 }
 
+/// First wait before retrying a failed direct mount (the mount point is empty meanwhile, so short).
+pub const MOUNT_RETRY_INITIAL_MS: u64 = 5_000;
+/// The retry wait doubles up to this.
+pub const MOUNT_RETRY_MAX_MS: u64 = 60_000;
+
 /// Knobs from the config, in milliseconds, plus server labels for alert texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -259,9 +272,14 @@ impl Policy {
 
     /// Backoff before reverse-sync attempt `failures + 1`: doubling from `retry_initial`, capped.
     pub fn backoff_ms(&self, failures: u32) -> u64 {
-        let shift = failures.saturating_sub(1).min(20);
-        self.retry_initial_ms.saturating_mul(1 << shift).min(self.retry_max_ms)
+        doubling_ms(self.retry_initial_ms, self.retry_max_ms, failures)
     }
+}
+
+/// `initial` doubled for every failure after the first, capped at `max`.
+fn doubling_ms(initial: u64, max: u64, failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(20);
+    initial.saturating_mul(1 << shift).min(max)
 }
 
 /// Past-tense facts.
@@ -456,29 +474,48 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             request(&mut o, r);
             decide(&mut o, now_ms);
         }
-        // Mounting(to) --mount succeeded--> Serving(to)
+        // Mounting(to) --mount succeeded--> Serving(to); ends an outage of failed mounts (the recovery
+        // notice says how many failed)
         (Phase::Mounting { to }, Event::MountSucceeded { server, old_mount }) if to == server => {
             o.s.phase = Phase::Serving { server };
+            let failed = std::mem::take(&mut o.s.mount_failures);
+            o.s.mount_not_before = None;
             o.acts.push(Action::Persist);
             let title = format!("now serving {}", p.label(server));
             let next = match server {
                 Server::Backup => "Nothing to do now: the web node serves the backup. When the primary is back and stays up for the hold-down period, nfs-guard reverse-syncs and fails back by itself.",
                 Server::Primary => "None.",
             };
-            o.alert(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
+            let mut e =
+                o.event(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
+            if failed > 0 {
+                e = e.detail("failed mount attempts before this one", failed);
+            }
+            o.alert_with(e);
             o.acts.push(Action::AfterSwitch { server, old_mount });
             decide(&mut o, now_ms);
         }
-        // Mounting(to) --mount failed--> Unmounted (retried on the next decision)
+        // Mounting(to) --mount failed--> Unmounted, retried after a doubling backoff; alerted once per
+        // outage (the first failure), the next successful mount is the recovery notice
         (Phase::Mounting { to }, Event::MountFailed { server, error }) if to == server => {
             o.s.phase = Phase::Unmounted;
+            o.s.mount_failures = o.s.mount_failures.saturating_add(1);
+            let wait = doubling_ms(MOUNT_RETRY_INITIAL_MS, MOUNT_RETRY_MAX_MS, o.s.mount_failures);
+            o.s.mount_not_before = Some(now_ms.saturating_add(wait));
             o.acts.push(Action::Persist);
-            o.switch_failed(
-                server,
-                format!("mounting {} FAILED: the mount point is empty", p.label(server)),
-                error,
-                "nfs-guard retries at the next check interval. Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
-            );
+            if o.s.mount_failures == 1 {
+                let next = format!(
+                    "nfs-guard retries with a backoff ({} s doubling to {} s) and mails again when a mount succeeds, not at every failed retry (each is logged). Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
+                    MOUNT_RETRY_INITIAL_MS / 1000,
+                    MOUNT_RETRY_MAX_MS / 1000
+                );
+                o.switch_failed(
+                    server,
+                    format!("mounting {} FAILED: the mount point is empty", p.label(server)),
+                    error,
+                    &next,
+                );
+            }
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
         (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms })
@@ -746,6 +783,10 @@ fn decide(o: &mut Out, now_ms: u64) {
                 if h.of(s) != Status::Down {
                     break;
                 }
+            }
+            if pick.is_some() && o.s.mount_not_before.is_some_and(|t| now_ms < t) {
+                // Unmounted --a server is usable, mount retry backoff running--> (same)
+                return;
             }
             if let Some(s) = pick {
                 if s == Server::Primary {

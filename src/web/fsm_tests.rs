@@ -156,9 +156,50 @@ fn mount_failure_leaves_unmounted_and_retries_next_decision() {
         }
         a => panic!("{a:?}"),
     }
-    let t2 = step(&t.next, Event::Ticked, &policy(), 1000);
+    let t2 = step(&t.next, Event::Ticked, &policy(), MOUNT_RETRY_INITIAL_MS);
     assert_eq!(effects(&t2), vec![Action::Mount { server: Server::Backup }]);
     assert_eq!(t2.next.epoch, 1, "a retry is the same episode");
+}
+
+#[test]
+fn mount_retries_back_off_and_alert_once_per_outage_then_once_on_recovery() {
+    let p = policy();
+    let mut s = State { phase: Phase::Mounting { to: Server::Backup }, ..on_backup() };
+    let mut now = 0;
+    let mut alerts = Vec::new();
+    let mut attempts_at = Vec::new();
+    for _ in 0..5 {
+        let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &p, now);
+        alerts.extend(kinds(&t));
+        s = t.next;
+        // tick every second until the retry is due
+        loop {
+            now += 1_000;
+            let t = step(&s, Event::Ticked, &p, now);
+            let fx = effects(&t);
+            s = t.next;
+            if !fx.is_empty() {
+                assert_eq!(fx, vec![Action::Mount { server: Server::Backup }]);
+                attempts_at.push(now);
+                break;
+            }
+        }
+    }
+    assert_eq!(alerts, vec![AlertKind::SwitchFailed], "one alert for the whole outage");
+    assert_eq!(attempts_at, vec![5_000, 15_000, 35_000, 75_000, 135_000], "doubling from 5 s, capped at 60 s");
+    let t = step(&s, Event::MountSucceeded { server: Server::Backup, old_mount: None }, &p, now);
+    assert_eq!(kinds(&t), vec![AlertKind::FailoverCompleted]);
+    match t.actions.iter().find(|a| matches!(a, Action::Alert(_))) {
+        Some(Action::Alert(e)) => {
+            assert!(e.details.contains(&("failed mount attempts before this one".into(), "5".into())), "{e:?}");
+        }
+        a => panic!("{a:?}"),
+    }
+    assert_eq!((t.next.mount_failures, t.next.mount_not_before), (0, None), "the outage is over");
+    // a later outage alerts again
+    let m = State { phase: Phase::Mounting { to: Server::Backup }, ..t.next };
+    let t = step(&m, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &p, now);
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
 }
 
 #[test]
