@@ -166,6 +166,10 @@ pub struct State {
     pub both_down_alerted: bool,
     pub network_lost_alerted: bool,
     pub recovered_alerted: bool,
+    /// Alerted that the node will not move to the primary while the dead backup holds writes nothing
+    /// would copy back (no reverse-sync target); once per outage of the backup.
+    #[serde(default)]
+    pub stranded_alerted: bool,
     /// Id of the latest rsync pass started (reverse sync, catch-up, reconciliation). A pass's actions
     /// and its completion carry it, so the late report of an aborted pass is never taken for the
     /// report of a later pass of the same kind.
@@ -191,6 +195,7 @@ impl Default for State {
             both_down_alerted: false,
             network_lost_alerted: false,
             recovered_alerted: false,
+            stranded_alerted: false,
             pass: 0,
         }
     }
@@ -457,6 +462,7 @@ impl Out<'_> {
 #[allow(clippy::too_many_lines, reason = "one exhaustive (state, event) table reads best in one place")]
 pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition {
     let mut o = Out { s: state.clone(), acts: Vec::new(), p };
+    clamp_times(&mut o.s, p, now_ms);
     let phase = state.phase;
     let running = state.running_pass();
     let finished = running.is_some() && event.pass() == running;
@@ -569,13 +575,20 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 .next_steps("The web node stays on the backup (no data is lost). Check the primary's rsync daemon/target; nfs-guard retries on its own."),
             );
         }
-        // Staging(to) --switched--> CatchingUp (failback) or Serving(to)
+        // Staging(to) --switched--> CatchingUp (failback) or Serving(to); the clients now see `to`, so
+        // this is the alert that says so (a catch-up only mails if it fails)
         (Phase::Staging { to }, Event::StagedSwitchSucceeded { to: done, old_mount }) if to == done => {
             let catch_up = to == Server::Primary && p.failback && o.s.pending_reverse_sync;
             if catch_up {
                 o.s.phase = Phase::CatchingUp;
                 let pass = o.s.start_pass();
                 o.acts.push(Action::CatchUp { pass });
+                o.alert(
+                    AlertKind::FailbackCompleted,
+                    format!("failed back to {}", p.primary_label),
+                    "staged switch verified in /proc/self/mountinfo; catch-up pass running".into(),
+                    "None: a catch-up pass now copies the files written to the backup during the reverse sync (only a failure is mailed).",
+                );
             } else {
                 o.s.phase = Phase::Serving { server: to };
                 if to == Server::Primary {
@@ -587,7 +600,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                         "None.",
                     );
                 } else {
-                    o.s.pending_reverse_sync = true;
+                    o.s.new_epoch();
                     o.alert(
                         AlertKind::FailoverCompleted,
                         format!("now serving {}", p.backup_label),
@@ -602,6 +615,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
         // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted
         (Phase::Staging { to }, Event::StagedSwitchFailed { to: failed, error, serving }) if to == failed => {
             o.s.phase = serving.map_or(Phase::Unmounted, |server| Phase::Serving { server });
+            if serving == Some(Server::Backup) && !o.s.pending_reverse_sync {
+                // the switch got as far as the backup: clients may write there from now on
+                o.s.new_epoch();
+            }
             o.s.resync_failures = o.s.resync_failures.saturating_add(1);
             o.s.resync_not_before = Some(now_ms.saturating_add(p.backoff_ms(o.s.resync_failures)));
             o.acts.push(Action::Persist);
@@ -611,26 +628,21 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             };
             o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
         }
-        // CatchingUp --catch-up finished--> Serving(primary); a failed pass owes a reconciliation
+        // CatchingUp --catch-up finished--> Serving(primary) (logged, the failback was mailed at the
+        // switch); a failed pass owes a reconciliation (mailed)
         (Phase::CatchingUp, Event::CatchUpFinished { pass, result }) if current(pass) => match result {
-            Ok((files, bytes)) => {
+            Ok(_) => {
                 o.s.phase = Phase::Serving { server: Server::Primary };
                 o.s.pending_reverse_sync = false;
                 o.acts.push(Action::Persist);
-                o.alert(
-                    AlertKind::FailbackCompleted,
-                    format!("failed back to {}", p.primary_label),
-                    format!("catch-up pass copied {files} files ({bytes} bytes) written during the reverse sync"),
-                    "None.",
-                );
             }
             Err(e) => {
                 catch_up_not_done(&mut o);
                 o.alert(
-                        AlertKind::FailbackCompleted,
-                        format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
+                        AlertKind::ReverseSyncFailed,
+                        format!("catch-up pass to {} FAILED", p.primary_label),
                         e,
-                        "None: files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
+                        "None: the web node serves the primary; files written to the backup during the reverse sync are copied to it by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
                     );
             }
         },
@@ -713,6 +725,16 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
     Transition { next: o.s, actions: o.acts }
 }
 
+/// Stored times further ahead than this node could have set them (the wall clock stepped back, an
+/// edited state file) are pulled back, so no backoff or hold-down lasts longer than configured.
+fn clamp_times(s: &mut State, p: &Policy, now_ms: u64) {
+    let cap = |t: &mut Option<u64>, max: u64| *t = t.map(|t| t.min(max));
+    cap(&mut s.resync_not_before, now_ms.saturating_add(p.retry_max_ms));
+    cap(&mut s.mount_not_before, now_ms.saturating_add(MOUNT_RETRY_MAX_MS));
+    cap(&mut s.primary_up_since, now_ms);
+    cap(&mut s.backup_up_since, now_ms);
+}
+
 /// Records the new verdicts and the episode flags that depend on them.
 fn observe(o: &mut Out, snap: Snapshot, now_ms: u64) {
     let was = o.s.health.clone();
@@ -731,6 +753,9 @@ fn observe(o: &mut Out, snap: Snapshot, now_ms: u64) {
     }
     if snap.primary == Status::Up || snap.backup == Status::Up {
         o.s.both_down_alerted = false;
+    }
+    if snap.backup == Status::Up {
+        o.s.stranded_alerted = false;
     }
     if snap.witness != Some(Status::Down) {
         o.s.network_lost_alerted = false;
@@ -789,10 +814,10 @@ fn decide(o: &mut Out, now_ms: u64) {
                 return;
             }
             if let Some(s) = pick {
-                if s == Server::Primary {
-                    // Unmounted --primary picked while the backup's writes are not synced--> Mounting(primary),
-                    // reconciliation pending
-                    o.s.leave_backup_unsynced(o.p.failback);
+                // Unmounted --primary picked while the backup's writes are not synced--> Mounting(primary),
+                // reconciliation pending; without a reverse-sync target: (same), alerted, the operator decides
+                if s == Server::Primary && !may_leave_backup(o) {
+                    return;
                 }
                 if s == Server::Backup && !o.s.pending_reverse_sync {
                     // Unmounted --only the backup is usable--> Mounting(backup): a failover, new epoch
@@ -829,12 +854,22 @@ fn decide(o: &mut Out, now_ms: u64) {
         Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
             // Serving(primary) --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
-            // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead)
+            // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead);
+            // the staged switch opens the epoch when the backup is served (a switch that fails on the
+            // way leaves nothing owed), the direct mount before it is attempted (like any failover)
             Hold::Pinned(Server::Backup) => {
                 if h.backup != Status::Down {
-                    o.s.new_epoch();
                     if h.primary == Status::Down {
+                        o.s.new_epoch();
                         o.s.phase = Phase::Mounting { to: Server::Backup };
+                        let reason =
+                            format!("operator request; {} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
+                        o.alert(
+                            AlertKind::FailoverStarted,
+                            format!("failing over to {} (held there)", o.p.backup_label),
+                            reason,
+                            "None yet: nfs-guard detaches the dead mount and mounts the backup; a completion alert follows. Run `nfs-guard web --release` to return to automatic control.",
+                        );
                         o.acts.push(Action::Mount { server: Server::Backup });
                     } else {
                         o.s.phase = Phase::Staging { to: Server::Backup };
@@ -882,6 +917,11 @@ fn decide(o: &mut Out, now_ms: u64) {
                 } else if h.witness_failing {
                     // as above: our own network may be the problem
                 } else if h.usable(Server::Primary) {
+                    if !may_leave_backup(o) {
+                        // Serving(backup) --backup down, primary up, no reverse-sync target--> (same),
+                        // alerted once: see `may_leave_backup`
+                        return;
+                    }
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
                     // is impossible now; a reconciliation of this epoch is recorded (durably, before
                     // the mount moves) and runs once the backup is back. (Also reached from Resyncing,
@@ -891,13 +931,12 @@ fn decide(o: &mut Out, now_ms: u64) {
                     // returns, while waiting means every client hangs on a dead hard mount for as long
                     // as the backup is down. The price, said in the alert: until then clients see the
                     // primary's older copies, and a file changed on both sides keeps the newer mtime.
-                    o.s.leave_backup_unsynced(o.p.failback);
                     o.s.phase = Phase::Mounting { to: Server::Primary };
                     o.acts.push(Action::Persist);
                     let next = if o.s.reconcile_epoch.is_some() {
                         "None: files written on the backup since the failover are not on the primary yet; when the backup is back (rise + hold-down), nfs-guard mounts it at a staging dir and copies them to the primary (--update, never --delete). `nfs-guard status` shows the pending reconciliation."
                     } else {
-                        "No [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
+                        "Forced by the operator, and no [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
                     };
                     o.alert(
                         AlertKind::FailoverStarted,
@@ -1057,6 +1096,33 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
     o.acts.push(Action::Reconcile { attempt, pass });
 }
 
+/// The node is about to mount the primary while the backup may hold writes the primary lacks. With a
+/// reverse-sync target they become a durable reconciliation of this epoch (see the Serving(backup)
+/// arm for why serving beats waiting). Without one nothing would ever copy them back, and clients
+/// would work on the primary's older copies: the node stays (no service) and alerts once per outage
+/// of the backup, until the backup returns or the operator forces `--failover-to primary` (after
+/// copying what they can by hand).
+fn may_leave_backup(o: &mut Out) -> bool {
+    if !o.s.pending_reverse_sync || o.p.failback || o.s.hold == Hold::Pinned(Server::Primary) {
+        o.s.leave_backup_unsynced(o.p.failback);
+        return true;
+    }
+    if !o.s.stranded_alerted {
+        o.s.stranded_alerted = true;
+        let reason = format!("{} is DOWN: {}", o.p.backup_label, o.s.health.error(Server::Backup));
+        let e = o
+            .event(
+                AlertKind::SwitchFailed,
+                format!("NOT moving to {}: the dead backup holds writes it lacks", o.p.primary_label),
+                reason,
+                "No [web.reverse_sync] is configured, so nothing would copy the writes made on the backup since the failover back to the primary: nfs-guard does not switch by itself (the mount point stays as it is and clients wait until the backup returns). To serve the primary anyway, copy what you can by hand (rsync -a --update from the backup) and run `nfs-guard web --failover-to primary`.",
+            )
+            .detail("switching to", o.p.label(Server::Primary));
+        o.alert_with(e);
+    }
+    false
+}
+
 fn both_down(o: &mut Out, witness_down: bool) {
     if witness_down {
         network_lost(o);
@@ -1099,3 +1165,8 @@ fn network_lost(o: &mut Out) {
 #[allow(clippy::unwrap_used)]
 #[path = "fsm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "fsm_props.rs"]
+mod props;

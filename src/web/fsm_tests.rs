@@ -331,13 +331,15 @@ fn staged_switch_then_catch_up_then_failback_completed() {
         effects(&t),
         vec![Action::CatchUp { pass: 1 }, Action::AfterSwitch { server: Server::Primary, old_mount: Some(7) }]
     );
+    assert_eq!(kinds(&t), vec![AlertKind::FailbackCompleted], "the clients see the primary from now on");
     let t2 = step(&t.next, Event::CatchUpFinished { pass: 1, result: Ok((3, 30)) }, &policy(), 1);
     assert_eq!(t2.next.phase, Phase::Serving { server: Server::Primary });
     assert!(!t2.next.pending_reverse_sync);
-    assert_eq!(kinds(&t2), vec![AlertKind::FailbackCompleted]);
+    assert!(kinds(&t2).is_empty(), "logged; the failback was mailed at the switch");
+    assert!(persists(&t2));
     let t3 = step(&t.next, Event::CatchUpFinished { pass: 1, result: Err("exit 23".into()) }, &policy(), 1);
-    assert_eq!(kinds(&t3), vec![AlertKind::FailbackCompleted]);
-    assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED")));
+    assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncFailed]);
+    assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED") && e.reason == "exit 23"));
     // the files written during pass 1 are reconciled from a staging mount of the backup
     assert_eq!(t3.next.reconcile_epoch, Some(1));
     assert_eq!(t2.next.reconcile_epoch, None);
@@ -395,14 +397,31 @@ fn on_primary_reconcile_pending() -> State {
 }
 
 #[test]
-fn without_reverse_sync_config_a_dying_backup_leaves_the_pending_flag_for_the_operator() {
+fn without_reverse_sync_config_a_dying_backup_is_not_left_unless_the_operator_forces_it() {
+    // nothing would ever copy the backup's writes back: serving the primary's older copies is the
+    // operator's decision
     let p = Policy { failback: false, ..policy() };
     let s = State { health: snap(UP, UP), ..on_backup() };
     let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &p, 0);
-    assert_eq!(effects(&t), vec![Action::Mount { server: Server::Primary }]);
-    assert_eq!(t.next.reconcile_epoch, None);
-    assert!(t.next.pending_reverse_sync);
-    assert!(matches!(&t.actions[1], Action::Alert(e) if e.next_steps.contains("by hand")));
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+    assert!(effects(&t).is_empty(), "{:?}", t.actions);
+    assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
+    assert!(matches!(&t.actions[0], Action::Alert(e) if e.next_steps.contains("--failover-to primary")));
+    // alerted once per outage of the backup
+    let t2 = step(&t.next, Event::HealthObserved(snap(UP, DOWN)), &p, 1);
+    assert!(t2.actions.is_empty());
+    let back = step(&t2.next, Event::HealthObserved(snap(UP, UP)), &p, 2);
+    let again = step(&back.next, Event::HealthObserved(snap(UP, DOWN)), &p, 3);
+    assert_eq!(kinds(&again), vec![AlertKind::SwitchFailed]);
+    // the same from an empty mount point
+    let empty = State { phase: Phase::Unmounted, ..t2.next.clone() };
+    assert!(effects(&step(&empty, Event::Ticked, &p, 4)).is_empty());
+    // forced: the primary, the pending flag left for the operator
+    let forced = step(&t2.next, Event::Requested(Request::FailoverTo(Server::Primary)), &p, 5);
+    assert_eq!(effects(&forced), vec![Action::Mount { server: Server::Primary }]);
+    assert_eq!(forced.next.reconcile_epoch, None);
+    assert!(forced.next.pending_reverse_sync);
+    assert!(forced.actions.iter().any(|a| matches!(a, Action::Alert(e) if e.next_steps.contains("by hand"))));
 }
 
 #[test]
@@ -768,5 +787,61 @@ fn an_operator_switch_during_a_reconciliation_aborts_it() {
     assert_eq!(
         effects(&t),
         vec![Action::AbortPass { pass: 3 }, Action::StagedSwitch { to: Server::Backup, keep_old: false }]
+    );
+}
+
+#[test]
+fn a_manual_switch_to_the_backup_that_failed_owes_nothing() {
+    let p = policy();
+    let t = step(&serving(Server::Primary), Event::Requested(Request::FailoverTo(Server::Backup)), &p, 0);
+    assert_eq!(t.next.phase, Phase::Staging { to: Server::Backup });
+    let ev = Event::StagedSwitchFailed { to: Server::Backup, error: "exit 32".into(), serving: Some(Server::Primary) };
+    let t = step(&t.next, ev, &p, 1);
+    assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
+    assert!(!t.next.pending_reverse_sync, "no client ever wrote to the backup");
+    assert_eq!(t.next.epoch, 0);
+    // an empty mount point later must not prefer the backup
+    let t = step(&t.next, Event::Requested(Request::Release), &p, 2);
+    let u = State { phase: Phase::Unmounted, ..t.next };
+    assert_eq!(effects(&step(&u, Event::Ticked, &p, 3)), vec![Action::Mount { server: Server::Primary }]);
+    // a switch that got as far as the backup opens the epoch
+    let st = State {
+        phase: Phase::Staging { to: Server::Backup },
+        hold: Hold::Pinned(Server::Backup),
+        ..serving(Server::Primary)
+    };
+    for ev in [
+        Event::StagedSwitchSucceeded { to: Server::Backup, old_mount: None },
+        Event::StagedSwitchFailed { to: Server::Backup, error: "verify".into(), serving: Some(Server::Backup) },
+    ] {
+        let t = step(&st, ev, &p, 4);
+        assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
+        assert!(t.next.pending_reverse_sync);
+        assert_eq!(t.next.epoch, 1);
+    }
+}
+
+#[test]
+fn times_in_the_future_never_hold_the_node_longer_than_configured() {
+    // the wall clock stepped back after these were stored
+    let p = policy();
+    let s = State {
+        health: snap(UP, UP),
+        primary_up_since: Some(u64::MAX),
+        resync_not_before: Some(u64::MAX),
+        recovered_alerted: true,
+        ..on_backup()
+    };
+    let t = step(&s, Event::Ticked, &p, 1_000);
+    assert_eq!(t.next.primary_up_since, Some(1_000), "the hold-down starts now");
+    assert_eq!(t.next.resync_not_before, Some(5_000), "at most retry_max away");
+    assert_eq!(effects(&step(&t.next, Event::Ticked, &p, 11_000)), vec![Action::ReverseSync { attempt: 1, pass: 1 }]);
+    let u = State { phase: Phase::Unmounted, mount_not_before: Some(u64::MAX), ..serving(Server::Primary) };
+    let t = step(&u, Event::Ticked, &p, 0);
+    assert!(effects(&t).is_empty());
+    assert_eq!(t.next.mount_not_before, Some(MOUNT_RETRY_MAX_MS));
+    assert_eq!(
+        effects(&step(&t.next, Event::Ticked, &p, MOUNT_RETRY_MAX_MS)),
+        vec![Action::Mount { server: Server::Primary }]
     );
 }
