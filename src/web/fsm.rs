@@ -468,7 +468,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
     let finished = running.is_some() && event.pass() == running;
     let current = |pass: u64| Some(pass) == running;
     match (phase, event) {
-        // any --health observed--> (same), then decide
+        // any --health observed--> (same), then decide. (These three arms take any phase: `decide`
+        // matches every phase exhaustively.)
         (_, Event::HealthObserved(snap)) => {
             observe(&mut o, snap, now_ms);
             decide(&mut o, now_ms);
@@ -612,7 +613,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
             o.acts.push(Action::AfterSwitch { server: to, old_mount });
         }
-        // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted
+        // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted, retried after backoff
+        // (an epoch opens if the mount point ended up on the backup)
         (Phase::Staging { to }, Event::StagedSwitchFailed { to: failed, error, serving }) if to == failed => {
             o.s.phase = serving.map_or(Phase::Unmounted, |server| Phase::Serving { server });
             if serving == Some(Server::Backup) && !o.s.pending_reverse_sync {
@@ -852,9 +854,10 @@ fn decide(o: &mut Out, now_ms: u64) {
             decide(o, now_ms);
         }
         Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
-            // Serving(primary) --held--> (same), reconciling when due
+            // Serving(primary)|Reconciling --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
-            // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead);
+            // Serving(primary)|Reconciling --pinned to backup--> Staging(backup) (or Mounting if the
+            // primary is dead; a running reconciliation is aborted by `step`);
             // the staged switch opens the epoch when the backup is served (a switch that fails on the
             // way leaves nothing owed), the direct mount before it is attempted (like any failover)
             Hold::Pinned(Server::Backup) => {
@@ -878,17 +881,20 @@ fn decide(o: &mut Out, now_ms: u64) {
                     o.acts.push(Action::Persist);
                 }
             }
-            // Serving(primary) --primary down, backup up--> Mounting(backup)
-            // (a running reconciliation never delays a failover: its late report is ignored as stale)
+            // Serving(primary)|Reconciling --primary down, backup usable--> Mounting(backup), new epoch
+            // (a running reconciliation was aborted above: it cannot outlive a dead primary)
             Hold::None => {
                 if h.primary != Status::Down {
+                    // Serving(primary) --primary not down--> (same), reconciling when due
                     reconcile_if_due(o, now_ms);
                     return;
                 }
                 if witness_down {
+                    // Serving(primary) --primary and witness down--> (same), network-lost alert once
                     network_lost(o);
                 } else if h.witness_failing {
-                    // wait one more check: is it the primary or our own network?
+                    // Serving(primary) --primary down, witness failing--> (same): wait one more check,
+                    // is it the primary or our own network?
                 } else if h.usable(Server::Backup) {
                     o.s.new_epoch();
                     o.s.phase = Phase::Mounting { to: Server::Backup };
@@ -902,6 +908,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                     );
                     o.acts.push(Action::Mount { server: Server::Backup });
                 } else {
+                    // Serving(primary) --primary down, backup not usable--> (same), both-down alert once
                     both_down(o, false);
                 }
             }
@@ -909,13 +916,16 @@ fn decide(o: &mut Out, now_ms: u64) {
         Phase::Serving { server: Server::Backup } => {
             let manual = o.s.hold == Hold::Pinned(Server::Primary);
             if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) {
+                // Serving(backup) --held there--> (same)
                 return;
             }
             if h.backup == Status::Down {
                 if witness_down {
+                    // Serving(backup) --backup and witness down--> (same), network-lost alert once
                     network_lost(o);
                 } else if h.witness_failing {
-                    // as above: our own network may be the problem
+                    // Serving(backup) --backup down, witness failing--> (same): our own network may be
+                    // the problem
                 } else if h.usable(Server::Primary) {
                     if !may_leave_backup(o) {
                         // Serving(backup) --backup down, primary up, no reverse-sync target--> (same),
@@ -946,11 +956,14 @@ fn decide(o: &mut Out, now_ms: u64) {
                     );
                     o.acts.push(Action::Mount { server: Server::Primary });
                 } else if h.primary == Status::Down {
+                    // Serving(backup) --both down--> (same), both-down alert once
                     both_down(o, false);
                 }
+                // Serving(backup) --backup down, primary unknown or failing--> (same): wait for a verdict
                 return;
             }
             if h.primary != Status::Up {
+                // Serving(backup) --primary not up--> (same)
                 return;
             }
             // Serving(backup) --primary up--> (same), alert once
