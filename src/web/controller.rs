@@ -67,6 +67,8 @@ pub struct Controller<P, M, S> {
     clock: Clock,
     last_status: Vec<u8>,
     last_after_switch: Option<String>,
+    /// The running rsync pass (reverse sync, catch-up, reconciliation) and how to abort it.
+    pass_cancel: Option<(u64, CancellationToken)>,
 }
 
 impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
@@ -106,6 +108,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             clock: Clock::new(),
             last_status: Vec::new(),
             last_after_switch: None,
+            pass_cancel: None,
         }
     }
 
@@ -225,7 +228,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.d.fsm.phase = phase;
         self.persist();
         if resume_catch_up {
-            self.act(Action::CatchUp);
+            self.act(Action::CatchUp { pass: self.d.fsm.pass });
         }
     }
 
@@ -334,6 +337,37 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         });
     }
 
+    /// `spawn_effect` for an rsync pass the state machine may abort ([`Action::AbortPass`]): cancelled,
+    /// the pass's future is dropped (its rsync is killed on drop) and `on_abort` reports at once; the
+    /// state machine ignores it (the pass id is no longer current), and the effect count stays exact.
+    fn spawn_pass<F>(&mut self, pass: u64, limit: Duration, fut: F, on_timeout: Event, on_abort: Event)
+    where
+        F: Future<Output = Event> + Send + 'static,
+    {
+        let cancel = CancellationToken::new();
+        self.pass_cancel = Some((pass, cancel.clone()));
+        let fut = async move {
+            tokio::select! {
+                ev = fut => ev,
+                () = cancel.cancelled() => on_abort,
+            }
+        };
+        self.spawn_effect(limit, fut, on_timeout);
+    }
+
+    fn abort_pass(&mut self, pass: u64) {
+        match self.pass_cancel.take() {
+            Some((running, cancel)) if running == pass => {
+                tracing::warn!(pass, "aborting the running rsync pass");
+                cancel.cancel();
+            }
+            other => {
+                tracing::debug!(pass, "pass to abort is not running");
+                self.pass_cancel = other;
+            }
+        }
+    }
+
     fn act(&mut self, a: Action) {
         let mount_limit = self.cfg.mount_timeout * 2 + EFFECT_GRACE;
         let sync_limit = self.cfg.reverse_sync.as_ref().map_or(Duration::from_secs(3600), |r| r.timeout) + EFFECT_GRACE;
@@ -367,47 +401,54 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     Event::StagedSwitchFailed { to, error: "staged switch exceeded its deadline".into(), serving },
                 );
             }
-            Action::ReverseSync { attempt } => {
-                tracing::info!(attempt, "reverse sync backup -> primary");
+            Action::ReverseSync { attempt, pass } => {
+                tracing::info!(attempt, pass, "reverse sync backup -> primary");
                 let fut = self.syncer.reverse_sync();
-                self.spawn_effect(
+                self.spawn_pass(
+                    pass,
                     sync_limit,
                     async move {
                         match fut.await {
                             Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }
+                                Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms }
                             }
-                            Err(error) => Event::ReverseSyncFailed { error },
+                            Err(error) => Event::ReverseSyncFailed { pass, error },
                         }
                     },
-                    Event::ReverseSyncFailed { error: "reverse sync exceeded its deadline".into() },
+                    Event::ReverseSyncFailed { pass, error: "reverse sync exceeded its deadline".into() },
+                    Event::ReverseSyncFailed { pass, error: "reverse sync aborted".into() },
                 );
             }
-            Action::CatchUp => {
-                tracing::info!("catch-up pass from the kept backup mount");
+            Action::CatchUp { pass } => {
+                tracing::info!(pass, "catch-up pass from the kept backup mount");
                 let fut = self.syncer.catch_up();
-                self.spawn_effect(
+                self.spawn_pass(
+                    pass,
                     sync_limit,
-                    async move { Event::CatchUpFinished { result: fut.await.map(|s| (s.files, s.bytes)) } },
-                    Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
+                    async move { Event::CatchUpFinished { pass, result: fut.await.map(|s| (s.files, s.bytes)) } },
+                    Event::CatchUpFinished { pass, result: Err("catch-up exceeded its deadline".into()) },
+                    Event::CatchUpFinished { pass, result: Err("catch-up aborted".into()) },
                 );
             }
-            Action::Reconcile { attempt } => {
-                tracing::info!(attempt, "reconciliation backup -> primary from a staging mount of the backup");
+            Action::Reconcile { attempt, pass } => {
+                tracing::info!(attempt, pass, "reconciliation backup -> primary from a staging mount of the backup");
                 let fut = self.syncer.reconcile();
-                self.spawn_effect(
+                self.spawn_pass(
+                    pass,
                     sync_limit + mount_limit,
                     async move {
                         match fut.await {
                             Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReconcileSucceeded { files, bytes, elapsed_ms }
+                                Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms }
                             }
-                            Err(error) => Event::ReconcileFailed { error },
+                            Err(error) => Event::ReconcileFailed { pass, error },
                         }
                     },
-                    Event::ReconcileFailed { error: "reconciliation exceeded its deadline".into() },
+                    Event::ReconcileFailed { pass, error: "reconciliation exceeded its deadline".into() },
+                    Event::ReconcileFailed { pass, error: "reconciliation aborted".into() },
                 );
             }
+            Action::AbortPass { pass } => self.abort_pass(pass),
             Action::AfterSwitch { server, old_mount } => {
                 self.effects += 1;
                 let fut = self.mounter.after_switch(server, old_mount);

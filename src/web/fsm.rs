@@ -6,7 +6,10 @@
 //!
 //! Ordering promises encoded here: the primary is never mounted again after a failover until a reverse
 //! sync backup->primary has succeeded (or the operator forces it); the staged switch keeps the old mount
-//! until the new one is verified; both-down and network-lost alert once per episode.
+//! until the new one is verified; both-down and network-lost alert once per episode. A running rsync pass
+//! never blocks a failover: when a server it reads or writes goes DOWN, or the node moves on, the pass is
+//! aborted (`AbortPass`) and what it owed stays recorded; every pass carries an id, so the late report of
+//! an aborted pass is never taken for the report of the next one.
 
 use serde::{Deserialize, Serialize};
 
@@ -154,9 +157,24 @@ pub struct State {
     pub resync_failures: u32,
     /// No reverse-sync attempt before this wall-clock ms (backoff).
     pub resync_not_before: Option<u64>,
+    /// Failed direct mounts in a row while the mount point is empty (one alert per outage; backoff).
+    #[serde(default)]
+    pub mount_failures: u32,
+    /// No direct-mount retry before this wall-clock ms (backoff).
+    #[serde(default)]
+    pub mount_not_before: Option<u64>,
     pub both_down_alerted: bool,
     pub network_lost_alerted: bool,
     pub recovered_alerted: bool,
+    /// Alerted that the node will not move to the primary while the dead backup holds writes nothing
+    /// would copy back (no reverse-sync target); once per outage of the backup.
+    #[serde(default)]
+    pub stranded_alerted: bool,
+    /// Id of the latest rsync pass started (reverse sync, catch-up, reconciliation). A pass's actions
+    /// and its completion carry it, so the late report of an aborted pass is never taken for the
+    /// report of a later pass of the same kind.
+    #[serde(default)]
+    pub pass: u64,
 }
 
 impl Default for State {
@@ -172,14 +190,32 @@ impl Default for State {
             backup_up_since: None,
             resync_failures: 0,
             resync_not_before: None,
+            mount_failures: 0,
+            mount_not_before: None,
             both_down_alerted: false,
             network_lost_alerted: false,
             recovered_alerted: false,
+            stranded_alerted: false,
+            pass: 0,
         }
     }
 }
 
 impl State {
+    /// The pass running in this phase, if any.
+    pub fn running_pass(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Resyncing { .. } | Phase::CatchingUp | Phase::Reconciling { .. } => Some(self.pass),
+            Phase::Unmounted | Phase::Serving { .. } | Phase::Mounting { .. } | Phase::Staging { .. } => None,
+        }
+    }
+
+    /// A new pass id (wrapping: a report 2^64 passes late is not a concern, a panic would be).
+    fn start_pass(&mut self) -> u64 {
+        self.pass = self.pass.wrapping_add(1);
+        self.pass
+    }
+
     /// The server the mount point serves (or is being switched away from), if any.
     pub fn active(&self) -> Option<Server> {
         match self.phase {
@@ -194,7 +230,7 @@ impl State {
     /// A failover to the backup starts a new episode: writes may now land on the backup only. The
     /// retry counters start afresh (a failed reconciliation of an older epoch must not delay it).
     fn new_epoch(&mut self) {
-        self.epoch += 1;
+        self.epoch = self.epoch.saturating_add(1);
         self.pending_reverse_sync = true;
         self.resync_failures = 0;
         self.resync_not_before = None;
@@ -212,6 +248,11 @@ impl State {
         }
     }
 }
+
+/// First wait before retrying a failed direct mount (the mount point is empty meanwhile, so short).
+pub const MOUNT_RETRY_INITIAL_MS: u64 = 5_000;
+/// The retry wait doubles up to this.
+pub const MOUNT_RETRY_MAX_MS: u64 = 60_000;
 
 /// Knobs from the config, in milliseconds, plus server labels for alert texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,9 +277,14 @@ impl Policy {
 
     /// Backoff before reverse-sync attempt `failures + 1`: doubling from `retry_initial`, capped.
     pub fn backoff_ms(&self, failures: u32) -> u64 {
-        let shift = failures.saturating_sub(1).min(20);
-        self.retry_initial_ms.saturating_mul(1 << shift).min(self.retry_max_ms)
+        doubling_ms(self.retry_initial_ms, self.retry_max_ms, failures)
     }
+}
+
+/// `initial` doubled for every failure after the first, capped at `max`.
+fn doubling_ms(initial: u64, max: u64, failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(20);
+    initial.saturating_mul(1 << shift).min(max)
 }
 
 /// Past-tense facts.
@@ -259,12 +305,15 @@ pub enum Event {
         server: Server,
         error: String,
     },
+    /// Reverse-sync pass `pass` finished (each pass completion names its pass: see [`State::pass`]).
     ReverseSyncSucceeded {
+        pass: u64,
         files: u64,
         bytes: u64,
         elapsed_ms: u64,
     },
     ReverseSyncFailed {
+        pass: u64,
         error: String,
     },
     /// The staged switch to `to` completed (verified).
@@ -279,18 +328,41 @@ pub enum Event {
         serving: Option<Server>,
     },
     CatchUpFinished {
+        pass: u64,
         result: Result<(u64, u64), String>,
     },
     /// The reconciliation backup->primary (from the backup's staging mount) succeeded.
     ReconcileSucceeded {
+        pass: u64,
         files: u64,
         bytes: u64,
         elapsed_ms: u64,
     },
     ReconcileFailed {
+        pass: u64,
         error: String,
     },
     Requested(Request),
+}
+
+impl Event {
+    /// The pass a pass completion reports on.
+    fn pass(&self) -> Option<u64> {
+        match self {
+            Event::ReverseSyncSucceeded { pass, .. }
+            | Event::ReverseSyncFailed { pass, .. }
+            | Event::CatchUpFinished { pass, .. }
+            | Event::ReconcileSucceeded { pass, .. }
+            | Event::ReconcileFailed { pass, .. } => Some(*pass),
+            Event::HealthObserved(_)
+            | Event::Ticked
+            | Event::MountSucceeded { .. }
+            | Event::MountFailed { .. }
+            | Event::StagedSwitchSucceeded { .. }
+            | Event::StagedSwitchFailed { .. }
+            | Event::Requested(_) => None,
+        }
+    }
 }
 
 /// Imperatives for the controller.
@@ -300,9 +372,10 @@ pub enum Action {
     Mount {
         server: Server,
     },
-    /// Push the mount point's content (the backup) to the primary.
+    /// Push the mount point's content (the backup) to the primary; report with `pass`.
     ReverseSync {
         attempt: u32,
+        pass: u64,
     },
     /// Mount `to` at a staging dir, verify, then swap it onto the mount point. `keep_old`: keep the old
     /// mount reachable at a second staging dir for the catch-up pass.
@@ -310,12 +383,23 @@ pub enum Action {
         to: Server,
         keep_old: bool,
     },
-    /// Push files written during the first pass from the kept backup mount, then detach it.
-    CatchUp,
+    /// Push files written during the first pass from the kept backup mount, then detach it; report
+    /// with `pass`.
+    CatchUp {
+        pass: u64,
+    },
     /// Mount the backup at a staging dir, push it to the primary (`--update`, never `--delete`: the
-    /// primary has been live since), then detach the staging mount lazily.
+    /// primary has been live since), then detach the staging mount lazily; report with `pass`.
     Reconcile {
         attempt: u32,
+        pass: u64,
+    },
+    /// Stop pass `pass` NOW (a server it reads or writes died, or the node moved on): kill its rsync
+    /// (SIGKILL: a read on a dead hard mount is killable) and lazily force-detach what it reads (the
+    /// kept backup mount of a catch-up, the staging mount of a reconciliation). Never wait for it. Its
+    /// report, if one still arrives, is ignored (its pass id is no longer current).
+    AbortPass {
+        pass: u64,
     },
     /// Restart the listed units and report processes holding the detached mount.
     AfterSwitch {
@@ -378,9 +462,14 @@ impl Out<'_> {
 #[allow(clippy::too_many_lines, reason = "one exhaustive (state, event) table reads best in one place")]
 pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition {
     let mut o = Out { s: state.clone(), acts: Vec::new(), p };
+    clamp_times(&mut o.s, p, now_ms);
     let phase = state.phase;
+    let running = state.running_pass();
+    let finished = running.is_some() && event.pass() == running;
+    let current = |pass: u64| Some(pass) == running;
     match (phase, event) {
-        // any --health observed--> (same), then decide
+        // any --health observed--> (same), then decide. (These three arms take any phase: `decide`
+        // matches every phase exhaustively.)
         (_, Event::HealthObserved(snap)) => {
             observe(&mut o, snap, now_ms);
             decide(&mut o, now_ms);
@@ -392,32 +481,53 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             request(&mut o, r);
             decide(&mut o, now_ms);
         }
-        // Mounting(to) --mount succeeded--> Serving(to)
+        // Mounting(to) --mount succeeded--> Serving(to); ends an outage of failed mounts (the recovery
+        // notice says how many failed)
         (Phase::Mounting { to }, Event::MountSucceeded { server, old_mount }) if to == server => {
             o.s.phase = Phase::Serving { server };
+            let failed = std::mem::take(&mut o.s.mount_failures);
+            o.s.mount_not_before = None;
             o.acts.push(Action::Persist);
             let title = format!("now serving {}", p.label(server));
             let next = match server {
                 Server::Backup => "Nothing to do now: the web node serves the backup. When the primary is back and stays up for the hold-down period, nfs-guard reverse-syncs and fails back by itself.",
                 Server::Primary => "None.",
             };
-            o.alert(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
+            let mut e =
+                o.event(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
+            if failed > 0 {
+                e = e.detail("failed mount attempts before this one", failed);
+            }
+            o.alert_with(e);
             o.acts.push(Action::AfterSwitch { server, old_mount });
             decide(&mut o, now_ms);
         }
-        // Mounting(to) --mount failed--> Unmounted (retried on the next decision)
+        // Mounting(to) --mount failed--> Unmounted, retried after a doubling backoff; alerted once per
+        // outage (the first failure), the next successful mount is the recovery notice
         (Phase::Mounting { to }, Event::MountFailed { server, error }) if to == server => {
             o.s.phase = Phase::Unmounted;
+            o.s.mount_failures = o.s.mount_failures.saturating_add(1);
+            let wait = doubling_ms(MOUNT_RETRY_INITIAL_MS, MOUNT_RETRY_MAX_MS, o.s.mount_failures);
+            o.s.mount_not_before = Some(now_ms.saturating_add(wait));
             o.acts.push(Action::Persist);
-            o.switch_failed(
-                server,
-                format!("mounting {} FAILED: the mount point is empty", p.label(server)),
-                error,
-                "nfs-guard retries at the next check interval. Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
-            );
+            if o.s.mount_failures == 1 {
+                let next = format!(
+                    "nfs-guard retries with a backoff ({} s doubling to {} s) and mails again when a mount succeeds, not at every failed retry (each is logged). Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
+                    MOUNT_RETRY_INITIAL_MS / 1000,
+                    MOUNT_RETRY_MAX_MS / 1000
+                );
+                o.switch_failed(
+                    server,
+                    format!("mounting {} FAILED: the mount point is empty", p.label(server)),
+                    error,
+                    &next,
+                );
+            }
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
-        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { files, bytes, elapsed_ms }) => {
+        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms })
+            if current(pass) =>
+        {
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
             // pass 1 copied the whole backup tree: an older pending reconciliation is included
@@ -446,10 +556,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
         }
         // Resyncing(n) --sync failed--> Serving(backup), retry after backoff
-        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { error }) => {
+        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { pass, error }) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
             o.s.phase = Phase::Serving { server: Server::Backup };
             o.acts.push(Action::Persist);
             o.alert_with(
@@ -466,12 +576,20 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 .next_steps("The web node stays on the backup (no data is lost). Check the primary's rsync daemon/target; nfs-guard retries on its own."),
             );
         }
-        // Staging(to) --switched--> CatchingUp (failback) or Serving(to)
+        // Staging(to) --switched--> CatchingUp (failback) or Serving(to); the clients now see `to`, so
+        // this is the alert that says so (a catch-up only mails if it fails)
         (Phase::Staging { to }, Event::StagedSwitchSucceeded { to: done, old_mount }) if to == done => {
             let catch_up = to == Server::Primary && p.failback && o.s.pending_reverse_sync;
             if catch_up {
                 o.s.phase = Phase::CatchingUp;
-                o.acts.push(Action::CatchUp);
+                let pass = o.s.start_pass();
+                o.acts.push(Action::CatchUp { pass });
+                o.alert(
+                    AlertKind::FailbackCompleted,
+                    format!("failed back to {}", p.primary_label),
+                    "staged switch verified in /proc/self/mountinfo; catch-up pass running".into(),
+                    "None: a catch-up pass now copies the files written to the backup during the reverse sync (only a failure is mailed).",
+                );
             } else {
                 o.s.phase = Phase::Serving { server: to };
                 if to == Server::Primary {
@@ -483,7 +601,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                         "None.",
                     );
                 } else {
-                    o.s.pending_reverse_sync = true;
+                    o.s.new_epoch();
                     o.alert(
                         AlertKind::FailoverCompleted,
                         format!("now serving {}", p.backup_label),
@@ -495,11 +613,16 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
             o.acts.push(Action::AfterSwitch { server: to, old_mount });
         }
-        // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted
+        // Staging(to) --switch failed--> Serving(what is mounted) or Unmounted, retried after backoff
+        // (an epoch opens if the mount point ended up on the backup)
         (Phase::Staging { to }, Event::StagedSwitchFailed { to: failed, error, serving }) if to == failed => {
             o.s.phase = serving.map_or(Phase::Unmounted, |server| Phase::Serving { server });
-            o.s.resync_failures += 1;
-            o.s.resync_not_before = Some(now_ms + p.backoff_ms(o.s.resync_failures));
+            if serving == Some(Server::Backup) && !o.s.pending_reverse_sync {
+                // the switch got as far as the backup: clients may write there from now on
+                o.s.new_epoch();
+            }
+            o.s.resync_failures = o.s.resync_failures.saturating_add(1);
+            o.s.resync_not_before = Some(now_ms.saturating_add(p.backoff_ms(o.s.resync_failures)));
             o.acts.push(Action::Persist);
             let next = match serving {
                 Some(s) => format!("The web node keeps serving {}; nfs-guard retries after the backoff. Check the mount options and the export of {}.", p.label(s), p.label(to)),
@@ -507,32 +630,28 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             };
             o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
         }
-        // CatchingUp --catch-up finished--> Serving(primary)
-        (Phase::CatchingUp, Event::CatchUpFinished { result }) => {
-            o.s.phase = Phase::Serving { server: Server::Primary };
-            o.s.pending_reverse_sync = false;
-            o.acts.push(Action::Persist);
-            match result {
-                Ok((files, bytes)) => o.alert(
-                    AlertKind::FailbackCompleted,
-                    format!("failed back to {}", p.primary_label),
-                    format!("catch-up pass copied {files} files ({bytes} bytes) written during the reverse sync"),
-                    "None.",
-                ),
-                Err(e) => {
-                    // the files written during pass 1 are still only on the backup: reconcile them
-                    o.s.reconcile_epoch = Some(o.s.epoch);
-                    o.alert(
-                        AlertKind::FailbackCompleted,
-                        format!("failed back to {} (catch-up pass FAILED)", p.primary_label),
-                        e,
-                        "None: files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
-                    );
-                }
+        // CatchingUp --catch-up finished--> Serving(primary) (logged, the failback was mailed at the
+        // switch); a failed pass owes a reconciliation (mailed)
+        (Phase::CatchingUp, Event::CatchUpFinished { pass, result }) if current(pass) => match result {
+            Ok(_) => {
+                o.s.phase = Phase::Serving { server: Server::Primary };
+                o.s.pending_reverse_sync = false;
+                o.acts.push(Action::Persist);
             }
-        }
+            Err(e) => {
+                catch_up_not_done(&mut o);
+                o.alert(
+                        AlertKind::ReverseSyncFailed,
+                        format!("catch-up pass to {} FAILED", p.primary_label),
+                        e,
+                        "None: the web node serves the primary; files written to the backup during the reverse sync are copied to it by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
+                    );
+            }
+        },
         // Reconciling(n) --sync succeeded--> Serving(primary), reconciliation done
-        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { files, bytes, elapsed_ms }) => {
+        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms })
+            if current(pass) =>
+        {
             let epoch = o.s.reconcile_epoch.take().unwrap_or(o.s.epoch);
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
@@ -556,10 +675,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             );
         }
         // Reconciling(n) --sync failed--> Serving(primary), retry after backoff
-        (Phase::Reconciling { attempt }, Event::ReconcileFailed { error }) => {
+        (Phase::Reconciling { attempt }, Event::ReconcileFailed { pass, error }) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms + wait);
+            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
             o.s.phase = Phase::Serving { server: Server::Primary };
             o.acts.push(Action::Persist);
             o.alert_with(
@@ -577,7 +696,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 .next_steps("The web node keeps serving the primary; the backup's writes stay on the backup until this succeeds. Check the backup's export and the primary's rsync target; nfs-guard retries on its own."),
             );
         }
-        // Completions that do not match the phase (stale after a restart): ignored.
+        // Completions that do not match the phase or the running pass (stale after a restart, or the
+        // late report of an aborted pass): ignored.
         (
             Phase::Unmounted
             | Phase::Serving { .. }
@@ -597,7 +717,24 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             | Event::ReconcileFailed { .. },
         ) => {}
     }
+    // Any --the node moved on while a pass runs--> (next), the pass aborted: whatever left the pass's
+    // phase (a server died, a failover, an operator request) must not wait for it.
+    if let Some(pass) = running {
+        if !finished && o.s.running_pass() != Some(pass) {
+            o.acts.insert(0, Action::AbortPass { pass });
+        }
+    }
     Transition { next: o.s, actions: o.acts }
+}
+
+/// Stored times further ahead than this node could have set them (the wall clock stepped back, an
+/// edited state file) are pulled back, so no backoff or hold-down lasts longer than configured.
+fn clamp_times(s: &mut State, p: &Policy, now_ms: u64) {
+    let cap = |t: &mut Option<u64>, max: u64| *t = t.map(|t| t.min(max));
+    cap(&mut s.resync_not_before, now_ms.saturating_add(p.retry_max_ms));
+    cap(&mut s.mount_not_before, now_ms.saturating_add(MOUNT_RETRY_MAX_MS));
+    cap(&mut s.primary_up_since, now_ms);
+    cap(&mut s.backup_up_since, now_ms);
 }
 
 /// Records the new verdicts and the episode flags that depend on them.
@@ -618,6 +755,9 @@ fn observe(o: &mut Out, snap: Snapshot, now_ms: u64) {
     }
     if snap.primary == Status::Up || snap.backup == Status::Up {
         o.s.both_down_alerted = false;
+    }
+    if snap.backup == Status::Up {
+        o.s.stranded_alerted = false;
     }
     if snap.witness != Some(Status::Down) {
         o.s.network_lost_alerted = false;
@@ -671,11 +811,15 @@ fn decide(o: &mut Out, now_ms: u64) {
                     break;
                 }
             }
+            if pick.is_some() && o.s.mount_not_before.is_some_and(|t| now_ms < t) {
+                // Unmounted --a server is usable, mount retry backoff running--> (same)
+                return;
+            }
             if let Some(s) = pick {
-                if s == Server::Primary {
-                    // Unmounted --primary picked while the backup's writes are not synced--> Mounting(primary),
-                    // reconciliation pending
-                    o.s.leave_backup_unsynced(o.p.failback);
+                // Unmounted --primary picked while the backup's writes are not synced--> Mounting(primary),
+                // reconciliation pending; without a reverse-sync target: (same), alerted, the operator decides
+                if s == Server::Primary && !may_leave_backup(o) {
+                    return;
                 }
                 if s == Server::Backup && !o.s.pending_reverse_sync {
                     // Unmounted --only the backup is usable--> Mounting(backup): a failover, new epoch
@@ -695,15 +839,40 @@ fn decide(o: &mut Out, now_ms: u64) {
                 both_down(o, witness_down);
             }
         }
+        // Reconciling(n) --backup or primary DOWN--> Serving(primary), the pass aborted (it reads the
+        // backup's staging mount and writes the primary: it cannot finish; a read on the dead backup
+        // would sit in the kernel until the pass deadline), the reconciliation still owed; then decided
+        // as Serving(primary): a dead primary fails over
+        Phase::Reconciling { attempt } if pass_side_down(&h) => {
+            pass_aborted(
+                o,
+                &format!("reconciliation {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
+                "None: the reconciliation stays pending (`nfs-guard status`) and is retried once both servers are up (the backup for the hold-down).",
+            );
+            o.s.phase = Phase::Serving { server: Server::Primary };
+            o.acts.push(Action::Persist);
+            decide(o, now_ms);
+        }
         Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
-            // Serving(primary) --held--> (same), reconciling when due
+            // Serving(primary)|Reconciling --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
-            // Serving(primary) --pinned to backup--> Staging(backup) (or Mounting if primary is dead)
+            // Serving(primary)|Reconciling --pinned to backup--> Staging(backup) (or Mounting if the
+            // primary is dead; a running reconciliation is aborted by `step`);
+            // the staged switch opens the epoch when the backup is served (a switch that fails on the
+            // way leaves nothing owed), the direct mount before it is attempted (like any failover)
             Hold::Pinned(Server::Backup) => {
                 if h.backup != Status::Down {
-                    o.s.new_epoch();
                     if h.primary == Status::Down {
+                        o.s.new_epoch();
                         o.s.phase = Phase::Mounting { to: Server::Backup };
+                        let reason =
+                            format!("operator request; {} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
+                        o.alert(
+                            AlertKind::FailoverStarted,
+                            format!("failing over to {} (held there)", o.p.backup_label),
+                            reason,
+                            "None yet: nfs-guard detaches the dead mount and mounts the backup; a completion alert follows. Run `nfs-guard web --release` to return to automatic control.",
+                        );
                         o.acts.push(Action::Mount { server: Server::Backup });
                     } else {
                         o.s.phase = Phase::Staging { to: Server::Backup };
@@ -712,17 +881,20 @@ fn decide(o: &mut Out, now_ms: u64) {
                     o.acts.push(Action::Persist);
                 }
             }
-            // Serving(primary) --primary down, backup up--> Mounting(backup)
-            // (a running reconciliation never delays a failover: its late report is ignored as stale)
+            // Serving(primary)|Reconciling --primary down, backup usable--> Mounting(backup), new epoch
+            // (a running reconciliation was aborted above: it cannot outlive a dead primary)
             Hold::None => {
                 if h.primary != Status::Down {
+                    // Serving(primary) --primary not down--> (same), reconciling when due
                     reconcile_if_due(o, now_ms);
                     return;
                 }
                 if witness_down {
+                    // Serving(primary) --primary and witness down--> (same), network-lost alert once
                     network_lost(o);
                 } else if h.witness_failing {
-                    // wait one more check: is it the primary or our own network?
+                    // Serving(primary) --primary down, witness failing--> (same): wait one more check,
+                    // is it the primary or our own network?
                 } else if h.usable(Server::Backup) {
                     o.s.new_epoch();
                     o.s.phase = Phase::Mounting { to: Server::Backup };
@@ -736,6 +908,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                     );
                     o.acts.push(Action::Mount { server: Server::Backup });
                 } else {
+                    // Serving(primary) --primary down, backup not usable--> (same), both-down alert once
                     both_down(o, false);
                 }
             }
@@ -743,24 +916,37 @@ fn decide(o: &mut Out, now_ms: u64) {
         Phase::Serving { server: Server::Backup } => {
             let manual = o.s.hold == Hold::Pinned(Server::Primary);
             if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) {
+                // Serving(backup) --held there--> (same)
                 return;
             }
             if h.backup == Status::Down {
                 if witness_down {
+                    // Serving(backup) --backup and witness down--> (same), network-lost alert once
                     network_lost(o);
                 } else if h.witness_failing {
-                    // as above: our own network may be the problem
+                    // Serving(backup) --backup down, witness failing--> (same): our own network may be
+                    // the problem
                 } else if h.usable(Server::Primary) {
+                    if !may_leave_backup(o) {
+                        // Serving(backup) --backup down, primary up, no reverse-sync target--> (same),
+                        // alerted once: see `may_leave_backup`
+                        return;
+                    }
                     // Serving(backup) --backup down, primary up--> Mounting(primary): the reverse sync
                     // is impossible now; a reconciliation of this epoch is recorded (durably, before
-                    // the mount moves) and runs once the backup is back.
-                    o.s.leave_backup_unsynced(o.p.failback);
+                    // the mount moves) and runs once the backup is back. (Also reached from Resyncing,
+                    // the pass aborted.) Why serve rather than wait on the dead backup: the writes
+                    // acknowledged on the backup are not lost, they stay on the backup's disk and are
+                    // copied back (--update, never --delete) from a staging mount as soon as it
+                    // returns, while waiting means every client hangs on a dead hard mount for as long
+                    // as the backup is down. The price, said in the alert: until then clients see the
+                    // primary's older copies, and a file changed on both sides keeps the newer mtime.
                     o.s.phase = Phase::Mounting { to: Server::Primary };
                     o.acts.push(Action::Persist);
                     let next = if o.s.reconcile_epoch.is_some() {
                         "None: files written on the backup since the failover are not on the primary yet; when the backup is back (rise + hold-down), nfs-guard mounts it at a staging dir and copies them to the primary (--update, never --delete). `nfs-guard status` shows the pending reconciliation."
                     } else {
-                        "No [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
+                        "Forced by the operator, and no [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
                     };
                     o.alert(
                         AlertKind::FailoverStarted,
@@ -770,11 +956,14 @@ fn decide(o: &mut Out, now_ms: u64) {
                     );
                     o.acts.push(Action::Mount { server: Server::Primary });
                 } else if h.primary == Status::Down {
+                    // Serving(backup) --both down--> (same), both-down alert once
                     both_down(o, false);
                 }
+                // Serving(backup) --backup down, primary unknown or failing--> (same): wait for a verdict
                 return;
             }
             if h.primary != Status::Up {
+                // Serving(backup) --primary not up--> (same)
                 return;
             }
             // Serving(backup) --primary up--> (same), alert once
@@ -800,7 +989,7 @@ fn decide(o: &mut Out, now_ms: u64) {
             }
             if o.p.failback && o.s.pending_reverse_sync {
                 // Serving(backup) --primary up for hold-down--> Resyncing(n)
-                let attempt = o.s.resync_failures + 1;
+                let attempt = o.s.resync_failures.saturating_add(1);
                 o.s.phase = Phase::Resyncing { attempt };
                 o.acts.push(Action::Persist);
                 o.alert_with(
@@ -813,7 +1002,8 @@ fn decide(o: &mut Out, now_ms: u64) {
                     .detail("attempt", attempt)
                     .next_steps("None: the mount moves back only after this sync succeeds."),
                 );
-                o.acts.push(Action::ReverseSync { attempt });
+                let pass = o.s.start_pass();
+                o.acts.push(Action::ReverseSync { attempt, pass });
             } else {
                 // Serving(backup) --manual, nothing to sync--> Staging(primary)
                 o.s.phase = Phase::Staging { to: Server::Primary };
@@ -821,9 +1011,70 @@ fn decide(o: &mut Out, now_ms: u64) {
                 o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: false });
             }
         }
-        // Work in progress: decided when it reports back.
-        Phase::Mounting { .. } | Phase::Resyncing { .. } | Phase::Staging { .. } | Phase::CatchingUp => {}
+        // Resyncing(n) --backup or primary DOWN--> Serving(backup), the pass aborted (it reads the backup
+        // through the mount point and writes the primary: it cannot finish, and a read on the dead
+        // backup would block failover until the pass deadline), the reverse sync still owed; then
+        // decided as Serving(backup). A dead primary: stay on the backup (the hold-down restarts). A
+        // dead backup with a usable primary: the node moves to the primary with the backup's writes
+        // recorded as a durable reconciliation BEFORE the mount moves (see that arm for why serving
+        // beats waiting). Both dead: stay, one both-down alert.
+        Phase::Resyncing { attempt } => {
+            if pass_side_down(&h) {
+                pass_aborted(
+                    o,
+                    &format!("reverse sync {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
+                    "None: the reverse sync stays owed; it is retried once the primary has been up for the hold-down, or, if the node has to leave the backup, the backup's writes are reconciled to the primary once the backup is back (the next alert says where the mount goes).",
+                );
+                o.s.phase = Phase::Serving { server: Server::Backup };
+                o.acts.push(Action::Persist);
+                decide(o, now_ms);
+            }
+        }
+        // CatchingUp --backup or primary DOWN--> Serving(primary), the catch-up aborted: the files written
+        // to the backup during pass 1 become a durable reconciliation of this epoch (retried from a
+        // staging mount once the backup is back); then decided as Serving(primary): a dead primary
+        // fails over to the backup (whose pass-1 writes it serves), a dead backup keeps the primary
+        Phase::CatchingUp => {
+            if pass_side_down(&h) {
+                catch_up_not_done(o);
+                pass_aborted(
+                    o,
+                    "catch-up pass",
+                    "None: the files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup once it is back (retried with backoff; `nfs-guard status` shows it pending).",
+                );
+                decide(o, now_ms);
+            }
+        }
+        // Mounting/Staging: decided when the mount step reports back (it has its own deadlines, and it
+        // only ever touches the server it mounts).
+        Phase::Mounting { .. } | Phase::Staging { .. } => {}
     }
+}
+
+/// A server an rsync pass reads or writes is DOWN (after hysteresis): the pass cannot finish.
+fn pass_side_down(h: &Snapshot) -> bool {
+    h.primary == Status::Down || h.backup == Status::Down
+}
+
+/// Alerts that the running pass `what` is abandoned because a server it needs is DOWN (the caller moves
+/// the phase on; `step` emits the [`Action::AbortPass`]).
+fn pass_aborted(o: &mut Out, what: &str, next: &str) {
+    let h = &o.s.health;
+    let dead: Vec<String> = [Server::Primary, Server::Backup]
+        .into_iter()
+        .filter(|s| h.of(*s) == Status::Down)
+        .map(|s| format!("{} is DOWN: {}", o.p.label(s), h.error(s)))
+        .collect();
+    o.alert(AlertKind::ReverseSyncFailed, format!("{what} ABORTED"), dead.join("; "), next);
+}
+
+/// `CatchingUp --(catch-up failed or aborted)--> Serving(primary)`: the files written to the backup during
+/// pass 1 are still only there; they become a reconciliation of this epoch.
+fn catch_up_not_done(o: &mut Out) {
+    o.s.phase = Phase::Serving { server: Server::Primary };
+    o.s.pending_reverse_sync = false;
+    o.s.reconcile_epoch = Some(o.s.epoch);
+    o.acts.push(Action::Persist);
 }
 
 /// Serving(primary) --reconciliation pending, backup UP for hold-down, backoff over--> Reconciling(n)
@@ -838,7 +1089,7 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
     if !(h.usable(Server::Backup) && h.usable(Server::Primary) && held_long && backoff_over) {
         return;
     }
-    let attempt = o.s.resync_failures + 1;
+    let attempt = o.s.resync_failures.saturating_add(1);
     o.s.phase = Phase::Reconciling { attempt };
     o.acts.push(Action::Persist);
     o.alert_with(
@@ -854,7 +1105,35 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
         .detail("attempt", attempt)
         .next_steps("None: the backup is mounted at a staging dir and copied with --update (never --delete); the web node keeps serving the primary."),
     );
-    o.acts.push(Action::Reconcile { attempt });
+    let pass = o.s.start_pass();
+    o.acts.push(Action::Reconcile { attempt, pass });
+}
+
+/// The node is about to mount the primary while the backup may hold writes the primary lacks. With a
+/// reverse-sync target they become a durable reconciliation of this epoch (see the Serving(backup)
+/// arm for why serving beats waiting). Without one nothing would ever copy them back, and clients
+/// would work on the primary's older copies: the node stays (no service) and alerts once per outage
+/// of the backup, until the backup returns or the operator forces `--failover-to primary` (after
+/// copying what they can by hand).
+fn may_leave_backup(o: &mut Out) -> bool {
+    if !o.s.pending_reverse_sync || o.p.failback || o.s.hold == Hold::Pinned(Server::Primary) {
+        o.s.leave_backup_unsynced(o.p.failback);
+        return true;
+    }
+    if !o.s.stranded_alerted {
+        o.s.stranded_alerted = true;
+        let reason = format!("{} is DOWN: {}", o.p.backup_label, o.s.health.error(Server::Backup));
+        let e = o
+            .event(
+                AlertKind::SwitchFailed,
+                format!("NOT moving to {}: the dead backup holds writes it lacks", o.p.primary_label),
+                reason,
+                "No [web.reverse_sync] is configured, so nothing would copy the writes made on the backup since the failover back to the primary: nfs-guard does not switch by itself (the mount point stays as it is and clients wait until the backup returns). To serve the primary anyway, copy what you can by hand (rsync -a --update from the backup) and run `nfs-guard web --failover-to primary`.",
+            )
+            .detail("switching to", o.p.label(Server::Primary));
+        o.alert_with(e);
+    }
+    false
 }
 
 fn both_down(o: &mut Out, witness_down: bool) {
@@ -899,3 +1178,8 @@ fn network_lost(o: &mut Out) {
 #[allow(clippy::unwrap_used)]
 #[path = "fsm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "fsm_props.rs"]
+mod props;

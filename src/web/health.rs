@@ -113,6 +113,17 @@ mod tests {
     }
 
     #[test]
+    fn counters_at_their_limits_from_a_state_file_never_panic() {
+        let mut h = Health { fails: u32::MAX, oks: u32::MAX, ..Health::default() };
+        assert_eq!(h.observe(bad(), 3, 3, u64::MAX), Some(Status::Down));
+        assert_eq!(h.fails, u32::MAX, "saturates");
+        h.oks = u32::MAX;
+        h.fails = 0;
+        assert_eq!(h.observe(Ok(()), 3, 3, u64::MAX), Some(Status::Up));
+        assert_eq!(h.oks, u32::MAX);
+    }
+
+    #[test]
     fn unknown_falls_after_fall_failures() {
         let mut h = Health::default();
         assert_eq!(h.observe(bad(), 2, 3, 0), None);
