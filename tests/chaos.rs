@@ -9,9 +9,9 @@
 //! `scripts/chaos.sh` runs a long one and prints the report.
 #![allow(clippy::unwrap_used)]
 
+mod chaos_writer;
 #[path = "common/lab.rs"]
 mod lab;
-mod chaos_writer;
 mod storage_common;
 
 use std::fs;
@@ -127,7 +127,11 @@ impl Drop for Web {
 fn wait(what: &str, deadline: Duration, web: &Web, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}\nweb log:\n{}", web.log_tail());
+        assert!(
+            t.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}\nweb log:\n{}",
+            web.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -151,9 +155,10 @@ struct Report {
 #[test]
 fn chaos_no_acknowledged_write_is_lost() {
     let cycles: u32 = std::env::var("CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    });
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
     eprintln!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let lab = Lab::up("chaos");
@@ -190,7 +195,8 @@ fn chaos_no_acknowledged_write_is_lost() {
         let fault = FAULTS[rng.usize(..FAULTS.len())];
         r.faults.push(fault.as_str());
         in_failover.store(true, Ordering::SeqCst);
-        let at = |r: &mut Report, what: &str| r.timeline.push(format!("{:.2}s {what}", started.elapsed().as_secs_f64()));
+        let at =
+            |r: &mut Report, what: &str| r.timeline.push(format!("{:.2}s {what}", started.elapsed().as_secs_f64()));
         at(&mut r, &format!("fault {}", fault.as_str()));
         lab.fault(Host::Primary, fault);
         let kill_web = rng.u8(0..100) < 25;

@@ -164,6 +164,21 @@ pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<()
     .await
 }
 
+/// Makes the mount at `target` read-only (`ro`) or writable again, for this mount point only
+/// (`MS_REMOUNT | MS_BIND`): the file system and its server are not asked anything. While files are
+/// open for writing on that mount, the kernel refuses read-only with EBUSY.
+pub async fn set_read_only(target: &Path, ro: bool, deadline: Duration) -> Result<(), MountError> {
+    let t = target.to_owned();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    if ro {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    blocking(if ro { "remount read-only" } else { "remount writable" }, target, deadline, move || {
+        nix::mount::mount(None::<&str>, &t, None::<&str>, flags, None::<&str>)
+    })
+    .await
+}
+
 /// Makes `dir` a private mount point of its own (a bind of itself, propagation private), so mounts
 /// made under it can be moved with `MS_MOVE` even when `/` is shared (systemd's default).
 pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration) -> Result<(), MountError> {

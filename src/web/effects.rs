@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::freeze::Frozen;
 use super::fsm::Server;
 use super::guard;
 use crate::config::web::{ServerConfig, WebConfig};
@@ -101,6 +102,7 @@ impl SysEffects {
     /// Must run inside the tokio runtime (opens the ICMP sockets). Staging dirs live in
     /// `<state_dir>/stage`.
     pub fn new(cfg: &WebConfig, state_dir: &Path) -> SysEffects {
+        super::freeze::thaw_leftover(&cfg.mount_point, &cfg.options);
         SysEffects {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
@@ -204,6 +206,19 @@ impl Inner {
         }
         let from = self.serving(&mp);
         let old_id = self.top_id(&mp);
+        // (1b) failback: writes to the backup frozen, and what they wrote since pass 1 copied, so
+        // clients never work on a primary that lacks it (see `freeze`)
+        let frozen = if to == Server::Primary && from == Some(Server::Backup) && keep_old {
+            match self.final_catch_up(&mp).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = self.clear(&new, true).await;
+                    return Err(here(e));
+                }
+            }
+        } else {
+            None
+        };
         // (2) keep the old mount reachable (catch-up source, and the way back if the swap fails)
         if from.is_some() {
             if let Err(e) = mount::bind(&mp, &old, DETACH_DEADLINE).await {
@@ -232,10 +247,36 @@ impl Inner {
         if let Err(e) = self.verify(&mp, to) {
             return Err(here(e));
         }
+        if let Some(f) = frozen {
+            f.keep();
+        }
         if !keep_old {
             let _ = self.clear(&old, false).await;
         }
         Ok(old_id)
+    }
+
+    /// Freezes writes on the mount point (the backup) and pushes what changed since pass 1. `None`:
+    /// no reverse sync configured, or files held open for writing kept the freeze from happening
+    /// (then the catch-up after the switch is all there is, as before).
+    async fn final_catch_up(&self, mp: &Path) -> Result<Option<Frozen>, String> {
+        if self.cfg.reverse_sync.is_none() {
+            return Ok(None);
+        }
+        let frozen = match Frozen::freeze(mp, FREEZE_PATIENCE).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot freeze writes for the final catch-up; writes made during the switch are copied after it");
+                return Ok(None);
+            }
+        };
+        match self.push(mp, true).await {
+            Ok(s) => {
+                tracing::info!(files = s.files, bytes = s.bytes, elapsed_ms = s.elapsed_ms, "final catch-up done");
+                Ok(Some(frozen))
+            }
+            Err(e) => Err(format!("final catch-up (writes frozen) failed: {e}")),
+        }
     }
 
     /// Reconciliation from `<stage>/reconcile`. A leftover mount there (an earlier run died) is detached
@@ -307,6 +348,8 @@ fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: boo
 }
 
 const DETACH_DEADLINE: Duration = Duration::from_secs(3);
+/// How long the failback waits for files open for writing on the backup mount to be closed.
+const FREEZE_PATIENCE: Duration = Duration::from_secs(2);
 const HOLDERS_SCAN_LIMIT: usize = 200_000;
 
 impl Prober for SysEffects {

@@ -65,6 +65,7 @@
 
 pub mod controller;
 pub mod effects;
+pub mod freeze;
 pub mod fsm;
 pub mod guard;
 pub mod health;
