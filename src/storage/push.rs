@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use super::batch::{Entry, Scope};
 use super::filter::Filter;
 use crate::config::storage::{FullSync, Tree};
-use crate::sys::rsync::RsyncTarget;
+use crate::sys::rsync::{self, RsyncReport, RsyncTarget, SpawnError};
 
 /// `SRC/` for a tree root.
 fn source(tree: &Tree) -> OsString {
@@ -81,8 +81,13 @@ pub enum Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Roots or listed paths.
+    pub fn len(&self) -> usize {
         match self {
-            Plan::Roots(v) | Plan::Replace(v) | Plan::List(v) => v.is_empty(),
+            Plan::Roots(v) | Plan::Replace(v) | Plan::List(v) => v.len(),
         }
     }
 }
@@ -116,6 +121,25 @@ pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree, plan: &Pla
     }
     a.push(dest_url(target, tree).into());
     a
+}
+
+/// Pushes one planned batch of `tree` to `target`: the argv of [`batch_args`], and for
+/// [`Plan::List`] the list on stdin ([`rsync::nul_list`]).
+pub async fn run(
+    rsync: &Path,
+    base: &[String],
+    target: &RsyncTarget,
+    tree: &Tree,
+    plan: &Plan,
+    filter: &Filter,
+    deadline: std::time::Duration,
+) -> Result<RsyncReport, SpawnError> {
+    let args = batch_args(base, target, tree, plan, filter);
+    let stdin = match plan {
+        Plan::List(l) => Some(rsync::nul_list(l.iter().map(PathBuf::as_path))),
+        Plan::Roots(_) | Plan::Replace(_) => None,
+    };
+    rsync::run(rsync, &args, stdin, deadline).await
 }
 
 /// argv for a recursive full sync of `tree`.
@@ -290,7 +314,7 @@ mod tests {
                 b"-r",
                 b"--delete-missing-args",
                 b"--force",
-                b"--exclude=*.swp",
+                b"--filter=- *.swp",
                 b"/srv/nfs/./",
                 b"/srv/nfs/./a/new",
                 b"/srv/nfs/./-\n\xff*",
@@ -348,7 +372,7 @@ mod tests {
         let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &safe, &f));
         assert!(a.contains(&"--update".to_owned()) && !a.contains(&"--delete".to_owned()));
         assert!(a.contains(&"--mkpath".to_owned()));
-        assert_eq!(&a[a.len() - 3..], ["--exclude=*.swp", "/srv/nfs/", "rsync://nfsguard@10.0.0.3:873/data/web/"]);
+        assert_eq!(&a[a.len() - 3..], ["--filter=- *.swp", "/srv/nfs/", "rsync://nfsguard@10.0.0.3:873/data/web/"]);
         let opt_in = FullSync { update: false, delete: true, ..safe };
         let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &opt_in, &f));
         assert!(!a.contains(&"--update".to_owned()) && a.contains(&"--delete".to_owned()));

@@ -183,11 +183,17 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Encodes paths for `--files-from=- --from0`: raw bytes, NUL-terminated.
+/// Encodes relative paths for `--files-from=- --from0`: raw bytes, NUL-terminated, each behind
+/// `./`. rsync skips a list line that starts with `#` or `;` as a comment, even with `--from0`, and
+/// still exits 0; it strips the `./` itself, so every name arrives as it is.
 pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u8> {
     let mut out = Vec::new();
     for p in paths {
-        out.extend_from_slice(p.as_os_str().as_bytes());
+        let bytes = p.as_os_str().as_bytes();
+        if !bytes.starts_with(b"/") {
+            out.extend_from_slice(b"./");
+        }
+        out.extend_from_slice(bytes);
         out.push(0);
     }
     out
@@ -351,7 +357,8 @@ mod tests {
     fn nul_list_keeps_raw_bytes() {
         use std::ffi::OsStr;
         let weird = Path::new(OsStr::from_bytes(b"a\nb\xff"));
-        assert_eq!(nul_list([Path::new("x y"), weird]), b"x y\0a\nb\xff\0");
+        let list = nul_list([Path::new("x y"), weird, Path::new("#c"), Path::new(";s"), Path::new(".")]);
+        assert_eq!(list, b"./x y\0./a\nb\xff\0./#c\0./;s\0./.\0");
     }
 
     #[test]
