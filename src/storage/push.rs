@@ -4,7 +4,8 @@
 //!
 //! Why these options:
 //! - `--files-from=- --from0`: names are raw bytes on stdin, never parsed by a shell or as rsync
-//!   wildcards (`*?[]`, a leading `-`, newlines all arrive literally); it implies `-R` and no recursion,
+//!   wildcards (`*?[]`, a leading `-`, newlines all arrive literally), each behind `./` because rsync
+//!   takes a line starting with `#` or `;` for a comment; it implies `-R` and no recursion,
 //!   so a listed directory carries only its own attributes and the walk decides what goes with it.
 //! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
 //!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
