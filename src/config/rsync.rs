@@ -110,6 +110,90 @@ impl RawRsyncTarget {
     }
 }
 
+/// Short options `rsync_args` may use, alone or bundled (`-aHAX`): archive mode and its parts,
+/// hard links, ACLs, xattrs, sparse files, executability, access/creation times, compression,
+/// checksums, whole files, IPv4/IPv6.
+const ALLOWED_SHORT: &str = "arlptgoDHAXSEUNzcW46";
+
+/// Long options `rsync_args` may use as they are.
+const ALLOWED_FLAGS: [&str; 31] = [
+    "--archive",
+    "--recursive",
+    "--links",
+    "--perms",
+    "--times",
+    "--group",
+    "--owner",
+    "--devices",
+    "--specials",
+    "--hard-links",
+    "--acls",
+    "--xattrs",
+    "--sparse",
+    "--executability",
+    "--atimes",
+    "--crtimes",
+    "--open-noatime",
+    "--omit-dir-times",
+    "--omit-link-times",
+    "--numeric-ids",
+    "--whole-file",
+    "--no-whole-file",
+    "--no-W",
+    "--compress",
+    "--no-compress",
+    "--checksum",
+    "--fsync",
+    "--ipv4",
+    "--ipv6",
+    "--no-motd",
+    "--stats",
+];
+
+/// Long options `rsync_args` may use with a non-empty `=VALUE`.
+const ALLOWED_VALUED: [&str; 9] = [
+    "--bwlimit",
+    "--compress-level",
+    "--compress-choice",
+    "--zc",
+    "--checksum-choice",
+    "--cc",
+    "--skip-compress",
+    "--chmod",
+    "--block-size",
+];
+
+/// Why `arg` may not go into `rsync_args`, or `None` when it may. An ALLOW-list: everything else
+/// could skip files while rsync exits 0 (`-n`, `--max-size`, `--size-only`, `--existing`), change
+/// names or links (`--iconv`, `-L`), redirect the transfer (`--rsh`), fight nfs-guard's own file
+/// lists, deletions, transport and timeouts, or change the `--stats` output it parses (`-h`).
+pub fn rsync_option_problem(arg: &str) -> Option<String> {
+    if arg.contains('\0') {
+        return Some("must not contain a NUL byte".to_owned());
+    }
+    if !arg.starts_with('-') {
+        return Some("must be an option starting with '-'".to_owned());
+    }
+    let allowed = if let Some(long) = arg.strip_prefix("--") {
+        match long.split_once('=') {
+            Some((name, value)) => !value.is_empty() && ALLOWED_VALUED.iter().any(|v| v[2..] == *name),
+            None => ALLOWED_FLAGS.iter().any(|f| f[2..] == *long),
+        }
+    } else {
+        let bundle = &arg[1..];
+        !bundle.is_empty() && bundle.chars().all(|c| ALLOWED_SHORT.contains(c))
+    };
+    (!allowed).then(|| {
+        let short: String = ALLOWED_SHORT.chars().flat_map(|c| [' ', '-', c]).collect();
+        format!(
+            "is not an option rsync_args allows (nfs-guard sets file lists, deletions, transport and timeouts \
+             itself, and refuses options that could skip or alter what is copied); allowed:{short} {} {}",
+            ALLOWED_FLAGS.join(" "),
+            ALLOWED_VALUED.map(|v| format!("{v}=VALUE")).join(" ")
+        )
+    })
+}
+
 /// A path that goes into rsync's `-e` ssh command, which rsync splits on whitespace: absolute and
 /// without whitespace.
 fn ssh_arg_path(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<std::path::PathBuf> {
