@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, rsync_option_problem, RawRsyncTarget};
+use super::rsync::{opt_duration, plain_name, rsync_option_problem, RawRsyncTarget};
 use super::{Ctx, Spanned};
 use crate::storage::filter::Filter;
 use crate::sys::rsync::RsyncTarget;
@@ -340,20 +340,15 @@ fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
         .validate(&key, ctx);
         let name = match &r.name {
             Some(n) => {
-                let s = n.get_ref();
-                if s.is_empty()
-                    || s.len() > 64
-                    || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-                    || s.starts_with('.')
-                {
+                if plain_name(n.get_ref(), 64) {
+                    Some(n.get_ref().clone())
+                } else {
                     ctx.bad(
                         &format!("{key}.name"),
                         n,
-                        "must be 1-64 characters from [A-Za-z0-9._-], not starting with '.'",
+                        "must be 1-64 characters from [A-Za-z0-9._-], not starting with '.' or '-'",
                     );
                     None
-                } else {
-                    Some(s.clone())
                 }
             }
             None => Some(r.host.get_ref().replace(':', "_")),
