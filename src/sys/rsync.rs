@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// How rsync reaches the remote.
@@ -229,19 +229,19 @@ pub async fn run(
                 let _ = w.shutdown().await;
             }
         };
-        let mut so = Vec::new();
-        let mut se = Vec::new();
         let read_out = async {
-            if let Some(o) = out.as_mut() {
-                let _ = o.read_to_end(&mut so).await;
+            match out.as_mut() {
+                Some(o) => read_tail(o, OUTPUT_KEEP).await,
+                None => Vec::new(),
             }
         };
         let read_err = async {
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_end(&mut se).await;
+            match err.as_mut() {
+                Some(e) => read_tail(e, OUTPUT_KEEP).await,
+                None => Vec::new(),
             }
         };
-        tokio::join!(feed, read_out, read_err);
+        let ((), so, se) = tokio::join!(feed, read_out, read_err);
         let status = child.wait().await;
         (status, so, se)
     };
@@ -264,6 +264,31 @@ pub async fn run(
         stderr_tail: tail(&String::from_utf8_lossy(&stderr), 5),
         timed_out,
     })
+}
+
+/// How much of rsync's stdout and of its stderr is kept: the end, where `--stats` and the last
+/// errors are (a transfer that warns about every one of 10000 files must not fill memory).
+pub const OUTPUT_KEEP: usize = 64 * 1024;
+
+/// Reads `r` to its end (or first error), keeping only the last `keep` bytes.
+pub async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, keep: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 2 * keep {
+                    buf.drain(..buf.len() - keep);
+                }
+            }
+        }
+    }
+    if buf.len() > keep {
+        buf.drain(..buf.len() - keep);
+    }
+    buf
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -365,6 +390,20 @@ mod tests {
     fn stats_parsing() {
         let s = "Number of files: 3\nNumber of regular files transferred: 1,234\nTotal bytes sent: 56,789\n";
         assert_eq!(parse_stats(s), (1234, 56789));
+    }
+
+    #[tokio::test]
+    async fn output_is_kept_bounded_and_stats_still_parse() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let kept = read_tail(&mut &data[..], 1000).await;
+        assert_eq!(kept, &data[data.len() - 1000..]);
+        assert_eq!(read_tail(&mut &b"short"[..], 1000).await, b"short");
+        let script = "head -c 20000000 /dev/zero; head -c 20000000 /dev/zero >&2; \
+                      printf '\\nNumber of regular files transferred: 7\\nTotal bytes sent: 9\\n'; echo last >&2";
+        let r = run(Path::new("/bin/sh"), &["-c".into(), script.into()], None, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((r.files, r.bytes), (7, 9));
+        assert!(r.stderr_tail.ends_with("last"), "{}", r.stderr_tail.len());
+        assert!(r.stderr_tail.len() <= OUTPUT_KEEP);
     }
 
     #[tokio::test]
