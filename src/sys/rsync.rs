@@ -199,8 +199,9 @@ pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u8> {
     out
 }
 
-/// Runs `rsync` with `args`, feeding `stdin` (if any), killing it (and its process group) when
-/// `deadline` passes. `--stats` output is parsed for files and bytes, so callers should pass `--stats`.
+/// Runs `rsync` with `args`, feeding `stdin` (if any), killing it and its process group (the ssh it
+/// started) when `deadline` passes or when the returned future is dropped before rsync ended.
+/// `--stats` output is parsed for files and bytes, so callers should pass `--stats`.
 pub async fn run(
     rsync: &Path,
     args: &[OsString],
@@ -217,7 +218,9 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| SpawnError { program: rsync.display().to_string(), source })?;
-    let pid = child.id();
+    // rsync leads its own process group (with the ssh it starts): killed whole at the deadline or
+    // when this future is dropped unfinished (shutdown, a cancelled task).
+    let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
     let mut child_stdin = child.stdin.take();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -246,11 +249,11 @@ pub async fn run(
         (status, so, se)
     };
     let (code, stdout, stderr, timed_out) = if let Ok((status, so, se)) = tokio::time::timeout(deadline, io).await {
+        // rsync was reaped (its ssh with it): its group id may be reused from now on.
+        group.0 = None;
         (status.ok().and_then(|s| s.code()), so, se, false)
     } else {
-        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+        group.kill();
         (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
     };
     let stdout = String::from_utf8_lossy(&stdout);
@@ -289,6 +292,23 @@ pub async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, keep: usize) -> Vec<u8> 
         buf.drain(..buf.len() - keep);
     }
     buf
+}
+
+/// The process group of a running rsync, killed with SIGKILL when dropped while still set.
+struct Group(Option<i32>);
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -404,6 +424,54 @@ mod tests {
         assert_eq!((r.files, r.bytes), (7, 9));
         assert!(r.stderr_tail.ends_with("last"), "{}", r.stderr_tail.len());
         assert!(r.stderr_tail.len() <= OUTPUT_KEEP);
+    }
+
+    /// Is `pid` gone (no such process, or a zombie)?
+    fn gone(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    }
+
+    /// Runs a fake rsync (a shell that starts a child, like rsync starting ssh), abandoning the run
+    /// as soon as both are up when `abandon`, else letting `deadline` pass; then both must be gone.
+    async fn fake_rsync_group_dies(abandon: bool, deadline: Duration) {
+        let d = tempfile::tempdir().unwrap();
+        let pids = d.path().join("pids");
+        let script = format!("sleep 300 & echo $$ $! > '{}.tmp'; mv '{0}.tmp' '{0}'; wait", pids.display());
+        let args = ["-c".into(), script.into()];
+        let started = async {
+            while !(abandon && pids.exists()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            r = run(Path::new("/bin/sh"), &args, None, deadline) => assert!(r.unwrap().timed_out),
+            () = started => {}
+        }
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let both: Vec<i32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !both.iter().all(|p| gone(*p)) {
+            assert!(
+                std::time::Instant::now() < end,
+                "still running: {both:?} {:?}",
+                both.iter()
+                    .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_run_kills_rsync_and_its_children() {
+        // The caller drops the run (shutdown, a cancelled task) while rsync and its "ssh" run.
+        fake_rsync_group_dies(true, Duration::from_secs(60)).await;
+    }
+
+    #[tokio::test]
+    async fn the_deadline_kills_rsync_and_its_children() {
+        fake_rsync_group_dies(false, Duration::from_millis(500)).await;
     }
 
     #[tokio::test]
