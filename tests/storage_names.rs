@@ -20,6 +20,7 @@ use nfs_guard::config::Config;
 use nfs_guard::storage::batch::{Entry, Scope};
 use nfs_guard::storage::{fullsync, push};
 use storage_common::*;
+use tokio_util::sync::CancellationToken;
 
 fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "storage name tests need root (rsync daemon as root)");
@@ -208,7 +209,7 @@ fn every_name_replicates_as_list_entries_roots_deletions_and_full_sync() {
     clear(&s.daemon.root, &[]);
     populate(&s.src);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let failures = rt.block_on(fullsync::once(Arc::new(s.cfg.clone())));
+    let failures = rt.block_on(fullsync::once(Arc::new(s.cfg.clone()), CancellationToken::new()));
     assert!(failures.is_empty(), "full sync failed: {failures:?}");
     s.assert_same("after a full sync");
 }
@@ -240,7 +241,7 @@ fn filter_rules_mean_the_same_to_rsync_as_to_the_realtime_path() {
     fs::write(s.src.join("sub/star"), "kept").unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let failures = rt.block_on(fullsync::once(Arc::new(s.cfg.clone())));
+    let failures = rt.block_on(fullsync::once(Arc::new(s.cfg.clone()), CancellationToken::new()));
     assert!(failures.is_empty(), "full sync failed: {failures:?}");
     check("full sync");
 
