@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, RawRsyncTarget};
+use super::rsync::{opt_duration, plain_name, rsync_option_problem, RawRsyncTarget};
 use super::{Ctx, Spanned};
 use crate::storage::filter::Filter;
 use crate::sys::rsync::RsyncTarget;
@@ -196,9 +196,6 @@ pub struct StorageConfig {
     pub hook: Option<Hook>,
 }
 
-/// rsync options that would break the replicator's contract if a user put them in `rsync_args`.
-const FORBIDDEN_ARGS: [&str; 6] = ["--files-from", "--from0", "-0", "--delete", "--remove-source-files", "-e"];
-
 impl StorageConfig {
     pub fn validate(raw: &RawStorage, ctx: &mut Ctx) -> Option<StorageConfig> {
         let rsync =
@@ -218,15 +215,8 @@ impl StorageConfig {
             None => DEFAULT_RSYNC_ARGS.iter().map(|s| (*s).to_owned()).collect(),
             Some(args) => {
                 for (i, a) in args.iter().enumerate() {
-                    let s = a.get_ref();
-                    if !s.starts_with('-') {
-                        ctx.bad(&format!("storage.rsync_args[{i}]"), a, "must be an option starting with '-'");
-                    } else if FORBIDDEN_ARGS.iter().any(|f| s == f || s.starts_with(&format!("{f}="))) {
-                        ctx.bad(
-                            &format!("storage.rsync_args[{i}]"),
-                            a,
-                            "is set by nfs-guard itself (file lists, deletions and transport are managed)",
-                        );
+                    if let Some(why) = rsync_option_problem(a.get_ref()) {
+                        ctx.bad(&format!("storage.rsync_args[{i}]"), a, &why);
                     }
                 }
                 args.iter().map(|a| a.get_ref().clone()).collect()
@@ -350,20 +340,15 @@ fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
         .validate(&key, ctx);
         let name = match &r.name {
             Some(n) => {
-                let s = n.get_ref();
-                if s.is_empty()
-                    || s.len() > 64
-                    || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-                    || s.starts_with('.')
-                {
+                if plain_name(n.get_ref(), 64) {
+                    Some(n.get_ref().clone())
+                } else {
                     ctx.bad(
                         &format!("{key}.name"),
                         n,
-                        "must be 1-64 characters from [A-Za-z0-9._-], not starting with '.'",
+                        "must be 1-64 characters from [A-Za-z0-9._-], not starting with '.' or '-'",
                     );
                     None
-                } else {
-                    Some(s.clone())
                 }
             }
             None => Some(r.host.get_ref().replace(':', "_")),
@@ -479,9 +464,41 @@ module = "data"
         let e = err(&OK.replace("/srv/nfs", "srv"));
         assert!(e.contains("s.toml:4:8: storage.trees[0].path: \"srv\" must be an absolute path"), "{e}");
         let e = err(&with("rsync_args = [\"-a\", \"--delete\"]"));
-        assert!(e.contains("storage.rsync_args[1]: \"--delete\" is set by nfs-guard itself"), "{e}");
+        assert!(e.contains("storage.rsync_args[1]: \"--delete\" is not an option rsync_args allows"), "{e}");
         let e = err(&with("exclude = [\"cache/\"]"));
         assert!(e.contains("storage.exclude[0]: \"cache/\""), "{e}");
+    }
+
+    #[test]
+    fn rsync_args_take_only_allowed_options() {
+        for bad in [
+            "-n",
+            "--dry-run",
+            "-an",
+            "--rsh=/bin/true",
+            "--del",
+            "--delete-after",
+            "--max-size=1",
+            "--size-only",
+            "--bwlimit",
+            "--bwlimit=",
+            "--iconv=utf8,latin1",
+            "-h",
+            "--timeout=0",
+        ] {
+            let e = err(&with(&format!("rsync_args = [\"-a\", {bad:?}]")));
+            assert!(
+                e.contains(&format!("s.toml:3:21: storage.rsync_args[1]: {bad:?} is not an option rsync_args allows")),
+                "{e}"
+            );
+        }
+        let e = err(&with("rsync_args = [\"-a\", \"--chmod=D755\\u0000\"]"));
+        assert!(e.contains("storage.rsync_args[1]: \"--chmod=D755\\0\" must not contain a NUL byte"), "{e}");
+        let e = err(&with("rsync_args = [\"-a\", \"100\"]"));
+        assert!(e.contains("storage.rsync_args[1]: \"100\" must be an option starting with '-'"), "{e}");
+        let good = "rsync_args = [\"-aHAXSz\", \"--numeric-ids\", \"--bwlimit=10m\", \"--chmod=D755,F644\", \
+                    \"--compress-level=3\", \"--no-whole-file\", \"-c\", \"--fsync\"]";
+        assert!(Config::parse(Path::new("s.toml"), &with(good)).is_ok());
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //! does with `--include=P` rules placed before `--exclude=P` rules, so full syncs get the same
 //! result from [`Filter::rsync_args`] that real-time pushes get from [`Filter::excluded`].
 //! Forms whose meaning differs between globset and rsync (a trailing `/`, `{a,b}`, `**` without
-//! `/`) are rejected by validation.
+//! `/`, `\` inside `[...]`) are rejected by validation.
+//!
+//! rsync reads a pattern differently from a glob in two ways that [`rsync_pattern`] undoes:
+//! `--exclude=- x` is an exclude of `x` (`+ `/`- ` prefixes, `!` clears the list), so rules go as
+//! `--filter=- PATTERN`, where the pattern is the rest of the argument, spaces and all; and a
+//! pattern without `*?[` is taken literally, backslashes included, so escapes are rewritten.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -58,9 +63,72 @@ fn pattern_problem(p: &str) -> Option<&'static str> {
         Some("must not use {a,b} alternatives (rsync does not know them); write one pattern per entry")
     } else if body.contains("**") && !body.contains('/') {
         Some("uses '**' without '/': write e.g. \"**/x\" or a plain name pattern")
+    } else if backslash_in_class(body) {
+        Some("must not hold '\\' inside [...] (rsync reads it differently); match a backslash with \\\\")
     } else {
         None
     }
+}
+
+/// Splits `p` (just past a `[`) into the class body through its closing `]` and the rest; a `]`
+/// right after `[`, `[!` or `[^` is a member. `None` when the class never closes.
+fn class_body(p: &str) -> Option<(&str, &str)> {
+    let skip = usize::from(p.starts_with(['!', '^']));
+    let from = skip + usize::from(p[skip..].starts_with(']'));
+    let close = from + p[from..].find(']')?;
+    Some((&p[..=close], &p[close + 1..]))
+}
+
+/// Does a `[...]` class of glob `p` hold a backslash (which globset and rsync read differently)?
+fn backslash_in_class(mut p: &str) -> bool {
+    while let Some(i) = p.find(['\\', '[']) {
+        if p[i..].starts_with('\\') {
+            let escaped = &p[i + 1..];
+            p = escaped.chars().next().map_or("", |c| &escaped[c.len_utf8()..]);
+        } else if let Some((class, rest)) = class_body(&p[i + 1..]) {
+            if class.contains('\\') {
+                return true;
+            }
+            p = rest;
+        } else {
+            return false;
+        }
+    }
+    false
+}
+
+/// The rsync pattern matching what glob `body` matches: wildcards and classes as they are, literal
+/// characters that rsync would read as wildcards escaped, and a literal backslash as the class
+/// `[\\]` (so the pattern is always one rsync reads with escapes, never literally).
+fn rsync_pattern(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '\\' => {
+                let Some(e) = rest.chars().next() else { break };
+                rest = &rest[e.len_utf8()..];
+                match e {
+                    '\\' => out.push_str("[\\\\]"),
+                    '*' | '?' | '[' => {
+                        out.push('\\');
+                        out.push(e);
+                    }
+                    _ => out.push(e),
+                }
+            }
+            '[' => {
+                out.push('[');
+                if let Some((class, after)) = class_body(rest) {
+                    out.push_str(class);
+                    rest = after;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn build(patterns: &[&str]) -> Result<Rules, (usize, String)> {
@@ -82,11 +150,11 @@ fn build(patterns: &[&str]) -> Result<Rules, (usize, String)> {
         if anchored {
             paths.add(glob);
             n_paths += 1;
-            rsync.push(format!("/{body}"));
+            rsync.push(format!("/{}", rsync_pattern(body)));
         } else {
             names.add(glob);
             n_names += 1;
-            rsync.push(body.to_owned());
+            rsync.push(rsync_pattern(body));
         }
     }
     let finish = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>, (usize, String)> {
@@ -163,10 +231,11 @@ impl Filter {
         }
     }
 
-    /// The same filter as rsync arguments for a recursive full sync.
+    /// The same filter as rsync arguments for a recursive full sync: `--filter=+ P` / `--filter=- P`
+    /// (never `--exclude=P`, where a pattern `- x` would be an exclude of `x`).
     pub fn rsync_args(&self) -> Vec<OsString> {
-        let inc = self.include.rsync.iter().map(|p| OsString::from(format!("--include={p}")));
-        let exc = self.exclude.rsync.iter().map(|p| OsString::from(format!("--exclude={p}")));
+        let inc = self.include.rsync.iter().map(|p| OsString::from(format!("--filter=+ {p}")));
+        let exc = self.exclude.rsync.iter().map(|p| OsString::from(format!("--filter=- {p}")));
         inc.chain(exc).collect()
     }
 
@@ -204,7 +273,7 @@ mod tests {
         assert!(!f.excluded(Path::new("tmp")));
         assert!(f.excluded(Path::new("logs/today")));
         assert!(!f.excluded(Path::new("a/logs")));
-        assert_eq!(f.rsync_args(), [OsString::from("--exclude=/tmp/*"), "--exclude=/logs".into()]);
+        assert_eq!(f.rsync_args(), [OsString::from("--filter=- /tmp/*"), "--filter=- /logs".into()]);
     }
 
     #[test]
@@ -216,10 +285,10 @@ mod tests {
         assert_eq!(
             f.rsync_args(),
             [
-                OsString::from("--include=keep.tmp"),
-                "--include=/build/keep".into(),
-                "--exclude=*.tmp".into(),
-                "--exclude=build".into()
+                OsString::from("--filter=+ keep.tmp"),
+                "--filter=+ /build/keep".into(),
+                "--filter=- *.tmp".into(),
+                "--filter=- build".into()
             ]
         );
     }
@@ -235,7 +304,31 @@ mod tests {
     }
 
     #[test]
+    fn rsync_patterns_keep_the_glob_meaning() {
+        let cases = [
+            ("- x", "- x"),
+            ("!", "!"),
+            (r"foo\ba", "fooba"),
+            (r"a\\b", r"a[\\]b"),
+            (r"\[x\]", r"\[x]"),
+            (r"\*", r"\*"),
+            ("[!a]*", "[!a]*"),
+            ("[]x]?", "[]x]?"),
+            (" lead ", " lead "),
+        ];
+        for (glob, rsync) in cases {
+            assert_eq!(rsync_pattern(glob), rsync, "{glob}");
+        }
+        let f = f(&["- x", "+ y"], &["!"]);
+        assert_eq!(f.rsync_args(), [OsString::from("--filter=+ !"), "--filter=- - x".into(), "--filter=- + y".into()]);
+    }
+
+    #[test]
     fn ambiguous_forms_are_refused() {
+        assert!(Filter::new(&[r"[\]]"], &[]).unwrap_err().contains("inside [...]"));
+        assert!(Filter::new(&[r"[a\b]"], &[]).unwrap_err().contains("inside [...]"));
+        assert!(Filter::new(&[r"\[a\b", r"\é[ab]\\"], &[]).is_ok());
+        assert!(Filter::new(&[r"\é[\\]"], &[]).unwrap_err().contains("inside [...]"));
         assert!(Filter::new(&["dir/"], &[]).unwrap_err().contains("must not end with '/'"));
         assert!(Filter::new(&["{a,b}"], &[]).unwrap_err().contains("alternatives"));
         assert!(Filter::new(&["**x"], &[]).unwrap_err().contains("'**' without '/'"));

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::push;
 use crate::config::storage::StorageConfig;
@@ -26,9 +27,12 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Runs a full sync of every tree to every remote; returns the failures (empty = success).
-pub async fn once(cfg: Arc<StorageConfig>) -> Vec<Failure> {
+/// Runs a full sync of every tree to every remote; returns the failures (empty = success). When
+/// `stop` is cancelled (SIGTERM, SIGINT), the rsyncs under way are killed with their process
+/// groups, and every remote not done yet is a failure.
+pub async fn once(cfg: Arc<StorageConfig>, stop: CancellationToken) -> Vec<Failure> {
     let mut set = JoinSet::new();
+    let mut unfinished: Vec<Option<String>> = cfg.remotes.iter().map(|r| Some(r.name.clone())).collect();
     for ri in 0..cfg.remotes.len() {
         let cfg = Arc::clone(&cfg);
         set.spawn(async move {
@@ -49,17 +53,34 @@ pub async fn once(cfg: Arc<StorageConfig>) -> Vec<Failure> {
                 tracing::error!(remote = %remote.name, tree = %tree.path.display(), error = %error, "full sync failed");
                 failures.push(Failure { remote: remote.name.clone(), tree: tree.path.display().to_string(), error });
             }
-            failures
+            (ri, failures)
         });
     }
     let mut all = Vec::new();
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(f) => all.extend(f),
-            Err(e) => all.push(Failure { remote: "?".into(), tree: "?".into(), error: e.to_string() }),
+    loop {
+        let joined = tokio::select! {
+            r = set.join_next() => r,
+            () = stop.cancelled() => {
+                // Wait for the aborted tasks: their rsyncs are killed when their futures drop.
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+                let error = "stopped by a signal before it finished".to_owned();
+                for remote in unfinished.into_iter().flatten() {
+                    tracing::error!(remote = %remote, "full sync stopped by a signal");
+                    all.push(Failure { remote, tree: "every tree not yet done".into(), error: error.clone() });
+                }
+                return all;
+            }
+        };
+        match joined {
+            None => return all,
+            Some(Ok((ri, f))) => {
+                unfinished[ri] = None;
+                all.extend(f);
+            }
+            Some(Err(e)) => all.push(Failure { remote: "?".into(), tree: "?".into(), error: e.to_string() }),
         }
     }
-    all
 }
 
 /// Whether a daemon start must fully sync every tree: when configured, or when the previous run did

@@ -1,47 +1,104 @@
 //! After-batch hooks (the general form of sersync's command, socket and CDN-refresh plugins): a
 //! command run as an argv (never a shell) with the changed absolute paths NUL-separated on stdin, and/or
-//! a JSON POST `{"remote": .., "paths": [..]}` to a URL. Hooks run in their own tasks with a deadline
+//! a JSON POST `{"remote": .., "paths": [..]}` to a URL. Hooks run in their own task with a deadline
 //! (the command is killed, the POST runs on a blocking thread that is abandoned), so a slow hook never
-//! delays replication. At most 4 hooks run at a time; a failure is logged, never retried.
+//! delays replication. A failure is logged, never retried.
+//!
+//! Bounded: ONE run at a time; the paths of batches that finish meanwhile wait, merged per remote
+//! and tree, and go in the next run. Past [`MAX_WAITING`] paths for one remote and tree, they
+//! collapse into the tree root itself ("everything beneath changed"), so a hook slower than
+//! replication costs neither unbounded tasks nor unbounded memory.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
 
 use crate::config::storage::Hook;
+
+/// Paths that may wait for the hook per remote and tree before they collapse into the tree root.
+pub const MAX_WAITING: usize = 100_000;
+
+/// What waits for the next run: remote -> tree root -> paths (`None`: everything beneath the root).
+type Waiting = BTreeMap<String, BTreeMap<PathBuf, Option<BTreeSet<PathBuf>>>>;
+
+#[derive(Default)]
+struct State {
+    waiting: Waiting,
+    /// A task is running the hook (and will take what waits before it ends).
+    running: bool,
+}
 
 #[derive(Clone)]
 pub struct Hooks {
     hook: Arc<Hook>,
-    slots: Arc<Semaphore>,
+    state: Arc<Mutex<State>>,
+    max_waiting: usize,
 }
 
 impl Hooks {
     pub fn new(hook: Hook) -> Hooks {
-        Hooks { hook: Arc::new(hook), slots: Arc::new(Semaphore::new(4)) }
+        Hooks::with_limit(hook, MAX_WAITING)
     }
 
-    /// Runs the hooks for paths (relative to `root`) just pushed to `remote`, in the background.
+    /// Like [`Hooks::new`] with another cap on waiting paths (tests).
+    pub fn with_limit(hook: Hook, max_waiting: usize) -> Hooks {
+        Hooks { hook: Arc::new(hook), state: Arc::default(), max_waiting }
+    }
+
+    /// Runs the hooks for paths (relative to `root`) just pushed to `remote`, in the background:
+    /// now when no run is under way, else merged into the next one.
     pub fn after_batch(&self, remote: &str, root: &Path, rels: &[PathBuf]) {
-        let paths: Vec<PathBuf> = rels.iter().filter(|r| self.hook.include.included(r)).map(|r| root.join(r)).collect();
-        if paths.is_empty() {
+        let paths = rels.iter().filter(|r| self.hook.include.included(r)).map(|r| root.join(r));
+        let mut paths = paths.peekable();
+        if paths.peek().is_none() {
             return;
         }
-        let me = self.clone();
-        let remote = remote.to_owned();
-        tokio::spawn(async move {
-            let Ok(_slot) = me.slots.acquire().await else { return };
-            if !me.hook.command.is_empty() {
-                run_command(&me.hook, &remote, &paths).await;
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = st
+            .waiting
+            .entry(remote.to_owned())
+            .or_default()
+            .entry(root.to_path_buf())
+            .or_insert_with(|| Some(BTreeSet::new()));
+        if let Some(set) = slot {
+            set.extend(paths);
+            if set.len() > self.max_waiting {
+                tracing::warn!(remote, tree = %root.display(), paths = set.len(),
+                    "hook slower than replication: it gets the tree root instead of the paths");
+                *slot = None;
             }
-            if let Some(url) = me.hook.url.clone() {
-                post(&me.hook, url, &remote, &paths).await;
+        }
+        if !st.running {
+            st.running = true;
+            tokio::spawn(self.clone().drain());
+        }
+    }
+
+    /// Runs the hook for what waits, one remote at a time, until nothing does.
+    async fn drain(self) {
+        loop {
+            let next = {
+                let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let next = st.waiting.pop_first();
+                st.running = next.is_some();
+                next
+            };
+            let Some((remote, trees)) = next else { return };
+            let paths: Vec<PathBuf> = trees
+                .into_iter()
+                .flat_map(|(root, set)| set.map_or_else(|| vec![root], |s| s.into_iter().collect()))
+                .collect();
+            if !self.hook.command.is_empty() {
+                run_command(&self.hook, &remote, &paths).await;
             }
-        });
+            if let Some(url) = self.hook.url.clone() {
+                post(&self.hook, url, &remote, &paths).await;
+            }
+        }
     }
 }
 
@@ -117,6 +174,7 @@ async fn post(hook: &Hook, url: String, remote: &str, paths: &[PathBuf]) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use super::*;
@@ -193,6 +251,72 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "hook did not run");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(std::fs::read(&out).unwrap(), b"/srv/a.html\0/srv/-x\n.html\0");
+        // Sorted: paths that wait for a run are merged in a set.
+        assert_eq!(std::fs::read(&out).unwrap(), b"/srv/-x\n.html\0/srv/a.html\0");
+    }
+
+    /// Waits (polling, with a deadline) until `f` holds.
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A hook that appends its stdin to `out`, a line to `runs`, and then waits for `go` to exist.
+    fn slow_hook(d: &Path) -> Hook {
+        let script = format!(
+            "cat >> '{0}/out'; echo run >> '{0}/runs'; while [ ! -e '{0}/go' ]; do sleep 0.02; done",
+            d.display()
+        );
+        Hook {
+            command: vec!["/bin/sh".into(), "-c".into(), script],
+            url: None,
+            include: Filter::default(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn runs(d: &Path) -> usize {
+        std::fs::read_to_string(d.join("runs")).map_or(0, |s| s.lines().count())
+    }
+
+    #[tokio::test]
+    async fn a_slow_hook_runs_once_at_a_time_and_coalesces_what_arrives_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let hooks = Hooks::new(slow_hook(d.path()));
+        hooks.after_batch("backup", Path::new("/srv"), &[PathBuf::from("first")]);
+        until("the first run", || runs(d.path()) == 1).await;
+        for i in 0..500 {
+            hooks.after_batch("backup", Path::new("/srv"), &[PathBuf::from(format!("f{i}")), "dup".into()]);
+        }
+        std::fs::write(d.path().join("go"), "").unwrap();
+        let want: usize = 1 + 500 + 1;
+        until("every path delivered", || {
+            std::fs::read(d.path().join("out")).is_ok_and(|b| b.split(|c| *c == 0).count() > want)
+        })
+        .await;
+        assert_eq!(runs(d.path()), 2, "one run in flight, everything that arrived meanwhile in one more");
+        let out = std::fs::read(d.path().join("out")).unwrap();
+        let got: BTreeSet<&[u8]> = out.split(|c| *c == 0).filter(|p| !p.is_empty()).collect();
+        assert_eq!(got.len(), want);
+        assert!(got.contains(&b"/srv/f499"[..]) && got.contains(&b"/srv/dup"[..]));
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_the_hook_gets_the_tree_root() {
+        let d = tempfile::tempdir().unwrap();
+        let hooks = Hooks::with_limit(slow_hook(d.path()), 10);
+        hooks.after_batch("backup", Path::new("/srv"), &[PathBuf::from("first")]);
+        until("the first run", || runs(d.path()) == 1).await;
+        for i in 0..11 {
+            hooks.after_batch("backup", Path::new("/srv"), &[PathBuf::from(format!("f{i}"))]);
+        }
+        hooks.after_batch("backup", Path::new("/other"), &[PathBuf::from("x")]);
+        std::fs::write(d.path().join("go"), "").unwrap();
+        until("the second run", || runs(d.path()) == 2).await;
+        until("its paths", || std::fs::read(d.path().join("out")).is_ok_and(|b| b.ends_with(b"/srv\0"))).await;
+        assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"/srv/first\0/other/x\0/srv\0");
     }
 }

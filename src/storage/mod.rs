@@ -92,7 +92,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let cfg = Arc::new(config.storage.clone().ok_or(Error::NoSection)?);
     if args.once {
-        let failures = fullsync::once(Arc::clone(&cfg)).await;
+        let failures = fullsync::once(Arc::clone(&cfg), shutdown).await;
         return if failures.is_empty() { Ok(()) } else { Err(Error::FullSync { failures }) };
     }
     Replicator::start(config, cfg, alerts, shutdown)?.run().await

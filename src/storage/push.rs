@@ -4,7 +4,8 @@
 //!
 //! Why these options:
 //! - `--files-from=- --from0`: names are raw bytes on stdin, never parsed by a shell or as rsync
-//!   wildcards (`*?[]`, a leading `-`, newlines all arrive literally); it implies `-R` and no recursion,
+//!   wildcards (`*?[]`, a leading `-`, newlines all arrive literally), each behind `./` because rsync
+//!   takes a line starting with `#` or `;` for a comment; it implies `-R` and no recursion,
 //!   so a listed directory carries only its own attributes and the walk decides what goes with it.
 //! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
 //!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use super::batch::{Entry, Scope};
 use super::filter::Filter;
 use crate::config::storage::{FullSync, Tree};
-use crate::sys::rsync::RsyncTarget;
+use crate::sys::rsync::{self, RsyncReport, RsyncTarget, SpawnError};
 
 /// `SRC/` for a tree root.
 fn source(tree: &Tree) -> OsString {
@@ -84,8 +85,13 @@ pub enum Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Roots or listed paths.
+    pub fn len(&self) -> usize {
         match self {
-            Plan::Roots(v) | Plan::Replace(v) | Plan::List(v) => v.is_empty(),
+            Plan::Roots(v) | Plan::Replace(v) | Plan::List(v) => v.len(),
         }
     }
 }
@@ -119,6 +125,25 @@ pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree, plan: &Pla
     }
     a.push(dest_url(target, tree).into());
     a
+}
+
+/// Pushes one planned batch of `tree` to `target`: the argv of [`batch_args`], and for
+/// [`Plan::List`] the list on stdin ([`rsync::nul_list`]).
+pub async fn run(
+    rsync: &Path,
+    base: &[String],
+    target: &RsyncTarget,
+    tree: &Tree,
+    plan: &Plan,
+    filter: &Filter,
+    deadline: std::time::Duration,
+) -> Result<RsyncReport, SpawnError> {
+    let args = batch_args(base, target, tree, plan, filter);
+    let stdin = match plan {
+        Plan::List(l) => Some(rsync::nul_list(l.iter().map(PathBuf::as_path))),
+        Plan::Roots(_) | Plan::Replace(_) => None,
+    };
+    rsync::run(rsync, &args, stdin, deadline).await
 }
 
 /// argv for a recursive full sync of `tree`.
@@ -293,7 +318,7 @@ mod tests {
                 b"-r",
                 b"--delete-missing-args",
                 b"--force",
-                b"--exclude=*.swp",
+                b"--filter=- *.swp",
                 b"/srv/nfs/./",
                 b"/srv/nfs/./a/new",
                 b"/srv/nfs/./-\n\xff*",
@@ -351,7 +376,7 @@ mod tests {
         let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &safe, &f));
         assert!(a.contains(&"--update".to_owned()) && !a.contains(&"--delete".to_owned()));
         assert!(a.contains(&"--mkpath".to_owned()));
-        assert_eq!(&a[a.len() - 3..], ["--exclude=*.swp", "/srv/nfs/", "rsync://nfsguard@10.0.0.3:873/data/web/"]);
+        assert_eq!(&a[a.len() - 3..], ["--filter=- *.swp", "/srv/nfs/", "rsync://nfsguard@10.0.0.3:873/data/web/"]);
         let opt_in = FullSync { update: false, delete: true, ..safe };
         let a = strs(&full_sync_args(&["-a".into()], &target(), &tree, &opt_in, &f));
         assert!(!a.contains(&"--update".to_owned()) && a.contains(&"--delete".to_owned()));

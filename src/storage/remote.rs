@@ -487,13 +487,10 @@ impl Pusher {
                         continue;
                     }
                     let started = Instant::now();
-                    let args =
-                        push::batch_args(&self.cfg.rsync_args, &self.remote.target, tree, &plan, &self.cfg.filter);
-                    let (paths, stdin) = match &plan {
-                        push::Plan::List(l) => (l.len(), Some(rsync::nul_list(l.iter().map(PathBuf::as_path)))),
-                        push::Plan::Roots(r) | push::Plan::Replace(r) => (r.len(), None),
-                    };
-                    let o = outcome(rsync::run(&self.cfg.rsync, &args, stdin, self.cfg.batch_timeout).await);
+                    let paths = plan.len();
+                    let (c, target) = (&self.cfg, &self.remote.target);
+                    let r = push::run(&c.rsync, &c.rsync_args, target, tree, &plan, &c.filter, c.batch_timeout).await;
+                    let o = outcome(r);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,
                             roots = !matches!(plan, push::Plan::List(_)), replace = matches!(plan, push::Plan::Replace(_)),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// How rsync reaches the remote.
@@ -183,18 +183,25 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Encodes paths for `--files-from=- --from0`: raw bytes, NUL-terminated.
+/// Encodes relative paths for `--files-from=- --from0`: raw bytes, NUL-terminated, each behind
+/// `./`. rsync skips a list line that starts with `#` or `;` as a comment, even with `--from0`, and
+/// still exits 0; it strips the `./` itself, so every name arrives as it is.
 pub fn nul_list<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u8> {
     let mut out = Vec::new();
     for p in paths {
-        out.extend_from_slice(p.as_os_str().as_bytes());
+        let bytes = p.as_os_str().as_bytes();
+        if !bytes.starts_with(b"/") {
+            out.extend_from_slice(b"./");
+        }
+        out.extend_from_slice(bytes);
         out.push(0);
     }
     out
 }
 
-/// Runs `rsync` with `args`, feeding `stdin` (if any), killing it (and its process group) when
-/// `deadline` passes. `--stats` output is parsed for files and bytes, so callers should pass `--stats`.
+/// Runs `rsync` with `args`, feeding `stdin` (if any), killing it and its process group (the ssh it
+/// started) when `deadline` passes or when the returned future is dropped before rsync ended.
+/// `--stats` output is parsed for files and bytes, so callers should pass `--stats`.
 pub async fn run(
     rsync: &Path,
     args: &[OsString],
@@ -211,7 +218,9 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| SpawnError { program: rsync.display().to_string(), source })?;
-    let pid = child.id();
+    // rsync leads its own process group (with the ssh it starts): killed whole at the deadline or
+    // when this future is dropped unfinished (shutdown, a cancelled task).
+    let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
     let mut child_stdin = child.stdin.take();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -223,28 +232,28 @@ pub async fn run(
                 let _ = w.shutdown().await;
             }
         };
-        let mut so = Vec::new();
-        let mut se = Vec::new();
         let read_out = async {
-            if let Some(o) = out.as_mut() {
-                let _ = o.read_to_end(&mut so).await;
+            match out.as_mut() {
+                Some(o) => read_tail(o, OUTPUT_KEEP).await,
+                None => Vec::new(),
             }
         };
         let read_err = async {
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_end(&mut se).await;
+            match err.as_mut() {
+                Some(e) => read_tail(e, OUTPUT_KEEP).await,
+                None => Vec::new(),
             }
         };
-        tokio::join!(feed, read_out, read_err);
+        let ((), so, se) = tokio::join!(feed, read_out, read_err);
         let status = child.wait().await;
         (status, so, se)
     };
     let (code, stdout, stderr, timed_out) = if let Ok((status, so, se)) = tokio::time::timeout(deadline, io).await {
+        // rsync was reaped (its ssh with it): its group id may be reused from now on.
+        group.0 = None;
         (status.ok().and_then(|s| s.code()), so, se, false)
     } else {
-        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+        group.kill();
         (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
     };
     let stdout = String::from_utf8_lossy(&stdout);
@@ -258,6 +267,48 @@ pub async fn run(
         stderr_tail: tail(&String::from_utf8_lossy(&stderr), 5),
         timed_out,
     })
+}
+
+/// How much of rsync's stdout and of its stderr is kept: the end, where `--stats` and the last
+/// errors are (a transfer that warns about every one of 10000 files must not fill memory).
+pub const OUTPUT_KEEP: usize = 64 * 1024;
+
+/// Reads `r` to its end (or first error), keeping only the last `keep` bytes.
+pub async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, keep: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 2 * keep {
+                    buf.drain(..buf.len() - keep);
+                }
+            }
+        }
+    }
+    if buf.len() > keep {
+        buf.drain(..buf.len() - keep);
+    }
+    buf
+}
+
+/// The process group of a running rsync, killed with SIGKILL when dropped while still set.
+struct Group(Option<i32>);
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -351,13 +402,76 @@ mod tests {
     fn nul_list_keeps_raw_bytes() {
         use std::ffi::OsStr;
         let weird = Path::new(OsStr::from_bytes(b"a\nb\xff"));
-        assert_eq!(nul_list([Path::new("x y"), weird]), b"x y\0a\nb\xff\0");
+        let list = nul_list([Path::new("x y"), weird, Path::new("#c"), Path::new(";s"), Path::new(".")]);
+        assert_eq!(list, b"./x y\0./a\nb\xff\0./#c\0./;s\0./.\0");
     }
 
     #[test]
     fn stats_parsing() {
         let s = "Number of files: 3\nNumber of regular files transferred: 1,234\nTotal bytes sent: 56,789\n";
         assert_eq!(parse_stats(s), (1234, 56789));
+    }
+
+    #[tokio::test]
+    async fn output_is_kept_bounded_and_stats_still_parse() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let kept = read_tail(&mut &data[..], 1000).await;
+        assert_eq!(kept, &data[data.len() - 1000..]);
+        assert_eq!(read_tail(&mut &b"short"[..], 1000).await, b"short");
+        let script = "head -c 20000000 /dev/zero; head -c 20000000 /dev/zero >&2; \
+                      printf '\\nNumber of regular files transferred: 7\\nTotal bytes sent: 9\\n'; echo last >&2";
+        let r = run(Path::new("/bin/sh"), &["-c".into(), script.into()], None, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((r.files, r.bytes), (7, 9));
+        assert!(r.stderr_tail.ends_with("last"), "{}", r.stderr_tail.len());
+        assert!(r.stderr_tail.len() <= OUTPUT_KEEP);
+    }
+
+    /// Is `pid` gone (no such process, or a zombie)?
+    fn gone(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    }
+
+    /// Runs a fake rsync (a shell that starts a child, like rsync starting ssh), abandoning the run
+    /// as soon as both are up when `abandon`, else letting `deadline` pass; then both must be gone.
+    async fn fake_rsync_group_dies(abandon: bool, deadline: Duration) {
+        let d = tempfile::tempdir().unwrap();
+        let pids = d.path().join("pids");
+        let script = format!("sleep 300 & echo $$ $! > '{}.tmp'; mv '{0}.tmp' '{0}'; wait", pids.display());
+        let args = ["-c".into(), script.into()];
+        let started = async {
+            while !(abandon && pids.exists()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            r = run(Path::new("/bin/sh"), &args, None, deadline) => assert!(r.unwrap().timed_out),
+            () = started => {}
+        }
+        let text = std::fs::read_to_string(&pids).unwrap();
+        let both: Vec<i32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while !both.iter().all(|p| gone(*p)) {
+            assert!(
+                std::time::Instant::now() < end,
+                "still running: {both:?} {:?}",
+                both.iter()
+                    .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_run_kills_rsync_and_its_children() {
+        // The caller drops the run (shutdown, a cancelled task) while rsync and its "ssh" run.
+        fake_rsync_group_dies(true, Duration::from_secs(60)).await;
+    }
+
+    #[tokio::test]
+    async fn the_deadline_kills_rsync_and_its_children() {
+        fake_rsync_group_dies(false, Duration::from_millis(500)).await;
     }
 
     #[tokio::test]
