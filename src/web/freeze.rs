@@ -70,7 +70,7 @@ impl Drop for Frozen {
             match r {
                 Ok(()) => tracing::info!(mount_point = %mp.display(), "writes thawed"),
                 Err(e) => {
-                    tracing::error!(mount_point = %mp.display(), error = %e, "cannot make the mount writable again")
+                    tracing::error!(mount_point = %mp.display(), error = %e, "cannot make the mount writable again");
                 }
             }
         });
@@ -111,7 +111,7 @@ pub fn thaw_leftover(mount_point: &Path, options: &str) {
         Ok(Ok(())) => tracing::debug!(mount_point = %mount_point.display(), "mount point writable"),
         Ok(Err(e)) => tracing::debug!(mount_point = %mount_point.display(), error = %e, "no leftover freeze undone"),
         Err(_) => {
-            tracing::warn!(mount_point = %mount_point.display(), "making the mount point writable did not return")
+            tracing::warn!(mount_point = %mount_point.display(), "making the mount point writable did not return");
         }
     }
 }
