@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chaos_writer::{check, Writer};
+use chaos_writer::{check, Findings, Writer};
 use lab::{output_with_timeout, Fault, Host, Lab};
 use storage_common::{status_json, wait_idle, write_config, Node, BIN};
 
@@ -150,104 +150,123 @@ struct Report {
     storage_kills: u32,
     faults: Vec<&'static str>,
     timeline: Vec<String>,
+    started: Option<Instant>,
 }
 
-#[test]
-fn chaos_no_acknowledged_write_is_lost() {
-    let cycles: u32 = std::env::var("CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
-    eprintln!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let lab = Lab::up("chaos");
-    let (src, dst) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
-    let work = tempfile::Builder::new().prefix("nfsguard-chaos").tempdir_in("/var/tmp").unwrap();
-    let w = work.path();
+impl Report {
+    fn at(&mut self, what: &str) {
+        let t = self.started.get_or_insert_with(Instant::now).elapsed().as_secs_f64();
+        self.timeline.push(format!("{t:.2}s {what}"));
+    }
+}
 
-    let state = w.join("storage-state");
-    let cfg = w.join("storage.toml");
-    write_config(
-        &cfg,
-        &state,
-        Path::new(Lab::EXPORT),
-        &lab.ip(Host::Backup),
-        873,
-        "[storage.full_sync]\nat_start = true",
-        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
-    );
-    let storage_log = w.join("storage.log");
-    let mut storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
-    wait_idle(&state, &storage, Duration::from_secs(30));
-    let mut web = Web { config: web_config(&lab, w), log: w.join("web.log"), child: None };
-    web.start(&lab);
-    wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.status()["active"] == "primary");
+/// The two storage hosts' replicator (on the primary) and the web node.
+struct Farm {
+    lab: Lab,
+    state: PathBuf,
+    cfg: PathBuf,
+    storage_log: PathBuf,
+    storage: Node,
+    web: Web,
+}
 
-    let in_failover = Arc::new(AtomicBool::new(false));
-    let mount = PathBuf::from(format!("/proc/{}/root{}", lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
-    let writer = Writer::start(mount, seed, Arc::clone(&in_failover));
-    let mut r = Report::default();
-    let started = Instant::now();
-    for _ in 0..cycles {
+impl Farm {
+    fn up(work: &Path) -> Farm {
+        let lab = Lab::up("chaos");
+        let state = work.join("storage-state");
+        let cfg = work.join("storage.toml");
+        write_config(
+            &cfg,
+            &state,
+            Path::new(Lab::EXPORT),
+            &lab.ip(Host::Backup),
+            873,
+            "[storage.full_sync]\nat_start = true",
+            &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
+        );
+        let storage_log = work.join("storage.log");
+        let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
+        wait_idle(&state, &storage, Duration::from_secs(30));
+        let mut web = Web { config: web_config(&lab, work), log: work.join("web.log"), child: None };
+        web.start(&lab);
+        wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.status()["active"] == "primary");
+        Farm { lab, state, cfg, storage_log, storage, web }
+    }
+
+    fn restart_web(&mut self, r: &mut Report) {
+        self.web.kill9();
+        self.web.start(&self.lab);
+        r.web_kills += 1;
+        r.at("web kill -9 + restart");
+    }
+
+    /// Fault, failover, heal, failback, with kill -9s at random.
+    fn cycle(&mut self, rng: &mut fastrand::Rng, r: &mut Report, in_failover: &AtomicBool) {
         r.cycles += 1;
-        dwell(&mut rng, 500, 2000);
+        dwell(rng, 500, 2000);
         let fault = FAULTS[rng.usize(..FAULTS.len())];
         r.faults.push(fault.as_str());
         in_failover.store(true, Ordering::SeqCst);
-        let at =
-            |r: &mut Report, what: &str| r.timeline.push(format!("{:.2}s {what}", started.elapsed().as_secs_f64()));
-        at(&mut r, &format!("fault {}", fault.as_str()));
-        lab.fault(Host::Primary, fault);
-        let kill_web = rng.u8(0..100) < 25;
-        if kill_web {
-            dwell(&mut rng, 0, 3000);
-            web.kill9();
-            web.start(&lab);
-            r.web_kills += 1;
+        r.at(&format!("fault {}", fault.as_str()));
+        self.lab.fault(Host::Primary, fault);
+        if rng.u8(0..100) < 25 {
+            dwell(rng, 0, 3000);
+            self.restart_web(r);
         }
-        wait("the failover", Duration::from_secs(30), &web, || web.status()["active"] == "backup");
+        let web = &self.web;
+        wait("the failover", Duration::from_secs(30), web, || web.status()["active"] == "backup");
         r.failovers += 1;
-        at(&mut r, "serving the backup");
-        dwell(&mut rng, 1000, 3000);
-        lab.heal(Host::Primary);
-        at(&mut r, "healed");
-        let alive = storage.child.try_wait().unwrap().is_none();
+        r.at("serving the backup");
+        dwell(rng, 1000, 3000);
+        self.lab.heal(Host::Primary);
+        r.at("healed");
+        let alive = self.storage.child.try_wait().unwrap().is_none();
         if !alive || rng.u8(0..100) < 20 {
             if alive {
-                storage.kill9();
+                self.storage.kill9();
                 r.storage_kills += 1;
             }
-            storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
-            at(&mut r, "storage (re)started");
+            self.storage = Node::spawn(self.lab.command(Host::Primary, BIN), &self.cfg, &self.storage_log);
+            r.at("storage (re)started");
         }
         if rng.u8(0..100) < 20 {
-            dwell(&mut rng, 0, 4000);
-            web.kill9();
-            web.start(&lab);
-            r.web_kills += 1;
-            at(&mut r, "web kill -9 + restart");
+            dwell(rng, 0, 4000);
+            self.restart_web(r);
         }
-        wait("the failback", Duration::from_secs(120), &web, || web.serving_primary_settled());
+        let web = &self.web;
+        wait("the failback", Duration::from_secs(120), web, || web.serving_primary_settled());
         in_failover.store(false, Ordering::SeqCst);
         r.failbacks += 1;
-        at(&mut r, "serving the primary");
+        r.at("serving the primary");
     }
-    let model = writer.stop();
 
-    // Quiescence: serving the primary, and everything written there replicated.
-    wait("the web node to settle on the primary", Duration::from_secs(120), &web, || web.serving_primary_settled());
-    fs::write(src.join("chaos-sentinel"), b"end").unwrap();
-    wait("the sentinel on the backup and an idle replicator", Duration::from_secs(120), &web, || {
-        dst.join("chaos-sentinel").exists()
-            && status_json(&state).is_some_and(|s| {
-                let q = &s["remotes"][0];
-                q["state"] == "idle" && q["queue"] == 0 && q["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
-            })
-    });
-    let (p, b) = (check(&model, &src), check(&model, &dst));
+    /// Serving the primary, and everything written there replicated.
+    fn quiesce(&self) {
+        let (src, dst) = (self.lab.data_dir(Host::Primary), self.lab.data_dir(Host::Backup));
+        let web = &self.web;
+        wait("the web node to settle on the primary", Duration::from_secs(120), web, || web.serving_primary_settled());
+        fs::write(src.join("chaos-sentinel"), b"end").unwrap();
+        wait("the sentinel on the backup and an idle replicator", Duration::from_secs(120), web, || {
+            dst.join("chaos-sentinel").exists()
+                && status_json(&self.state).is_some_and(|s| {
+                    let q = &s["remotes"][0];
+                    q["state"] == "idle"
+                        && q["queue"] == 0
+                        && q["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
+                })
+        });
+    }
+
+    fn stop(&mut self) {
+        self.web.kill9();
+        self.storage.kill9();
+        let _ = self.lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+    }
+}
+
+fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings, b: &Findings) -> String {
     let c = &model.counts;
-    let report = format!(
+    format!(
         "chaos report (seed {seed}, {:.0} s)\n\
          cycles {}  failovers {}  failbacks {}  kill -9: web {} storage {}\n\
          faults {:?}\n\
@@ -255,7 +274,7 @@ fn chaos_no_acknowledged_write_is_lost() {
          LOST acknowledged writes: primary {}  backup {}\n\
          deletes/renames made during a failover that came back (storage-agent issue): primary {}  backup {}\n\
          deletes/renames made while serving the primary that came back: primary {}  backup {}",
-        started.elapsed().as_secs_f64(),
+        r.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         r.cycles,
         r.failovers,
         r.failbacks,
@@ -273,15 +292,39 @@ fn chaos_no_acknowledged_write_is_lost() {
         b.resurrected_failover.len(),
         p.resurrected_other.len(),
         b.resurrected_other.len(),
-    );
+    )
+}
+
+#[test]
+fn chaos_no_acknowledged_write_is_lost() {
+    let cycles: u32 = std::env::var("CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let seed: u64 = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    eprintln!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let work = tempfile::Builder::new().prefix("nfsguard-chaos").tempdir_in("/var/tmp").unwrap();
+    let mut farm = Farm::up(work.path());
+    let in_failover = Arc::new(AtomicBool::new(false));
+    let mount = PathBuf::from(format!("/proc/{}/root{}", farm.lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
+    let writer = Writer::start(mount, seed, Arc::clone(&in_failover));
+    let mut r = Report::default();
+    r.at("writer started");
+    for _ in 0..cycles {
+        farm.cycle(&mut rng, &mut r, &in_failover);
+    }
+    let model = writer.stop();
+    farm.quiesce();
+    let p = check(&model, &farm.lab.data_dir(Host::Primary));
+    let b = check(&model, &farm.lab.data_dir(Host::Backup));
+    let report = report_text(seed, &r, &model, &p, &b);
     eprintln!("{report}");
     if let Ok(out) = std::env::var("CHAOS_REPORT") {
         fs::write(out, &report).unwrap();
     }
-    web.kill9();
-    storage.kill9();
-    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
-    assert!(c.acked > 0, "the writer never got an acknowledgement");
+    farm.stop();
+    assert!(model.counts.acked > 0, "the writer never got an acknowledgement");
     for l in p.lost.iter().chain(&b.lost).take(8) {
         let name = l.split(':').next().unwrap_or_default();
         eprintln!("{l}\n  history: {:#?}", model.history.get(name));

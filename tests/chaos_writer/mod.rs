@@ -25,7 +25,7 @@ pub enum FileState {
     /// `lines`: the versions the file must contain (since its last acknowledged overwrite).
     Live { version: u64, lines: Vec<u64>, doubt: bool },
     /// Deleted or renamed away; `in_failover`: acknowledged while the farm served the backup.
-    Gone { in_failover: bool, renamed: bool },
+    Gone { in_failover: bool },
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +118,7 @@ fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> M
             .map(|(n, _)| n.clone())
             .collect();
         let v = next.fetch_add(1, Ordering::SeqCst);
-        let fresh = || format!("d{}/f{v}", v as usize % DIRS);
+        let fresh = || format!("d{}/f{v}", v % DIRS as u64);
         let op = match (rng.u8(0..100), live.is_empty()) {
             (_, true) => Op::Create(fresh()),
             (0..30, _) if live.len() < MAX_LIVE => Op::Create(fresh()),
@@ -196,14 +196,13 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
                 lines.push(v);
             }
         }
-        Op::Rename(a, b) => {
-            let s = m.files.insert(a.clone(), FileState::Gone { in_failover, renamed: true });
-            if let Some(s) = s {
-                m.files.insert(b.clone(), s);
+        Op::Rename(from, to) => {
+            if let Some(state) = m.files.insert(from.clone(), FileState::Gone { in_failover }) {
+                m.files.insert(to.clone(), state);
             }
         }
         Op::Delete(n) => {
-            m.files.insert(n.clone(), FileState::Gone { in_failover, renamed: false });
+            m.files.insert(n.clone(), FileState::Gone { in_failover });
         }
     }
 }
