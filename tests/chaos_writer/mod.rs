@@ -174,11 +174,11 @@ fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> M
             Ok(false) => {
                 m.counts.failed += 1;
                 // A failed operation may still have taken effect (a write cut short): in doubt.
-                doubt(&mut m, &op, v);
+                doubt(&mut m, &op);
             }
             Err(_) => {
                 m.counts.in_doubt += 1;
-                doubt(&mut m, &op, v);
+                doubt(&mut m, &op);
             }
         }
     }
@@ -207,23 +207,31 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
     }
 }
 
-/// The outcome is unknown: the file(s) may hold this version or the previous one.
-fn doubt(m: &mut Model, op: &Op, v: u64) {
-    let mark = |m: &mut Model, n: &String| match m.files.get_mut(n) {
-        Some(FileState::Live { doubt, .. }) => *doubt = true,
+/// The outcome is unknown (or an error that may have taken effect): the file(s) may hold this
+/// version or the previous one, and a delete or rename may or may not have happened.
+fn doubt(m: &mut Model, op: &Op) {
+    let mark = |m: &mut Model, n: &String, may_be_gone: bool| match m.files.get_mut(n) {
+        Some(FileState::Live { doubt, version, .. }) => {
+            *doubt = true;
+            if may_be_gone {
+                *version = 0;
+            }
+        }
         Some(FileState::Gone { .. }) | None => {
             // A create or the target of a rename: it may or may not exist; no version is owed.
             m.files.insert(n.clone(), FileState::Live { version: 0, lines: Vec::new(), doubt: true });
         }
     };
     match op {
-        Op::Create(n) | Op::Overwrite(n) | Op::Append(n) | Op::Delete(n) => mark(m, n),
-        Op::Rename(a, b) => {
-            mark(m, a);
-            mark(m, b);
+        // An append cut short leaves what was there; a truncating write or a delete may have
+        // destroyed it (the client's own unacknowledged operation): nothing is owed then.
+        Op::Append(n) => mark(m, n, false),
+        Op::Create(n) | Op::Overwrite(n) | Op::Delete(n) => mark(m, n, true),
+        Op::Rename(from, to) => {
+            mark(m, from, true);
+            mark(m, to, true);
         }
     }
-    let _ = v;
 }
 
 /// The versions a file's content holds.
