@@ -7,15 +7,17 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
-use super::rsync::opt_duration;
+use super::duration::{days, mins, ms, opt_duration_in, secs};
 use super::{Ctx, Spanned};
 use crate::alert::AlertKind;
 use crate::sys::smtp::{self, Security, SmtpSettings};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_FLOOD_PERIOD: Duration = Duration::from_secs(15 * 60);
-const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = secs(10);
+const DEFAULT_COMMAND_TIMEOUT: Duration = secs(30);
+const DEFAULT_FLOOD_PERIOD: Duration = mins(15);
+const DEFAULT_RETRY_MAX: Duration = mins(5);
+/// Per-step SMTP deadlines; a whole send is cut off at 2 x connect + 6 x command.
+const SMTP_TIMEOUTS: std::ops::RangeInclusive<Duration> = ms(100)..=mins(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,50 +88,34 @@ impl AlertConfig {
                 "security = \"none\" sends the SMTP password in clear text; use \"starttls\" or \"tls\"",
             );
         }
-        let ca_file = raw.ca_file.as_ref().and_then(|c| {
-            let path = ctx.abs_path("alert.ca_file", c)?;
-            match smtp::read_ca_file(&path) {
-                Ok(_) => Some(path),
-                Err(message) => {
-                    ctx.bad("alert.ca_file", c, &message);
-                    None
-                }
-            }
-        });
+        let ca_file = raw.ca_file.as_ref().and_then(|c| ca_file(ctx, c));
         let from = mailbox(ctx, "alert.from", &raw.from);
-        let mut to = Vec::new();
-        if raw.to.get_ref().is_empty() {
-            ctx.problem("alert.to", Some(raw.to.span()), None, "must list at least one recipient");
-        }
-        for (i, t) in raw.to.get_ref().iter().enumerate() {
-            if let Some(m) = mailbox(ctx, &format!("alert.to[{i}]"), t) {
-                to.push(m);
-            }
-        }
-        let connect_timeout =
-            opt_duration(ctx, "alert.connect_timeout", raw.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT);
-        let command_timeout =
-            opt_duration(ctx, "alert.command_timeout", raw.command_timeout.as_ref(), DEFAULT_COMMAND_TIMEOUT);
-        let flood_period = opt_duration(ctx, "alert.flood_period", raw.flood_period.as_ref(), DEFAULT_FLOOD_PERIOD);
-        let retry_max = opt_duration(ctx, "alert.retry_max", raw.retry_max.as_ref(), DEFAULT_RETRY_MAX);
-        let mut disabled = Vec::new();
-        for (i, d) in raw.disabled.iter().flatten().enumerate() {
-            match AlertKind::from_name(d.get_ref()) {
-                Some(k) => disabled.push(k),
-                None => ctx.bad(
-                    &format!("alert.disabled[{i}]"),
-                    d,
-                    &format!(
-                        "is not an alert kind (one of: {})",
-                        AlertKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
-                    ),
-                ),
-            }
-        }
+        let to = recipients(ctx, &raw.to);
+        let connect_timeout = opt_duration_in(
+            ctx,
+            "alert.connect_timeout",
+            raw.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            &SMTP_TIMEOUTS,
+        );
+        let command_timeout = opt_duration_in(
+            ctx,
+            "alert.command_timeout",
+            raw.command_timeout.as_ref(),
+            DEFAULT_COMMAND_TIMEOUT,
+            &SMTP_TIMEOUTS,
+        );
+        let flood_period = opt_duration_in(
+            ctx,
+            "alert.flood_period",
+            raw.flood_period.as_ref(),
+            DEFAULT_FLOOD_PERIOD,
+            &(secs(1)..=days(7)),
+        );
+        let retry_max =
+            opt_duration_in(ctx, "alert.retry_max", raw.retry_max.as_ref(), DEFAULT_RETRY_MAX, &(secs(1)..=days(1)));
+        let disabled = disabled_kinds(ctx, raw.disabled.as_deref().unwrap_or_default());
         let hostname = raw.hostname.as_ref().and_then(|h| ctx.host("alert.hostname", h));
-        if to.len() != raw.to.get_ref().len() {
-            return None;
-        }
         Some(AlertConfig {
             smtp: SmtpSettings {
                 host: host?,
@@ -149,7 +135,7 @@ impl AlertConfig {
                 command_timeout: command_timeout?,
             },
             from: from?,
-            to,
+            to: to?,
             disabled,
             flood_period: flood_period?,
             retry_max: retry_max?,
@@ -159,6 +145,48 @@ impl AlertConfig {
             },
         })
     }
+}
+
+/// `alert.ca_file`: an absolute path to a PEM certificate that loads now.
+fn ca_file(ctx: &mut Ctx, v: &Spanned<String>) -> Option<std::path::PathBuf> {
+    let path = ctx.abs_path("alert.ca_file", v)?;
+    match smtp::read_ca_file(&path) {
+        Ok(_) => Some(path),
+        Err(message) => {
+            ctx.bad("alert.ca_file", v, &message);
+            None
+        }
+    }
+}
+
+/// `alert.to`: at least one address, every one valid.
+fn recipients(ctx: &mut Ctx, raw: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Mailbox>> {
+    if raw.get_ref().is_empty() {
+        ctx.problem("alert.to", Some(raw.span()), None, "must list at least one recipient");
+        return None;
+    }
+    let to: Vec<Mailbox> =
+        raw.get_ref().iter().enumerate().filter_map(|(i, t)| mailbox(ctx, &format!("alert.to[{i}]"), t)).collect();
+    (to.len() == raw.get_ref().len()).then_some(to)
+}
+
+/// `alert.disabled`: alert kinds by name; unknown names are problems.
+fn disabled_kinds(ctx: &mut Ctx, raw: &[Spanned<String>]) -> Vec<AlertKind> {
+    let mut disabled = Vec::new();
+    for (i, d) in raw.iter().enumerate() {
+        match AlertKind::from_name(d.get_ref()) {
+            Some(k) => disabled.push(k),
+            None => ctx.bad(
+                &format!("alert.disabled[{i}]"),
+                d,
+                &format!(
+                    "is not an alert kind (one of: {})",
+                    AlertKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+    }
+    disabled
 }
 
 /// An address such as `ops@example.com` or `Ops <ops@example.com>`.

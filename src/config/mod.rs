@@ -6,6 +6,7 @@
 //! converts its raw form through a [`Ctx`], which collects problems instead of stopping at the first.
 
 pub mod alert;
+pub mod duration;
 pub mod rsync;
 pub mod storage;
 pub mod web;
@@ -13,7 +14,6 @@ pub mod web;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 pub use toml::Spanned;
@@ -209,25 +209,6 @@ impl<'a> Ctx<'a> {
 
     pub fn problems(&self) -> &[Problem] {
         &self.problems
-    }
-
-    /// A duration such as `"2s"`, `"500ms"` or `"1h 30m"`.
-    pub fn duration(&mut self, key: &str, v: &Spanned<String>) -> Option<Duration> {
-        let parsed = humantime::parse_duration(v.get_ref()).ok();
-        if parsed.is_none() {
-            self.bad(key, v, "is not a duration (write e.g. \"2s\", \"500ms\", \"5m\")");
-        }
-        parsed
-    }
-
-    /// Like [`Ctx::duration`] but rejects zero.
-    pub fn positive_duration(&mut self, key: &str, v: &Spanned<String>) -> Option<Duration> {
-        let d = self.duration(key, v)?;
-        if d.is_zero() {
-            self.bad(key, v, "must be greater than zero");
-            return None;
-        }
-        Some(d)
     }
 
     /// An IP address or a DNS host name.

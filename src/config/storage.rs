@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, RawRsyncTarget};
+use super::duration::{days, hours, mins, ms, opt_duration_in, secs, MAX_DURATION};
+use super::rsync::RawRsyncTarget;
 use super::{Ctx, Spanned};
 use crate::storage::filter::Filter;
 use crate::sys::rsync::RsyncTarget;
@@ -205,9 +206,9 @@ impl StorageConfig {
             raw.rsync.as_ref().map_or_else(|| Some(PathBuf::from("rsync")), |r| ctx.abs_path("storage.rsync", r));
         let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), ctx);
         let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), ctx);
-        let window = opt_duration(ctx, "storage.window", raw.window.as_ref(), Duration::from_millis(20));
-        let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_millis(500));
-        let settle = opt_duration(ctx, "storage.settle", raw.settle.as_ref(), Duration::from_secs(5));
+        let window = opt_duration_in(ctx, "storage.window", raw.window.as_ref(), ms(20), &(ms(1)..=mins(1)));
+        let max_delay = opt_duration_in(ctx, "storage.max_delay", raw.max_delay.as_ref(), ms(500), &(ms(1)..=mins(10)));
+        let settle = opt_duration_in(ctx, "storage.settle", raw.settle.as_ref(), secs(5), &(ms(1)..=hours(1)));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
         let push_concurrency =
@@ -244,11 +245,13 @@ impl StorageConfig {
             moves: e.and_then(|e| e.moves).unwrap_or(d.moves),
         };
         let full_sync = validate_full_sync(raw.full_sync.as_ref(), ctx);
-        let retry_min = opt_duration(ctx, "storage.retry_min", raw.retry_min.as_ref(), Duration::from_secs(1));
-        let retry_max = opt_duration(ctx, "storage.retry_max", raw.retry_max.as_ref(), Duration::from_secs(60));
-        let alert_after = opt_duration(ctx, "storage.alert_after", raw.alert_after.as_ref(), Duration::from_secs(120));
+        let retry_min =
+            opt_duration_in(ctx, "storage.retry_min", raw.retry_min.as_ref(), secs(1), &(ms(10)..=hours(1)));
+        let retry_max = opt_duration_in(ctx, "storage.retry_max", raw.retry_max.as_ref(), mins(1), &(ms(10)..=days(1)));
+        let alert_after =
+            opt_duration_in(ctx, "storage.alert_after", raw.alert_after.as_ref(), mins(2), &(ms(100)..=days(7)));
         let batch_timeout =
-            opt_duration(ctx, "storage.batch_timeout", raw.batch_timeout.as_ref(), Duration::from_secs(600));
+            opt_duration_in(ctx, "storage.batch_timeout", raw.batch_timeout.as_ref(), mins(10), &(secs(1)..=days(7)));
         let hook = raw.hook.as_ref().map(|h| validate_hook(h, ctx));
         if let (Some(w), Some(m), Some(v)) = (window, max_delay, raw.max_delay.as_ref()) {
             if m < w {
@@ -393,9 +396,13 @@ fn validate_full_sync(raw: Option<&RawFullSync>, ctx: &mut Ctx) -> Option<FullSy
     let raw = raw.unwrap_or(&d);
     let interval = match &raw.interval {
         None => Some(None),
-        Some(v) => ctx.duration("storage.full_sync.interval", v).map(|d| (!d.is_zero()).then_some(d)),
+        // "0s" turns periodic full syncs off.
+        Some(v) => ctx
+            .duration_in("storage.full_sync.interval", v, &(Duration::ZERO..=MAX_DURATION))
+            .map(|d| (!d.is_zero()).then_some(d)),
     };
-    let timeout = opt_duration(ctx, "storage.full_sync.timeout", raw.timeout.as_ref(), Duration::from_secs(12 * 3600));
+    let timeout =
+        opt_duration_in(ctx, "storage.full_sync.timeout", raw.timeout.as_ref(), hours(12), &(secs(1)..=days(30)));
     Some(FullSync {
         at_start: raw.at_start.unwrap_or(true),
         interval: interval?,
@@ -430,7 +437,7 @@ fn validate_hook(raw: &RawHook, ctx: &mut Ctx) -> Option<Hook> {
         ok = false;
     }
     let include = Filter::validate(ctx, "storage.hook", None, raw.include.as_deref());
-    let timeout = opt_duration(ctx, "storage.hook.timeout", raw.timeout.as_ref(), Duration::from_secs(10));
+    let timeout = opt_duration_in(ctx, "storage.hook.timeout", raw.timeout.as_ref(), secs(10), &(ms(10)..=hours(1)));
     ok.then_some(())?;
     Some(Hook { command, url, include: include?, timeout: timeout? })
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, RawRsyncTarget};
+use super::duration::{days, hours, mins, ms, opt_duration_in, secs};
+use super::rsync::RawRsyncTarget;
 use super::{Ctx, Spanned};
 use crate::sys::rsync::RsyncTarget;
 
@@ -249,7 +250,7 @@ fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
         None => Some(None),
     };
     let canary_timeout =
-        opt_duration(ctx, "web.checks.canary_timeout", raw.canary_timeout.as_ref(), Duration::from_secs(2));
+        opt_duration_in(ctx, "web.checks.canary_timeout", raw.canary_timeout.as_ref(), secs(2), &(ms(10)..=mins(5)));
     let (icmp, tcp, rpc) = (raw.icmp.unwrap_or(true), raw.tcp.unwrap_or(true), raw.rpc.unwrap_or(true));
     if !icmp && !tcp && !rpc && canary.as_ref().is_some_and(Option::is_none) {
         ctx.problem("web.checks", None, None, "disables every check: enable at least one of icmp, tcp, rpc, canary");
@@ -260,10 +261,17 @@ fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
 
 fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig> {
     let target = raw.target.validate("web.reverse_sync.target", ctx);
-    let timeout = opt_duration(ctx, "web.reverse_sync.timeout", raw.timeout.as_ref(), Duration::from_secs(3600));
-    let retry_initial =
-        opt_duration(ctx, "web.reverse_sync.retry_initial", raw.retry_initial.as_ref(), Duration::from_secs(30));
-    let retry_max = opt_duration(ctx, "web.reverse_sync.retry_max", raw.retry_max.as_ref(), Duration::from_secs(600));
+    let timeout =
+        opt_duration_in(ctx, "web.reverse_sync.timeout", raw.timeout.as_ref(), hours(1), &(secs(1)..=days(7)));
+    let retry_initial = opt_duration_in(
+        ctx,
+        "web.reverse_sync.retry_initial",
+        raw.retry_initial.as_ref(),
+        secs(30),
+        &(ms(100)..=hours(1)),
+    );
+    let retry_max =
+        opt_duration_in(ctx, "web.reverse_sync.retry_max", raw.retry_max.as_ref(), mins(10), &(ms(100)..=days(1)));
     if let (Some(i), Some(m), Some(v)) = (retry_initial, retry_max, raw.retry_max.as_ref()) {
         if m < i {
             ctx.bad("web.reverse_sync.retry_max", v, "must not be shorter than retry_initial");
@@ -296,13 +304,14 @@ impl WebConfig {
             Some(o) => no_space_string(ctx, "web.options", o, "comma-separated mount options (as in fstab)"),
             None => Some(String::new()),
         };
-        let interval = opt_duration(ctx, "web.interval", raw.interval.as_ref(), Duration::from_secs(1));
+        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), secs(1), &(ms(10)..=hours(1)));
         let fall = count(ctx, "web.fall", raw.fall.as_ref(), 3);
         let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
         let probe_timeout =
-            opt_duration(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), Duration::from_millis(800));
-        let mount_timeout = opt_duration(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), Duration::from_secs(15));
-        let hold_down = opt_duration(ctx, "web.hold_down", raw.hold_down.as_ref(), Duration::from_secs(60));
+            opt_duration_in(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), ms(800), &(ms(10)..=mins(5)));
+        let mount_timeout =
+            opt_duration_in(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), secs(15), &(ms(100)..=hours(1)));
+        let hold_down = opt_duration_in(ctx, "web.hold_down", raw.hold_down.as_ref(), mins(1), &(ms(100)..=days(7)));
         let witness = match &raw.witness {
             Some(w) => witness(ctx, w).map(Some),
             None => Some(None),
@@ -316,7 +325,7 @@ impl WebConfig {
             }
         }
         let restart_timeout =
-            opt_duration(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), Duration::from_secs(30));
+            opt_duration_in(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), secs(30), &(ms(100)..=hours(1)));
         let rsync = raw.rsync.as_ref().map_or_else(|| PathBuf::from("rsync"), |r| PathBuf::from(r.get_ref()));
         let checks = checks(ctx, raw.checks.as_ref());
         let primary = required_server(ctx, "web.primary", raw.primary.as_ref());
