@@ -266,6 +266,24 @@ mod tests {
         );
     }
 
+    /// Parses on a thread and gives up after a deadline, so a hang is a failure, not a stuck test.
+    fn problems_within_deadline(text: String) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(problems(&text)));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("check-config hung")
+    }
+
+    #[test]
+    fn ca_file_that_is_a_fifo_or_device_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("ca.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = problems_within_deadline(format!("{MINIMAL}ca_file = \"{}\"\n", fifo.display()));
+        assert!(e.contains(&format!("cannot read CA file {}: is a FIFO, not a regular file", fifo.display())), "{e}");
+        let e = problems_within_deadline(format!("{MINIMAL}ca_file = \"/dev/zero\"\n"));
+        assert!(e.contains("cannot read CA file /dev/zero: is a device, not a regular file"), "{e}");
+    }
+
     #[test]
     fn password_over_plain_smtp_warns() {
         let d = tempfile::tempdir().unwrap();

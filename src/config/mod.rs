@@ -19,6 +19,8 @@ use serde::Deserialize;
 pub use toml::Spanned;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nfs-guard";
+/// The largest config file read (1 MiB; a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
@@ -94,10 +96,12 @@ fn render(problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and validates `path`. A missing or unreadable file is an error, never a fallback.
+    /// Reads and validates `path`. A missing or unreadable file is an error, never a fallback; so is
+    /// anything but a regular file of at most [`MAX_CONFIG_BYTES`] (a FIFO would hang check-config,
+    /// which systemd runs before every start; `/dev/zero` would eat all memory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = crate::sys::fsutil::read_capped_string(path, MAX_CONFIG_BYTES)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(path, &text)
     }
 
