@@ -8,6 +8,7 @@
 pub mod alert;
 pub mod duration;
 pub mod rsync;
+mod scan;
 pub mod storage;
 pub mod web;
 
@@ -21,6 +22,8 @@ pub use toml::Spanned;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nfs-guard";
 /// The largest config file read (1 MiB; a real one is a few KiB).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest secret file (password, ssh key) accepted (64 KiB).
+pub const MAX_SECRET_BYTES: u64 = 64 << 10;
 
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
@@ -108,11 +111,17 @@ impl Config {
     /// Validates `text` as if read from `path` (used by tests).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems: vec![serde_problem(&file, text, &e)],
-        })?;
+        let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
+        let doc = toml::de::DeTable::parse(text).map_err(|e| invalid(vec![serde_problem(&file, text, &e)]))?;
         let mut ctx = Ctx::new(&file, text);
+        scan::table(&mut ctx, "", doc.get_ref());
+        let raw = match RawConfig::deserialize(toml::de::Deserializer::from(doc)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                ctx.problems.push(serde_problem(&file, text, &e));
+                return Err(invalid(ctx.problems));
+            }
+        };
         let state_dir = match &raw.state_dir {
             Some(s) => ctx.abs_path("state_dir", s).unwrap_or_default(),
             None => PathBuf::from(DEFAULT_STATE_DIR),
@@ -124,7 +133,7 @@ impl Config {
             ctx.problem("", None, None, "has no [web], [storage] or [alert] section: nothing to do");
         }
         if !ctx.problems.is_empty() {
-            return Err(ConfigError::Invalid { path: path.to_owned(), problems: ctx.problems });
+            return Err(invalid(ctx.problems));
         }
         Ok(Config {
             path: path.to_owned(),
@@ -158,7 +167,32 @@ fn serde_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
         Some(span) => format!("{file}:{}", line_col(text, span.start)),
         None => file.to_owned(),
     };
-    Problem { location, key: String::new(), value: None, message: e.message().trim().to_owned() }
+    // The message can quote a key or value from the file: escape and shorten it like any value.
+    let message = shorten(&e.message().trim().escape_debug().to_string(), 300);
+    Problem { location, key: String::new(), value: None, message }
+}
+
+/// `s` as a message shows a value: quoted with control characters escaped, and past 80 bytes cut
+/// to its start and its length (a 1 MiB value must not become a 1 MiB error).
+pub fn quoted(s: &str) -> String {
+    if s.len() <= 80 {
+        format!("{s:?}")
+    } else {
+        format!("{:?}… ({} bytes)", &s[..char_floor(s, 60)], s.len())
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", &s[..char_floor(s, max)])
+    }
+}
+
+fn char_floor(s: &str, i: usize) -> usize {
+    (0..=i.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// 1-based `line:col` of a byte offset (columns count characters).
@@ -198,12 +232,12 @@ impl<'a> Ctx<'a> {
 
     /// Records a problem about a spanned string value.
     pub fn bad(&mut self, key: &str, v: &Spanned<String>, message: &str) {
-        self.problem(key, Some(v.span()), Some(format!("{:?}", v.get_ref())), message);
+        self.problem(key, Some(v.span()), Some(quoted(v.get_ref())), message);
     }
 
-    /// Records a problem about any spanned value (rendered with Debug).
+    /// Records a problem about any spanned value (rendered with Debug, shortened).
     pub fn bad_value<T: fmt::Debug>(&mut self, key: &str, v: &Spanned<T>, message: &str) {
-        self.problem(key, Some(v.span()), Some(format!("{:?}", v.get_ref())), message);
+        self.problem(key, Some(v.span()), Some(shorten(&format!("{:?}", v.get_ref()), 200)), message);
     }
 
     pub fn warn(&mut self, key: &str, span: Option<Range<usize>>, message: &str) {
@@ -236,12 +270,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// A file holding a secret: must be an absolute path; warns when it does not exist yet or when
-    /// its mode lets group or others read it.
+    /// A file holding a secret: an absolute path to a small regular file that can be read now
+    /// (read bounded and non-blocking, so a FIFO or `/dev/zero` is a problem, not a hang). A file
+    /// that does not exist yet is only a warning (it may be installed after the config); so is a
+    /// mode that lets group or others read it.
     pub fn secret_file(&mut self, key: &str, v: &Spanned<String>) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let p = self.abs_path(key, v)?;
-        match std::fs::metadata(&p) {
+        match crate::sys::fsutil::read_capped(&p, MAX_SECRET_BYTES).and_then(|_| std::fs::metadata(&p)) {
             Ok(m) if m.permissions().mode() & 0o077 != 0 => self.warn(
                 key,
                 Some(v.span()),
@@ -253,7 +289,13 @@ impl<'a> Ctx<'a> {
                 ),
             ),
             Ok(_) => {}
-            Err(e) => self.warn(key, Some(v.span()), &format!("secret file {}: {e}", p.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warn(key, Some(v.span()), &format!("secret file {}: {e}", p.display()));
+            }
+            Err(e) => {
+                self.bad(key, v, &format!("cannot be read as a secret: {e}"));
+                return None;
+            }
         }
         Some(p)
     }
@@ -325,6 +367,47 @@ mod tests {
     fn unknown_top_level_key_is_located() {
         let e = Config::parse(Path::new("n.toml"), "\nbogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("n.toml:2:1: unknown field `bogus`"), "{e}");
+    }
+
+    const ALERT: &str =
+        "[alert]\nsmtp_host = \"m.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nuser = \"u\"\n";
+
+    fn with_password_file(p: &Path) -> Result<Config, String> {
+        let text = format!("{ALERT}password_file = \"{}\"\n", p.display());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(Config::parse(Path::new("n.toml"), &text).map_err(|e| e.to_string())));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("check-config hung on password_file")
+    }
+
+    #[test]
+    fn password_file_must_be_a_small_readable_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'x'; 100_000]).unwrap();
+        for (p, why) in [
+            (d.path().to_owned(), "is a directory, not a regular file"),
+            (PathBuf::from("/dev/zero"), "is a device, not a regular file"),
+            (fifo, "is a FIFO, not a regular file"),
+            (big, "larger than 65536 bytes"),
+        ] {
+            let e = with_password_file(&p).unwrap_err();
+            let want = format!("n.toml:6:17: alert.password_file: {:?} cannot be read as a secret: {why}", p.display());
+            assert!(e.contains(&want), "missing {want:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn missing_password_file_is_only_a_warning_and_a_good_one_passes() {
+        let d = tempfile::tempdir().unwrap();
+        let c = with_password_file(&d.path().join("absent")).unwrap();
+        assert!(c.warnings.iter().any(|w| w.contains("No such file")), "{:?}", c.warnings);
+        let pw = d.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let c = with_password_file(&pw).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]
