@@ -22,8 +22,9 @@ const SMTP_TIMEOUTS: std::ops::RangeInclusive<Duration> = ms(100)..=mins(10);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlert {
-    /// SMTP server (name or IP).
-    pub smtp_host: Spanned<String>,
+    /// SMTP server (name or IP). Required, like `from` and `to`; optional here so a missing key is
+    /// reported with every other problem.
+    pub smtp_host: Option<Spanned<String>>,
     /// Default: 587 for starttls, 465 for tls, 25 for none.
     pub smtp_port: Option<Spanned<i64>>,
     /// `starttls` (default), `tls` (implicit TLS) or `none`.
@@ -33,8 +34,8 @@ pub struct RawAlert {
     pub password_file: Option<Spanned<String>>,
     /// Extra CA certificate (PEM) to trust besides the built-in roots.
     pub ca_file: Option<Spanned<String>>,
-    pub from: Spanned<String>,
-    pub to: Spanned<Vec<Spanned<String>>>,
+    pub from: Option<Spanned<String>>,
+    pub to: Option<Spanned<Vec<Spanned<String>>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub command_timeout: Option<Spanned<String>>,
     /// Alert kinds not to mail (still logged), by name, e.g. `["overflow-rescan"]`.
@@ -59,8 +60,18 @@ pub struct AlertConfig {
 }
 
 impl AlertConfig {
-    pub fn validate(raw: &RawAlert, ctx: &mut Ctx) -> Option<AlertConfig> {
-        let host = ctx.host("alert.smtp_host", &raw.smtp_host);
+    pub fn validate(raw: &Spanned<RawAlert>, ctx: &mut Ctx) -> Option<AlertConfig> {
+        let (span, raw) = (raw.span(), raw.get_ref());
+        for (key, present, what) in [
+            ("alert.smtp_host", raw.smtp_host.is_some(), "the SMTP server's name or IP address"),
+            ("alert.from", raw.from.is_some(), "the sender address"),
+            ("alert.to", raw.to.is_some(), "the list of recipient addresses"),
+        ] {
+            if !present {
+                ctx.problem(key, Some(span.clone()), None, &format!("is required ({what})"));
+            }
+        }
+        let host = raw.smtp_host.as_ref().and_then(|h| ctx.host("alert.smtp_host", h));
         let security = match raw.security.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "starttls")) => Some(Security::StartTls),
             Some((_, "tls")) => Some(Security::Tls),
@@ -89,8 +100,8 @@ impl AlertConfig {
             );
         }
         let ca_file = raw.ca_file.as_ref().and_then(|c| ca_file(ctx, c));
-        let from = mailbox(ctx, "alert.from", &raw.from);
-        let to = recipients(ctx, &raw.to);
+        let from = raw.from.as_ref().and_then(|f| mailbox(ctx, "alert.from", f));
+        let to = raw.to.as_ref().and_then(|t| recipients(ctx, t));
         let connect_timeout = opt_duration_in(
             ctx,
             "alert.connect_timeout",

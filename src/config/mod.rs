@@ -42,9 +42,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<Spanned<String>>,
-    web: Option<web::RawWeb>,
-    storage: Option<storage::RawStorage>,
-    alert: Option<alert::RawAlert>,
+    web: Option<Spanned<web::RawWeb>>,
+    storage: Option<Spanned<storage::RawStorage>>,
+    alert: Option<Spanned<alert::RawAlert>>,
 }
 
 /// One problem found in a config file, with everything needed to fix it.
@@ -375,7 +375,9 @@ mod tests {
     fn with_password_file(p: &Path) -> Result<Config, String> {
         let text = format!("{ALERT}password_file = \"{}\"\n", p.display());
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(Config::parse(Path::new("n.toml"), &text).map_err(|e| e.to_string())));
+        std::thread::spawn(move || {
+            let _ = tx.send(Config::parse(Path::new("n.toml"), &text).map_err(|e| e.to_string()));
+        });
         rx.recv_timeout(std::time::Duration::from_secs(10)).expect("check-config hung on password_file")
     }
 
@@ -408,6 +410,31 @@ mod tests {
         std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let c = with_password_file(&pw).unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn every_missing_key_is_reported_with_every_other_problem() {
+        let text = "[web]\nfall = 0\n[web.primary]\naddress = \"10.0.0.2\"\n[web.backup]\nexport = \"/srv/nfs\"\n\
+                    [web.reverse_sync]\ndelete = true\n\
+                    [storage]\nwindow = \"soon\"\n[[storage.trees]]\ndest = \"x\"\n[[storage.remotes]]\nmodule = \"data\"\n\
+                    [alert]\nsecurity = \"ssl\"\n";
+        let e = Config::parse(Path::new("n.toml"), text).unwrap_err().to_string();
+        for want in [
+            "n.toml:1:1: web.mount_point: is required",
+            "n.toml:2:8: web.fall: 0 must be between 1 and 100",
+            "n.toml:3:1: web.primary.export: is required",
+            "n.toml:5:1: web.backup.address: is required",
+            "n.toml:7:1: web.reverse_sync.target: is required",
+            "n.toml:10:10: storage.window: \"soon\" is not a duration",
+            "n.toml:11:1: storage.trees[0].path: is required",
+            "n.toml:13:1: storage.remotes[0].host: is required",
+            "n.toml:15:1: alert.smtp_host: is required",
+            "n.toml:15:1: alert.from: is required",
+            "n.toml:15:1: alert.to: is required",
+            "n.toml:16:12: alert.security: \"ssl\" must be",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::{Ctx, Spanned};
 
-/// The longest string value (PATH_MAX; no key needs more).
+/// The longest string value (`PATH_MAX`; no key needs more).
 pub const MAX_STRING_BYTES: usize = 4096;
 /// The most entries in one array (excludes, recipients, remotes, ...).
 pub const MAX_ITEMS: usize = 1024;

@@ -1,6 +1,7 @@
 //! The `[storage]` section: which trees to watch, where to push them, and how to batch, retry and
 //! full-sync. Only converts config; the replicator lives in `storage`.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ pub const DEFAULT_RSYNC_ARGS: [&str; 4] = ["-a", "-H", "--numeric-ids", "--whole
 pub struct RawStorage {
     /// The rsync binary. Default `rsync` from PATH.
     pub rsync: Option<Spanned<String>>,
-    pub trees: Option<Vec<RawTree>>,
-    pub remotes: Option<Vec<RawRemote>>,
+    pub trees: Option<Vec<Spanned<RawTree>>>,
+    pub remotes: Option<Vec<Spanned<RawRemote>>>,
     /// Merge window: a batch goes out this long after the last event (default 20ms). Short on purpose:
     /// while a remote's rsync runs, new paths pile up in its queue and go out as the next batch, so
     /// bursts coalesce anyway and single writes are not delayed.
@@ -60,7 +61,8 @@ pub struct RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTree {
-    pub path: Spanned<String>,
+    /// Required; optional here so a missing key is reported with every other problem.
+    pub path: Option<Spanned<String>>,
     /// Directory under each remote's root that receives this tree (default: the root itself).
     pub dest: Option<Spanned<String>>,
 }
@@ -71,7 +73,8 @@ pub struct RawTree {
 pub struct RawRemote {
     pub name: Option<Spanned<String>>,
     pub transport: Option<Spanned<String>>,
-    pub host: Spanned<String>,
+    /// Required; optional here so a missing key is reported with every other problem.
+    pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub module: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
@@ -201,11 +204,12 @@ pub struct StorageConfig {
 const FORBIDDEN_ARGS: [&str; 6] = ["--files-from", "--from0", "-0", "--delete", "--remove-source-files", "-e"];
 
 impl StorageConfig {
-    pub fn validate(raw: &RawStorage, ctx: &mut Ctx) -> Option<StorageConfig> {
+    pub fn validate(raw: &Spanned<RawStorage>, ctx: &mut Ctx) -> Option<StorageConfig> {
+        let (span, raw) = (raw.span(), raw.get_ref());
         let rsync =
             raw.rsync.as_ref().map_or_else(|| Some(PathBuf::from("rsync")), |r| ctx.abs_path("storage.rsync", r));
-        let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), ctx);
-        let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), ctx);
+        let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), &span, ctx);
+        let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), &span, ctx);
         let window = opt_duration_in(ctx, "storage.window", raw.window.as_ref(), ms(20), &(ms(1)..=mins(1)));
         let max_delay = opt_duration_in(ctx, "storage.max_delay", raw.max_delay.as_ref(), ms(500), &(ms(1)..=mins(10)));
         let settle = opt_duration_in(ctx, "storage.settle", raw.settle.as_ref(), secs(5), &(ms(1)..=hours(1)));
@@ -289,16 +293,27 @@ impl StorageConfig {
     }
 }
 
-fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
+fn validate_trees(raw: &[Spanned<RawTree>], storage: &Range<usize>, ctx: &mut Ctx) -> Option<Vec<Tree>> {
     if raw.is_empty() {
-        ctx.problem("storage.trees", None, None, "is required: at least one [[storage.trees]] with a path");
+        ctx.problem(
+            "storage.trees",
+            Some(storage.clone()),
+            None,
+            "is required: at least one [[storage.trees]] with a path",
+        );
         return None;
     }
     let mut ok = true;
     let mut out = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let key = format!("storage.trees[{i}]");
-        let path = ctx.abs_path(&format!("{key}.path"), &t.path);
+        let (span, t) = (t.span(), t.get_ref());
+        let Some(raw_path) = &t.path else {
+            ctx.problem(&format!("{key}.path"), Some(span), None, "is required (the directory to watch)");
+            ok = false;
+            continue;
+        };
+        let path = ctx.abs_path(&format!("{key}.path"), raw_path);
         let dest = match &t.dest {
             None => Some(String::new()),
             Some(d) => {
@@ -315,7 +330,7 @@ fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
             if let Some(prev) = out.iter().find(|p: &&Tree| p.path.starts_with(&path) || path.starts_with(&p.path)) {
                 ctx.bad(
                     &format!("{key}.path"),
-                    &t.path,
+                    raw_path,
                     &format!("overlaps tree {}: a path would be watched twice", prev.path.display()),
                 );
                 ok = false;
@@ -328,18 +343,30 @@ fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
     ok.then_some(out)
 }
 
-fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
+fn validate_remotes(raw: &[Spanned<RawRemote>], storage: &Range<usize>, ctx: &mut Ctx) -> Option<Vec<Remote>> {
     if raw.is_empty() {
-        ctx.problem("storage.remotes", None, None, "is required: at least one [[storage.remotes]]");
+        ctx.problem("storage.remotes", Some(storage.clone()), None, "is required: at least one [[storage.remotes]]");
         return None;
     }
     let mut ok = true;
     let mut out: Vec<Remote> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let key = format!("storage.remotes[{i}]");
+        let (span, r) = (r.span(), r.get_ref());
+        if r.host.is_none() {
+            ctx.problem(
+                &format!("{key}.host"),
+                Some(span.clone()),
+                None,
+                "is required (the remote's name or IP address)",
+            );
+            ok = false;
+        }
+        // Without a host the other fields are still checked, against a stand-in that is never used.
+        let host = r.host.clone().unwrap_or_else(|| Spanned::new(span.clone(), "localhost".to_owned()));
         let target = RawRsyncTarget {
             transport: r.transport.clone(),
-            host: r.host.clone(),
+            host: host.clone(),
             port: r.port.clone(),
             module: r.module.clone(),
             path: r.path.clone(),
@@ -369,12 +396,12 @@ fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
                     Some(s.clone())
                 }
             }
-            None => Some(r.host.get_ref().replace(':', "_")),
+            None => Some(host.get_ref().replace(':', "_")),
         };
         match (name, target) {
             (Some(name), Some(target)) => {
                 if out.iter().any(|o| o.name == name) {
-                    let span = r.name.as_ref().map_or_else(|| r.host.span(), Spanned::span);
+                    let span = r.name.as_ref().map_or_else(|| host.span(), Spanned::span);
                     ctx.problem(
                         &format!("{key}.name"),
                         Some(span),
