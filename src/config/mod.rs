@@ -126,6 +126,7 @@ impl Config {
             Some(s) => ctx.abs_path("state_dir", s).unwrap_or_default(),
             None => PathBuf::from(DEFAULT_STATE_DIR),
         };
+        ctx.private_dir("state_dir", raw.state_dir.as_ref().map(Spanned::span), &state_dir);
         let web = raw.web.as_ref().map(|w| web::WebConfig::validate(w, &mut ctx));
         let storage = raw.storage.as_ref().map(|s| storage::StorageConfig::validate(s, &mut ctx));
         let alert = raw.alert.as_ref().map(|a| alert::AlertConfig::validate(a, &mut ctx));
@@ -300,6 +301,25 @@ impl<'a> Ctx<'a> {
         Some(p)
     }
 
+    /// Warns when `dir` exists and group or others can read or write it. (Roles create it 0700;
+    /// one made by hand or by an older version may be open.)
+    pub fn private_dir(&mut self, key: &str, span: Option<Range<usize>>, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(m) = std::fs::metadata(dir) else { return };
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o066 != 0 {
+            let d = dir.display();
+            self.warn(
+                key,
+                span,
+                &format!(
+                    "{d} has mode {mode:04o}: group or others can read or write the journals, state and alert \
+                     outbox in it; run `chmod 700 {d}`"
+                ),
+            );
+        }
+    }
+
     /// An integer within `range`.
     pub fn int_in(&mut self, key: &str, v: &Spanned<i64>, range: std::ops::RangeInclusive<i64>) -> Option<u64> {
         if range.contains(v.get_ref()) {
@@ -409,7 +429,7 @@ mod tests {
         std::fs::write(&pw, "secret\n").unwrap();
         std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let c = with_password_file(&pw).unwrap();
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(!c.warnings.iter().any(|w| w.contains("password_file")), "{:?}", c.warnings);
     }
 
     #[test]
@@ -435,6 +455,31 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn state_dir_open_to_group_or_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let text = format!(
+            "state_dir = \"{}\"\n[alert]\nsmtp_host = \"m\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\n",
+            d.path().display()
+        );
+        let parse = || Config::parse(Path::new("n.toml"), &text).unwrap().warnings;
+        for mode in [0o755, 0o770, 0o702] {
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let want = format!(
+                "n.toml:1:13: state_dir: {} has mode {mode:04o}: group or others can read or write the journals, \
+                 state and alert outbox in it; run `chmod 700 {}`",
+                d.path().display(),
+                d.path().display()
+            );
+            assert_eq!(parse(), [want]);
+        }
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(parse().is_empty());
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert!(parse().is_empty(), "search-only access reveals nothing: the files in it are 0600");
     }
 
     #[test]
