@@ -94,8 +94,15 @@ fn plural(n: usize) -> String {
     }
 }
 
+/// The most problems an error shows (a list of 1000 bad recipients needs no 1000 lines).
+const MAX_SHOWN: usize = 100;
+
 fn render(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    let mut lines: Vec<String> = problems.iter().take(MAX_SHOWN).map(|p| format!("  {p}")).collect();
+    if problems.len() > MAX_SHOWN {
+        lines.push(format!("  ... and {} more", problems.len() - MAX_SHOWN));
+    }
+    lines.join("\n")
 }
 
 impl Config {
@@ -114,9 +121,10 @@ impl Config {
         let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
         let doc = toml::de::DeTable::parse(text).map_err(|e| invalid(vec![serde_problem(&file, text, &e)]))?;
         let mut ctx = Ctx::new(&file, text);
-        scan::table(&mut ctx, "", doc.get_ref());
+        let oversized = scan::table(&mut ctx, "", doc.get_ref());
         let raw = match RawConfig::deserialize(toml::de::Deserializer::from(doc)) {
-            Ok(raw) => raw,
+            Ok(raw) if !oversized => raw,
+            Ok(_) => return Err(invalid(ctx.problems)),
             Err(e) => {
                 ctx.problems.push(serde_problem(&file, text, &e));
                 return Err(invalid(ctx.problems));
@@ -480,6 +488,17 @@ mod tests {
         assert!(parse().is_empty());
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         assert!(parse().is_empty(), "search-only access reveals nothing: the files in it are 0600");
+    }
+
+    #[test]
+    fn a_flood_of_problems_is_cut_short() {
+        let to = vec!["\"bad@\""; 300].join(", ");
+        let text = format!("[alert]\nsmtp_host = \"m\"\nfrom = \"a@example.com\"\nto = [{to}]\n");
+        let e = Config::parse(Path::new("n.toml"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("300 problems in n.toml:\n"), "{e}");
+        assert!(e.contains("alert.to[99]: \"bad@\" is not a mail address"), "{e}");
+        assert!(!e.contains("alert.to[100]"), "{e}");
+        assert!(e.ends_with("\n  ... and 200 more"), "{e}");
     }
 
     #[test]

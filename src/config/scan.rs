@@ -15,43 +15,50 @@ pub const MAX_STRING_BYTES: usize = 4096;
 pub const MAX_ITEMS: usize = 1024;
 
 /// Checks every key and string value under `table`, whose key path is `prefix` (empty at the top).
-pub fn table(ctx: &mut Ctx, prefix: &str, table: &DeTable) {
+/// Returns whether a size limit was exceeded: then the typed validation must not run, as it would
+/// spend its time (compiling a thousand globs) and its messages on values already refused.
+pub fn table(ctx: &mut Ctx, prefix: &str, table: &DeTable) -> bool {
+    let mut oversized = false;
     for (k, v) in table {
         let key = join(prefix, k.get_ref());
         if k.get_ref().contains('\0') {
             ctx.problem(&key, Some(k.span()), None, "contains a NUL byte");
         } else if k.get_ref().len() > MAX_STRING_BYTES {
             ctx.problem(&key, Some(k.span()), None, &format!("is longer than {MAX_STRING_BYTES} bytes"));
+            oversized = true;
         }
-        value(ctx, &key, v);
+        oversized |= value(ctx, &key, v);
     }
+    oversized
 }
 
-fn value(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) {
+fn value(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> bool {
     match v.get_ref() {
+        DeValue::String(s) if s.len() > MAX_STRING_BYTES => {
+            let message = format!("is longer than {MAX_STRING_BYTES} bytes");
+            ctx.bad(key, &Spanned::new(v.span(), s.to_string()), &message);
+            true
+        }
         DeValue::String(s) => {
             if s.contains('\0') {
                 ctx.bad(key, &Spanned::new(v.span(), s.to_string()), "contains a NUL byte");
-            } else if s.len() > MAX_STRING_BYTES {
-                ctx.bad(
-                    key,
-                    &Spanned::new(v.span(), s.to_string()),
-                    &format!("is longer than {MAX_STRING_BYTES} bytes"),
-                );
             }
+            false
+        }
+        DeValue::Array(items) if items.len() > MAX_ITEMS => {
+            let n = items.len();
+            ctx.problem(key, Some(v.span()), None, &format!("has {n} entries, more than {MAX_ITEMS}"));
+            true
         }
         DeValue::Array(items) => {
-            if items.len() > MAX_ITEMS {
-                let n = items.len();
-                ctx.problem(key, Some(v.span()), None, &format!("has {n} entries, more than {MAX_ITEMS}"));
-                return;
-            }
+            let mut oversized = false;
             for (i, item) in items.iter().enumerate() {
-                value(ctx, &format!("{key}[{i}]"), item);
+                oversized |= value(ctx, &format!("{key}[{i}]"), item);
             }
+            oversized
         }
         DeValue::Table(t) => table(ctx, key, t),
-        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {}
+        DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => false,
     }
 }
 
@@ -137,5 +144,12 @@ user = "a\u0000"
         let e = err(&WEB.replace("[web.primary]", &format!("restart_units = [{units}]\n[web.primary]")));
         assert!(e.contains("n.toml:3:17: web.restart_units: has 5000 entries, more than 1024"), "{e}");
         assert!(e.len() < 1000, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn oversized_values_stop_before_typed_validation() {
+        let to = vec!["\"bad@\""; 2000].join(",");
+        let e = err(&format!("[alert]\nsmtp_host = \"m\"\nfrom = \"a@example.com\"\nto = [{to}]\n"));
+        assert!(e.starts_with("1 problem in n.toml:\n  n.toml:4:6: alert.to: has 2000 entries, more than 1024"), "{e}");
     }
 }
