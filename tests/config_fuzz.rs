@@ -312,7 +312,8 @@ fn load_one(text: &str, raw_file: Option<&Path>, tally: &mut Tally) -> Result<()
             }
             let msg = ConfigError::Invalid { path: path.to_owned(), problems }.to_string();
             if msg.contains('\0') || msg.len() > 64 * 1024 {
-                return Err(format!("unclean error ({} bytes, NUL: {})", msg.len(), msg.contains('\0')));
+                let start: String = msg.chars().take(2000).collect();
+                return Err(format!("unclean error ({} bytes, NUL: {}): {start:?}", msg.len(), msg.contains('\0')));
             }
         }
         Err(_) => tally.read += 1,

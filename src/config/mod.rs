@@ -177,7 +177,7 @@ fn serde_problem(file: &str, text: &str, e: &toml::de::Error) -> Problem {
         None => file.to_owned(),
     };
     // The message can quote a key or value from the file: escape and shorten it like any value.
-    let message = shorten(&e.message().trim().escape_debug().to_string(), 300);
+    let message = clean(e.message().trim());
     Problem { location, key: String::new(), value: None, message }
 }
 
@@ -189,6 +189,14 @@ pub fn quoted(s: &str) -> String {
     } else {
         format!("{:?}… ({} bytes)", &s[..char_floor(s, 60)], s.len())
     }
+}
+
+/// A message that may quote a path or value from the file, made safe to print and log: control
+/// characters escaped (`\0`, `\n`), at most 1000 bytes.
+fn clean(message: &str) -> String {
+    let escaped: String =
+        message.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect();
+    shorten(&escaped, 1000)
 }
 
 /// `s` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
@@ -236,7 +244,7 @@ impl<'a> Ctx<'a> {
     /// Records a problem at `span`; `value` is shown quoted as written.
     pub fn problem(&mut self, key: &str, span: Option<Range<usize>>, value: Option<String>, message: &str) {
         let location = self.location(span);
-        self.problems.push(Problem { location, key: key.to_owned(), value, message: message.to_owned() });
+        self.problems.push(Problem { location, key: key.to_owned(), value, message: clean(message) });
     }
 
     /// Records a problem about a spanned string value.
@@ -251,7 +259,7 @@ impl<'a> Ctx<'a> {
 
     pub fn warn(&mut self, key: &str, span: Option<Range<usize>>, message: &str) {
         let loc = self.location(span);
-        self.warnings.push(format!("{loc}: {key}: {message}"));
+        self.warnings.push(format!("{loc}: {key}: {}", clean(message)));
     }
 
     pub fn problems(&self) -> &[Problem] {
@@ -499,6 +507,21 @@ mod tests {
         assert!(e.contains("alert.to[99]: \"bad@\" is not a mail address"), "{e}");
         assert!(!e.contains("alert.to[100]"), "{e}");
         assert!(e.ends_with("\n  ... and 200 more"), "{e}");
+    }
+
+    #[test]
+    fn messages_and_warnings_never_carry_raw_control_characters() {
+        let text = format!("{ALERT}password_file = \"/nonexistent/a\\nb\"\nca_file = \"/srv/\\u0000nfs\"\n");
+        let e = Config::parse(Path::new("n.toml"), &text).unwrap_err().to_string();
+        assert!(e.contains("cannot read CA file /srv/\\0nfs: file name contained an unexpected NUL byte"), "{e:?}");
+        assert!(!e.contains('\0'), "{e:?}");
+        let c = Config::parse(Path::new("n.toml"), &text.replace("ca_file", "# ca_file")).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("secret file /nonexistent/a\\nb: No such file")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(!c.warnings.iter().any(|w| w.contains('\n')), "{:?}", c.warnings);
     }
 
     #[test]
