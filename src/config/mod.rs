@@ -1,9 +1,13 @@
 //! Configuration: raw TOML (serde, `deny_unknown_fields` everywhere) -> validated [`Config`].
 //!
-//! Loading never falls back to defaults for a missing file. Syntax and type errors come from serde with
-//! their position; the validation pass then reports *every* semantic problem at once, each as
-//! `file:line:col: key.path: "value" message`. Each role's section lives in its own module and only
-//! converts its raw form through a [`Ctx`], which collects problems instead of stopping at the first.
+//! Loading never falls back to defaults for a missing file, and reads at most 1 MiB from a regular
+//! file (never a FIFO or a device). Syntax and type errors come from serde with their position; a
+//! pass over the parsed document ([`scan`]) refuses NUL bytes, oversized strings and arrays in any
+//! key; the validation pass then reports *every* semantic problem at once (required keys are
+//! optional in the raw structs so that a missing one is reported with the rest), each as
+//! `file:line:col: key.path: "value" message`, values escaped and shortened. Every duration is
+//! bounded ([`duration`]). Each role's section lives in its own module and only converts its raw
+//! form through a [`Ctx`], which collects problems instead of stopping at the first.
 
 pub mod alert;
 pub mod duration;
