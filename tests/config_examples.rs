@@ -87,3 +87,56 @@ fn group_readable_secret_file_is_warned_about() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("has mode 0644: readable by group or others"), "{out}");
 }
+
+/// Runs `check-config` on `path` with a deadline and a 1 GiB address-space limit, so a config
+/// that is a FIFO (hang) or `/dev/zero` (unbounded read) fails this test instead of the machine.
+fn check_bounded(path: &std::path::Path) -> (Option<i32>, String) {
+    use std::time::{Duration, Instant};
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -v 1048576; exec \"$0\" --config \"$1\" check-config", BIN, path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("check-config on {} still running after 20s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn a_fifo_config_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("nfs-guard.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (code, out) = check_bounded(&fifo);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains(&format!("cannot read config file {}", fifo.display())), "{out}");
+    assert!(out.contains("is a FIFO, not a regular file"), "{out}");
+}
+
+#[test]
+fn a_config_linked_to_dev_zero_or_too_big_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let (code, out) = check_bounded(&zero);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains(&format!("cannot read config file {}", zero.display())), "{out}");
+    assert!(out.contains("is a device, not a regular file"), "{out}");
+
+    let big = dir.path().join("big.toml");
+    let mut text = "[web]\nmount_point = \"/mnt/nfs\"\n".to_owned();
+    text.push_str(&"# padding\n".repeat(120_000));
+    std::fs::write(&big, text).unwrap();
+    let (code, out) = check_bounded(&big);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("larger than 1048576 bytes"), "{out}");
+}

@@ -7,21 +7,24 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
-use super::rsync::opt_duration;
+use super::duration::{days, mins, ms, opt_duration_in, secs};
 use super::{Ctx, Spanned};
 use crate::alert::AlertKind;
 use crate::sys::smtp::{self, Security, SmtpSettings};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_FLOOD_PERIOD: Duration = Duration::from_secs(15 * 60);
-const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = secs(10);
+const DEFAULT_COMMAND_TIMEOUT: Duration = secs(30);
+const DEFAULT_FLOOD_PERIOD: Duration = mins(15);
+const DEFAULT_RETRY_MAX: Duration = mins(5);
+/// Per-step SMTP deadlines; a whole send is cut off at 2 x connect + 6 x command.
+const SMTP_TIMEOUTS: std::ops::RangeInclusive<Duration> = ms(100)..=mins(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAlert {
-    /// SMTP server (name or IP).
-    pub smtp_host: Spanned<String>,
+    /// SMTP server (name or IP). Required, like `from` and `to`; optional here so a missing key is
+    /// reported with every other problem.
+    pub smtp_host: Option<Spanned<String>>,
     /// Default: 587 for starttls, 465 for tls, 25 for none.
     pub smtp_port: Option<Spanned<i64>>,
     /// `starttls` (default), `tls` (implicit TLS) or `none`.
@@ -31,8 +34,8 @@ pub struct RawAlert {
     pub password_file: Option<Spanned<String>>,
     /// Extra CA certificate (PEM) to trust besides the built-in roots.
     pub ca_file: Option<Spanned<String>>,
-    pub from: Spanned<String>,
-    pub to: Spanned<Vec<Spanned<String>>>,
+    pub from: Option<Spanned<String>>,
+    pub to: Option<Spanned<Vec<Spanned<String>>>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub command_timeout: Option<Spanned<String>>,
     /// Alert kinds not to mail (still logged), by name, e.g. `["overflow-rescan"]`.
@@ -57,8 +60,18 @@ pub struct AlertConfig {
 }
 
 impl AlertConfig {
-    pub fn validate(raw: &RawAlert, ctx: &mut Ctx) -> Option<AlertConfig> {
-        let host = ctx.host("alert.smtp_host", &raw.smtp_host);
+    pub fn validate(raw: &Spanned<RawAlert>, ctx: &mut Ctx) -> Option<AlertConfig> {
+        let (span, raw) = (raw.span(), raw.get_ref());
+        for (key, present, what) in [
+            ("alert.smtp_host", raw.smtp_host.is_some(), "the SMTP server's name or IP address"),
+            ("alert.from", raw.from.is_some(), "the sender address"),
+            ("alert.to", raw.to.is_some(), "the list of recipient addresses"),
+        ] {
+            if !present {
+                ctx.problem(key, Some(span.clone()), None, &format!("is required ({what})"));
+            }
+        }
+        let host = raw.smtp_host.as_ref().and_then(|h| ctx.host("alert.smtp_host", h));
         let security = match raw.security.as_ref().map(|s| (s, s.get_ref().as_str())) {
             None | Some((_, "starttls")) => Some(Security::StartTls),
             Some((_, "tls")) => Some(Security::Tls),
@@ -86,50 +99,34 @@ impl AlertConfig {
                 "security = \"none\" sends the SMTP password in clear text; use \"starttls\" or \"tls\"",
             );
         }
-        let ca_file = raw.ca_file.as_ref().and_then(|c| {
-            let path = ctx.abs_path("alert.ca_file", c)?;
-            match smtp::read_ca_file(&path) {
-                Ok(_) => Some(path),
-                Err(message) => {
-                    ctx.bad("alert.ca_file", c, &message);
-                    None
-                }
-            }
-        });
-        let from = mailbox(ctx, "alert.from", &raw.from);
-        let mut to = Vec::new();
-        if raw.to.get_ref().is_empty() {
-            ctx.problem("alert.to", Some(raw.to.span()), None, "must list at least one recipient");
-        }
-        for (i, t) in raw.to.get_ref().iter().enumerate() {
-            if let Some(m) = mailbox(ctx, &format!("alert.to[{i}]"), t) {
-                to.push(m);
-            }
-        }
-        let connect_timeout =
-            opt_duration(ctx, "alert.connect_timeout", raw.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT);
-        let command_timeout =
-            opt_duration(ctx, "alert.command_timeout", raw.command_timeout.as_ref(), DEFAULT_COMMAND_TIMEOUT);
-        let flood_period = opt_duration(ctx, "alert.flood_period", raw.flood_period.as_ref(), DEFAULT_FLOOD_PERIOD);
-        let retry_max = opt_duration(ctx, "alert.retry_max", raw.retry_max.as_ref(), DEFAULT_RETRY_MAX);
-        let mut disabled = Vec::new();
-        for (i, d) in raw.disabled.iter().flatten().enumerate() {
-            match AlertKind::from_name(d.get_ref()) {
-                Some(k) => disabled.push(k),
-                None => ctx.bad(
-                    &format!("alert.disabled[{i}]"),
-                    d,
-                    &format!(
-                        "is not an alert kind (one of: {})",
-                        AlertKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
-                    ),
-                ),
-            }
-        }
+        let ca_file = raw.ca_file.as_ref().and_then(|c| ca_file(ctx, c));
+        let from = raw.from.as_ref().and_then(|f| mailbox(ctx, "alert.from", f));
+        let to = raw.to.as_ref().and_then(|t| recipients(ctx, t));
+        let connect_timeout = opt_duration_in(
+            ctx,
+            "alert.connect_timeout",
+            raw.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+            &SMTP_TIMEOUTS,
+        );
+        let command_timeout = opt_duration_in(
+            ctx,
+            "alert.command_timeout",
+            raw.command_timeout.as_ref(),
+            DEFAULT_COMMAND_TIMEOUT,
+            &SMTP_TIMEOUTS,
+        );
+        let flood_period = opt_duration_in(
+            ctx,
+            "alert.flood_period",
+            raw.flood_period.as_ref(),
+            DEFAULT_FLOOD_PERIOD,
+            &(secs(1)..=days(7)),
+        );
+        let retry_max =
+            opt_duration_in(ctx, "alert.retry_max", raw.retry_max.as_ref(), DEFAULT_RETRY_MAX, &(secs(1)..=days(1)));
+        let disabled = disabled_kinds(ctx, raw.disabled.as_deref().unwrap_or_default());
         let hostname = raw.hostname.as_ref().and_then(|h| ctx.host("alert.hostname", h));
-        if to.len() != raw.to.get_ref().len() {
-            return None;
-        }
         Some(AlertConfig {
             smtp: SmtpSettings {
                 host: host?,
@@ -149,7 +146,7 @@ impl AlertConfig {
                 command_timeout: command_timeout?,
             },
             from: from?,
-            to,
+            to: to?,
             disabled,
             flood_period: flood_period?,
             retry_max: retry_max?,
@@ -159,6 +156,48 @@ impl AlertConfig {
             },
         })
     }
+}
+
+/// `alert.ca_file`: an absolute path to a PEM certificate that loads now.
+fn ca_file(ctx: &mut Ctx, v: &Spanned<String>) -> Option<std::path::PathBuf> {
+    let path = ctx.abs_path("alert.ca_file", v)?;
+    match smtp::read_ca_file(&path) {
+        Ok(_) => Some(path),
+        Err(message) => {
+            ctx.bad("alert.ca_file", v, &message);
+            None
+        }
+    }
+}
+
+/// `alert.to`: at least one address, every one valid.
+fn recipients(ctx: &mut Ctx, raw: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Mailbox>> {
+    if raw.get_ref().is_empty() {
+        ctx.problem("alert.to", Some(raw.span()), None, "must list at least one recipient");
+        return None;
+    }
+    let to: Vec<Mailbox> =
+        raw.get_ref().iter().enumerate().filter_map(|(i, t)| mailbox(ctx, &format!("alert.to[{i}]"), t)).collect();
+    (to.len() == raw.get_ref().len()).then_some(to)
+}
+
+/// `alert.disabled`: alert kinds by name; unknown names are problems.
+fn disabled_kinds(ctx: &mut Ctx, raw: &[Spanned<String>]) -> Vec<AlertKind> {
+    let mut disabled = Vec::new();
+    for (i, d) in raw.iter().enumerate() {
+        match AlertKind::from_name(d.get_ref()) {
+            Some(k) => disabled.push(k),
+            None => ctx.bad(
+                &format!("alert.disabled[{i}]"),
+                d,
+                &format!(
+                    "is not an alert kind (one of: {})",
+                    AlertKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
+    }
+    disabled
 }
 
 /// An address such as `ops@example.com` or `Ops <ops@example.com>`.
@@ -236,6 +275,24 @@ mod tests {
             e.contains("a.toml:5:11: alert.ca_file: \"/nonexistent/ca.pem\" cannot read CA file /nonexistent/ca.pem"),
             "{e}"
         );
+    }
+
+    /// Parses on a thread and gives up after a deadline, so a hang is a failure, not a stuck test.
+    fn problems_within_deadline(text: String) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(problems(&text)));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("check-config hung")
+    }
+
+    #[test]
+    fn ca_file_that_is_a_fifo_or_device_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("ca.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = problems_within_deadline(format!("{MINIMAL}ca_file = \"{}\"\n", fifo.display()));
+        assert!(e.contains(&format!("cannot read CA file {}: is a FIFO, not a regular file", fifo.display())), "{e}");
+        let e = problems_within_deadline(format!("{MINIMAL}ca_file = \"/dev/zero\"\n"));
+        assert!(e.contains("cannot read CA file /dev/zero: is a device, not a regular file"), "{e}");
     }
 
     #[test]

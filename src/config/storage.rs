@@ -1,12 +1,14 @@
 //! The `[storage]` section: which trees to watch, where to push them, and how to batch, retry and
 //! full-sync. Only converts config; the replicator lives in `storage`.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, plain_name, rsync_option_problem, RawRsyncTarget};
+use super::duration::{days, hours, mins, ms, opt_duration_in, secs, MAX_DURATION};
+use super::rsync::{plain_name, rsync_option_problem, RawRsyncTarget};
 use super::{Ctx, Spanned};
 use crate::storage::filter::Filter;
 use crate::sys::rsync::RsyncTarget;
@@ -22,8 +24,8 @@ pub const DEFAULT_RSYNC_ARGS: [&str; 4] = ["-a", "-H", "--numeric-ids", "--whole
 pub struct RawStorage {
     /// The rsync binary. Default `rsync` from PATH.
     pub rsync: Option<Spanned<String>>,
-    pub trees: Option<Vec<RawTree>>,
-    pub remotes: Option<Vec<RawRemote>>,
+    pub trees: Option<Vec<Spanned<RawTree>>>,
+    pub remotes: Option<Vec<Spanned<RawRemote>>>,
     /// Merge window: a batch goes out this long after the last event (default 20ms). Short on purpose:
     /// while a remote's rsync runs, new paths pile up in its queue and go out as the next batch, so
     /// bursts coalesce anyway and single writes are not delayed.
@@ -59,7 +61,8 @@ pub struct RawStorage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTree {
-    pub path: Spanned<String>,
+    /// Required; optional here so a missing key is reported with every other problem.
+    pub path: Option<Spanned<String>>,
     /// Directory under each remote's root that receives this tree (default: the root itself).
     pub dest: Option<Spanned<String>>,
 }
@@ -70,7 +73,8 @@ pub struct RawTree {
 pub struct RawRemote {
     pub name: Option<Spanned<String>>,
     pub transport: Option<Spanned<String>>,
-    pub host: Spanned<String>,
+    /// Required; optional here so a missing key is reported with every other problem.
+    pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<i64>>,
     pub module: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
@@ -197,14 +201,15 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
-    pub fn validate(raw: &RawStorage, ctx: &mut Ctx) -> Option<StorageConfig> {
+    pub fn validate(raw: &Spanned<RawStorage>, ctx: &mut Ctx) -> Option<StorageConfig> {
+        let (span, raw) = (raw.span(), raw.get_ref());
         let rsync =
             raw.rsync.as_ref().map_or_else(|| Some(PathBuf::from("rsync")), |r| ctx.abs_path("storage.rsync", r));
-        let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), ctx);
-        let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), ctx);
-        let window = opt_duration(ctx, "storage.window", raw.window.as_ref(), Duration::from_millis(20));
-        let max_delay = opt_duration(ctx, "storage.max_delay", raw.max_delay.as_ref(), Duration::from_millis(500));
-        let settle = opt_duration(ctx, "storage.settle", raw.settle.as_ref(), Duration::from_secs(5));
+        let trees = validate_trees(raw.trees.as_deref().unwrap_or_default(), &span, ctx);
+        let remotes = validate_remotes(raw.remotes.as_deref().unwrap_or_default(), &span, ctx);
+        let window = opt_duration_in(ctx, "storage.window", raw.window.as_ref(), ms(20), &(ms(1)..=mins(1)));
+        let max_delay = opt_duration_in(ctx, "storage.max_delay", raw.max_delay.as_ref(), ms(500), &(ms(1)..=mins(10)));
+        let settle = opt_duration_in(ctx, "storage.settle", raw.settle.as_ref(), secs(5), &(ms(1)..=hours(1)));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
         let push_concurrency =
@@ -234,11 +239,13 @@ impl StorageConfig {
             moves: e.and_then(|e| e.moves).unwrap_or(d.moves),
         };
         let full_sync = validate_full_sync(raw.full_sync.as_ref(), ctx);
-        let retry_min = opt_duration(ctx, "storage.retry_min", raw.retry_min.as_ref(), Duration::from_secs(1));
-        let retry_max = opt_duration(ctx, "storage.retry_max", raw.retry_max.as_ref(), Duration::from_secs(60));
-        let alert_after = opt_duration(ctx, "storage.alert_after", raw.alert_after.as_ref(), Duration::from_secs(120));
+        let retry_min =
+            opt_duration_in(ctx, "storage.retry_min", raw.retry_min.as_ref(), secs(1), &(ms(10)..=hours(1)));
+        let retry_max = opt_duration_in(ctx, "storage.retry_max", raw.retry_max.as_ref(), mins(1), &(ms(10)..=days(1)));
+        let alert_after =
+            opt_duration_in(ctx, "storage.alert_after", raw.alert_after.as_ref(), mins(2), &(ms(100)..=days(7)));
         let batch_timeout =
-            opt_duration(ctx, "storage.batch_timeout", raw.batch_timeout.as_ref(), Duration::from_secs(600));
+            opt_duration_in(ctx, "storage.batch_timeout", raw.batch_timeout.as_ref(), mins(10), &(secs(1)..=days(7)));
         let hook = raw.hook.as_ref().map(|h| validate_hook(h, ctx));
         if let (Some(w), Some(m), Some(v)) = (window, max_delay, raw.max_delay.as_ref()) {
             if m < w {
@@ -276,16 +283,27 @@ impl StorageConfig {
     }
 }
 
-fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
+fn validate_trees(raw: &[Spanned<RawTree>], storage: &Range<usize>, ctx: &mut Ctx) -> Option<Vec<Tree>> {
     if raw.is_empty() {
-        ctx.problem("storage.trees", None, None, "is required: at least one [[storage.trees]] with a path");
+        ctx.problem(
+            "storage.trees",
+            Some(storage.clone()),
+            None,
+            "is required: at least one [[storage.trees]] with a path",
+        );
         return None;
     }
     let mut ok = true;
     let mut out = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let key = format!("storage.trees[{i}]");
-        let path = ctx.abs_path(&format!("{key}.path"), &t.path);
+        let (span, t) = (t.span(), t.get_ref());
+        let Some(raw_path) = &t.path else {
+            ctx.problem(&format!("{key}.path"), Some(span), None, "is required (the directory to watch)");
+            ok = false;
+            continue;
+        };
+        let path = ctx.abs_path(&format!("{key}.path"), raw_path);
         let dest = match &t.dest {
             None => Some(String::new()),
             Some(d) => {
@@ -302,7 +320,7 @@ fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
             if let Some(prev) = out.iter().find(|p: &&Tree| p.path.starts_with(&path) || path.starts_with(&p.path)) {
                 ctx.bad(
                     &format!("{key}.path"),
-                    &t.path,
+                    raw_path,
                     &format!("overlaps tree {}: a path would be watched twice", prev.path.display()),
                 );
                 ok = false;
@@ -315,18 +333,30 @@ fn validate_trees(raw: &[RawTree], ctx: &mut Ctx) -> Option<Vec<Tree>> {
     ok.then_some(out)
 }
 
-fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
+fn validate_remotes(raw: &[Spanned<RawRemote>], storage: &Range<usize>, ctx: &mut Ctx) -> Option<Vec<Remote>> {
     if raw.is_empty() {
-        ctx.problem("storage.remotes", None, None, "is required: at least one [[storage.remotes]]");
+        ctx.problem("storage.remotes", Some(storage.clone()), None, "is required: at least one [[storage.remotes]]");
         return None;
     }
     let mut ok = true;
     let mut out: Vec<Remote> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let key = format!("storage.remotes[{i}]");
+        let (span, r) = (r.span(), r.get_ref());
+        if r.host.is_none() {
+            ctx.problem(
+                &format!("{key}.host"),
+                Some(span.clone()),
+                None,
+                "is required (the remote's name or IP address)",
+            );
+            ok = false;
+        }
+        // Without a host the other fields are still checked, against a stand-in that is never used.
+        let host = r.host.clone().unwrap_or_else(|| Spanned::new(span.clone(), "localhost".to_owned()));
         let target = RawRsyncTarget {
             transport: r.transport.clone(),
-            host: r.host.clone(),
+            host: host.clone(),
             port: r.port.clone(),
             module: r.module.clone(),
             path: r.path.clone(),
@@ -351,12 +381,12 @@ fn validate_remotes(raw: &[RawRemote], ctx: &mut Ctx) -> Option<Vec<Remote>> {
                     None
                 }
             }
-            None => Some(r.host.get_ref().replace(':', "_")),
+            None => Some(host.get_ref().replace(':', "_")),
         };
         match (name, target) {
             (Some(name), Some(target)) => {
                 if out.iter().any(|o| o.name == name) {
-                    let span = r.name.as_ref().map_or_else(|| r.host.span(), Spanned::span);
+                    let span = r.name.as_ref().map_or_else(|| host.span(), Spanned::span);
                     ctx.problem(
                         &format!("{key}.name"),
                         Some(span),
@@ -378,9 +408,13 @@ fn validate_full_sync(raw: Option<&RawFullSync>, ctx: &mut Ctx) -> Option<FullSy
     let raw = raw.unwrap_or(&d);
     let interval = match &raw.interval {
         None => Some(None),
-        Some(v) => ctx.duration("storage.full_sync.interval", v).map(|d| (!d.is_zero()).then_some(d)),
+        // "0s" turns periodic full syncs off.
+        Some(v) => ctx
+            .duration_in("storage.full_sync.interval", v, &(Duration::ZERO..=MAX_DURATION))
+            .map(|d| (!d.is_zero()).then_some(d)),
     };
-    let timeout = opt_duration(ctx, "storage.full_sync.timeout", raw.timeout.as_ref(), Duration::from_secs(12 * 3600));
+    let timeout =
+        opt_duration_in(ctx, "storage.full_sync.timeout", raw.timeout.as_ref(), hours(12), &(secs(1)..=days(30)));
     Some(FullSync {
         at_start: raw.at_start.unwrap_or(true),
         interval: interval?,
@@ -415,7 +449,7 @@ fn validate_hook(raw: &RawHook, ctx: &mut Ctx) -> Option<Hook> {
         ok = false;
     }
     let include = Filter::validate(ctx, "storage.hook", None, raw.include.as_deref());
-    let timeout = opt_duration(ctx, "storage.hook.timeout", raw.timeout.as_ref(), Duration::from_secs(10));
+    let timeout = opt_duration_in(ctx, "storage.hook.timeout", raw.timeout.as_ref(), secs(10), &(ms(10)..=hours(1)));
     ok.then_some(())?;
     Some(Hook { command, url, include: include?, timeout: timeout? })
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rsync::{opt_duration, RawRsyncTarget};
+use super::duration::{days, hours, mins, ms, opt_duration_in, secs};
+use super::rsync::RawRsyncTarget;
 use super::{Ctx, Spanned};
 use crate::sys::rsync::RsyncTarget;
 
@@ -30,9 +31,9 @@ pub struct RawWeb {
     pub restart_timeout: Option<Spanned<String>>,
     pub rsync: Option<Spanned<String>>,
     pub checks: Option<RawChecks>,
-    pub primary: Option<RawServer>,
-    pub backup: Option<RawServer>,
-    pub reverse_sync: Option<RawReverseSync>,
+    pub primary: Option<Spanned<RawServer>>,
+    pub backup: Option<Spanned<RawServer>>,
+    pub reverse_sync: Option<Spanned<RawReverseSync>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,15 +50,17 @@ pub struct RawChecks {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub address: Spanned<String>,
-    pub export: Spanned<String>,
+    /// Required, like `export`; optional here so a missing key is reported with every other problem.
+    pub address: Option<Spanned<String>>,
+    pub export: Option<Spanned<String>>,
     pub nfs_port: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReverseSync {
-    pub target: RawRsyncTarget,
+    /// Required; optional here so a missing table is reported with every other problem.
+    pub target: Option<RawRsyncTarget>,
     #[serde(default)]
     pub delete: bool,
     pub timeout: Option<Spanned<String>>,
@@ -157,13 +160,25 @@ fn count(ctx: &mut Ctx, key: &str, v: Option<&Spanned<i64>>, default: u32) -> Op
     }
 }
 
-fn server(ctx: &mut Ctx, key: &str, raw: &RawServer) -> Option<ServerConfig> {
-    let address = ctx.host(&format!("{key}.address"), &raw.address);
-    let export = ctx.abs_path(&format!("{key}.export"), &raw.export).map(|p| p.display().to_string());
-    if export.as_ref().is_some_and(|e| e.chars().any(char::is_whitespace)) {
-        ctx.bad(&format!("{key}.export"), &raw.export, "must not contain spaces (mount(8) source)");
-        return None;
-    }
+fn server(ctx: &mut Ctx, key: &str, raw: &Spanned<RawServer>) -> Option<ServerConfig> {
+    let (span, raw) = (raw.span(), raw.get_ref());
+    let address = if let Some(a) = &raw.address {
+        ctx.host(&format!("{key}.address"), a)
+    } else {
+        ctx.problem(&format!("{key}.address"), Some(span.clone()), None, "is required (host name or IP address)");
+        None
+    };
+    let export = match &raw.export {
+        Some(e) if e.get_ref().chars().any(char::is_whitespace) => {
+            ctx.bad(&format!("{key}.export"), e, "must not contain spaces (mount(8) source)");
+            None
+        }
+        Some(e) => ctx.abs_path(&format!("{key}.export"), e).map(|p| p.display().to_string()),
+        None => {
+            ctx.problem(&format!("{key}.export"), Some(span), None, "is required (the exported directory)");
+            None
+        }
+    };
     let nfs_port = match &raw.nfs_port {
         Some(p) => ctx.int_in(&format!("{key}.nfs_port"), p, 1..=65535).and_then(|p| u16::try_from(p).ok()),
         None => Some(2049),
@@ -172,11 +187,21 @@ fn server(ctx: &mut Ctx, key: &str, raw: &RawServer) -> Option<ServerConfig> {
 }
 
 #[allow(clippy::single_match_else, reason = "both arms are real work")]
-fn required_server(ctx: &mut Ctx, key: &str, raw: Option<&RawServer>) -> Option<ServerConfig> {
+fn required_server(
+    ctx: &mut Ctx,
+    key: &str,
+    raw: Option<&Spanned<RawServer>>,
+    web: &std::ops::Range<usize>,
+) -> Option<ServerConfig> {
     match raw {
         Some(r) => server(ctx, key, r),
         None => {
-            ctx.problem(key, None, None, &format!("is required: add a [{key}] table with address and export"));
+            ctx.problem(
+                key,
+                Some(web.clone()),
+                None,
+                &format!("is required: add a [{key}] table with address and export"),
+            );
             None
         }
     }
@@ -249,7 +274,7 @@ fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
         None => Some(None),
     };
     let canary_timeout =
-        opt_duration(ctx, "web.checks.canary_timeout", raw.canary_timeout.as_ref(), Duration::from_secs(2));
+        opt_duration_in(ctx, "web.checks.canary_timeout", raw.canary_timeout.as_ref(), secs(2), &(ms(10)..=mins(5)));
     let (icmp, tcp, rpc) = (raw.icmp.unwrap_or(true), raw.tcp.unwrap_or(true), raw.rpc.unwrap_or(true));
     if !icmp && !tcp && !rpc && canary.as_ref().is_some_and(Option::is_none) {
         ctx.problem("web.checks", None, None, "disables every check: enable at least one of icmp, tcp, rpc, canary");
@@ -258,12 +283,30 @@ fn checks(ctx: &mut Ctx, raw: Option<&RawChecks>) -> Option<ChecksConfig> {
     Some(ChecksConfig { icmp, tcp, rpc, nfs_version: nfs_version?, canary: canary?, canary_timeout: canary_timeout? })
 }
 
-fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig> {
-    let target = raw.target.validate("web.reverse_sync.target", ctx);
-    let timeout = opt_duration(ctx, "web.reverse_sync.timeout", raw.timeout.as_ref(), Duration::from_secs(3600));
-    let retry_initial =
-        opt_duration(ctx, "web.reverse_sync.retry_initial", raw.retry_initial.as_ref(), Duration::from_secs(30));
-    let retry_max = opt_duration(ctx, "web.reverse_sync.retry_max", raw.retry_max.as_ref(), Duration::from_secs(600));
+fn reverse_sync(ctx: &mut Ctx, raw: &Spanned<RawReverseSync>) -> Option<ReverseSyncConfig> {
+    let (span, raw) = (raw.span(), raw.get_ref());
+    let target = if let Some(t) = &raw.target {
+        t.validate("web.reverse_sync.target", ctx)
+    } else {
+        ctx.problem(
+            "web.reverse_sync.target",
+            Some(span),
+            None,
+            "is required: add a [web.reverse_sync.target] table (the primary's rsync daemon or ssh)",
+        );
+        None
+    };
+    let timeout =
+        opt_duration_in(ctx, "web.reverse_sync.timeout", raw.timeout.as_ref(), hours(1), &(secs(1)..=days(7)));
+    let retry_initial = opt_duration_in(
+        ctx,
+        "web.reverse_sync.retry_initial",
+        raw.retry_initial.as_ref(),
+        secs(30),
+        &(ms(100)..=hours(1)),
+    );
+    let retry_max =
+        opt_duration_in(ctx, "web.reverse_sync.retry_max", raw.retry_max.as_ref(), mins(10), &(ms(100)..=days(1)));
     if let (Some(i), Some(m), Some(v)) = (retry_initial, retry_max, raw.retry_max.as_ref()) {
         if m < i {
             ctx.bad("web.reverse_sync.retry_max", v, "must not be shorter than retry_initial");
@@ -280,11 +323,17 @@ fn reverse_sync(ctx: &mut Ctx, raw: &RawReverseSync) -> Option<ReverseSyncConfig
 }
 
 impl WebConfig {
-    pub fn validate(raw: &RawWeb, ctx: &mut Ctx) -> Option<WebConfig> {
+    pub fn validate(raw: &Spanned<RawWeb>, ctx: &mut Ctx) -> Option<WebConfig> {
+        let (span, raw) = (raw.span(), raw.get_ref());
         let mount_point = if let Some(m) = &raw.mount_point {
             ctx.abs_path("web.mount_point", m)
         } else {
-            ctx.problem("web.mount_point", None, None, "is required (the directory the web node keeps mounted)");
+            ctx.problem(
+                "web.mount_point",
+                Some(span.clone()),
+                None,
+                "is required (the directory the web node keeps mounted)",
+            );
             None
         };
         let fstype = match &raw.fstype {
@@ -296,13 +345,14 @@ impl WebConfig {
             Some(o) => no_space_string(ctx, "web.options", o, "comma-separated mount options (as in fstab)"),
             None => Some(String::new()),
         };
-        let interval = opt_duration(ctx, "web.interval", raw.interval.as_ref(), Duration::from_secs(1));
+        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), secs(1), &(ms(10)..=hours(1)));
         let fall = count(ctx, "web.fall", raw.fall.as_ref(), 3);
         let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
         let probe_timeout =
-            opt_duration(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), Duration::from_millis(800));
-        let mount_timeout = opt_duration(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), Duration::from_secs(15));
-        let hold_down = opt_duration(ctx, "web.hold_down", raw.hold_down.as_ref(), Duration::from_secs(60));
+            opt_duration_in(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), ms(800), &(ms(10)..=mins(5)));
+        let mount_timeout =
+            opt_duration_in(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), secs(15), &(ms(100)..=hours(1)));
+        let hold_down = opt_duration_in(ctx, "web.hold_down", raw.hold_down.as_ref(), mins(1), &(ms(100)..=days(7)));
         let witness = match &raw.witness {
             Some(w) => witness(ctx, w).map(Some),
             None => Some(None),
@@ -316,14 +366,16 @@ impl WebConfig {
             }
         }
         let restart_timeout =
-            opt_duration(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), Duration::from_secs(30));
+            opt_duration_in(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), secs(30), &(ms(100)..=hours(1)));
         let rsync = raw.rsync.as_ref().map_or_else(|| PathBuf::from("rsync"), |r| PathBuf::from(r.get_ref()));
         let checks = checks(ctx, raw.checks.as_ref());
-        let primary = required_server(ctx, "web.primary", raw.primary.as_ref());
-        let backup = required_server(ctx, "web.backup", raw.backup.as_ref());
-        if let (Some(p), Some(b), Some(rb)) = (&primary, &backup, &raw.backup) {
+        let primary = required_server(ctx, "web.primary", raw.primary.as_ref(), &span);
+        let backup = required_server(ctx, "web.backup", raw.backup.as_ref(), &span);
+        if let (Some(p), Some(b), Some(a)) =
+            (&primary, &backup, raw.backup.as_ref().and_then(|b| b.get_ref().address.as_ref()))
+        {
             if p.source() == b.source() {
-                ctx.bad("web.backup.address", &rb.address, "is the same server and export as web.primary");
+                ctx.bad("web.backup.address", a, "is the same server and export as web.primary");
                 return None;
             }
         }
@@ -407,9 +459,9 @@ mod tests {
     #[test]
     fn missing_keys_are_reported_together() {
         let e = err("[web]\n");
-        assert!(e.contains("w.toml: web.mount_point: is required"), "{e}");
-        assert!(e.contains("w.toml: web.primary: is required: add a [web.primary] table"), "{e}");
-        assert!(e.contains("w.toml: web.backup: is required"), "{e}");
+        assert!(e.contains("w.toml:1:1: web.mount_point: is required"), "{e}");
+        assert!(e.contains("w.toml:1:1: web.primary: is required: add a [web.primary] table"), "{e}");
+        assert!(e.contains("w.toml:1:1: web.backup: is required"), "{e}");
     }
 
     #[test]

@@ -393,7 +393,9 @@ impl Mailer for SmtpMailer {
 
 /// Reads an extra CA certificate (PEM). Used by config validation and by each send.
 pub fn read_ca_file(path: &std::path::Path) -> Result<Certificate, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    // Bounded and non-blocking: a FIFO or /dev/zero here must not hang check-config or a send.
+    let pem = crate::sys::fsutil::read_capped(path, 1 << 20)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
     Certificate::from_pem(&pem).map_err(|e| format!("{} is not a PEM certificate: {}", path.display(), chain(&e)))
 }
 
