@@ -44,6 +44,8 @@ struct World {
     up: HashMap<&'static str, bool>,
     mounted: Option<Server>,
     calls: Vec<String>,
+    /// Probes started, per target.
+    probes: HashMap<&'static str, usize>,
     /// Mount calls never complete while set.
     mount_hangs: bool,
     /// Results of the next reverse syncs (default: success).
@@ -63,6 +65,9 @@ impl Fake {
     fn mounted(&self) -> Option<Server> {
         self.0.lock().unwrap().mounted
     }
+    fn probes(&self, who: &'static str) -> usize {
+        *self.0.lock().unwrap().probes.get(who).unwrap_or(&0)
+    }
 }
 
 impl Prober for Fake {
@@ -72,7 +77,11 @@ impl Prober for Fake {
             Target::Backup => "backup",
             Target::Witness => "witness",
         };
-        let up = *self.0.lock().unwrap().up.get(name).unwrap_or(&true);
+        let up = {
+            let mut w = self.0.lock().unwrap();
+            *w.probes.entry(name).or_default() += 1;
+            *w.up.get(name).unwrap_or(&true)
+        };
         async move {
             if up {
                 Ok(())
@@ -343,6 +352,7 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
     rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
     let (stop, h) = rig.spawn();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let probes_before = rig.fake.probes("primary");
     // fails 2 checks out of every 3: never `fall` in a row
     for _ in 0..10 {
         rig.fake.set_up("primary", false);
@@ -350,6 +360,14 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
         rig.fake.set_up("primary", true);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // the test means something only if the primary was checked all along (one probe per 1 s interval,
+    // a failing one taking 0.8 s) and did fail: 29 s of flapping
+    let probed = rig.fake.probes("primary") - probes_before;
+    assert!(probed >= 25, "only {probed} probes of the primary in 29 s");
+    let st = rig.status();
+    assert_eq!(st["servers"][0]["state"], "up", "{st}");
+    assert!(st["servers"][0]["last_error"].as_str().is_some_and(|e| e.contains("no RPC reply")), "never failed: {st}");
+    assert!(rig.sink.kinds().is_empty(), "{:?}", rig.sink.kinds());
     assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
     stop.cancel();
     h.await.unwrap();
