@@ -48,6 +48,8 @@ struct World {
     probes: HashMap<&'static str, usize>,
     /// Mount calls never complete while set.
     mount_hangs: bool,
+    /// Staged switches detach the mount point, then never complete, while set.
+    staged_hangs: bool,
     /// Results of the next reverse syncs (default: success).
     sync_results: Vec<Result<(), String>>,
 }
@@ -120,8 +122,16 @@ impl Mounter for Fake {
         keep_old: bool,
     ) -> impl Future<Output = Result<Option<u64>, (String, Option<Server>)>> + Send + 'static {
         let w = self.0.clone();
-        w.lock().unwrap().calls.push(format!("staged {} keep_old={keep_old}", to.name()));
+        let hangs = {
+            let mut g = w.lock().unwrap();
+            g.calls.push(format!("staged {} keep_old={keep_old}", to.name()));
+            g.staged_hangs
+        };
         async move {
+            if hangs {
+                w.lock().unwrap().mounted = None;
+                std::future::pending::<()>().await;
+            }
             w.lock().unwrap().mounted = Some(to);
             Ok(Some(41))
         }
@@ -552,4 +562,26 @@ async fn once_mode_runs_a_due_reconciliation_to_completion() {
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
     assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
     assert_eq!(rig.sink.count(AlertKind::ReverseSyncSucceeded), 1);
+}
+
+/// A staged switch that is abandoned at its deadline after it detached the mount point: the state
+/// machine learns what mountinfo shows (nothing), not what it believed before (the primary), and the
+/// mount point is mounted again at once instead of being left empty while "serving".
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_staged_switch_reports_what_mountinfo_shows() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.fake.0.lock().unwrap().staged_hangs = true;
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    state::put_request(&rig.state_dir(), Request::FailoverTo(Server::Backup)).unwrap();
+    until("staged switch started", Duration::from_secs(3), || !rig.fake.calls().is_empty()).await;
+    rig.fake.0.lock().unwrap().staged_hangs = false;
+    until("switch abandoned", Duration::from_secs(120), || rig.sink.count(AlertKind::SwitchFailed) == 1).await;
+    let failed = rig.sink.0.lock().unwrap().iter().find(|e| e.kind == AlertKind::SwitchFailed).cloned().unwrap();
+    assert!(failed.next_steps.contains("EMPTY"), "{failed:?}");
+    until("mounted again", Duration::from_secs(5), || rig.fake.mounted().is_some()).await;
+    assert_eq!(rig.fake.calls()[1..], ["mount backup"], "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
 }

@@ -322,14 +322,17 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.publish();
     }
 
-    fn spawn_effect<F>(&mut self, limit: Duration, fut: F, on_timeout: Event)
+    /// Spawns an effect; at `limit` it is abandoned and `on_timeout()` (called then, so it can look
+    /// at mountinfo as it is at that moment) reports instead.
+    fn spawn_effect<F, T>(&mut self, limit: Duration, fut: F, on_timeout: T)
     where
         F: Future<Output = Event> + Send + 'static,
+        T: FnOnce() -> Event + Send + 'static,
     {
         self.effects += 1;
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let ev = tokio::time::timeout(limit, fut).await.unwrap_or(on_timeout);
+            let ev = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| on_timeout());
             let _ = tx.send(Msg::Done(ev));
         });
     }
@@ -349,13 +352,16 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::MountFailed { server, error },
                         }
                     },
-                    Event::MountFailed { server, error: "mount effect exceeded its deadline (abandoned)".into() },
+                    move || Event::MountFailed {
+                        server,
+                        error: "mount effect exceeded its deadline (abandoned)".into(),
+                    },
                 );
             }
             Action::StagedSwitch { to, keep_old } => {
                 tracing::info!(to = to.name(), "staged switch");
                 let fut = self.mounter.staged_switch(to, keep_old);
-                let serving = self.d.fsm.active();
+                let mounter = self.mounter.clone();
                 self.spawn_effect(
                     mount_limit * 2,
                     async move {
@@ -364,7 +370,13 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err((error, serving)) => Event::StagedSwitchFailed { to, error, serving },
                         }
                     },
-                    Event::StagedSwitchFailed { to, error: "staged switch exceeded its deadline".into(), serving },
+                    // what the mount point serves NOW (the switch may have stopped anywhere), never
+                    // what the state machine believed before it started
+                    move || Event::StagedSwitchFailed {
+                        to,
+                        error: "staged switch exceeded its deadline (abandoned)".into(),
+                        serving: mounter.mounted(),
+                    },
                 );
             }
             Action::ReverseSync { attempt } => {
@@ -380,7 +392,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReverseSyncFailed { error },
                         }
                     },
-                    Event::ReverseSyncFailed { error: "reverse sync exceeded its deadline".into() },
+                    move || Event::ReverseSyncFailed { error: "reverse sync exceeded its deadline".into() },
                 );
             }
             Action::CatchUp => {
@@ -389,7 +401,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.spawn_effect(
                     sync_limit,
                     async move { Event::CatchUpFinished { result: fut.await.map(|s| (s.files, s.bytes)) } },
-                    Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
+                    move || Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
                 );
             }
             Action::Reconcile { attempt } => {
@@ -405,7 +417,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReconcileFailed { error },
                         }
                     },
-                    Event::ReconcileFailed { error: "reconciliation exceeded its deadline".into() },
+                    move || Event::ReconcileFailed { error: "reconciliation exceeded its deadline".into() },
                 );
             }
             Action::AfterSwitch { server, old_mount } => {
