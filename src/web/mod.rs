@@ -83,6 +83,13 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error("another nfs-guard web runs with this state directory (one instance per state directory){}", if *.recorded { "; the request is recorded and that instance carries it out" } else { "" })]
+    Locked {
+        #[source]
+        source: crate::sys::lockfile::LockError,
+        /// An operator request was recorded before the lock was found held.
+        recorded: bool,
+    },
     #[error("cannot create the state directory {path}")]
     StateDir {
         path: std::path::PathBuf,
@@ -102,12 +109,27 @@ pub async fn run(
     let state_dir = config.state_dir.clone();
     crate::sys::fsutil::ensure_private_dir(&state_dir)
         .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
-    if let Some(request) = request_of(args) {
+    let request = request_of(args);
+    if let Some(request) = request {
+        // A request alone only writes the request file: it works beside the running daemon.
         state::put_request(&state_dir, request)?;
-        println!("{}", explain(cfg, request, args.once));
         if !args.once {
+            println!("{}", explain(cfg, request, false));
             return Ok(());
         }
+    }
+    // The daemon and `--once` runs decide on the same durable state: one at a time.
+    let _lock = match crate::sys::lockfile::LockFile::acquire(&state::lock_path(&state_dir)) {
+        Ok(lock) => lock,
+        Err(source) => {
+            if let Some(request) = request {
+                println!("{}", explain(cfg, request, false));
+            }
+            return Err(Error::Locked { source, recorded: request.is_some() });
+        }
+    };
+    if let Some(request) = request {
+        println!("{}", explain(cfg, request, true));
     }
     let durable = state::load(&state_dir)?;
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));

@@ -53,6 +53,11 @@ pub fn state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("web.state.json")
 }
 
+/// Held by the daemon and by `--once` runs (one instance per state directory).
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("web.lock")
+}
+
 pub fn request_path(state_dir: &Path) -> PathBuf {
     state_dir.join("web.request.json")
 }
