@@ -101,3 +101,41 @@ fn one_web_instance_per_state_dir() {
     let req = std::fs::read_to_string(d.path().join("state/web.request.json")).unwrap();
     assert!(req.contains("\"release\""), "{req}");
 }
+
+/// `nfs-guard status` never hangs or eats memory on a planted status file (a FIFO, /dev/zero): it says
+/// which file is unreadable and why.
+#[test]
+fn status_survives_a_fifo_or_device_status_file() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path());
+    std::fs::create_dir_all(d.path().join("state")).unwrap();
+    let web = d.path().join("state/web.status.json");
+    nix::unistd::mkfifo(&web, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.path().join("state/storage.status.json")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("status")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`nfs-guard status` hangs on a FIFO status file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!("[web]\n  (unreadable status file {}: is a FIFO, not a regular file)", web.display())),
+        "{out}"
+    );
+    assert!(out.contains("[storage]\n  (unreadable status file ") && out.contains("is a device"), "{out}");
+}

@@ -233,7 +233,7 @@ impl Rig {
     }
 
     fn phase(&self) -> Phase {
-        state::load(self.dir.path()).unwrap().fsm.phase
+        state::load(self.dir.path()).unwrap().durable.fsm.phase
     }
 }
 
@@ -414,7 +414,7 @@ async fn restart_mid_failover_resumes_from_the_mount_table() {
     until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
     assert_eq!(rig.fake.calls(), vec!["mount backup"]);
     until("serving backup", Duration::from_secs(3), || rig.phase() == Phase::Serving { server: Server::Backup }).await;
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.epoch, 1, "the same episode, not a new failover");
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.epoch, 1, "the same episode, not a new failover");
     stop.cancel();
     h.await.unwrap();
 }
@@ -431,7 +431,7 @@ async fn restart_during_catch_up_finishes_the_pass() {
     let (stop, h) = rig.spawn();
     until("failback completed", Duration::from_secs(5), || rig.sink.count(AlertKind::FailbackCompleted) == 1).await;
     assert_eq!(rig.fake.calls(), vec!["catch-up"]);
-    let d = state::load(&rig.state_dir()).unwrap();
+    let d = state::load(&rig.state_dir()).unwrap().durable;
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
     assert!(!d.fsm.pending_reverse_sync);
     stop.cancel();
@@ -504,7 +504,7 @@ async fn a_backup_dying_while_served_is_reconciled_once_it_is_back() {
     let s = rig.status();
     assert_eq!(s["pending_reconcile_epoch"], 1, "{s}");
     assert_eq!(s["pending_reverse_sync"], false);
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, Some(1), "durable");
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, Some(1), "durable");
     stop.cancel();
     h.await.unwrap();
 
@@ -536,7 +536,7 @@ async fn a_backup_dying_while_served_is_reconciled_once_it_is_back() {
         ]
     );
     assert_eq!(rig.phase(), Phase::Serving { server: Server::Primary });
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, None);
 }
 
 /// A `--once` run that finds the reconciliation due starts it and waits for it before returning.
@@ -560,7 +560,7 @@ async fn once_mode_runs_a_due_reconciliation_to_completion() {
     assert_eq!(rig.fake.calls(), vec!["reconcile"]);
     assert_eq!(d.fsm.reconcile_epoch, None);
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, None);
     assert_eq!(rig.sink.count(AlertKind::ReverseSyncSucceeded), 1);
 }
 
@@ -582,6 +582,61 @@ async fn an_abandoned_staged_switch_reports_what_mountinfo_shows() {
     assert!(failed.next_steps.contains("EMPTY"), "{failed:?}");
     until("mounted again", Duration::from_secs(5), || rig.fake.mounted().is_some()).await;
     assert_eq!(rig.fake.calls()[1..], ["mount backup"], "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// A corrupt state file never disables HA: it is moved aside, the state is rebuilt from the mount table
+/// (the backup is mounted, so its writes must go back before any failback), one alert says so, and the
+/// node goes on: the failback waits for a reverse sync.
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_state_file_is_moved_aside_alerted_and_rebuilt_from_the_mount_table() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Backup);
+    std::fs::write(state::state_path(&rig.state_dir()), "{\"fsm\": {\"phase\": ").unwrap();
+    let (stop, h) = rig.spawn();
+    until("alerted", Duration::from_secs(1), || rig.sink.count(AlertKind::StateQuarantined) == 1).await;
+    let e = rig.sink.0.lock().unwrap()[0].clone();
+    assert!(e.title.ends_with("web.state.json unusable: rebuilt from the mount table"), "{e:?}");
+    assert!(e.reason.starts_with("not valid web state JSON: "), "{e:?}");
+    assert!(e.details[0].1.contains("a reverse sync backup -> primary is pending"), "{e:?}");
+    assert!(e.next_steps.contains("web.state.json.corrupt-"), "{e:?}");
+    until("failed back", Duration::from_secs(30), || rig.fake.mounted() == Some(Server::Primary)).await;
+    assert_eq!(rig.fake.calls()[..2], ["reverse-sync", "staged primary keep_old=true"]);
+    stop.cancel();
+    h.await.unwrap();
+    let kept: Vec<_> = std::fs::read_dir(rig.state_dir())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with("web.state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read_to_string(rig.state_dir().join(&kept[0])).unwrap(),
+        "{\"fsm\": {\"phase\": ",
+        "kept as it was"
+    );
+}
+
+/// An unreadable operator request (here a FIFO: reading it must not block the loop) is moved aside and
+/// alerted, never acted on; the loop goes on probing.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_request_is_alerted_and_never_blocks() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nix::unistd::mkfifo(&state::request_path(&rig.state_dir()), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    until("alerted", Duration::from_secs(3), || rig.sink.count(AlertKind::StateQuarantined) == 1).await;
+    let e = rig.sink.0.lock().unwrap()[0].clone();
+    assert!(e.title.contains("web.request.json IGNORED"), "{e:?}");
+    assert_eq!(e.reason, "is a FIFO, not a regular file");
+    let probes = rig.fake.probes("primary");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(rig.fake.probes("primary") >= probes + 4, "the loop goes on");
+    assert_eq!(rig.sink.count(AlertKind::StateQuarantined), 1, "once");
+    assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
     stop.cancel();
     h.await.unwrap();
 }

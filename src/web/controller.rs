@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
 use super::health::{Health, Status};
-use super::state::{self, Durable};
-use crate::alert::AlertSink;
+use super::state::{self, Durable, Loaded, Quarantined, Taken};
+use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::web::WebConfig;
 
 /// Margin added to an effect's own deadlines before the controller gives up on it.
@@ -67,13 +67,15 @@ pub struct Controller<P, M, S> {
     clock: Clock,
     last_status: Vec<u8>,
     last_after_switch: Option<String>,
+    /// The unusable state file this run started without (alerted once the mount table is read).
+    quarantined: Option<Quarantined>,
 }
 
 impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     pub fn new(
         cfg: &WebConfig,
         state_dir: PathBuf,
-        d: Durable,
+        loaded: Loaded,
         prober: Arc<P>,
         mounter: Arc<M>,
         syncer: Arc<S>,
@@ -93,7 +95,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             cfg: Arc::new(cfg.clone()),
             state_dir,
             policy,
-            d,
+            d: loaded.durable,
             prober,
             mounter,
             syncer,
@@ -106,12 +108,17 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             clock: Clock::new(),
             last_status: Vec::new(),
             last_after_switch: None,
+            quarantined: loaded.quarantined,
         }
     }
 
     /// Runs until `shutdown` (daemon) or until one cycle is complete (`once`). Never unmounts on exit.
     pub async fn run(mut self, once: bool, shutdown: CancellationToken) -> Durable {
         self.reconcile();
+        if let Some(q) = self.quarantined.take() {
+            let e = self.rebuilt_alert(&q);
+            self.alert(e);
+        }
         self.publish();
         if !once {
             crate::sys::systemd::ready(&self.summary());
@@ -230,9 +237,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     }
 
     fn on_tick(&mut self) {
-        if let Some(r) = state::take_request(&self.state_dir) {
-            tracing::info!(request = ?r, "operator request");
-            self.step(Event::Requested(r));
+        match state::take_request(&self.state_dir) {
+            Taken::Nothing => {}
+            Taken::Request(r) => {
+                tracing::info!(request = ?r, "operator request");
+                self.step(Event::Requested(r));
+            }
+            Taken::Unreadable(q) => {
+                let e = AlertEvent::new(
+                    AlertKind::StateQuarantined,
+                    Role::Web,
+                    format!("operator request {} IGNORED: unreadable", q.path.display()),
+                    q.problem.clone(),
+                )
+                .next_steps(format!(
+                    "Nothing was switched. Repeat the command (nfs-guard web --failover-to/--hold/--release).{}",
+                    moved_text(&q)
+                ));
+                self.alert(e);
+            }
         }
         let active = self.d.fsm.active();
         for t in Target::ALL {
@@ -432,12 +455,41 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     let _ = tx.send(Msg::AfterSwitch(s));
                 });
             }
-            Action::Alert(e) => {
-                tracing::warn!(kind = e.kind.name(), reason = %e.reason, "{}", e.title);
-                self.alerts.emit(e);
-            }
+            Action::Alert(e) => self.alert(e),
             Action::Persist => self.persist(),
         }
+    }
+
+    fn alert(&self, e: AlertEvent) {
+        tracing::warn!(kind = e.kind.name(), reason = %e.reason, "{}", e.title);
+        self.alerts.emit(e);
+    }
+
+    /// The alert for a run that started without its state file: what it found unusable, and what it
+    /// rebuilt from the mount table (by [`Controller::reconcile`]).
+    fn rebuilt_alert(&self, q: &Quarantined) -> AlertEvent {
+        let f = &self.d.fsm;
+        let rebuilt = match f.active() {
+            Some(Server::Backup) => {
+                "the backup is mounted: a reverse sync backup -> primary is pending before any failback"
+            }
+            Some(Server::Primary) => "the primary is mounted",
+            None => "nothing of ours is mounted: the first usable server is mounted",
+        };
+        AlertEvent::new(
+            AlertKind::StateQuarantined,
+            Role::Web,
+            format!("web state {} unusable: rebuilt from the mount table", q.path.display()),
+            q.problem.clone(),
+        )
+        .detail("rebuilt state", format!("{:?}; {rebuilt}", f.phase))
+        .next_steps(format!(
+            "Automatic failover and failback continue. Lost with the file: an operator hold (repeat \
+             --hold or --failover-to if one was set), retry backoff, and whether the backup holds writes \
+             from an earlier failover that the primary lacks (if the node served the backup before, \
+             check and copy them with `rsync -a --update`). Check the disk of the state directory.{}",
+            moved_text(q)
+        ))
     }
 
     fn persist(&self) {
@@ -489,6 +541,10 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             self.last_status = bytes;
         }
     }
+}
+
+fn moved_text(q: &Quarantined) -> String {
+    q.moved_to.as_ref().map_or_else(String::new, |to| format!(" The unusable file was kept as {}.", to.display()))
 }
 
 #[derive(Serialize)]

@@ -131,9 +131,25 @@ pub async fn run(
     if let Some(request) = request {
         println!("{}", explain(cfg, request, true));
     }
-    let durable = state::load(&state_dir)?;
+    let loaded = match state::load(&state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            // cannot even move it aside: this run stops, and says so by mail, not only in the journal
+            let text = crate::error::render_chain(&e);
+            alerts.emit(
+                crate::alert::AlertEvent::new(
+                    crate::alert::AlertKind::StateQuarantined,
+                    crate::alert::Role::Web,
+                    "web role NOT RUNNING: its state file is unusable",
+                    text,
+                )
+                .next_steps("Failover is OFF on this node. Fix or remove the file named above."),
+            );
+            return Err(e.into());
+        }
+    };
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
-    let c = controller::Controller::new(cfg, state_dir, durable, fx.clone(), fx.clone(), fx, alerts);
+    let c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
     c.run(args.once, shutdown).await;
     Ok(())
 }
