@@ -168,9 +168,12 @@ impl Inner {
         }
         match mountinfo::top_at(&self.entries(), at) {
             None => Ok(()),
-            Some(m) => {
-                Err(format!("{} is still a mount point ({} {}) after 4 detaches", at.display(), m.fstype, m.source))
-            }
+            Some(m) => Err(format!(
+                "{} is still a mount point ({} {}) after 4 detaches",
+                at.display(),
+                m.fstype,
+                m.source.display()
+            )),
         }
     }
 
@@ -489,6 +492,25 @@ mod tests {
         std::fs::create_dir_all(stage.join("old")).unwrap();
         let e = inner.prepare_dir(&stage.join("old")).await.unwrap_err();
         assert_eq!(e, format!("{}/old is still a mount point (nfs4 10.0.0.9:/dead) after 4 detaches", stage.display()));
+    }
+
+    /// A mount point whose name is not UTF-8 (and has a space) is recognised in mountinfo, even
+    /// when another entry is not UTF-8 either.
+    #[test]
+    fn a_non_utf8_mount_point_is_verified_byte_exact() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let mi = d.path().join("mountinfo");
+        std::fs::write(
+            &mi,
+            b"22 1 0:21 / / rw - ext4 /dev/vda1 rw\n23 22 0:22 / /srv/\xe9t\xe9 rw - ext4 /dev/vdb rw\n\
+              40 22 0:35 / /mnt/\xff\\040web rw - nfs4 10.0.0.3:/srv/nfs rw\n",
+        )
+        .unwrap();
+        let mut inner = inner_with(d.path(), &mi);
+        inner.cfg.mount_point = PathBuf::from(std::ffi::OsStr::from_bytes(b"/mnt/\xff web"));
+        assert_eq!(inner.serving(&inner.cfg.mount_point.clone()), Some(Server::Backup));
+        assert!(inner.verify(&inner.cfg.mount_point.clone(), Server::Backup).is_ok());
     }
 
     #[test]

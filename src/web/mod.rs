@@ -90,6 +90,14 @@ pub enum Error {
         /// An operator request was recorded before the lock was found held.
         recorded: bool,
     },
+    #[error("web.mount_point: {0}")]
+    MountPoint(String),
+    #[error("cannot resolve the state directory {path}")]
+    StateDirPath {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the state directory {path}")]
     StateDir {
         path: std::path::PathBuf,
@@ -109,6 +117,8 @@ pub async fn run(
     let state_dir = config.state_dir.clone();
     crate::sys::fsutil::ensure_private_dir(&state_dir)
         .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
+    let (cfg, state_dir) = &canonical(cfg, &state_dir)?;
+    let state_dir = state_dir.clone();
     let request = request_of(args);
     if let Some(request) = request {
         // A request alone only writes the request file: it works beside the running daemon.
@@ -154,6 +164,20 @@ pub async fn run(
     Ok(())
 }
 
+/// The config and state dir with the paths the kernel lists in mountinfo (symlinks and `..`
+/// resolved), so verifications compare like with like. The mount point itself is never stat'ed (it
+/// may be a dead NFS mount): only its parent is resolved. The state dir is local and exists.
+fn canonical(
+    cfg: &crate::config::web::WebConfig,
+    state_dir: &std::path::Path,
+) -> Result<(crate::config::web::WebConfig, std::path::PathBuf), Error> {
+    let mut cfg = cfg.clone();
+    cfg.mount_point = crate::sys::mountinfo::canonical_mount_point(&cfg.mount_point).map_err(Error::MountPoint)?;
+    let state_dir = std::fs::canonicalize(state_dir)
+        .map_err(|source| Error::StateDirPath { path: state_dir.to_owned(), source })?;
+    Ok((cfg, state_dir))
+}
+
 fn request_of(args: &WebArgs) -> Option<fsm::Request> {
     match (args.failover_to, args.hold, args.release) {
         (Some(Target::Primary), _, _) => Some(fsm::Request::FailoverTo(fsm::Server::Primary)),
@@ -195,5 +219,32 @@ fn explain(cfg: &crate::config::web::WebConfig, request: fsm::Request, once: boo
         ),
         fsm::Request::Hold => format!("Recorded: hold {mp} on its current server, {when}. No automatic failover or failback until `nfs-guard web --release`."),
         fsm::Request::Release => format!("Recorded: release the hold, {when}. Automatic failover and failback resume."),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A symlink or `..` in `mount_point` or `state_dir` would make every mountinfo verification fail
+    /// (and self-binds of the staging dir stack up): both are resolved at start.
+    #[test]
+    fn paths_are_compared_as_the_kernel_lists_them() {
+        let d = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(real.join("mnt/a")).unwrap();
+        std::fs::create_dir_all(real.join("var/state")).unwrap();
+        std::os::unix::fs::symlink(real.join("mnt"), real.join("m")).unwrap();
+        let text = format!(
+            "state_dir = \"{0}/var/../var/state\"\n[web]\nmount_point = \"{0}/m/a/../nfs\"\n\
+             [web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n\
+             [web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n",
+            d.path().display()
+        );
+        let c = Config::parse(std::path::Path::new("w.toml"), &text).unwrap();
+        let (cfg, state_dir) = canonical(c.web().unwrap(), &c.state_dir).unwrap();
+        assert_eq!(cfg.mount_point, real.join("mnt/nfs"));
+        assert_eq!(state_dir, real.join("var/state"));
     }
 }
