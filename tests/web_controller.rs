@@ -46,6 +46,9 @@ struct World {
     calls: Vec<String>,
     /// Probes started, per target.
     probes: HashMap<&'static str, usize>,
+    /// When set, a mount records the phase and epoch on disk in this state dir when it starts.
+    state_dir: Option<PathBuf>,
+    on_disk_at_mount: Vec<(Phase, u64)>,
     /// Mount calls never complete while set.
     mount_hangs: bool,
     /// Staged switches detach the mount point, then never complete, while set.
@@ -108,6 +111,11 @@ impl Mounter for Fake {
             g.mount_hangs
         };
         async move {
+            let dir = w.lock().unwrap().state_dir.clone();
+            if let Some(dir) = dir {
+                let f = state::load(&dir).unwrap().durable.fsm;
+                w.lock().unwrap().on_disk_at_mount.push((f.phase, f.epoch));
+            }
             if hangs {
                 std::future::pending::<()>().await;
             }
@@ -639,4 +647,24 @@ async fn an_unreadable_request_is_alerted_and_never_blocks() {
     assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
     stop.cancel();
     h.await.unwrap();
+}
+
+/// The durable state is written off the loop (fsync on a blocking thread), yet an effect still starts
+/// only after the state it was decided on is on disk: a crash mid-mount resumes the right episode.
+#[tokio::test(start_paused = true)]
+async fn an_effect_starts_only_after_its_state_is_durable() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Primary);
+        w.state_dir = Some(rig.state_dir());
+    }
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.fake.set_up("primary", false);
+    until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.0.lock().unwrap().on_disk_at_mount, vec![(Phase::Mounting { to: Server::Backup }, 1)]);
+    stop.cancel();
+    let d = h.await.unwrap();
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable, d, "the last state is flushed on stop");
 }

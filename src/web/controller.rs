@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
@@ -69,6 +69,13 @@ pub struct Controller<P, M, S> {
     last_after_switch: Option<String>,
     /// The unusable state file this run started without (alerted once the mount table is read).
     quarantined: Option<Quarantined>,
+    /// Durable state writes (fsync) go to the persister task, never onto the loop.
+    persist_tx: mpsc::UnboundedSender<(u64, Durable)>,
+    persist_rx: Option<mpsc::UnboundedReceiver<(u64, Durable)>>,
+    /// The generation last written by the persister; effects wait for theirs before they start.
+    persisted: watch::Receiver<u64>,
+    persisted_tx: Option<watch::Sender<u64>>,
+    persist_gen: u64,
 }
 
 impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
@@ -82,6 +89,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         alerts: Arc<dyn AlertSink>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+        let (persisted_tx, persisted) = watch::channel(0);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let policy = Policy {
             hold_down_ms: ms(cfg.hold_down),
@@ -109,11 +118,19 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             last_status: Vec::new(),
             last_after_switch: None,
             quarantined: loaded.quarantined,
+            persist_tx,
+            persist_rx: Some(persist_rx),
+            persisted,
+            persisted_tx: Some(persisted_tx),
+            persist_gen: 0,
         }
     }
 
     /// Runs until `shutdown` (daemon) or until one cycle is complete (`once`). Never unmounts on exit.
     pub async fn run(mut self, once: bool, shutdown: CancellationToken) -> Durable {
+        if let (Some(rx), Some(done)) = (self.persist_rx.take(), self.persisted_tx.take()) {
+            tokio::spawn(persister(self.state_dir.clone(), rx, done));
+        }
         self.reconcile();
         if let Some(q) = self.quarantined.take() {
             let e = self.rebuilt_alert(&q);
@@ -156,11 +173,20 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             }
         }
         self.persist();
+        self.flush().await;
         self.publish();
         if !once {
             crate::sys::systemd::stopping();
         }
         self.d
+    }
+
+    /// Waits (bounded) until the persister has written the latest state.
+    async fn flush(&mut self) {
+        let gen = self.persist_gen;
+        if tokio::time::timeout(STOP_GRACE, self.persisted.wait_for(|g| *g >= gen)).await.is_err() {
+            tracing::error!(state_dir = %self.state_dir.display(), "the web state was not written within {STOP_GRACE:?}");
+        }
     }
 
     /// Records an effect's completion while stopping, without starting follow-up actions.
@@ -354,8 +380,14 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     {
         self.effects += 1;
         let tx = self.tx.clone();
+        let persisted = self.persisted_gate();
         tokio::spawn(async move {
-            let ev = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| on_timeout());
+            // the state the action was decided on is durable before the effect touches anything
+            let run = async move {
+                persisted.await;
+                fut.await
+            };
+            let ev = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| on_timeout());
             let _ = tx.send(Msg::Done(ev));
         });
     }
@@ -492,9 +524,21 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         ))
     }
 
-    fn persist(&self) {
-        if let Err(e) = state::save(&self.state_dir, &self.d) {
-            tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state");
+    /// Hands the state to the persister (a blocking thread does the fsync); effects spawned from now
+    /// on start only once it is written.
+    fn persist(&mut self) {
+        self.persist_gen += 1;
+        if self.persist_tx.send((self.persist_gen, self.d.clone())).is_err() {
+            tracing::error!("the web state persister has stopped: state not written");
+        }
+    }
+
+    /// Resolves once everything persisted so far is written (or the persister is gone).
+    fn persisted_gate(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.persisted.clone();
+        let gen = self.persist_gen;
+        async move {
+            let _ = rx.wait_for(|g| *g >= gen).await;
         }
     }
 
@@ -540,6 +584,24 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             crate::status::write(&self.state_dir, "web", &doc);
             self.last_status = bytes;
         }
+    }
+}
+
+/// Writes the durable state (write + fsync + rename + fsync) on blocking threads, latest first, and
+/// reports each written generation. A failed write is logged and counted as done: the loop goes on
+/// with the state in memory, as it always did.
+async fn persister(state_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(u64, Durable)>, done: watch::Sender<u64>) {
+    while let Some((mut gen, mut d)) = rx.recv().await {
+        while let Ok((g, newer)) = rx.try_recv() {
+            (gen, d) = (g, newer);
+        }
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || state::save(&dir, &d)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state"),
+            Err(e) => tracing::error!(error = %e, "the web state writer died"),
+        }
+        let _ = done.send(gen);
     }
 }
 
