@@ -39,6 +39,7 @@ module = "data"
 "#;
 
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools, reason = "independent fault switches of a fake")]
 struct World {
     /// Is the server answering its checks?
     up: HashMap<&'static str, bool>,
@@ -49,6 +50,11 @@ struct World {
     /// When set, a mount records the phase and epoch on disk in this state dir when it starts.
     state_dir: Option<PathBuf>,
     on_disk_at_mount: Vec<(Phase, u64)>,
+    /// The next mount panics.
+    mount_panics: bool,
+    /// The next probe call blocks its caller (the controller loop itself) until this receives.
+    wedge: Option<std::sync::mpsc::Receiver<()>>,
+    wedged: bool,
     /// Mount calls never complete while set.
     mount_hangs: bool,
     /// Staged switches detach the mount point, then never complete, while set.
@@ -82,6 +88,13 @@ impl Prober for Fake {
             Target::Backup => "backup",
             Target::Witness => "witness",
         };
+        let wedge = self.0.lock().unwrap().wedge.take();
+        if let Some(rx) = wedge {
+            // blocks the caller's thread: the controller loop is wedged, not just slow
+            self.0.lock().unwrap().wedged = true;
+            let _ = rx.recv();
+            self.0.lock().unwrap().wedged = false;
+        }
         let up = {
             let mut w = self.0.lock().unwrap();
             *w.probes.entry(name).or_default() += 1;
@@ -105,12 +118,13 @@ impl Mounter for Fake {
     }
     fn mount(&self, server: Server) -> impl Future<Output = Result<Option<u64>, String>> + Send + 'static {
         let w = self.0.clone();
-        let hangs = {
+        let (hangs, panics) = {
             let mut g = w.lock().unwrap();
             g.calls.push(format!("mount {}", server.name()));
-            g.mount_hangs
+            (g.mount_hangs, std::mem::take(&mut g.mount_panics))
         };
         async move {
+            assert!(!panics, "scripted panic of the mount effect");
             let dir = w.lock().unwrap().state_dir.clone();
             if let Some(dir) = dir {
                 let f = state::load(&dir).unwrap().durable.fsm;
@@ -667,4 +681,93 @@ async fn an_effect_starts_only_after_its_state_is_durable() {
     stop.cancel();
     let d = h.await.unwrap();
     assert_eq!(state::load(&rig.state_dir()).unwrap().durable, d, "the last state is flushed on stop");
+}
+
+/// A panicked effect is a failure the state machine hears about (alert, retry), not silence that
+/// leaves the node "mounting" forever.
+#[tokio::test(start_paused = true)]
+async fn a_panicked_effect_is_a_failure_not_silence() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Primary);
+        w.mount_panics = true;
+    }
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.fake.set_up("primary", false);
+    until("switch failed", Duration::from_secs(10), || rig.sink.count(AlertKind::SwitchFailed) == 1).await;
+    assert!(rig
+        .sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == AlertKind::SwitchFailed && e.reason.contains("panicked")));
+    until("mounted on retry", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.calls(), ["mount backup", "mount backup"]);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+fn counting_watchdog(period: Duration) -> (Arc<std::sync::atomic::AtomicUsize>, nfs_guard::sys::systemd::Watchdog) {
+    let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = pings.clone();
+    let w = nfs_guard::sys::systemd::Watchdog::with(Some(period), move || {
+        p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    (pings, w)
+}
+
+/// The loop pings at least once per watchdog period even when the check interval is longer and an
+/// effect runs for minutes.
+#[tokio::test(start_paused = true)]
+async fn the_loop_pings_the_watchdog_every_period_whatever_it_waits_for() {
+    let rig = Rig::new(&CONFIG.replace("interval = \"1s\"", "interval = \"60s\""));
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.fake.0.lock().unwrap().mount_hangs = true;
+    let (pings, w) = counting_watchdog(Duration::from_secs(5));
+    let stop = CancellationToken::new();
+    let c = rig.controller().with_watchdog(w);
+    let h = tokio::spawn(c.run(false, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = pings.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let n = pings.load(std::sync::atomic::Ordering::SeqCst) - start;
+    assert!(n >= 120 / 5, "{n} pings in 120 s with a 5 s period");
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// A WEDGED loop (blocked inside an iteration) stops pinging, so systemd restarts the unit; it pings
+/// again once it moves. Real time on two worker threads: the loop blocks one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_loop_stops_pinging_the_watchdog() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let period = Duration::from_millis(50);
+    let (pings, w) = counting_watchdog(period);
+    let stop = CancellationToken::new();
+    let c = rig.controller().with_watchdog(w);
+    let h = tokio::spawn(c.run(false, stop.clone()));
+    let count = || pings.load(std::sync::atomic::Ordering::SeqCst);
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait("first pings", &|| count() >= 3);
+    let (unwedge, rx) = std::sync::mpsc::channel();
+    rig.fake.0.lock().unwrap().wedge = Some(rx);
+    wait("the loop wedged", &|| rig.fake.0.lock().unwrap().wedged);
+    let at_wedge = count();
+    // a negative needs an observation window: 10 watchdog periods
+    std::thread::sleep(period * 10);
+    assert!(count() <= at_wedge + 1, "pinged while wedged: {at_wedge} -> {}", count());
+    unwedge.send(()).unwrap();
+    wait("pings again", &|| count() >= at_wedge + 3);
+    stop.cancel();
+    h.await.unwrap();
 }

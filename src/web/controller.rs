@@ -5,6 +5,7 @@
 //! answering status or taking operator requests. In `--once` mode it runs one probe round, waits for
 //! the effects it started, persists and returns.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
@@ -25,11 +27,23 @@ use crate::config::web::WebConfig;
 const EFFECT_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping daemon waits for running effects (under systemd's TimeoutStopSec=20s).
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long the last state write may take when the loop ends.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 enum Msg {
     Probed(Target, Result<(), String>),
     Done(Event),
     AfterSwitch(String),
+}
+
+/// The failure event of an effect that did not report: `why` is "exceeded its deadline" or "panicked".
+type OnFail = Arc<dyn Fn(&str) -> Event + Send + Sync>;
+
+/// What a task in the controller's `JoinSet` is, so one that panics still reports (as a failure).
+enum Job {
+    Probe(Target),
+    Effect(OnFail),
+    AfterSwitch,
 }
 
 /// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests control them) and
@@ -59,8 +73,10 @@ pub struct Controller<P, M, S> {
     mounter: Arc<M>,
     syncer: Arc<S>,
     alerts: Arc<dyn AlertSink>,
-    tx: mpsc::UnboundedSender<Msg>,
-    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Every probe and effect: the loop watches them; a panicked one reports as a failure.
+    tasks: JoinSet<Msg>,
+    jobs: HashMap<Id, Job>,
+    watchdog: crate::sys::systemd::Watchdog,
     probing: [bool; 3],
     reported: [bool; 3],
     effects: usize,
@@ -88,7 +104,6 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         syncer: Arc<S>,
         alerts: Arc<dyn AlertSink>,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         let (persisted_tx, persisted) = watch::channel(0);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -109,8 +124,9 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             mounter,
             syncer,
             alerts,
-            tx,
-            rx,
+            tasks: JoinSet::new(),
+            jobs: HashMap::new(),
+            watchdog: crate::sys::systemd::Watchdog::with(None, || {}),
             probing: [false; 3],
             reported: [false; 3],
             effects: 0,
@@ -126,6 +142,13 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         }
     }
 
+    /// Pings `watchdog` from the loop (the daemon uses systemd's; default: none).
+    #[must_use]
+    pub fn with_watchdog(mut self, watchdog: crate::sys::systemd::Watchdog) -> Self {
+        self.watchdog = watchdog;
+        self
+    }
+
     /// Runs until `shutdown` (daemon) or until one cycle is complete (`once`). Never unmounts on exit.
     pub async fn run(mut self, once: bool, shutdown: CancellationToken) -> Durable {
         if let (Some(rx), Some(done)) = (self.persist_rx.take(), self.persisted_tx.take()) {
@@ -139,20 +162,28 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.publish();
         if !once {
             crate::sys::systemd::ready(&self.summary());
-            crate::sys::systemd::spawn_watchdog(shutdown.clone());
         }
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The loop wakes at least every watchdog period and pings after each iteration: the ping
+        // proves THIS loop makes progress (no independent timer task keeps a wedged loop alive).
+        let mut wake = tokio::time::interval(self.watchdog.period().unwrap_or(Duration::from_secs(3600)));
+        wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticked = false;
         loop {
+            self.watchdog.ping();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(done) = self.tasks.join_next_with_id() => {
+                    let msg = self.finished(done);
+                    self.handle(msg);
+                }
                 _ = tick.tick(), if !(once && ticked) => {
                     ticked = true;
                     self.on_tick();
                 }
+                _ = wake.tick() => {}
             }
             if once && ticked && self.effects == 0 && self.round_complete() {
                 break;
@@ -166,12 +197,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             let grace = tokio::time::sleep(STOP_GRACE);
             tokio::pin!(grace);
             while self.effects > 0 {
+                self.watchdog.ping();
                 tokio::select! {
                     () = &mut grace => break,
-                    Some(msg) = self.rx.recv() => self.settle(msg),
+                    Some(done) = self.tasks.join_next_with_id() => {
+                        let msg = self.finished(done);
+                        self.settle(msg);
+                    }
+                    _ = wake.tick() => {}
                 }
             }
+            if self.effects > 0 {
+                tracing::error!(
+                    effects = self.effects,
+                    "stopping with effects still running after {STOP_GRACE:?}: abandoned"
+                );
+            }
         }
+        // probes, and effects past the grace, are aborted here (mount helpers are killed with them)
+        self.tasks.abort_all();
         self.persist();
         self.flush().await;
         self.publish();
@@ -184,9 +228,35 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     /// Waits (bounded) until the persister has written the latest state.
     async fn flush(&mut self) {
         let gen = self.persist_gen;
-        if tokio::time::timeout(STOP_GRACE, self.persisted.wait_for(|g| *g >= gen)).await.is_err() {
-            tracing::error!(state_dir = %self.state_dir.display(), "the web state was not written within {STOP_GRACE:?}");
+        if tokio::time::timeout(FLUSH_GRACE, self.persisted.wait_for(|g| *g >= gen)).await.is_err() {
+            tracing::error!(state_dir = %self.state_dir.display(), "the web state was not written within {FLUSH_GRACE:?}");
         }
+    }
+
+    /// Turns a finished task into its report. A task that panicked (or was aborted) is an ERROR:
+    /// a probe reports a failed check, an effect its failure event; never silence.
+    fn finished(&mut self, done: Result<(Id, Msg), JoinError>) -> Msg {
+        let (id, outcome) = match done {
+            Ok((id, msg)) => (id, Ok(msg)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        match (outcome, self.jobs.remove(&id)) {
+            (Ok(msg), _) => msg,
+            (Err(e), job) => {
+                let why = if e.is_panic() { "panicked" } else { "was cancelled" };
+                tracing::error!(task = %id, error = %e, "a web role task {why}");
+                match job {
+                    Some(Job::Probe(t)) => Msg::Probed(t, Err(format!("the check task {why}"))),
+                    Some(Job::Effect(on_fail)) => Msg::Done(on_fail(why)),
+                    Some(Job::AfterSwitch) | None => Msg::AfterSwitch(format!("after-switch actions {why}")),
+                }
+            }
+        }
+    }
+
+    fn spawn_job(&mut self, job: Job, fut: impl Future<Output = Msg> + Send + 'static) {
+        let handle = self.tasks.spawn(fut);
+        self.jobs.insert(handle.id(), job);
     }
 
     /// Records an effect's completion while stopping, without starting follow-up actions.
@@ -291,10 +361,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             self.probing[t.index()] = true;
             let canary = active.is_some_and(|s| Target::of(s) == t);
             let fut = self.prober.probe(t, canary);
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(Msg::Probed(t, fut.await));
-            });
+            self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
         }
         self.step(Event::Ticked);
     }
@@ -371,24 +438,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.publish();
     }
 
-    /// Spawns an effect; at `limit` it is abandoned and `on_timeout()` (called then, so it can look
-    /// at mountinfo as it is at that moment) reports instead.
-    fn spawn_effect<F, T>(&mut self, limit: Duration, fut: F, on_timeout: T)
+    /// Spawns an effect; at `limit` it is abandoned and `on_fail("exceeded its deadline")` (called
+    /// then, so it can look at mountinfo as it is at that moment) reports instead; a panic reports
+    /// `on_fail("panicked")`.
+    fn spawn_effect<F, T>(&mut self, limit: Duration, fut: F, on_fail: T)
     where
         F: Future<Output = Event> + Send + 'static,
-        T: FnOnce() -> Event + Send + 'static,
+        T: Fn(&str) -> Event + Send + Sync + 'static,
     {
         self.effects += 1;
-        let tx = self.tx.clone();
+        let on_fail: OnFail = Arc::new(on_fail);
+        let on_timeout = on_fail.clone();
         let persisted = self.persisted_gate();
-        tokio::spawn(async move {
-            // the state the action was decided on is durable before the effect touches anything
-            let run = async move {
-                persisted.await;
-                fut.await
-            };
-            let ev = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| on_timeout());
-            let _ = tx.send(Msg::Done(ev));
+        // the state the action was decided on is durable before the effect touches anything
+        let run = async move {
+            persisted.await;
+            fut.await
+        };
+        self.spawn_job(Job::Effect(on_fail), async move {
+            Msg::Done(tokio::time::timeout(limit, run).await.unwrap_or_else(|_| on_timeout("exceeded its deadline")))
         });
     }
 
@@ -407,10 +475,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::MountFailed { server, error },
                         }
                     },
-                    move || Event::MountFailed {
-                        server,
-                        error: "mount effect exceeded its deadline (abandoned)".into(),
-                    },
+                    move |why| Event::MountFailed { server, error: format!("mount effect {why} (abandoned)") },
                 );
             }
             Action::StagedSwitch { to, keep_old } => {
@@ -427,9 +492,9 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     },
                     // what the mount point serves NOW (the switch may have stopped anywhere), never
                     // what the state machine believed before it started
-                    move || Event::StagedSwitchFailed {
+                    move |why| Event::StagedSwitchFailed {
                         to,
-                        error: "staged switch exceeded its deadline (abandoned)".into(),
+                        error: format!("staged switch {why} (abandoned)"),
                         serving: mounter.mounted(),
                     },
                 );
@@ -447,7 +512,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReverseSyncFailed { error },
                         }
                     },
-                    move || Event::ReverseSyncFailed { error: "reverse sync exceeded its deadline".into() },
+                    move |why| Event::ReverseSyncFailed { error: format!("reverse sync {why}") },
                 );
             }
             Action::CatchUp => {
@@ -456,7 +521,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.spawn_effect(
                     sync_limit,
                     async move { Event::CatchUpFinished { result: fut.await.map(|s| (s.files, s.bytes)) } },
-                    move || Event::CatchUpFinished { result: Err("catch-up exceeded its deadline".into()) },
+                    move |why| Event::CatchUpFinished { result: Err(format!("catch-up {why}")) },
                 );
             }
             Action::Reconcile { attempt } => {
@@ -472,19 +537,19 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReconcileFailed { error },
                         }
                     },
-                    move || Event::ReconcileFailed { error: "reconciliation exceeded its deadline".into() },
+                    move |why| Event::ReconcileFailed { error: format!("reconciliation {why}") },
                 );
             }
             Action::AfterSwitch { server, old_mount } => {
                 self.effects += 1;
                 let fut = self.mounter.after_switch(server, old_mount);
-                let tx = self.tx.clone();
                 let limit = self.cfg.restart_timeout + EFFECT_GRACE;
-                tokio::spawn(async move {
-                    let s = tokio::time::timeout(limit, fut)
-                        .await
-                        .unwrap_or_else(|_| "after-switch actions timed out".into());
-                    let _ = tx.send(Msg::AfterSwitch(s));
+                self.spawn_job(Job::AfterSwitch, async move {
+                    Msg::AfterSwitch(
+                        tokio::time::timeout(limit, fut)
+                            .await
+                            .unwrap_or_else(|_| "after-switch actions timed out".into()),
+                    )
                 });
             }
             Action::Alert(e) => self.alert(e),

@@ -159,7 +159,10 @@ pub async fn run(
         }
     };
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
-    let c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+    let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+    if !args.once {
+        c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());
+    }
     c.run(args.once, shutdown).await;
     Ok(())
 }
