@@ -4,6 +4,11 @@
 //! It never awaits an effect inline, so a hung mount or a slow rsync never stops it from probing,
 //! answering status or taking operator requests. In `--once` mode it runs one probe round, waits for
 //! the effects it started, persists and returns.
+//!
+//! Supervision: probes and effects are in a `JoinSet` the loop watches (a panicked one reports its
+//! failure event); the systemd watchdog is pinged by the loop itself, which wakes at least once per
+//! watchdog period, so a wedged loop is restarted. Durable state writes (fsync) run on a blocking
+//! thread of the persister task; an effect starts only after the state it was decided on is written.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -16,7 +16,9 @@
 //!
 //! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
 //! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
-//! unmounts anything.
+//! unmounts anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
+//! directory); an operator request alone only writes the request file. `mount_point` and `state_dir`
+//! are canonicalized at start (the mount point through its parent only) to match mountinfo.
 //!
 //! # Failover (old server dead)
 //! `umount2(MNT_DETACH | MNT_FORCE)` of the mount point on a thread with a deadline (never a stat), then
