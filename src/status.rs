@@ -1,4 +1,5 @@
-//! Status files: each role writes `<state_dir>/<role>.status.json` (atomically) whenever its state
+//! Status files: each role writes `<state_dir>/<role>.status.json` (atomically, without fsync: a crash
+//! may lose the latest, readers never see a torn one) whenever its state
 //! changes; `nfs-guard status` prints them without talking to the daemons, so it answers even while a
 //! daemon is busy or a mount is hung.
 
@@ -7,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::sys::fsutil::write_atomic;
+use crate::sys::fsutil::{read_capped_string, write_atomic_nosync};
+
+/// Larger status files are not ours.
+const MAX_STATUS_BYTES: u64 = 1 << 20;
 
 pub const ROLES: [&str; 2] = ["web", "storage"];
 
@@ -18,8 +22,9 @@ pub fn path(state_dir: &Path, role: &str) -> PathBuf {
 /// Writes the status document of `role`. Failures are logged, never fatal: status is for humans.
 pub fn write<T: Serialize>(state_dir: &Path, role: &str, status: &T) {
     let p = path(state_dir, role);
-    let result =
-        serde_json::to_vec_pretty(status).map_err(std::io::Error::other).and_then(|bytes| write_atomic(&p, &bytes));
+    let result = serde_json::to_vec_pretty(status)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_atomic_nosync(&p, &bytes));
     if let Err(e) = result {
         tracing::warn!(path = %p.display(), error = %e, "cannot write status file");
     }
@@ -30,7 +35,16 @@ pub fn write<T: Serialize>(state_dir: &Path, role: &str, status: &T) {
 pub fn render(state_dir: &Path, json: bool) -> Option<String> {
     let mut out = String::new();
     for role in ROLES {
-        let Ok(text) = std::fs::read_to_string(path(state_dir, role)) else { continue };
+        let p = path(state_dir, role);
+        // bounded and non-blocking: a FIFO or /dev/zero planted here never hangs `nfs-guard status`
+        let text = match read_capped_string(&p, MAX_STATUS_BYTES) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let _ = writeln!(out, "[{role}]\n  (unreadable status file {}: {e})", p.display());
+                continue;
+            }
+        };
         if json {
             out.push_str(&text);
             out.push('\n');

@@ -61,13 +61,25 @@ fn missing_config_file_exits_78_naming_the_file() {
 
 #[test]
 fn default_config_path_is_etc() {
-    // Whatever the machine has at the default path, the message must name it if it is unreadable.
-    if Path::new("/etc/nfs-guard/nfs-guard.toml").exists() {
-        return;
-    }
+    // Whatever this machine has at the default path (nothing, a valid or a broken config), the command
+    // reads THAT file and names it: "<path>: valid (...)" or an error naming it. Every branch asserts.
+    const DEFAULT: &str = "/etc/nfs-guard/nfs-guard.toml";
     let o = nfs_guard(&["check-config"]);
-    assert_eq!(o.status.code(), Some(78));
-    assert!(text(&o).contains("/etc/nfs-guard/nfs-guard.toml"), "{}", text(&o));
+    let t = text(&o);
+    match std::fs::metadata(DEFAULT) {
+        Err(_) => {
+            assert_eq!(o.status.code(), Some(78), "{t}");
+            assert!(t.contains(&format!("cannot read config file {DEFAULT}")), "{t}");
+        }
+        Ok(_) if o.status.code() == Some(0) => assert!(t.contains(&format!("{DEFAULT}: valid")), "{t}"),
+        Ok(_) => {
+            assert_eq!(o.status.code(), Some(78), "{t}");
+            assert!(t.contains(DEFAULT), "{t}");
+        }
+    }
+    // and the help says which file that is
+    let h = text(&nfs_guard(&["--help"]));
+    assert!(h.contains(&format!("[default: {DEFAULT}]")), "{h}");
 }
 
 #[test]

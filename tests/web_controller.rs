@@ -39,13 +39,26 @@ module = "data"
 "#;
 
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools, reason = "independent fault switches of a fake")]
 struct World {
     /// Is the server answering its checks?
     up: HashMap<&'static str, bool>,
     mounted: Option<Server>,
     calls: Vec<String>,
+    /// Probes started, per target.
+    probes: HashMap<&'static str, usize>,
+    /// When set, a mount records the phase and epoch on disk in this state dir when it starts.
+    state_dir: Option<PathBuf>,
+    on_disk_at_mount: Vec<(Phase, u64)>,
+    /// The next mount panics.
+    mount_panics: bool,
+    /// The next probe call blocks its caller (the controller loop itself) until this receives.
+    wedge: Option<std::sync::mpsc::Receiver<()>>,
+    wedged: bool,
     /// Mount calls never complete while set.
     mount_hangs: bool,
+    /// Staged switches detach the mount point, then never complete, while set.
+    staged_hangs: bool,
     /// Results of the next reverse syncs (default: success).
     sync_results: Vec<Result<(), String>>,
 }
@@ -63,6 +76,9 @@ impl Fake {
     fn mounted(&self) -> Option<Server> {
         self.0.lock().unwrap().mounted
     }
+    fn probes(&self, who: &'static str) -> usize {
+        *self.0.lock().unwrap().probes.get(who).unwrap_or(&0)
+    }
 }
 
 impl Prober for Fake {
@@ -72,7 +88,18 @@ impl Prober for Fake {
             Target::Backup => "backup",
             Target::Witness => "witness",
         };
-        let up = *self.0.lock().unwrap().up.get(name).unwrap_or(&true);
+        let wedge = self.0.lock().unwrap().wedge.take();
+        if let Some(rx) = wedge {
+            // blocks the caller's thread: the controller loop is wedged, not just slow
+            self.0.lock().unwrap().wedged = true;
+            let _ = rx.recv();
+            self.0.lock().unwrap().wedged = false;
+        }
+        let up = {
+            let mut w = self.0.lock().unwrap();
+            *w.probes.entry(name).or_default() += 1;
+            *w.up.get(name).unwrap_or(&true)
+        };
         async move {
             if up {
                 Ok(())
@@ -91,12 +118,18 @@ impl Mounter for Fake {
     }
     fn mount(&self, server: Server) -> impl Future<Output = Result<Option<u64>, String>> + Send + 'static {
         let w = self.0.clone();
-        let hangs = {
+        let (hangs, panics) = {
             let mut g = w.lock().unwrap();
             g.calls.push(format!("mount {}", server.name()));
-            g.mount_hangs
+            (g.mount_hangs, std::mem::take(&mut g.mount_panics))
         };
         async move {
+            assert!(!panics, "scripted panic of the mount effect");
+            let dir = w.lock().unwrap().state_dir.clone();
+            if let Some(dir) = dir {
+                let f = state::load(&dir).unwrap().durable.fsm;
+                w.lock().unwrap().on_disk_at_mount.push((f.phase, f.epoch));
+            }
             if hangs {
                 std::future::pending::<()>().await;
             }
@@ -111,8 +144,16 @@ impl Mounter for Fake {
         keep_old: bool,
     ) -> impl Future<Output = Result<Option<u64>, (String, Option<Server>)>> + Send + 'static {
         let w = self.0.clone();
-        w.lock().unwrap().calls.push(format!("staged {} keep_old={keep_old}", to.name()));
+        let hangs = {
+            let mut g = w.lock().unwrap();
+            g.calls.push(format!("staged {} keep_old={keep_old}", to.name()));
+            g.staged_hangs
+        };
         async move {
+            if hangs {
+                w.lock().unwrap().mounted = None;
+                std::future::pending::<()>().await;
+            }
             w.lock().unwrap().mounted = Some(to);
             Ok(Some(41))
         }
@@ -214,7 +255,7 @@ impl Rig {
     }
 
     fn phase(&self) -> Phase {
-        state::load(self.dir.path()).unwrap().fsm.phase
+        state::load(self.dir.path()).unwrap().durable.fsm.phase
     }
 }
 
@@ -343,6 +384,7 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
     rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
     let (stop, h) = rig.spawn();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let probes_before = rig.fake.probes("primary");
     // fails 2 checks out of every 3: never `fall` in a row
     for _ in 0..10 {
         rig.fake.set_up("primary", false);
@@ -350,6 +392,14 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
         rig.fake.set_up("primary", true);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // the test means something only if the primary was checked all along (one probe per 1 s interval,
+    // a failing one taking 0.8 s) and did fail: 29 s of flapping
+    let probed = rig.fake.probes("primary") - probes_before;
+    assert!(probed >= 25, "only {probed} probes of the primary in 29 s");
+    let st = rig.status();
+    assert_eq!(st["servers"][0]["state"], "up", "{st}");
+    assert!(st["servers"][0]["last_error"].as_str().is_some_and(|e| e.contains("no RPC reply")), "never failed: {st}");
+    assert!(rig.sink.kinds().is_empty(), "{:?}", rig.sink.kinds());
     assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
     stop.cancel();
     h.await.unwrap();
@@ -386,7 +436,7 @@ async fn restart_mid_failover_resumes_from_the_mount_table() {
     until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
     assert_eq!(rig.fake.calls(), vec!["mount backup"]);
     until("serving backup", Duration::from_secs(3), || rig.phase() == Phase::Serving { server: Server::Backup }).await;
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.epoch, 1, "the same episode, not a new failover");
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.epoch, 1, "the same episode, not a new failover");
     stop.cancel();
     h.await.unwrap();
 }
@@ -406,7 +456,7 @@ async fn restart_during_catch_up_finishes_the_pass() {
         .await;
     assert_eq!(rig.fake.calls(), vec!["catch-up"]);
     assert!(rig.sink.kinds().is_empty(), "{:?}", rig.sink.kinds());
-    let d = state::load(&rig.state_dir()).unwrap();
+    let d = state::load(&rig.state_dir()).unwrap().durable;
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
     assert!(!d.fsm.pending_reverse_sync);
     stop.cancel();
@@ -479,7 +529,7 @@ async fn a_backup_dying_while_served_is_reconciled_once_it_is_back() {
     let s = rig.status();
     assert_eq!(s["pending_reconcile_epoch"], 1, "{s}");
     assert_eq!(s["pending_reverse_sync"], false);
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, Some(1), "durable");
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, Some(1), "durable");
     stop.cancel();
     h.await.unwrap();
 
@@ -511,7 +561,7 @@ async fn a_backup_dying_while_served_is_reconciled_once_it_is_back() {
         ]
     );
     assert_eq!(rig.phase(), Phase::Serving { server: Server::Primary });
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, None);
 }
 
 /// A `--once` run that finds the reconciliation due starts it and waits for it before returning.
@@ -535,6 +585,192 @@ async fn once_mode_runs_a_due_reconciliation_to_completion() {
     assert_eq!(rig.fake.calls(), vec!["reconcile"]);
     assert_eq!(d.fsm.reconcile_epoch, None);
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
-    assert_eq!(state::load(&rig.state_dir()).unwrap().fsm.reconcile_epoch, None);
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable.fsm.reconcile_epoch, None);
     assert_eq!(rig.sink.count(AlertKind::ReverseSyncSucceeded), 1);
+}
+
+/// A staged switch that is abandoned at its deadline after it detached the mount point: the state
+/// machine learns what mountinfo shows (nothing), not what it believed before (the primary), and the
+/// mount point is mounted again at once instead of being left empty while "serving".
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_staged_switch_reports_what_mountinfo_shows() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.fake.0.lock().unwrap().staged_hangs = true;
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    state::put_request(&rig.state_dir(), Request::FailoverTo(Server::Backup)).unwrap();
+    until("staged switch started", Duration::from_secs(3), || !rig.fake.calls().is_empty()).await;
+    rig.fake.0.lock().unwrap().staged_hangs = false;
+    until("switch abandoned", Duration::from_secs(120), || rig.sink.count(AlertKind::SwitchFailed) == 1).await;
+    let failed = rig.sink.0.lock().unwrap().iter().find(|e| e.kind == AlertKind::SwitchFailed).cloned().unwrap();
+    assert!(failed.next_steps.contains("EMPTY"), "{failed:?}");
+    until("mounted again", Duration::from_secs(5), || rig.fake.mounted().is_some()).await;
+    assert_eq!(rig.fake.calls()[1..], ["mount backup"], "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// A corrupt state file never disables HA: it is moved aside, the state is rebuilt from the mount table
+/// (the backup is mounted, so its writes must go back before any failback), one alert says so, and the
+/// node goes on: the failback waits for a reverse sync.
+#[tokio::test(start_paused = true)]
+async fn a_corrupt_state_file_is_moved_aside_alerted_and_rebuilt_from_the_mount_table() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Backup);
+    std::fs::write(state::state_path(&rig.state_dir()), "{\"fsm\": {\"phase\": ").unwrap();
+    let (stop, h) = rig.spawn();
+    until("alerted", Duration::from_secs(1), || rig.sink.count(AlertKind::StateQuarantined) == 1).await;
+    let e = rig.sink.0.lock().unwrap()[0].clone();
+    assert!(e.title.ends_with("web.state.json unusable: rebuilt from the mount table"), "{e:?}");
+    assert!(e.reason.starts_with("not valid web state JSON: "), "{e:?}");
+    assert!(e.details[0].1.contains("a reverse sync backup -> primary is pending"), "{e:?}");
+    assert!(e.next_steps.contains("web.state.json.corrupt-"), "{e:?}");
+    until("failed back", Duration::from_secs(30), || rig.fake.mounted() == Some(Server::Primary)).await;
+    assert_eq!(rig.fake.calls()[..2], ["reverse-sync", "staged primary keep_old=true"]);
+    stop.cancel();
+    h.await.unwrap();
+    let kept: Vec<_> = std::fs::read_dir(rig.state_dir())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with("web.state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        std::fs::read_to_string(rig.state_dir().join(&kept[0])).unwrap(),
+        "{\"fsm\": {\"phase\": ",
+        "kept as it was"
+    );
+}
+
+/// An unreadable operator request (here a FIFO: reading it must not block the loop) is moved aside and
+/// alerted, never acted on; the loop goes on probing.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_request_is_alerted_and_never_blocks() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nix::unistd::mkfifo(&state::request_path(&rig.state_dir()), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    until("alerted", Duration::from_secs(3), || rig.sink.count(AlertKind::StateQuarantined) == 1).await;
+    let e = rig.sink.0.lock().unwrap()[0].clone();
+    assert!(e.title.contains("web.request.json IGNORED"), "{e:?}");
+    assert_eq!(e.reason, "is a FIFO, not a regular file");
+    let probes = rig.fake.probes("primary");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(rig.fake.probes("primary") >= probes + 4, "the loop goes on");
+    assert_eq!(rig.sink.count(AlertKind::StateQuarantined), 1, "once");
+    assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// The durable state is written off the loop (fsync on a blocking thread), yet an effect still starts
+/// only after the state it was decided on is on disk: a crash mid-mount resumes the right episode.
+#[tokio::test(start_paused = true)]
+async fn an_effect_starts_only_after_its_state_is_durable() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Primary);
+        w.state_dir = Some(rig.state_dir());
+    }
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.fake.set_up("primary", false);
+    until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.0.lock().unwrap().on_disk_at_mount, vec![(Phase::Mounting { to: Server::Backup }, 1)]);
+    stop.cancel();
+    let d = h.await.unwrap();
+    assert_eq!(state::load(&rig.state_dir()).unwrap().durable, d, "the last state is flushed on stop");
+}
+
+/// A panicked effect is a failure the state machine hears about (alert, retry), not silence that
+/// leaves the node "mounting" forever.
+#[tokio::test(start_paused = true)]
+async fn a_panicked_effect_is_a_failure_not_silence() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Primary);
+        w.mount_panics = true;
+    }
+    let (stop, h) = rig.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.fake.set_up("primary", false);
+    until("switch failed", Duration::from_secs(10), || rig.sink.count(AlertKind::SwitchFailed) == 1).await;
+    assert!(rig
+        .sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == AlertKind::SwitchFailed && e.reason.contains("panicked")));
+    until("mounted on retry", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.calls(), ["mount backup", "mount backup"]);
+    stop.cancel();
+    h.await.unwrap();
+}
+
+fn counting_watchdog(period: Duration) -> (Arc<std::sync::atomic::AtomicUsize>, nfs_guard::sys::systemd::Watchdog) {
+    let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = pings.clone();
+    let w = nfs_guard::sys::systemd::Watchdog::with(Some(period), move || {
+        p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    (pings, w)
+}
+
+/// The loop pings at least once per watchdog period even when the check interval is longer and an
+/// effect runs for minutes.
+#[tokio::test(start_paused = true)]
+async fn the_loop_pings_the_watchdog_every_period_whatever_it_waits_for() {
+    let rig = Rig::new(&CONFIG.replace("interval = \"1s\"", "interval = \"60s\""));
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    rig.fake.0.lock().unwrap().mount_hangs = true;
+    let (pings, w) = counting_watchdog(Duration::from_secs(5));
+    let stop = CancellationToken::new();
+    let c = rig.controller().with_watchdog(w);
+    let h = tokio::spawn(c.run(false, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = pings.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let n = pings.load(std::sync::atomic::Ordering::SeqCst) - start;
+    assert!(n >= 120 / 5, "{n} pings in 120 s with a 5 s period");
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// A WEDGED loop (blocked inside an iteration) stops pinging, so systemd restarts the unit; it pings
+/// again once it moves. Real time on two worker threads: the loop blocks one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_loop_stops_pinging_the_watchdog() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let period = Duration::from_millis(50);
+    let (pings, w) = counting_watchdog(period);
+    let stop = CancellationToken::new();
+    let c = rig.controller().with_watchdog(w);
+    let h = tokio::spawn(c.run(false, stop.clone()));
+    let count = || pings.load(std::sync::atomic::Ordering::SeqCst);
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait("first pings", &|| count() >= 3);
+    let (unwedge, rx) = std::sync::mpsc::channel();
+    rig.fake.0.lock().unwrap().wedge = Some(rx);
+    wait("the loop wedged", &|| rig.fake.0.lock().unwrap().wedged);
+    let at_wedge = count();
+    // a negative needs an observation window: 10 watchdog periods
+    std::thread::sleep(period * 10);
+    assert!(count() <= at_wedge + 1, "pinged while wedged: {at_wedge} -> {}", count());
+    unwedge.send(()).unwrap();
+    wait("pings again", &|| count() >= at_wedge + 3);
+    stop.cancel();
+    h.await.unwrap();
 }

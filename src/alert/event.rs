@@ -44,6 +44,8 @@ pub enum AlertKind {
     ManualOverride,
     /// A mount or switch of the mount point failed (the mount command's error in the reason).
     SwitchFailed,
+    /// The durable state (or an operator request) was unusable: moved aside, rebuilt from mountinfo.
+    StateQuarantined,
     // storage
     RemoteUnreachable,
     RemoteRecovered,
@@ -54,7 +56,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 16] = [
+    pub const ALL: [AlertKind; 17] = [
         AlertKind::FailoverStarted,
         AlertKind::FailoverCompleted,
         AlertKind::BothDown,
@@ -66,6 +68,7 @@ impl AlertKind {
         AlertKind::FailbackCompleted,
         AlertKind::ManualOverride,
         AlertKind::SwitchFailed,
+        AlertKind::StateQuarantined,
         AlertKind::RemoteUnreachable,
         AlertKind::RemoteRecovered,
         AlertKind::OverflowRescan,
@@ -87,6 +90,7 @@ impl AlertKind {
             AlertKind::FailbackCompleted => "failback-completed",
             AlertKind::ManualOverride => "manual-override",
             AlertKind::SwitchFailed => "switch-failed",
+            AlertKind::StateQuarantined => "state-quarantined",
             AlertKind::RemoteUnreachable => "remote-unreachable",
             AlertKind::RemoteRecovered => "remote-recovered",
             AlertKind::OverflowRescan => "overflow-rescan",

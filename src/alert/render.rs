@@ -169,6 +169,10 @@ mod tests {
                 "mounting backup (10.0.0.3:/srv/nfs) FAILED: the mount point is empty",
                 "mount -t nfs 10.0.0.3:/srv/nfs /mnt/nfs: exit 32: access denied by server",
             ),
+            K::StateQuarantined => (
+                "web state /var/lib/nfs-guard/web.state.json unusable: rebuilt from the mount table",
+                "not valid web state JSON: EOF while parsing an object at line 1 column 1",
+            ),
             K::RemoteUnreachable => {
                 ("remote backup (10.0.0.3) unreachable for 5m", "rsync exit 10: connection refused")
             }

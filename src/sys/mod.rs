@@ -2,6 +2,7 @@
 //! elsewhere stays pure and talks to these through small traits or plain functions.
 
 pub mod fsutil;
+pub mod lockfile;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;

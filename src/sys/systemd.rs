@@ -18,8 +18,52 @@ pub fn stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
-/// Pings the watchdog at half the interval systemd asked for, until `shutdown`. The ping comes from
-/// the runtime, so a wedged runtime stops pinging and systemd restarts the service.
+/// The watchdog as seen by a loop that does the work: it wakes at least every [`Watchdog::period`]
+/// and calls [`Watchdog::ping`] after each iteration, so a WEDGED loop (not only a wedged runtime)
+/// stops pinging and systemd restarts the service. Pings are rate-limited to two per period.
+pub struct Watchdog {
+    period: Option<Duration>,
+    last: Option<tokio::time::Instant>,
+    ping: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Watchdog {
+    /// Half of `WATCHDOG_USEC` when systemd asked for a watchdog; otherwise never pings.
+    pub fn from_env() -> Watchdog {
+        let mut usec = 0;
+        let period =
+            (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec / 2));
+        Watchdog::with(period, || {
+            let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+        })
+    }
+
+    /// A watchdog pinging through `ping` (tests count the pings).
+    pub fn with(period: Option<Duration>, ping: impl Fn() + Send + Sync + 'static) -> Watchdog {
+        Watchdog { period, last: None, ping: Box::new(ping) }
+    }
+
+    /// How often the loop must wake up (`None`: no watchdog).
+    pub fn period(&self) -> Option<Duration> {
+        self.period
+    }
+
+    /// Pings if a period has passed since the last ping. Call it from the working loop only.
+    pub fn ping(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = tokio::time::Instant::now();
+        // at most two pings per wake-up period, so a wake-up a hair early never skips one and the gap
+        // between pings stays about one period (half of WatchdogSec)
+        if self.last.is_none_or(|l| now.duration_since(l) >= period / 2) {
+            self.last = Some(now);
+            (self.ping)();
+        }
+    }
+}
+
+/// Pings the watchdog at half the interval systemd asked for, until `shutdown`, from a task of its
+/// own: it proves only that the RUNTIME is alive; a wedged loop beside it keeps being pinged. Prefer
+/// [`Watchdog`] from the loop that does the work (the web controller does).
 pub fn spawn_watchdog(shutdown: CancellationToken) {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
@@ -35,4 +79,36 @@ pub fn spawn_watchdog(shutdown: CancellationToken) {
             }
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Every loop iteration may call `ping`; at most two pings go out per period, and a loop that
+    /// wakes once per period never leaves a gap of more than about one period.
+    #[tokio::test(start_paused = true)]
+    async fn pings_are_rate_limited_but_never_skipped_for_a_period() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let c = n.clone();
+        let mut w = Watchdog::with(Some(Duration::from_secs(10)), move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        for _ in 0..100 {
+            w.ping();
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        // woken a hair early every period: still one ping per wake-up
+        for i in 2..=6 {
+            tokio::time::advance(Duration::from_millis(9_990)).await;
+            w.ping();
+            assert_eq!(n.load(Ordering::SeqCst), i);
+        }
+        let mut none = Watchdog::with(None, || panic!("no watchdog, no ping"));
+        none.ping();
+        assert_eq!(none.period(), None);
+    }
 }

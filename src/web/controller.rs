@@ -4,32 +4,51 @@
 //! It never awaits an effect inline, so a hung mount or a slow rsync never stops it from probing,
 //! answering status or taking operator requests. In `--once` mode it runs one probe round, waits for
 //! the effects it started, persists and returns.
+//!
+//! Supervision: probes and effects are in a `JoinSet` the loop watches (a panicked one reports its
+//! failure event); the systemd watchdog is pinged by the loop itself, which wakes at least once per
+//! watchdog period, so a wedged loop is restarted. Durable state writes (fsync) run on a blocking
+//! thread of the persister task; an effect starts only after the state it was decided on is written.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
 use super::health::{Health, Status};
-use super::state::{self, Durable};
-use crate::alert::AlertSink;
+use super::state::{self, Durable, Loaded, Quarantined, Taken};
+use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::web::WebConfig;
 
 /// Margin added to an effect's own deadlines before the controller gives up on it.
 const EFFECT_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping daemon waits for running effects (under systemd's TimeoutStopSec=20s).
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long the last state write may take when the loop ends.
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 enum Msg {
     Probed(Target, Result<(), String>),
     Done(Event),
     AfterSwitch(String),
+}
+
+/// The failure event of an effect that did not report: `why` is "exceeded its deadline" or "panicked".
+type OnFail = Arc<dyn Fn(&str) -> Event + Send + Sync>;
+
+/// What a task in the controller's `JoinSet` is, so one that panics still reports (as a failure).
+enum Job {
+    Probe(Target),
+    Effect(OnFail),
+    AfterSwitch,
 }
 
 /// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests control them) and
@@ -59,8 +78,10 @@ pub struct Controller<P, M, S> {
     mounter: Arc<M>,
     syncer: Arc<S>,
     alerts: Arc<dyn AlertSink>,
-    tx: mpsc::UnboundedSender<Msg>,
-    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Every probe and effect: the loop watches them; a panicked one reports as a failure.
+    tasks: JoinSet<Msg>,
+    jobs: HashMap<Id, Job>,
+    watchdog: crate::sys::systemd::Watchdog,
     probing: [bool; 3],
     reported: [bool; 3],
     effects: usize,
@@ -69,19 +90,29 @@ pub struct Controller<P, M, S> {
     last_after_switch: Option<String>,
     /// The running rsync pass (reverse sync, catch-up, reconciliation) and how to abort it.
     pass_cancel: Option<(u64, CancellationToken)>,
+    /// The unusable state file this run started without (alerted once the mount table is read).
+    quarantined: Option<Quarantined>,
+    /// Durable state writes (fsync) go to the persister task, never onto the loop.
+    persist_tx: mpsc::UnboundedSender<(u64, Durable)>,
+    persist_rx: Option<mpsc::UnboundedReceiver<(u64, Durable)>>,
+    /// The generation last written by the persister; effects wait for theirs before they start.
+    persisted: watch::Receiver<u64>,
+    persisted_tx: Option<watch::Sender<u64>>,
+    persist_gen: u64,
 }
 
 impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     pub fn new(
         cfg: &WebConfig,
         state_dir: PathBuf,
-        d: Durable,
+        loaded: Loaded,
         prober: Arc<P>,
         mounter: Arc<M>,
         syncer: Arc<S>,
         alerts: Arc<dyn AlertSink>,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+        let (persisted_tx, persisted) = watch::channel(0);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let policy = Policy {
             hold_down_ms: ms(cfg.hold_down),
@@ -95,13 +126,14 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             cfg: Arc::new(cfg.clone()),
             state_dir,
             policy,
-            d,
+            d: loaded.durable,
             prober,
             mounter,
             syncer,
             alerts,
-            tx,
-            rx,
+            tasks: JoinSet::new(),
+            jobs: HashMap::new(),
+            watchdog: crate::sys::systemd::Watchdog::with(None, || {}),
             probing: [false; 3],
             reported: [false; 3],
             effects: 0,
@@ -109,29 +141,57 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             last_status: Vec::new(),
             last_after_switch: None,
             pass_cancel: None,
+            quarantined: loaded.quarantined,
+            persist_tx,
+            persist_rx: Some(persist_rx),
+            persisted,
+            persisted_tx: Some(persisted_tx),
+            persist_gen: 0,
         }
+    }
+
+    /// Pings `watchdog` from the loop (the daemon uses systemd's; default: none).
+    #[must_use]
+    pub fn with_watchdog(mut self, watchdog: crate::sys::systemd::Watchdog) -> Self {
+        self.watchdog = watchdog;
+        self
     }
 
     /// Runs until `shutdown` (daemon) or until one cycle is complete (`once`). Never unmounts on exit.
     pub async fn run(mut self, once: bool, shutdown: CancellationToken) -> Durable {
+        if let (Some(rx), Some(done)) = (self.persist_rx.take(), self.persisted_tx.take()) {
+            tokio::spawn(persister(self.state_dir.clone(), rx, done));
+        }
         self.reconcile();
+        if let Some(q) = self.quarantined.take() {
+            let e = self.rebuilt_alert(&q);
+            self.alert(e);
+        }
         self.publish();
         if !once {
             crate::sys::systemd::ready(&self.summary());
-            crate::sys::systemd::spawn_watchdog(shutdown.clone());
         }
         let mut tick = tokio::time::interval(self.cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The loop wakes at least every watchdog period and pings after each iteration: the ping
+        // proves THIS loop makes progress (no independent timer task keeps a wedged loop alive).
+        let mut wake = tokio::time::interval(self.watchdog.period().unwrap_or(Duration::from_secs(3600)));
+        wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticked = false;
         loop {
+            self.watchdog.ping();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(msg) = self.rx.recv() => self.handle(msg),
+                Some(done) = self.tasks.join_next_with_id() => {
+                    let msg = self.finished(done);
+                    self.handle(msg);
+                }
                 _ = tick.tick(), if !(once && ticked) => {
                     ticked = true;
                     self.on_tick();
                 }
+                _ = wake.tick() => {}
             }
             if once && ticked && self.effects == 0 && self.round_complete() {
                 break;
@@ -145,18 +205,66 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             let grace = tokio::time::sleep(STOP_GRACE);
             tokio::pin!(grace);
             while self.effects > 0 {
+                self.watchdog.ping();
                 tokio::select! {
                     () = &mut grace => break,
-                    Some(msg) = self.rx.recv() => self.settle(msg),
+                    Some(done) = self.tasks.join_next_with_id() => {
+                        let msg = self.finished(done);
+                        self.settle(msg);
+                    }
+                    _ = wake.tick() => {}
                 }
             }
+            if self.effects > 0 {
+                tracing::error!(
+                    effects = self.effects,
+                    "stopping with effects still running after {STOP_GRACE:?}: abandoned"
+                );
+            }
         }
+        // probes, and effects past the grace, are aborted here (mount helpers are killed with them)
+        self.tasks.abort_all();
         self.persist();
+        self.flush().await;
         self.publish();
         if !once {
             crate::sys::systemd::stopping();
         }
         self.d
+    }
+
+    /// Waits (bounded) until the persister has written the latest state.
+    async fn flush(&mut self) {
+        let gen = self.persist_gen;
+        if tokio::time::timeout(FLUSH_GRACE, self.persisted.wait_for(|g| *g >= gen)).await.is_err() {
+            tracing::error!(state_dir = %self.state_dir.display(), "the web state was not written within {FLUSH_GRACE:?}");
+        }
+    }
+
+    /// Turns a finished task into its report. A task that panicked (or was aborted) is an ERROR:
+    /// a probe reports a failed check, an effect its failure event; never silence.
+    fn finished(&mut self, done: Result<(Id, Msg), JoinError>) -> Msg {
+        let (id, outcome) = match done {
+            Ok((id, msg)) => (id, Ok(msg)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        match (outcome, self.jobs.remove(&id)) {
+            (Ok(msg), _) => msg,
+            (Err(e), job) => {
+                let why = if e.is_panic() { "panicked" } else { "was cancelled" };
+                tracing::error!(task = %id, error = %e, "a web role task {why}");
+                match job {
+                    Some(Job::Probe(t)) => Msg::Probed(t, Err(format!("the check task {why}"))),
+                    Some(Job::Effect(on_fail)) => Msg::Done(on_fail(why)),
+                    Some(Job::AfterSwitch) | None => Msg::AfterSwitch(format!("after-switch actions {why}")),
+                }
+            }
+        }
+    }
+
+    fn spawn_job(&mut self, job: Job, fut: impl Future<Output = Msg> + Send + 'static) {
+        let handle = self.tasks.spawn(fut);
+        self.jobs.insert(handle.id(), job);
     }
 
     /// Records an effect's completion while stopping, without starting follow-up actions.
@@ -233,9 +341,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     }
 
     fn on_tick(&mut self) {
-        if let Some(r) = state::take_request(&self.state_dir) {
-            tracing::info!(request = ?r, "operator request");
-            self.step(Event::Requested(r));
+        match state::take_request(&self.state_dir) {
+            Taken::Nothing => {}
+            Taken::Request(r) => {
+                tracing::info!(request = ?r, "operator request");
+                self.step(Event::Requested(r));
+            }
+            Taken::Unreadable(q) => {
+                let e = AlertEvent::new(
+                    AlertKind::StateQuarantined,
+                    Role::Web,
+                    format!("operator request {} IGNORED: unreadable", q.path.display()),
+                    q.problem.clone(),
+                )
+                .next_steps(format!(
+                    "Nothing was switched. Repeat the command (nfs-guard web --failover-to/--hold/--release).{}",
+                    moved_text(&q)
+                ));
+                self.alert(e);
+            }
         }
         let active = self.d.fsm.active();
         for t in Target::ALL {
@@ -245,10 +369,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             self.probing[t.index()] = true;
             let canary = active.is_some_and(|s| Target::of(s) == t);
             let fut = self.prober.probe(t, canary);
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(Msg::Probed(t, fut.await));
-            });
+            self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
         }
         self.step(Event::Ticked);
     }
@@ -325,34 +446,47 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.publish();
     }
 
-    fn spawn_effect<F>(&mut self, limit: Duration, fut: F, on_timeout: Event)
+    /// Spawns an effect; at `limit` it is abandoned and `on_fail("exceeded its deadline")` (called
+    /// then, so it can look at mountinfo as it is at that moment) reports instead; a panic reports
+    /// `on_fail("panicked")`.
+    fn spawn_effect<F, T>(&mut self, limit: Duration, fut: F, on_fail: T)
     where
         F: Future<Output = Event> + Send + 'static,
+        T: Fn(&str) -> Event + Send + Sync + 'static,
     {
         self.effects += 1;
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let ev = tokio::time::timeout(limit, fut).await.unwrap_or(on_timeout);
-            let _ = tx.send(Msg::Done(ev));
+        let on_fail: OnFail = Arc::new(on_fail);
+        let on_timeout = on_fail.clone();
+        let persisted = self.persisted_gate();
+        // the state the action was decided on is durable before the effect touches anything
+        let run = async move {
+            persisted.await;
+            fut.await
+        };
+        self.spawn_job(Job::Effect(on_fail), async move {
+            Msg::Done(tokio::time::timeout(limit, run).await.unwrap_or_else(|_| on_timeout("exceeded its deadline")))
         });
     }
 
     /// `spawn_effect` for an rsync pass the state machine may abort ([`Action::AbortPass`]): cancelled,
-    /// the pass's future is dropped (its rsync is killed on drop) and `on_abort` reports at once; the
+    /// the pass's future is dropped (its rsync is killed on drop) and `on_fail("aborted")` reports at once; the
     /// state machine ignores it (the pass id is no longer current), and the effect count stays exact.
-    fn spawn_pass<F>(&mut self, pass: u64, limit: Duration, fut: F, on_timeout: Event, on_abort: Event)
+    fn spawn_pass<F, T>(&mut self, pass: u64, limit: Duration, fut: F, on_fail: T)
     where
         F: Future<Output = Event> + Send + 'static,
+        T: Fn(&str) -> Event + Send + Sync + 'static,
     {
         let cancel = CancellationToken::new();
         self.pass_cancel = Some((pass, cancel.clone()));
+        let on_fail = Arc::new(on_fail);
+        let on_abort = Arc::clone(&on_fail);
         let fut = async move {
             tokio::select! {
                 ev = fut => ev,
-                () = cancel.cancelled() => on_abort,
+                () = cancel.cancelled() => on_abort("aborted"),
             }
         };
-        self.spawn_effect(limit, fut, on_timeout);
+        self.spawn_effect(limit, fut, move |why| on_fail(why));
     }
 
     fn abort_pass(&mut self, pass: u64) {
@@ -383,22 +517,30 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::MountFailed { server, error },
                         }
                     },
-                    Event::MountFailed { server, error: "mount effect exceeded its deadline (abandoned)".into() },
+                    move |why| Event::MountFailed { server, error: format!("mount effect {why} (abandoned)") },
                 );
             }
             Action::StagedSwitch { to, keep_old } => {
                 tracing::info!(to = to.name(), "staged switch");
                 let fut = self.mounter.staged_switch(to, keep_old);
-                let serving = self.d.fsm.active();
+                let mounter = self.mounter.clone();
+                // A failback switch runs the final catch-up (writes frozen) inside it.
+                let limit = if to == Server::Primary && keep_old { mount_limit * 2 + sync_limit } else { mount_limit * 2 };
                 self.spawn_effect(
-                    mount_limit * 2,
+                    limit,
                     async move {
                         match fut.await {
                             Ok(old_mount) => Event::StagedSwitchSucceeded { to, old_mount },
                             Err((error, serving)) => Event::StagedSwitchFailed { to, error, serving },
                         }
                     },
-                    Event::StagedSwitchFailed { to, error: "staged switch exceeded its deadline".into(), serving },
+                    // what the mount point serves NOW (the switch may have stopped anywhere), never
+                    // what the state machine believed before it started
+                    move |why| Event::StagedSwitchFailed {
+                        to,
+                        error: format!("staged switch {why} (abandoned)"),
+                        serving: mounter.mounted(),
+                    },
                 );
             }
             Action::ReverseSync { attempt, pass } => {
@@ -415,8 +557,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReverseSyncFailed { pass, error },
                         }
                     },
-                    Event::ReverseSyncFailed { pass, error: "reverse sync exceeded its deadline".into() },
-                    Event::ReverseSyncFailed { pass, error: "reverse sync aborted".into() },
+                    move |why| Event::ReverseSyncFailed { pass, error: format!("reverse sync {why}") },
                 );
             }
             Action::CatchUp { pass } => {
@@ -426,8 +567,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     pass,
                     sync_limit,
                     async move { Event::CatchUpFinished { pass, result: fut.await.map(|s| (s.files, s.bytes)) } },
-                    Event::CatchUpFinished { pass, result: Err("catch-up exceeded its deadline".into()) },
-                    Event::CatchUpFinished { pass, result: Err("catch-up aborted".into()) },
+                    move |why| Event::CatchUpFinished { pass, result: Err(format!("catch-up {why}")) },
                 );
             }
             Action::Reconcile { attempt, pass } => {
@@ -444,34 +584,74 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                             Err(error) => Event::ReconcileFailed { pass, error },
                         }
                     },
-                    Event::ReconcileFailed { pass, error: "reconciliation exceeded its deadline".into() },
-                    Event::ReconcileFailed { pass, error: "reconciliation aborted".into() },
+                    move |why| Event::ReconcileFailed { pass, error: format!("reconciliation {why}") },
                 );
             }
             Action::AbortPass { pass } => self.abort_pass(pass),
             Action::AfterSwitch { server, old_mount } => {
                 self.effects += 1;
                 let fut = self.mounter.after_switch(server, old_mount);
-                let tx = self.tx.clone();
                 let limit = self.cfg.restart_timeout + EFFECT_GRACE;
-                tokio::spawn(async move {
-                    let s = tokio::time::timeout(limit, fut)
-                        .await
-                        .unwrap_or_else(|_| "after-switch actions timed out".into());
-                    let _ = tx.send(Msg::AfterSwitch(s));
+                self.spawn_job(Job::AfterSwitch, async move {
+                    Msg::AfterSwitch(
+                        tokio::time::timeout(limit, fut)
+                            .await
+                            .unwrap_or_else(|_| "after-switch actions timed out".into()),
+                    )
                 });
             }
-            Action::Alert(e) => {
-                tracing::warn!(kind = e.kind.name(), reason = %e.reason, "{}", e.title);
-                self.alerts.emit(e);
-            }
+            Action::Alert(e) => self.alert(e),
             Action::Persist => self.persist(),
         }
     }
 
-    fn persist(&self) {
-        if let Err(e) = state::save(&self.state_dir, &self.d) {
-            tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state");
+    fn alert(&self, e: AlertEvent) {
+        tracing::warn!(kind = e.kind.name(), reason = %e.reason, "{}", e.title);
+        self.alerts.emit(e);
+    }
+
+    /// The alert for a run that started without its state file: what it found unusable, and what it
+    /// rebuilt from the mount table (by [`Controller::reconcile`]).
+    fn rebuilt_alert(&self, q: &Quarantined) -> AlertEvent {
+        let f = &self.d.fsm;
+        let rebuilt = match f.active() {
+            Some(Server::Backup) => {
+                "the backup is mounted: a reverse sync backup -> primary is pending before any failback"
+            }
+            Some(Server::Primary) => "the primary is mounted",
+            None => "nothing of ours is mounted: the first usable server is mounted",
+        };
+        AlertEvent::new(
+            AlertKind::StateQuarantined,
+            Role::Web,
+            format!("web state {} unusable: rebuilt from the mount table", q.path.display()),
+            q.problem.clone(),
+        )
+        .detail("rebuilt state", format!("{:?}; {rebuilt}", f.phase))
+        .next_steps(format!(
+            "Automatic failover and failback continue. Lost with the file: an operator hold (repeat \
+             --hold or --failover-to if one was set), retry backoff, and whether the backup holds writes \
+             from an earlier failover that the primary lacks (if the node served the backup before, \
+             check and copy them with `rsync -a --update`). Check the disk of the state directory.{}",
+            moved_text(q)
+        ))
+    }
+
+    /// Hands the state to the persister (a blocking thread does the fsync); effects spawned from now
+    /// on start only once it is written.
+    fn persist(&mut self) {
+        self.persist_gen += 1;
+        if self.persist_tx.send((self.persist_gen, self.d.clone())).is_err() {
+            tracing::error!("the web state persister has stopped: state not written");
+        }
+    }
+
+    /// Resolves once everything persisted so far is written (or the persister is gone).
+    fn persisted_gate(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.persisted.clone();
+        let gen = self.persist_gen;
+        async move {
+            let _ = rx.wait_for(|g| *g >= gen).await;
         }
     }
 
@@ -518,6 +698,28 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             self.last_status = bytes;
         }
     }
+}
+
+/// Writes the durable state (write + fsync + rename + fsync) on blocking threads, latest first, and
+/// reports each written generation. A failed write is logged and counted as done: the loop goes on
+/// with the state in memory, as it always did.
+async fn persister(state_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(u64, Durable)>, done: watch::Sender<u64>) {
+    while let Some((mut gen, mut d)) = rx.recv().await {
+        while let Ok((g, newer)) = rx.try_recv() {
+            (gen, d) = (g, newer);
+        }
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || state::save(&dir, &d)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state"),
+            Err(e) => tracing::error!(error = %e, "the web state writer died"),
+        }
+        let _ = done.send(gen);
+    }
+}
+
+fn moved_text(q: &Quarantined) -> String {
+    q.moved_to.as_ref().map_or_else(String::new, |to| format!(" The unusable file was kept as {}.", to.display()))
 }
 
 #[derive(Serialize)]

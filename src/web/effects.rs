@@ -160,15 +160,38 @@ impl Inner {
         mount::mount_helper(&c.fstype, &c.options, &self.server(s).source(), at, c.mount_timeout).await
     }
 
-    /// Detaches everything stacked at `at` (bounded), forcing when the server may be dead.
-    async fn clear(&self, at: &Path, force: bool) -> Result<(), MountError> {
+    /// Detaches everything stacked at `at` (bounded), forcing when the server may be dead; an error
+    /// unless mountinfo then shows nothing mounted there.
+    async fn clear(&self, at: &Path, force: bool) -> Result<(), String> {
         for _ in 0..4 {
             if mountinfo::top_at(&self.entries(), at).is_none() {
-                break;
+                return Ok(());
             }
-            mount::detach(at, force, DETACH_DEADLINE).await?;
+            mount::detach(at, force, DETACH_DEADLINE).await.map_err(|e| crate::error::render_chain(&e))?;
         }
-        Ok(())
+        match mountinfo::top_at(&self.entries(), at) {
+            None => Ok(()),
+            Some(m) => Err(format!(
+                "{} is still a mount point ({} {}) after 4 detaches",
+                at.display(),
+                m.fstype,
+                m.source.display()
+            )),
+        }
+    }
+
+    /// Makes `dir` (a staging dir) an empty local directory: a leftover mount there (an earlier run
+    /// died; its server may be dead) is detached and verified gone in mountinfo BEFORE the directory
+    /// is created, so nothing ever stats a path under a mount that may hang.
+    async fn prepare_dir(&self, dir: &Path) -> Result<(), String> {
+        self.clear(dir, true).await?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+    }
+
+    /// The private self-bind at `<state_dir>/stage` that staging mounts live under (a local dir).
+    async fn prepare_stage(&self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.stage).map_err(|e| format!("cannot create {}: {e}", self.stage.display()))?;
+        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| e.to_string())
     }
 
     async fn direct_mount(&self, s: Server) -> Result<Option<u64>, String> {
@@ -177,7 +200,7 @@ impl Inner {
             return Ok(None);
         }
         let old = self.top_id(mp);
-        self.clear(mp, true).await.map_err(|e| e.to_string())?;
+        self.clear(mp, true).await?;
         self.mount_at(s, mp).await.map_err(|e| e.to_string())?;
         self.verify(mp, s)?;
         Ok(old)
@@ -187,14 +210,11 @@ impl Inner {
         let mp = self.cfg.mount_point.clone();
         let here = |e: String| (e, self.serving(&mp));
         let (new, old) = (self.stage.join("new"), self.stage.join("old"));
+        // leftover mounts at the staging dirs are detached before the dirs are touched
+        self.prepare_stage().await.map_err(here)?;
         for d in [&new, &old] {
-            std::fs::create_dir_all(d).map_err(|e| here(format!("cannot create {}: {e}", d.display())))?;
+            self.prepare_dir(d).await.map_err(here)?;
         }
-        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE)
-            .await
-            .map_err(|e| here(e.to_string()))?;
-        self.clear(&new, true).await.map_err(|e| here(e.to_string()))?;
-        self.clear(&old, false).await.map_err(|e| here(e.to_string()))?;
         // (1) the new mount, ready and verified before the old one is touched
         if let Err(e) = self.mount_at(to, &new).await {
             let _ = self.clear(&new, true).await;
@@ -283,10 +303,8 @@ impl Inner {
     /// BEFORE the directory is touched, so a dead staging mount is never stat'ed.
     async fn reconcile(&self) -> Result<SyncStats, String> {
         let dir = self.stage.join("reconcile");
-        std::fs::create_dir_all(&self.stage).map_err(|e| format!("cannot create {}: {e}", self.stage.display()))?;
-        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| e.to_string())?;
-        self.clear(&dir, true).await.map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        self.prepare_stage().await?;
+        self.prepare_dir(&dir).await?;
         let r = match self.mount_at(Server::Backup, &dir).await {
             Ok(()) => match self.verify(&dir, Server::Backup) {
                 Ok(()) => self.push(&dir, false).await,
@@ -492,6 +510,66 @@ impl Syncer for SysEffects {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    const WEB: &str = "[web]\nmount_point = \"/mnt/nfs\"\n[web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n[web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n";
+
+    /// Real effects whose mountinfo is the crafted file `mountinfo` (listing leftover mounts that
+    /// cannot be detached here, so they stay "mounted" whatever is tried).
+    fn inner_with(state_dir: &Path, mountinfo: &Path) -> Inner {
+        let cfg = crate::config::Config::parse(Path::new("w.toml"), WEB).unwrap().web.unwrap();
+        Inner {
+            cfg,
+            mountinfo: mountinfo.to_owned(),
+            stage: state_dir.join("stage"),
+            icmp: Icmp::none(),
+            canary_busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A leftover (maybe dead) NFS mount at a staging dir is detached and verified gone BEFORE the
+    /// directory is created or stat'ed: `create_dir_all` on a dead mount blocks the runtime worker.
+    #[tokio::test]
+    async fn staging_dirs_are_never_touched_while_a_leftover_mount_is_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("stage");
+        let mi = d.path().join("mountinfo");
+        std::fs::write(
+            &mi,
+            format!(
+                "22 1 0:21 / / rw - ext4 /dev/vda1 rw\n50 22 0:40 / {s} rw - ext4 /dev/vda1 rw\n\
+                 51 50 0:41 / {s}/new rw - nfs4 10.0.0.9:/dead rw\n52 50 0:42 / {s}/old rw - nfs4 10.0.0.9:/dead rw\n",
+                s = stage.display()
+            ),
+        )
+        .unwrap();
+        let inner = inner_with(d.path(), &mi);
+        assert!(inner.staged(Server::Primary, false).await.is_err());
+        assert!(!stage.join("new").exists() && !stage.join("old").exists(), "touched under a listed mount");
+        // a detach that "succeeds" (here: nothing is really mounted) but leaves the entry listed is an
+        // error, not a directory created under the mount
+        std::fs::create_dir_all(stage.join("old")).unwrap();
+        let e = inner.prepare_dir(&stage.join("old")).await.unwrap_err();
+        assert_eq!(e, format!("{}/old is still a mount point (nfs4 10.0.0.9:/dead) after 4 detaches", stage.display()));
+    }
+
+    /// A mount point whose name is not UTF-8 (and has a space) is recognised in mountinfo, even
+    /// when another entry is not UTF-8 either.
+    #[test]
+    fn a_non_utf8_mount_point_is_verified_byte_exact() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let mi = d.path().join("mountinfo");
+        std::fs::write(
+            &mi,
+            b"22 1 0:21 / / rw - ext4 /dev/vda1 rw\n23 22 0:22 / /srv/\xe9t\xe9 rw - ext4 /dev/vdb rw\n\
+              40 22 0:35 / /mnt/\xff\\040web rw - nfs4 10.0.0.3:/srv/nfs rw\n",
+        )
+        .unwrap();
+        let mut inner = inner_with(d.path(), &mi);
+        inner.cfg.mount_point = PathBuf::from(std::ffi::OsStr::from_bytes(b"/mnt/\xff web"));
+        assert_eq!(inner.serving(&inner.cfg.mount_point.clone()), Some(Server::Backup));
+        assert!(inner.verify(&inner.cfg.mount_point.clone(), Server::Backup).is_ok());
+    }
 
     #[test]
     fn reverse_sync_never_deletes_by_default() {

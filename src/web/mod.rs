@@ -16,7 +16,9 @@
 //!
 //! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
 //! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
-//! unmounts anything.
+//! unmounts anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
+//! directory); an operator request alone only writes the request file. `mount_point` and `state_dir`
+//! are canonicalized at start (the mount point through its parent only) to match mountinfo.
 //!
 //! # Failover (old server dead)
 //! `umount2(MNT_DETACH | MNT_FORCE)` of the mount point on a thread with a deadline (never a stat), then
@@ -85,6 +87,21 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error("another nfs-guard web runs with this state directory (one instance per state directory){}", if *.recorded { "; the request is recorded and that instance carries it out" } else { "" })]
+    Locked {
+        #[source]
+        source: crate::sys::lockfile::LockError,
+        /// An operator request was recorded before the lock was found held.
+        recorded: bool,
+    },
+    #[error("web.mount_point: {0}")]
+    MountPoint(String),
+    #[error("cannot resolve the state directory {path}")]
+    StateDirPath {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the state directory {path}")]
     StateDir {
         path: std::path::PathBuf,
@@ -104,18 +121,68 @@ pub async fn run(
     let state_dir = config.state_dir.clone();
     crate::sys::fsutil::ensure_private_dir(&state_dir)
         .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
-    if let Some(request) = request_of(args) {
+    let (cfg, state_dir) = &canonical(cfg, &state_dir)?;
+    let state_dir = state_dir.clone();
+    let request = request_of(args);
+    if let Some(request) = request {
+        // A request alone only writes the request file: it works beside the running daemon.
         state::put_request(&state_dir, request)?;
-        println!("{}", explain(cfg, request, args.once));
         if !args.once {
+            println!("{}", explain(cfg, request, false));
             return Ok(());
         }
     }
-    let durable = state::load(&state_dir)?;
+    // The daemon and `--once` runs decide on the same durable state: one at a time.
+    let _lock = match crate::sys::lockfile::LockFile::acquire(&state::lock_path(&state_dir)) {
+        Ok(lock) => lock,
+        Err(source) => {
+            if let Some(request) = request {
+                println!("{}", explain(cfg, request, false));
+            }
+            return Err(Error::Locked { source, recorded: request.is_some() });
+        }
+    };
+    if let Some(request) = request {
+        println!("{}", explain(cfg, request, true));
+    }
+    let loaded = match state::load(&state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            // cannot even move it aside: this run stops, and says so by mail, not only in the journal
+            let text = crate::error::render_chain(&e);
+            alerts.emit(
+                crate::alert::AlertEvent::new(
+                    crate::alert::AlertKind::StateQuarantined,
+                    crate::alert::Role::Web,
+                    "web role NOT RUNNING: its state file is unusable",
+                    text,
+                )
+                .next_steps("Failover is OFF on this node. Fix or remove the file named above."),
+            );
+            return Err(e.into());
+        }
+    };
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
-    let c = controller::Controller::new(cfg, state_dir, durable, fx.clone(), fx.clone(), fx, alerts);
+    let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+    if !args.once {
+        c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());
+    }
     c.run(args.once, shutdown).await;
     Ok(())
+}
+
+/// The config and state dir with the paths the kernel lists in mountinfo (symlinks and `..`
+/// resolved), so verifications compare like with like. The mount point itself is never stat'ed (it
+/// may be a dead NFS mount): only its parent is resolved. The state dir is local and exists.
+fn canonical(
+    cfg: &crate::config::web::WebConfig,
+    state_dir: &std::path::Path,
+) -> Result<(crate::config::web::WebConfig, std::path::PathBuf), Error> {
+    let mut cfg = cfg.clone();
+    cfg.mount_point = crate::sys::mountinfo::canonical_mount_point(&cfg.mount_point).map_err(Error::MountPoint)?;
+    let state_dir = std::fs::canonicalize(state_dir)
+        .map_err(|source| Error::StateDirPath { path: state_dir.to_owned(), source })?;
+    Ok((cfg, state_dir))
 }
 
 fn request_of(args: &WebArgs) -> Option<fsm::Request> {
@@ -159,5 +226,32 @@ fn explain(cfg: &crate::config::web::WebConfig, request: fsm::Request, once: boo
         ),
         fsm::Request::Hold => format!("Recorded: hold {mp} on its current server, {when}. No automatic failover or failback until `nfs-guard web --release`."),
         fsm::Request::Release => format!("Recorded: release the hold, {when}. Automatic failover and failback resume."),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A symlink or `..` in `mount_point` or `state_dir` would make every mountinfo verification fail
+    /// (and self-binds of the staging dir stack up): both are resolved at start.
+    #[test]
+    fn paths_are_compared_as_the_kernel_lists_them() {
+        let d = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(real.join("mnt/a")).unwrap();
+        std::fs::create_dir_all(real.join("var/state")).unwrap();
+        std::os::unix::fs::symlink(real.join("mnt"), real.join("m")).unwrap();
+        let text = format!(
+            "state_dir = \"{0}/var/../var/state\"\n[web]\nmount_point = \"{0}/m/a/../nfs\"\n\
+             [web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n\
+             [web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n",
+            d.path().display()
+        );
+        let c = Config::parse(std::path::Path::new("w.toml"), &text).unwrap();
+        let (cfg, state_dir) = canonical(c.web().unwrap(), &c.state_dir).unwrap();
+        assert_eq!(cfg.mount_point, real.join("mnt/nfs"));
+        assert_eq!(state_dir, real.join("var/state"));
     }
 }
