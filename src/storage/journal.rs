@@ -11,7 +11,7 @@
 //! atomically with only the live records) when it grows well past its live content. This module owns
 //! the file format only; what is pending is decided by `remote`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -59,16 +59,68 @@ fn encode_add(out: &mut Vec<u8>, seq: u64, e: &Entry) {
     out.extend_from_slice(bytes);
 }
 
-/// Parses `data` (after the magic); returns the state and the length of the whole-record prefix.
-pub fn parse(data: &[u8]) -> (Replayed, usize) {
+/// Journal records applied in order, keyed by sequence number (not by path: a path queued again
+/// while its older record is being pushed has two live records, and the older one's ack must not
+/// drop the newer one).
+#[derive(Debug, Default)]
+struct Replay {
+    live: BTreeMap<u64, Entry>,
+    full_sync: BTreeSet<u32>,
+    next_seq: u64,
+}
+
+impl Replay {
+    fn add(&mut self, seq: u64, e: Entry) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        match self.live.get_mut(&seq) {
+            // The same number again: that entry's scope was widened.
+            Some(cur) if cur.tree == e.tree && cur.path == e.path => cur.scope = cur.scope.then(e.scope),
+            _ => {
+                self.live.insert(seq, e);
+            }
+        }
+    }
+
+    fn ack(&mut self, lo: u64, hi: u64) {
+        self.next_seq = self.next_seq.max(hi.saturating_add(1));
+        let doomed: Vec<u64> = self.live.range(lo..=hi).map(|(s, _)| *s).collect();
+        for s in doomed {
+            self.live.remove(&s);
+        }
+    }
+
+    fn full_sync(&mut self, tree: u32, needed: bool) {
+        if needed {
+            self.full_sync.insert(tree);
+            self.live.retain(|_, e| e.tree != tree);
+        } else {
+            self.full_sync.remove(&tree);
+        }
+    }
+
+    /// The pending set (records of one path merged, oldest place first) and whether merging dropped
+    /// numbers the file still holds (then the file is compacted, so their acks cannot go missing).
+    fn finish(self) -> (Replayed, bool) {
+        let records = self.live.len();
+        let mut pending = PendingSet::new(self.next_seq);
+        for (seq, e) in self.live {
+            pending.insert_with_seq(seq, e);
+        }
+        let merged = pending.len() < records;
+        (Replayed { pending, full_sync: self.full_sync }, merged)
+    }
+}
+
+/// Parses `data` (after the magic); returns the state, the length of the whole-record prefix, and
+/// whether records of one path were merged.
+fn parse(data: &[u8]) -> (Replayed, usize, bool) {
     fn take<const N: usize>(d: &[u8], at: &mut usize) -> Option<[u8; N]> {
         let v: [u8; N] = d.get(*at..*at + N)?.try_into().ok()?;
         *at += N;
         Some(v)
     }
-    let mut r = Replayed::default();
+    let mut r = Replay::default();
     let mut at = 0;
-    let mut good = 0;
     loop {
         let mut cur = at;
         let Some([op]) = take::<1>(data, &mut cur) else { break };
@@ -87,12 +139,10 @@ pub fn parse(data: &[u8]) -> (Replayed, usize) {
                 let bytes = data.get(cur..cur + len)?;
                 cur += len;
                 let path = PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
-                r.pending.insert_with_seq(seq, Entry { tree, path, scope });
+                r.add(seq, Entry { tree, path, scope });
                 Some(())
             })(),
-            b'K' => take(data, &mut cur).map(|b| {
-                r.pending.ack_upto(u64::from_le_bytes(b));
-            }),
+            b'K' => take(data, &mut cur).map(|b| r.ack(0, u64::from_le_bytes(b))),
             b'R' => (|| {
                 let n = u32::from_le_bytes(take(data, &mut cur)?) as usize;
                 let mut ranges = Vec::with_capacity(n.min(1 << 16));
@@ -101,26 +151,22 @@ pub fn parse(data: &[u8]) -> (Replayed, usize) {
                     let hi = u64::from_le_bytes(take(data, &mut cur)?);
                     ranges.push((lo, hi));
                 }
-                r.pending.ack_ranges(&ranges);
+                for (lo, hi) in ranges {
+                    r.ack(lo, hi);
+                }
                 Some(())
             })(),
-            b'F' => take(data, &mut cur).map(|b| {
-                let tree = u32::from_le_bytes(b);
-                r.full_sync.insert(tree);
-                r.pending.clear_tree(tree);
-            }),
-            b'f' => take(data, &mut cur).map(|b| {
-                r.full_sync.remove(&u32::from_le_bytes(b));
-            }),
+            b'F' => take(data, &mut cur).map(|b| r.full_sync(u32::from_le_bytes(b), true)),
+            b'f' => take(data, &mut cur).map(|b| r.full_sync(u32::from_le_bytes(b), false)),
             _ => None,
         };
         if ok.is_none() {
             break;
         }
         at = cur;
-        good = at;
     }
-    (r, good)
+    let (replayed, merged) = r.finish();
+    (replayed, at, merged)
 }
 
 impl Journal {
@@ -132,11 +178,11 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(err(e)),
         };
-        let (replayed, keep) = if data.starts_with(MAGIC) {
-            let (r, good) = parse(&data[MAGIC.len()..]);
-            (r, MAGIC.len() + good)
+        let (replayed, keep, merged) = if data.starts_with(MAGIC) {
+            let (r, good, merged) = parse(&data[MAGIC.len()..]);
+            (r, MAGIC.len() + good, merged)
         } else if data.is_empty() {
-            (Replayed::default(), 0)
+            (Replayed::default(), 0, false)
         } else {
             return Err(err(io::Error::new(io::ErrorKind::InvalidData, "not an nfs-guard journal (bad magic)")));
         };
@@ -152,6 +198,9 @@ impl Journal {
         }
         let mut j = Journal { path: path.to_owned(), file, size: keep };
         j.seek_end().map_err(err)?;
+        if merged {
+            j.compact(replayed.pending.iter(), &replayed.full_sync)?;
+        }
         Ok((j, replayed))
     }
 
@@ -216,13 +265,18 @@ impl Journal {
     }
 
     /// Rewrites the file with only the live state (atomically), then continues appending to it.
-    pub fn compact(&mut self, pending: &PendingSet, full_sync: &BTreeSet<u32>) -> Result<(), JournalError> {
+    /// `live` is every unacknowledged entry: the queued ones and those being pushed.
+    pub fn compact<'a>(
+        &mut self,
+        live: impl IntoIterator<Item = (u64, &'a Entry)>,
+        full_sync: &BTreeSet<u32>,
+    ) -> Result<(), JournalError> {
         let mut buf = MAGIC.to_vec();
         for tree in full_sync {
             buf.push(b'F');
             buf.extend_from_slice(&tree.to_le_bytes());
         }
-        for (seq, e) in pending.iter() {
+        for (seq, e) in live {
             encode_add(&mut buf, seq, e);
         }
         write_atomic(&self.path, &buf).map_err(|e| self.err(e))?;
@@ -281,6 +335,34 @@ mod tests {
     }
 
     #[test]
+    fn an_older_ack_never_drops_a_newer_record_of_the_same_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.journal");
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            j.add(&[(0, &e(b"a", Scope::Path))]).unwrap();
+            // `a` queued again while seq 0 is being pushed; then seq 0's push is acknowledged.
+            j.add(&[(1, &e(b"a", Scope::Tree))]).unwrap();
+            j.ack_seqs(&[0]).unwrap();
+        }
+        let (_, r) = Journal::open(&p).unwrap();
+        assert_eq!(live(&r), [(1, b"a".to_vec())]);
+        assert_eq!(r.pending.iter().next().unwrap().1.scope, Scope::Tree);
+        // Two live records of one path merge at replay (older place) and the file is compacted, so
+        // the merged entry's ack clears both.
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            j.add(&[(2, &e(b"a", Scope::Path))]).unwrap();
+        }
+        let (mut j, r) = Journal::open(&p).unwrap();
+        assert_eq!(live(&r), [(1, b"a".to_vec())]);
+        j.ack_seqs(&[1]).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(&p).unwrap();
+        assert!(r.pending.is_empty());
+    }
+
+    #[test]
     fn range_acks_survive_replay() {
         assert_eq!(ranges(&[7, 1, 2, 3, 9, 8]), [(1, 3), (7, 9)]);
         let d = tempfile::tempdir().unwrap();
@@ -326,7 +408,7 @@ mod tests {
         j.ack(98).unwrap();
         let before = j.size();
         let (_, r) = Journal::open(&p).unwrap();
-        j.compact(&r.pending, &[7].into()).unwrap();
+        j.compact(r.pending.iter(), &[7].into()).unwrap();
         assert!(j.size() < before / 10);
         j.add(&[(100, &e(b"new", Scope::Path))]).unwrap();
         let (_, r) = Journal::open(&p).unwrap();

@@ -40,6 +40,8 @@ struct QState {
     /// count keeps removal simple). A pending path equal to, above or below one of them waits, so two
     /// concurrent rsyncs never touch the same part of the tree and per-path order holds.
     busy: BTreeMap<(u32, PathBuf), usize>,
+    /// The entries of the batches being pushed: still live in the journal (a compaction keeps them).
+    in_flight: BTreeMap<u64, Entry>,
     batches_in_flight: usize,
     full_sync_running: bool,
     max_pending: usize,
@@ -73,6 +75,7 @@ impl Queue {
                 full_sync: r.full_sync,
                 journal,
                 busy: BTreeMap::new(),
+                in_flight: BTreeMap::new(),
                 batches_in_flight: 0,
                 full_sync_running: false,
                 max_pending,
@@ -96,25 +99,22 @@ impl Queue {
         let mut fresh = Vec::new();
         for e in entries {
             if let Some(seq) = s.pending.insert(e.clone()) {
-                fresh.push((seq, e));
+                // A widened scope is recorded under the entry's own number, with the merged scope.
+                fresh.push((seq, s.pending.get(seq).unwrap_or(e).clone()));
             }
         }
+        let fresh: Vec<(u64, &Entry)> = fresh.iter().map(|(q, e)| (*q, e)).collect();
         if let Err(e) = s.journal.add(&fresh) {
             self.journal_failed(&e);
         }
         let mut out = Enqueued::default();
         if s.pending.len() > s.max_pending {
-            // The batch in flight loses its journal records in the compaction below: cover it too.
-            let mut trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
-            trees.extend(s.busy.keys().map(|(t, _)| *t));
+            let trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
             for t in &trees {
                 s.pending.clear_tree(*t);
                 s.full_sync.insert(*t);
             }
-            let QState { pending, full_sync, journal, .. } = &mut *s;
-            if let Err(e) = journal.compact(pending, full_sync) {
-                self.journal_failed(&e);
-            }
+            self.compact(&mut s);
             out.collapsed = trees.into_iter().collect();
         }
         drop(s);
@@ -158,8 +158,9 @@ impl Queue {
         if batch.is_empty() {
             return None;
         }
-        for (_, e) in &batch {
+        for (seq, e) in &batch {
             *s.busy.entry((e.tree, e.path.clone())).or_insert(0) += 1;
+            s.in_flight.insert(*seq, e.clone());
         }
         s.batches_in_flight += 1;
         Some(Work::Batch(batch))
@@ -172,7 +173,8 @@ impl Queue {
             Work::FullSync(_) => s.full_sync_running = false,
             Work::Batch(b) => {
                 s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
-                for (_, e) in b {
+                for (seq, e) in b {
+                    s.in_flight.remove(seq);
                     let key = (e.tree, e.path.clone());
                     if let Some(n) = s.busy.get_mut(&key) {
                         *n -= 1;
@@ -192,22 +194,36 @@ impl Queue {
             }
             (Work::Batch(b), true) => s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>()),
             (Work::Batch(b), false) => {
+                // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
+                // the merged scope under its own number; the absorbed number is covered by it.
+                let mut merged = Vec::new();
+                let mut absorbed = Vec::new();
                 for (seq, e) in b {
-                    s.pending.insert_with_seq(seq, e);
+                    let m = s.pending.insert_with_seq(seq, e);
+                    if let (Some(gone), Some(e)) = (m.absorbed, s.pending.get(m.seq)) {
+                        merged.push((m.seq, e.clone()));
+                        absorbed.push(gone);
+                    }
                 }
-                Ok(())
+                let merged: Vec<(u64, &Entry)> = merged.iter().map(|(q, e)| (*q, e)).collect();
+                s.journal.add(&merged).and_then(|()| s.journal.ack_seqs(&absorbed))
             }
         };
         if let Err(e) = result {
             self.journal_failed(&e);
         }
         // Compact when the log is mostly dead records (cheap when little is pending).
-        let live = s.pending.len() as u64 * 64 + 4096;
+        let live = (s.pending.len() + s.in_flight.len()) as u64 * 64 + 4096;
         if s.journal.size() > (1 << 20) && s.journal.size() > 4 * live {
-            let QState { pending, full_sync, journal, .. } = &mut *s;
-            if let Err(e) = journal.compact(pending, full_sync) {
-                self.journal_failed(&e);
-            }
+            self.compact(&mut s);
+        }
+    }
+
+    /// Rewrites the journal with the live state: the queued entries and those being pushed.
+    fn compact(&self, s: &mut QState) {
+        let QState { pending, in_flight, full_sync, journal, .. } = s;
+        if let Err(e) = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync) {
+            self.journal_failed(&e);
         }
     }
 
@@ -657,6 +673,49 @@ mod tests {
         assert_eq!(q.next(10), Some(Work::FullSync(0)));
         q.enqueue(&[e("z")]);
         assert_eq!(q.next(10), None);
+    }
+
+    #[test]
+    fn a_change_queued_while_the_same_path_is_pushed_survives_the_ack_and_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            q.enqueue(&[e("a")]);
+            let first = q.next(10).unwrap();
+            q.enqueue(&[e("a")]);
+            q.done(first, true);
+            assert_eq!(q.depth(), (1, vec![]));
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (1, vec![]), "the newer change of `a` must survive the older batch's ack");
+        let w = q.next(10).unwrap();
+        q.done(w, true);
+        drop(q);
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (0, vec![]));
+    }
+
+    #[test]
+    fn widened_and_put_back_entries_leave_nothing_behind_after_their_ack() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            // Widened while queued: one entry, acked once.
+            q.enqueue(&[e("w")]);
+            q.enqueue(&[Entry::new(0, "w", Scope::Tree)]);
+            let w = q.next(10).unwrap();
+            q.done(w, true);
+            // Failed, queued again meanwhile, put back: the two merge; one push acks both.
+            q.enqueue(&[Entry::new(0, "p", Scope::Gone)]);
+            let w = q.next(10).unwrap();
+            q.enqueue(&[Entry::new(0, "p", Scope::Tree)]);
+            q.done(w, false);
+            let Some(Work::Batch(b)) = q.next(10) else { panic!() };
+            assert_eq!((b.len(), b[0].1.scope), (1, Scope::Replace));
+            q.done(Work::Batch(b), true);
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (0, vec![]), "nothing pushed is pushed again after a restart");
     }
 
     #[test]
