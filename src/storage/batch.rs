@@ -206,18 +206,6 @@ impl PendingSet {
         }
     }
 
-    /// Drops every entry with `seq <= upto` (they were pushed) and never reuses those numbers.
-    pub fn ack_upto(&mut self, upto: u64) {
-        while let Some(entry) = self.by_seq.first_entry() {
-            if *entry.key() > upto {
-                break;
-            }
-            let e = entry.remove();
-            self.by_path.remove(&(e.tree, e.path));
-        }
-        self.next_seq = self.next_seq.max(upto.saturating_add(1));
-    }
-
     /// Every entry, oldest first (journal compaction).
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
         self.by_seq.iter().map(|(s, e)| (*s, e))

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Entry, PendingSet, Scope};
 use super::hooks::Hooks;
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::push;
 use super::status::{now_rfc3339, Board};
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
@@ -63,7 +63,7 @@ pub struct Enqueued {
 
 impl Queue {
     /// Opens the journal of `name` under `dir`, replaying what a previous run left pending.
-    pub fn open(dir: &Path, name: &str, max_pending: usize) -> Result<Queue, super::journal::JournalError> {
+    pub fn open(dir: &Path, name: &str, max_pending: usize) -> Result<Queue, journal::JournalError> {
         let (journal, r) = Journal::open(&dir.join(format!("{name}.journal")))?;
         if !r.pending.is_empty() || !r.full_sync.is_empty() {
             tracing::info!(remote = name, paths = r.pending.len(), full_syncs = r.full_sync.len(), "journal replayed");
@@ -88,7 +88,7 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn journal_failed(&self, e: &super::journal::JournalError) {
+    fn journal_failed(&self, e: &journal::JournalError) {
         // The queue still holds everything in memory; only crash-safety is at risk.
         tracing::error!(remote = %self.name, error = %crate::error::render_chain(e), "cannot write journal");
     }
@@ -436,8 +436,10 @@ impl Worker {
         let (queue, trees) = self.queue.depth();
         let names: Vec<String> = trees
             .iter()
-            .filter_map(|t| self.cfg.trees.get(*t as usize))
-            .map(|t| t.path.display().to_string())
+            .filter_map(|t| match self.cfg.trees.get(*t as usize) {
+                Some(tree) => Some(tree.path.display().to_string()),
+                None => (*t == journal::ALL_TREES).then(|| "(every tree)".to_owned()),
+            })
             .collect();
         self.board.remote(self.idx, |r| {
             r.queue = queue;
@@ -454,26 +456,39 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl Pusher {
+    async fn full_sync(&self, tree: &crate::config::storage::Tree) -> Outcome {
+        let args = push::full_sync_args(
+            &self.cfg.rsync_args,
+            &self.remote.target,
+            tree,
+            &self.cfg.full_sync,
+            &self.cfg.filter,
+        );
+        tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
+        let o = outcome(rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await);
+        if o.ok {
+            tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
+        }
+        o
+    }
+
     async fn perform(&self, work: &Work) -> Outcome {
         match work {
             Work::FullSync(t) => {
-                let Some(tree) = self.cfg.trees.get(*t as usize) else {
-                    return Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
-                };
-                let args = push::full_sync_args(
-                    &self.cfg.rsync_args,
-                    &self.remote.target,
-                    tree,
-                    &self.cfg.full_sync,
-                    &self.cfg.filter,
-                );
-                tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
-                let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
-                let o = outcome(r);
-                if o.ok {
-                    tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
+                // Every tree when the journal was damaged (the lost records' trees are unknown).
+                let all = u32::try_from(self.cfg.trees.len()).unwrap_or(u32::MAX);
+                let trees = if *t == journal::ALL_TREES { 0..all } else { *t..t.saturating_add(1) };
+                let mut total = Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
+                for tree in trees.filter_map(|t| self.cfg.trees.get(t as usize)) {
+                    let o = self.full_sync(tree).await;
+                    total.files += o.files;
+                    total.bytes += o.bytes;
+                    if !o.ok {
+                        return Outcome { files: total.files, bytes: total.bytes, ..o };
+                    }
+                    total.error = total.error.or(o.error);
                 }
-                o
+                total
             }
             Work::Batch(batch) => {
                 let mut total = Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
