@@ -195,7 +195,7 @@ impl PendingSet {
 
     /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).
     pub fn ack_ranges(&mut self, ranges: &[(u64, u64)]) {
-        for &(lo, hi) in ranges {
+        for &(lo, hi) in ranges.iter().filter(|(lo, hi)| lo <= hi) {
             let seqs: Vec<u64> = self.by_seq.range(lo..=hi).map(|(s, _)| *s).collect();
             for s in seqs {
                 if let Some(e) = self.by_seq.remove(&s) {
@@ -551,6 +551,18 @@ mod tests {
         }
         s.ack_ranges(&[(0, 1), (3, 3)]);
         assert_eq!(s.take(9).iter().map(|(q, _)| *q).collect::<Vec<_>>(), [2, 4]);
+    }
+
+    #[test]
+    fn extreme_sequence_numbers_never_panic() {
+        let mut s = PendingSet::new(0);
+        s.insert_with_seq(u64::MAX, p("a"));
+        s.ack_ranges(&[(5, 3), (u64::MAX, u64::MAX)]);
+        assert!(s.is_empty());
+        assert_eq!(s.next_seq(), u64::MAX);
+        let mut s = PendingSet::new(u64::MAX);
+        s.insert(p("b"));
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

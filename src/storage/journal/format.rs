@@ -27,6 +27,9 @@ const MAX_RECORD: usize = 1 << 20;
 /// Ack ranges per `R` record.
 const RANGES_PER_RECORD: usize = 4096;
 const HEADER: usize = 8;
+/// Sequence numbers count records written (one per path change): beyond this they are damage, and
+/// every `+ 1` on a valid one stays far from overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
 
 /// What a journal file holds after replay.
 #[derive(Debug, Default)]
@@ -220,8 +223,21 @@ struct Replay {
     next_seq: u64,
 }
 
+/// Does `rec` hold only sane numbers (sequence numbers up to [`MAX_SEQ`], ranges `lo <= hi`)?
+fn sane(rec: &Rec) -> bool {
+    match rec {
+        Rec::Add(seq, _) => *seq <= MAX_SEQ,
+        Rec::Acks(ranges) => ranges.iter().all(|(lo, hi)| lo <= hi && *hi <= MAX_SEQ),
+        Rec::FullSync(..) => true,
+    }
+}
+
 impl Replay {
-    fn apply(&mut self, rec: Rec) {
+    /// Applies `rec`; false (and nothing applied) when it holds absurd numbers: damage.
+    fn apply(&mut self, rec: Rec) -> bool {
+        if !sane(&rec) {
+            return false;
+        }
         match rec {
             Rec::Add(seq, e) => {
                 self.next_seq = self.next_seq.max(seq.saturating_add(1));
@@ -250,6 +266,7 @@ impl Replay {
                 self.full_sync.remove(&tree);
             }
         }
+        true
     }
 }
 
@@ -295,7 +312,9 @@ pub fn parse(data: &[u8]) -> Option<Parsed> {
     let mut damaged: Option<(usize, usize)> = None;
     while at < body.len() {
         if let Some((rec, end)) = framed(body, at) {
-            r.apply(rec);
+            if !r.apply(rec) {
+                damaged.get_or_insert((MAGIC.len() + at, 0)).1 += end - at;
+            }
             at = end;
             good_end = end;
             continue;
@@ -320,11 +339,16 @@ fn parse_v1(body: &[u8]) -> Parsed {
     let mut r = Replay::default();
     let mut c = Cur { d: body, at: 0 };
     let mut good = 0;
+    let mut damaged: Option<(usize, usize)> = None;
     while let Some(rec) = decode(&mut c) {
-        r.apply(rec);
+        if !r.apply(rec) {
+            damaged.get_or_insert((MAGIC_V1.len() + good, 0)).1 += c.at - good;
+        }
         good = c.at;
     }
     let leftover = body.len() - good;
-    let damaged = (leftover > 0).then_some((MAGIC_V1.len() + good, leftover));
+    if leftover > 0 {
+        damaged.get_or_insert((MAGIC_V1.len() + good, 0)).1 += leftover;
+    }
     Parsed::finish(r, MAGIC_V1.len() + good, damaged)
 }

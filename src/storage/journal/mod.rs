@@ -9,7 +9,7 @@
 //! content, and at open when it was damaged or of the older version. This module owns the file
 //! only; what is pending is decided by `remote`.
 
-mod format;
+pub(crate) mod format;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -344,6 +344,27 @@ mod tests {
         assert!(std::fs::read(&p).unwrap().starts_with(format::MAGIC));
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!((r.pending.len(), r.full_sync.len()), (1, 1));
+    }
+
+    #[test]
+    fn absurd_sequence_numbers_are_damage_not_a_panic_or_a_reused_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.journal");
+        let mut data = format::MAGIC.to_vec();
+        format::encode_add(&mut data, 0, &e(b"ok", Scope::Path));
+        format::encode_add(&mut data, u64::MAX, &e(b"max", Scope::Path));
+        format::encode_acks(&mut data, &[(7, u64::MAX), (9, 3)]);
+        format::encode_add(&mut data, 1, &e(b"later", Scope::Path));
+        std::fs::write(&path, &data).unwrap();
+        let (_, replayed) = Journal::open(&path).unwrap();
+        assert_eq!(live(&replayed), [(0, b"ok".to_vec()), (1, b"later".to_vec())]);
+        assert!(replayed.full_sync.contains(&ALL_TREES), "skipped records ask for a full sync");
+        let mut pending = replayed.pending;
+        let x = pending.insert(e(b"x", Scope::Path)).unwrap();
+        let y = pending.insert(e(b"y", Scope::Path)).unwrap();
+        assert!(x != y && x > 1, "fresh numbers: {x} {y}");
+        assert_eq!(pending.len(), 4);
+        assert_eq!(ranges(&[u64::MAX, u64::MAX - 1, 0]), [(0, 0), (u64::MAX - 1, u64::MAX)]);
     }
 
     #[test]
