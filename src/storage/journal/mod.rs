@@ -6,8 +6,10 @@
 //! whose checksum fails, followed by good ones, or bytes that are no record) is skipped, logged, and
 //! becomes a full sync of every tree: the skipped records may have named any path. The log is
 //! compacted (rewritten atomically with only the live records) when it grows well past its live
-//! content, and at open when it was damaged or of the older version. This module owns the file
-//! only; what is pending is decided by `remote`.
+//! content, and at open when it was damaged or of the older version. The file is private (0600), never
+//! followed through a symlink, and read without blocking and with a size cap (a FIFO or a huge file
+//! in its place is an error naming it). This module owns the file only; what is pending is decided
+//! by `remote`.
 
 pub(crate) mod format;
 
@@ -17,7 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::batch::Entry;
-use crate::sys::fsutil::write_atomic;
+use crate::sys::fsutil::{read_capped, write_atomic};
 pub use format::{ranges, Replayed, ALL_TREES};
 
 pub struct Journal {
@@ -35,12 +37,38 @@ pub struct JournalError {
     pub source: io::Error,
 }
 
+/// A journal larger than this is refused (compaction keeps a healthy one far smaller: its live
+/// content is bounded by `max_pending`).
+const MAX_SIZE: u64 = 1 << 30;
+
+/// Opens the journal file for appending: never through a symlink, and readable by its owner only.
+fn open_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "is not a regular file"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 impl Journal {
     /// Opens (creating) the journal at `path` and replays it. A torn tail is cut off; damage is
     /// skipped and asks for a full sync of every tree.
     pub fn open(path: &Path) -> Result<(Journal, Replayed), JournalError> {
         let err = |source| JournalError { path: path.to_owned(), source };
-        let data = match std::fs::read(path) {
+        // Never followed: a symlink planted here would have its target truncated and rewritten.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a symlink; refusing to follow it (put the journal file itself there, or remove the link)",
+            )));
+        }
+        // A FIFO or device cannot stall the start, nor a huge file eat the memory.
+        let data = match read_capped(path, MAX_SIZE) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(err(e)),
@@ -62,7 +90,7 @@ impl Journal {
         } else {
             parsed.good_end
         };
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+        let file = open_private(path).map_err(err)?;
         if !rewrite && data.len() > size {
             tracing::warn!(path = %path.display(), dropped = data.len() - size, "journal had a torn tail; cut");
             file.set_len(size as u64).map_err(err)?;
@@ -132,7 +160,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let buf = format::encode_state(live, full_sync);
         write_atomic(&self.path, &buf).map_err(|e| self.err(e))?;
-        self.file = OpenOptions::new().read(true).write(true).open(&self.path).map_err(|e| self.err(e))?;
+        self.file = open_private(&self.path).map_err(|e| self.err(e))?;
         self.size = buf.len() as u64;
         self.seek_end().map_err(|e| self.err(e))
     }
@@ -365,6 +393,40 @@ mod tests {
         assert!(x != y && x > 1, "fresh numbers: {x} {y}");
         assert_eq!(pending.len(), 4);
         assert_eq!(ranges(&[u64::MAX, u64::MAX - 1, 0]), [(0, 0), (u64::MAX - 1, u64::MAX)]);
+    }
+
+    /// Runs `f` on another thread; fails (instead of hanging the suite) when it blocks.
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("blocked")
+    }
+
+    #[test]
+    fn a_fifo_or_a_symlink_in_place_of_the_journal_is_a_clear_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.journal");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let f2 = fifo.clone();
+        let msg = within_5s(move || crate::error::render_chain(&Journal::open(&f2).err().unwrap()));
+        assert!(msg.contains("fifo.journal") && msg.contains("FIFO"), "{msg}");
+        // A symlink to a file elsewhere: never followed, the target never truncated or replaced.
+        let outside = dir.path().join("precious");
+        std::fs::write(&outside, b"do not touch").unwrap();
+        let link = dir.path().join("link.journal");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let msg = crate::error::render_chain(&Journal::open(&link).err().unwrap());
+        assert!(msg.contains("link.journal") && msg.contains("symlink"), "{msg}");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"do not touch");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        // An existing journal readable by others becomes private.
+        let p = dir.path().join("r.journal");
+        five_records(&p);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, r) = Journal::open(&p).unwrap();
+        assert_eq!(r.pending.len(), 5);
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
