@@ -258,10 +258,18 @@ pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
 }
 
 /// Retry delay after `attempt` consecutive failures (1-based): `min * 2^(attempt-1)` capped at
-/// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep.
+/// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep. Saturates:
+/// absurd durations give a long delay, never a panic.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
     let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    exp.min(max).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    Duration::try_from_secs_f64(exp.min(max).as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// `now + d`, or a year from now when that is beyond what an `Instant` holds.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(d).or_else(|| now.checked_add(YEAR)).unwrap_or(now)
 }
 
 /// Everything a worker needs, built by `storage::run`.
@@ -402,7 +410,7 @@ impl Worker {
         let since = *h.failing_since.get_or_insert_with(Instant::now);
         let error = outcome.error.unwrap_or_default();
         let delay = backoff(h.attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
-        h.retry_at = Some(Instant::now() + delay);
+        h.retry_at = Some(later(Instant::now(), delay));
         tracing::warn!(remote = %self.remote.name, attempt = h.attempt, retry_in_ms = ms(delay), error = %error, "push failed");
         let e2 = error.clone();
         self.board.remote(self.idx, |r| {
@@ -603,6 +611,15 @@ mod tests {
         assert_eq!(backoff(30, S, 60 * S, 0.5), 60 * S);
         assert_eq!(backoff(1, S, 60 * S, 0.0), S.mul_f64(0.8));
         assert_eq!(backoff(1, S, 60 * S, 1.0), S.mul_f64(1.2));
+    }
+
+    #[test]
+    fn huge_retry_durations_saturate_instead_of_panicking() {
+        let huge = Duration::MAX;
+        assert!(backoff(1, huge, huge, 1.0) >= Duration::from_secs(u64::from(u32::MAX)));
+        assert!(backoff(40, S, huge, 1.0) > S);
+        let now = Instant::now();
+        assert!(later(now, huge) > now);
     }
 
     fn e(p: &str) -> Entry {
