@@ -288,13 +288,26 @@ pub struct Worker {
 }
 
 /// Outcome of one unit of work.
-struct Outcome {
-    ok: bool,
-    class: ExitClass,
-    files: u64,
-    bytes: u64,
-    error: Option<String>,
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ok: bool,
+    pub class: ExitClass,
+    pub files: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
 }
+
+/// The effect of one unit of work: rsync in production ([`Worker::run`]), a fake in tests, so retry,
+/// backoff and alert timing run on paused time.
+pub trait Push: Send + Sync + 'static {
+    fn perform<'a>(
+        &'a self,
+        work: &'a Work,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// A partial transfer (rsync 23) of the same work this many times: given up.
+const PARTIAL_TRIES: u32 = 3;
 
 /// What a push task needs, shared by the concurrent pushes of one remote.
 struct Pusher {
@@ -307,10 +320,47 @@ struct Pusher {
 #[derive(Default)]
 struct Health {
     attempt: u32,
-    partial_tries: u32,
+    /// Partial transfers so far, per piece of work (a batch's entries by sequence number, a full
+    /// sync by tree): one stubborn batch never counts against another.
+    partial: BTreeMap<PartialKey, u32>,
     failing_since: Option<Instant>,
     alerted: bool,
     retry_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PartialKey {
+    Seq(u64),
+    Tree(u32),
+}
+
+fn partial_keys(work: &Work) -> Vec<PartialKey> {
+    match work {
+        Work::FullSync(t) => vec![PartialKey::Tree(*t)],
+        Work::Batch(b) => b.iter().map(|(q, _)| PartialKey::Seq(*q)).collect(),
+    }
+}
+
+impl Health {
+    /// Counts one more partial transfer of `work`; returns how many in a row it has had.
+    fn partial_again(&mut self, work: &Work) -> u32 {
+        let keys = partial_keys(work);
+        let tries = 1 + keys.iter().filter_map(|k| self.partial.get(k)).max().copied().unwrap_or(0);
+        if self.partial.len() > 100_000 {
+            // Entries covered by a full sync never come back to clear theirs: keep the map bounded.
+            self.partial.clear();
+        }
+        for k in keys {
+            self.partial.insert(k, tries);
+        }
+        tries
+    }
+
+    fn forget(&mut self, work: &Work) {
+        for k in partial_keys(work) {
+            self.partial.remove(&k);
+        }
+    }
 }
 
 impl Worker {
@@ -319,6 +369,11 @@ impl Worker {
     pub async fn run(self) {
         let pusher =
             Arc::new(Pusher { remote: self.remote.clone(), cfg: Arc::clone(&self.cfg), hooks: self.hooks.clone() });
+        self.run_with(pusher).await;
+    }
+
+    /// [`Worker::run`] with the effect given.
+    pub async fn run_with(self, pusher: Arc<dyn Push>) {
         let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
         let mut h = Health::default();
         loop {
@@ -367,14 +422,23 @@ impl Worker {
 
     /// Records the outcome of one push: acknowledge or put back, counters, alerts, backoff.
     fn account(&self, work: Work, outcome: Outcome, h: &mut Health) {
-        if outcome.ok || (outcome.class == ExitClass::Partial && h.partial_tries >= 2) {
-            if !outcome.ok {
-                tracing::error!(remote = %self.remote.name, error = outcome.error.as_deref().unwrap_or(""),
-                    "partial transfer persists after 3 attempts; giving up on this batch");
+        let partial = !outcome.ok && outcome.class == ExitClass::Partial;
+        let gave_up = partial && h.partial_again(&work) >= PARTIAL_TRIES;
+        if outcome.ok || gave_up {
+            h.forget(&work);
+            if gave_up {
+                self.give_up(&work, &outcome);
             }
-            h.partial_tries = 0;
             h.attempt = 0;
-            self.queue.done(work, true);
+            self.queue.done(work.clone(), true);
+            if gave_up {
+                // Re-running a full sync that keeps failing partially would loop: its alert says so.
+                if let Work::Batch(b) = &work {
+                    for t in b.iter().map(|(_, e)| e.tree).collect::<BTreeSet<u32>>() {
+                        self.queue.request_full_sync(t);
+                    }
+                }
+            }
             let err = outcome.error.clone();
             self.board.remote(self.idx, |r| {
                 r.batches += 1;
@@ -401,9 +465,6 @@ impl Worker {
             h.failing_since = None;
             h.alerted = false;
             return;
-        }
-        if outcome.class == ExitClass::Partial {
-            h.partial_tries += 1;
         }
         self.queue.done(work, false);
         h.attempt += 1;
@@ -440,6 +501,51 @@ impl Worker {
         }
     }
 
+    /// A partial transfer of the same work, [`PARTIAL_TRIES`] times: logged and alerted; a batch
+    /// becomes a full sync of its trees (queued by the caller) so no change is dropped.
+    fn give_up(&self, work: &Work, outcome: &Outcome) {
+        let error = outcome.error.clone().unwrap_or_default();
+        let (what, trees, paths) = match work {
+            Work::FullSync(t) => ("full sync", BTreeSet::from([*t]), 0),
+            Work::Batch(b) => ("batch", b.iter().map(|(_, e)| e.tree).collect(), b.len()),
+        };
+        let names: Vec<String> = trees
+            .iter()
+            .map(|t| {
+                self.cfg
+                    .trees
+                    .get(*t as usize)
+                    .map_or_else(|| "every tree".to_owned(), |t| t.path.display().to_string())
+            })
+            .collect();
+        let names = names.join(", ");
+        tracing::error!(remote = %self.remote.name, tries = PARTIAL_TRIES, paths, trees = %names, error = %error,
+            "partial transfer {PARTIAL_TRIES} times: {what} given up");
+        let next = match work {
+            Work::Batch(_) => {
+                "A full sync of the tree is queued so no change is lost. rsync exit 23 usually \
+                               means a file the replicator cannot read or the remote cannot write: check the error."
+            }
+            Work::FullSync(_) => {
+                "The full sync transferred what it could. rsync exit 23 usually means a file the \
+                                  replicator cannot read or the remote cannot write: fix it; the next full sync \
+                                  (periodic, or at restart) completes the copy."
+            }
+        };
+        self.alerts.emit(
+            AlertEvent::new(
+                AlertKind::OverflowRescan,
+                Role::Storage,
+                format!("changes to {} could not all be pushed ({names})", self.remote.name),
+                error,
+            )
+            .detail("partial transfers", PARTIAL_TRIES)
+            .detail("paths in the batch", paths)
+            .server(self.remote.name.clone(), "partial")
+            .next_steps(next),
+        );
+    }
+
     fn publish_depth(&self) {
         let (queue, trees) = self.queue.depth();
         let names: Vec<String> = trees
@@ -463,6 +569,15 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+impl Push for Pusher {
+    fn perform<'a>(
+        &'a self,
+        work: &'a Work,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(self.push(work))
+    }
+}
+
 impl Pusher {
     async fn full_sync(&self, tree: &crate::config::storage::Tree) -> Outcome {
         let args = push::full_sync_args(
@@ -480,7 +595,7 @@ impl Pusher {
         o
     }
 
-    async fn perform(&self, work: &Work) -> Outcome {
+    async fn push(&self, work: &Work) -> Outcome {
         match work {
             Work::FullSync(t) => {
                 // Every tree when the journal was damaged (the lost records' trees are unknown).
@@ -595,6 +710,10 @@ fn ms(d: Duration) -> u64 {
 fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs())
 }
+
+#[cfg(test)]
+#[path = "remote_worker_tests.rs"]
+mod worker_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
