@@ -47,18 +47,27 @@ struct QState {
     max_pending: usize,
 }
 
+impl QState {
+    /// Rewrites the journal with the live state: the queued entries and those being pushed.
+    fn compact(&mut self) {
+        let QState { pending, in_flight, full_sync, journal, .. } = self;
+        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync);
+    }
+}
+
 /// The pending work of one remote, shared by the fan-out (producer) and the worker (consumer).
 pub struct Queue {
-    name: String,
     state: Mutex<QState>,
     wake: Notify,
 }
 
 /// What `enqueue` did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct Enqueued {
     /// The queue outgrew `max_pending` and collapsed into full syncs of these trees.
     pub collapsed: Vec<u32>,
+    /// Resolves once the new records are fdatasync'd: only then is the batch durable.
+    pub durable: journal::Durable,
 }
 
 impl Queue {
@@ -69,7 +78,6 @@ impl Queue {
             tracing::info!(remote = name, paths = r.pending.len(), full_syncs = r.full_sync.len(), "journal replayed");
         }
         Ok(Queue {
-            name: name.to_owned(),
             state: Mutex::new(QState {
                 pending: r.pending,
                 full_sync: r.full_sync,
@@ -88,12 +96,8 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn journal_failed(&self, e: &journal::JournalError) {
-        // The queue still holds everything in memory; only crash-safety is at risk.
-        tracing::error!(remote = %self.name, error = %crate::error::render_chain(e), "cannot write journal");
-    }
-
-    /// Queues a batch and persists it (one fdatasync) before returning.
+    /// Queues a batch and hands its records to the journal's writer; durable once `durable` resolves
+    /// (one fdatasync, shared with other appends queued meanwhile). Never blocks on the disk.
     pub fn enqueue(&self, entries: &[Entry]) -> Enqueued {
         let mut s = self.lock();
         let mut fresh = Vec::new();
@@ -104,17 +108,14 @@ impl Queue {
             }
         }
         let fresh: Vec<(u64, &Entry)> = fresh.iter().map(|(q, e)| (*q, e)).collect();
-        if let Err(e) = s.journal.add(&fresh) {
-            self.journal_failed(&e);
-        }
-        let mut out = Enqueued::default();
+        let mut out = Enqueued { collapsed: Vec::new(), durable: s.journal.add(&fresh) };
         if s.pending.len() > s.max_pending {
             let trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
             for t in &trees {
                 s.pending.clear_tree(*t);
                 s.full_sync.insert(*t);
             }
-            self.compact(&mut s);
+            s.compact();
             out.collapsed = trees.into_iter().collect();
         }
         drop(s);
@@ -127,9 +128,8 @@ impl Queue {
         let mut s = self.lock();
         s.pending.clear_tree(tree);
         s.full_sync.insert(tree);
-        if let Err(e) = s.journal.full_sync(tree, true) {
-            self.journal_failed(&e);
-        }
+        // Written (and synced) by the journal's writer, which logs a failure.
+        let _ = s.journal.full_sync(tree, true);
         drop(s);
         self.wake.notify_one();
     }
@@ -185,14 +185,18 @@ impl Queue {
                 }
             }
         }
-        let result = match (work, ok) {
-            (Work::FullSync(t), true) if !s.full_sync.contains(&t) => s.journal.full_sync(t, false),
-            (Work::FullSync(_), true) => Ok(()),
+        // Written by the journal's writer, which logs a failure; nothing here waits for it.
+        match (work, ok) {
+            (Work::FullSync(t), true) if !s.full_sync.contains(&t) => {
+                let _ = s.journal.full_sync(t, false);
+            }
+            (Work::FullSync(_), true) => {}
             (Work::FullSync(t), false) => {
                 s.full_sync.insert(t);
-                Ok(())
             }
-            (Work::Batch(b), true) => s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>()),
+            (Work::Batch(b), true) => {
+                let _ = s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>());
+            }
             (Work::Batch(b), false) => {
                 // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
                 // the merged scope under its own number; the absorbed number is covered by it.
@@ -206,25 +210,20 @@ impl Queue {
                     }
                 }
                 let merged: Vec<(u64, &Entry)> = merged.iter().map(|(q, e)| (*q, e)).collect();
-                s.journal.add(&merged).and_then(|()| s.journal.ack_seqs(&absorbed))
+                let _ = s.journal.add(&merged);
+                let _ = s.journal.ack_seqs(&absorbed);
             }
-        };
-        if let Err(e) = result {
-            self.journal_failed(&e);
         }
         // Compact when the log is mostly dead records (cheap when little is pending).
         let live = (s.pending.len() + s.in_flight.len()) as u64 * 64 + 4096;
         if s.journal.size() > (1 << 20) && s.journal.size() > 4 * live {
-            self.compact(&mut s);
+            s.compact();
         }
     }
 
-    /// Rewrites the journal with the live state: the queued entries and those being pushed.
-    fn compact(&self, s: &mut QState) {
-        let QState { pending, in_flight, full_sync, journal, .. } = s;
-        if let Err(e) = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync) {
-            self.journal_failed(&e);
-        }
+    /// Resolves once everything journaled so far is written.
+    pub fn flush(&self) -> journal::Durable {
+        self.lock().journal.flush()
     }
 
     /// (paths queued, trees waiting for a full sync)
@@ -372,8 +371,17 @@ impl Worker {
         self.run_with(pusher).await;
     }
 
-    /// [`Worker::run`] with the effect given.
+    /// [`Worker::run`] with the effect given. On exit, everything journaled so far is written
+    /// before the worker reports done (the clean-stop marker goes only after that).
     pub async fn run_with(self, pusher: Arc<dyn Push>) {
+        let queue = Arc::clone(&self.queue);
+        self.work(pusher).await;
+        if let Err(e) = queue.flush().wait().await {
+            tracing::error!(error = %crate::error::render_chain(&e), "journal not fully written at stop");
+        }
+    }
+
+    async fn work(self, pusher: Arc<dyn Push>) {
         let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
         let mut h = Health::default();
         loop {

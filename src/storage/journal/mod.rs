@@ -1,8 +1,9 @@
 //! The durable pending set of one remote: an append-only log under the state directory, replayed
 //! at start, so a crash, `kill -9` or a restart loses no queued path. The bytes are `format`'s.
 //!
-//! `A` records are fdatasync'd before an append returns; acks are not (a lost ack only repeats a
-//! push). A torn tail (a crash mid-append) is cut off at the last whole record. Damage (a record
+//! Writes happen on the journal's own thread (`writer`, group commit): an append returns a
+//! [`Durable`] that resolves once its records are written and, for `A` and `F`, fdatasync'd. Acks
+//! are not synced (a lost ack only repeats a push). A torn tail (a crash mid-append) is cut off at the last whole record. Damage (a record
 //! whose checksum fails, followed by good ones, or bytes that are no record) is skipped, logged, and
 //! becomes a full sync of every tree: the skipped records may have named any path. The log is
 //! compacted (rewritten atomically with only the live records) when it grows well past its live
@@ -12,20 +13,27 @@
 //! by `remote`.
 
 pub(crate) mod format;
+mod writer;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::batch::Entry;
 use crate::sys::fsutil::{read_capped, write_atomic};
 pub use format::{ranges, Replayed, ALL_TREES};
+pub use writer::Durable;
 
+/// The handle of one journal: encodes records (cheap, under the caller's lock) and hands them to
+/// the journal's writer thread (`writer`). Dropping it waits until everything handed over is written.
 pub struct Journal {
     path: PathBuf,
-    file: File,
-    /// Current file size.
+    tx: Option<std::sync::mpsc::Sender<writer::Req>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<writer::Shared>,
+    /// File size once everything handed over is written.
     size: u64,
 }
 
@@ -90,61 +98,75 @@ impl Journal {
         } else {
             parsed.good_end
         };
-        let file = open_private(path).map_err(err)?;
+        let mut file = open_private(path).map_err(err)?;
         if !rewrite && data.len() > size {
             tracing::warn!(path = %path.display(), dropped = data.len() - size, "journal had a torn tail; cut");
             file.set_len(size as u64).map_err(err)?;
             file.sync_data().map_err(err)?;
         }
-        let mut j = Journal { path: path.to_owned(), file, size: size as u64 };
-        j.seek_end().map_err(err)?;
+        {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(size as u64)).map_err(err)?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(writer::Shared::default());
+        let (p, sh) = (path.to_owned(), Arc::clone(&shared));
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer::run(&p, file, &rx, &sh))
+            .map_err(err)?;
+        let j = Journal { path: path.to_owned(), tx: Some(tx), thread: Some(thread), shared, size: size as u64 };
         Ok((j, replayed))
     }
 
-    fn seek_end(&mut self) -> io::Result<()> {
-        use std::io::Seek;
-        self.file.seek(io::SeekFrom::Start(self.size)).map(|_| ())
-    }
-
-    fn err(&self, source: io::Error) -> JournalError {
-        JournalError { path: self.path.clone(), source }
-    }
-
-    fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), JournalError> {
-        self.file.write_all(buf).map_err(|e| self.err(e))?;
-        self.size += buf.len() as u64;
-        if sync {
-            self.file.sync_data().map_err(|e| self.err(e))?;
+    fn send(&mut self, op: writer::Op) -> Durable {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let req = writer::Req { op, done: Some(done) };
+        // Should the writer be gone, the request is dropped and the waiter hears so.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(req);
         }
-        Ok(())
+        Durable::new(rx, &self.path)
     }
 
-    /// Persists new pending entries durably (one write, one fdatasync).
-    pub fn add(&mut self, entries: &[(u64, &Entry)]) -> Result<(), JournalError> {
+    fn append(&mut self, buf: Vec<u8>, sync: bool) -> Durable {
+        self.size += buf.len() as u64;
+        self.send(writer::Op::Append { buf, sync })
+    }
+
+    /// Persists new pending entries durably (one write, one fdatasync, shared with whatever else
+    /// queued up meanwhile).
+    pub fn add(&mut self, entries: &[(u64, &Entry)]) -> Durable {
         if entries.is_empty() {
-            return Ok(());
+            return Durable::default();
         }
         let mut buf = Vec::with_capacity(entries.len() * 40);
         for (seq, e) in entries {
             format::encode_add(&mut buf, *seq, e);
         }
-        self.append(&buf, true)
+        self.append(buf, true)
     }
 
-    /// Marks the entries with these sequence numbers as pushed (stored as ranges of consecutive numbers).
-    pub fn ack_seqs(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
+    /// Marks the entries with these sequence numbers as pushed (stored as ranges of consecutive
+    /// numbers; not synced: a lost ack only repeats a push).
+    pub fn ack_seqs(&mut self, seqs: &[u64]) -> Durable {
         if seqs.is_empty() {
-            return Ok(());
+            return Durable::default();
         }
         let mut buf = Vec::new();
         format::encode_acks(&mut buf, &ranges(seqs));
-        self.append(&buf, false)
+        self.append(buf, false)
     }
 
-    pub fn full_sync(&mut self, tree: u32, needed: bool) -> Result<(), JournalError> {
+    pub fn full_sync(&mut self, tree: u32, needed: bool) -> Durable {
         let mut buf = Vec::new();
         format::encode_full_sync(&mut buf, tree, needed);
-        self.append(&buf, true)
+        self.append(buf, true)
+    }
+
+    /// Resolves once everything handed over before it is written.
+    pub fn flush(&mut self) -> Durable {
+        self.append(Vec::new(), false)
     }
 
     pub fn size(&self) -> u64 {
@@ -157,12 +179,31 @@ impl Journal {
         &mut self,
         live: impl IntoIterator<Item = (u64, &'a Entry)>,
         full_sync: &BTreeSet<u32>,
-    ) -> Result<(), JournalError> {
+    ) -> Durable {
         let buf = format::encode_state(live, full_sync);
-        write_atomic(&self.path, &buf).map_err(|e| self.err(e))?;
-        self.file = open_private(&self.path).map_err(|e| self.err(e))?;
         self.size = buf.len() as u64;
-        self.seek_end().map_err(|e| self.err(e))
+        self.send(writer::Op::Replace { buf })
+    }
+
+    /// fdatasyncs done by the writer so far.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What tests lock (`.gate`) to hold the writer before its next group, so requests queue up.
+    #[cfg(test)]
+    fn writer_state(&self) -> Arc<writer::Shared> {
+        Arc::clone(&self.shared)
+    }
+}
+
+impl Drop for Journal {
+    /// Waits until everything handed over is written.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -171,6 +212,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::storage::batch::Scope;
+    use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
 
     fn e(p: &[u8], scope: Scope) -> Entry {
@@ -188,10 +230,10 @@ mod tests {
         {
             let (mut j, r) = Journal::open(&p).unwrap();
             assert!(r.pending.is_empty());
-            j.add(&[(0, &e(b"a\nb", Scope::Path)), (1, &e(b"-x \xff", Scope::Tree))]).unwrap();
-            j.add(&[(2, &e(b"c", Scope::Gone)), (3, &e(b"d", Scope::Replace))]).unwrap();
-            j.ack_seqs(&[0, 1]).unwrap();
-            j.full_sync(3, true).unwrap();
+            j.add(&[(0, &e(b"a\nb", Scope::Path)), (1, &e(b"-x \xff", Scope::Tree))]).wait_blocking().unwrap();
+            j.add(&[(2, &e(b"c", Scope::Gone)), (3, &e(b"d", Scope::Replace))]).wait_blocking().unwrap();
+            j.ack_seqs(&[0, 1]).wait_blocking().unwrap();
+            j.full_sync(3, true).wait_blocking().unwrap();
         }
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(live(&r), [(2, b"c".to_vec()), (3, b"d".to_vec())]);
@@ -207,10 +249,10 @@ mod tests {
         let p = d.path().join("r.journal");
         {
             let (mut j, _) = Journal::open(&p).unwrap();
-            j.add(&[(0, &e(b"a", Scope::Path))]).unwrap();
+            j.add(&[(0, &e(b"a", Scope::Path))]).wait_blocking().unwrap();
             // `a` queued again while seq 0 is being pushed; then seq 0's push is acknowledged.
-            j.add(&[(1, &e(b"a", Scope::Tree))]).unwrap();
-            j.ack_seqs(&[0]).unwrap();
+            j.add(&[(1, &e(b"a", Scope::Tree))]).wait_blocking().unwrap();
+            j.ack_seqs(&[0]).wait_blocking().unwrap();
         }
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(live(&r), [(1, b"a".to_vec())]);
@@ -219,11 +261,11 @@ mod tests {
         // the merged entry's ack clears both.
         {
             let (mut j, _) = Journal::open(&p).unwrap();
-            j.add(&[(2, &e(b"a", Scope::Path))]).unwrap();
+            j.add(&[(2, &e(b"a", Scope::Path))]).wait_blocking().unwrap();
         }
         let (mut j, r) = Journal::open(&p).unwrap();
         assert_eq!(live(&r), [(1, b"a".to_vec())]);
-        j.ack_seqs(&[1]).unwrap();
+        j.ack_seqs(&[1]).wait_blocking().unwrap();
         drop(j);
         let (_, r) = Journal::open(&p).unwrap();
         assert!(r.pending.is_empty());
@@ -237,8 +279,8 @@ mod tests {
         {
             let (mut j, _) = Journal::open(&p).unwrap();
             let es: Vec<Entry> = (0..6).map(|i| e(format!("f{i}").as_bytes(), Scope::Path)).collect();
-            j.add(&es.iter().enumerate().map(|(i, e)| (i as u64, e)).collect::<Vec<_>>()).unwrap();
-            j.ack_seqs(&[4, 0, 1]).unwrap();
+            j.add(&es.iter().enumerate().map(|(i, e)| (i as u64, e)).collect::<Vec<_>>()).wait_blocking().unwrap();
+            j.ack_seqs(&[4, 0, 1]).wait_blocking().unwrap();
         }
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(live(&r), [(2, b"f2".to_vec()), (3, b"f3".to_vec()), (5, b"f5".to_vec())]);
@@ -251,7 +293,7 @@ mod tests {
         let path = dir.path().join("r.journal");
         {
             let (mut j, _) = Journal::open(&path).unwrap();
-            j.add(&[(0, &e(b"whole", Scope::Path))]).unwrap();
+            j.add(&[(0, &e(b"whole", Scope::Path))]).wait_blocking().unwrap();
         }
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"A\x01\x00\x00").unwrap();
@@ -259,7 +301,7 @@ mod tests {
         {
             let (mut j, r) = Journal::open(&path).unwrap();
             assert_eq!(live(&r), [(0, b"whole".to_vec())]);
-            j.add(&[(1, &e(b"next", Scope::Path))]).unwrap();
+            j.add(&[(1, &e(b"next", Scope::Path))]).wait_blocking().unwrap();
         }
         let (_, r) = Journal::open(&path).unwrap();
         assert_eq!(live(&r), [(0, b"whole".to_vec()), (1, b"next".to_vec())]);
@@ -269,7 +311,7 @@ mod tests {
     fn five_records(p: &Path) -> Vec<u8> {
         let (mut j, _) = Journal::open(p).unwrap();
         for i in 0..5u8 {
-            j.add(&[(u64::from(i), &e(format!("f{i}").as_bytes(), Scope::Path))]).unwrap();
+            j.add(&[(u64::from(i), &e(format!("f{i}").as_bytes(), Scope::Path))]).wait_blocking().unwrap();
         }
         drop(j);
         std::fs::read(p).unwrap()
@@ -293,7 +335,7 @@ mod tests {
         assert_eq!(names, [b"f0".to_vec(), b"f2".to_vec(), b"f3".to_vec(), b"f4".to_vec()]);
         assert_eq!(r.full_sync.iter().copied().collect::<Vec<_>>(), [ALL_TREES], "a full sync of every tree");
         // The damage is gone from the file; the full-sync request is durable.
-        j.add(&[(5, &e(b"f5", Scope::Path))]).unwrap();
+        j.add(&[(5, &e(b"f5", Scope::Path))]).wait_blocking().unwrap();
         drop(j);
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(r.pending.len(), 5);
@@ -333,16 +375,41 @@ mod tests {
         let p = d.path().join("r.journal");
         let (mut j, _) = Journal::open(&p).unwrap();
         let many: Vec<Entry> = (0..100).map(|i| e(format!("f{i}").as_bytes(), Scope::Path)).collect();
-        j.add(&many.iter().enumerate().map(|(i, e)| (i as u64, e)).collect::<Vec<_>>()).unwrap();
-        j.ack_seqs(&(0..=98).collect::<Vec<_>>()).unwrap();
+        j.add(&many.iter().enumerate().map(|(i, e)| (i as u64, e)).collect::<Vec<_>>()).wait_blocking().unwrap();
+        j.ack_seqs(&(0..=98).collect::<Vec<_>>()).wait_blocking().unwrap();
         let before = j.size();
         let (_, r) = Journal::open(&p).unwrap();
-        j.compact(r.pending.iter(), &[7].into()).unwrap();
+        j.compact(r.pending.iter(), &[7].into()).wait_blocking().unwrap();
         assert!(j.size() < before / 10);
-        j.add(&[(100, &e(b"new", Scope::Path))]).unwrap();
+        j.add(&[(100, &e(b"new", Scope::Path))]).wait_blocking().unwrap();
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(live(&r), [(99, b"f99".to_vec()), (100, b"new".to_vec())]);
         assert!(r.full_sync.contains(&7));
+    }
+
+    #[test]
+    fn concurrent_appends_share_one_fdatasync_and_none_is_durable_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.journal");
+        let (mut j, _) = Journal::open(&path).unwrap();
+        let names: Vec<Entry> = (0..10).map(|i| e(format!("f{i}").as_bytes(), Scope::Path)).collect();
+        let mut pending = Vec::new();
+        {
+            let writer = j.writer_state();
+            let _held = writer.gate.lock().unwrap();
+            for (i, n) in names.iter().enumerate() {
+                pending.push(j.add(&[(i as u64, n)]));
+            }
+            // The writer is held: nothing may be reported durable yet.
+            assert!(pending.iter_mut().all(|d| !d.is_done()));
+        }
+        for d in pending {
+            d.wait_blocking().unwrap();
+        }
+        assert_eq!(j.syncs(), 1, "ten appends queued together, one fdatasync");
+        drop(j);
+        let (_, r) = Journal::open(&path).unwrap();
+        assert_eq!(r.pending.len(), 10);
     }
 
     #[test]
