@@ -69,24 +69,49 @@ fn lab_replicates_through_faults_and_kill9() {
         node.log_text().contains("remote backup recovered")
     });
 
-    // Phase 3: kill -9 in the middle of a burst, then restart (start-up full sync OFF in the config:
-    // the unclean stop must force one anyway, and the journal must replay).
+    // Phase 3: kill -9 in the middle of a burst, then restart. First the journal alone: the backup is
+    // blackholed during the burst (nothing can be pushed), and before the restart the run marker is
+    // removed, so no unclean-stop full sync runs (start-up full sync OFF in the config): whatever of
+    // the burst reaches the backup, the replayed journal pushed.
+    lab.fault(Host::Backup, Fault::Blackhole);
     let writer = {
         let src = src.clone();
         std::thread::spawn(move || burst(&src, "kill9", 30, 3000))
     };
-    wait_for("the burst to be underway", Duration::from_secs(20), || {
-        fs::read_dir(src.join("kill9")).is_ok_and(|d| d.count() >= 5)
+    let scratch = work.path();
+    wait_for("journaled paths of the burst", Duration::from_secs(20), || {
+        journaled_paths(&state, "backup", scratch).iter().any(|p| p.starts_with("kill9"))
     });
     node.kill9();
     writer.join().unwrap();
+    let journaled: Vec<_> =
+        journaled_paths(&state, "backup", scratch).into_iter().filter(|p| p.starts_with("kill9")).collect();
+    assert!(!journaled.is_empty());
+    wait_for("the killed node's rsyncs to time out", Duration::from_secs(30), || {
+        !pushes_running(&lab.ip(Host::Backup))
+    });
+    assert!(!dst.join("kill9").exists(), "nothing of the burst can have reached the blackholed backup");
+    fs::remove_file(state.join("storage/running")).unwrap();
+    lab.heal(Host::Backup);
     config(&lab, &cfg, &state, false);
-    let node2 = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node2.log"));
-    wait_same(&src, &dst, Duration::from_secs(40), Some(&node2));
-    assert!(node2.log_text().contains("did not stop cleanly"), "{}", node2.log_text());
-    let mut node2 = node2;
-    let status = node2.stop(Duration::from_secs(20));
-    assert!(status.success(), "{}", node2.log_text());
+    let mut node2 = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node2.log"));
+    wait_for("every journaled path on the backup, by replay alone", Duration::from_secs(40), || {
+        journaled.iter().all(|p| dst.join(p).exists() || !src.join(p).exists())
+    });
+    for p in journaled.iter().filter(|p| src.join(p).is_file()) {
+        assert_eq!(fs::read(src.join(p)).unwrap(), fs::read(dst.join(p)).unwrap(), "{}", p.display());
+    }
+    let log = node2.log_text();
+    assert!(log.contains("journal replayed") && !log.contains("full sync started"), "{log}");
+    // Then the unclean stop itself: killed again, the next start sees the marker and forces a full
+    // sync, which brings over what no journal held (files written after the kill).
+    node2.kill9();
+    let node3 = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node3.log"));
+    wait_same(&src, &dst, Duration::from_secs(40), Some(&node3));
+    assert!(node3.log_text().contains("did not stop cleanly"), "{}", node3.log_text());
+    let mut node3 = node3;
+    let status = node3.stop(Duration::from_secs(20));
+    assert!(status.success(), "{}", node3.log_text());
     let _ = fs::remove_dir_all(&outside);
 }
 
@@ -209,6 +234,18 @@ fn lab_pushes_over_ssh_with_a_pinned_host_key() {
     assert!(node.log_text().contains("roots=true"), "a new subtree went as arguments over ssh too");
     assert!(node.stop(Duration::from_secs(20)).success(), "{}", node.log_text());
     let _ = fs::remove_dir_all(&outside);
+}
+
+/// Is an rsync to `ip` still running (a push of a killed node, until its timeout)?
+fn pushes_running(ip: &str) -> bool {
+    let needle = format!("@{ip}");
+    fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|p| {
+        fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            let argv0 = c.split('\0').next().unwrap_or_default();
+            Path::new(argv0).file_name().is_some_and(|n| n == "rsync") && c.contains(&needle) && !c.contains("--daemon")
+        })
+    })
 }
 
 struct Reap<'a>(&'a mut std::process::Child);

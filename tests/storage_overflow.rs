@@ -71,17 +71,15 @@ fn inotify_overflow_becomes_a_full_sync() {
 
     // Directories created during the flood (their create events were lost) are watched again: a
     // write inside them arrives in real time, without another full sync.
-    wait_idle(&state, &node, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_millis(1500)); // status is written at most once per second
-    wait_idle(&state, &node, Duration::from_secs(20));
+    wait_status_settled(&state, &node, Duration::from_secs(20));
     let overflows = || status_json(&state).unwrap()["overflows"].as_u64().unwrap();
     let before = overflows();
     let full_syncs = count_in_log(&node.log_text(), "full sync done");
     for d in [3, 6, 9] {
         fs::write(src.join(format!("flood/d{d:03}/after-overflow")), "x").unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        wait_same(&src, &daemon.root, Duration::from_secs(10), Some(&node));
     }
-    wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
+    wait_status_settled(&state, &node, Duration::from_secs(20));
     assert_eq!(overflows(), before, "no new overflow from three writes");
     assert_eq!(count_in_log(&node.log_text(), "full sync done"), full_syncs, "{}", node.log_text());
 
@@ -92,6 +90,10 @@ fn inotify_overflow_becomes_a_full_sync() {
             let _ = fs::read(f.unwrap().path()).unwrap();
         }
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // A write after the reads: once it has arrived and the status settled, every event (or
+    // overflow) the reads could have caused was handled before it (one inotify queue, in order).
+    fs::write(src.join("flood/after-reads"), "x").unwrap();
+    wait_same(&src, &daemon.root, Duration::from_secs(20), Some(&node));
+    wait_status_settled(&state, &node, Duration::from_secs(20));
     assert_eq!(overflows(), before, "reading files overflowed the queue\n{}", node.log_text());
 }

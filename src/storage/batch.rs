@@ -68,6 +68,17 @@ impl Entry {
     }
 }
 
+/// What [`PendingSet::insert_with_seq`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// The sequence number the path's entry now has.
+    pub seq: u64,
+    /// A new entry, a wider scope or a new place.
+    pub changed: bool,
+    /// Another sequence number of the same path that is now covered by `seq`.
+    pub absorbed: Option<u64>,
+}
+
 /// Ordered by first insertion (sequence number), merged by path. Paths sort component-wise, so
 /// everything beneath a directory is one contiguous range of `by_path`.
 #[derive(Debug, Default, Clone)]
@@ -95,50 +106,51 @@ impl PendingSet {
     }
 
     /// Adds `e` with a fresh sequence number, or merges it into the queued entry of the same path
-    /// (which keeps its place). Returns the sequence number of a NEW record worth persisting (a new
-    /// path, or a widened scope), `None` when nothing changed.
+    /// (which keeps its place and its number). Returns the sequence number of a record worth
+    /// persisting: the fresh one for a new path, the queued entry's own for a widened scope (a record
+    /// with a known number widens that entry on replay); `None` when nothing changed.
     pub fn insert(&mut self, e: Entry) -> Option<u64> {
-        let seq = self.next_seq;
-        let (changed, _) = self.merge(seq, e);
-        if changed {
-            self.next_seq += 1;
-            Some(seq)
-        } else {
-            None
+        let fresh = self.next_seq;
+        let m = self.merge(fresh, e);
+        if m.seq == fresh {
+            self.next_seq = fresh.saturating_add(1);
         }
+        m.changed.then_some(m.seq)
     }
 
     /// Inserts with a known sequence number (journal replay, a failed batch put back). An entry of the
-    /// same path keeps the older place; the scope is the wider of both.
-    pub fn insert_with_seq(&mut self, seq: u64, e: Entry) {
-        self.merge(seq, e);
-        self.next_seq = self.next_seq.max(seq + 1);
+    /// same path keeps the older place; the scope is the wider of both. Returns the merge: when two
+    /// numbers became one entry, the journal must learn that the absorbed one is covered.
+    pub fn insert_with_seq(&mut self, seq: u64, e: Entry) -> Merged {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        self.merge(seq, e)
     }
 
-    /// Returns (changed, seq in use).
-    fn merge(&mut self, seq: u64, e: Entry) -> (bool, u64) {
+    /// The queued entry with sequence number `seq`.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        self.by_seq.get(&seq)
+    }
+
+    fn merge(&mut self, seq: u64, e: Entry) -> Merged {
         let key = (e.tree, e.path.clone());
-        if let Some(old) = self.by_path.get(&key).copied() {
-            {
-                let cur = self.by_seq.get_mut(&old).expect("by_path and by_seq agree");
-                // A put-back batch (older sequence number) happened before what is queued.
-                let merged = if seq < old { e.scope.then(cur.scope) } else { cur.scope.then(e.scope) };
-                let widened = merged != cur.scope;
-                cur.scope = merged;
-                if seq < old {
-                    // A put-back batch is older than what arrived meanwhile: it takes the older place.
-                    let entry = self.by_seq.remove(&old).expect("present");
-                    self.by_seq.insert(seq, entry);
-                    self.by_path.insert(key, seq);
-                    return (true, seq);
-                }
-                (widened, old)
-            }
-        } else {
+        let Some(old) = self.by_path.get(&key).copied() else {
             self.by_path.insert(key, seq);
             self.by_seq.insert(seq, e);
-            (true, seq)
+            return Merged { seq, changed: true, absorbed: None };
+        };
+        let cur = self.by_seq.get_mut(&old).expect("by_path and by_seq agree");
+        // A put-back batch (older sequence number) happened before what is queued.
+        let merged = if seq < old { e.scope.then(cur.scope) } else { cur.scope.then(e.scope) };
+        let widened = merged != cur.scope;
+        cur.scope = merged;
+        if seq < old {
+            // A put-back batch is older than what arrived meanwhile: it takes the older place.
+            let entry = self.by_seq.remove(&old).expect("present");
+            self.by_seq.insert(seq, entry);
+            self.by_path.insert(key, seq);
+            return Merged { seq, changed: true, absorbed: Some(old) };
         }
+        Merged { seq: old, changed: widened, absorbed: (seq != old).then_some(seq) }
     }
 
     /// Drops every queued entry strictly beneath `dir` (the directory itself stays).
@@ -183,27 +195,15 @@ impl PendingSet {
 
     /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).
     pub fn ack_ranges(&mut self, ranges: &[(u64, u64)]) {
-        for &(lo, hi) in ranges {
+        for &(lo, hi) in ranges.iter().filter(|(lo, hi)| lo <= hi) {
             let seqs: Vec<u64> = self.by_seq.range(lo..=hi).map(|(s, _)| *s).collect();
             for s in seqs {
                 if let Some(e) = self.by_seq.remove(&s) {
                     self.by_path.remove(&(e.tree, e.path));
                 }
             }
-            self.next_seq = self.next_seq.max(hi + 1);
+            self.next_seq = self.next_seq.max(hi.saturating_add(1));
         }
-    }
-
-    /// Drops every entry with `seq <= upto` (they were pushed) and never reuses those numbers.
-    pub fn ack_upto(&mut self, upto: u64) {
-        while let Some(entry) = self.by_seq.first_entry() {
-            if *entry.key() > upto {
-                break;
-            }
-            let e = entry.remove();
-            self.by_path.remove(&(e.tree, e.path));
-        }
-        self.next_seq = self.next_seq.max(upto + 1);
     }
 
     /// Every entry, oldest first (journal compaction).
@@ -554,19 +554,32 @@ mod tests {
     }
 
     #[test]
+    fn extreme_sequence_numbers_never_panic() {
+        let mut s = PendingSet::new(0);
+        s.insert_with_seq(u64::MAX, p("a"));
+        s.ack_ranges(&[(5, 3), (u64::MAX, u64::MAX)]);
+        assert!(s.is_empty());
+        assert_eq!(s.next_seq(), u64::MAX);
+        let mut s = PendingSet::new(u64::MAX);
+        s.insert(p("b"));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
     fn pending_set_reports_what_must_be_persisted() {
         let mut s = PendingSet::new(10);
         assert_eq!(s.insert(p("a")), Some(10));
         assert_eq!(s.insert(p("a")), None);
-        assert_eq!(s.insert(Entry::new(0, "a", Scope::Tree)), Some(11));
-        assert_eq!(s.insert(p("b")), Some(12));
+        assert_eq!(s.insert(Entry::new(0, "a", Scope::Tree)), Some(10), "widened: the same number again");
+        assert_eq!(s.insert(p("b")), Some(11));
         let taken = s.take(1);
         assert_eq!(taken[0].0, 10);
         assert_eq!(taken[0].1.scope, Scope::Tree);
         // Put back after a failure while "a" was queued again meanwhile: older place wins.
-        s.insert(p("a"));
-        s.insert_with_seq(10, taken[0].1.clone());
+        assert_eq!(s.insert(p("a")), Some(12));
+        let m = s.insert_with_seq(10, taken[0].1.clone());
+        assert_eq!(m, Merged { seq: 10, changed: true, absorbed: Some(12) });
         let all: Vec<(u64, String)> = s.take(9).into_iter().map(|(q, e)| (q, paths(&[e])[0].clone())).collect();
-        assert_eq!(all, [(10, "a/**".to_owned()), (12, "b".to_owned())]);
+        assert_eq!(all, [(10, "a/**".to_owned()), (11, "b".to_owned())]);
     }
 }

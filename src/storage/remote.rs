@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Entry, PendingSet, Scope};
 use super::hooks::Hooks;
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::push;
 use super::status::{now_rfc3339, Board};
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
@@ -40,39 +40,50 @@ struct QState {
     /// count keeps removal simple). A pending path equal to, above or below one of them waits, so two
     /// concurrent rsyncs never touch the same part of the tree and per-path order holds.
     busy: BTreeMap<(u32, PathBuf), usize>,
+    /// The entries of the batches being pushed: still live in the journal (a compaction keeps them).
+    in_flight: BTreeMap<u64, Entry>,
     batches_in_flight: usize,
     full_sync_running: bool,
     max_pending: usize,
 }
 
+impl QState {
+    /// Rewrites the journal with the live state: the queued entries and those being pushed.
+    fn compact(&mut self) {
+        let QState { pending, in_flight, full_sync, journal, .. } = self;
+        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync);
+    }
+}
+
 /// The pending work of one remote, shared by the fan-out (producer) and the worker (consumer).
 pub struct Queue {
-    name: String,
     state: Mutex<QState>,
     wake: Notify,
 }
 
 /// What `enqueue` did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct Enqueued {
     /// The queue outgrew `max_pending` and collapsed into full syncs of these trees.
     pub collapsed: Vec<u32>,
+    /// Resolves once the new records are fdatasync'd: only then is the batch durable.
+    pub durable: journal::Durable,
 }
 
 impl Queue {
     /// Opens the journal of `name` under `dir`, replaying what a previous run left pending.
-    pub fn open(dir: &Path, name: &str, max_pending: usize) -> Result<Queue, super::journal::JournalError> {
+    pub fn open(dir: &Path, name: &str, max_pending: usize) -> Result<Queue, journal::JournalError> {
         let (journal, r) = Journal::open(&dir.join(format!("{name}.journal")))?;
         if !r.pending.is_empty() || !r.full_sync.is_empty() {
             tracing::info!(remote = name, paths = r.pending.len(), full_syncs = r.full_sync.len(), "journal replayed");
         }
         Ok(Queue {
-            name: name.to_owned(),
             state: Mutex::new(QState {
                 pending: r.pending,
                 full_sync: r.full_sync,
                 journal,
                 busy: BTreeMap::new(),
+                in_flight: BTreeMap::new(),
                 batches_in_flight: 0,
                 full_sync_running: false,
                 max_pending,
@@ -85,36 +96,26 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn journal_failed(&self, e: &super::journal::JournalError) {
-        // The queue still holds everything in memory; only crash-safety is at risk.
-        tracing::error!(remote = %self.name, error = %crate::error::render_chain(e), "cannot write journal");
-    }
-
-    /// Queues a batch and persists it (one fdatasync) before returning.
+    /// Queues a batch and hands its records to the journal's writer; durable once `durable` resolves
+    /// (one fdatasync, shared with other appends queued meanwhile). Never blocks on the disk.
     pub fn enqueue(&self, entries: &[Entry]) -> Enqueued {
         let mut s = self.lock();
         let mut fresh = Vec::new();
         for e in entries {
             if let Some(seq) = s.pending.insert(e.clone()) {
-                fresh.push((seq, e));
+                // A widened scope is recorded under the entry's own number, with the merged scope.
+                fresh.push((seq, s.pending.get(seq).unwrap_or(e).clone()));
             }
         }
-        if let Err(e) = s.journal.add(&fresh) {
-            self.journal_failed(&e);
-        }
-        let mut out = Enqueued::default();
+        let fresh: Vec<(u64, &Entry)> = fresh.iter().map(|(q, e)| (*q, e)).collect();
+        let mut out = Enqueued { collapsed: Vec::new(), durable: s.journal.add(&fresh) };
         if s.pending.len() > s.max_pending {
-            // The batch in flight loses its journal records in the compaction below: cover it too.
-            let mut trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
-            trees.extend(s.busy.keys().map(|(t, _)| *t));
+            let trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
             for t in &trees {
                 s.pending.clear_tree(*t);
                 s.full_sync.insert(*t);
             }
-            let QState { pending, full_sync, journal, .. } = &mut *s;
-            if let Err(e) = journal.compact(pending, full_sync) {
-                self.journal_failed(&e);
-            }
+            s.compact();
             out.collapsed = trees.into_iter().collect();
         }
         drop(s);
@@ -127,9 +128,8 @@ impl Queue {
         let mut s = self.lock();
         s.pending.clear_tree(tree);
         s.full_sync.insert(tree);
-        if let Err(e) = s.journal.full_sync(tree, true) {
-            self.journal_failed(&e);
-        }
+        // Written (and synced) by the journal's writer, which logs a failure.
+        let _ = s.journal.full_sync(tree, true);
         drop(s);
         self.wake.notify_one();
     }
@@ -158,8 +158,9 @@ impl Queue {
         if batch.is_empty() {
             return None;
         }
-        for (_, e) in &batch {
+        for (seq, e) in &batch {
             *s.busy.entry((e.tree, e.path.clone())).or_insert(0) += 1;
+            s.in_flight.insert(*seq, e.clone());
         }
         s.batches_in_flight += 1;
         Some(Work::Batch(batch))
@@ -172,7 +173,8 @@ impl Queue {
             Work::FullSync(_) => s.full_sync_running = false,
             Work::Batch(b) => {
                 s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
-                for (_, e) in b {
+                for (seq, e) in b {
+                    s.in_flight.remove(seq);
                     let key = (e.tree, e.path.clone());
                     if let Some(n) = s.busy.get_mut(&key) {
                         *n -= 1;
@@ -183,32 +185,45 @@ impl Queue {
                 }
             }
         }
-        let result = match (work, ok) {
-            (Work::FullSync(t), true) if !s.full_sync.contains(&t) => s.journal.full_sync(t, false),
-            (Work::FullSync(_), true) => Ok(()),
+        // Written by the journal's writer, which logs a failure; nothing here waits for it.
+        match (work, ok) {
+            (Work::FullSync(t), true) if !s.full_sync.contains(&t) => {
+                let _ = s.journal.full_sync(t, false);
+            }
+            (Work::FullSync(_), true) => {}
             (Work::FullSync(t), false) => {
                 s.full_sync.insert(t);
-                Ok(())
             }
-            (Work::Batch(b), true) => s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>()),
+            (Work::Batch(b), true) => {
+                let _ = s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>());
+            }
             (Work::Batch(b), false) => {
+                // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
+                // the merged scope under its own number; the absorbed number is covered by it.
+                let mut merged = Vec::new();
+                let mut absorbed = Vec::new();
                 for (seq, e) in b {
-                    s.pending.insert_with_seq(seq, e);
+                    let m = s.pending.insert_with_seq(seq, e);
+                    if let (Some(gone), Some(e)) = (m.absorbed, s.pending.get(m.seq)) {
+                        merged.push((m.seq, e.clone()));
+                        absorbed.push(gone);
+                    }
                 }
-                Ok(())
+                let merged: Vec<(u64, &Entry)> = merged.iter().map(|(q, e)| (*q, e)).collect();
+                let _ = s.journal.add(&merged);
+                let _ = s.journal.ack_seqs(&absorbed);
             }
-        };
-        if let Err(e) = result {
-            self.journal_failed(&e);
         }
         // Compact when the log is mostly dead records (cheap when little is pending).
-        let live = s.pending.len() as u64 * 64 + 4096;
+        let live = (s.pending.len() + s.in_flight.len()) as u64 * 64 + 4096;
         if s.journal.size() > (1 << 20) && s.journal.size() > 4 * live {
-            let QState { pending, full_sync, journal, .. } = &mut *s;
-            if let Err(e) = journal.compact(pending, full_sync) {
-                self.journal_failed(&e);
-            }
+            s.compact();
         }
+    }
+
+    /// Resolves once everything journaled so far is written.
+    pub fn flush(&self) -> journal::Durable {
+        self.lock().journal.flush()
     }
 
     /// (paths queued, trees waiting for a full sync)
@@ -242,10 +257,18 @@ pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
 }
 
 /// Retry delay after `attempt` consecutive failures (1-based): `min * 2^(attempt-1)` capped at
-/// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep.
+/// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep. Saturates:
+/// absurd durations give a long delay, never a panic.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
     let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    exp.min(max).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    Duration::try_from_secs_f64(exp.min(max).as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// `now + d`, or a year from now when that is beyond what an `Instant` holds.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(d).or_else(|| now.checked_add(YEAR)).unwrap_or(now)
 }
 
 /// Everything a worker needs, built by `storage::run`.
@@ -264,13 +287,26 @@ pub struct Worker {
 }
 
 /// Outcome of one unit of work.
-struct Outcome {
-    ok: bool,
-    class: ExitClass,
-    files: u64,
-    bytes: u64,
-    error: Option<String>,
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ok: bool,
+    pub class: ExitClass,
+    pub files: u64,
+    pub bytes: u64,
+    pub error: Option<String>,
 }
+
+/// The effect of one unit of work: rsync in production ([`Worker::run`]), a fake in tests, so retry,
+/// backoff and alert timing run on paused time.
+pub trait Push: Send + Sync + 'static {
+    fn perform<'a>(
+        &'a self,
+        work: &'a Work,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// A partial transfer (rsync 23) of the same work this many times: given up.
+const PARTIAL_TRIES: u32 = 3;
 
 /// What a push task needs, shared by the concurrent pushes of one remote.
 struct Pusher {
@@ -283,10 +319,47 @@ struct Pusher {
 #[derive(Default)]
 struct Health {
     attempt: u32,
-    partial_tries: u32,
+    /// Partial transfers so far, per piece of work (a batch's entries by sequence number, a full
+    /// sync by tree): one stubborn batch never counts against another.
+    partial: BTreeMap<PartialKey, u32>,
     failing_since: Option<Instant>,
     alerted: bool,
     retry_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PartialKey {
+    Seq(u64),
+    Tree(u32),
+}
+
+fn partial_keys(work: &Work) -> Vec<PartialKey> {
+    match work {
+        Work::FullSync(t) => vec![PartialKey::Tree(*t)],
+        Work::Batch(b) => b.iter().map(|(q, _)| PartialKey::Seq(*q)).collect(),
+    }
+}
+
+impl Health {
+    /// Counts one more partial transfer of `work`; returns how many in a row it has had.
+    fn partial_again(&mut self, work: &Work) -> u32 {
+        let keys = partial_keys(work);
+        let tries = 1 + keys.iter().filter_map(|k| self.partial.get(k)).max().copied().unwrap_or(0);
+        if self.partial.len() > 100_000 {
+            // Entries covered by a full sync never come back to clear theirs: keep the map bounded.
+            self.partial.clear();
+        }
+        for k in keys {
+            self.partial.insert(k, tries);
+        }
+        tries
+    }
+
+    fn forget(&mut self, work: &Work) {
+        for k in partial_keys(work) {
+            self.partial.remove(&k);
+        }
+    }
 }
 
 impl Worker {
@@ -295,6 +368,20 @@ impl Worker {
     pub async fn run(self) {
         let pusher =
             Arc::new(Pusher { remote: self.remote.clone(), cfg: Arc::clone(&self.cfg), hooks: self.hooks.clone() });
+        self.run_with(pusher).await;
+    }
+
+    /// [`Worker::run`] with the effect given. On exit, everything journaled so far is written
+    /// before the worker reports done (the clean-stop marker goes only after that).
+    pub async fn run_with(self, pusher: Arc<dyn Push>) {
+        let queue = Arc::clone(&self.queue);
+        self.work(pusher).await;
+        if let Err(e) = queue.flush().wait().await {
+            tracing::error!(error = %crate::error::render_chain(&e), "journal not fully written at stop");
+        }
+    }
+
+    async fn work(self, pusher: Arc<dyn Push>) {
         let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
         let mut h = Health::default();
         loop {
@@ -343,14 +430,23 @@ impl Worker {
 
     /// Records the outcome of one push: acknowledge or put back, counters, alerts, backoff.
     fn account(&self, work: Work, outcome: Outcome, h: &mut Health) {
-        if outcome.ok || (outcome.class == ExitClass::Partial && h.partial_tries >= 2) {
-            if !outcome.ok {
-                tracing::error!(remote = %self.remote.name, error = outcome.error.as_deref().unwrap_or(""),
-                    "partial transfer persists after 3 attempts; giving up on this batch");
+        let partial = !outcome.ok && outcome.class == ExitClass::Partial;
+        let gave_up = partial && h.partial_again(&work) >= PARTIAL_TRIES;
+        if outcome.ok || gave_up {
+            h.forget(&work);
+            if gave_up {
+                self.give_up(&work, &outcome);
             }
-            h.partial_tries = 0;
             h.attempt = 0;
-            self.queue.done(work, true);
+            self.queue.done(work.clone(), true);
+            if gave_up {
+                // Re-running a full sync that keeps failing partially would loop: its alert says so.
+                if let Work::Batch(b) = &work {
+                    for t in b.iter().map(|(_, e)| e.tree).collect::<BTreeSet<u32>>() {
+                        self.queue.request_full_sync(t);
+                    }
+                }
+            }
             let err = outcome.error.clone();
             self.board.remote(self.idx, |r| {
                 r.batches += 1;
@@ -378,15 +474,12 @@ impl Worker {
             h.alerted = false;
             return;
         }
-        if outcome.class == ExitClass::Partial {
-            h.partial_tries += 1;
-        }
         self.queue.done(work, false);
         h.attempt += 1;
         let since = *h.failing_since.get_or_insert_with(Instant::now);
         let error = outcome.error.unwrap_or_default();
         let delay = backoff(h.attempt, self.cfg.retry_min, self.cfg.retry_max, fastrand::f64());
-        h.retry_at = Some(Instant::now() + delay);
+        h.retry_at = Some(later(Instant::now(), delay));
         tracing::warn!(remote = %self.remote.name, attempt = h.attempt, retry_in_ms = ms(delay), error = %error, "push failed");
         let e2 = error.clone();
         self.board.remote(self.idx, |r| {
@@ -416,12 +509,59 @@ impl Worker {
         }
     }
 
+    /// A partial transfer of the same work, [`PARTIAL_TRIES`] times: logged and alerted; a batch
+    /// becomes a full sync of its trees (queued by the caller) so no change is dropped.
+    fn give_up(&self, work: &Work, outcome: &Outcome) {
+        let error = outcome.error.clone().unwrap_or_default();
+        let (what, trees, paths) = match work {
+            Work::FullSync(t) => ("full sync", BTreeSet::from([*t]), 0),
+            Work::Batch(b) => ("batch", b.iter().map(|(_, e)| e.tree).collect(), b.len()),
+        };
+        let names: Vec<String> = trees
+            .iter()
+            .map(|t| {
+                self.cfg
+                    .trees
+                    .get(*t as usize)
+                    .map_or_else(|| "every tree".to_owned(), |t| t.path.display().to_string())
+            })
+            .collect();
+        let names = names.join(", ");
+        tracing::error!(remote = %self.remote.name, tries = PARTIAL_TRIES, paths, trees = %names, error = %error,
+            "partial transfer {PARTIAL_TRIES} times: {what} given up");
+        let next = match work {
+            Work::Batch(_) => {
+                "A full sync of the tree is queued so no change is lost. rsync exit 23 usually \
+                               means a file the replicator cannot read or the remote cannot write: check the error."
+            }
+            Work::FullSync(_) => {
+                "The full sync transferred what it could. rsync exit 23 usually means a file the \
+                                  replicator cannot read or the remote cannot write: fix it; the next full sync \
+                                  (periodic, or at restart) completes the copy."
+            }
+        };
+        self.alerts.emit(
+            AlertEvent::new(
+                AlertKind::OverflowRescan,
+                Role::Storage,
+                format!("changes to {} could not all be pushed ({names})", self.remote.name),
+                error,
+            )
+            .detail("partial transfers", PARTIAL_TRIES)
+            .detail("paths in the batch", paths)
+            .server(self.remote.name.clone(), "partial")
+            .next_steps(next),
+        );
+    }
+
     fn publish_depth(&self) {
         let (queue, trees) = self.queue.depth();
         let names: Vec<String> = trees
             .iter()
-            .filter_map(|t| self.cfg.trees.get(*t as usize))
-            .map(|t| t.path.display().to_string())
+            .filter_map(|t| match self.cfg.trees.get(*t as usize) {
+                Some(tree) => Some(tree.path.display().to_string()),
+                None => (*t == journal::ALL_TREES).then(|| "(every tree)".to_owned()),
+            })
             .collect();
         self.board.remote(self.idx, |r| {
             r.queue = queue;
@@ -437,27 +577,49 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+impl Push for Pusher {
+    fn perform<'a>(
+        &'a self,
+        work: &'a Work,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(self.push(work))
+    }
+}
+
 impl Pusher {
-    async fn perform(&self, work: &Work) -> Outcome {
+    async fn full_sync(&self, tree: &crate::config::storage::Tree) -> Outcome {
+        let args = push::full_sync_args(
+            &self.cfg.rsync_args,
+            &self.remote.target,
+            tree,
+            &self.cfg.full_sync,
+            &self.cfg.filter,
+        );
+        tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
+        let o = outcome(rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await);
+        if o.ok {
+            tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
+        }
+        o
+    }
+
+    async fn push(&self, work: &Work) -> Outcome {
         match work {
             Work::FullSync(t) => {
-                let Some(tree) = self.cfg.trees.get(*t as usize) else {
-                    return Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
-                };
-                let args = push::full_sync_args(
-                    &self.cfg.rsync_args,
-                    &self.remote.target,
-                    tree,
-                    &self.cfg.full_sync,
-                    &self.cfg.filter,
-                );
-                tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
-                let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
-                let o = outcome(r);
-                if o.ok {
-                    tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
+                // Every tree when the journal was damaged (the lost records' trees are unknown).
+                let all = u32::try_from(self.cfg.trees.len()).unwrap_or(u32::MAX);
+                let trees = if *t == journal::ALL_TREES { 0..all } else { *t..t.saturating_add(1) };
+                let mut total = Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
+                for tree in trees.filter_map(|t| self.cfg.trees.get(t as usize)) {
+                    let o = self.full_sync(tree).await;
+                    total.files += o.files;
+                    total.bytes += o.bytes;
+                    if !o.ok {
+                        return Outcome { files: total.files, bytes: total.bytes, ..o };
+                    }
+                    total.error = total.error.or(o.error);
                 }
-                o
+                total
             }
             Work::Batch(batch) => {
                 let mut total = Outcome { ok: true, class: ExitClass::Success, files: 0, bytes: 0, error: None };
@@ -555,6 +717,10 @@ fn round_secs(d: Duration) -> Duration {
 }
 
 #[cfg(test)]
+#[path = "remote_worker_tests.rs"]
+mod worker_tests;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
@@ -569,6 +735,15 @@ mod tests {
         assert_eq!(backoff(30, S, 60 * S, 0.5), 60 * S);
         assert_eq!(backoff(1, S, 60 * S, 0.0), S.mul_f64(0.8));
         assert_eq!(backoff(1, S, 60 * S, 1.0), S.mul_f64(1.2));
+    }
+
+    #[test]
+    fn huge_retry_durations_saturate_instead_of_panicking() {
+        let huge = Duration::MAX;
+        assert!(backoff(1, huge, huge, 1.0) >= Duration::from_secs(u64::from(u32::MAX)));
+        assert!(backoff(40, S, huge, 1.0) > S);
+        let now = Instant::now();
+        assert!(later(now, huge) > now);
     }
 
     fn e(p: &str) -> Entry {
@@ -654,6 +829,49 @@ mod tests {
         assert_eq!(q.next(10), Some(Work::FullSync(0)));
         q.enqueue(&[e("z")]);
         assert_eq!(q.next(10), None);
+    }
+
+    #[test]
+    fn a_change_queued_while_the_same_path_is_pushed_survives_the_ack_and_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            q.enqueue(&[e("a")]);
+            let first = q.next(10).unwrap();
+            q.enqueue(&[e("a")]);
+            q.done(first, true);
+            assert_eq!(q.depth(), (1, vec![]));
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (1, vec![]), "the newer change of `a` must survive the older batch's ack");
+        let w = q.next(10).unwrap();
+        q.done(w, true);
+        drop(q);
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (0, vec![]));
+    }
+
+    #[test]
+    fn widened_and_put_back_entries_leave_nothing_behind_after_their_ack() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            // Widened while queued: one entry, acked once.
+            q.enqueue(&[e("w")]);
+            q.enqueue(&[Entry::new(0, "w", Scope::Tree)]);
+            let w = q.next(10).unwrap();
+            q.done(w, true);
+            // Failed, queued again meanwhile, put back: the two merge; one push acks both.
+            q.enqueue(&[Entry::new(0, "p", Scope::Gone)]);
+            let w = q.next(10).unwrap();
+            q.enqueue(&[Entry::new(0, "p", Scope::Tree)]);
+            q.done(w, false);
+            let Some(Work::Batch(b)) = q.next(10) else { panic!() };
+            assert_eq!((b.len(), b[0].1.scope), (1, Scope::Replace));
+            q.done(Work::Batch(b), true);
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (0, vec![]), "nothing pushed is pushed again after a restart");
     }
 
     #[test]

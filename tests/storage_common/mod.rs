@@ -239,6 +239,38 @@ pub fn wait_idle(state: &Path, node: &Node, timeout: Duration) {
     }
 }
 
+/// Waits until the status file is idle and settled: written at least 1.2 s ago. The writer writes
+/// within a second of any change, so a file that old shows every change made before it.
+pub fn wait_status_settled(state: &Path, node: &Node, timeout: Duration) {
+    let file = state.join("storage.status.json");
+    let end = Instant::now() + timeout;
+    loop {
+        let old_enough = fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= Duration::from_millis(1200)));
+        let idle = status_json(state).is_some_and(|s| {
+            let r = &s["remotes"][0];
+            r["state"] == "idle" && r["queue"] == 0 && r["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
+        });
+        if old_enough && idle {
+            return;
+        }
+        assert!(Instant::now() < end, "status not settled and idle after {timeout:?}\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The paths the journal of remote `name` under `state` holds as pending (read from a copy).
+pub fn journaled_paths(state: &Path, name: &str, scratch: &Path) -> Vec<PathBuf> {
+    let copy = scratch.join(format!("{name}.journal.copy"));
+    let _ = fs::remove_file(&copy);
+    if fs::copy(state.join("storage").join(format!("{name}.journal")), &copy).is_err() {
+        return Vec::new();
+    }
+    let (_, replayed) = nfs_guard::storage::journal::Journal::open(&copy).unwrap();
+    replayed.pending.iter().map(|(_, e)| e.path.clone()).collect()
+}
+
 fn write(path: &Path, data: &[u8]) {
     let mut f = fs::File::create(path).unwrap();
     f.write_all(data).unwrap();

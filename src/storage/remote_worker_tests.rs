@@ -1,0 +1,179 @@
+//! Component tests of [`Worker`] with a fake [`Push`] on paused time: retry, give-up and alert
+//! timing without rsync.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Outcome, Push, Queue, Work, Worker};
+use crate::alert::{AlertEvent, AlertSink};
+use crate::config::storage::StorageConfig;
+use crate::config::Config;
+use crate::storage::batch::{Entry, Scope};
+use crate::storage::status::{Board, RemoteStatus, StorageStatus};
+use crate::sys::rsync::ExitClass;
+
+fn config(extra: &str) -> Arc<StorageConfig> {
+    let text = format!(
+        "state_dir = \"/var/lib/nfs-guard-test\"\n[storage]\nmax_batch = 1\npush_concurrency = 2\n\
+         retry_min = \"1s\"\nretry_max = \"4s\"\nalert_after = \"1h\"\n{extra}\n\
+         [[storage.trees]]\npath = \"/srv/a\"\n[[storage.trees]]\npath = \"/srv/b\"\n\
+         [[storage.remotes]]\nname = \"backup\"\nhost = \"127.0.0.1\"\nmodule = \"data\"\n"
+    );
+    Arc::new(Config::parse(Path::new("t.toml"), &text).unwrap().storage.unwrap())
+}
+
+#[derive(Default)]
+struct Alerts(Mutex<Vec<AlertEvent>>);
+
+impl AlertSink for Alerts {
+    fn emit(&self, event: AlertEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+/// Pushes fail with a partial transfer for the paths in `partial` (as many times as their count
+/// says; `u32::MAX`: always); everything else succeeds. Every call is recorded.
+#[derive(Default)]
+struct FakePush {
+    partial: Mutex<BTreeMap<String, u32>>,
+    calls: Mutex<Vec<Work>>,
+}
+
+impl FakePush {
+    fn outcome(&self, work: &Work) -> Outcome {
+        let ok = Outcome { ok: true, class: ExitClass::Success, files: 1, bytes: 1, error: None };
+        let Work::Batch(b) = work else { return ok };
+        let mut partial = self.partial.lock().unwrap();
+        for (_, e) in b {
+            if let Some(n) = partial.get_mut(e.path.to_str().unwrap()) {
+                if *n > 0 {
+                    *n = n.saturating_sub(u32::from(*n != u32::MAX));
+                    return Outcome { ok: false, class: ExitClass::Partial, error: Some("exit 23".into()), ..ok };
+                }
+            }
+        }
+        ok
+    }
+
+    fn pushes_of(&self, path: &str) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|w| matches!(w, Work::Batch(b) if b.iter().any(|(_, e)| e.path == Path::new(path)))).count()
+    }
+
+    fn full_syncs(&self) -> Vec<u32> {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter_map(|w| if let Work::FullSync(t) = w { Some(*t) } else { None }).collect()
+    }
+}
+
+impl Push for FakePush {
+    fn perform<'a>(
+        &'a self,
+        work: &'a Work,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(work.clone());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.outcome(work)
+        })
+    }
+}
+
+struct Harness {
+    queue: Arc<Queue>,
+    fake: Arc<FakePush>,
+    alerts: Arc<Alerts>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(cfg: &Arc<StorageConfig>, fake: FakePush) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), "backup", 1000).unwrap());
+    let fake = Arc::new(fake);
+    let alerts = Arc::new(Alerts::default());
+    let stop = CancellationToken::new();
+    let board = Board::new(StorageStatus {
+        remotes: vec![RemoteStatus { name: "backup".into(), ..RemoteStatus::default() }],
+        ..StorageStatus::default()
+    });
+    let worker = Worker {
+        idx: 0,
+        remote: cfg.remotes[0].clone(),
+        queue: Arc::clone(&queue),
+        cfg: Arc::clone(cfg),
+        board,
+        alerts: Arc::clone(&alerts) as Arc<dyn AlertSink>,
+        hooks: None,
+        stop: stop.clone(),
+        hard_stop: CancellationToken::new(),
+    };
+    let push: Arc<dyn Push> = Arc::clone(&fake) as Arc<dyn Push>;
+    let task = tokio::spawn(worker.run_with(push));
+    Harness { queue, fake, alerts, stop, task, _dir: dir }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let polled = tokio::time::timeout(Duration::from_secs(3600), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(polled.await.is_ok(), "timed out waiting for {what}");
+}
+
+impl Harness {
+    async fn finish(self) {
+        self.stop.cancel();
+        self.queue.wake();
+        self.task.await.unwrap();
+    }
+}
+
+/// Two batches fail partially at the same time: each is counted on its own. `a` keeps failing and
+/// is given up after its third try, which queues a full sync of its tree and sends one alert; `b`
+/// succeeds on its third try and is never given up.
+#[tokio::test(start_paused = true)]
+async fn a_partial_transfer_is_given_up_per_batch_into_a_full_sync_and_an_alert() {
+    let cfg = config("");
+    let fake = FakePush::default();
+    fake.partial.lock().unwrap().extend([("a".to_owned(), u32::MAX), ("b".to_owned(), 2)]);
+    let h = start(&cfg, fake);
+    h.queue.enqueue(&[Entry::new(0, "a", Scope::Path), Entry::new(1, "b", Scope::Path)]);
+    wait_until("the full sync after a's give-up, and an empty queue", || {
+        h.fake.full_syncs() == [0] && h.queue.depth() == (0, vec![])
+    })
+    .await;
+    assert_eq!(h.fake.pushes_of("a"), 3, "given up after exactly three partial transfers");
+    assert_eq!(h.fake.pushes_of("b"), 3, "b had its own count: two partial transfers, then success");
+    let alerts = h.alerts.0.lock().unwrap().clone();
+    let gave_up: Vec<&AlertEvent> = alerts.iter().filter(|a| a.title.contains("could not all be pushed")).collect();
+    assert_eq!(gave_up.len(), 1, "{alerts:#?}");
+    assert!(gave_up[0].title.contains("/srv/a") && gave_up[0].reason.contains("exit 23"), "{:#?}", gave_up[0]);
+    h.finish().await;
+}
+
+/// Huge retry durations: the worker waits (saturated), it does not panic after the first failure.
+#[tokio::test(start_paused = true)]
+async fn huge_retry_durations_do_not_panic_the_worker() {
+    let cfg = config("");
+    let mut cfg = (*cfg).clone();
+    cfg.retry_min = Duration::MAX;
+    cfg.retry_max = Duration::MAX;
+    let cfg = Arc::new(cfg);
+    let fake = FakePush::default();
+    fake.partial.lock().unwrap().insert("a".to_owned(), 1);
+    let h = start(&cfg, fake);
+    h.queue.enqueue(&[Entry::new(0, "a", Scope::Path)]);
+    wait_until("the first failure", || h.fake.pushes_of("a") == 1).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!h.task.is_finished(), "the worker died");
+    assert_eq!(h.queue.depth(), (1, vec![]), "still queued, waiting to retry");
+    h.finish().await;
+}
