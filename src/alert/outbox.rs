@@ -19,6 +19,7 @@
 //! is logged: the alert is then only as durable as the process.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -68,16 +69,31 @@ pub struct Outbox {
     next_seq: u64,
     queue: BTreeMap<u64, Queued>,
     folds: BTreeMap<u64, AlertEvent>,
+    quarantined: Vec<Quarantined>,
+}
+
+/// A file `open` found damaged and moved to `dead/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub from: PathBuf,
+    /// Where it went; `None` if it could not be moved (it stays, and is met again next start).
+    pub to: Option<PathBuf>,
+    pub why: String,
 }
 
 const QUEUE: &str = "queue";
 const FOLD: &str = "fold";
 const DEAD: &str = "dead";
 const FLOOD: &str = "flood.json";
+/// Highest sequence number accepted in a file name. A larger one is damage, not history (2^63
+/// alerts are never raised), and bounding it keeps the numbering arithmetic free of overflow.
+const MAX_SEQ: u64 = u64::MAX / 2;
 
 impl Outbox {
     /// Opens (creating it, mode 0700) the outbox in `dir` and loads what a previous run left.
-    /// Unreadable entries are moved to `dead/` with an error log rather than blocking the queue.
+    /// Anything in `queue/` or `fold/` that is not a readable entry under its canonical name is
+    /// moved to `dead/` with an error log and counted ([`Outbox::quarantined`]) rather than
+    /// blocking the queue, crashing, or lying there unnoticed.
     pub fn open(dir: &Path) -> Result<Outbox, OutboxError> {
         let err = |path: &Path| {
             let path = path.to_owned();
@@ -86,31 +102,71 @@ impl Outbox {
         for sub in [QUEUE, FOLD, DEAD] {
             fsutil::ensure_private_dir(&dir.join(sub)).map_err(err(&dir.join(sub)))?;
         }
-        let mut outbox = Outbox { dir: dir.to_owned(), next_seq: 1, queue: BTreeMap::new(), folds: BTreeMap::new() };
-        for (seq, _) in list(&dir.join(DEAD)).map_err(err(&dir.join(DEAD)))? {
-            outbox.next_seq = outbox.next_seq.max(seq + 1);
-        }
-        for (seq, path) in list(&dir.join(QUEUE)).map_err(err(&dir.join(QUEUE)))? {
-            outbox.next_seq = outbox.next_seq.max(seq + 1);
-            match read_json::<Queued>(&path) {
-                Ok(q) if q.seq == seq && !q.events.is_empty() => {
-                    outbox.queue.insert(seq, q);
-                }
-                Ok(_) => outbox.quarantine(&path, seq, "its content does not match its name"),
-                Err(e) => outbox.quarantine(&path, seq, &e),
+        let mut outbox = Outbox {
+            dir: dir.to_owned(),
+            next_seq: 1,
+            queue: BTreeMap::new(),
+            folds: BTreeMap::new(),
+            quarantined: Vec::new(),
+        };
+        // Numbers are never reused, so dead letters and quarantined entries count too.
+        for name in names(&dir.join(DEAD)).map_err(err(&dir.join(DEAD)))? {
+            if let Some(seq) = dead_seq(&name) {
+                outbox.saw(seq);
             }
         }
-        for (seq, path) in list(&dir.join(FOLD)).map_err(err(&dir.join(FOLD)))? {
-            outbox.next_seq = outbox.next_seq.max(seq + 1);
-            match read_json::<Folded>(&path) {
-                Ok(f) if f.seq == seq => {
-                    outbox.folds.insert(seq, f.event);
+        for sub in [QUEUE, FOLD] {
+            for name in names(&dir.join(sub)).map_err(err(&dir.join(sub)))? {
+                let path = dir.join(sub).join(&name);
+                match classify(&name) {
+                    Name::Entry(seq) => {
+                        outbox.saw(seq);
+                        outbox.load(sub, seq, &path);
+                    }
+                    Name::Temp => {
+                        // An interrupted write: the rename never happened, so it was never acknowledged.
+                        tracing::info!(path = %path.display(), "removing the temp file of an interrupted outbox write");
+                        if let Err(e) = fs::remove_file(&path) {
+                            tracing::warn!(path = %path.display(), "cannot remove the temp file: {e}");
+                        }
+                    }
+                    Name::Stray(why) => outbox.quarantine(&path, why),
                 }
-                Ok(_) => outbox.quarantine(&path, seq, "its content does not match its name"),
-                Err(e) => outbox.quarantine(&path, seq, &e),
             }
         }
         Ok(outbox)
+    }
+
+    /// Loads one entry of `queue/` or `fold/`; quarantines it if unreadable.
+    fn load(&mut self, sub: &str, seq: u64, path: &Path) {
+        const MISMATCH: &str = "its content does not match its name";
+        if sub == QUEUE {
+            match read_json::<Queued>(path) {
+                Ok(q) if q.seq == seq && !q.events.is_empty() => {
+                    self.queue.insert(seq, q);
+                }
+                Ok(_) => self.quarantine(path, MISMATCH),
+                Err(e) => self.quarantine(path, &e),
+            }
+        } else {
+            match read_json::<Folded>(path) {
+                Ok(f) if f.seq == seq => {
+                    self.folds.insert(seq, f.event);
+                }
+                Ok(_) => self.quarantine(path, MISMATCH),
+                Err(e) => self.quarantine(path, &e),
+            }
+        }
+    }
+
+    /// Keeps numbering above `seq` (which [`classify`] bounds, so this cannot overflow).
+    fn saw(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// What `open` moved aside: each file's old and new place (`None` if the move failed) and why.
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.quarantined
     }
 
     pub fn dir(&self) -> &Path {
@@ -228,7 +284,8 @@ impl Outbox {
 
     fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        // Bounded by MAX_SEQ + 1 at open; 2^63 alerts later this would saturate, never wrap.
+        self.next_seq = self.next_seq.saturating_add(1);
         seq
     }
 
@@ -252,33 +309,63 @@ impl Outbox {
         }
     }
 
-    fn quarantine(&self, path: &Path, seq: u64, why: &str) {
-        let to = self.path(DEAD, seq).with_extension("unreadable");
-        tracing::error!(path = %path.display(), to = %to.display(), "unreadable alert in the outbox, moved aside: {why}");
-        if let Err(e) = fs::rename(path, &to) {
-            tracing::error!(path = %path.display(), "cannot move the unreadable alert aside: {e}");
-        }
+    /// Moves a damaged file of `queue/` or `fold/` to `dead/<name>.unreadable`, logged and counted.
+    fn quarantine(&mut self, path: &Path, why: &str) {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".unreadable");
+        let to = self.dir.join(DEAD).join(name);
+        let moved = match fs::rename(path, &to) {
+            Ok(()) => {
+                tracing::error!(path = %path.display(), to = %to.display(), "damaged file in the alert outbox, moved aside: {why}");
+                Some(to)
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "damaged file in the alert outbox ({why}), and it cannot be moved aside: {e}");
+                None
+            }
+        };
+        self.quarantined.push(Quarantined { from: path.to_owned(), to: moved, why: why.to_owned() });
     }
 }
 
-/// `(seq, path)` of every `<seq>.json` in `dir`, ascending. Leftover temp files from an interrupted
-/// write are removed (the rename never happened, so they were never acknowledged).
-fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        if name.contains(".tmp.") {
-            let _ = fs::remove_file(&path);
-            continue;
-        }
-        if let Some(seq) = name.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) {
-            out.push((seq, path));
-        } else if let Some(seq) = name.strip_suffix(".unreadable").and_then(|s| s.parse::<u64>().ok()) {
-            // Quarantined: only its number matters (never reused).
-            out.push((seq, path));
+/// What a file name in `queue/` or `fold/` is.
+#[derive(Debug, PartialEq, Eq)]
+enum Name {
+    /// `<seq, 20 digits>.json`, the only form the outbox writes (and the only one it would remove).
+    Entry(u64),
+    /// `<entry name>.tmp.<pid>`: an interrupted atomic write.
+    Temp,
+    /// Anything else, with why it is not an entry.
+    Stray(&'static str),
+}
+
+fn classify(name: &OsStr) -> Name {
+    let Some(name) = name.to_str() else { return Name::Stray("its name is not UTF-8") };
+    let entry = |n: &str| {
+        let digits = n.strip_suffix(".json").filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))?;
+        Some(digits.parse::<u64>().ok().filter(|s| *s <= MAX_SEQ))
+    };
+    if let Some((base, pid)) = name.split_once(".tmp.") {
+        if entry(base).flatten().is_some() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Name::Temp;
         }
     }
+    match entry(name) {
+        Some(Some(seq)) => Name::Entry(seq),
+        Some(None) => Name::Stray("its sequence number is out of range"),
+        None => Name::Stray("its name is not an outbox entry's (<20 digits>.json)"),
+    }
+}
+
+/// The sequence number a name in `dead/` holds (dead letters and quarantined entries), if any.
+fn dead_seq(name: &OsStr) -> Option<u64> {
+    let digits = name.to_str()?.split('.').next()?;
+    digits.parse::<u64>().ok().filter(|s| *s <= MAX_SEQ)
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut out = fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>()?;
     out.sort();
     Ok(out)
 }
@@ -400,7 +487,42 @@ mod tests {
         let o = Outbox::open(d.path()).unwrap();
         assert_eq!(o.head().unwrap().events[0].title, "two");
         assert_eq!(files(d.path(), QUEUE), ["00000000000000000002.json"]);
-        assert_eq!(files(d.path(), DEAD), ["00000000000000000001.unreadable"]);
+        assert_eq!(files(d.path(), DEAD), ["00000000000000000001.json.unreadable"]);
+    }
+
+    /// Every name in `queue/` and `fold/` that is not a canonical entry is damage: moved aside
+    /// with a log line and counted, never a panic and never silently ignored (an ignored file
+    /// would never be mailed, nor removed).
+    #[test]
+    fn names_out_of_range_or_not_canonical_are_quarantined_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path()).unwrap();
+        o.enqueue(vec![ev(AlertKind::BothDown, "one")]).1.unwrap();
+        drop(o);
+        let strays = [
+            (QUEUE, "18446744073709551615.json"),
+            (QUEUE, "99999999999999999999.json"),
+            (QUEUE, "7.json"),
+            (QUEUE, "notes.txt"),
+            (QUEUE, "-x\n#;y .json"),
+            (FOLD, "18446744073709551614.json"),
+        ];
+        for (sub, name) in strays {
+            fs::write(d.path().join(sub).join(name), b"{}").unwrap();
+        }
+        // Already quarantined: kept as is, and an absurd number there must not panic either.
+        fs::write(d.path().join(DEAD).join("18446744073709551615.json"), b"{}").unwrap();
+
+        let mut o = Outbox::open(d.path()).unwrap();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.quarantined().len(), strays.len());
+        assert_eq!(files(d.path(), QUEUE), ["00000000000000000001.json"]);
+        assert!(files(d.path(), FOLD).is_empty());
+        let dead = files(d.path(), DEAD);
+        for (_, name) in strays {
+            assert!(dead.contains(&format!("{name}.unreadable")), "{name} kept in dead/: {dead:?}");
+        }
+        assert_eq!(o.enqueue(vec![ev(AlertKind::BothDown, "two")]).0, 2, "numbering is not thrown off");
     }
 
     #[test]
