@@ -266,17 +266,20 @@ impl Outbox {
         self.remove_file(QUEUE, seq)
     }
 
-    /// No recipient will ever take this message: move it to `dead/` for the operator.
+    /// No recipient will ever take this message: move it to `dead/` for the operator (never over
+    /// a file already there).
     pub fn dead_letter(&mut self, seq: u64) -> Result<PathBuf, OutboxError> {
         let q = self.queue.remove(&seq);
         let from = self.path(QUEUE, seq);
-        let to = self.path(DEAD, seq);
-        match fs::rename(&from, &to) {
-            Ok(()) => Ok(to),
+        let dead = self.dir.join(DEAD);
+        let name = self.path(DEAD, seq);
+        let name = name.file_name().unwrap_or_default();
+        match move_aside(&from, &dead, name) {
+            Ok(to) => Ok(to),
             // Never written (memory-only): write it to dead/ now.
             Err(e) if e.kind() == io::ErrorKind::NotFound => match q {
-                Some(q) => self.write(DEAD, seq, &q).map(|()| to),
-                None => Ok(to),
+                Some(q) => self.write(DEAD, seq, &q).map(|()| dead.join(name)),
+                None => Ok(dead.join(name)),
             },
             Err(source) => Err(OutboxError { path: from, source }),
         }
@@ -309,13 +312,13 @@ impl Outbox {
         }
     }
 
-    /// Moves a damaged file of `queue/` or `fold/` to `dead/<name>.unreadable`, logged and counted.
+    /// Moves a damaged file of `queue/` or `fold/` to `dead/<name>.unreadable` (never over an
+    /// earlier one), logged and counted.
     fn quarantine(&mut self, path: &Path, why: &str) {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(".unreadable");
-        let to = self.dir.join(DEAD).join(name);
-        let moved = match fs::rename(path, &to) {
-            Ok(()) => {
+        let moved = match move_aside(path, &self.dir.join(DEAD), &name) {
+            Ok(to) => {
                 tracing::error!(path = %path.display(), to = %to.display(), "damaged file in the alert outbox, moved aside: {why}");
                 Some(to)
             }
@@ -326,6 +329,34 @@ impl Outbox {
         };
         self.quarantined.push(Quarantined { from: path.to_owned(), to: moved, why: why.to_owned() });
     }
+}
+
+/// Moves `from` into `dir` as `name`, or `name.1`, `name.2`, ... when taken: never overwrites
+/// (`RENAME_NOREPLACE`, so a concurrent mover cannot race it either). A name too long for the
+/// file system with its suffix is shortened (the log line keeps the full original path).
+fn move_aside(from: &Path, dir: &Path, name: &OsStr) -> io::Result<PathBuf> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    use std::os::unix::ffi::OsStrExt;
+    const NAME_MAX: usize = 255;
+    for n in 0..1000u32 {
+        let suffix = if n == 0 { String::new() } else { format!(".{n}") };
+        let keep = name.len().min(NAME_MAX - suffix.len());
+        let mut candidate = OsStr::from_bytes(&name.as_bytes()[..keep]).to_os_string();
+        candidate.push(&suffix);
+        let to = dir.join(candidate);
+        match renameat2(AT_FDCWD, from, AT_FDCWD, &to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(to),
+            Err(nix::errno::Errno::EEXIST) => {}
+            // The file system cannot refuse to replace: a hard link can (a link never overwrites).
+            Err(nix::errno::Errno::EINVAL) => match fs::hard_link(from, &to) {
+                Ok(()) => return fs::remove_file(from).map(|()| to),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: 1000 names taken", dir.join(name).display())))
 }
 
 /// What a file name in `queue/` or `fold/` is.
@@ -523,6 +554,40 @@ mod tests {
             assert!(dead.contains(&format!("{name}.unreadable")), "{name} kept in dead/: {dead:?}");
         }
         assert_eq!(o.enqueue(vec![ev(AlertKind::BothDown, "two")]).0, 2, "numbering is not thrown off");
+    }
+
+    /// Moving aside keeps what is already there: a second damaged file of the same name, or a
+    /// dead letter whose name is taken, gets a suffix instead of destroying the first.
+    #[test]
+    fn quarantine_and_dead_letters_never_overwrite() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Outbox::open(d.path()).unwrap());
+        let torn = d.path().join(QUEUE).join("00000000000000000001.json");
+        for content in ["{ torn one", "{ torn two", "{ torn three"] {
+            fs::write(&torn, content).unwrap();
+            assert_eq!(Outbox::open(d.path()).unwrap().quarantined().len(), 1);
+        }
+        let dead = d.path().join(DEAD);
+        assert_eq!(
+            files(d.path(), DEAD),
+            [
+                "00000000000000000001.json.unreadable",
+                "00000000000000000001.json.unreadable.1",
+                "00000000000000000001.json.unreadable.2"
+            ]
+        );
+        assert_eq!(fs::read_to_string(dead.join("00000000000000000001.json.unreadable")).unwrap(), "{ torn one");
+        assert_eq!(fs::read_to_string(dead.join("00000000000000000001.json.unreadable.2")).unwrap(), "{ torn three");
+
+        let mut o = Outbox::open(d.path()).unwrap();
+        let (seq, w) = o.enqueue(vec![ev(AlertKind::BothDown, "one")]);
+        w.unwrap();
+        let taken = dead.join(format!("{seq:020}.json"));
+        fs::write(&taken, "the operator's").unwrap();
+        let p = o.dead_letter(seq).unwrap();
+        assert_ne!(p, taken);
+        assert_eq!(fs::read_to_string(&taken).unwrap(), "the operator's");
+        assert!(fs::read_to_string(&p).unwrap().contains("\"one\""));
     }
 
     #[test]
