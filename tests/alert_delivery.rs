@@ -355,3 +355,33 @@ async fn an_outbox_write_failure_still_delivers_from_memory() {
     assert_eq!(alerts.pending(), 0);
     alerts.drain(Duration::from_secs(3)).await;
 }
+
+/// Damaged files in the outbox (torn by a crash, planted, wrong names) are moved aside, and the
+/// operator gets one alert naming them; the next start, with nothing new damaged, raises none.
+#[tokio::test(start_paused = true)]
+async fn damaged_outbox_entries_are_moved_aside_and_reported_by_one_alert() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "");
+    let down = FakeMailer::new(Mode::Down);
+    let alerts = Alerts::start_with_mailer(&cfg, down.clone()).unwrap();
+    alerts.sink.emit(event(KINDS[0], "lost to a torn write"));
+    alerts.drain(Duration::from_secs(3)).await;
+    let queue = d.path().join("outbox/queue");
+    std::fs::write(queue.join("00000000000000000001.json"), b"{ torn").unwrap();
+    std::fs::write(queue.join("notes\n.txt"), b"planted").unwrap();
+
+    let up = FakeMailer::new(Mode::Up);
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    wait_for("the damage alert", Duration::from_secs(10), || up.delivered().len() == 1).await;
+    let (_, subject, body) = up.delivered().pop().unwrap();
+    assert_eq!(subject, "[nfs-guard] web01 alert: 2 damaged files in the alert outbox moved aside");
+    assert!(body.contains("00000000000000000001.json: "), "{body}");
+    assert!(body.contains("notes\\n.txt"), "the odd name is shown escaped: {body}");
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(queue_files(d.path()), 0);
+
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(up.delivered().len(), 1, "no further alert: the damage was reported once");
+}

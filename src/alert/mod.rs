@@ -83,6 +83,7 @@ impl Alerts {
         if !outbox.is_empty() {
             tracing::info!(waiting = outbox.len(), dir = %outbox.dir().display(), "alerts from a previous run are waiting in the outbox");
         }
+        let damaged = damage_alert(outbox.quarantined(), outbox.dir());
         let shared = Arc::new(Mutex::new(Shared { outbox, policy, clock }));
         let control = Arc::new(Control::default());
         let settings = DeliverySettings {
@@ -94,6 +95,12 @@ impl Alerts {
         };
         let handle = tokio::spawn(delivery::run(shared.clone(), control.clone(), mailer, settings));
         let sink = Arc::new(OutboxSink { shared: shared.clone(), control: control.clone() });
+        // Through the sink, so flood control and `disabled` apply: a file that cannot even be moved
+        // aside is met again by every `--once` run, but mailed at most once per flood period.
+        // Raising it cannot itself quarantine anything, so it cannot loop.
+        if let Some(event) = damaged {
+            sink.emit(event);
+        }
         Ok(Alerts { sink, delivery: Some(Delivery { shared, control, handle }) })
     }
 
@@ -122,6 +129,50 @@ impl Alerts {
             );
         }
     }
+}
+
+/// Most damaged files listed in one alert (the log has every one).
+const DAMAGE_LISTED: usize = 20;
+
+/// The alert telling the operator what [`outbox::Outbox::open`] moved aside, if anything.
+fn damage_alert(quarantined: &[outbox::Quarantined], dir: &std::path::Path) -> Option<AlertEvent> {
+    let n = quarantined.len();
+    if n == 0 {
+        return None;
+    }
+    let mut lines: Vec<String> = quarantined
+        .iter()
+        .take(DAMAGE_LISTED)
+        .map(|q| match &q.to {
+            Some(to) => format!("- {}: {} (now {})", shown(&q.from), q.why, shown(to)),
+            None => format!("- {}: {} (could not be moved aside)", shown(&q.from), q.why),
+        })
+        .collect();
+    if n > DAMAGE_LISTED {
+        lines.push(format!("- and {} more (see the log)", n - DAMAGE_LISTED));
+    }
+    let files = if n == 1 { "file" } else { "files" };
+    let event = AlertEvent::new(
+        AlertKind::OutboxDamaged,
+        Role::Alert,
+        format!("{n} damaged {files} in the alert outbox moved aside"),
+        lines.join("\n"),
+    )
+    .detail("outbox", shown(dir))
+    .next_steps(format!(
+        "An alert in these files may never have been mailed: read them in {}.\n\
+         Then look for the cause: a crash during a write, a full or failing disk (dmesg), or \
+         something else writing into the outbox.",
+        shown(&dir.join("dead"))
+    ));
+    Some(event)
+}
+
+/// A path for a message: odd bytes (newline, invalid UTF-8) escaped, without quotes.
+#[allow(clippy::unnecessary_debug_formatting)] // Debug's escaping is the point
+fn shown(path: &std::path::Path) -> String {
+    let debug = format!("{:?}", path.as_os_str());
+    debug.strip_prefix('"').and_then(|d| d.strip_suffix('"')).map_or_else(|| debug.clone(), str::to_owned)
 }
 
 /// The name shown in subjects: `[alert] hostname`, else the system host name.

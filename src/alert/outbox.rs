@@ -88,6 +88,9 @@ const FLOOD: &str = "flood.json";
 /// Highest sequence number accepted in a file name. A larger one is damage, not history (2^63
 /// alerts are never raised), and bounding it keeps the numbering arithmetic free of overflow.
 const MAX_SEQ: u64 = u64::MAX / 2;
+/// Largest entry file read (a digest of thousands of alerts is far below it); a larger one, or a
+/// link to `/dev/zero`, is damage and never read whole into memory.
+const MAX_ENTRY_BYTES: u64 = 16 << 20;
 
 impl Outbox {
     /// Opens (creating it, mode 0700) the outbox in `dir` and loads what a previous run left.
@@ -218,12 +221,13 @@ impl Outbox {
     /// The flood-control state a previous process saved (empty if none or unreadable).
     pub fn load_flood(&self) -> Vec<(AlertKind, KindState)> {
         let path = self.dir.join(FLOOD);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        match read_json(&path) {
+            Ok(state) => state,
+            Err(_) if path.symlink_metadata().is_err() => Vec::new(),
+            Err(e) => {
                 tracing::warn!(path = %path.display(), "flood-control state unreadable, starting afresh: {e}");
                 Vec::new()
-            }),
-            Err(_) => Vec::new(),
+            }
         }
     }
 
@@ -401,8 +405,9 @@ fn names(dir: &Path) -> io::Result<Vec<OsString>> {
     Ok(out)
 }
 
+/// Reads one JSON file, never blocking (a FIFO) nor reading more than [`MAX_ENTRY_BYTES`].
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = fsutil::read_capped(path, MAX_ENTRY_BYTES).map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
@@ -588,6 +593,52 @@ mod tests {
         assert_ne!(p, taken);
         assert_eq!(fs::read_to_string(&taken).unwrap(), "the operator's");
         assert!(fs::read_to_string(&p).unwrap().contains("\"one\""));
+    }
+
+    /// A FIFO, a link to `/dev/zero`, a dangling link or an oversized file where an entry should
+    /// be: `open` neither hangs nor eats memory, and moves each aside.
+    #[test]
+    fn fifo_device_dangling_and_huge_entries_are_quarantined_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(d.path()).unwrap();
+        for t in ["fifo", "zero", "dangling", "huge", "fine"] {
+            o.enqueue(vec![ev(AlertKind::BothDown, t)]).1.unwrap();
+        }
+        o.fold(ev(AlertKind::BothDown, "fold fifo")).1.unwrap();
+        drop(o);
+        let q = |seq: u64| d.path().join(QUEUE).join(format!("{seq:020}.json"));
+        let fifo = |p: &Path| {
+            fs::remove_file(p).unwrap();
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        };
+        // Lowest number first: before the fix the open blocks here, before it could read /dev/zero.
+        fifo(&q(1));
+        fs::remove_file(q(2)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", q(2)).unwrap();
+        fs::remove_file(q(3)).unwrap();
+        std::os::unix::fs::symlink(d.path().join("nowhere"), q(3)).unwrap();
+        let mut huge = fs::read(q(4)).unwrap();
+        huge.resize(usize::try_from(MAX_ENTRY_BYTES).unwrap() + 1, b' ');
+        fs::write(q(4), huge).unwrap();
+        fifo(&d.path().join(FOLD).join("00000000000000000006.json"));
+        std::os::unix::fs::symlink("/dev/zero", d.path().join(FLOOD)).unwrap();
+
+        let dir = d.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let o = Outbox::open(&dir).unwrap();
+            let flood = o.load_flood();
+            tx.send((o, flood)).unwrap();
+        });
+        let (o, flood) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("open must not block");
+        assert!(flood.is_empty());
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.head().unwrap().events[0].title, "fine");
+        let why: Vec<&str> = o.quarantined().iter().map(|q| q.why.as_str()).collect();
+        assert_eq!(why.len(), 5, "{why:?}");
+        assert!(why[0].contains("FIFO") && why[1].contains("device") && why[3].contains("larger than"), "{why:?}");
+        assert!(o.quarantined().iter().all(|q| q.to.is_some()));
+        assert!(files(d.path(), FOLD).is_empty());
     }
 
     #[test]
