@@ -109,8 +109,10 @@ impl Alerts {
         self.delivery.as_ref().map_or(0, |d| delivery::lock(&d.shared).outbox.len())
     }
 
-    /// Sends queued alerts, giving delivery up to `grace`; then stops it. What is left (and alerts
-    /// folded for a digest not yet due) stays in the outbox for the next run.
+    /// Ends delivery: sends what this process queued (and what is ahead of it), giving up to
+    /// `grace`, and returns at once when the mail server's backoff (kept across processes) is in
+    /// force or there is nothing of this process's to send. What is left (and alerts folded for a
+    /// digest not yet due) stays in the outbox for the next run.
     pub async fn drain(self, grace: Duration) {
         let Some(mut d) = self.delivery else { return };
         d.control.draining.store(true, Ordering::SeqCst);

@@ -9,6 +9,7 @@
 //! fold/00000000000000000043.json    one alert held back by flood control for its kind's digest
 //! dead/00000000000000000040.json    a message no recipient will take (kept for the operator)
 //! flood.json                        flood-control state (when each kind was last mailed, digests due)
+//! backoff.json                      delivery backoff while the mail server fails (absent when none)
 //! ```
 //! "Acknowledged" for an alert means: its file is on disk (fsync'd file and directory). From then
 //! on it survives a crash and is delivered at least once. A crash between the server's 250 and the
@@ -23,6 +24,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +50,17 @@ pub struct Queued {
     pub attempts: u32,
 }
 
+/// Delivery's backoff while the mail server fails, kept so that the next process (each
+/// `web --once` run) honours it instead of trying at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryState {
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// No attempt before this (wall clock).
+    pub next_attempt: SystemTime,
+}
+
 /// One alert held for a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +83,8 @@ pub struct Outbox {
     queue: BTreeMap<u64, Queued>,
     folds: BTreeMap<u64, AlertEvent>,
     quarantined: Vec<Quarantined>,
+    /// The newest message this process queued (a drain sends up to it and no further).
+    newest_queued_here: Option<u64>,
 }
 
 /// A file `open` found damaged and moved to `dead/`.
@@ -85,6 +100,7 @@ const QUEUE: &str = "queue";
 const FOLD: &str = "fold";
 const DEAD: &str = "dead";
 const FLOOD: &str = "flood.json";
+const RETRY: &str = "backoff.json";
 /// Highest sequence number accepted in a file name. A larger one is damage, not history (2^63
 /// alerts are never raised), and bounding it keeps the numbering arithmetic free of overflow.
 const MAX_SEQ: u64 = u64::MAX / 2;
@@ -111,6 +127,7 @@ impl Outbox {
             queue: BTreeMap::new(),
             folds: BTreeMap::new(),
             quarantined: Vec::new(),
+            newest_queued_here: None,
         };
         // Numbers are never reused, so dead letters and quarantined entries count too.
         for name in names(&dir.join(DEAD)).map_err(err(&dir.join(DEAD)))? {
@@ -183,6 +200,7 @@ impl Outbox {
         let q = Queued { seq, events, sent_to: Vec::new(), refused: Vec::new(), attempts: 0 };
         let written = self.write(QUEUE, seq, &q);
         self.queue.insert(seq, q);
+        self.newest_queued_here = Some(seq);
         (seq, written)
     }
 
@@ -231,6 +249,36 @@ impl Outbox {
         }
     }
 
+    /// The delivery backoff a previous process left (none if absent or unreadable).
+    pub fn load_retry(&self) -> Option<RetryState> {
+        let path = self.dir.join(RETRY);
+        match read_json(&path) {
+            Ok(state) => Some(state),
+            Err(_) if path.symlink_metadata().is_err() => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "delivery backoff unreadable, ignored: {e}");
+                None
+            }
+        }
+    }
+
+    /// Saves the delivery backoff, or removes it (`None`: the last attempt succeeded). Not
+    /// fsync'd: a crash that loses it costs one early attempt, nothing else.
+    pub fn save_retry(&self, state: Option<&RetryState>) -> Result<(), OutboxError> {
+        let path = self.dir.join(RETRY);
+        let err = |source| OutboxError { path: path.clone(), source };
+        match state {
+            Some(state) => {
+                let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(e.into()))?;
+                fsutil::write_atomic_nosync(&path, &bytes).map_err(err)
+            }
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Saves the flood-control state (fsync'd), so the next process keeps folding.
     pub fn save_flood(&self, state: &[(AlertKind, KindState)]) -> Result<(), OutboxError> {
         let path = self.dir.join(FLOOD);
@@ -242,6 +290,11 @@ impl Outbox {
     /// The oldest queued message.
     pub fn head(&self) -> Option<&Queued> {
         self.queue.values().next()
+    }
+
+    /// The newest message queued by this process (not loaded from a previous one), if any.
+    pub fn newest_queued_here(&self) -> Option<u64> {
+        self.newest_queued_here
     }
 
     pub fn len(&self) -> usize {
