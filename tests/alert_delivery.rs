@@ -135,7 +135,8 @@ async fn smtp_down_then_back_every_alert_delivered_once_in_order() {
     for (i, kind) in KINDS.into_iter().enumerate() {
         alerts.sink.emit(event(kind, &format!("transition {i}")));
     }
-    assert_eq!(queue_files(d.path()), 5, "every alert is on disk once emit returned");
+    alerts.flushed().await;
+    assert_eq!(queue_files(d.path()), 5, "every alert is on disk once the outbox writer has run");
 
     // Down for 2 minutes: retried with backoff (not hammered), nothing delivered, nothing dropped.
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -171,6 +172,7 @@ async fn smtp_hangs_emit_returns_at_once_and_outbox_survives_restart() {
     }
     assert_eq!(tokio::time::Instant::now(), virtual_before, "emit never awaits anything");
     assert!(real_before.elapsed() < Duration::from_millis(500), "emit took {:?}", real_before.elapsed());
+    alerts.flushed().await;
     assert_eq!(queue_files(d.path()), 5);
 
     // The hard deadline ends the hung send; it is retried later, still hung.
@@ -329,7 +331,7 @@ async fn a_recipient_refused_for_now_is_retried_alone_then_given_up() {
     let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "one"));
     alerts.sink.emit(event(KINDS[1], "two"));
-    wait_for("both alerts done", Duration::from_secs(60 * 60), || queue_files(d.path()) == 0).await;
+    wait_for("both alerts done", Duration::from_secs(60 * 60), || alerts.pending() == 0).await;
     let delivered = mailer.delivered();
     assert_eq!(delivered[0].0, ["a@example.com"], "the accepting recipient got it at the first attempt");
     assert_eq!(delivered[1].0, ["a@example.com"]);

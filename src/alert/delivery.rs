@@ -5,7 +5,8 @@
 //!                         └──────────── wake (Notify) ───────────────────────────────────▶┘
 //! ```
 //!
-//! `emit` only decides (pure policy) and writes one small file; it never waits for the network.
+//! `emit` only decides (pure policy) and hands one file write to the outbox's ordered writer; it
+//! never waits for the network nor the disk.
 //! The delivery task is the only thing that talks to SMTP: it sends the oldest message, each send
 //! under a hard deadline, and while the server is down retries with exponential backoff and
 //! jitter. The shared state is behind a mutex that is never held across an await.
@@ -53,9 +54,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Saves the flood-control state for the next process; failing only weakens flood control.
     fn save_flood(&self) {
-        if let Err(e) = self.outbox.save_flood(&self.policy.snapshot()) {
-            tracing::warn!("flood-control state not saved: {}", crate::error::render_chain(&e));
-        }
+        self.outbox.save_flood(&self.policy.snapshot());
     }
 }
 
@@ -120,12 +119,12 @@ impl AlertSink for OutboxSink {
                 tracing::info!(kind, reason = %event.reason, "alert not mailed ({kind} is in [alert] disabled): {title}");
             }
             Admit::Send => {
-                let (seq, written) = s.outbox.enqueue(vec![event]);
-                log_queued(seq, kind, &title, "queued", written.err());
+                let seq = s.outbox.enqueue(vec![event]);
+                tracing::info!(seq, kind, "alert queued: {title}");
             }
             Admit::Fold => {
-                let (seq, written) = s.outbox.fold(event);
-                log_queued(seq, kind, &title, "folded into the next digest (flood control)", written.err());
+                let seq = s.outbox.fold(event);
+                tracing::info!(seq, kind, "alert folded into the next digest (flood control): {title}");
             }
         }
         if changed {
@@ -133,18 +132,6 @@ impl AlertSink for OutboxSink {
         }
         drop(s);
         self.control.wake.notify_one();
-    }
-}
-
-fn log_queued(seq: u64, kind: &str, title: &str, what: &str, err: Option<super::outbox::OutboxError>) {
-    match err {
-        None => tracing::info!(seq, kind, "alert {what}: {title}"),
-        Some(e) => tracing::error!(
-            seq,
-            kind,
-            "alert {what} in memory only, it would be lost if the process died before it is mailed ({}): {title}",
-            crate::error::render_chain(&e)
-        ),
     }
 }
 
@@ -179,8 +166,8 @@ pub(crate) async fn run<M: Mailer>(
             let wall = s.clock.now();
             let kinds = s.policy.due(wall);
             for kind in &kinds {
-                if let Some((seq, written)) = s.outbox.seal_digest(*kind) {
-                    log_queued(seq, kind.name(), "digest of folded alerts", "queued", written.err());
+                if let Some(seq) = s.outbox.seal_digest(*kind) {
+                    tracing::info!(seq, kind = kind.name(), "alert queued: digest of folded alerts");
                 }
             }
             if !kinds.is_empty() {
@@ -276,9 +263,7 @@ impl Retry {
         self.at = Some(Instant::now() + delay);
         let s = lock(shared);
         let state = RetryState { failures: self.failures, next_attempt: s.clock.now() + delay };
-        if let Err(e) = s.outbox.save_retry(Some(&state)) {
-            tracing::warn!("delivery backoff not saved: {}", crate::error::render_chain(&e));
-        }
+        s.outbox.save_retry(Some(&state));
         delay
     }
 
@@ -287,9 +272,7 @@ impl Retry {
         let was = std::mem::replace(&mut self.failures, 0);
         self.at = None;
         if was > 0 {
-            if let Err(e) = lock(shared).outbox.save_retry(None) {
-                tracing::warn!("delivery backoff not cleared: {}", crate::error::render_chain(&e));
-            }
+            lock(shared).outbox.save_retry(None);
         }
     }
 }
@@ -363,9 +346,7 @@ async fn attempt<M: Mailer>(
             let pending =
                 mail.rcpt.iter().any(|a| !q.sent_to.contains(&a.to_string()) && !q.refused.contains(&a.to_string()));
             if pending {
-                if let Err(e) = lock(shared).outbox.update(q) {
-                    tracing::error!("{}", crate::error::render_chain(&e));
-                }
+                lock(shared).outbox.update(q);
                 Outcome::Retry
             } else {
                 finish(shared, &q)
@@ -400,20 +381,12 @@ fn finish(shared: &Mutex<Shared>, q: &Queued) -> Outcome {
         tracing::error!(seq = q.seq, refused = ?q.refused, "no recipient accepted the alert; moving it to the dead letters");
         return dead_letter(shared, q.seq);
     }
-    if let Err(e) = lock(shared).outbox.remove(q.seq) {
-        tracing::error!(
-            "delivered alert could not be removed, it may be sent again: {}",
-            crate::error::render_chain(&e)
-        );
-    }
+    lock(shared).outbox.remove(q.seq);
     Outcome::Finished
 }
 
 fn dead_letter(shared: &Mutex<Shared>, seq: u64) -> Outcome {
-    match lock(shared).outbox.dead_letter(seq) {
-        Ok(path) => tracing::error!(seq, path = %path.display(), "alert kept as a dead letter"),
-        Err(e) => tracing::error!(seq, "{}", crate::error::render_chain(&e)),
-    }
+    lock(shared).outbox.dead_letter(seq);
     Outcome::Finished
 }
 

@@ -3,11 +3,12 @@
 //! - [`event`]: the contract roles code against (`AlertEvent`, `AlertSink`).
 //! - [`render`] (pure): subject and phone-readable body.
 //! - [`policy`] (pure): disabled kinds, flood control (repeats folded into digests).
-//! - [`outbox`]: sequence-numbered files under `state_dir/outbox/`, fsync'd before `emit` returns.
+//! - [`outbox`]: sequence-numbered files under `state_dir/outbox/`.
+//! - [`writer`]: applies the outbox's file operations in order, off the callers (fsync included).
 //! - [`delivery`]: the sink and the single delivery task that mails the outbox in order.
 //! - `sys::smtp`: the SMTP client behind the `Mailer` trait.
 //!
-//! Roles never wait on SMTP: `emit` writes a file and returns; only the delivery task talks to the
+//! Roles never wait on SMTP nor on the disk: `emit` queues a file write and returns; only the delivery task talks to the
 //! mail server, each send under a hard deadline. `alert-test` bypasses the queue and reports
 //! exactly which step failed.
 
@@ -16,6 +17,7 @@ pub mod event;
 pub mod outbox;
 pub mod policy;
 pub mod render;
+pub mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -104,6 +106,14 @@ impl Alerts {
         Ok(Alerts { sink, delivery: Some(Delivery { shared, control, handle }) })
     }
 
+    /// Waits until every outbox file operation so far is on disk (or failed, logged).
+    pub async fn flushed(&self) {
+        if let Some(d) = &self.delivery {
+            let writer = delivery::lock(&d.shared).outbox.writer();
+            writer.flushed().await;
+        }
+    }
+
     /// Messages queued and not yet accepted by the SMTP server (0 without delivery).
     pub fn pending(&self) -> usize {
         self.delivery.as_ref().map_or(0, |d| delivery::lock(&d.shared).outbox.len())
@@ -120,6 +130,14 @@ impl Alerts {
         if tokio::time::timeout(grace, &mut d.handle).await.is_err() {
             d.control.stop.cancel();
             let _ = d.handle.await;
+        }
+        // Everything decided must reach the disk before the process ends.
+        let writer = delivery::lock(&d.shared).outbox.writer();
+        if tokio::time::timeout(grace, writer.flushed()).await.is_err() {
+            tracing::error!(
+                unwritten = writer.pending(),
+                "the state disk did not finish the alert outbox's writes; alerts not yet mailed may be lost"
+            );
         }
         let s = delivery::lock(&d.shared);
         let left = s.outbox.len() + s.outbox.folded();
