@@ -1,7 +1,8 @@
 //! The outbox sink roles emit into, and the one delivery task that mails the outbox in order.
 //!
 //! ```text
-//!  roles ──emit()──▶ OutboxSink ──(flood policy, fsync'd file)──▶ outbox ◀──head/remove── delivery task ──▶ Mailer (SMTP)
+//!  roles ──emit()──▶ OutboxSink ──(flood policy)──▶ outbox ◀──head/remove── delivery task ──▶ Mailer (SMTP)
+//!                                                    └──file ops, in order──▶ writer (blocking pool, fsync)
 //!                         └──────────── wake (Notify) ───────────────────────────────────▶┘
 //! ```
 //!
