@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::{status, storage, sys, web};
 
-/// How long queued alerts get to go out when a one-shot command exits.
+/// How long queued alerts get to go out when a one-shot command exits. Only spent when this run
+/// queued something and the mail server's backoff (kept in the outbox across runs) allows an
+/// attempt: while the server is dead, timer runs do not wait on it.
 const ONCE_ALERT_GRACE: Duration = Duration::from_secs(5);
 /// How long queued alerts get on a daemon's shutdown.
 const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);

@@ -135,7 +135,8 @@ async fn smtp_down_then_back_every_alert_delivered_once_in_order() {
     for (i, kind) in KINDS.into_iter().enumerate() {
         alerts.sink.emit(event(kind, &format!("transition {i}")));
     }
-    assert_eq!(queue_files(d.path()), 5, "every alert is on disk once emit returned");
+    alerts.flushed().await;
+    assert_eq!(queue_files(d.path()), 5, "every alert is on disk once the outbox writer has run");
 
     // Down for 2 minutes: retried with backoff (not hammered), nothing delivered, nothing dropped.
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -171,6 +172,7 @@ async fn smtp_hangs_emit_returns_at_once_and_outbox_survives_restart() {
     }
     assert_eq!(tokio::time::Instant::now(), virtual_before, "emit never awaits anything");
     assert!(real_before.elapsed() < Duration::from_millis(500), "emit took {:?}", real_before.elapsed());
+    alerts.flushed().await;
     assert_eq!(queue_files(d.path()), 5);
 
     // The hard deadline ends the hung send; it is retried later, still hung.
@@ -183,10 +185,11 @@ async fn smtp_hangs_emit_returns_at_once_and_outbox_survives_restart() {
     assert!(before.elapsed() <= Duration::from_secs(4), "drain is bounded by its grace");
     assert_eq!(queue_files(d.path()), 5);
 
-    // Next start, server fine: everything from the previous run goes out, in order.
+    // Next start, server fine: everything from the previous run goes out, in order, once the
+    // backoff the previous run built up (at most retry_max) has passed.
     let up = FakeMailer::new(Mode::Up);
     let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
-    wait_for("replay", Duration::from_secs(10), || up.delivered().len() == 5).await;
+    wait_for("replay", Duration::from_secs(31), || up.delivered().len() == 5).await;
     let subjects = up.subjects();
     assert_eq!(subjects[0], "[nfs-guard] web01 web: first");
     assert_eq!(subjects[4], "[nfs-guard] web01 web: during hang 4");
@@ -328,7 +331,7 @@ async fn a_recipient_refused_for_now_is_retried_alone_then_given_up() {
     let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "one"));
     alerts.sink.emit(event(KINDS[1], "two"));
-    wait_for("both alerts done", Duration::from_secs(60 * 60), || queue_files(d.path()) == 0).await;
+    wait_for("both alerts done", Duration::from_secs(60 * 60), || alerts.pending() == 0).await;
     let delivered = mailer.delivered();
     assert_eq!(delivered[0].0, ["a@example.com"], "the accepting recipient got it at the first attempt");
     assert_eq!(delivered[1].0, ["a@example.com"]);
@@ -354,4 +357,94 @@ async fn an_outbox_write_failure_still_delivers_from_memory() {
     wait_for("delivery", Duration::from_secs(60), || mailer.delivered().len() == 1).await;
     assert_eq!(alerts.pending(), 0);
     alerts.drain(Duration::from_secs(3)).await;
+}
+
+/// Damaged files in the outbox (torn by a crash, planted, wrong names) are moved aside, and the
+/// operator gets one alert naming them; the next start, with nothing new damaged, raises none.
+#[tokio::test(start_paused = true)]
+async fn damaged_outbox_entries_are_moved_aside_and_reported_by_one_alert() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "");
+    let down = FakeMailer::new(Mode::Down);
+    let alerts = Alerts::start_with_mailer(&cfg, down.clone()).unwrap();
+    alerts.sink.emit(event(KINDS[0], "lost to a torn write"));
+    alerts.drain(Duration::from_secs(3)).await;
+    let queue = d.path().join("outbox/queue");
+    std::fs::write(queue.join("00000000000000000001.json"), b"{ torn").unwrap();
+    std::fs::write(queue.join("notes\n.txt"), b"planted").unwrap();
+
+    let up = FakeMailer::new(Mode::Up);
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    wait_for("the damage alert", Duration::from_secs(10), || up.delivered().len() == 1).await;
+    let (_, subject, body) = up.delivered().pop().unwrap();
+    assert_eq!(subject, "[nfs-guard] web01 alert: 2 damaged files in the alert outbox moved aside");
+    assert!(body.contains("00000000000000000001.json: "), "{body}");
+    assert!(body.contains("notes\\n.txt"), "the odd name is shown escaped: {body}");
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(queue_files(d.path()), 0);
+
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    alerts.drain(Duration::from_secs(3)).await;
+    assert_eq!(up.delivered().len(), 1, "no further alert: the damage was reported once");
+}
+
+/// `web --once` under a systemd timer is one process per check. While the mail server is dead,
+/// each run must honour the backoff the previous runs built up (persisted in the outbox) and not
+/// wait at all: a run neither forces a send attempt nor spends its drain grace on a dead server.
+#[tokio::test(start_paused = true)]
+async fn once_runs_honour_the_persisted_backoff_and_do_not_wait_for_a_dead_server() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "");
+    let hung = FakeMailer::new(Mode::Hang);
+    let once = |mailer: &FakeMailer, i: usize| {
+        let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+        alerts.sink.emit(event(KINDS[i], &format!("run {i}")));
+        alerts
+    };
+
+    // Run 0: the send hangs; the run waits at most its grace, and the failure is remembered.
+    let before = tokio::time::Instant::now();
+    once(&hung, 0).drain(Duration::from_secs(5)).await;
+    assert!(before.elapsed() <= Duration::from_secs(5));
+    assert_eq!(hung.attempts(), 1);
+    assert!(d.path().join("outbox/backoff.json").exists(), "the backoff is kept for the next run");
+
+    // The next runs, within the backoff: no attempt, no waiting, every alert kept.
+    for i in 1..3 {
+        let before = tokio::time::Instant::now();
+        once(&hung, i).drain(Duration::from_secs(5)).await;
+        assert_eq!(before.elapsed(), Duration::ZERO, "run {i} does not wait for the dead server");
+        assert_eq!(hung.attempts(), 1, "run {i} honours the backoff");
+    }
+    assert_eq!(queue_files(d.path()), 3);
+
+    // The server is back; a run after the backoff has passed mails everything, in order.
+    let up = FakeMailer::new(Mode::Up);
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    wait_for("all 3 delivered", Duration::from_secs(30), || up.delivered().len() == 3).await;
+    assert_eq!(up.subjects(), ["run 0", "run 1", "run 2"].map(|t| format!("[nfs-guard] web01 web: {t}")));
+    alerts.drain(Duration::from_secs(5)).await;
+    assert!(!d.path().join("outbox/backoff.json").exists(), "a delivery ends the backoff");
+}
+
+/// A damaged or absurd backoff file (a clock set back, a planted file) cannot stop alerts for
+/// longer than `retry_max`.
+#[tokio::test(start_paused = true)]
+async fn a_persisted_backoff_is_capped_at_retry_max() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = config(d.path(), &["ops@example.com"], "");
+    let up = FakeMailer::new(Mode::Up);
+    std::fs::create_dir_all(d.path().join("outbox")).unwrap();
+    std::fs::write(
+        d.path().join("outbox/backoff.json"),
+        br#"{"failures": 4294967295, "next_attempt": {"secs_since_epoch": 9999999999, "nanos_since_epoch": 0}}"#,
+    )
+    .unwrap();
+    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    alerts.sink.emit(event(KINDS[0], "held back at most 30s"));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(up.delivered().is_empty(), "the backoff is honoured");
+    wait_for("delivery within retry_max", Duration::from_secs(11), || up.delivered().len() == 1).await;
+    alerts.drain(Duration::from_secs(5)).await;
 }

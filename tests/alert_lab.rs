@@ -25,9 +25,9 @@ use nfs_guard::config::Config;
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
 /// Set (to a config path) when this executable runs as the driver inside the lab.
 const DRIVER_ENV: &str = "NFS_GUARD_ALERT_LAB_DRIVER";
-/// `emit` must return at once even when SMTP is dead or stalled: it writes one small fsync'd file
-/// (about 2 ms here), while waiting on the stalled server would take its 2 s command timeout. The
-/// margin is for fsync on a busy CI disk.
+/// `emit` must return at once even when SMTP is dead or stalled, or the state disk stuck: it hands
+/// one file write to the outbox's writer, while waiting on the stalled server would take its 2 s
+/// command timeout. The margin is for a busy CI machine.
 const EMIT_BUDGET: Duration = Duration::from_millis(500);
 
 fn p(path: impl AsRef<Path>) -> String {
@@ -441,4 +441,90 @@ fn lab_outbox_delivers_every_alert_once_in_order_through_outage_stall_and_restar
 
 fn d_log_count(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().matches(needle).count()
+}
+
+/// A loop-mounted ext4 that can be frozen (`fsfreeze`: every write on it blocks, like a stuck
+/// disk). Dropping it thaws and unmounts it, also when the test fails.
+struct FreezableDisk {
+    dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+impl FreezableDisk {
+    fn new() -> FreezableDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        run_ok("mkfs.ext4", &["-q".as_ref(), img.as_os_str()]);
+        run_ok("mount", &["-o".as_ref(), "loop".as_ref(), img.as_os_str(), mnt.as_os_str()]);
+        FreezableDisk { dir, mnt }
+    }
+    fn freeze(&self, frozen: bool) {
+        run_ok("fsfreeze", &[if frozen { "-f" } else { "-u" }.as_ref(), self.mnt.as_os_str()]);
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.mnt).status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = &self.dir;
+    }
+}
+
+fn run_ok(program: &str, args: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A stuck state disk never blocks a role that raises an alert (`emit` on the failover path), not
+/// even while the delivery task is busy with the disk too; the alerts reach the disk, in order, once
+/// it is back.
+#[test]
+fn lab_a_frozen_state_disk_never_blocks_emit() {
+    lab::require_root();
+    // The runtime first, so the disk (dropped first) is thawed before the runtime's drop waits for
+    // a worker that might be stuck on it.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let disk = FreezableDisk::new();
+    let state = disk.mnt.join("state");
+    let text = format!(
+        "state_dir = {:?}\n[alert]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = 1\nsecurity = \"none\"\n\
+         from = \"ng@example.com\"\nto = [\"ops@example.com\"]\nhostname = \"web01\"\nretry_max = \"1s\"\n",
+        p(&state)
+    );
+    let config = Config::parse(&disk.mnt.join("t.toml"), &text).unwrap();
+    let alerts = rt.block_on(async { Alerts::start(&config, tokio_util::sync::CancellationToken::new()).unwrap() });
+    let kinds = [AlertKind::FailoverStarted, AlertKind::FailoverCompleted, AlertKind::BothDown];
+    rt.block_on(async { alerts.sink.emit(lab_event(kinds[0], "before the freeze")) });
+
+    disk.freeze(true);
+    let (tx, rx) = mpsc::channel();
+    let sink = alerts.sink.clone();
+    // From a runtime task, as the web controller does; delivery keeps failing (port 1) meanwhile.
+    rt.spawn(async move {
+        for (i, kind) in kinds.into_iter().enumerate().skip(1) {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let t = Instant::now();
+            sink.emit(lab_event(kind, &format!("during the freeze {i}")));
+            tx.send(t.elapsed()).unwrap();
+        }
+    });
+    for i in 1..3 {
+        let took =
+            rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("emit {i} blocked on the frozen disk"));
+        assert!(took < EMIT_BUDGET, "emit {i} took {took:?}");
+    }
+    disk.freeze(false);
+    rt.block_on(alerts.drain(Duration::from_secs(3)));
+    let mut names: Vec<String> = std::fs::read_dir(state.join("outbox/queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["00000000000000000001.json", "00000000000000000002.json", "00000000000000000003.json"]);
+    let last = std::fs::read_to_string(state.join("outbox/queue/00000000000000000003.json")).unwrap();
+    assert!(last.contains("during the freeze 2"), "{last}");
 }

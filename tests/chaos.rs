@@ -189,7 +189,9 @@ impl Farm {
         wait_idle(&state, &storage, Duration::from_secs(30));
         let mut web = Web { config: web_config(&lab, work), log: work.join("web.log"), child: None };
         web.start(&lab);
-        wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.status()["active"] == "primary");
+        wait("the web node to serve the primary", Duration::from_secs(30), &web, || {
+            web.status()["active"] == "primary"
+        });
         Farm { lab, state, cfg, storage_log, storage, web }
     }
 

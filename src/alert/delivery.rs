@@ -1,11 +1,13 @@
 //! The outbox sink roles emit into, and the one delivery task that mails the outbox in order.
 //!
 //! ```text
-//!  roles ──emit()──▶ OutboxSink ──(flood policy, fsync'd file)──▶ outbox ◀──head/remove── delivery task ──▶ Mailer (SMTP)
+//!  roles ──emit()──▶ OutboxSink ──(flood policy)──▶ outbox ◀──head/remove── delivery task ──▶ Mailer (SMTP)
+//!                                                    └──file ops, in order──▶ writer (blocking pool, fsync)
 //!                         └──────────── wake (Notify) ───────────────────────────────────▶┘
 //! ```
 //!
-//! `emit` only decides (pure policy) and writes one small file; it never waits for the network.
+//! `emit` only decides (pure policy) and hands one file write to the outbox's ordered writer; it
+//! never waits for the network nor the disk.
 //! The delivery task is the only thing that talks to SMTP: it sends the oldest message, each send
 //! under a hard deadline, and while the server is down retries with exponential backoff and
 //! jitter. The shared state is behind a mutex that is never held across an await.
@@ -21,7 +23,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::event::{AlertEvent, AlertSink};
-use super::outbox::{Outbox, Queued};
+use super::outbox::{Outbox, Queued, RetryState};
 use super::policy::{Admit, FloodPolicy};
 use super::render::{render, RenderContext};
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SendError, Stage};
@@ -53,9 +55,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Saves the flood-control state for the next process; failing only weakens flood control.
     fn save_flood(&self) {
-        if let Err(e) = self.outbox.save_flood(&self.policy.snapshot()) {
-            tracing::warn!("flood-control state not saved: {}", crate::error::render_chain(&e));
-        }
+        self.outbox.save_flood(&self.policy.snapshot());
     }
 }
 
@@ -92,7 +92,8 @@ pub(crate) fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub(crate) struct Control {
     /// Something was queued or folded, or drain began.
     pub(crate) wake: Notify,
-    /// Shutting down: try what is queued once, then stop. Open digests are not sent early: their
+    /// Shutting down: unless the backoff is in force, send up to the newest message this process
+    /// queued, stopping at the first failure; then stop. Open digests are not sent early: their
     /// alerts stay folded on disk and the next process mails the digest when the period ends.
     pub(crate) draining: AtomicBool,
     /// Stop now (grace is over); an in-flight send is abandoned, its file stays.
@@ -119,12 +120,12 @@ impl AlertSink for OutboxSink {
                 tracing::info!(kind, reason = %event.reason, "alert not mailed ({kind} is in [alert] disabled): {title}");
             }
             Admit::Send => {
-                let (seq, written) = s.outbox.enqueue(vec![event]);
-                log_queued(seq, kind, &title, "queued", written.err());
+                let seq = s.outbox.enqueue(vec![event]);
+                tracing::info!(seq, kind, "alert queued: {title}");
             }
             Admit::Fold => {
-                let (seq, written) = s.outbox.fold(event);
-                log_queued(seq, kind, &title, "folded into the next digest (flood control)", written.err());
+                let seq = s.outbox.fold(event);
+                tracing::info!(seq, kind, "alert folded into the next digest (flood control): {title}");
             }
         }
         if changed {
@@ -132,18 +133,6 @@ impl AlertSink for OutboxSink {
         }
         drop(s);
         self.control.wake.notify_one();
-    }
-}
-
-fn log_queued(seq: u64, kind: &str, title: &str, what: &str, err: Option<super::outbox::OutboxError>) {
-    match err {
-        None => tracing::info!(seq, kind, "alert {what}: {title}"),
-        Some(e) => tracing::error!(
-            seq,
-            kind,
-            "alert {what} in memory only, it would be lost if the process died before it is mailed ({}): {title}",
-            crate::error::render_chain(&e)
-        ),
     }
 }
 
@@ -158,66 +147,76 @@ enum Outcome {
 }
 
 /// The delivery task: runs until drained or stopped.
+///
+/// Draining (the role returned) never forces an attempt: with the backoff in force it stops at
+/// once, and otherwise it sends the queue up to the newest message this process queued (older ones
+/// go first, to keep the order), stopping at the first failure. So a `--once` run waits for a dead
+/// mail server at most once per backoff period, not on every run.
 pub(crate) async fn run<M: Mailer>(
     shared: Arc<Mutex<Shared>>,
     control: Arc<Control>,
     mailer: M,
     cfg: DeliverySettings,
 ) {
-    let mut backoff = Backoff::new(RETRY_MIN, cfg.retry_max.max(RETRY_MIN));
-    let mut retry_at: Option<Instant> = None;
-    let mut drain_started = false;
+    let mut retry = Retry::restore(&shared, &cfg);
     loop {
         let draining = control.draining.load(Ordering::SeqCst);
-        if draining && !drain_started {
-            // One last attempt now, whatever the backoff said.
-            drain_started = true;
-            retry_at = None;
-        }
         let now = Instant::now();
         let head = {
             let mut s = lock(&shared);
             let wall = s.clock.now();
             let kinds = s.policy.due(wall);
             for kind in &kinds {
-                if let Some((seq, written)) = s.outbox.seal_digest(*kind) {
-                    log_queued(seq, kind.name(), "digest of folded alerts", "queued", written.err());
+                if let Some(seq) = s.outbox.seal_digest(*kind) {
+                    tracing::info!(seq, kind = kind.name(), "alert queued: digest of folded alerts");
                 }
             }
             if !kinds.is_empty() {
                 s.save_flood();
             }
-            if retry_at.is_none_or(|t| now >= t) {
-                s.outbox.head().cloned()
+            let head = s.outbox.head().cloned().filter(|_| retry.due(now));
+            if draining {
+                let newest = s.outbox.newest_queued_here();
+                if !retry.due(now) && !s.outbox.is_empty() {
+                    tracing::info!(
+                        waiting = s.outbox.len(),
+                        "mail server backoff in force: queued alerts wait for a later attempt"
+                    );
+                }
+                head.filter(|q| newest.is_some_and(|n| q.seq <= n))
             } else {
-                None
+                head
             }
         };
         if let Some(q) = head {
             match attempt(&shared, &control, &mailer, &cfg, q).await {
                 Outcome::Finished => {
-                    backoff.reset();
-                    retry_at = None;
+                    retry.succeeded(&shared);
                     continue;
                 }
-                Outcome::Retry if draining => break,
                 Outcome::Retry => {
-                    let delay = backoff.next();
+                    let delay = retry.failed(&shared);
                     let shown = Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                     let waiting = lock(&shared).outbox.len();
                     tracing::info!(waiting, "next alert delivery attempt in {}", humantime::format_duration(shown));
-                    retry_at = Some(Instant::now() + delay);
+                    if draining {
+                        break;
+                    }
                 }
-                Outcome::Stopped => break,
+                Outcome::Stopped => {
+                    // The grace ended mid-send: as good as a failure for the next run's backoff.
+                    retry.failed(&shared);
+                    break;
+                }
             }
-        } else if draining && retry_at.is_none() {
+        } else if draining {
             break;
         }
         let next_digest = {
             let s = lock(&shared);
             s.policy.next_due().map(|d| s.clock.instant(d))
         };
-        let wake_at = match (retry_at, next_digest) {
+        let wake_at = match (retry.at, next_digest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -225,6 +224,56 @@ pub(crate) async fn run<M: Mailer>(
             () = control.wake.notified() => {}
             () = sleep_opt(wake_at) => {}
             () = control.stop.cancelled() => break,
+        }
+    }
+}
+
+/// The backoff while the mail server fails: failures in a row and the next attempt's time, kept
+/// in the outbox (`backoff.json`) so the next process honours it.
+struct Retry {
+    backoff: Backoff,
+    failures: u32,
+    /// No attempt before this; `None`: any time.
+    at: Option<Instant>,
+}
+
+impl Retry {
+    /// Resumes the previous process's backoff. Its next attempt is capped at `retry_max` from now,
+    /// so a clock set back or a damaged file cannot hold alerts back longer than that.
+    fn restore(shared: &Mutex<Shared>, cfg: &DeliverySettings) -> Retry {
+        let max = cfg.retry_max.max(RETRY_MIN);
+        let s = lock(shared);
+        let (failures, at) = match s.outbox.load_retry() {
+            Some(r) => {
+                let wall = r.next_attempt.min(s.clock.now() + max);
+                (r.failures, Some(s.clock.instant(wall)))
+            }
+            None => (0, None),
+        };
+        Retry { backoff: Backoff::new(RETRY_MIN, max), failures, at }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.at.is_none_or(|t| now >= t)
+    }
+
+    /// Counts a failed attempt, saves the backoff, and returns the delay until the next attempt.
+    fn failed(&mut self, shared: &Mutex<Shared>) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.backoff.delay(self.failures);
+        self.at = Some(Instant::now() + delay);
+        let s = lock(shared);
+        let state = RetryState { failures: self.failures, next_attempt: s.clock.now() + delay };
+        s.outbox.save_retry(Some(&state));
+        delay
+    }
+
+    /// A message went out (or was dead-lettered): the server answers, the backoff ends.
+    fn succeeded(&mut self, shared: &Mutex<Shared>) {
+        let was = std::mem::replace(&mut self.failures, 0);
+        self.at = None;
+        if was > 0 {
+            lock(shared).outbox.save_retry(None);
         }
     }
 }
@@ -298,9 +347,7 @@ async fn attempt<M: Mailer>(
             let pending =
                 mail.rcpt.iter().any(|a| !q.sent_to.contains(&a.to_string()) && !q.refused.contains(&a.to_string()));
             if pending {
-                if let Err(e) = lock(shared).outbox.update(q) {
-                    tracing::error!("{}", crate::error::render_chain(&e));
-                }
+                lock(shared).outbox.update(q);
                 Outcome::Retry
             } else {
                 finish(shared, &q)
@@ -335,20 +382,12 @@ fn finish(shared: &Mutex<Shared>, q: &Queued) -> Outcome {
         tracing::error!(seq = q.seq, refused = ?q.refused, "no recipient accepted the alert; moving it to the dead letters");
         return dead_letter(shared, q.seq);
     }
-    if let Err(e) = lock(shared).outbox.remove(q.seq) {
-        tracing::error!(
-            "delivered alert could not be removed, it may be sent again: {}",
-            crate::error::render_chain(&e)
-        );
-    }
+    lock(shared).outbox.remove(q.seq);
     Outcome::Finished
 }
 
 fn dead_letter(shared: &Mutex<Shared>, seq: u64) -> Outcome {
-    match lock(shared).outbox.dead_letter(seq) {
-        Ok(path) => tracing::error!(seq, path = %path.display(), "alert kept as a dead letter"),
-        Err(e) => tracing::error!(seq, "{}", crate::error::render_chain(&e)),
-    }
+    lock(shared).outbox.dead_letter(seq);
     Outcome::Finished
 }
 
@@ -364,22 +403,18 @@ fn render_context(hostname: &str, at: std::time::SystemTime) -> RenderContext {
 struct Backoff {
     min: Duration,
     max: Duration,
-    next: Duration,
 }
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, next: min }
+        Backoff { min, max }
     }
 
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
+    /// The delay after `failures` failed attempts in a row: `min`, doubling up to `max`.
+    fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        let base = self.min.saturating_mul(1 << doublings).min(self.max);
         base.mul_f64(0.8 + fastrand::f64() * 0.4)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
     }
 }
 
@@ -390,12 +425,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let got: Vec<f64> = (0..6).map(|_| b.next().as_secs_f64()).collect();
-        for (g, want) in got.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let got: Vec<f64> = [0, 1, 2, 3, 4, 5, 6, 40, u32::MAX].map(|n| b.delay(n).as_secs_f64()).to_vec();
+        for (g, want) in got.iter().zip([1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]) {
             assert!((want * 0.8..=want * 1.2).contains(g), "{got:?}");
         }
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(1200));
     }
 }

@@ -13,6 +13,8 @@ pub enum Role {
     Web,
     Storage,
     Test,
+    /// The alert pipeline itself (e.g. damaged outbox files), whichever role runs it.
+    Alert,
 }
 
 impl Role {
@@ -22,6 +24,7 @@ impl Role {
             Role::Web => "web",
             Role::Storage => "storage",
             Role::Test => "test",
+            Role::Alert => "alert",
         }
     }
 }
@@ -51,12 +54,15 @@ pub enum AlertKind {
     RemoteRecovered,
     OverflowRescan,
     JournalGrowing,
+    // the alert pipeline
+    /// Files in the outbox were damaged (unreadable, wrong name) and moved aside.
+    OutboxDamaged,
     // alert-test
     Test,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 17] = [
+    pub const ALL: [AlertKind; 18] = [
         AlertKind::FailoverStarted,
         AlertKind::FailoverCompleted,
         AlertKind::BothDown,
@@ -73,6 +79,7 @@ impl AlertKind {
         AlertKind::RemoteRecovered,
         AlertKind::OverflowRescan,
         AlertKind::JournalGrowing,
+        AlertKind::OutboxDamaged,
         AlertKind::Test,
     ];
 
@@ -95,6 +102,7 @@ impl AlertKind {
             AlertKind::RemoteRecovered => "remote-recovered",
             AlertKind::OverflowRescan => "overflow-rescan",
             AlertKind::JournalGrowing => "journal-growing",
+            AlertKind::OutboxDamaged => "outbox-damaged",
             AlertKind::Test => "test",
         }
     }

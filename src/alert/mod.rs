@@ -3,11 +3,12 @@
 //! - [`event`]: the contract roles code against (`AlertEvent`, `AlertSink`).
 //! - [`render`] (pure): subject and phone-readable body.
 //! - [`policy`] (pure): disabled kinds, flood control (repeats folded into digests).
-//! - [`outbox`]: sequence-numbered files under `state_dir/outbox/`, fsync'd before `emit` returns.
+//! - [`outbox`]: sequence-numbered files under `state_dir/outbox/`.
+//! - [`writer`]: applies the outbox's file operations in order, off the callers (fsync included).
 //! - [`delivery`]: the sink and the single delivery task that mails the outbox in order.
 //! - `sys::smtp`: the SMTP client behind the `Mailer` trait.
 //!
-//! Roles never wait on SMTP: `emit` writes a file and returns; only the delivery task talks to the
+//! Roles never wait on SMTP nor on the disk: `emit` queues a file write and returns; only the delivery task talks to the
 //! mail server, each send under a hard deadline. `alert-test` bypasses the queue and reports
 //! exactly which step failed.
 
@@ -16,6 +17,7 @@ pub mod event;
 pub mod outbox;
 pub mod policy;
 pub mod render;
+pub mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -83,6 +85,7 @@ impl Alerts {
         if !outbox.is_empty() {
             tracing::info!(waiting = outbox.len(), dir = %outbox.dir().display(), "alerts from a previous run are waiting in the outbox");
         }
+        let damaged = damage_alert(outbox.quarantined(), outbox.dir());
         let shared = Arc::new(Mutex::new(Shared { outbox, policy, clock }));
         let control = Arc::new(Control::default());
         let settings = DeliverySettings {
@@ -94,7 +97,21 @@ impl Alerts {
         };
         let handle = tokio::spawn(delivery::run(shared.clone(), control.clone(), mailer, settings));
         let sink = Arc::new(OutboxSink { shared: shared.clone(), control: control.clone() });
+        // Through the sink, so flood control and `disabled` apply: a file that cannot even be moved
+        // aside is met again by every `--once` run, but mailed at most once per flood period.
+        // Raising it cannot itself quarantine anything, so it cannot loop.
+        if let Some(event) = damaged {
+            sink.emit(event);
+        }
         Ok(Alerts { sink, delivery: Some(Delivery { shared, control, handle }) })
+    }
+
+    /// Waits until every outbox file operation so far is on disk (or failed, logged).
+    pub async fn flushed(&self) {
+        if let Some(d) = &self.delivery {
+            let writer = delivery::lock(&d.shared).outbox.writer();
+            writer.flushed().await;
+        }
     }
 
     /// Messages queued and not yet accepted by the SMTP server (0 without delivery).
@@ -102,8 +119,10 @@ impl Alerts {
         self.delivery.as_ref().map_or(0, |d| delivery::lock(&d.shared).outbox.len())
     }
 
-    /// Sends queued alerts, giving delivery up to `grace`; then stops it. What is left (and alerts
-    /// folded for a digest not yet due) stays in the outbox for the next run.
+    /// Ends delivery: sends what this process queued (and what is ahead of it), giving up to
+    /// `grace`, and returns at once when the mail server's backoff (kept across processes) is in
+    /// force or there is nothing of this process's to send. What is left (and alerts folded for a
+    /// digest not yet due) stays in the outbox for the next run.
     pub async fn drain(self, grace: Duration) {
         let Some(mut d) = self.delivery else { return };
         d.control.draining.store(true, Ordering::SeqCst);
@@ -111,6 +130,14 @@ impl Alerts {
         if tokio::time::timeout(grace, &mut d.handle).await.is_err() {
             d.control.stop.cancel();
             let _ = d.handle.await;
+        }
+        // Everything decided must reach the disk before the process ends.
+        let writer = delivery::lock(&d.shared).outbox.writer();
+        if tokio::time::timeout(grace, writer.flushed()).await.is_err() {
+            tracing::error!(
+                unwritten = writer.pending(),
+                "the state disk did not finish the alert outbox's writes; alerts not yet mailed may be lost"
+            );
         }
         let s = delivery::lock(&d.shared);
         let left = s.outbox.len() + s.outbox.folded();
@@ -122,6 +149,50 @@ impl Alerts {
             );
         }
     }
+}
+
+/// Most damaged files listed in one alert (the log has every one).
+const DAMAGE_LISTED: usize = 20;
+
+/// The alert telling the operator what [`outbox::Outbox::open`] moved aside, if anything.
+fn damage_alert(quarantined: &[outbox::Quarantined], dir: &std::path::Path) -> Option<AlertEvent> {
+    let n = quarantined.len();
+    if n == 0 {
+        return None;
+    }
+    let mut lines: Vec<String> = quarantined
+        .iter()
+        .take(DAMAGE_LISTED)
+        .map(|q| match &q.to {
+            Some(to) => format!("- {}: {} (now {})", shown(&q.from), q.why, shown(to)),
+            None => format!("- {}: {} (could not be moved aside)", shown(&q.from), q.why),
+        })
+        .collect();
+    if n > DAMAGE_LISTED {
+        lines.push(format!("- and {} more (see the log)", n - DAMAGE_LISTED));
+    }
+    let files = if n == 1 { "file" } else { "files" };
+    let event = AlertEvent::new(
+        AlertKind::OutboxDamaged,
+        Role::Alert,
+        format!("{n} damaged {files} in the alert outbox moved aside"),
+        lines.join("\n"),
+    )
+    .detail("outbox", shown(dir))
+    .next_steps(format!(
+        "An alert in these files may never have been mailed: read them in {}.\n\
+         Then look for the cause: a crash during a write, a full or failing disk (dmesg), or \
+         something else writing into the outbox.",
+        shown(&dir.join("dead"))
+    ));
+    Some(event)
+}
+
+/// A path for a message: odd bytes (newline, invalid UTF-8) escaped, without quotes.
+#[allow(clippy::unnecessary_debug_formatting)] // Debug's escaping is the point
+fn shown(path: &std::path::Path) -> String {
+    let debug = format!("{:?}", path.as_os_str());
+    debug.strip_prefix('"').and_then(|d| d.strip_suffix('"')).map_or_else(|| debug.clone(), str::to_owned)
 }
 
 /// The name shown in subjects: `[alert] hostname`, else the system host name.

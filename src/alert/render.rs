@@ -145,6 +145,7 @@ mod tests {
         let role = match kind {
             K::RemoteUnreachable | K::RemoteRecovered | K::OverflowRescan | K::JournalGrowing => Role::Storage,
             K::Test => Role::Test,
+            K::OutboxDamaged => Role::Alert,
             _ => Role::Web,
         };
         let (title, reason) = match kind {
@@ -179,6 +180,10 @@ mod tests {
             K::RemoteRecovered => ("remote backup (10.0.0.3) reachable again", "journal flushed"),
             K::OverflowRescan => ("event queue overflow: full rescan of /srv/nfs", "inotify queue overflowed"),
             K::JournalGrowing => ("pending journal holds 12000 paths", "remote backup unreachable"),
+            K::OutboxDamaged => (
+                "1 damaged file in the alert outbox moved aside",
+                "- /var/lib/nfs-guard/outbox/queue/00000000000000000007.json: is a FIFO, not a regular file",
+            ),
             K::Test => ("test message", "nfs-guard alert-test"),
         };
         AlertEvent::new(kind, role, title, reason)

@@ -525,7 +525,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let fut = self.mounter.staged_switch(to, keep_old);
                 let mounter = self.mounter.clone();
                 // A failback switch runs the final catch-up (writes frozen) inside it.
-                let limit = if to == Server::Primary && keep_old { mount_limit * 2 + sync_limit } else { mount_limit * 2 };
+                let limit =
+                    if to == Server::Primary && keep_old { mount_limit * 2 + sync_limit } else { mount_limit * 2 };
                 self.spawn_effect(
                     limit,
                     async move {
