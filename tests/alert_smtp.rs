@@ -222,6 +222,8 @@ async fn refused_connection_and_missing_starttls_are_named() {
 
 fn alert_test(port: u16, to: &str) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
+    // private, as a state directory should be (else check-config warns on stderr)
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let cfg = dir.path().join("n.toml");
     std::fs::write(
         &cfg,

@@ -308,8 +308,21 @@ fn validate_trees(raw: &[Spanned<RawTree>], storage: &Range<usize>, ctx: &mut Ct
             None => Some(String::new()),
             Some(d) => {
                 let s = d.get_ref().trim_matches('/');
-                if s.split('/').any(|c| c == ".." || c == ".") {
-                    ctx.bad(&format!("{key}.dest"), d, "must be a relative directory without '.' or '..'");
+                // It goes into the rsync URL: plain names only (no spaces, '#', '::', leading '-').
+                let component_ok = |c: &str| {
+                    c != "."
+                        && c != ".."
+                        && !c.is_empty()
+                        && !c.starts_with('-')
+                        && c.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+                };
+                if !s.is_empty() && !s.split('/').all(component_ok) {
+                    ctx.bad(
+                        &format!("{key}.dest"),
+                        d,
+                        "must be a relative directory of names made of letters, digits, '.', '_' and '-' \
+                         (no '.' or '..' component, none starting with '-')",
+                    );
                     None
                 } else {
                     Some(s.to_owned())
@@ -501,6 +514,18 @@ module = "data"
         assert!(e.contains("storage.rsync_args[1]: \"--delete\" is not an option rsync_args allows"), "{e}");
         let e = err(&with("exclude = [\"cache/\"]"));
         assert!(e.contains("storage.exclude[0]: \"cache/\""), "{e}");
+    }
+
+    #[test]
+    fn tree_dest_is_plain_names_only() {
+        for bad in ["a b", "x#y", "a::b", "-x", "a/../b", "./a", "a/-b", "a@b"] {
+            let e = err(&OK.replacen("path = \"/srv/nfs\"\n", &format!("path = \"/srv/nfs\"\ndest = \"{bad}\"\n"), 1));
+            assert!(e.contains("storage.trees[0].dest"), "{bad:?}: {e}");
+        }
+        for good in ["uploads", "site/static", "a.b_c-d/", ""] {
+            let t = OK.replacen("path = \"/srv/nfs\"\n", &format!("path = \"/srv/nfs\"\ndest = \"{good}\"\n"), 1);
+            assert!(Config::parse(Path::new("s.toml"), &t).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -367,7 +367,7 @@ impl WebConfig {
         }
         let restart_timeout =
             opt_duration_in(ctx, "web.restart_timeout", raw.restart_timeout.as_ref(), secs(30), &(ms(100)..=hours(1)));
-        let rsync = raw.rsync.as_ref().map_or_else(|| PathBuf::from("rsync"), |r| PathBuf::from(r.get_ref()));
+        let rsync = raw.rsync.as_ref().map_or_else(|| Some(PathBuf::from("rsync")), |r| ctx.abs_path("web.rsync", r));
         let checks = checks(ctx, raw.checks.as_ref());
         let primary = required_server(ctx, "web.primary", raw.primary.as_ref(), &span);
         let backup = required_server(ctx, "web.backup", raw.backup.as_ref(), &span);
@@ -409,7 +409,7 @@ impl WebConfig {
                 return None;
             },
             restart_timeout: restart_timeout?,
-            rsync,
+            rsync: rsync?,
             checks: checks?,
             primary: primary?,
             backup: backup?,
@@ -475,6 +475,14 @@ mod tests {
         let e = err(&format!("{MIN}[web.checks]\nnfs_version = 2\ncanary = \"../x\"\n"));
         assert!(e.contains("web.checks.nfs_version: 2 must be 3 or 4"), "{e}");
         assert!(e.contains("web.checks.canary: \"../x\" must be a relative path"), "{e}");
+    }
+
+    #[test]
+    fn rsync_binary_must_be_absolute() {
+        for v in ["", "rsync", "bin/rsync"] {
+            let e = err(&MIN.replacen("[web]\n", &format!("[web]\nrsync = \"{v}\"\n"), 1));
+            assert!(e.contains("web.rsync") && e.contains("must be an absolute path"), "{v:?}: {e}");
+        }
     }
 
     #[test]

@@ -123,6 +123,8 @@ struct Replicator {
     last_journal_alert: Vec<Option<Instant>>,
     /// Per tree: is a reverse sync writing into it (failback guard)?
     guards: Guards,
+    /// Pinged by the loop itself after each turn: a wedged loop stops pinging and systemd restarts it.
+    watchdog: systemd::Watchdog,
 }
 
 impl Replicator {
@@ -205,7 +207,6 @@ impl Replicator {
             );
         }
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
-        systemd::spawn_watchdog(shutdown.clone());
         let n = cfg.remotes.len();
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
         Ok(Replicator {
@@ -228,6 +229,7 @@ impl Replicator {
             overflows_suppressed: 0,
             last_journal_alert: vec![None; n],
             guards,
+            watchdog: systemd::Watchdog::from_env(),
         })
     }
 
@@ -264,6 +266,8 @@ impl Replicator {
                     }
                 }
                 () = sleep_until(due) => {}
+                // wake at least once per watchdog period, whatever else the loop waits for
+                () = sleep_until(self.watchdog.period().map(|p| Instant::now() + p)) => {}
                 () = sleep_until(self.guards.next_expiry()) => {
                     for tree in self.guards.expire(Instant::now()) {
                         self.full_sync_all(u32::try_from(tree).ok());
@@ -275,6 +279,7 @@ impl Replicator {
                     periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
                 }
             }
+            self.watchdog.ping();
             while let Some(b) = batcher.take_due(Instant::now()) {
                 self.fan_out(&b);
                 if batcher.due().is_none_or(|d| d > Instant::now()) {

@@ -290,6 +290,8 @@ mod tests {
                 "-a",
                 "-H",
                 "--stats",
+                "--exclude=/.nfs-guard-failback",
+                "--exclude=/..nfs-guard-failback.*",
                 "--timeout=30",
                 "--contimeout=5",
                 "--password-file=/etc/nfs-guard/rsync.pass",

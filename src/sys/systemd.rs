@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio_util::sync::CancellationToken;
 
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(status)]);
@@ -59,26 +58,6 @@ impl Watchdog {
             (self.ping)();
         }
     }
-}
-
-/// Pings the watchdog at half the interval systemd asked for, until `shutdown`, from a task of its
-/// own: it proves only that the RUNTIME is alive; a wedged loop beside it keeps being pinged. Prefer
-/// [`Watchdog`] from the loop that does the work (the web controller does).
-pub fn spawn_watchdog(shutdown: CancellationToken) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let period = Duration::from_micros(usec / 2);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => { let _ = sd_notify::notify(false, &[NotifyState::Watchdog]); }
-            }
-        }
-    });
 }
 
 #[cfg(test)]
