@@ -198,3 +198,59 @@ fn writes_during_reverse_sync_pass_1_survive_the_failback() {
     assert!(storage.log_text().contains("failback guard on"), "{}", storage.log_text());
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
+
+/// The final catch-up runs with writes to the backup frozen; when it fails, the backup mount is
+/// writable again at once, the node keeps serving the backup, and the next attempt fails back with
+/// everything written meanwhile.
+#[test]
+fn a_failed_final_catch_up_leaves_the_backup_mount_writable() {
+    let lab = Lab::up("frz");
+    let src = lab.data_dir(Host::Primary);
+    let work = tempfile::Builder::new().prefix("nfsguard-freeze").tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    // The second `--update` pass (the final catch-up, writes frozen) fails once.
+    let count = w.join("update-passes");
+    let before = format!(
+        "case \" $* \" in *\" --update \"*) n=$(cat '{c}' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{c}'; \
+         [ $n -eq 2 ] && {{ echo 'injected failure' >&2; exit 12; }};; esac",
+        c = count.display()
+    );
+    let web_rsync = w.join("web-rsync");
+    wrapper(&web_rsync, &before, "");
+    let web_cfg = web_config(&lab, w, &web_rsync);
+    let web_log = fs::OpenOptions::new().create(true).append(true).open(w.join("web.log")).unwrap();
+    let mut web = lab
+        .command(Host::Web, BIN)
+        .args(["--config", web_cfg.to_str().unwrap(), "--log-format", "human", "web"])
+        .stdin(Stdio::null())
+        .stdout(web_log.try_clone().unwrap())
+        .stderr(web_log)
+        .spawn()
+        .unwrap();
+    let log = || read(&w.join("web.log"));
+    wait_until("the web node serves the primary", Duration::from_secs(20), || {
+        web_status(&web_cfg)["active"] == "primary"
+    });
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_until("the web node serves the backup", Duration::from_secs(20), || {
+        web_status(&web_cfg)["active"] == "backup"
+    });
+    write_through_mount(&lab, "during-failover", "one");
+    lab.heal(Host::Primary);
+    wait_until("the final catch-up to fail", Duration::from_secs(60), || log().contains("injected failure"));
+    // Writable again (the thaw), still on the backup.
+    wait_until("a write through the backup mount to succeed", Duration::from_secs(10), || {
+        let script = format!("printf two > '{}/after-failed-switch' && sync", Lab::WEB_MOUNT);
+        lab.exec_timeout(Host::Web, &["sh", "-c", &script], Duration::from_secs(10)).is_some_and(|o| o.status.success())
+    });
+    assert!(log().contains("writes frozen for the final catch-up"), "{}", log());
+    wait_until("the failback on the next attempt", Duration::from_secs(60), || {
+        let s = web_status(&web_cfg);
+        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
+    });
+    let _ = web.kill();
+    let _ = web.wait();
+    assert_eq!(read(&src.join("during-failover")), "one", "{}", log());
+    assert_eq!(read(&src.join("after-failed-switch")), "two", "{}", log());
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
