@@ -13,118 +13,23 @@ mod chaos_writer;
 #[path = "common/lab.rs"]
 mod lab;
 mod storage_common;
+#[path = "common/web_node.rs"]
+mod web_node;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_writer::{check, Findings, Writer};
-use lab::{output_with_timeout, Fault, Host, Lab};
+use lab::{Fault, Host, Lab};
 use storage_common::{status_json, wait_idle, write_config, Node, BIN};
+use web_node::WebNode;
 
 const FAULTS: [Fault; 6] = [Fault::Freeze, Fault::Kill, Fault::StopNfs, Fault::Blackhole, Fault::Reject, Fault::Unplug];
 
-fn web_config(lab: &Lab, dir: &Path) -> PathBuf {
-    let config = dir.join("web.toml");
-    let text = format!(
-        r#"state_dir = "{state}"
-[web]
-mount_point = "{mp}"
-fstype = "nfs"
-options = "vers=3,soft,timeo=10"
-interval = "1s"
-fall = 3
-rise = 2
-probe_timeout = "800ms"
-mount_timeout = "10s"
-hold_down = "1s"
-[web.primary]
-address = "{p}"
-export = "{export}"
-[web.backup]
-address = "{b}"
-export = "{export}"
-[web.reverse_sync]
-retry_initial = "1s"
-retry_max = "3s"
-timeout = "120s"
-[web.reverse_sync.target]
-host = "{p}"
-module = "{module}"
-user = "{user}"
-password_file = "{pass}"
-connect_timeout = "2s"
-io_timeout = "10s"
-"#,
-        state = dir.join("web-state").display(),
-        mp = Lab::WEB_MOUNT,
-        p = lab.ip(Host::Primary),
-        b = lab.ip(Host::Backup),
-        export = Lab::EXPORT,
-        module = Lab::RSYNC_MODULE,
-        user = Lab::RSYNC_USER,
-        pass = lab.rsync_password_file().display(),
-    );
-    fs::write(&config, text).unwrap();
-    config
-}
-
-/// `nfs-guard web` in the web host, restartable.
-struct Web {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Web {
-    fn start(&mut self, lab: &Lab) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        self.child = Some(
-            lab.command(Host::Web, BIN)
-                .args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let mut c = Command::new(BIN);
-        c.args(["--config", self.config.to_str().unwrap(), "status", "--json"]);
-        let out = output_with_timeout(&mut c, Duration::from_secs(5)).expect("status did not answer in 5 s");
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(serde_json::Value::Null)
-    }
-
-    fn serving_primary_settled(&self) -> bool {
-        let s = self.status();
-        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
-    }
-
-    fn log_tail(&self) -> String {
-        let t = fs::read_to_string(&self.log).unwrap_or_default();
-        t.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Web {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn wait(what: &str, deadline: Duration, web: &Web, mut cond: impl FnMut() -> bool) {
+fn wait(what: &str, deadline: Duration, web: &WebNode, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
         assert!(
@@ -167,7 +72,7 @@ struct Farm {
     cfg: PathBuf,
     storage_log: PathBuf,
     storage: Node,
-    web: Web,
+    web: WebNode,
 }
 
 impl Farm {
@@ -187,11 +92,9 @@ impl Farm {
         let storage_log = work.join("storage.log");
         let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
         wait_idle(&state, &storage, Duration::from_secs(30));
-        let mut web = Web { config: web_config(&lab, work), log: work.join("web.log"), child: None };
+        let mut web = WebNode::new(&lab, work, "");
         web.start(&lab);
-        wait("the web node to serve the primary", Duration::from_secs(30), &web, || {
-            web.status()["active"] == "primary"
-        });
+        wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.active_is("primary"));
         Farm { lab, state, cfg, storage_log, storage, web }
     }
 
@@ -216,7 +119,7 @@ impl Farm {
             self.restart_web(r);
         }
         let web = &self.web;
-        wait("the failover", Duration::from_secs(30), web, || web.status()["active"] == "backup");
+        wait("the failover", Duration::from_secs(30), web, || web.active_is("backup"));
         r.failovers += 1;
         r.at("serving the backup");
         dwell(rng, 1000, 3000);

@@ -13,15 +13,17 @@
 #[path = "common/lab.rs"]
 mod lab;
 mod storage_common;
+#[path = "common/web_node.rs"]
+mod web_node;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use lab::{output_with_timeout, wait_until, Fault, Host, Lab};
+use lab::{wait_until, Fault, Host, Lab};
 use storage_common::{status_json, wait_idle, write_config, Node, BIN};
+use web_node::WebNode;
 
 /// An rsync wrapper: runs the real rsync; `before` / `after` are shell lines run around it.
 fn wrapper(path: &Path, before: &str, after: &str) {
@@ -33,60 +35,6 @@ fn wrapper(path: &Path, before: &str, after: &str) {
 /// Polls `flag` until it is gone (bounded: a lost test must not leave rsync waiting forever).
 fn hold_while(flag: &Path) -> String {
     format!("n=0; while [ -e '{}' ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done", flag.display())
-}
-
-fn web_config(lab: &Lab, dir: &Path, rsync: &Path) -> PathBuf {
-    let config = dir.join("web.toml");
-    let text = format!(
-        r#"state_dir = "{state}"
-[web]
-mount_point = "{mp}"
-fstype = "nfs"
-options = "vers=3,soft,timeo=10"
-interval = "1s"
-fall = 3
-rise = 2
-probe_timeout = "800ms"
-mount_timeout = "10s"
-hold_down = "1s"
-rsync = "{rsync}"
-[web.primary]
-address = "{p}"
-export = "{export}"
-[web.backup]
-address = "{b}"
-export = "{export}"
-[web.reverse_sync]
-retry_initial = "1s"
-retry_max = "2s"
-timeout = "120s"
-[web.reverse_sync.target]
-host = "{p}"
-module = "{module}"
-user = "{user}"
-password_file = "{pass}"
-connect_timeout = "2s"
-io_timeout = "30s"
-"#,
-        state = dir.join("web-state").display(),
-        mp = Lab::WEB_MOUNT,
-        rsync = rsync.display(),
-        p = lab.ip(Host::Primary),
-        b = lab.ip(Host::Backup),
-        export = Lab::EXPORT,
-        module = Lab::RSYNC_MODULE,
-        user = Lab::RSYNC_USER,
-        pass = lab.rsync_password_file().display(),
-    );
-    fs::write(&config, text).unwrap();
-    config
-}
-
-fn web_status(config: &Path) -> serde_json::Value {
-    let mut c = Command::new(BIN);
-    c.args(["--config", config.to_str().unwrap(), "status", "--json"]);
-    let out = output_with_timeout(&mut c, Duration::from_secs(5)).expect("status did not answer");
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Writes `content` to `name` through the web host's mount (acknowledged: the command's exit code).
@@ -136,26 +84,13 @@ fn writes_during_reverse_sync_pass_1_survive_the_failback() {
         hold_while(&hold_pass1)
     );
     wrapper(&web_rsync, "", &after);
-    let web_cfg = web_config(&lab, w, &web_rsync);
-    let web_log = fs::OpenOptions::new().create(true).append(true).open(w.join("web.log")).unwrap();
-    let mut web = lab
-        .command(Host::Web, BIN)
-        .args(["--config", web_cfg.to_str().unwrap(), "--log-format", "human", "web"])
-        .stdin(Stdio::null())
-        .stdout(web_log.try_clone().unwrap())
-        .stderr(web_log)
-        .spawn()
-        .unwrap();
-    let web_log_text = || read(&w.join("web.log"));
-    wait_until("the web node serves the primary", Duration::from_secs(20), || {
-        web_status(&web_cfg)["active"] == "primary"
-    });
+    let mut web = WebNode::new(&lab, w, &format!("rsync = \"{}\"", web_rsync.display()));
+    web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(20), || web.active_is("primary"));
 
     // Failover (NFS only: the primary's replicator and rsync daemon stay up), then a write on the backup.
     lab.fault(Host::Primary, Fault::StopNfs);
-    wait_until("the web node serves the backup", Duration::from_secs(20), || {
-        web_status(&web_cfg)["active"] == "backup"
-    });
+    wait_until("the web node serves the backup", Duration::from_secs(20), || web.active_is("backup"));
     write_through_mount(&lab, "page.html", "v1");
     assert_eq!(read(&dst.join("page.html")), "v1");
 
@@ -180,17 +115,15 @@ fn writes_during_reverse_sync_pass_1_survive_the_failback() {
     });
     fs::remove_file(&hold_pass1).unwrap();
     wait_until("the web node to serve the primary again, nothing pending", Duration::from_secs(60), || {
-        let s = web_status(&web_cfg);
-        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
+        web.serving_primary_settled()
     });
 
     let (p, b) = (read(&src.join("page.html")), read(&dst.join("page.html")));
-    let _ = web.kill();
-    let _ = web.wait();
+    web.kill9();
     assert!(
         p == "v2" && b == "v2",
         "the acknowledged write v2 was lost: primary has {p:?}, backup has {b:?}\nweb log:\n{}\nstorage log:\n{}",
-        web_log_text(),
+        web.log_text(),
         storage.log_text()
     );
     assert!(!src.join(nfs_guard::failback_guard::MARKER).exists(), "the marker was lowered");
@@ -217,24 +150,12 @@ fn a_failed_final_catch_up_leaves_the_backup_mount_writable() {
     );
     let web_rsync = w.join("web-rsync");
     wrapper(&web_rsync, &before, "");
-    let web_cfg = web_config(&lab, w, &web_rsync);
-    let web_log = fs::OpenOptions::new().create(true).append(true).open(w.join("web.log")).unwrap();
-    let mut web = lab
-        .command(Host::Web, BIN)
-        .args(["--config", web_cfg.to_str().unwrap(), "--log-format", "human", "web"])
-        .stdin(Stdio::null())
-        .stdout(web_log.try_clone().unwrap())
-        .stderr(web_log)
-        .spawn()
-        .unwrap();
-    let log = || read(&w.join("web.log"));
-    wait_until("the web node serves the primary", Duration::from_secs(20), || {
-        web_status(&web_cfg)["active"] == "primary"
-    });
+    let mut web = WebNode::new(&lab, w, &format!("rsync = \"{}\"", web_rsync.display()));
+    web.start(&lab);
+    let log = || web.log_text();
+    wait_until("the web node serves the primary", Duration::from_secs(20), || web.active_is("primary"));
     lab.fault(Host::Primary, Fault::StopNfs);
-    wait_until("the web node serves the backup", Duration::from_secs(20), || {
-        web_status(&web_cfg)["active"] == "backup"
-    });
+    wait_until("the web node serves the backup", Duration::from_secs(20), || web.active_is("backup"));
     write_through_mount(&lab, "during-failover", "one");
     lab.heal(Host::Primary);
     wait_until("the final catch-up to fail", Duration::from_secs(60), || log().contains("injected failure"));
@@ -244,13 +165,9 @@ fn a_failed_final_catch_up_leaves_the_backup_mount_writable() {
         lab.exec_timeout(Host::Web, &["sh", "-c", &script], Duration::from_secs(10)).is_some_and(|o| o.status.success())
     });
     assert!(log().contains("writes frozen for the final catch-up"), "{}", log());
-    wait_until("the failback on the next attempt", Duration::from_secs(60), || {
-        let s = web_status(&web_cfg);
-        s["active"] == "primary" && s["pending_reverse_sync"] == false && s["phase"].to_string().contains("serving")
-    });
-    let _ = web.kill();
-    let _ = web.wait();
+    wait_until("the failback on the next attempt", Duration::from_secs(60), || web.serving_primary_settled());
     assert_eq!(read(&src.join("during-failover")), "one", "{}", log());
     assert_eq!(read(&src.join("after-failed-switch")), "two", "{}", log());
+    web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
