@@ -72,8 +72,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("another nfs-guard storage already runs with state directory {path} (lock held)")]
-    Locked { path: PathBuf },
+    #[error("another nfs-guard storage runs with this state directory")]
+    Locked(#[from] crate::sys::lockfile::LockError),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
@@ -117,7 +117,7 @@ struct Replicator {
     status_task: tokio::task::JoinHandle<()>,
     marker: PathBuf,
     /// Held for the life of the replicator.
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: crate::sys::lockfile::LockFile,
     last_overflow_warn: Option<Instant>,
     overflows_suppressed: u64,
     last_journal_alert: Vec<Option<Instant>>,
@@ -137,11 +137,7 @@ impl Replicator {
         let dir = config.state_dir.join("storage");
         fsutil::ensure_private_dir(&dir).map_err(|source| Error::StateDir { path: dir.clone(), source })?;
         // One replicator per state directory: two would interleave records in the same journals.
-        let lock_path = dir.join("lock");
-        let lock_file =
-            std::fs::File::create(&lock_path).map_err(|source| Error::StateDir { path: lock_path.clone(), source })?;
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| Error::Locked { path: dir.clone() })?;
+        let lock = crate::sys::lockfile::LockFile::acquire(&dir.join("lock"))?;
         let marker = dir.join("running");
         let clean = !marker.exists();
         if !clean {

@@ -52,6 +52,10 @@ impl LockFile {
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(path)
             .map_err(|source| LockError::Open { path: path.to_owned(), source })?;
+        if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(LockError::Open { path: path.to_owned(), source });
+        }
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((_, nix::Error::EWOULDBLOCK)) => {
@@ -111,5 +115,14 @@ mod tests {
         let e = LockFile::acquire(&p).unwrap_err().to_string();
         assert_eq!(e, format!("cannot open lock file {}", p.display()));
         assert!(!d.path().join("elsewhere").exists());
+    }
+
+    #[test]
+    fn a_fifo_at_the_lock_path_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = LockFile::acquire(&p).unwrap_err();
+        assert!(matches!(e, LockError::Open { .. }), "{e}");
     }
 }
