@@ -61,6 +61,8 @@ struct World {
     staged_hangs: bool,
     /// Results of the next reverse syncs (default: success).
     sync_results: Vec<Result<(), String>>,
+    /// Reverse syncs and reconciliations never complete while set (rsync stuck on a dead mount).
+    sync_hangs: bool,
 }
 
 #[derive(Clone, Default)]
@@ -171,16 +173,16 @@ impl Fake {
         call: &str,
         stats: SyncStats,
     ) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
-        let r = {
+        let (r, hangs) = {
             let mut g = self.0.lock().unwrap();
             g.calls.push(call.into());
-            if g.sync_results.is_empty() {
-                Ok(())
-            } else {
-                g.sync_results.remove(0)
-            }
+            let r = if g.sync_results.is_empty() { Ok(()) } else { g.sync_results.remove(0) };
+            (r, g.sync_hangs)
         };
         async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             r.map(|()| stats)
         }
@@ -293,6 +295,33 @@ async fn primary_down_three_times_unmount_mount_backup_one_alert() {
     stop.cancel();
     let d = h.await.unwrap();
     assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Backup });
+}
+
+/// A reverse sync stuck on the backup's dead hard mount does not hold the farm there until the
+/// pass deadline (1 h): the backup's death aborts it and the primary is served within the
+/// failover bound; the backup's writes stay owed (a reconciliation).
+#[tokio::test(start_paused = true)]
+async fn the_backup_dying_during_a_stuck_reverse_sync_moves_to_the_primary_in_seconds() {
+    let rig = Rig::new(CONFIG);
+    {
+        let mut w = rig.fake.0.lock().unwrap();
+        w.mounted = Some(Server::Primary);
+        w.sync_hangs = true;
+    }
+    let (stop, h) = rig.spawn();
+    rig.fake.set_up("primary", false);
+    until("backup mounted", Duration::from_secs(10), || rig.fake.mounted() == Some(Server::Backup)).await;
+    rig.fake.set_up("primary", true);
+    until("reverse sync started", Duration::from_secs(30), || rig.fake.calls().contains(&"reverse-sync".to_owned()))
+        .await;
+    rig.fake.set_up("backup", false);
+    let took = until("primary served", Duration::from_secs(120), || rig.fake.mounted() == Some(Server::Primary)).await;
+    assert!(took <= Duration::from_secs(6), "took {took:?}: the stuck pass held the failover");
+    assert!(rig.sink.count(AlertKind::ReverseSyncFailed) >= 1, "{:?}", rig.sink.kinds());
+    until("status updated", Duration::from_secs(3), || rig.status()["active"] == "primary").await;
+    assert!(rig.status().to_string().contains("reconcile"), "the backup's writes stay owed: {}", rig.status());
+    stop.cancel();
+    h.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
