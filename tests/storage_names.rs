@@ -133,20 +133,23 @@ impl Setup {
     fn push(&self, entries: &[Entry], roots: bool) {
         let plan = push::plan(&self.src, entries, &self.cfg.filter);
         assert_eq!(matches!(plan, push::Plan::Roots(_)), roots, "unexpected plan form");
+        let r = self.run(&plan, false);
+        assert!(r.ok(), "push failed: {}", r.error_text());
+    }
+
+    fn run(&self, plan: &push::Plan, cautious: bool) -> nfs_guard::sys::rsync::RsyncReport {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let c = &self.cfg;
-        let r = rt
-            .block_on(push::run(
-                &c.rsync,
-                &c.rsync_args,
-                &c.remotes[0].target,
-                self.tree(),
-                &plan,
-                &c.filter,
-                Duration::from_secs(60),
-            ))
-            .unwrap();
-        assert!(r.ok(), "push failed: {}", r.error_text());
+        rt.block_on(push::run(
+            &c.rsync,
+            &c.rsync_args,
+            &c.remotes[0].target,
+            self.tree(),
+            plan,
+            &c.filter,
+            push::RunOpts { deadline: Duration::from_secs(60), cautious },
+        ))
+        .unwrap()
     }
 
     fn assert_same(&self, what: &str) {
@@ -255,4 +258,30 @@ fn filter_rules_mean_the_same_to_rsync_as_to_the_realtime_path() {
     listed.extend(["sub/*", "sub/star"].map(PathBuf::from));
     s.push(&entries(&listed, |_| Scope::Path), false);
     check("list");
+}
+
+/// A cautious push (after a failure or a replayed journal) never overwrites a file the remote holds
+/// newer, and still delivers older ones and deletions.
+#[test]
+fn a_cautious_push_keeps_newer_remote_files() {
+    let s = setup("");
+    let dst = s.daemon.root.clone();
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (name, local_newer) in [("#kept newer", false), ("plain older", true)] {
+        fs::write(s.src.join(name), "here").unwrap();
+        fs::write(dst.join(name), "there").unwrap();
+        let (older, newer) =
+            if local_newer { (dst.join(name), s.src.join(name)) } else { (s.src.join(name), dst.join(name)) };
+        fs::File::options().write(true).open(&older).unwrap().set_modified(old).unwrap();
+        fs::File::options().write(true).open(&newer).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    }
+    fs::write(dst.join("gone here"), "x").unwrap();
+    let entries: Vec<Entry> =
+        ["#kept newer", "plain older", "gone here"].iter().map(|n| Entry::new(0, *n, Scope::Path)).collect();
+    let plan = push::plan(&s.src, &entries, &s.cfg.filter);
+    let r = s.run(&plan, true);
+    assert!(r.ok(), "{}", r.error_text());
+    assert_eq!(fs::read_to_string(dst.join("#kept newer")).unwrap(), "there", "the newer remote copy stays");
+    assert_eq!(fs::read_to_string(dst.join("plain older")).unwrap(), "here", "an older remote copy is replaced");
+    assert!(!dst.join("gone here").exists(), "deletions still go");
 }

@@ -198,6 +198,8 @@ impl Replicator {
                     hooks: hooks.clone(),
                     stop: stop.clone(),
                     hard_stop: hard_stop.clone(),
+                    // a replayed journal: the remote may have served clients since (see `remote`)
+                    cautious: Arc::new(std::sync::atomic::AtomicBool::new(queues[idx].depth().0 > 0)),
                 }
                 .run(),
             );

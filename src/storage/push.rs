@@ -127,8 +127,19 @@ pub fn batch_args(base: &[String], target: &RsyncTarget, tree: &Tree, plan: &Pla
     a
 }
 
-/// Pushes one planned batch of `tree` to `target`: the argv of [`batch_args`], and for
-/// [`Plan::List`] the list on stdin ([`rsync::nul_list`]).
+/// How one batch is pushed.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOpts {
+    pub deadline: std::time::Duration,
+    /// The remote may have been written by others since this batch was queued (a push failed, or
+    /// the journal was replayed: the backup may have served clients meanwhile): `--update`, so a
+    /// newer file there is never overwritten. (Which files it left alone cannot be told: a daemon
+    /// or ssh receiver does not report `--info=skip` to the sender.)
+    pub cautious: bool,
+}
+
+/// Pushes one planned batch of `tree` to `target`: the argv of [`batch_args`] (with `--update`
+/// first when cautious), and for [`Plan::List`] the list on stdin ([`rsync::nul_list`]).
 pub async fn run(
     rsync: &Path,
     base: &[String],
@@ -136,14 +147,17 @@ pub async fn run(
     tree: &Tree,
     plan: &Plan,
     filter: &Filter,
-    deadline: std::time::Duration,
+    opts: RunOpts,
 ) -> Result<RsyncReport, SpawnError> {
-    let args = batch_args(base, target, tree, plan, filter);
+    let mut args = batch_args(base, target, tree, plan, filter);
+    if opts.cautious {
+        args.insert(0, "--update".into());
+    }
     let stdin = match plan {
         Plan::List(l) => Some(rsync::nul_list(l.iter().map(PathBuf::as_path))),
         Plan::Roots(_) | Plan::Replace(_) => None,
     };
-    rsync::run(rsync, &args, stdin, deadline).await
+    rsync::run(rsync, &args, stdin, opts.deadline).await
 }
 
 /// argv for a recursive full sync of `tree`.

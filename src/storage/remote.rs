@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -284,6 +285,9 @@ pub struct Worker {
     pub stop: CancellationToken,
     /// Abandon the pushes under way now (their paths stay in the journal).
     pub hard_stop: CancellationToken,
+    /// Pushes are cautious (see `Pusher::cautious`); start with it set when the journal replayed
+    /// paths.
+    pub cautious: Arc<AtomicBool>,
 }
 
 /// Outcome of one unit of work.
@@ -313,6 +317,13 @@ struct Pusher {
     remote: Remote,
     cfg: Arc<StorageConfig>,
     hooks: Option<Hooks>,
+    /// Pushes are cautious (never overwrite a newer file on the remote) from a failed push or a
+    /// replayed journal until the queue is empty again: while the remote was out of reach, the
+    /// farm may have failed over to it and clients written there; what this node queued before is
+    /// then older than what the remote holds, and must not overwrite it (found by the chaos test:
+    /// a returning primary pushed its last unreplicated writes over newer ones made during the
+    /// failover). The storage agents' epochs (issue 11) will replace this with exact knowledge.
+    cautious: Arc<AtomicBool>,
 }
 
 /// Failure bookkeeping of one remote (for backoff and alerts).
@@ -366,8 +377,13 @@ impl Worker {
     /// Keeps up to `push_concurrency` pushes of non-overlapping batches under way (a full sync runs
     /// alone); a slow rsync therefore does not hold back the next files, and per-path order holds.
     pub async fn run(self) {
-        let pusher =
-            Arc::new(Pusher { remote: self.remote.clone(), cfg: Arc::clone(&self.cfg), hooks: self.hooks.clone() });
+        let cautious = Arc::clone(&self.cautious);
+        let pusher = Arc::new(Pusher {
+            remote: self.remote.clone(),
+            cfg: Arc::clone(&self.cfg),
+            hooks: self.hooks.clone(),
+            cautious,
+        });
         self.run_with(pusher).await;
     }
 
@@ -402,6 +418,10 @@ impl Worker {
             if tasks.is_empty() {
                 if h.retry_at.is_none() {
                     self.board.remote(self.idx, |r| r.state = "idle".into());
+                    // Caught up: what is queued from now on is newer than anything on the remote.
+                    if self.queue.depth().0 == 0 && self.cautious.swap(false, Ordering::SeqCst) {
+                        tracing::info!(remote = %self.remote.name, "caught up: pushes overwrite the remote again");
+                    }
                 }
                 if self.stop.is_cancelled() {
                     return;
@@ -432,6 +452,9 @@ impl Worker {
     fn account(&self, work: Work, outcome: Outcome, h: &mut Health) {
         let partial = !outcome.ok && outcome.class == ExitClass::Partial;
         let gave_up = partial && h.partial_again(&work) >= PARTIAL_TRIES;
+        if !outcome.ok && !self.cautious.swap(true, Ordering::SeqCst) {
+            tracing::info!(remote = %self.remote.name, "push failed: pushes never overwrite a newer file there until caught up");
+        }
         if outcome.ok || gave_up {
             h.forget(&work);
             if gave_up {
@@ -651,7 +674,9 @@ impl Pusher {
                     let started = Instant::now();
                     let paths = plan.len();
                     let (c, target) = (&self.cfg, &self.remote.target);
-                    let r = push::run(&c.rsync, &c.rsync_args, target, tree, &plan, &c.filter, c.batch_timeout).await;
+                    let opts =
+                        push::RunOpts { deadline: c.batch_timeout, cautious: self.cautious.load(Ordering::SeqCst) };
+                    let r = push::run(&c.rsync, &c.rsync_args, target, tree, &plan, &c.filter, opts).await;
                     let o = outcome(r);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,

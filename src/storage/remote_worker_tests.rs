@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ impl Push for FakePush {
 
 struct Harness {
     queue: Arc<Queue>,
+    cautious: Arc<AtomicBool>,
     fake: Arc<FakePush>,
     alerts: Arc<Alerts>,
     stop: CancellationToken,
@@ -99,6 +101,7 @@ fn start(cfg: &Arc<StorageConfig>, fake: FakePush) -> Harness {
     let fake = Arc::new(fake);
     let alerts = Arc::new(Alerts::default());
     let stop = CancellationToken::new();
+    let cautious = Arc::new(AtomicBool::new(false));
     let board = Board::new(StorageStatus {
         remotes: vec![RemoteStatus { name: "backup".into(), ..RemoteStatus::default() }],
         ..StorageStatus::default()
@@ -113,10 +116,11 @@ fn start(cfg: &Arc<StorageConfig>, fake: FakePush) -> Harness {
         hooks: None,
         stop: stop.clone(),
         hard_stop: CancellationToken::new(),
+        cautious: Arc::clone(&cautious),
     };
     let push: Arc<dyn Push> = Arc::clone(&fake) as Arc<dyn Push>;
     let task = tokio::spawn(worker.run_with(push));
-    Harness { queue, fake, alerts, stop, task, _dir: dir }
+    Harness { queue, cautious, fake, alerts, stop, task, _dir: dir }
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -175,5 +179,23 @@ async fn huge_retry_durations_do_not_panic_the_worker() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(!h.task.is_finished(), "the worker died");
     assert_eq!(h.queue.depth(), (1, vec![]), "still queued, waiting to retry");
+    h.finish().await;
+}
+
+/// A failed push makes the following pushes cautious (never overwrite a newer file on the remote)
+/// until the queue is empty again.
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_push_pushes_are_cautious_until_caught_up() {
+    let cfg = config("");
+    let fake = FakePush::default();
+    fake.partial.lock().unwrap().insert("a".to_owned(), 1);
+    let h = start(&cfg, fake);
+    assert!(!h.cautious.load(Ordering::SeqCst));
+    h.queue.enqueue(&[Entry::new(0, "a", Scope::Path)]);
+    wait_until("a failed push makes pushes cautious", || h.cautious.load(Ordering::SeqCst)).await;
+    assert_eq!(h.fake.pushes_of("a"), 1);
+    h.queue.enqueue(&[Entry::new(0, "n", Scope::Path)]);
+    wait_until("caught up", || h.fake.pushes_of("a") == 2 && h.queue.depth() == (0, vec![])).await;
+    wait_until("cautious mode ends once caught up", || !h.cautious.load(Ordering::SeqCst)).await;
     h.finish().await;
 }
