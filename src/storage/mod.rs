@@ -34,7 +34,7 @@ pub mod status;
 pub mod watcher;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +185,10 @@ impl Replicator {
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let hooks = cfg.hook.clone().map(hooks::Hooks::new);
+        // Per remote: pushes must not overwrite newer files there (see `remote::Pusher`): from the
+        // start when the journal replayed paths (the remote may have served clients since).
+        let cautious: Vec<Arc<AtomicBool>> =
+            queues.iter().map(|q| Arc::new(AtomicBool::new(q.depth().0 > 0))).collect();
         let mut workers = tokio::task::JoinSet::new();
         for (idx, remote) in cfg.remotes.iter().enumerate() {
             workers.spawn(
@@ -198,12 +202,12 @@ impl Replicator {
                     hooks: hooks.clone(),
                     stop: stop.clone(),
                     hard_stop: hard_stop.clone(),
-                    // a replayed journal: the remote may have served clients since (see `remote`)
-                    cautious: Arc::new(std::sync::atomic::AtomicBool::new(queues[idx].depth().0 > 0)),
+                    cautious: Arc::clone(&cautious[idx]),
                 }
                 .run(),
             );
         }
+        workers.spawn(watch_for_lost_time(cautious, stop.clone()));
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
         let n = cfg.remotes.len();
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
@@ -448,6 +452,35 @@ impl Replicator {
     }
 }
 
+/// A tick this much late means the process did not run meanwhile (the host was frozen, or the
+/// machine stalled): long enough for the farm to have failed over to a remote.
+const LOST_TIME: Duration = Duration::from_secs(1);
+
+/// Makes every remote's pushes cautious when this process lost time: what it queued before may be
+/// older than what clients wrote on the remote while it stood still. Ends with `stop`.
+async fn watch_for_lost_time(cautious: Vec<Arc<AtomicBool>>, stop: CancellationToken) {
+    let period = Duration::from_millis(200);
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let now = Instant::now();
+        let late = now.saturating_duration_since(last).saturating_sub(period);
+        if late > LOST_TIME {
+            tracing::warn!(
+                lost_ms = late.as_millis(),
+                "this process stood still: pushes never overwrite newer files until caught up"
+            );
+            for c in &cautious {
+                c.store(true, Ordering::SeqCst);
+            }
+        }
+        last = now;
+    }
+}
+
 /// Runs blocking `f` on this task, telling a multi-thread runtime to move its other tasks elsewhere
 /// meanwhile (a current-thread runtime, as in tests, just runs it).
 fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
@@ -463,5 +496,27 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that stood still (SIGSTOP, a frozen host) makes pushes cautious; normal ticking
+    /// does not.
+    #[tokio::test(start_paused = true)]
+    async fn lost_time_makes_pushes_cautious() {
+        let flags = vec![Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_for_lost_time(flags.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(flags.iter().all(|f| !f.load(Ordering::SeqCst)), "ticking normally is not lost time");
+        // the clock jumps while nothing runs: what a SIGSTOP looks like from inside
+        tokio::time::advance(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(flags.iter().all(|f| f.load(Ordering::SeqCst)));
+        stop.cancel();
+        task.await.unwrap_or_default();
     }
 }
