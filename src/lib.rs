@@ -7,6 +7,7 @@ pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod failback_guard;
 pub mod logging;

@@ -14,6 +14,7 @@
 
 pub mod delivery;
 pub mod event;
+pub mod notice;
 pub mod outbox;
 pub mod policy;
 pub mod render;

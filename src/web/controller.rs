@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -22,9 +22,10 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
-use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
+use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot};
 use super::health::{Health, Status};
 use super::state::{self, Durable, Loaded, Quarantined, Taken};
+use crate::alert::notice;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::web::WebConfig;
 
@@ -73,6 +74,8 @@ pub struct Controller<P, M, S> {
     cfg: Arc<WebConfig>,
     state_dir: PathBuf,
     policy: Policy,
+    /// The servers as alerts name them, e.g. `primary (10.0.0.2:/srv/nfs)`.
+    labels: PerServer<String>,
     d: Durable,
     prober: Arc<P>,
     mounter: Arc<M>,
@@ -119,13 +122,16 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             failback: cfg.reverse_sync.is_some(),
             retry_initial_ms: cfg.reverse_sync.as_ref().map_or(30_000, |r| ms(r.retry_initial)),
             retry_max_ms: cfg.reverse_sync.as_ref().map_or(600_000, |r| ms(r.retry_max)),
-            primary_label: format!("primary ({})", cfg.primary.source()),
-            backup_label: format!("backup ({})", cfg.backup.source()),
+        };
+        let labels = PerServer {
+            primary: format!("primary ({})", cfg.primary.source()),
+            backup: format!("backup ({})", cfg.backup.source()),
         };
         Controller {
             cfg: Arc::new(cfg.clone()),
             state_dir,
             policy,
+            labels,
             d: loaded.durable,
             prober,
             mounter,
@@ -278,8 +284,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let t = fsm::step(&self.d.fsm, event, &self.policy, now);
                 self.d.fsm = t.next;
                 for a in t.actions {
-                    if let Action::Alert(e) = a {
-                        self.alerts.emit(e);
+                    if let Action::Notify(n) = a {
+                        self.alerts.emit(self.render(&n));
                     }
                 }
             }
@@ -601,9 +607,13 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     )
                 });
             }
-            Action::Alert(e) => self.alert(e),
+            Action::Notify(n) => self.alert(self.render(&n)),
             Action::Persist => self.persist(),
         }
+    }
+
+    fn render(&self, n: &Notice) -> AlertEvent {
+        notice::render(n, &self.labels, SystemTime::now())
     }
 
     fn alert(&self, e: AlertEvent) {

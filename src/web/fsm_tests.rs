@@ -1,17 +1,11 @@
 //! Every transition of the pure state machine.
 
 use super::*;
-use crate::alert::AlertKind;
+use crate::alert::notice::render;
+use crate::alert::{AlertEvent, AlertKind};
 
 fn policy() -> Policy {
-    Policy {
-        hold_down_ms: 10_000,
-        failback: true,
-        retry_initial_ms: 1_000,
-        retry_max_ms: 4_000,
-        primary_label: "primary (p:/e)".into(),
-        backup_label: "backup (b:/e)".into(),
-    }
+    Policy { hold_down_ms: 10_000, failback: true, retry_initial_ms: 1_000, retry_max_ms: 4_000 }
 }
 
 fn snap(primary: Status, backup: Status) -> Snapshot {
@@ -41,18 +35,21 @@ fn on_backup() -> State {
     }
 }
 
+/// The alert `a` raises, rendered as the controller renders it.
+fn alert(a: &Action) -> Option<AlertEvent> {
+    let labels = PerServer { primary: "primary (p:/e)".to_owned(), backup: "backup (b:/e)".to_owned() };
+    match a {
+        Action::Notify(n) => Some(render(n, &labels, std::time::UNIX_EPOCH)),
+        _ => None,
+    }
+}
+
 fn kinds(t: &Transition) -> Vec<AlertKind> {
-    t.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Alert(e) => Some(e.kind),
-            _ => None,
-        })
-        .collect()
+    t.actions.iter().filter_map(alert).map(|e| e.kind).collect()
 }
 
 fn effects(t: &Transition) -> Vec<Action> {
-    t.actions.iter().filter(|a| !matches!(a, Action::Alert(_) | Action::Persist)).cloned().collect()
+    t.actions.iter().filter(|a| !matches!(a, Action::Notify(_) | Action::Persist)).cloned().collect()
 }
 
 fn persists(t: &Transition) -> bool {
@@ -148,8 +145,8 @@ fn mount_failure_leaves_unmounted_and_retries_next_decision() {
     let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Unmounted);
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    match &t.actions[1] {
-        Action::Alert(e) => {
+    match alert(&t.actions[1]) {
+        Some(e) => {
             assert_eq!(e.reason, "exit 32", "the mount command's error");
             assert!(e.details.contains(&("switching to".into(), "backup (b:/e)".into())), "{e:?}");
             assert!(e.next_steps.contains("mount options"), "{e:?}");
@@ -189,8 +186,8 @@ fn mount_retries_back_off_and_alert_once_per_outage_then_once_on_recovery() {
     assert_eq!(attempts_at, vec![5_000, 15_000, 35_000, 75_000, 135_000], "doubling from 5 s, capped at 60 s");
     let t = step(&s, Event::MountSucceeded { server: Server::Backup, old_mount: None }, &p, now);
     assert_eq!(kinds(&t), vec![AlertKind::FailoverCompleted]);
-    match t.actions.iter().find(|a| matches!(a, Action::Alert(_))) {
-        Some(Action::Alert(e)) => {
+    match t.actions.iter().find_map(alert) {
+        Some(e) => {
             assert!(e.details.contains(&("failed mount attempts before this one".into(), "5".into())), "{e:?}");
         }
         a => panic!("{a:?}"),
@@ -296,7 +293,7 @@ fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
     let t3 = step(&t2.next, Event::ReverseSyncFailed { pass: 1, error: "exit 10".into() }, &p, 22_000);
     assert_eq!(t3.next.resync_not_before, Some(24_000), "doubling");
     assert_eq!(p.backoff_ms(5), 4_000, "capped");
-    match &t3.actions.iter().find_map(|a| if let Action::Alert(e) = a { Some(e.clone()) } else { None }) {
+    match t3.actions.iter().find_map(alert) {
         Some(e) => assert!(e.title.contains("attempt 2") && e.reason == "exit 10", "{e:?}"),
         None => panic!("no alert"),
     }
@@ -339,7 +336,7 @@ fn staged_switch_then_catch_up_then_failback_completed() {
     assert!(persists(&t2));
     let t3 = step(&t.next, Event::CatchUpFinished { pass: 1, result: Err("exit 23".into()) }, &policy(), 1);
     assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncFailed]);
-    assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED") && e.reason == "exit 23"));
+    assert!(alert(&t3.actions[1]).is_some_and(|e| e.title.contains("FAILED") && e.reason == "exit 23"));
     // the files written during pass 1 are reconciled from a staging mount of the backup
     assert_eq!(t3.next.reconcile_epoch, Some(1));
     assert_eq!(t2.next.reconcile_epoch, None);
@@ -356,9 +353,8 @@ fn a_failed_staged_switch_keeps_serving_and_backs_off() {
     let t = step(&s, ev, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    assert!(
-        matches!(&t.actions[1], Action::Alert(e) if e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup"))
-    );
+    assert!(alert(&t.actions[1])
+        .is_some_and(|e| e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup")));
     assert_eq!(t.next.resync_not_before, Some(1_000));
     assert!(t.next.pending_reverse_sync);
 }
@@ -383,7 +379,7 @@ fn backup_dying_while_serving_it_moves_to_the_primary_and_says_what_is_missing()
     assert_eq!(t.next.reconcile_epoch, Some(1));
     assert!(!t.next.pending_reverse_sync);
     assert!(persists(&t));
-    assert!(matches!(&t.actions[1], Action::Alert(e) if e.next_steps.contains("staging dir")));
+    assert!(alert(&t.actions[1]).is_some_and(|e| e.next_steps.contains("staging dir")));
 }
 
 fn on_primary_reconcile_pending() -> State {
@@ -406,7 +402,7 @@ fn without_reverse_sync_config_a_dying_backup_is_not_left_unless_the_operator_fo
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert!(effects(&t).is_empty(), "{:?}", t.actions);
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    assert!(matches!(&t.actions[0], Action::Alert(e) if e.next_steps.contains("--failover-to primary")));
+    assert!(alert(&t.actions[0]).is_some_and(|e| e.next_steps.contains("--failover-to primary")));
     // alerted once per outage of the backup
     let t2 = step(&t.next, Event::HealthObserved(snap(UP, DOWN)), &p, 1);
     assert!(t2.actions.is_empty());
@@ -421,7 +417,7 @@ fn without_reverse_sync_config_a_dying_backup_is_not_left_unless_the_operator_fo
     assert_eq!(effects(&forced), vec![Action::Mount { server: Server::Primary }]);
     assert_eq!(forced.next.reconcile_epoch, None);
     assert!(forced.next.pending_reverse_sync);
-    assert!(forced.actions.iter().any(|a| matches!(a, Action::Alert(e) if e.next_steps.contains("by hand"))));
+    assert!(forced.actions.iter().filter_map(alert).any(|e| e.next_steps.contains("by hand")));
 }
 
 #[test]
