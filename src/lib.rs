@@ -4,7 +4,9 @@
 //! The library exists so that `tests/` can drive every layer; `main.rs` only parses the command line.
 
 pub mod alert;
+pub mod alert_kind;
 pub mod app;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -17,3 +19,7 @@ pub mod sys;
 pub mod web;
 
 pub use error::Error;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod layering_tests;

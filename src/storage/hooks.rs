@@ -178,7 +178,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::storage::filter::Filter;
+    use crate::config::filter::Filter;
 
     #[test]
     fn payloads_keep_names_safe() {

@@ -377,7 +377,7 @@ impl Worker {
         let queue = Arc::clone(&self.queue);
         self.work(pusher).await;
         if let Err(e) = queue.flush().wait().await {
-            tracing::error!(error = %crate::error::render_chain(&e), "journal not fully written at stop");
+            tracing::error!(error = %crate::chain::render_chain(&e), "journal not fully written at stop");
         }
     }
 
@@ -703,7 +703,7 @@ fn outcome(r: Result<RsyncReport, rsync::SpawnError>) -> Outcome {
             class: ExitClass::Fatal,
             files: 0,
             bytes: 0,
-            error: Some(crate::error::render_chain(&e)),
+            error: Some(crate::chain::render_chain(&e)),
         },
     }
 }

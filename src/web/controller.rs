@@ -722,7 +722,7 @@ async fn persister(state_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(u64, Dur
         let dir = state_dir.clone();
         match tokio::task::spawn_blocking(move || state::save(&dir, &d)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state"),
+            Ok(Err(e)) => tracing::error!(error = %crate::chain::render_chain(&e), "cannot persist web state"),
             Err(e) => tracing::error!(error = %e, "the web state writer died"),
         }
         let _ = done.send(gen);

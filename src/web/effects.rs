@@ -167,7 +167,7 @@ impl Inner {
             if mountinfo::top_at(&self.entries(), at).is_none() {
                 return Ok(());
             }
-            mount::detach(at, force, DETACH_DEADLINE).await.map_err(|e| crate::error::render_chain(&e))?;
+            mount::detach(at, force, DETACH_DEADLINE).await.map_err(|e| crate::chain::render_chain(&e))?;
         }
         match mountinfo::top_at(&self.entries(), at) {
             None => Ok(()),
