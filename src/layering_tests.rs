@@ -3,7 +3,7 @@
 //! and `sys` depends on nothing of the domain.
 //!
 //! ```text
-//!   leaves (domain, alert_kind, chain, failback_guard)  <-  sys  <-  config, status
+//!   leaves (domain, alert_kind, chain, failback_guard, timing)  <-  sys  <-  config, status
 //!     <-  alert  <-  web, storage  <-  cli  <-  logging, error  <-  app  (<- main, the binary)
 //! ```
 
@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("alert_kind", 0),
     ("chain", 0),
     ("failback_guard", 0),
+    ("timing", 0),
     ("sys", 1),
     ("config", 2),
     ("status", 2),

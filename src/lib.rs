@@ -16,6 +16,7 @@ pub mod logging;
 pub mod status;
 pub mod storage;
 pub mod sys;
+pub mod timing;
 pub mod web;
 
 pub use error::Error;

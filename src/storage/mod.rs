@@ -45,6 +45,7 @@ use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::storage::StorageConfig;
 use crate::config::Config;
 use crate::sys::{fsutil, systemd};
+use crate::timing::sleep_until;
 use batch::{Batcher, Entry, Timing};
 use guard::{Guards, Seen};
 use remote::{Queue, Worker};
@@ -459,12 +460,5 @@ fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
         tokio::task::block_in_place(f)
     } else {
         f()
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

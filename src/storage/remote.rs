@@ -24,6 +24,7 @@ use super::status::{now_rfc3339, Board};
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::storage::{Remote, StorageConfig};
 use crate::sys::rsync::{self, ExitClass, RsyncReport};
+use crate::timing;
 
 /// Work for a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,9 +261,7 @@ pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
 /// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep. Saturates:
 /// absurd durations give a long delay, never a panic.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    Duration::try_from_secs_f64(exp.min(max).as_secs_f64() * factor).unwrap_or(Duration::MAX)
+    timing::jittered(timing::doubling(min, max, attempt), jitter)
 }
 
 /// `now + d`, or a year from now when that is beyond what an `Instant` holds.
@@ -414,7 +413,7 @@ impl Worker {
                     }
                 }
                 () = self.queue.wake.notified() => {}
-                () = sleep_until_opt(h.retry_at) => {}
+                () = timing::sleep_until(h.retry_at) => {}
                 () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
                 () = self.hard_stop.cancelled() => {
                     // The aborted pushes were never acknowledged: the journal still holds them.
@@ -567,13 +566,6 @@ impl Worker {
             r.queue = queue;
             r.full_sync_pending = names;
         });
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

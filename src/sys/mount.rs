@@ -5,12 +5,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::mount::{MntFlags, MsFlags};
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+
+use super::child;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -62,44 +62,24 @@ fn opt_text(options: &str) -> String {
     }
 }
 
-/// Runs a prepared command with a deadline; on timeout kills its process group and stops waiting.
-pub async fn run_child(mut cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| MountError::Spawn { program, source })?;
-    let pid = child.id();
-    // stderr is collected by its own task: a helper that daemonizes (FUSE) may leave a grandchild holding
-    // the pipe, so the exit status, not EOF, ends the wait.
-    let (etx, erx) = tokio::sync::oneshot::channel();
-    if let Some(mut e) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut se = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(60), e.read_to_end(&mut se)).await;
-            let _ = etx.send(se);
-        });
-    }
-    match tokio::time::timeout(deadline, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(status) => {
-            let se = tokio::time::timeout(Duration::from_millis(300), erx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            Err(MountError::Failed {
-                command,
-                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                stderr: String::from_utf8_lossy(&se).trim().replace('\n', " | "),
-            })
-        }
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-            Err(MountError::TimedOut { command, deadline })
-        }
+/// Runs a prepared command with a deadline (see [`child::run`]); its exit ends the wait: a helper that
+/// daemonizes (FUSE) may leave a grandchild holding stderr, which is read only briefly after the exit.
+pub async fn run_child(cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
+    let spec =
+        child::Spec { cmd, stdin: None, stdout: false, deadline, end: child::End::Exited { trailing: STDERR_TRAIL } };
+    match child::run(spec).await.map_err(|e| MountError::Spawn { program: e.program, source: e.source })? {
+        child::Ran::Exited { status: Ok(status), .. } if status.success() => Ok(()),
+        child::Ran::Exited { status, stderr, .. } => Err(MountError::Failed {
+            command,
+            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            stderr: String::from_utf8_lossy(&stderr).trim().replace('\n', " | "),
+        }),
+        child::Ran::TimedOut => Err(MountError::TimedOut { command, deadline }),
     }
 }
+
+/// How long a helper's stderr is read after it exited.
+const STDERR_TRAIL: Duration = Duration::from_millis(300);
 
 /// Runs a blocking syscall on its own thread and stops waiting at the deadline (the thread is
 /// abandoned if the kernel never returns, which a hung network file system can cause).

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::notice::Context;
 pub use crate::alert::notice::{Fact, FailoverCause, Notice, Pass};
 pub use crate::domain::{PerServer, Request, Server, Status};
+use crate::timing::doubling_ms;
 
 /// What the node is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,12 +230,6 @@ impl Policy {
     pub fn backoff_ms(&self, failures: u32) -> u64 {
         doubling_ms(self.retry_initial_ms, self.retry_max_ms, failures)
     }
-}
-
-/// `initial` doubled for every failure after the first, capped at `max`.
-fn doubling_ms(initial: u64, max: u64, failures: u32) -> u64 {
-    let shift = failures.saturating_sub(1).min(20);
-    initial.saturating_mul(1 << shift).min(max)
 }
 
 /// Past-tense facts.
