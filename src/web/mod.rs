@@ -71,6 +71,7 @@ pub mod freeze;
 pub mod fsm;
 pub mod guard;
 pub mod health;
+pub mod mounts;
 pub mod state;
 
 use std::sync::Arc;
