@@ -22,7 +22,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
-use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot};
+use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot, SyncKind};
 use super::health::{Health, Status};
 use super::state::{self, Durable, Loaded, Quarantined, Taken};
 use crate::alert::notice;
@@ -323,9 +323,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Phase::Unmounted
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
-            | Phase::Resyncing { .. }
-            | Phase::Staging { .. }
-            | Phase::Reconciling { .. } => serving,
+            | Phase::Syncing { .. }
+            | Phase::Staging { .. } => serving,
         };
         if phase == (Phase::Serving { server: Server::Primary }) {
             // On the primary with the backup's writes not synced (an interrupted catch-up, a crash
@@ -495,6 +494,33 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.spawn_effect(limit, fut, move |why| on_fail(why));
     }
 
+    /// Spawns backup->primary pass `pass` of `kind`, whose outcome `fut` reports.
+    fn spawn_sync(
+        &mut self,
+        kind: SyncKind,
+        pass: u64,
+        limit: Duration,
+        fut: impl Future<Output = Result<SyncStats, String>> + Send + 'static,
+    ) {
+        let finished = move |r: Result<SyncStats, String>| match (kind, r) {
+            (SyncKind::ReverseSync, Ok(SyncStats { files, bytes, elapsed_ms })) => {
+                Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms }
+            }
+            (SyncKind::ReverseSync, Err(error)) => Event::ReverseSyncFailed { pass, error },
+            (SyncKind::Reconcile, Ok(SyncStats { files, bytes, elapsed_ms })) => {
+                Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms }
+            }
+            (SyncKind::Reconcile, Err(error)) => Event::ReconcileFailed { pass, error },
+        };
+        let what = match kind {
+            SyncKind::ReverseSync => "reverse sync",
+            SyncKind::Reconcile => "reconciliation",
+        };
+        self.spawn_pass(pass, limit, async move { finished(fut.await) }, move |why| {
+            finished(Err(format!("{what} {why}")))
+        });
+    }
+
     fn abort_pass(&mut self, pass: u64) {
         match self.pass_cancel.take() {
             Some((running, cancel)) if running == pass => {
@@ -553,19 +579,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Action::ReverseSync { attempt, pass } => {
                 tracing::info!(attempt, pass, "reverse sync backup -> primary");
                 let fut = self.syncer.reverse_sync();
-                self.spawn_pass(
-                    pass,
-                    sync_limit,
-                    async move {
-                        match fut.await {
-                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms }
-                            }
-                            Err(error) => Event::ReverseSyncFailed { pass, error },
-                        }
-                    },
-                    move |why| Event::ReverseSyncFailed { pass, error: format!("reverse sync {why}") },
-                );
+                self.spawn_sync(SyncKind::ReverseSync, pass, sync_limit, fut);
             }
             Action::CatchUp { pass } => {
                 tracing::info!(pass, "catch-up pass from the kept backup mount");
@@ -580,19 +594,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Action::Reconcile { attempt, pass } => {
                 tracing::info!(attempt, pass, "reconciliation backup -> primary from a staging mount of the backup");
                 let fut = self.syncer.reconcile();
-                self.spawn_pass(
-                    pass,
-                    sync_limit + mount_limit,
-                    async move {
-                        match fut.await {
-                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms }
-                            }
-                            Err(error) => Event::ReconcileFailed { pass, error },
-                        }
-                    },
-                    move |why| Event::ReconcileFailed { pass, error: format!("reconciliation {why}") },
-                );
+                self.spawn_sync(SyncKind::Reconcile, pass, sync_limit + mount_limit, fut);
             }
             Action::AbortPass { pass } => self.abort_pass(pass),
             Action::AfterSwitch { server, old_mount } => {

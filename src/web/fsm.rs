@@ -20,8 +20,8 @@ pub use crate::domain::{PerServer, Request, Server, Status};
 use crate::timing::doubling_ms;
 
 /// What the node is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "phase")]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredPhase", into = "StoredPhase")]
 pub enum Phase {
     /// Nothing of ours is mounted (start-up, or a mount failed after the old one was detached).
     Unmounted,
@@ -29,15 +29,89 @@ pub enum Phase {
     Serving { server: Server },
     /// Detaching the old (dead) mount and mounting `to` directly.
     Mounting { to: Server },
-    /// Serving the backup; reverse sync backup->primary attempt `attempt` running.
-    Resyncing { attempt: u32 },
+    /// An rsync pass backup->primary, attempt `attempt`, while serving `kind.serving()`: a reverse sync
+    /// through the mount point (the backup), or a reconciliation from a staging mount of the backup
+    /// (the node left the backup without a completed reverse sync).
+    Syncing { kind: SyncKind, attempt: u32 },
     /// Staged switch to `to`: new mount ready at a staging dir, then moved onto the mount point.
     Staging { to: Server },
     /// Serving the primary again; catch-up pass from the kept backup mount running.
     CatchingUp,
-    /// Serving the primary; reconciliation backup->primary attempt `attempt` running from a staging
-    /// mount of the backup (the node left the backup without a completed reverse sync).
+}
+
+/// Which backup->primary pass a [`Phase::Syncing`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Pass 1 of a failback, serving the backup.
+    ReverseSync,
+    /// The backup's writes of an epoch the node left unsynced, serving the primary.
+    Reconcile,
+}
+
+impl SyncKind {
+    /// The server the mount point serves during the pass.
+    pub fn serving(self) -> Server {
+        match self {
+            SyncKind::ReverseSync => Server::Backup,
+            SyncKind::Reconcile => Server::Primary,
+        }
+    }
+
+    /// The pass, as alerts name it.
+    fn pass(self, attempt: u32) -> Pass {
+        match self {
+            SyncKind::ReverseSync => Pass::ReverseSync { attempt },
+            SyncKind::Reconcile => Pass::Reconcile { attempt },
+        }
+    }
+}
+
+/// [`Phase`] as state files (and the status document) hold it, and as logs show it: one phase per
+/// pass kind, as every earlier version wrote it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+enum StoredPhase {
+    Unmounted,
+    Serving { server: Server },
+    Mounting { to: Server },
+    Resyncing { attempt: u32 },
+    Staging { to: Server },
+    CatchingUp,
     Reconciling { attempt: u32 },
+}
+
+impl From<StoredPhase> for Phase {
+    fn from(p: StoredPhase) -> Phase {
+        match p {
+            StoredPhase::Unmounted => Phase::Unmounted,
+            StoredPhase::Serving { server } => Phase::Serving { server },
+            StoredPhase::Mounting { to } => Phase::Mounting { to },
+            StoredPhase::Resyncing { attempt } => Phase::Syncing { kind: SyncKind::ReverseSync, attempt },
+            StoredPhase::Staging { to } => Phase::Staging { to },
+            StoredPhase::CatchingUp => Phase::CatchingUp,
+            StoredPhase::Reconciling { attempt } => Phase::Syncing { kind: SyncKind::Reconcile, attempt },
+        }
+    }
+}
+
+impl From<Phase> for StoredPhase {
+    fn from(p: Phase) -> StoredPhase {
+        match p {
+            Phase::Unmounted => StoredPhase::Unmounted,
+            Phase::Serving { server } => StoredPhase::Serving { server },
+            Phase::Mounting { to } => StoredPhase::Mounting { to },
+            Phase::Syncing { kind: SyncKind::ReverseSync, attempt } => StoredPhase::Resyncing { attempt },
+            Phase::Staging { to } => StoredPhase::Staging { to },
+            Phase::CatchingUp => StoredPhase::CatchingUp,
+            Phase::Syncing { kind: SyncKind::Reconcile, attempt } => StoredPhase::Reconciling { attempt },
+        }
+    }
+}
+
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        StoredPhase::from(*self).fmt(f)
+    }
 }
 
 /// Operator control.
@@ -166,7 +240,7 @@ impl State {
     /// The pass running in this phase, if any.
     pub fn running_pass(&self) -> Option<u64> {
         match self.phase {
-            Phase::Resyncing { .. } | Phase::CatchingUp | Phase::Reconciling { .. } => Some(self.pass),
+            Phase::Syncing { .. } | Phase::CatchingUp => Some(self.pass),
             Phase::Unmounted | Phase::Serving { .. } | Phase::Mounting { .. } | Phase::Staging { .. } => None,
         }
     }
@@ -182,9 +256,9 @@ impl State {
         match self.phase {
             Phase::Unmounted | Phase::Mounting { .. } => None,
             Phase::Serving { server } => Some(server),
-            Phase::Resyncing { .. } => Some(Server::Backup),
+            Phase::Syncing { kind, .. } => Some(kind.serving()),
             Phase::Staging { to } => Some(to.other()),
-            Phase::CatchingUp | Phase::Reconciling { .. } => Some(Server::Primary),
+            Phase::CatchingUp => Some(Server::Primary),
         }
     }
 
@@ -419,9 +493,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             }
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
-        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms })
-            if current(pass) =>
-        {
+        (
+            Phase::Syncing { kind: SyncKind::ReverseSync, attempt },
+            Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms },
+        ) if current(pass) => {
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
             // pass 1 copied the whole backup tree: an older pending reconciliation is included
@@ -437,14 +512,24 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             }
             o.acts.push(Action::Persist);
         }
-        // Resyncing(n) --sync failed--> Serving(backup), retry after backoff
-        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { pass, error }) if current(pass) => {
+        // Syncing(kind, n) --sync failed--> Serving(what it serves: the backup for a reverse sync, the
+        // primary for a reconciliation), retry after backoff
+        (
+            Phase::Syncing { kind, attempt },
+            Event::ReverseSyncFailed { pass, error } | Event::ReconcileFailed { pass, error },
+        ) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
             o.s.resync_not_before = Some(now_ms.saturating_add(wait));
-            o.s.phase = Phase::Serving { server: Server::Backup };
+            o.s.phase = Phase::Serving { server: kind.serving() };
             o.acts.push(Action::Persist);
-            o.notify(Fact::ReverseSyncFailed { attempt, error, wait_ms: wait });
+            o.notify(match kind {
+                SyncKind::ReverseSync => Fact::ReverseSyncFailed { attempt, error, wait_ms: wait },
+                SyncKind::Reconcile => {
+                    let epoch = o.s.reconcile_epoch.unwrap_or(o.s.epoch);
+                    Fact::ReconcileFailed { attempt, epoch, error, wait_ms: wait }
+                }
+            });
         }
         // Staging(to) --switched--> CatchingUp (failback) or Serving(to); the clients now see `to`, so
         // this is the alert that says so (a catch-up only mails if it fails)
@@ -493,9 +578,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             }
         },
         // Reconciling(n) --sync succeeded--> Serving(primary), reconciliation done
-        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms })
-            if current(pass) =>
-        {
+        (
+            Phase::Syncing { kind: SyncKind::Reconcile, attempt },
+            Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms },
+        ) if current(pass) => {
             let epoch = o.s.reconcile_epoch.take().unwrap_or(o.s.epoch);
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
@@ -503,26 +589,15 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
             o.notify(Fact::ReconcileSucceeded { attempt, epoch, files, bytes, elapsed_ms });
         }
-        // Reconciling(n) --sync failed--> Serving(primary), retry after backoff
-        (Phase::Reconciling { attempt }, Event::ReconcileFailed { pass, error }) if current(pass) => {
-            o.s.resync_failures = attempt;
-            let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
-            o.s.phase = Phase::Serving { server: Server::Primary };
-            o.acts.push(Action::Persist);
-            let epoch = o.s.reconcile_epoch.unwrap_or(o.s.epoch);
-            o.notify(Fact::ReconcileFailed { attempt, epoch, error, wait_ms: wait });
-        }
         // Completions that do not match the phase or the running pass (stale after a restart, or the
         // late report of an aborted pass): ignored.
         (
             Phase::Unmounted
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
-            | Phase::Resyncing { .. }
+            | Phase::Syncing { .. }
             | Phase::Staging { .. }
-            | Phase::CatchingUp
-            | Phase::Reconciling { .. },
+            | Phase::CatchingUp,
             Event::MountSucceeded { .. }
             | Event::MountFailed { .. }
             | Event::ReverseSyncSucceeded { .. }
@@ -639,17 +714,22 @@ fn decide(o: &mut Out, now_ms: u64) {
                 both_down(o, witness_down);
             }
         }
-        // Reconciling(n) --backup or primary DOWN--> Serving(primary), the pass aborted (it reads the
-        // backup's staging mount and writes the primary: it cannot finish; a read on the dead backup
-        // would sit in the kernel until the pass deadline), the reconciliation still owed; then decided
-        // as Serving(primary): a dead primary fails over
-        Phase::Reconciling { attempt } if pass_side_down(&h) => {
-            o.notify(Fact::PassAborted(Pass::Reconcile { attempt }));
-            o.s.phase = Phase::Serving { server: Server::Primary };
+        // Syncing(kind, n) --backup or primary DOWN--> Serving(what it serves), the pass aborted (it
+        // reads the backup, through the mount point or its staging mount, and writes the primary: it
+        // cannot finish, and a read on the dead backup would sit in the kernel until the pass deadline),
+        // the pass still owed; then decided as that steady phase. A reverse sync: a dead primary stays
+        // on the backup (the hold-down restarts); a dead backup with a usable primary moves the node to
+        // the primary with the backup's writes recorded as a durable reconciliation BEFORE the mount
+        // moves (see the Serving(backup) arm for why serving beats waiting); both dead: stay, one
+        // both-down alert. A reconciliation: a dead primary fails over.
+        Phase::Syncing { kind, attempt } if pass_side_down(&h) => {
+            o.notify(Fact::PassAborted(kind.pass(attempt)));
+            o.s.phase = Phase::Serving { server: kind.serving() };
             o.acts.push(Action::Persist);
             decide(o, now_ms);
         }
-        Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
+        Phase::Serving { server: Server::Primary } | Phase::Syncing { kind: SyncKind::Reconcile, .. } => match o.s.hold
+        {
             // Serving(primary)|Reconciling --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
             // Serving(primary)|Reconciling --pinned to backup--> Staging(backup) (or Mounting if the
@@ -752,7 +832,7 @@ fn decide(o: &mut Out, now_ms: u64) {
             if o.p.failback && o.s.pending_reverse_sync {
                 // Serving(backup) --primary up for hold-down--> Resyncing(n)
                 let attempt = o.s.resync_failures.saturating_add(1);
-                o.s.phase = Phase::Resyncing { attempt };
+                o.s.phase = Phase::Syncing { kind: SyncKind::ReverseSync, attempt };
                 o.acts.push(Action::Persist);
                 o.notify(Fact::ReverseSyncStarted { attempt });
                 let pass = o.s.start_pass();
@@ -762,21 +842,6 @@ fn decide(o: &mut Out, now_ms: u64) {
                 o.s.phase = Phase::Staging { to: Server::Primary };
                 o.acts.push(Action::Persist);
                 o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: false });
-            }
-        }
-        // Resyncing(n) --backup or primary DOWN--> Serving(backup), the pass aborted (it reads the backup
-        // through the mount point and writes the primary: it cannot finish, and a read on the dead
-        // backup would block failover until the pass deadline), the reverse sync still owed; then
-        // decided as Serving(backup). A dead primary: stay on the backup (the hold-down restarts). A
-        // dead backup with a usable primary: the node moves to the primary with the backup's writes
-        // recorded as a durable reconciliation BEFORE the mount moves (see that arm for why serving
-        // beats waiting). Both dead: stay, one both-down alert.
-        Phase::Resyncing { attempt } => {
-            if pass_side_down(&h) {
-                o.notify(Fact::PassAborted(Pass::ReverseSync { attempt }));
-                o.s.phase = Phase::Serving { server: Server::Backup };
-                o.acts.push(Action::Persist);
-                decide(o, now_ms);
             }
         }
         // CatchingUp --backup or primary DOWN--> Serving(primary), the catch-up aborted: the files written
@@ -791,8 +856,8 @@ fn decide(o: &mut Out, now_ms: u64) {
             }
         }
         // Mounting/Staging: decided when the mount step reports back (it has its own deadlines, and it
-        // only ever touches the server it mounts).
-        Phase::Mounting { .. } | Phase::Staging { .. } => {}
+        // only ever touches the server it mounts). Syncing(reverse sync, n) with no server DOWN: (same).
+        Phase::Mounting { .. } | Phase::Staging { .. } | Phase::Syncing { kind: SyncKind::ReverseSync, .. } => {}
     }
 }
 
@@ -823,7 +888,7 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
         return;
     }
     let attempt = o.s.resync_failures.saturating_add(1);
-    o.s.phase = Phase::Reconciling { attempt };
+    o.s.phase = Phase::Syncing { kind: SyncKind::Reconcile, attempt };
     o.acts.push(Action::Persist);
     o.notify(Fact::ReconcileStarted { attempt, epoch });
     let pass = o.s.start_pass();

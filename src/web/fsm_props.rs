@@ -107,7 +107,7 @@ fn check_primary_mount(prev: &State, ev: &Event, t: &Transition) -> Result<(), S
         }
         let forced = t.next.hold == Hold::Pinned(Server::Primary);
         let nothing_owed = !prev.pending_reverse_sync;
-        let staged_failback = matches!(prev.phase, Phase::Resyncing { .. })
+        let staged_failback = matches!(prev.phase, Phase::Syncing { kind: SyncKind::ReverseSync, .. })
             && matches!(ev, Event::ReverseSyncSucceeded { .. })
             && t.next.pending_reverse_sync;
         let recorded = !t.next.pending_reverse_sync
@@ -132,9 +132,9 @@ fn check_work_in_progress(s: &State, running: &[Running]) -> Result<(), String> 
         Phase::Staging { to } => {
             return check(running.iter().any(|r| matches!(r, Running::Staged { to: t, .. } if *t == to)))
         }
-        Phase::Resyncing { .. } => Some(Running::Resync(s.pass)),
+        Phase::Syncing { kind: SyncKind::ReverseSync, .. } => Some(Running::Resync(s.pass)),
         Phase::CatchingUp => Some(Running::CatchUp(s.pass)),
-        Phase::Reconciling { .. } => Some(Running::Reconcile(s.pass)),
+        Phase::Syncing { kind: SyncKind::Reconcile, .. } => Some(Running::Reconcile(s.pass)),
     };
     check(want.is_none_or(|w| running.contains(&w)))
 }
