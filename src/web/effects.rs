@@ -108,7 +108,7 @@ impl SysEffects {
         SysEffects {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                ops: SysMountOps { mountinfo: PathBuf::from("/proc/self/mountinfo") },
+                ops: SysMountOps::new(PathBuf::from("/proc/self/mountinfo"), cfg),
                 stage: state_dir.join("stage"),
                 icmp: if cfg.checks.icmp || cfg.witness.as_ref().is_some_and(|w| w.port.is_none()) {
                     Icmp::open()
@@ -155,8 +155,7 @@ impl<M: MountOps> Inner<M> {
     }
 
     async fn mount_at(&self, s: Server, at: &Path) -> Result<(), MountError> {
-        let c = &self.cfg;
-        self.ops.mount(&c.fstype, &c.options, &self.server(s).source(), at, c.mount_timeout).await
+        self.ops.mount(&self.server(s).source(), at).await
     }
 
     /// Detaches everything stacked at `at` (bounded), forcing when the server may be dead; an error
@@ -516,8 +515,8 @@ mod tests {
     fn inner_with(state_dir: &Path, mountinfo: &Path) -> Inner {
         let cfg = crate::config::Config::parse(Path::new("w.toml"), WEB).unwrap().web.unwrap();
         Inner {
+            ops: SysMountOps::new(mountinfo.to_owned(), &cfg),
             cfg,
-            ops: SysMountOps { mountinfo: mountinfo.to_owned() },
             stage: state_dir.join("stage"),
             icmp: Icmp::none(),
             canary_busy: Arc::new(AtomicBool::new(false)),

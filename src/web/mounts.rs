@@ -8,6 +8,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::config::web::WebConfig;
 use crate::sys::mount::{self, MountError};
 use crate::sys::mountinfo::{self, MountEntry};
 
@@ -19,15 +20,9 @@ pub trait MountOps: Send + Sync + 'static {
     fn entries(&self) -> Vec<MountEntry>;
     /// Where the table is read from (for messages).
     fn table(&self) -> &Path;
-    /// `mount -t FSTYPE -o OPTIONS SOURCE AT` with a deadline.
-    fn mount(
-        &self,
-        fstype: &str,
-        options: &str,
-        source: &str,
-        at: &Path,
-        deadline: Duration,
-    ) -> impl Future<Output = Result<(), MountError>> + Send;
+    /// Mounts `source` (`SERVER:/export`) at `at`, with the configured type and options, under the
+    /// mount deadline.
+    fn mount(&self, source: &str, at: &Path) -> impl Future<Output = Result<(), MountError>> + Send;
     /// Lazily detaches the top mount at `at` (`force`: also abort requests to a dead server).
     fn detach(&self, at: &Path, force: bool) -> impl Future<Output = Result<(), MountError>> + Send;
     /// Binds the mount at `from` to `to`.
@@ -40,7 +35,22 @@ pub trait MountOps: Send + Sync + 'static {
 
 /// The real mount table.
 pub struct SysMountOps {
-    pub mountinfo: PathBuf,
+    mountinfo: PathBuf,
+    fstype: String,
+    options: String,
+    mount_timeout: Duration,
+}
+
+impl SysMountOps {
+    /// Reads the table from `mountinfo`; mounts as `[web]` says (`fstype`, `options`, `mount_timeout`).
+    pub fn new(mountinfo: PathBuf, cfg: &WebConfig) -> SysMountOps {
+        SysMountOps {
+            mountinfo,
+            fstype: cfg.fstype.clone(),
+            options: cfg.options.clone(),
+            mount_timeout: cfg.mount_timeout,
+        }
+    }
 }
 
 impl MountOps for SysMountOps {
@@ -55,15 +65,8 @@ impl MountOps for SysMountOps {
         })
     }
 
-    async fn mount(
-        &self,
-        fstype: &str,
-        options: &str,
-        source: &str,
-        at: &Path,
-        deadline: Duration,
-    ) -> Result<(), MountError> {
-        mount::mount_helper(fstype, options, source, at, deadline).await
+    async fn mount(&self, source: &str, at: &Path) -> Result<(), MountError> {
+        mount::mount_helper(&self.fstype, &self.options, source, at, self.mount_timeout).await
     }
 
     async fn detach(&self, at: &Path, force: bool) -> Result<(), MountError> {
@@ -158,7 +161,7 @@ pub mod mem {
             self.table.lock().unwrap().clone()
         }
 
-        async fn mount(&self, _: &str, _: &str, source: &str, at: &Path, _: Duration) -> Result<(), MountError> {
+        async fn mount(&self, source: &str, at: &Path) -> Result<(), MountError> {
             self.check(Op::Mount(at.to_owned()), "mount", at, format!("mount {source} {}", at.display()))?;
             self.add(source, at);
             Ok(())
