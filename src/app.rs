@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{self, AlertSink, Alerts};
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Target, WebArgs};
 use crate::config::Config;
+use crate::domain::{Request, Server};
 use crate::error::Error;
 use crate::{status, storage, sys, web};
 
@@ -45,17 +46,28 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Web(args) => {
             config.web()?;
-            run_role(&config, args.once, |sink, shutdown| async { Ok(web::run(&config, &args, sink, shutdown).await?) })
+            let mode = web::Mode { once: args.once, request: request_of(&args) };
+            let tell = |text: &str| println!("{text}");
+            run_role(&config, args.once, |sink, shutdown| async {
+                Ok(web::run(&config, mode, sink, shutdown, &tell).await?)
+            })
         }
         Command::Storage(args) => {
             config.storage()?;
             run_role(&config, args.once, |sink, shutdown| async {
-                Ok(storage::run(&config, &args, sink, shutdown).await?)
+                Ok(storage::run(&config, storage::Mode { once: args.once }, sink, shutdown).await?)
             })
         }
         Command::AlertTest => {
-            config.alert()?;
-            runtime()?.block_on(async { Ok(alert::test(&config).await?) })
+            let result = runtime()?.block_on(alert::test(config.alert()?));
+            let sent = match &result {
+                Ok(sent) | Err(alert::Error::Test { sent, .. }) => sent.as_deref(),
+                Err(_) => None,
+            };
+            if let Some(sent) = sent {
+                println!("{sent}");
+            }
+            result.map(|_| ()).map_err(Error::from)
         }
     }
 }
@@ -69,7 +81,7 @@ where
 {
     runtime()?.block_on(async {
         let shutdown = sys::shutdown::on_signals();
-        let alerts = Alerts::start(config, shutdown.clone())?;
+        let alerts = Alerts::start(config.alert.as_ref(), &config.state_dir, shutdown.clone())?;
         let result = role(alerts.sink.clone(), shutdown).await;
         alerts.drain(if once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
         result
@@ -93,4 +105,15 @@ fn check_config(config: &Config) {
 
 fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(Error::Runtime)
+}
+
+/// The operator request `web` was given, if any.
+fn request_of(args: &WebArgs) -> Option<Request> {
+    match (args.failover_to, args.hold, args.release) {
+        (Some(Target::Primary), _, _) => Some(Request::FailoverTo(Server::Primary)),
+        (Some(Target::Backup), _, _) => Some(Request::FailoverTo(Server::Backup)),
+        (None, true, _) => Some(Request::Hold),
+        (None, false, true) => Some(Request::Release),
+        (None, false, false) => None,
+    }
 }

@@ -40,18 +40,3 @@ impl Error {
         }
     }
 }
-
-/// Renders an error and all its causes on one line: `outer: cause: root cause`.
-pub fn render_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
-}

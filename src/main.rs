@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfs_guard::{app, cli::Cli, error, logging};
+use nfs_guard::{app, chain, cli::Cli, error, logging};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     match app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nfs-guard: {}", error::render_chain(&e));
+            eprintln!("nfs-guard: {}", chain::render_chain(&e));
             ExitCode::from(e.exit_code())
         }
     }

@@ -131,7 +131,7 @@ async fn smtp_down_then_back_every_alert_delivered_once_in_order() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "");
     let mailer = FakeMailer::new(Mode::Down);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     for (i, kind) in KINDS.into_iter().enumerate() {
         alerts.sink.emit(event(kind, &format!("transition {i}")));
     }
@@ -160,7 +160,7 @@ async fn smtp_hangs_emit_returns_at_once_and_outbox_survives_restart() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "");
     let hung = FakeMailer::new(Mode::Hang);
-    let alerts = Alerts::start_with_mailer(&cfg, hung.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, hung.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "first"));
     wait_for("the first send to hang", Duration::from_secs(5), || hung.attempts() == 1).await;
 
@@ -188,7 +188,7 @@ async fn smtp_hangs_emit_returns_at_once_and_outbox_survives_restart() {
     // Next start, server fine: everything from the previous run goes out, in order, once the
     // backoff the previous run built up (at most retry_max) has passed.
     let up = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, up.clone()).unwrap();
     wait_for("replay", Duration::from_secs(31), || up.delivered().len() == 5).await;
     let subjects = up.subjects();
     assert_eq!(subjects[0], "[nfs-guard] web01 web: first");
@@ -202,7 +202,7 @@ async fn rejected_recipient_does_not_block_the_others() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["a@example.com", "reject-b@example.com", "c@example.com"], "");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "one"));
     alerts.sink.emit(event(KINDS[1], "two"));
     wait_for("both delivered", Duration::from_secs(10), || mailer.delivered().len() == 2).await;
@@ -220,7 +220,7 @@ async fn message_no_recipient_accepts_is_dead_lettered_not_retried_forever() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["reject-a@example.com"], "");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "one"));
     alerts.sink.emit(event(KINDS[1], "two"));
     wait_for("both tried", Duration::from_secs(10), || mailer.attempts() == 2).await;
@@ -236,7 +236,7 @@ async fn repeats_are_folded_into_one_digest_and_disabled_kinds_dropped() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "flood_period = \"10m\"\ndisabled = [\"overflow-rescan\"]\n");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(AlertKind::BothDown, "both down 1"));
     alerts.sink.emit(event(AlertKind::OverflowRescan, "rescan"));
     for i in 2..=4 {
@@ -267,14 +267,14 @@ async fn flood_control_carries_over_to_the_next_process() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "flood_period = \"10m\"\n");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(AlertKind::BothDown, "both down 1"));
     alerts.sink.emit(event(AlertKind::BothDown, "both down 2"));
     alerts.drain(Duration::from_secs(3)).await;
     assert_eq!(mailer.subjects(), ["[nfs-guard] web01 web: both down 1"]);
     assert_eq!(std::fs::read_dir(d.path().join("outbox/fold")).unwrap().count(), 1, "the repeat waits on disk");
 
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(AlertKind::BothDown, "both down 3"));
     tokio::time::sleep(Duration::from_secs(5 * 60)).await;
     assert_eq!(mailer.delivered().len(), 1, "the next process keeps folding within the period");
@@ -289,13 +289,13 @@ async fn folded_alerts_without_flood_state_get_their_digest_at_start() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "flood_period = \"1h\"\n");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(AlertKind::BothDown, "both down 1"));
     alerts.sink.emit(event(AlertKind::BothDown, "both down 2"));
     alerts.drain(Duration::from_secs(3)).await;
     std::fs::remove_file(d.path().join("outbox/flood.json")).unwrap();
 
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     wait_for("the digest", Duration::from_secs(10), || mailer.delivered().len() == 2).await;
     assert_eq!(mailer.subjects()[1], "[nfs-guard] web01 web: both down 2");
     alerts.drain(Duration::from_secs(3)).await;
@@ -306,7 +306,7 @@ async fn alert_test_reports_each_problem_on_its_own_line() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["a@example.com", "reject-b@example.com", "reject-c@example.com"], "");
     let up = FakeMailer::new(Mode::Up);
-    let e = alert::test_with_mailer(&cfg, &up).await.unwrap_err().to_string();
+    let e = alert::test_with_mailer(cfg.alert.as_ref().unwrap(), &up).await.unwrap_err().to_string();
     assert_eq!(
         e,
         "alert test failed:\n  recipient rejected: reject-b@example.com: 550 no such user\n  \
@@ -318,7 +318,7 @@ async fn alert_test_reports_each_problem_on_its_own_line() {
     assert!(body.contains("mail server: mail.test:25 (none)"), "{body}");
 
     let down = FakeMailer::new(Mode::Down);
-    let e = alert::test_with_mailer(&cfg, &down).await.unwrap_err().to_string();
+    let e = alert::test_with_mailer(cfg.alert.as_ref().unwrap(), &down).await.unwrap_err().to_string();
     assert_eq!(e, "alert test failed:\n  connect failed: 127.0.0.1:25: connection refused");
     assert!(!d.path().join("outbox").exists(), "alert-test does not go through the outbox");
 }
@@ -328,7 +328,7 @@ async fn a_recipient_refused_for_now_is_retried_alone_then_given_up() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["a@example.com", "later-b@example.com"], "");
     let mailer = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "one"));
     alerts.sink.emit(event(KINDS[1], "two"));
     wait_for("both alerts done", Duration::from_secs(60 * 60), || alerts.pending() == 0).await;
@@ -347,7 +347,7 @@ async fn an_outbox_write_failure_still_delivers_from_memory() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "");
     let mailer = FakeMailer::new(Mode::Down);
-    let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
     let queue = d.path().join("outbox/queue");
     std::fs::remove_dir(&queue).unwrap();
     std::fs::write(&queue, b"in the way").unwrap();
@@ -366,7 +366,7 @@ async fn damaged_outbox_entries_are_moved_aside_and_reported_by_one_alert() {
     let d = tempfile::tempdir().unwrap();
     let cfg = config(d.path(), &["ops@example.com"], "");
     let down = FakeMailer::new(Mode::Down);
-    let alerts = Alerts::start_with_mailer(&cfg, down.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, down.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "lost to a torn write"));
     alerts.drain(Duration::from_secs(3)).await;
     let queue = d.path().join("outbox/queue");
@@ -374,7 +374,7 @@ async fn damaged_outbox_entries_are_moved_aside_and_reported_by_one_alert() {
     std::fs::write(queue.join("notes\n.txt"), b"planted").unwrap();
 
     let up = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, up.clone()).unwrap();
     wait_for("the damage alert", Duration::from_secs(10), || up.delivered().len() == 1).await;
     let (_, subject, body) = up.delivered().pop().unwrap();
     assert_eq!(subject, "[nfs-guard] web01 alert: 2 damaged files in the alert outbox moved aside");
@@ -383,7 +383,7 @@ async fn damaged_outbox_entries_are_moved_aside_and_reported_by_one_alert() {
     alerts.drain(Duration::from_secs(3)).await;
     assert_eq!(queue_files(d.path()), 0);
 
-    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, up.clone()).unwrap();
     tokio::time::sleep(Duration::from_secs(60)).await;
     alerts.drain(Duration::from_secs(3)).await;
     assert_eq!(up.delivered().len(), 1, "no further alert: the damage was reported once");
@@ -398,7 +398,7 @@ async fn once_runs_honour_the_persisted_backoff_and_do_not_wait_for_a_dead_serve
     let cfg = config(d.path(), &["ops@example.com"], "");
     let hung = FakeMailer::new(Mode::Hang);
     let once = |mailer: &FakeMailer, i: usize| {
-        let alerts = Alerts::start_with_mailer(&cfg, mailer.clone()).unwrap();
+        let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, mailer.clone()).unwrap();
         alerts.sink.emit(event(KINDS[i], &format!("run {i}")));
         alerts
     };
@@ -421,7 +421,7 @@ async fn once_runs_honour_the_persisted_backoff_and_do_not_wait_for_a_dead_serve
 
     // The server is back; a run after the backoff has passed mails everything, in order.
     let up = FakeMailer::new(Mode::Up);
-    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, up.clone()).unwrap();
     wait_for("all 3 delivered", Duration::from_secs(30), || up.delivered().len() == 3).await;
     assert_eq!(up.subjects(), ["run 0", "run 1", "run 2"].map(|t| format!("[nfs-guard] web01 web: {t}")));
     alerts.drain(Duration::from_secs(5)).await;
@@ -441,7 +441,7 @@ async fn a_persisted_backoff_is_capped_at_retry_max() {
         br#"{"failures": 4294967295, "next_attempt": {"secs_since_epoch": 9999999999, "nanos_since_epoch": 0}}"#,
     )
     .unwrap();
-    let alerts = Alerts::start_with_mailer(&cfg, up.clone()).unwrap();
+    let alerts = Alerts::start_with_mailer(cfg.alert.as_ref().unwrap(), &cfg.state_dir, up.clone()).unwrap();
     alerts.sink.emit(event(KINDS[0], "held back at most 30s"));
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(up.delivered().is_empty(), "the backoff is honoured");

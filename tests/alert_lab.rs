@@ -304,7 +304,9 @@ fn lab_driver() {
     let config = Config::load(Path::new(&config)).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let alerts = Alerts::start(&config, tokio_util::sync::CancellationToken::new()).unwrap();
+        let alerts =
+            Alerts::start(config.alert.as_ref(), &config.state_dir, tokio_util::sync::CancellationToken::new())
+                .unwrap();
         let say = |s: String| {
             let mut out = std::io::stdout().lock();
             writeln!(out, "DRIVER {s}").unwrap();
@@ -496,7 +498,9 @@ fn lab_a_frozen_state_disk_never_blocks_emit() {
         p(&state)
     );
     let config = Config::parse(&disk.mnt.join("t.toml"), &text).unwrap();
-    let alerts = rt.block_on(async { Alerts::start(&config, tokio_util::sync::CancellationToken::new()).unwrap() });
+    let alerts = rt.block_on(async {
+        Alerts::start(config.alert.as_ref(), &config.state_dir, tokio_util::sync::CancellationToken::new()).unwrap()
+    });
     let kinds = [AlertKind::FailoverStarted, AlertKind::FailoverCompleted, AlertKind::BothDown];
     rt.block_on(async { alerts.sink.emit(lab_event(kinds[0], "before the freeze")) });
 

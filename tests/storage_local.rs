@@ -180,7 +180,7 @@ fn journal_survives_a_dead_remote_and_a_restart() {
     let second = Command::new(BIN).arg("--config").arg(&cfg).arg("storage").output().unwrap();
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("another nfs-guard storage already runs"), "{err}");
+    assert!(err.contains("another nfs-guard storage runs with this state directory"), "{err}");
     // Remote dies; changes queue up (journaled) while pushes fail.
     drop(daemon);
     burst(&src, "queued", 5, 200);

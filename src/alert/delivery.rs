@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use lettre::message::Mailbox;
 use tokio::sync::Notify;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::event::{AlertEvent, AlertSink};
@@ -27,6 +27,7 @@ use super::outbox::{Outbox, Queued, RetryState};
 use super::policy::{Admit, FloodPolicy};
 use super::render::{render, RenderContext};
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SendError, Stage};
+use crate::timing;
 
 /// First retry delay after a failed send; doubles up to `retry_max`.
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -222,7 +223,7 @@ pub(crate) async fn run<M: Mailer>(
         };
         tokio::select! {
             () = control.wake.notified() => {}
-            () = sleep_opt(wake_at) => {}
+            () = timing::sleep_until(wake_at) => {}
             () = control.stop.cancelled() => break,
         }
     }
@@ -275,13 +276,6 @@ impl Retry {
         if was > 0 {
             lock(shared).outbox.save_retry(None);
         }
-    }
-}
-
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -412,9 +406,7 @@ impl Backoff {
 
     /// The delay after `failures` failed attempts in a row: `min`, doubling up to `max`.
     fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(31);
-        let base = self.min.saturating_mul(1 << doublings).min(self.max);
-        base.mul_f64(0.8 + fastrand::f64() * 0.4)
+        timing::jittered(timing::doubling(self.min, self.max, failures), fastrand::f64())
     }
 }
 

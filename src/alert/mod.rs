@@ -14,11 +14,13 @@
 
 pub mod delivery;
 pub mod event;
+pub mod notice;
 pub mod outbox;
 pub mod policy;
 pub mod render;
 pub mod writer;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,19 +32,21 @@ pub use delivery::{DeliverySettings, OutboxSink};
 pub use event::{AlertEvent, AlertKind, AlertSink, LogSink, Role};
 pub use outbox::OutboxError;
 
-use crate::config::Config;
+use crate::config::alert::AlertConfig;
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SmtpMailer};
 use delivery::{Clock, Control, Shared};
 use policy::FloodPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("alert delivery is not configured")]
-    NotConfigured,
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("alert test failed:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Test { problems: Vec<String> },
+    Test {
+        /// What was sent to the recipients that accepted it, if any (for the operator).
+        sent: Option<String>,
+        problems: Vec<String>,
+    },
 }
 
 /// The running alert pipeline of a process: the sink roles emit into, and its delivery task.
@@ -58,22 +62,25 @@ struct Delivery {
 }
 
 impl Alerts {
-    /// Starts delivery for `config` on the current runtime. Without an `[alert]` section alerts
-    /// are only logged.
+    /// Starts delivery for the `[alert]` section `config`, its outbox under `state_dir`, on the current
+    /// runtime. Without an `[alert]` section alerts are only logged.
     ///
     /// `_shutdown` is deliberately not watched: alerts raised while a role shuts down must still
     /// go out, so delivery runs until [`Alerts::drain`] ends it.
-    pub fn start(config: &Config, _shutdown: CancellationToken) -> Result<Alerts, Error> {
-        match &config.alert {
+    pub fn start(
+        config: Option<&AlertConfig>,
+        state_dir: &Path,
+        _shutdown: CancellationToken,
+    ) -> Result<Alerts, Error> {
+        match config {
             None => Ok(Alerts { sink: Arc::new(LogSink), delivery: None }),
-            Some(alert) => Alerts::start_with_mailer(config, SmtpMailer::new(alert.smtp.clone())),
+            Some(alert) => Alerts::start_with_mailer(alert, state_dir, SmtpMailer::new(alert.smtp.clone())),
         }
     }
 
-    /// Like [`Alerts::start`] with a given mailer (tests use a fake). Needs an `[alert]` section.
-    pub fn start_with_mailer<M: Mailer>(config: &Config, mailer: M) -> Result<Alerts, Error> {
-        let alert = config.alert.as_ref().ok_or(Error::NotConfigured)?;
-        let outbox = outbox::Outbox::open(&config.state_dir.join("outbox"))?;
+    /// Like [`Alerts::start`] with a given mailer (tests use a fake).
+    pub fn start_with_mailer<M: Mailer>(alert: &AlertConfig, state_dir: &Path, mailer: M) -> Result<Alerts, Error> {
+        let outbox = outbox::Outbox::open(&state_dir.join("outbox"))?;
         let clock = Clock::start();
         // Flood control carries over from the previous process (`web --once` is one per run):
         // its periods and scheduled digests continue; folded alerts without a digest get one now.
@@ -93,7 +100,7 @@ impl Alerts {
             to: alert.to.clone(),
             retry_max: alert.retry_max,
             send_deadline: alert.smtp.deadline() + Duration::from_secs(1),
-            hostname: hostname(config),
+            hostname: hostname(alert),
         };
         let handle = tokio::spawn(delivery::run(shared.clone(), control.clone(), mailer, settings));
         let sink = Arc::new(OutboxSink { shared: shared.clone(), control: control.clone() });
@@ -196,23 +203,22 @@ fn shown(path: &std::path::Path) -> String {
 }
 
 /// The name shown in subjects: `[alert] hostname`, else the system host name.
-fn hostname(config: &Config) -> String {
-    config.alert.as_ref().and_then(|a| a.hostname.clone()).unwrap_or_else(|| {
+fn hostname(alert: &AlertConfig) -> String {
+    alert.hostname.clone().unwrap_or_else(|| {
         nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
     })
 }
 
 /// `nfs-guard alert-test`: sends a test message now, directly (not through the outbox), and
 /// reports every problem, one line each: name lookup, connect, TLS, authentication, sender, each
-/// rejected recipient.
-pub async fn test(config: &Config) -> Result<(), Error> {
-    test_with_mailer(config, &SmtpMailer::new(config.alert.as_ref().ok_or(Error::NotConfigured)?.smtp.clone())).await
+/// rejected recipient. Returns what to tell the operator when a recipient accepted it.
+pub async fn test(alert: &AlertConfig) -> Result<Option<String>, Error> {
+    test_with_mailer(alert, &SmtpMailer::new(alert.smtp.clone())).await
 }
 
 /// [`test`] with a given mailer.
-pub async fn test_with_mailer<M: Mailer>(config: &Config, mailer: &M) -> Result<(), Error> {
-    let alert = config.alert.as_ref().ok_or(Error::NotConfigured)?;
-    let host = hostname(config);
+pub async fn test_with_mailer<M: Mailer>(alert: &AlertConfig, mailer: &M) -> Result<Option<String>, Error> {
+    let host = hostname(alert);
     let recipients: Vec<String> = alert.to.iter().map(ToString::to_string).collect();
     let event = AlertEvent::new(
         AlertKind::Test,
@@ -235,7 +241,7 @@ pub async fn test_with_mailer<M: Mailer>(config: &Config, mailer: &M) -> Result<
         body: rendered.body,
         date: at,
     };
-    let report = mailer.send(&mail).await.map_err(|e| Error::Test { problems: vec![e.to_string()] })?;
+    let report = mailer.send(&mail).await.map_err(|e| Error::Test { sent: None, problems: vec![e.to_string()] })?;
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
     for (addr, r) in &report.rcpt {
@@ -247,12 +253,11 @@ pub async fn test_with_mailer<M: Mailer>(config: &Config, mailer: &M) -> Result<
             )),
         }
     }
-    if !accepted.is_empty() {
-        println!("test alert sent via {} to {}", alert.smtp.describe(), accepted.join(", "));
-    }
+    let sent = (!accepted.is_empty())
+        .then(|| format!("test alert sent via {} to {}", alert.smtp.describe(), accepted.join(", ")));
     if problems.is_empty() {
-        Ok(())
+        Ok(sent)
     } else {
-        Err(Error::Test { problems })
+        Err(Error::Test { sent, problems })
     }
 }

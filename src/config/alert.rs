@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::duration::{days, mins, ms, opt_duration_in, secs};
 use super::{Ctx, Spanned};
-use crate::alert::AlertKind;
+use crate::alert_kind::AlertKind;
 use crate::sys::smtp::{self, Security, SmtpSettings};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = secs(10);

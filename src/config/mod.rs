@@ -11,6 +11,7 @@
 
 pub mod alert;
 pub mod duration;
+pub mod filter;
 pub mod rsync;
 mod scan;
 pub mod storage;

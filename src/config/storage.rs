@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::duration::{days, hours, mins, ms, opt_duration_in, secs, MAX_DURATION};
 use super::rsync::{plain_name, rsync_option_problem, RawRsyncTarget};
 use super::{Ctx, Spanned};
-use crate::storage::filter::Filter;
+use crate::config::filter::Filter;
 use crate::sys::rsync::RsyncTarget;
 
 /// rsync options every push uses unless `rsync_args` replaces them: archive mode, hard links,

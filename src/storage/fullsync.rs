@@ -48,7 +48,7 @@ pub async fn once(cfg: Arc<StorageConfig>, stop: CancellationToken) -> Vec<Failu
                         continue;
                     }
                     Ok(r) => r.error_text(),
-                    Err(e) => crate::error::render_chain(&e),
+                    Err(e) => crate::chain::render_chain(&e),
                 };
                 tracing::error!(remote = %remote.name, tree = %tree.path.display(), error = %error, "full sync failed");
                 failures.push(Failure { remote: remote.name.clone(), tree: tree.path.display().to_string(), error });

@@ -12,12 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::AsyncWriteExt;
-
 use crate::config::storage::Hook;
+use crate::sys::child;
 
 /// Paths that may wait for the hook per remote and tree before they collapse into the tree root.
 pub const MAX_WAITING: usize = 100_000;
@@ -120,38 +118,29 @@ pub fn json_body(remote: &str, paths: &[PathBuf]) -> serde_json::Value {
 
 async fn run_command(hook: &Hook, remote: &str, paths: &[PathBuf]) {
     let mut cmd = tokio::process::Command::new(&hook.command[0]);
-    cmd.args(&hook.command[1..])
-        .env("NFS_GUARD_REMOTE", remote)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(command = %hook.command[0], error = %e, "hook command cannot start");
-            return;
-        }
+    cmd.args(&hook.command[1..]).env("NFS_GUARD_REMOTE", remote);
+    let spec = child::Spec {
+        cmd,
+        stdin: Some(stdin_bytes(paths)),
+        stdout: false,
+        deadline: hook.timeout,
+        end: child::End::OutputClosed,
     };
-    let data = stdin_bytes(paths);
-    let mut stdin = child.stdin.take();
-    let run = async {
-        if let Some(w) = stdin.as_mut() {
-            let _ = w.write_all(&data).await;
-        }
-        drop(stdin);
-        child.wait_with_output().await
-    };
-    match tokio::time::timeout(hook.timeout, run).await {
-        Ok(Ok(out)) if out.status.success() => {
+    match child::run(spec).await {
+        Err(e) => tracing::warn!(command = %hook.command[0], error = %e.source, "hook command cannot start"),
+        Ok(child::Ran::Exited { status: Ok(status), .. }) if status.success() => {
             tracing::debug!(command = %hook.command[0], paths = paths.len(), "hook command done");
         }
-        Ok(Ok(out)) => tracing::warn!(
-            command = %hook.command[0], status = %out.status,
-            stderr = %String::from_utf8_lossy(&out.stderr).trim(), "hook command failed"
+        Ok(child::Ran::Exited { status: Ok(status), stderr, .. }) => tracing::warn!(
+            command = %hook.command[0], status = %status,
+            stderr = %String::from_utf8_lossy(&stderr).trim(), "hook command failed"
         ),
-        Ok(Err(e)) => tracing::warn!(command = %hook.command[0], error = %e, "hook command failed"),
-        Err(_) => tracing::warn!(command = %hook.command[0], timeout = ?hook.timeout, "hook command timed out; killed"),
+        Ok(child::Ran::Exited { status: Err(e), .. }) => {
+            tracing::warn!(command = %hook.command[0], error = %e, "hook command failed");
+        }
+        Ok(child::Ran::TimedOut) => {
+            tracing::warn!(command = %hook.command[0], timeout = ?hook.timeout, "hook command timed out; killed");
+        }
     }
 }
 
@@ -178,7 +167,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::storage::filter::Filter;
+    use crate::config::filter::Filter;
 
     #[test]
     fn payloads_keep_names_safe() {

@@ -23,7 +23,6 @@
 //! whatever is left stays journaled for the next start.
 
 pub mod batch;
-pub mod filter;
 pub mod fullsync;
 pub mod guard;
 pub mod hooks;
@@ -43,10 +42,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
-use crate::cli::StorageArgs;
 use crate::config::storage::StorageConfig;
 use crate::config::Config;
 use crate::sys::{fsutil, systemd};
+use crate::timing::sleep_until;
 use batch::{Batcher, Entry, Timing};
 use guard::{Guards, Seen};
 use remote::{Queue, Worker};
@@ -84,14 +83,21 @@ pub enum Error {
     FullSync { failures: Vec<fullsync::Failure> },
 }
 
+/// How the storage role runs (from the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// One full sync of every tree to every remote, then return.
+    pub once: bool,
+}
+
 pub async fn run(
     config: &Config,
-    args: &StorageArgs,
+    mode: Mode,
     alerts: Arc<dyn AlertSink>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let cfg = Arc::new(config.storage.clone().ok_or(Error::NoSection)?);
-    if args.once {
+    if mode.once {
         let failures = fullsync::once(Arc::clone(&cfg), shutdown).await;
         return if failures.is_empty() { Ok(()) } else { Err(Error::FullSync { failures }) };
     }
@@ -489,13 +495,6 @@ fn blocking_here<T>(f: impl FnOnce() -> T) -> T {
         tokio::task::block_in_place(f)
     } else {
         f()
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -32,7 +32,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::batch::{Entry, Scope};
-use super::filter::Filter;
+use crate::config::filter::Filter;
 use crate::config::storage::{FullSync, Tree};
 use crate::sys::rsync::{self, RsyncReport, RsyncTarget, SpawnError};
 

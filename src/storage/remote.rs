@@ -25,6 +25,7 @@ use super::status::{now_rfc3339, Board};
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::storage::{Remote, StorageConfig};
 use crate::sys::rsync::{self, ExitClass, RsyncReport};
+use crate::timing;
 
 /// Work for a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,9 +262,7 @@ pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
 /// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep. Saturates:
 /// absurd durations give a long delay, never a panic.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    Duration::try_from_secs_f64(exp.min(max).as_secs_f64() * factor).unwrap_or(Duration::MAX)
+    timing::jittered(timing::doubling(min, max, attempt), jitter)
 }
 
 /// `now + d`, or a year from now when that is beyond what an `Instant` holds.
@@ -393,7 +392,7 @@ impl Worker {
         let queue = Arc::clone(&self.queue);
         self.work(pusher).await;
         if let Err(e) = queue.flush().wait().await {
-            tracing::error!(error = %crate::error::render_chain(&e), "journal not fully written at stop");
+            tracing::error!(error = %crate::chain::render_chain(&e), "journal not fully written at stop");
         }
     }
 
@@ -434,7 +433,7 @@ impl Worker {
                     }
                 }
                 () = self.queue.wake.notified() => {}
-                () = sleep_until_opt(h.retry_at) => {}
+                () = timing::sleep_until(h.retry_at) => {}
                 () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
                 () = self.hard_stop.cancelled() => {
                     // The aborted pushes were never acknowledged: the journal still holds them.
@@ -593,13 +592,6 @@ impl Worker {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Push for Pusher {
     fn perform<'a>(
         &'a self,
@@ -728,7 +720,7 @@ fn outcome(r: Result<RsyncReport, rsync::SpawnError>) -> Outcome {
             class: ExitClass::Fatal,
             files: 0,
             bytes: 0,
-            error: Some(crate::error::render_chain(&e)),
+            error: Some(crate::chain::render_chain(&e)),
         },
     }
 }

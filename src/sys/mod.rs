@@ -1,6 +1,7 @@
 //! Everything that touches the OS, the network, child processes or files on disk. Decision logic
 //! elsewhere stays pure and talks to these through small traits or plain functions.
 
+pub mod child;
 pub mod fsutil;
 pub mod lockfile;
 pub mod mount;

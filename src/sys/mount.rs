@@ -1,16 +1,16 @@
 //! Mount operations, each with a deadline and run where it can be abandoned: the system mount helper
 //! as a child process (so fstab-style options and `mount.nfs` work as on any host), and the raw
-//! syscalls (lazy detach, bind, move) on a blocking thread we stop waiting for at the deadline.
-//! Nothing here stats a mounted file system.
+//! syscalls (lazy detach, bind, move, remount: through sys-mount) on a blocking thread we stop
+//! waiting for at the deadline. Nothing here stats a mounted file system.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use nix::mount::{MntFlags, MsFlags};
-use tokio::io::AsyncReadExt;
+use sys_mount::{Mount, MountFlags, UnmountFlags};
 use tokio::process::Command;
+
+use super::child;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -62,44 +62,24 @@ fn opt_text(options: &str) -> String {
     }
 }
 
-/// Runs a prepared command with a deadline; on timeout kills its process group and stops waiting.
-pub async fn run_child(mut cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|source| MountError::Spawn { program, source })?;
-    let pid = child.id();
-    // stderr is collected by its own task: a helper that daemonizes (FUSE) may leave a grandchild holding
-    // the pipe, so the exit status, not EOF, ends the wait.
-    let (etx, erx) = tokio::sync::oneshot::channel();
-    if let Some(mut e) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut se = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(60), e.read_to_end(&mut se)).await;
-            let _ = etx.send(se);
-        });
-    }
-    match tokio::time::timeout(deadline, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(status) => {
-            let se = tokio::time::timeout(Duration::from_millis(300), erx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            Err(MountError::Failed {
-                command,
-                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                stderr: String::from_utf8_lossy(&se).trim().replace('\n', " | "),
-            })
-        }
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-            Err(MountError::TimedOut { command, deadline })
-        }
+/// Runs a prepared command with a deadline (see [`child::run`]); its exit ends the wait: a helper that
+/// daemonizes (FUSE) may leave a grandchild holding stderr, which is read only briefly after the exit.
+pub async fn run_child(cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
+    let spec =
+        child::Spec { cmd, stdin: None, stdout: false, deadline, end: child::End::Exited { trailing: STDERR_TRAIL } };
+    match child::run(spec).await.map_err(|e| MountError::Spawn { program: e.program, source: e.source })? {
+        child::Ran::Exited { status: Ok(status), .. } if status.success() => Ok(()),
+        child::Ran::Exited { status, stderr, .. } => Err(MountError::Failed {
+            command,
+            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            stderr: String::from_utf8_lossy(&stderr).trim().replace('\n', " | "),
+        }),
+        child::Ran::TimedOut => Err(MountError::TimedOut { command, deadline }),
     }
 }
+
+/// How long a helper's stderr is read after it exited.
+const STDERR_TRAIL: Duration = Duration::from_millis(300);
 
 /// Runs a blocking syscall on its own thread and stops waiting at the deadline (the thread is
 /// abandoned if the kernel never returns, which a hung network file system can cause).
@@ -133,10 +113,10 @@ async fn blocking(
 /// `force` also aborts pending requests to a dead server. EINVAL (nothing mounted) is success.
 pub async fn detach(target: &Path, force: bool, deadline: Duration) -> Result<(), MountError> {
     let t = target.to_owned();
-    let flags = if force { MntFlags::MNT_DETACH | MntFlags::MNT_FORCE } else { MntFlags::MNT_DETACH };
-    let r = blocking("umount2", target, deadline, move || match nix::mount::umount2(&t, flags) {
+    let flags = if force { UnmountFlags::DETACH | UnmountFlags::FORCE } else { UnmountFlags::DETACH };
+    let r = blocking("umount2", target, deadline, move || match umount2(&t, flags) {
         // A file system without umount_begin rejects MNT_FORCE with EINVAL on some kernels: retry lazily.
-        Err(nix::Error::EINVAL) if force => nix::mount::umount2(&t, MntFlags::MNT_DETACH),
+        Err(nix::Error::EINVAL) if force => umount2(&t, UnmountFlags::DETACH),
         r => r,
     })
     .await;
@@ -149,19 +129,13 @@ pub async fn detach(target: &Path, force: bool, deadline: Duration) -> Result<()
 /// `mount --bind SRC DST`.
 pub async fn bind(src: &Path, dst: &Path, deadline: Duration) -> Result<(), MountError> {
     let (s, d) = (src.to_owned(), dst.to_owned());
-    blocking("bind", dst, deadline, move || {
-        nix::mount::mount(Some(&s), &d, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-    })
-    .await
+    blocking("bind", dst, deadline, move || mount_flags(&s, &d, MountFlags::BIND)).await
 }
 
 /// `mount --move SRC DST` (the mount at SRC now appears at DST; its parent must not be shared).
 pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<(), MountError> {
     let (s, d) = (src.to_owned(), dst.to_owned());
-    blocking("move", dst, deadline, move || {
-        nix::mount::mount(Some(&s), &d, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-    })
-    .await
+    blocking("move", dst, deadline, move || mount_flags(&s, &d, MountFlags::MOVE)).await
 }
 
 /// Makes the mount at `target` read-only (`ro`) or writable again, for this mount point only
@@ -169,14 +143,20 @@ pub async fn move_mount(src: &Path, dst: &Path, deadline: Duration) -> Result<()
 /// open for writing on that mount, the kernel refuses read-only with EBUSY.
 pub async fn set_read_only(target: &Path, ro: bool, deadline: Duration) -> Result<(), MountError> {
     let t = target.to_owned();
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-    if ro {
-        flags |= MsFlags::MS_RDONLY;
-    }
     blocking(if ro { "remount read-only" } else { "remount writable" }, target, deadline, move || {
-        nix::mount::mount(None::<&str>, &t, None::<&str>, flags, None::<&str>)
+        set_read_only_now(&t, ro)
     })
     .await
+}
+
+/// [`set_read_only`] on the calling thread, without a deadline: for a thread of its own (a drop
+/// cannot await).
+pub fn set_read_only_now(target: &Path, ro: bool) -> nix::Result<()> {
+    let mut flags = MountFlags::REMOUNT | MountFlags::BIND;
+    if ro {
+        flags |= MountFlags::RDONLY;
+    }
+    mount_flags(Path::new(""), target, flags)
 }
 
 /// Makes `dir` a private mount point of its own (a bind of itself, propagation private), so mounts
@@ -189,10 +169,29 @@ pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration)
         bind(dir, dir, deadline).await?;
     }
     let d = dir.to_owned();
+    // nix, not sys-mount: sys-mount sets a propagation type only on a `Mount` it made itself, and
+    // this dir may have been bound by an earlier run.
     blocking("make-private", dir, deadline, move || {
-        nix::mount::mount(None::<&str>, &d, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        nix::mount::mount(None::<&str>, &d, None::<&str>, nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
     })
     .await
+}
+
+/// `umount2(target, flags)` through sys-mount, the error as an errno (callers match EINVAL).
+fn umount2(target: &Path, flags: UnmountFlags) -> nix::Result<()> {
+    sys_mount::unmount(target, flags).map_err(|e| errno(&e))
+}
+
+/// `mount(source, target, "", flags, NULL)` through sys-mount, for the flag-only operations (bind,
+/// move, remount, propagation) where the kernel ignores the file system type. An empty `source` is
+/// passed as NULL. The type is given (empty), so sys-mount never probes `/proc/filesystems`; its
+/// loop-device feature is off, so it never looks at `source` either (it may be a dead NFS mount).
+fn mount_flags(source: &Path, target: &Path, flags: MountFlags) -> nix::Result<()> {
+    Mount::builder().fstype("").flags(flags).mount(source, target).map(drop).map_err(|e| errno(&e))
+}
+
+fn errno(e: &io::Error) -> nix::Error {
+    e.raw_os_error().map_or(nix::Error::EIO, nix::Error::from_raw)
 }
 
 /// A process that still has files open on a detached mount.
@@ -256,6 +255,47 @@ mod tests {
         let e = run_child(cmd, "mount hang".into(), Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(e, MountError::TimedOut { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// bind, move, read-only remount and detach through sys-mount, on tmpfs, in a mount namespace of
+    /// this test's thread (the threads `blocking` starts from it share it). Needs root: says so loudly
+    /// and returns without it.
+    #[test]
+    fn the_syscalls_bind_move_remount_and_detach() {
+        use nix::mount::MsFlags;
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+            eprintln!("SKIPPED the_syscalls_bind_move_remount_and_detach: no mount namespace ({e}); run as root");
+            return;
+        }
+        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = ["a", "b", "c"].map(|n| dir.path().join(n));
+        for p in [&a, &b, &c] {
+            std::fs::create_dir(p).unwrap();
+        }
+        nix::mount::mount(Some("tmpfs"), &a, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+        std::fs::write(a.join("x"), "x").unwrap();
+        let table = || crate::sys::mountinfo::read(Path::new("/proc/thread-self/mountinfo")).unwrap();
+        let mounted = |p: &Path| crate::sys::mountinfo::top_at(&table(), p).is_some();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let limit = Duration::from_secs(5);
+            bind(&a, &b, limit).await.unwrap();
+            assert!(b.join("x").exists());
+            move_mount(&b, &c, limit).await.unwrap();
+            assert!(!mounted(&b) && mounted(&c) && c.join("x").exists());
+            set_read_only(&c, true, limit).await.unwrap();
+            let e = std::fs::write(c.join("y"), "y").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(nix::libc::EROFS));
+            set_read_only_now(&c, false).unwrap();
+            std::fs::write(c.join("y"), "y").unwrap();
+            detach(&c, false, limit).await.unwrap();
+            assert!(!mounted(&c));
+            detach(&c, true, limit).await.expect("nothing mounted (EINVAL) is success");
+            detach(&a, true, limit).await.unwrap();
+            assert!(!mounted(&a));
+        });
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+
+use super::child;
 
 /// How rsync reaches the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,13 +175,7 @@ impl RsyncReport {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("cannot run {program}")]
-pub struct SpawnError {
-    pub program: String,
-    #[source]
-    pub source: std::io::Error,
-}
+pub use super::child::{SpawnError, OUTPUT_KEEP};
 
 /// Encodes relative paths for `--files-from=- --from0`: raw bytes, NUL-terminated, each behind
 /// `./`. rsync skips a list line that starts with `#` or `;` as a comment, even with `--from0`, and
@@ -210,51 +204,11 @@ pub async fn run(
 ) -> Result<RsyncReport, SpawnError> {
     let started = Instant::now();
     let mut cmd = Command::new(rsync);
-    cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("LC_ALL", "C")
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| SpawnError { program: rsync.display().to_string(), source })?;
-    // rsync leads its own process group (with the ssh it starts): killed whole at the deadline or
-    // when this future is dropped unfinished (shutdown, a cancelled task).
-    let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
-    let mut child_stdin = child.stdin.take();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let io = async {
-        let feed = async {
-            if let (Some(mut w), Some(data)) = (child_stdin.take(), stdin) {
-                // A remote that dies early closes the pipe; rsync's exit code tells the story.
-                let _ = w.write_all(&data).await;
-                let _ = w.shutdown().await;
-            }
-        };
-        let read_out = async {
-            match out.as_mut() {
-                Some(o) => read_tail(o, OUTPUT_KEEP).await,
-                None => Vec::new(),
-            }
-        };
-        let read_err = async {
-            match err.as_mut() {
-                Some(e) => read_tail(e, OUTPUT_KEEP).await,
-                None => Vec::new(),
-            }
-        };
-        let ((), so, se) = tokio::join!(feed, read_out, read_err);
-        let status = child.wait().await;
-        (status, so, se)
-    };
-    let (code, stdout, stderr, timed_out) = if let Ok((status, so, se)) = tokio::time::timeout(deadline, io).await {
-        // rsync was reaped (its ssh with it): its group id may be reused from now on.
-        group.0 = None;
-        (status.ok().and_then(|s| s.code()), so, se, false)
-    } else {
-        group.kill();
-        (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true)
+    cmd.args(args).env("LC_ALL", "C");
+    let spec = child::Spec { cmd, stdin, stdout: true, deadline, end: child::End::OutputClosed };
+    let (code, stdout, stderr, timed_out) = match child::run(spec).await? {
+        child::Ran::Exited { status, stdout, stderr } => (status.ok().and_then(|s| s.code()), stdout, stderr, false),
+        child::Ran::TimedOut => (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true),
     };
     let stdout = String::from_utf8_lossy(&stdout);
     let (files, bytes) = parse_stats(&stdout);
@@ -267,48 +221,6 @@ pub async fn run(
         stderr_tail: tail(&String::from_utf8_lossy(&stderr), 5),
         timed_out,
     })
-}
-
-/// How much of rsync's stdout and of its stderr is kept: the end, where `--stats` and the last
-/// errors are (a transfer that warns about every one of 10000 files must not fill memory).
-pub const OUTPUT_KEEP: usize = 64 * 1024;
-
-/// Reads `r` to its end (or first error), keeping only the last `keep` bytes.
-pub async fn read_tail<R: AsyncRead + Unpin>(r: &mut R, keep: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    loop {
-        match r.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() > 2 * keep {
-                    buf.drain(..buf.len() - keep);
-                }
-            }
-        }
-    }
-    if buf.len() > keep {
-        buf.drain(..buf.len() - keep);
-    }
-    buf
-}
-
-/// The process group of a running rsync, killed with SIGKILL when dropped while still set.
-struct Group(Option<i32>);
-
-impl Group {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -342,6 +254,7 @@ pub fn parse_stats(stdout: &str) -> (u64, u64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::sys::child::{gone, read_tail};
 
     fn daemon() -> RsyncTarget {
         RsyncTarget::example()
@@ -424,12 +337,6 @@ mod tests {
         assert_eq!((r.files, r.bytes), (7, 9));
         assert!(r.stderr_tail.ends_with("last"), "{}", r.stderr_tail.len());
         assert!(r.stderr_tail.len() <= OUTPUT_KEEP);
-    }
-
-    /// Is `pid` gone (no such process, or a zombie)?
-    fn gone(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
     }
 
     /// Runs a fake rsync (a shell that starts a child, like rsync starting ssh), abandoning the run

@@ -485,7 +485,7 @@ fn tls_text(e: &lettre::transport::smtp::Error) -> String {
 
 /// An error and its causes on one line.
 fn chain(e: &dyn std::error::Error) -> String {
-    crate::error::render_chain(e)
+    crate::chain::render_chain(e)
 }
 
 fn human(d: Duration) -> String {

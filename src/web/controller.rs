@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -22,9 +22,10 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
-use super::fsm::{self, Action, Event, Phase, Policy, Server, Snapshot};
+use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot, SyncKind};
 use super::health::{Health, Status};
 use super::state::{self, Durable, Loaded, Quarantined, Taken};
+use crate::alert::notice;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::web::WebConfig;
 
@@ -73,6 +74,8 @@ pub struct Controller<P, M, S> {
     cfg: Arc<WebConfig>,
     state_dir: PathBuf,
     policy: Policy,
+    /// The servers as alerts name them, e.g. `primary (10.0.0.2:/srv/nfs)`.
+    labels: PerServer<String>,
     d: Durable,
     prober: Arc<P>,
     mounter: Arc<M>,
@@ -119,13 +122,16 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             failback: cfg.reverse_sync.is_some(),
             retry_initial_ms: cfg.reverse_sync.as_ref().map_or(30_000, |r| ms(r.retry_initial)),
             retry_max_ms: cfg.reverse_sync.as_ref().map_or(600_000, |r| ms(r.retry_max)),
-            primary_label: format!("primary ({})", cfg.primary.source()),
-            backup_label: format!("backup ({})", cfg.backup.source()),
+        };
+        let labels = PerServer {
+            primary: format!("primary ({})", cfg.primary.source()),
+            backup: format!("backup ({})", cfg.backup.source()),
         };
         Controller {
             cfg: Arc::new(cfg.clone()),
             state_dir,
             policy,
+            labels,
             d: loaded.durable,
             prober,
             mounter,
@@ -278,8 +284,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let t = fsm::step(&self.d.fsm, event, &self.policy, now);
                 self.d.fsm = t.next;
                 for a in t.actions {
-                    if let Action::Alert(e) = a {
-                        self.alerts.emit(e);
+                    if let Action::Notify(n) = a {
+                        self.alerts.emit(self.render(&n));
                     }
                 }
             }
@@ -317,9 +323,8 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Phase::Unmounted
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
-            | Phase::Resyncing { .. }
-            | Phase::Staging { .. }
-            | Phase::Reconciling { .. } => serving,
+            | Phase::Syncing { .. }
+            | Phase::Staging { .. } => serving,
         };
         if phase == (Phase::Serving { server: Server::Primary }) {
             // On the primary with the backup's writes not synced (an interrupted catch-up, a crash
@@ -489,6 +494,33 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         self.spawn_effect(limit, fut, move |why| on_fail(why));
     }
 
+    /// Spawns backup->primary pass `pass` of `kind`, whose outcome `fut` reports.
+    fn spawn_sync(
+        &mut self,
+        kind: SyncKind,
+        pass: u64,
+        limit: Duration,
+        fut: impl Future<Output = Result<SyncStats, String>> + Send + 'static,
+    ) {
+        let finished = move |r: Result<SyncStats, String>| match (kind, r) {
+            (SyncKind::ReverseSync, Ok(SyncStats { files, bytes, elapsed_ms })) => {
+                Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms }
+            }
+            (SyncKind::ReverseSync, Err(error)) => Event::ReverseSyncFailed { pass, error },
+            (SyncKind::Reconcile, Ok(SyncStats { files, bytes, elapsed_ms })) => {
+                Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms }
+            }
+            (SyncKind::Reconcile, Err(error)) => Event::ReconcileFailed { pass, error },
+        };
+        let what = match kind {
+            SyncKind::ReverseSync => "reverse sync",
+            SyncKind::Reconcile => "reconciliation",
+        };
+        self.spawn_pass(pass, limit, async move { finished(fut.await) }, move |why| {
+            finished(Err(format!("{what} {why}")))
+        });
+    }
+
     fn abort_pass(&mut self, pass: u64) {
         match self.pass_cancel.take() {
             Some((running, cancel)) if running == pass => {
@@ -547,19 +579,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Action::ReverseSync { attempt, pass } => {
                 tracing::info!(attempt, pass, "reverse sync backup -> primary");
                 let fut = self.syncer.reverse_sync();
-                self.spawn_pass(
-                    pass,
-                    sync_limit,
-                    async move {
-                        match fut.await {
-                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms }
-                            }
-                            Err(error) => Event::ReverseSyncFailed { pass, error },
-                        }
-                    },
-                    move |why| Event::ReverseSyncFailed { pass, error: format!("reverse sync {why}") },
-                );
+                self.spawn_sync(SyncKind::ReverseSync, pass, sync_limit, fut);
             }
             Action::CatchUp { pass } => {
                 tracing::info!(pass, "catch-up pass from the kept backup mount");
@@ -574,19 +594,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             Action::Reconcile { attempt, pass } => {
                 tracing::info!(attempt, pass, "reconciliation backup -> primary from a staging mount of the backup");
                 let fut = self.syncer.reconcile();
-                self.spawn_pass(
-                    pass,
-                    sync_limit + mount_limit,
-                    async move {
-                        match fut.await {
-                            Ok(SyncStats { files, bytes, elapsed_ms }) => {
-                                Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms }
-                            }
-                            Err(error) => Event::ReconcileFailed { pass, error },
-                        }
-                    },
-                    move |why| Event::ReconcileFailed { pass, error: format!("reconciliation {why}") },
-                );
+                self.spawn_sync(SyncKind::Reconcile, pass, sync_limit + mount_limit, fut);
             }
             Action::AbortPass { pass } => self.abort_pass(pass),
             Action::AfterSwitch { server, old_mount } => {
@@ -601,9 +609,13 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                     )
                 });
             }
-            Action::Alert(e) => self.alert(e),
+            Action::Notify(n) => self.alert(self.render(&n)),
             Action::Persist => self.persist(),
         }
+    }
+
+    fn render(&self, n: &Notice) -> AlertEvent {
+        notice::render(n, &self.labels, SystemTime::now())
     }
 
     fn alert(&self, e: AlertEvent) {
@@ -712,7 +724,7 @@ async fn persister(state_dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(u64, Dur
         let dir = state_dir.clone();
         match tokio::task::spawn_blocking(move || state::save(&dir, &d)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %crate::error::render_chain(&e), "cannot persist web state"),
+            Ok(Err(e)) => tracing::error!(error = %crate::chain::render_chain(&e), "cannot persist web state"),
             Err(e) => tracing::error!(error = %e, "the web state writer died"),
         }
         let _ = done.send(gen);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::freeze::Frozen;
 use super::fsm::Server;
 use super::guard;
+use super::mounts::{MountOps, SysMountOps};
 use crate::config::web::{ServerConfig, WebConfig};
 use crate::sys::mount::{self, MountError};
 use crate::sys::mountinfo;
@@ -90,9 +91,10 @@ pub struct SysEffects {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// The effects' state; the mount choreography runs over any [`MountOps`] (tests: an in-memory table).
+struct Inner<M = SysMountOps> {
     cfg: WebConfig,
-    mountinfo: PathBuf,
+    ops: M,
     stage: PathBuf,
     icmp: Icmp,
     canary_busy: Arc<AtomicBool>,
@@ -106,7 +108,7 @@ impl SysEffects {
         SysEffects {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                mountinfo: PathBuf::from("/proc/self/mountinfo"),
+                ops: SysMountOps::new(PathBuf::from("/proc/self/mountinfo"), cfg),
                 stage: state_dir.join("stage"),
                 icmp: if cfg.checks.icmp || cfg.witness.as_ref().is_some_and(|w| w.port.is_none()) {
                     Icmp::open()
@@ -119,7 +121,7 @@ impl SysEffects {
     }
 }
 
-impl Inner {
+impl<M: MountOps> Inner<M> {
     fn server(&self, s: Server) -> &ServerConfig {
         match s {
             Server::Primary => &self.cfg.primary,
@@ -128,10 +130,7 @@ impl Inner {
     }
 
     fn entries(&self) -> Vec<mountinfo::MountEntry> {
-        mountinfo::read(&self.mountinfo).unwrap_or_else(|e| {
-            tracing::warn!(path = %self.mountinfo.display(), error = %e, "cannot read mountinfo");
-            Vec::new()
-        })
+        self.ops.entries()
     }
 
     fn serving(&self, at: &Path) -> Option<Server> {
@@ -151,13 +150,12 @@ impl Inner {
         if mountinfo::serves(&self.entries(), at, &src) {
             Ok(())
         } else {
-            Err(format!("{} does not show {src} at {} after mounting", self.mountinfo.display(), at.display()))
+            Err(format!("{} does not show {src} at {} after mounting", self.ops.table().display(), at.display()))
         }
     }
 
     async fn mount_at(&self, s: Server, at: &Path) -> Result<(), MountError> {
-        let c = &self.cfg;
-        mount::mount_helper(&c.fstype, &c.options, &self.server(s).source(), at, c.mount_timeout).await
+        self.ops.mount(&self.server(s).source(), at).await
     }
 
     /// Detaches everything stacked at `at` (bounded), forcing when the server may be dead; an error
@@ -167,7 +165,7 @@ impl Inner {
             if mountinfo::top_at(&self.entries(), at).is_none() {
                 return Ok(());
             }
-            mount::detach(at, force, DETACH_DEADLINE).await.map_err(|e| crate::error::render_chain(&e))?;
+            self.ops.detach(at, force).await.map_err(|e| crate::chain::render_chain(&e))?;
         }
         match mountinfo::top_at(&self.entries(), at) {
             None => Ok(()),
@@ -191,7 +189,7 @@ impl Inner {
     /// The private self-bind at `<state_dir>/stage` that staging mounts live under (a local dir).
     async fn prepare_stage(&self) -> Result<(), String> {
         std::fs::create_dir_all(&self.stage).map_err(|e| format!("cannot create {}: {e}", self.stage.display()))?;
-        mount::private_self_bind(&self.stage, &self.mountinfo, DETACH_DEADLINE).await.map_err(|e| e.to_string())
+        self.ops.private_self_bind(&self.stage).await.map_err(|e| e.to_string())
     }
 
     async fn direct_mount(&self, s: Server) -> Result<Option<u64>, String> {
@@ -241,14 +239,14 @@ impl Inner {
         };
         // (2) keep the old mount reachable (catch-up source, and the way back if the swap fails)
         if from.is_some() {
-            if let Err(e) = mount::bind(&mp, &old, DETACH_DEADLINE).await {
+            if let Err(e) = self.ops.bind(&mp, &old).await {
                 let _ = self.clear(&new, true).await;
                 return Err(here(e.to_string()));
             }
         }
         // (3) swap: lazy detach + move, two syscalls back to back
-        let swapped = match mount::detach(&mp, false, DETACH_DEADLINE).await {
-            Ok(()) => mount::move_mount(&new, &mp, DETACH_DEADLINE).await,
+        let swapped = match self.ops.detach(&mp, false).await {
+            Ok(()) => self.ops.move_mount(&new, &mp).await,
             Err(e) => Err(e),
         };
         if let Err(e) = swapped {
@@ -258,7 +256,7 @@ impl Inner {
                 if let Err(e2) = self.mount_at(to, &mp).await {
                     // the way back: the kept old mount
                     if from.is_some() {
-                        let _ = mount::move_mount(&old, &mp, DETACH_DEADLINE).await;
+                        let _ = self.ops.move_mount(&old, &mp).await;
                     }
                     return Err(here(format!("{e}; direct mount failed too: {e2}")));
                 }
@@ -365,7 +363,6 @@ fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: boo
     args
 }
 
-const DETACH_DEADLINE: Duration = Duration::from_secs(3);
 /// How long the failback waits for files open for writing on the backup mount to be closed.
 const FREEZE_PATIENCE: Duration = Duration::from_secs(2);
 const HOLDERS_SCAN_LIMIT: usize = 200_000;
@@ -518,8 +515,8 @@ mod tests {
     fn inner_with(state_dir: &Path, mountinfo: &Path) -> Inner {
         let cfg = crate::config::Config::parse(Path::new("w.toml"), WEB).unwrap().web.unwrap();
         Inner {
+            ops: SysMountOps::new(mountinfo.to_owned(), &cfg),
             cfg,
-            mountinfo: mountinfo.to_owned(),
             stage: state_dir.join("stage"),
             icmp: Icmp::none(),
             canary_busy: Arc::new(AtomicBool::new(false)),
@@ -587,3 +584,8 @@ mod tests {
         assert!(reverse_sync_args(Path::new("/m"), &rs).iter().any(|x| x == "--delete"));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+#[path = "effects_mount_tests.rs"]
+mod mount_tests;

@@ -59,15 +59,7 @@ impl Drop for Frozen {
         let mp = self.mount_point.clone();
         // A drop cannot await: a detached thread does the one flags-only syscall.
         let spawned = std::thread::Builder::new().name("nfs-guard-thaw".into()).spawn(move || {
-            use nix::mount::MsFlags;
-            let r = nix::mount::mount(
-                None::<&str>,
-                &mp,
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
-                None::<&str>,
-            );
-            match r {
+            match mount::set_read_only_now(&mp, false) {
                 Ok(()) => tracing::info!(mount_point = %mp.display(), "writes thawed"),
                 Err(e) => {
                     tracing::error!(mount_point = %mp.display(), error = %e, "cannot make the mount writable again");
@@ -95,14 +87,7 @@ pub fn thaw_leftover(mount_point: &Path, options: &str) {
     let (tx, rx) = std::sync::mpsc::channel();
     let mp = mount_point.to_owned();
     let spawned = std::thread::Builder::new().name("nfs-guard-thaw".into()).spawn(move || {
-        use nix::mount::MsFlags;
-        let _ = tx.send(nix::mount::mount(
-            None::<&str>,
-            &mp,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
-            None::<&str>,
-        ));
+        let _ = tx.send(mount::set_read_only_now(&mp, false));
     });
     if spawned.is_err() {
         return;

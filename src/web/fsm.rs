@@ -1,5 +1,6 @@
 //! The failover state machine: a PURE function `step(&State, Event, &Policy, now_ms) -> Transition`.
-//! It decides; it performs nothing. Events are past-tense facts (health verdicts after hysteresis,
+//! It decides; it performs nothing, reads no clock (`now_ms` is a parameter) and holds no alert prose:
+//! it raises [`Action::Notify`] with a small [`Fact`], which `alert::notice` renders. Events are past-tense facts (health verdicts after hysteresis,
 //! effect completions, operator requests); actions are imperatives the controller carries out and
 //! reports back. Work in progress is a phase (`Mounting`, `Resyncing`, `Staging`, `CatchingUp`), never a
 //! flag, so a restart knows exactly what was interrupted.
@@ -13,37 +14,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::health::Status;
-use crate::alert::{AlertEvent, AlertKind, Role};
-
-/// One of the two NFS servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Server {
-    Primary,
-    Backup,
-}
-
-impl Server {
-    pub fn name(self) -> &'static str {
-        match self {
-            Server::Primary => "primary",
-            Server::Backup => "backup",
-        }
-    }
-
-    #[must_use]
-    pub fn other(self) -> Server {
-        match self {
-            Server::Primary => Server::Backup,
-            Server::Backup => Server::Primary,
-        }
-    }
-}
+use crate::alert::notice::Context;
+pub use crate::alert::notice::{Fact, FailoverCause, Notice, Pass};
+pub use crate::domain::{PerServer, Request, Server, Status};
+use crate::timing::doubling_ms;
 
 /// What the node is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "phase")]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredPhase", into = "StoredPhase")]
 pub enum Phase {
     /// Nothing of ours is mounted (start-up, or a mount failed after the old one was detached).
     Unmounted,
@@ -51,15 +29,89 @@ pub enum Phase {
     Serving { server: Server },
     /// Detaching the old (dead) mount and mounting `to` directly.
     Mounting { to: Server },
-    /// Serving the backup; reverse sync backup->primary attempt `attempt` running.
-    Resyncing { attempt: u32 },
+    /// An rsync pass backup->primary, attempt `attempt`, while serving `kind.serving()`: a reverse sync
+    /// through the mount point (the backup), or a reconciliation from a staging mount of the backup
+    /// (the node left the backup without a completed reverse sync).
+    Syncing { kind: SyncKind, attempt: u32 },
     /// Staged switch to `to`: new mount ready at a staging dir, then moved onto the mount point.
     Staging { to: Server },
     /// Serving the primary again; catch-up pass from the kept backup mount running.
     CatchingUp,
-    /// Serving the primary; reconciliation backup->primary attempt `attempt` running from a staging
-    /// mount of the backup (the node left the backup without a completed reverse sync).
+}
+
+/// Which backup->primary pass a [`Phase::Syncing`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Pass 1 of a failback, serving the backup.
+    ReverseSync,
+    /// The backup's writes of an epoch the node left unsynced, serving the primary.
+    Reconcile,
+}
+
+impl SyncKind {
+    /// The server the mount point serves during the pass.
+    pub fn serving(self) -> Server {
+        match self {
+            SyncKind::ReverseSync => Server::Backup,
+            SyncKind::Reconcile => Server::Primary,
+        }
+    }
+
+    /// The pass, as alerts name it.
+    fn pass(self, attempt: u32) -> Pass {
+        match self {
+            SyncKind::ReverseSync => Pass::ReverseSync { attempt },
+            SyncKind::Reconcile => Pass::Reconcile { attempt },
+        }
+    }
+}
+
+/// [`Phase`] as state files (and the status document) hold it, and as logs show it: one phase per
+/// pass kind, as every earlier version wrote it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+enum StoredPhase {
+    Unmounted,
+    Serving { server: Server },
+    Mounting { to: Server },
+    Resyncing { attempt: u32 },
+    Staging { to: Server },
+    CatchingUp,
     Reconciling { attempt: u32 },
+}
+
+impl From<StoredPhase> for Phase {
+    fn from(p: StoredPhase) -> Phase {
+        match p {
+            StoredPhase::Unmounted => Phase::Unmounted,
+            StoredPhase::Serving { server } => Phase::Serving { server },
+            StoredPhase::Mounting { to } => Phase::Mounting { to },
+            StoredPhase::Resyncing { attempt } => Phase::Syncing { kind: SyncKind::ReverseSync, attempt },
+            StoredPhase::Staging { to } => Phase::Staging { to },
+            StoredPhase::CatchingUp => Phase::CatchingUp,
+            StoredPhase::Reconciling { attempt } => Phase::Syncing { kind: SyncKind::Reconcile, attempt },
+        }
+    }
+}
+
+impl From<Phase> for StoredPhase {
+    fn from(p: Phase) -> StoredPhase {
+        match p {
+            Phase::Unmounted => StoredPhase::Unmounted,
+            Phase::Serving { server } => StoredPhase::Serving { server },
+            Phase::Mounting { to } => StoredPhase::Mounting { to },
+            Phase::Syncing { kind: SyncKind::ReverseSync, attempt } => StoredPhase::Resyncing { attempt },
+            Phase::Staging { to } => StoredPhase::Staging { to },
+            Phase::CatchingUp => StoredPhase::CatchingUp,
+            Phase::Syncing { kind: SyncKind::Reconcile, attempt } => StoredPhase::Reconciling { attempt },
+        }
+    }
+}
+
+impl std::fmt::Debug for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        StoredPhase::from(*self).fmt(f)
+    }
 }
 
 /// Operator control.
@@ -73,15 +125,6 @@ pub enum Hold {
     Stay,
     /// Switch to this server (now) and stay there.
     Pinned(Server),
-}
-
-/// What the operator asked for (`web --failover-to/--hold/--release`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Request {
-    FailoverTo(Server),
-    Hold,
-    Release,
 }
 
 /// Health verdicts (after hysteresis) and the last check errors, for decisions and alert texts.
@@ -121,14 +164,6 @@ impl Snapshot {
             Server::Backup => self.backup_failing,
         };
         self.of(s) == Status::Up && !failing
-    }
-
-    fn error(&self, s: Server) -> &str {
-        match s {
-            Server::Primary => self.primary_error.as_deref(),
-            Server::Backup => self.backup_error.as_deref(),
-        }
-        .unwrap_or("no error recorded")
     }
 }
 
@@ -205,7 +240,7 @@ impl State {
     /// The pass running in this phase, if any.
     pub fn running_pass(&self) -> Option<u64> {
         match self.phase {
-            Phase::Resyncing { .. } | Phase::CatchingUp | Phase::Reconciling { .. } => Some(self.pass),
+            Phase::Syncing { .. } | Phase::CatchingUp => Some(self.pass),
             Phase::Unmounted | Phase::Serving { .. } | Phase::Mounting { .. } | Phase::Staging { .. } => None,
         }
     }
@@ -221,9 +256,9 @@ impl State {
         match self.phase {
             Phase::Unmounted | Phase::Mounting { .. } => None,
             Phase::Serving { server } => Some(server),
-            Phase::Resyncing { .. } => Some(Server::Backup),
+            Phase::Syncing { kind, .. } => Some(kind.serving()),
             Phase::Staging { to } => Some(to.other()),
-            Phase::CatchingUp | Phase::Reconciling { .. } => Some(Server::Primary),
+            Phase::CatchingUp => Some(Server::Primary),
         }
     }
 
@@ -254,7 +289,7 @@ pub const MOUNT_RETRY_INITIAL_MS: u64 = 5_000;
 /// The retry wait doubles up to this.
 pub const MOUNT_RETRY_MAX_MS: u64 = 60_000;
 
-/// Knobs from the config, in milliseconds, plus server labels for alert texts.
+/// Knobs from the config, in milliseconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub hold_down_ms: u64,
@@ -262,29 +297,13 @@ pub struct Policy {
     pub failback: bool,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
-    /// e.g. `primary (10.0.0.2:/srv/nfs)`.
-    pub primary_label: String,
-    pub backup_label: String,
 }
 
 impl Policy {
-    fn label(&self, s: Server) -> &str {
-        match s {
-            Server::Primary => &self.primary_label,
-            Server::Backup => &self.backup_label,
-        }
-    }
-
     /// Backoff before reverse-sync attempt `failures + 1`: doubling from `retry_initial`, capped.
     pub fn backoff_ms(&self, failures: u32) -> u64 {
         doubling_ms(self.retry_initial_ms, self.retry_max_ms, failures)
     }
-}
-
-/// `initial` doubled for every failure after the first, capped at `max`.
-fn doubling_ms(initial: u64, max: u64, failures: u32) -> u64 {
-    let shift = failures.saturating_sub(1).min(20);
-    initial.saturating_mul(1 << shift).min(max)
 }
 
 /// Past-tense facts.
@@ -369,44 +388,27 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Detach whatever is at the mount point (force, lazily) and mount `server` directly.
-    Mount {
-        server: Server,
-    },
+    Mount { server: Server },
     /// Push the mount point's content (the backup) to the primary; report with `pass`.
-    ReverseSync {
-        attempt: u32,
-        pass: u64,
-    },
+    ReverseSync { attempt: u32, pass: u64 },
     /// Mount `to` at a staging dir, verify, then swap it onto the mount point. `keep_old`: keep the old
     /// mount reachable at a second staging dir for the catch-up pass.
-    StagedSwitch {
-        to: Server,
-        keep_old: bool,
-    },
+    StagedSwitch { to: Server, keep_old: bool },
     /// Push files written during the first pass from the kept backup mount, then detach it; report
     /// with `pass`.
-    CatchUp {
-        pass: u64,
-    },
+    CatchUp { pass: u64 },
     /// Mount the backup at a staging dir, push it to the primary (`--update`, never `--delete`: the
     /// primary has been live since), then detach the staging mount lazily; report with `pass`.
-    Reconcile {
-        attempt: u32,
-        pass: u64,
-    },
+    Reconcile { attempt: u32, pass: u64 },
     /// Stop pass `pass` NOW (a server it reads or writes died, or the node moved on): kill its rsync
     /// (SIGKILL: a read on a dead hard mount is killable) and lazily force-detach what it reads (the
     /// kept backup mount of a catch-up, the staging mount of a reconciliation). Never wait for it. Its
     /// report, if one still arrives, is ignored (its pass id is no longer current).
-    AbortPass {
-        pass: u64,
-    },
+    AbortPass { pass: u64 },
     /// Restart the listed units and report processes holding the detached mount.
-    AfterSwitch {
-        server: Server,
-        old_mount: Option<u64>,
-    },
-    Alert(AlertEvent),
+    AfterSwitch { server: Server, old_mount: Option<u64> },
+    /// Tell the operator (rendered by `alert::notice`).
+    Notify(Notice),
     /// Write the durable state now (the transition must survive a crash).
     Persist,
 }
@@ -424,37 +426,18 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
-    fn alert(&mut self, kind: AlertKind, title: String, reason: String, next: &str) {
-        let e = self.event(kind, title, reason, next);
-        self.acts.push(Action::Alert(e));
-    }
-
-    /// An alert with the servers' states, the epoch and the pending flags.
-    fn event(&self, kind: AlertKind, title: String, reason: String, next: &str) -> AlertEvent {
+    /// Raises `fact` with the current state as its context.
+    fn notify(&mut self, fact: Fact) {
         let h = &self.s.health;
-        let mut e = AlertEvent::new(kind, Role::Web, title, reason)
-            .server(self.p.primary_label.clone(), h.primary.name())
-            .server(self.p.backup_label.clone(), h.backup.name())
-            .detail("failover epoch", self.s.epoch)
-            .detail("pending reverse sync", self.s.pending_reverse_sync)
-            .next_steps(next);
-        if let Some(epoch) = self.s.reconcile_epoch {
-            e = e.detail("pending reconciliation of epoch", epoch);
-        }
-        if let Some(w) = h.witness {
-            e = e.server("witness", w.name());
-        }
-        e
-    }
-
-    /// A failed mount/switch to `to`: the mount command's error as the reason, the server named.
-    fn switch_failed(&mut self, to: Server, title: String, error: String, next: &str) {
-        let e = self.event(AlertKind::SwitchFailed, title, error, next).detail("switching to", self.p.label(to));
-        self.acts.push(Action::Alert(e));
-    }
-
-    fn alert_with(&mut self, e: AlertEvent) {
-        self.acts.push(Action::Alert(e));
+        let ctx = Context {
+            epoch: self.s.epoch,
+            pending_reverse_sync: self.s.pending_reverse_sync,
+            reconcile_epoch: self.s.reconcile_epoch,
+            status: PerServer::from_fn(|s| h.of(s)),
+            error: PerServer { primary: h.primary_error.clone(), backup: h.backup_error.clone() },
+            witness: h.witness,
+        };
+        self.acts.push(Action::Notify(Notice { fact, ctx }));
     }
 }
 
@@ -488,17 +471,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             let failed = std::mem::take(&mut o.s.mount_failures);
             o.s.mount_not_before = None;
             o.acts.push(Action::Persist);
-            let title = format!("now serving {}", p.label(server));
-            let next = match server {
-                Server::Backup => "Nothing to do now: the web node serves the backup. When the primary is back and stays up for the hold-down period, nfs-guard reverse-syncs and fails back by itself.",
-                Server::Primary => "None.",
-            };
-            let mut e =
-                o.event(AlertKind::FailoverCompleted, title, "mount verified in /proc/self/mountinfo".into(), next);
-            if failed > 0 {
-                e = e.detail("failed mount attempts before this one", failed);
-            }
-            o.alert_with(e);
+            o.notify(Fact::Serving { server, failed_mounts: failed });
             o.acts.push(Action::AfterSwitch { server, old_mount });
             decide(&mut o, now_ms);
         }
@@ -511,40 +484,24 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.s.mount_not_before = Some(now_ms.saturating_add(wait));
             o.acts.push(Action::Persist);
             if o.s.mount_failures == 1 {
-                let next = format!(
-                    "nfs-guard retries with a backoff ({} s doubling to {} s) and mails again when a mount succeeds, not at every failed retry (each is logged). Check the mount options (`[web] options`, `fstype`) and the server's export (`showmount -e SERVER`); `nfs-guard status` shows what is mounted.",
-                    MOUNT_RETRY_INITIAL_MS / 1000,
-                    MOUNT_RETRY_MAX_MS / 1000
-                );
-                o.switch_failed(
+                o.notify(Fact::MountFailed {
                     server,
-                    format!("mounting {} FAILED: the mount point is empty", p.label(server)),
                     error,
-                    &next,
-                );
+                    first_wait_ms: MOUNT_RETRY_INITIAL_MS,
+                    max_wait_ms: MOUNT_RETRY_MAX_MS,
+                });
             }
         }
         // Resyncing(n) --sync succeeded--> Staging(primary) (or Serving(backup) if no longer wanted)
-        (Phase::Resyncing { attempt }, Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms })
-            if current(pass) =>
-        {
+        (
+            Phase::Syncing { kind: SyncKind::ReverseSync, attempt },
+            Event::ReverseSyncSucceeded { pass, files, bytes, elapsed_ms },
+        ) if current(pass) => {
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
             // pass 1 copied the whole backup tree: an older pending reconciliation is included
             o.s.reconcile_epoch = None;
-            o.alert_with(
-                AlertEvent::new(
-                    AlertKind::ReverseSyncSucceeded,
-                    Role::Web,
-                    format!("reverse sync to {} succeeded", p.primary_label),
-                    format!("attempt {attempt}: {files} files, {bytes} bytes in {elapsed_ms} ms"),
-                )
-                .detail("attempt", attempt)
-                .detail("files", files)
-                .detail("bytes", bytes)
-                .detail("duration ms", elapsed_ms)
-                .next_steps("None: switching the mount back to the primary now."),
-            );
+            o.notify(Fact::ReverseSyncSucceeded { attempt, files, bytes, elapsed_ms });
             let stay =
                 matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.primary != Status::Up;
             if stay {
@@ -555,26 +512,24 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             }
             o.acts.push(Action::Persist);
         }
-        // Resyncing(n) --sync failed--> Serving(backup), retry after backoff
-        (Phase::Resyncing { attempt }, Event::ReverseSyncFailed { pass, error }) if current(pass) => {
+        // Syncing(kind, n) --sync failed--> Serving(what it serves: the backup for a reverse sync, the
+        // primary for a reconciliation), retry after backoff
+        (
+            Phase::Syncing { kind, attempt },
+            Event::ReverseSyncFailed { pass, error } | Event::ReconcileFailed { pass, error },
+        ) if current(pass) => {
             o.s.resync_failures = attempt;
             let wait = p.backoff_ms(attempt);
             o.s.resync_not_before = Some(now_ms.saturating_add(wait));
-            o.s.phase = Phase::Serving { server: Server::Backup };
+            o.s.phase = Phase::Serving { server: kind.serving() };
             o.acts.push(Action::Persist);
-            o.alert_with(
-                AlertEvent::new(
-                    AlertKind::ReverseSyncFailed,
-                    Role::Web,
-                    format!("reverse sync to {} failed (attempt {attempt})", p.primary_label),
-                    error,
-                )
-                .detail("attempt", attempt)
-                .detail("next attempt in", format!("{} s", wait / 1000))
-                .server(p.primary_label.clone(), o.s.health.primary.name())
-                .server(p.backup_label.clone(), o.s.health.backup.name())
-                .next_steps("The web node stays on the backup (no data is lost). Check the primary's rsync daemon/target; nfs-guard retries on its own."),
-            );
+            o.notify(match kind {
+                SyncKind::ReverseSync => Fact::ReverseSyncFailed { attempt, error, wait_ms: wait },
+                SyncKind::Reconcile => {
+                    let epoch = o.s.reconcile_epoch.unwrap_or(o.s.epoch);
+                    Fact::ReconcileFailed { attempt, epoch, error, wait_ms: wait }
+                }
+            });
         }
         // Staging(to) --switched--> CatchingUp (failback) or Serving(to); the clients now see `to`, so
         // this is the alert that says so (a catch-up only mails if it fails)
@@ -584,32 +539,15 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 o.s.phase = Phase::CatchingUp;
                 let pass = o.s.start_pass();
                 o.acts.push(Action::CatchUp { pass });
-                o.alert(
-                    AlertKind::FailbackCompleted,
-                    format!("failed back to {}", p.primary_label),
-                    "staged switch verified in /proc/self/mountinfo; catch-up pass running".into(),
-                    "None: a catch-up pass now copies the files written to the backup during the reverse sync (only a failure is mailed).",
-                );
             } else {
                 o.s.phase = Phase::Serving { server: to };
                 if to == Server::Primary {
                     o.s.pending_reverse_sync = false;
-                    o.alert(
-                        AlertKind::FailbackCompleted,
-                        format!("failed back to {}", p.primary_label),
-                        "staged switch verified in /proc/self/mountinfo".into(),
-                        "None.",
-                    );
                 } else {
                     o.s.new_epoch();
-                    o.alert(
-                        AlertKind::FailoverCompleted,
-                        format!("now serving {}", p.backup_label),
-                        "manual switch verified in /proc/self/mountinfo".into(),
-                        "Run `nfs-guard web --release` to return to automatic control.",
-                    );
                 }
             }
+            o.notify(Fact::Switched { to, catch_up });
             o.acts.push(Action::Persist);
             o.acts.push(Action::AfterSwitch { server: to, old_mount });
         }
@@ -624,11 +562,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.s.resync_failures = o.s.resync_failures.saturating_add(1);
             o.s.resync_not_before = Some(now_ms.saturating_add(p.backoff_ms(o.s.resync_failures)));
             o.acts.push(Action::Persist);
-            let next = match serving {
-                Some(s) => format!("The web node keeps serving {}; nfs-guard retries after the backoff. Check the mount options and the export of {}.", p.label(s), p.label(to)),
-                None => format!("The mount point is EMPTY: nfs-guard mounts a usable server at the next check. Check the mount options and the export of {}.", p.label(to)),
-            };
-            o.switch_failed(to, format!("switch to {} FAILED at the mount step", p.label(to)), error, &next);
+            o.notify(Fact::SwitchFailed { to, error, serving });
         }
         // CatchingUp --catch-up finished--> Serving(primary) (logged, the failback was mailed at the
         // switch); a failed pass owes a reconciliation (mailed)
@@ -640,61 +574,20 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             }
             Err(e) => {
                 catch_up_not_done(&mut o);
-                o.alert(
-                        AlertKind::ReverseSyncFailed,
-                        format!("catch-up pass to {} FAILED", p.primary_label),
-                        e,
-                        "None: the web node serves the primary; files written to the backup during the reverse sync are copied to it by a reconciliation from a staging mount of the backup (retried with backoff; see `nfs-guard status`).",
-                    );
+                o.notify(Fact::CatchUpFailed { error: e });
             }
         },
         // Reconciling(n) --sync succeeded--> Serving(primary), reconciliation done
-        (Phase::Reconciling { attempt }, Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms })
-            if current(pass) =>
-        {
+        (
+            Phase::Syncing { kind: SyncKind::Reconcile, attempt },
+            Event::ReconcileSucceeded { pass, files, bytes, elapsed_ms },
+        ) if current(pass) => {
             let epoch = o.s.reconcile_epoch.take().unwrap_or(o.s.epoch);
             o.s.resync_failures = 0;
             o.s.resync_not_before = None;
             o.s.phase = Phase::Serving { server: Server::Primary };
             o.acts.push(Action::Persist);
-            o.alert_with(
-                AlertEvent::new(
-                    AlertKind::ReverseSyncSucceeded,
-                    Role::Web,
-                    format!("reconciliation {} -> {} succeeded", p.backup_label, p.primary_label),
-                    format!(
-                        "attempt {attempt}: the backup's writes from failover epoch {epoch} are on the primary ({files} files, {bytes} bytes in {elapsed_ms} ms)"
-                    ),
-                )
-                .detail("failover epoch", epoch)
-                .detail("attempt", attempt)
-                .detail("files", files)
-                .detail("bytes", bytes)
-                .detail("duration ms", elapsed_ms)
-                .next_steps("None."),
-            );
-        }
-        // Reconciling(n) --sync failed--> Serving(primary), retry after backoff
-        (Phase::Reconciling { attempt }, Event::ReconcileFailed { pass, error }) if current(pass) => {
-            o.s.resync_failures = attempt;
-            let wait = p.backoff_ms(attempt);
-            o.s.resync_not_before = Some(now_ms.saturating_add(wait));
-            o.s.phase = Phase::Serving { server: Server::Primary };
-            o.acts.push(Action::Persist);
-            o.alert_with(
-                AlertEvent::new(
-                    AlertKind::ReverseSyncFailed,
-                    Role::Web,
-                    format!("reconciliation {} -> {} failed (attempt {attempt})", p.backup_label, p.primary_label),
-                    error,
-                )
-                .detail("failover epoch", o.s.reconcile_epoch.unwrap_or(o.s.epoch))
-                .detail("attempt", attempt)
-                .detail("next attempt in", format!("{} s", wait / 1000))
-                .server(p.primary_label.clone(), o.s.health.primary.name())
-                .server(p.backup_label.clone(), o.s.health.backup.name())
-                .next_steps("The web node keeps serving the primary; the backup's writes stay on the backup until this succeeds. Check the backup's export and the primary's rsync target; nfs-guard retries on its own."),
-            );
+            o.notify(Fact::ReconcileSucceeded { attempt, epoch, files, bytes, elapsed_ms });
         }
         // Completions that do not match the phase or the running pass (stale after a restart, or the
         // late report of an aborted pass): ignored.
@@ -702,10 +595,9 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             Phase::Unmounted
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
-            | Phase::Resyncing { .. }
+            | Phase::Syncing { .. }
             | Phase::Staging { .. }
-            | Phase::CatchingUp
-            | Phase::Reconciling { .. },
+            | Phase::CatchingUp,
             Event::MountSucceeded { .. }
             | Event::MountFailed { .. }
             | Event::ReverseSyncSucceeded { .. }
@@ -771,19 +663,8 @@ fn request(o: &mut Out, r: Request) {
         Request::Hold => Hold::Stay,
         Request::Release => Hold::None,
     };
-    let (title, next) = match r {
-        Request::FailoverTo(s) => (
-            format!("manual switch to {} requested (held there)", o.p.label(s)),
-            "Run `nfs-guard web --release` to return to automatic control.",
-        ),
-        Request::Hold => (
-            "hold: automatic failover and failback suspended".to_owned(),
-            "Run `nfs-guard web --release` to return to automatic control.",
-        ),
-        Request::Release => ("released: automatic control resumed".to_owned(), "None."),
-    };
     o.acts.push(Action::Persist);
-    o.alert(AlertKind::ManualOverride, title, "operator request".into(), next);
+    o.notify(Fact::Requested(r));
 }
 
 /// The decision for a steady phase; work in progress is never interrupted.
@@ -824,13 +705,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                 if s == Server::Backup && !o.s.pending_reverse_sync {
                     // Unmounted --only the backup is usable--> Mounting(backup): a failover, new epoch
                     o.s.new_epoch();
-                    let reason = format!("{} is not usable: {}", o.p.primary_label, h.error(Server::Primary));
-                    o.alert(
-                        AlertKind::FailoverStarted,
-                        format!("failing over to {}", o.p.backup_label),
-                        reason,
-                        "None yet: nfs-guard mounts the backup; a completion alert follows.",
-                    );
+                    o.notify(Fact::FailoverStarted { cause: FailoverCause::PrimaryUnusable });
                 }
                 o.s.phase = Phase::Mounting { to: s };
                 o.acts.push(Action::Persist);
@@ -839,21 +714,22 @@ fn decide(o: &mut Out, now_ms: u64) {
                 both_down(o, witness_down);
             }
         }
-        // Reconciling(n) --backup or primary DOWN--> Serving(primary), the pass aborted (it reads the
-        // backup's staging mount and writes the primary: it cannot finish; a read on the dead backup
-        // would sit in the kernel until the pass deadline), the reconciliation still owed; then decided
-        // as Serving(primary): a dead primary fails over
-        Phase::Reconciling { attempt } if pass_side_down(&h) => {
-            pass_aborted(
-                o,
-                &format!("reconciliation {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
-                "None: the reconciliation stays pending (`nfs-guard status`) and is retried once both servers are up (the backup for the hold-down).",
-            );
-            o.s.phase = Phase::Serving { server: Server::Primary };
+        // Syncing(kind, n) --backup or primary DOWN--> Serving(what it serves), the pass aborted (it
+        // reads the backup, through the mount point or its staging mount, and writes the primary: it
+        // cannot finish, and a read on the dead backup would sit in the kernel until the pass deadline),
+        // the pass still owed; then decided as that steady phase. A reverse sync: a dead primary stays
+        // on the backup (the hold-down restarts); a dead backup with a usable primary moves the node to
+        // the primary with the backup's writes recorded as a durable reconciliation BEFORE the mount
+        // moves (see the Serving(backup) arm for why serving beats waiting); both dead: stay, one
+        // both-down alert. A reconciliation: a dead primary fails over.
+        Phase::Syncing { kind, attempt } if pass_side_down(&h) => {
+            o.notify(Fact::PassAborted(kind.pass(attempt)));
+            o.s.phase = Phase::Serving { server: kind.serving() };
             o.acts.push(Action::Persist);
             decide(o, now_ms);
         }
-        Phase::Serving { server: Server::Primary } | Phase::Reconciling { .. } => match o.s.hold {
+        Phase::Serving { server: Server::Primary } | Phase::Syncing { kind: SyncKind::Reconcile, .. } => match o.s.hold
+        {
             // Serving(primary)|Reconciling --held--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
             // Serving(primary)|Reconciling --pinned to backup--> Staging(backup) (or Mounting if the
@@ -865,14 +741,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                     if h.primary == Status::Down {
                         o.s.new_epoch();
                         o.s.phase = Phase::Mounting { to: Server::Backup };
-                        let reason =
-                            format!("operator request; {} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
-                        o.alert(
-                            AlertKind::FailoverStarted,
-                            format!("failing over to {} (held there)", o.p.backup_label),
-                            reason,
-                            "None yet: nfs-guard detaches the dead mount and mounts the backup; a completion alert follows. Run `nfs-guard web --release` to return to automatic control.",
-                        );
+                        o.notify(Fact::FailoverStarted { cause: FailoverCause::Pinned });
                         o.acts.push(Action::Mount { server: Server::Backup });
                     } else {
                         o.s.phase = Phase::Staging { to: Server::Backup };
@@ -899,13 +768,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                     o.s.new_epoch();
                     o.s.phase = Phase::Mounting { to: Server::Backup };
                     o.acts.push(Action::Persist);
-                    let reason = format!("{} is DOWN: {}", o.p.primary_label, h.error(Server::Primary));
-                    o.alert(
-                        AlertKind::FailoverStarted,
-                        format!("failing over to {}", o.p.backup_label),
-                        reason,
-                        "None yet: nfs-guard detaches the dead mount and mounts the backup; a completion alert follows.",
-                    );
+                    o.notify(Fact::FailoverStarted { cause: FailoverCause::PrimaryDown });
                     o.acts.push(Action::Mount { server: Server::Backup });
                 } else {
                     // Serving(primary) --primary down, backup not usable--> (same), both-down alert once
@@ -943,17 +806,7 @@ fn decide(o: &mut Out, now_ms: u64) {
                     // primary's older copies, and a file changed on both sides keeps the newer mtime.
                     o.s.phase = Phase::Mounting { to: Server::Primary };
                     o.acts.push(Action::Persist);
-                    let next = if o.s.reconcile_epoch.is_some() {
-                        "None: files written on the backup since the failover are not on the primary yet; when the backup is back (rise + hold-down), nfs-guard mounts it at a staging dir and copies them to the primary (--update, never --delete). `nfs-guard status` shows the pending reconciliation."
-                    } else {
-                        "Forced by the operator, and no [web.reverse_sync] is configured: files written on the backup since the failover are not on the primary; copy them by hand (rsync -a --update) when the backup is back."
-                    };
-                    o.alert(
-                        AlertKind::FailoverStarted,
-                        format!("backup failed: moving to {} WITHOUT reverse sync", o.p.primary_label),
-                        format!("{} is DOWN: {}", o.p.backup_label, h.error(Server::Backup)),
-                        next,
-                    );
+                    o.notify(Fact::BackupLost);
                     o.acts.push(Action::Mount { server: Server::Primary });
                 } else if h.primary == Status::Down {
                     // Serving(backup) --both down--> (same), both-down alert once
@@ -969,18 +822,7 @@ fn decide(o: &mut Out, now_ms: u64) {
             // Serving(backup) --primary up--> (same), alert once
             if !o.s.recovered_alerted {
                 o.s.recovered_alerted = true;
-                let hold = o.p.hold_down_ms / 1000;
-                let next = if o.p.failback {
-                    format!("None: after {hold} s of stable health nfs-guard reverse-syncs and fails back.")
-                } else {
-                    "No [web.reverse_sync] is configured: copy the backup's changes to the primary, then run `nfs-guard web --failover-to primary`.".to_owned()
-                };
-                o.alert(
-                    AlertKind::PrimaryRecovered,
-                    format!("{} is up again", o.p.primary_label),
-                    "all checks pass".into(),
-                    &next,
-                );
+                o.notify(Fact::PrimaryRecovered { failback: o.p.failback, hold_down_ms: o.p.hold_down_ms });
             }
             let held_long = o.s.primary_up_since.is_some_and(|t| now_ms >= t.saturating_add(o.p.hold_down_ms));
             let backoff_over = o.s.resync_not_before.is_none_or(|t| now_ms >= t);
@@ -990,18 +832,9 @@ fn decide(o: &mut Out, now_ms: u64) {
             if o.p.failback && o.s.pending_reverse_sync {
                 // Serving(backup) --primary up for hold-down--> Resyncing(n)
                 let attempt = o.s.resync_failures.saturating_add(1);
-                o.s.phase = Phase::Resyncing { attempt };
+                o.s.phase = Phase::Syncing { kind: SyncKind::ReverseSync, attempt };
                 o.acts.push(Action::Persist);
-                o.alert_with(
-                    AlertEvent::new(
-                        AlertKind::ReverseSyncStarted,
-                        Role::Web,
-                        format!("reverse sync {} -> {} started", o.p.backup_label, o.p.primary_label),
-                        format!("attempt {attempt}: copying files written during failover epoch {}", o.s.epoch),
-                    )
-                    .detail("attempt", attempt)
-                    .next_steps("None: the mount moves back only after this sync succeeds."),
-                );
+                o.notify(Fact::ReverseSyncStarted { attempt });
                 let pass = o.s.start_pass();
                 o.acts.push(Action::ReverseSync { attempt, pass });
             } else {
@@ -1011,25 +844,6 @@ fn decide(o: &mut Out, now_ms: u64) {
                 o.acts.push(Action::StagedSwitch { to: Server::Primary, keep_old: false });
             }
         }
-        // Resyncing(n) --backup or primary DOWN--> Serving(backup), the pass aborted (it reads the backup
-        // through the mount point and writes the primary: it cannot finish, and a read on the dead
-        // backup would block failover until the pass deadline), the reverse sync still owed; then
-        // decided as Serving(backup). A dead primary: stay on the backup (the hold-down restarts). A
-        // dead backup with a usable primary: the node moves to the primary with the backup's writes
-        // recorded as a durable reconciliation BEFORE the mount moves (see that arm for why serving
-        // beats waiting). Both dead: stay, one both-down alert.
-        Phase::Resyncing { attempt } => {
-            if pass_side_down(&h) {
-                pass_aborted(
-                    o,
-                    &format!("reverse sync {} -> {} (attempt {attempt})", o.p.backup_label, o.p.primary_label),
-                    "None: the reverse sync stays owed; it is retried once the primary has been up for the hold-down, or, if the node has to leave the backup, the backup's writes are reconciled to the primary once the backup is back (the next alert says where the mount goes).",
-                );
-                o.s.phase = Phase::Serving { server: Server::Backup };
-                o.acts.push(Action::Persist);
-                decide(o, now_ms);
-            }
-        }
         // CatchingUp --backup or primary DOWN--> Serving(primary), the catch-up aborted: the files written
         // to the backup during pass 1 become a durable reconciliation of this epoch (retried from a
         // staging mount once the backup is back); then decided as Serving(primary): a dead primary
@@ -1037,35 +851,19 @@ fn decide(o: &mut Out, now_ms: u64) {
         Phase::CatchingUp => {
             if pass_side_down(&h) {
                 catch_up_not_done(o);
-                pass_aborted(
-                    o,
-                    "catch-up pass",
-                    "None: the files written to the backup during the reverse sync are copied to the primary by a reconciliation from a staging mount of the backup once it is back (retried with backoff; `nfs-guard status` shows it pending).",
-                );
+                o.notify(Fact::PassAborted(Pass::CatchUp));
                 decide(o, now_ms);
             }
         }
         // Mounting/Staging: decided when the mount step reports back (it has its own deadlines, and it
-        // only ever touches the server it mounts).
-        Phase::Mounting { .. } | Phase::Staging { .. } => {}
+        // only ever touches the server it mounts). Syncing(reverse sync, n) with no server DOWN: (same).
+        Phase::Mounting { .. } | Phase::Staging { .. } | Phase::Syncing { kind: SyncKind::ReverseSync, .. } => {}
     }
 }
 
 /// A server an rsync pass reads or writes is DOWN (after hysteresis): the pass cannot finish.
 fn pass_side_down(h: &Snapshot) -> bool {
     h.primary == Status::Down || h.backup == Status::Down
-}
-
-/// Alerts that the running pass `what` is abandoned because a server it needs is DOWN (the caller moves
-/// the phase on; `step` emits the [`Action::AbortPass`]).
-fn pass_aborted(o: &mut Out, what: &str, next: &str) {
-    let h = &o.s.health;
-    let dead: Vec<String> = [Server::Primary, Server::Backup]
-        .into_iter()
-        .filter(|s| h.of(*s) == Status::Down)
-        .map(|s| format!("{} is DOWN: {}", o.p.label(s), h.error(s)))
-        .collect();
-    o.alert(AlertKind::ReverseSyncFailed, format!("{what} ABORTED"), dead.join("; "), next);
 }
 
 /// `CatchingUp --(catch-up failed or aborted)--> Serving(primary)`: the files written to the backup during
@@ -1090,21 +888,9 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
         return;
     }
     let attempt = o.s.resync_failures.saturating_add(1);
-    o.s.phase = Phase::Reconciling { attempt };
+    o.s.phase = Phase::Syncing { kind: SyncKind::Reconcile, attempt };
     o.acts.push(Action::Persist);
-    o.alert_with(
-        AlertEvent::new(
-            AlertKind::ReverseSyncStarted,
-            Role::Web,
-            format!("reconciliation {} -> {} started", o.p.backup_label, o.p.primary_label),
-            format!(
-                "attempt {attempt}: copying files written on the backup during failover epoch {epoch} (the node left the backup without a reverse sync)"
-            ),
-        )
-        .detail("failover epoch", epoch)
-        .detail("attempt", attempt)
-        .next_steps("None: the backup is mounted at a staging dir and copied with --update (never --delete); the web node keeps serving the primary."),
-    );
+    o.notify(Fact::ReconcileStarted { attempt, epoch });
     let pass = o.s.start_pass();
     o.acts.push(Action::Reconcile { attempt, pass });
 }
@@ -1122,16 +908,7 @@ fn may_leave_backup(o: &mut Out) -> bool {
     }
     if !o.s.stranded_alerted {
         o.s.stranded_alerted = true;
-        let reason = format!("{} is DOWN: {}", o.p.backup_label, o.s.health.error(Server::Backup));
-        let e = o
-            .event(
-                AlertKind::SwitchFailed,
-                format!("NOT moving to {}: the dead backup holds writes it lacks", o.p.primary_label),
-                reason,
-                "No [web.reverse_sync] is configured, so nothing would copy the writes made on the backup since the failover back to the primary: nfs-guard does not switch by itself (the mount point stays as it is and clients wait until the backup returns). To serve the primary anyway, copy what you can by hand (rsync -a --update from the backup) and run `nfs-guard web --failover-to primary`.",
-            )
-            .detail("switching to", o.p.label(Server::Primary));
-        o.alert_with(e);
+        o.notify(Fact::Stranded);
     }
     false
 }
@@ -1146,19 +923,7 @@ fn both_down(o: &mut Out, witness_down: bool) {
         return;
     }
     o.s.both_down_alerted = true;
-    let reason = format!(
-        "{}: {}; {}: {}",
-        o.p.primary_label,
-        h.error(Server::Primary),
-        o.p.backup_label,
-        h.error(Server::Backup)
-    );
-    o.alert(
-        AlertKind::BothDown,
-        "both NFS servers are DOWN: staying put".into(),
-        reason,
-        "Bring either server back; nfs-guard keeps probing and switches as soon as one is up.",
-    );
+    o.notify(Fact::BothDown);
 }
 
 fn network_lost(o: &mut Out) {
@@ -1166,12 +931,7 @@ fn network_lost(o: &mut Out) {
         return;
     }
     o.s.network_lost_alerted = true;
-    o.alert(
-        AlertKind::NetworkLost,
-        "this web node lost its network (witness unreachable): not switching".into(),
-        "the witness address fails its checks too, so the servers are probably fine".into(),
-        "Check this node's network link and gateway.",
-    );
+    o.notify(Fact::NetworkLost);
 }
 
 #[cfg(test)]

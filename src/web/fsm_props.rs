@@ -63,7 +63,7 @@ impl Sim {
         let t = step(&prev, ev.clone(), p, self.now);
         let ctx = || format!("\n  from {prev:?}\n  event {ev:?}\n  to {:?}\n  actions {:?}", t.next, t.actions);
         check_primary_mount(&prev, ev, &t).map_err(|e| format!("{e}{}", ctx()))?;
-        if prev.active() != t.next.active() && !t.actions.iter().any(|a| matches!(a, Action::Alert(_))) {
+        if prev.active() != t.next.active() && !t.actions.iter().any(|a| matches!(a, Action::Notify(_))) {
             return Err(format!("the served server changed without an alert{}", ctx()));
         }
         let mut rng = rng;
@@ -85,7 +85,7 @@ impl Sim {
                         }
                     }
                 }
-                Action::AfterSwitch { .. } | Action::Alert(_) | Action::Persist => {}
+                Action::AfterSwitch { .. } | Action::Notify(_) | Action::Persist => {}
             }
         }
         check_work_in_progress(&t.next, &self.running).map_err(|e| format!("{e}{}", ctx()))?;
@@ -107,7 +107,7 @@ fn check_primary_mount(prev: &State, ev: &Event, t: &Transition) -> Result<(), S
         }
         let forced = t.next.hold == Hold::Pinned(Server::Primary);
         let nothing_owed = !prev.pending_reverse_sync;
-        let staged_failback = matches!(prev.phase, Phase::Resyncing { .. })
+        let staged_failback = matches!(prev.phase, Phase::Syncing { kind: SyncKind::ReverseSync, .. })
             && matches!(ev, Event::ReverseSyncSucceeded { .. })
             && t.next.pending_reverse_sync;
         let recorded = !t.next.pending_reverse_sync
@@ -132,9 +132,9 @@ fn check_work_in_progress(s: &State, running: &[Running]) -> Result<(), String> 
         Phase::Staging { to } => {
             return check(running.iter().any(|r| matches!(r, Running::Staged { to: t, .. } if *t == to)))
         }
-        Phase::Resyncing { .. } => Some(Running::Resync(s.pass)),
+        Phase::Syncing { kind: SyncKind::ReverseSync, .. } => Some(Running::Resync(s.pass)),
         Phase::CatchingUp => Some(Running::CatchUp(s.pass)),
-        Phase::Reconciling { .. } => Some(Running::Reconcile(s.pass)),
+        Phase::Syncing { kind: SyncKind::Reconcile, .. } => Some(Running::Reconcile(s.pass)),
     };
     check(want.is_none_or(|w| running.contains(&w)))
 }
@@ -153,8 +153,6 @@ fn policy(rng: &mut fastrand::Rng) -> Policy {
         failback: rng.u8(0..4) != 0,
         retry_initial_ms: rng.u64(1..5_000),
         retry_max_ms: rng.u64(5_000..60_000),
-        primary_label: "primary (p:/e)".into(),
-        backup_label: "backup (b:/e)".into(),
     }
 }
 

@@ -1,17 +1,11 @@
 //! Every transition of the pure state machine.
 
 use super::*;
-use crate::alert::AlertKind;
+use crate::alert::notice::render;
+use crate::alert::{AlertEvent, AlertKind};
 
 fn policy() -> Policy {
-    Policy {
-        hold_down_ms: 10_000,
-        failback: true,
-        retry_initial_ms: 1_000,
-        retry_max_ms: 4_000,
-        primary_label: "primary (p:/e)".into(),
-        backup_label: "backup (b:/e)".into(),
-    }
+    Policy { hold_down_ms: 10_000, failback: true, retry_initial_ms: 1_000, retry_max_ms: 4_000 }
 }
 
 fn snap(primary: Status, backup: Status) -> Snapshot {
@@ -41,18 +35,21 @@ fn on_backup() -> State {
     }
 }
 
+/// The alert `a` raises, rendered as the controller renders it.
+fn alert(a: &Action) -> Option<AlertEvent> {
+    let labels = PerServer { primary: "primary (p:/e)".to_owned(), backup: "backup (b:/e)".to_owned() };
+    match a {
+        Action::Notify(n) => Some(render(n, &labels, std::time::UNIX_EPOCH)),
+        _ => None,
+    }
+}
+
 fn kinds(t: &Transition) -> Vec<AlertKind> {
-    t.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Alert(e) => Some(e.kind),
-            _ => None,
-        })
-        .collect()
+    t.actions.iter().filter_map(alert).map(|e| e.kind).collect()
 }
 
 fn effects(t: &Transition) -> Vec<Action> {
-    t.actions.iter().filter(|a| !matches!(a, Action::Alert(_) | Action::Persist)).cloned().collect()
+    t.actions.iter().filter(|a| !matches!(a, Action::Notify(_) | Action::Persist)).cloned().collect()
 }
 
 fn persists(t: &Transition) -> bool {
@@ -148,8 +145,8 @@ fn mount_failure_leaves_unmounted_and_retries_next_decision() {
     let t = step(&s, Event::MountFailed { server: Server::Backup, error: "exit 32".into() }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Unmounted);
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    match &t.actions[1] {
-        Action::Alert(e) => {
+    match alert(&t.actions[1]) {
+        Some(e) => {
             assert_eq!(e.reason, "exit 32", "the mount command's error");
             assert!(e.details.contains(&("switching to".into(), "backup (b:/e)".into())), "{e:?}");
             assert!(e.next_steps.contains("mount options"), "{e:?}");
@@ -189,8 +186,8 @@ fn mount_retries_back_off_and_alert_once_per_outage_then_once_on_recovery() {
     assert_eq!(attempts_at, vec![5_000, 15_000, 35_000, 75_000, 135_000], "doubling from 5 s, capped at 60 s");
     let t = step(&s, Event::MountSucceeded { server: Server::Backup, old_mount: None }, &p, now);
     assert_eq!(kinds(&t), vec![AlertKind::FailoverCompleted]);
-    match t.actions.iter().find(|a| matches!(a, Action::Alert(_))) {
-        Some(Action::Alert(e)) => {
+    match t.actions.iter().find_map(alert) {
+        Some(e) => {
             assert!(e.details.contains(&("failed mount attempts before this one".into(), "5".into())), "{e:?}");
         }
         a => panic!("{a:?}"),
@@ -258,7 +255,7 @@ fn primary_recovery_alerts_once_and_waits_for_hold_down() {
     let t2 = step(&t.next, Event::Ticked, &policy(), 10_999);
     assert!(t2.actions.is_empty());
     let t3 = step(&t2.next, Event::Ticked, &policy(), 11_000);
-    assert_eq!(t3.next.phase, Phase::Resyncing { attempt: 1 });
+    assert_eq!(t3.next.phase, Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 });
     assert_eq!(effects(&t3), vec![Action::ReverseSync { attempt: 1, pass: 1 }]);
     assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncStarted]);
 }
@@ -284,7 +281,11 @@ fn a_flapping_primary_restarts_the_hold_down_and_never_moves_the_mount() {
 #[test]
 fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
     let p = policy();
-    let s = State { phase: Phase::Resyncing { attempt: 1 }, primary_up_since: Some(0), ..on_backup() };
+    let s = State {
+        phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 },
+        primary_up_since: Some(0),
+        ..on_backup()
+    };
     let s = State { health: snap(UP, UP), recovered_alerted: true, ..s };
     let t = step(&s, Event::ReverseSyncFailed { pass: 0, error: "exit 10".into() }, &p, 20_000);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
@@ -296,7 +297,7 @@ fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
     let t3 = step(&t2.next, Event::ReverseSyncFailed { pass: 1, error: "exit 10".into() }, &p, 22_000);
     assert_eq!(t3.next.resync_not_before, Some(24_000), "doubling");
     assert_eq!(p.backoff_ms(5), 4_000, "capped");
-    match &t3.actions.iter().find_map(|a| if let Action::Alert(e) = a { Some(e.clone()) } else { None }) {
+    match t3.actions.iter().find_map(alert) {
         Some(e) => assert!(e.title.contains("attempt 2") && e.reason == "exit 10", "{e:?}"),
         None => panic!("no alert"),
     }
@@ -304,7 +305,8 @@ fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
 
 #[test]
 fn only_a_successful_sync_leads_to_the_staged_switch() {
-    let s = State { phase: Phase::Resyncing { attempt: 3 }, resync_failures: 2, ..on_backup() };
+    let s =
+        State { phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 3 }, resync_failures: 2, ..on_backup() };
     let s = State { health: snap(UP, UP), ..s };
     let t = step(&s, Event::ReverseSyncSucceeded { pass: 0, files: 5, bytes: 10, elapsed_ms: 7 }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Staging { to: Server::Primary });
@@ -316,7 +318,7 @@ fn only_a_successful_sync_leads_to_the_staged_switch() {
 
 #[test]
 fn a_sync_success_after_the_primary_died_again_stays_on_backup() {
-    let s = State { phase: Phase::Resyncing { attempt: 1 }, ..on_backup() };
+    let s = State { phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 }, ..on_backup() };
     let t = step(&s, Event::ReverseSyncSucceeded { pass: 0, files: 0, bytes: 0, elapsed_ms: 0 }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert!(effects(&t).is_empty());
@@ -339,7 +341,7 @@ fn staged_switch_then_catch_up_then_failback_completed() {
     assert!(persists(&t2));
     let t3 = step(&t.next, Event::CatchUpFinished { pass: 1, result: Err("exit 23".into()) }, &policy(), 1);
     assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncFailed]);
-    assert!(matches!(&t3.actions[1], Action::Alert(e) if e.title.contains("FAILED") && e.reason == "exit 23"));
+    assert!(alert(&t3.actions[1]).is_some_and(|e| e.title.contains("FAILED") && e.reason == "exit 23"));
     // the files written during pass 1 are reconciled from a staging mount of the backup
     assert_eq!(t3.next.reconcile_epoch, Some(1));
     assert_eq!(t2.next.reconcile_epoch, None);
@@ -356,9 +358,8 @@ fn a_failed_staged_switch_keeps_serving_and_backs_off() {
     let t = step(&s, ev, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    assert!(
-        matches!(&t.actions[1], Action::Alert(e) if e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup"))
-    );
+    assert!(alert(&t.actions[1])
+        .is_some_and(|e| e.reason == "mount: exit 32" && e.next_steps.contains("keeps serving backup")));
     assert_eq!(t.next.resync_not_before, Some(1_000));
     assert!(t.next.pending_reverse_sync);
 }
@@ -383,7 +384,7 @@ fn backup_dying_while_serving_it_moves_to_the_primary_and_says_what_is_missing()
     assert_eq!(t.next.reconcile_epoch, Some(1));
     assert!(!t.next.pending_reverse_sync);
     assert!(persists(&t));
-    assert!(matches!(&t.actions[1], Action::Alert(e) if e.next_steps.contains("staging dir")));
+    assert!(alert(&t.actions[1]).is_some_and(|e| e.next_steps.contains("staging dir")));
 }
 
 fn on_primary_reconcile_pending() -> State {
@@ -406,7 +407,7 @@ fn without_reverse_sync_config_a_dying_backup_is_not_left_unless_the_operator_fo
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Backup });
     assert!(effects(&t).is_empty(), "{:?}", t.actions);
     assert_eq!(kinds(&t), vec![AlertKind::SwitchFailed]);
-    assert!(matches!(&t.actions[0], Action::Alert(e) if e.next_steps.contains("--failover-to primary")));
+    assert!(alert(&t.actions[0]).is_some_and(|e| e.next_steps.contains("--failover-to primary")));
     // alerted once per outage of the backup
     let t2 = step(&t.next, Event::HealthObserved(snap(UP, DOWN)), &p, 1);
     assert!(t2.actions.is_empty());
@@ -421,7 +422,7 @@ fn without_reverse_sync_config_a_dying_backup_is_not_left_unless_the_operator_fo
     assert_eq!(effects(&forced), vec![Action::Mount { server: Server::Primary }]);
     assert_eq!(forced.next.reconcile_epoch, None);
     assert!(forced.next.pending_reverse_sync);
-    assert!(forced.actions.iter().any(|a| matches!(a, Action::Alert(e) if e.next_steps.contains("by hand"))));
+    assert!(forced.actions.iter().filter_map(alert).any(|e| e.next_steps.contains("by hand")));
 }
 
 #[test]
@@ -447,7 +448,7 @@ fn reconciliation_waits_for_the_backup_to_be_up_for_the_hold_down() {
     assert!(t2.actions.is_empty());
     // Serving(primary) --backup up for hold-down--> Reconciling(1)
     let t3 = step(&t2.next, Event::Ticked, &p, 11_000);
-    assert_eq!(t3.next.phase, Phase::Reconciling { attempt: 1 });
+    assert_eq!(t3.next.phase, Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 });
     assert_eq!(effects(&t3), vec![Action::Reconcile { attempt: 1, pass: 1 }]);
     assert_eq!(kinds(&t3), vec![AlertKind::ReverseSyncStarted]);
     assert!(persists(&t3));
@@ -483,7 +484,11 @@ fn reconciliation_needs_a_usable_primary_and_runs_while_held() {
 
 #[test]
 fn reconciliation_success_clears_the_pending_epoch() {
-    let s = State { phase: Phase::Reconciling { attempt: 2 }, resync_failures: 1, ..on_primary_reconcile_pending() };
+    let s = State {
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 2 },
+        resync_failures: 1,
+        ..on_primary_reconcile_pending()
+    };
     let t = step(&s, Event::ReconcileSucceeded { pass: 0, files: 4, bytes: 40, elapsed_ms: 9 }, &policy(), 0);
     assert_eq!(t.next.phase, Phase::Serving { server: Server::Primary });
     assert_eq!(t.next.reconcile_epoch, None);
@@ -497,7 +502,7 @@ fn reconciliation_success_clears_the_pending_epoch() {
 fn reconciliation_failure_backs_off_then_retries_with_the_next_attempt() {
     let p = policy();
     let s = State {
-        phase: Phase::Reconciling { attempt: 1 },
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
         backup_up_since: Some(0),
         ..on_primary_reconcile_pending()
@@ -516,7 +521,7 @@ fn reconciliation_failure_backs_off_then_retries_with_the_next_attempt() {
 #[test]
 fn a_running_reconciliation_never_delays_a_failover_and_its_late_report_is_ignored() {
     let s = State {
-        phase: Phase::Reconciling { attempt: 1 },
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
         backup_up_since: Some(0),
         ..on_primary_reconcile_pending()
@@ -530,7 +535,7 @@ fn a_running_reconciliation_never_delays_a_failover_and_its_late_report_is_ignor
     assert_eq!(late.next, t.next);
     assert!(late.actions.is_empty());
     // the next failback's first pass copies the whole backup tree: the old reconciliation is included
-    let r = State { phase: Phase::Resyncing { attempt: 1 }, health: snap(UP, UP), ..t.next };
+    let r = State { phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 }, health: snap(UP, UP), ..t.next };
     let t2 = step(&r, Event::ReverseSyncSucceeded { pass: 0, files: 1, bytes: 1, elapsed_ms: 1 }, &policy(), 2);
     assert_eq!(t2.next.reconcile_epoch, None);
 }
@@ -595,13 +600,13 @@ fn stale_completions_are_ignored() {
 fn active_server_per_phase() {
     let mut s = State::default();
     assert_eq!(s.active(), None);
-    s.phase = Phase::Resyncing { attempt: 1 };
+    s.phase = Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 };
     assert_eq!(s.active(), Some(Server::Backup));
     s.phase = Phase::Staging { to: Server::Primary };
     assert_eq!(s.active(), Some(Server::Backup));
     s.phase = Phase::CatchingUp;
     assert_eq!(s.active(), Some(Server::Primary));
-    s.phase = Phase::Reconciling { attempt: 1 };
+    s.phase = Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 };
     assert_eq!(s.active(), Some(Server::Primary));
 }
 
@@ -634,20 +639,29 @@ fn extreme_counters_and_times_from_a_state_file_never_panic() {
         ..edge.clone()
     };
     let t = step(&on_b, Event::Ticked, &p, u64::MAX);
-    assert_eq!(t.next.phase, Phase::Resyncing { attempt: u32::MAX });
+    assert_eq!(t.next.phase, Phase::Syncing { kind: SyncKind::ReverseSync, attempt: u32::MAX });
     let t = step(&t.next, Event::ReverseSyncFailed { pass: 1, error: "x".into() }, &p, u64::MAX);
     assert_eq!(t.next.resync_not_before, Some(u64::MAX));
     let staging = State { phase: Phase::Staging { to: Server::Primary }, ..on_b.clone() };
     let ev = Event::StagedSwitchFailed { to: Server::Primary, error: "x".into(), serving: Some(Server::Backup) };
     let t = step(&staging, ev, &p, u64::MAX);
     assert_eq!(t.next.resync_failures, u32::MAX);
-    let rec = State { phase: Phase::Reconciling { attempt: u32::MAX }, reconcile_epoch: Some(u64::MAX), ..edge };
+    let rec = State {
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: u32::MAX },
+        reconcile_epoch: Some(u64::MAX),
+        ..edge
+    };
     let t = step(&rec, Event::ReconcileFailed { pass: 0, error: "x".into() }, &p, u64::MAX);
     assert_eq!(t.next.resync_not_before, Some(u64::MAX));
 }
 
 fn resyncing() -> State {
-    State { phase: Phase::Resyncing { attempt: 1 }, health: snap(UP, UP), primary_up_since: Some(0), ..on_backup() }
+    State {
+        phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 },
+        health: snap(UP, UP),
+        primary_up_since: Some(0),
+        ..on_backup()
+    }
 }
 
 fn catching_up() -> State {
@@ -694,7 +708,7 @@ fn a_failing_check_below_fall_does_not_abort_the_reverse_sync() {
     let mut h = snap(UP, UP);
     h.backup_failing = true;
     let t = step(&resyncing(), Event::HealthObserved(h), &policy(), 5);
-    assert_eq!(t.next.phase, Phase::Resyncing { attempt: 1 });
+    assert_eq!(t.next.phase, Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 });
     assert!(t.actions.is_empty());
 }
 
@@ -710,7 +724,7 @@ fn the_backup_dying_during_the_catch_up_keeps_the_primary_and_owes_a_reconciliat
     // backup back for the hold-down: the reconciliation runs
     let t2 = step(&t.next, Event::HealthObserved(snap(UP, UP)), &policy(), 10);
     let t3 = step(&t2.next, Event::Ticked, &policy(), 10 + 10_000);
-    assert!(matches!(t3.next.phase, Phase::Reconciling { attempt: 1 }), "{:?}", t3.next.phase);
+    assert!(matches!(t3.next.phase, Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 }), "{:?}", t3.next.phase);
 }
 
 #[test]
@@ -726,7 +740,7 @@ fn the_primary_dying_during_the_catch_up_fails_over_to_the_backup() {
 #[test]
 fn the_backup_dying_during_a_reconciliation_aborts_it_and_keeps_it_owed() {
     let s = State {
-        phase: Phase::Reconciling { attempt: 1 },
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
         backup_up_since: Some(0),
         ..on_primary_reconcile_pending()
@@ -761,7 +775,11 @@ fn a_late_report_of_an_aborted_pass_is_not_taken_for_the_next_pass() {
     // the same for a catch-up and a reconciliation: only the current pass id is heard
     let c = State { pass: 7, ..catching_up() };
     assert!(step(&c, Event::CatchUpFinished { pass: 6, result: Ok((0, 0)) }, &p, 0).actions.is_empty());
-    let r = State { phase: Phase::Reconciling { attempt: 1 }, pass: 7, ..on_primary_reconcile_pending() };
+    let r = State {
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
+        pass: 7,
+        ..on_primary_reconcile_pending()
+    };
     assert!(step(&r, Event::ReconcileSucceeded { pass: 6, files: 0, bytes: 0, elapsed_ms: 0 }, &p, 0)
         .actions
         .is_empty());
@@ -777,7 +795,7 @@ fn pass_ids_wrap_instead_of_panicking() {
 #[test]
 fn an_operator_switch_during_a_reconciliation_aborts_it() {
     let s = State {
-        phase: Phase::Reconciling { attempt: 1 },
+        phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
         pass: 3,
         ..on_primary_reconcile_pending()
@@ -844,4 +862,19 @@ fn times_in_the_future_never_hold_the_node_longer_than_configured() {
         effects(&step(&t.next, Event::Ticked, &p, MOUNT_RETRY_MAX_MS)),
         vec![Action::Mount { server: Server::Primary }]
     );
+}
+
+#[test]
+fn sync_phases_keep_the_stored_names_of_every_earlier_version() {
+    for (text, phase) in [
+        (r#"{"phase":"resyncing","attempt":2}"#, Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 2 }),
+        (r#"{"phase":"reconciling","attempt":3}"#, Phase::Syncing { kind: SyncKind::Reconcile, attempt: 3 }),
+        (r#"{"phase":"serving","server":"backup"}"#, Phase::Serving { server: Server::Backup }),
+        (r#"{"phase":"catching-up"}"#, Phase::CatchingUp),
+    ] {
+        assert_eq!(serde_json::from_str::<Phase>(text).unwrap(), phase, "{text}");
+        assert_eq!(serde_json::to_string(&phase).unwrap(), text);
+    }
+    // logs and the systemd status line show the same names as before
+    assert_eq!(format!("{:?}", Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 }), "Reconciling { attempt: 1 }");
 }

@@ -4,26 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What the state machine knows about a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// No verdict yet (just started and not enough checks).
-    #[default]
-    Unknown,
-    Up,
-    Down,
-}
-
-impl Status {
-    pub fn name(self) -> &'static str {
-        match self {
-            Status::Unknown => "unknown",
-            Status::Up => "up",
-            Status::Down => "down",
-        }
-    }
-}
+pub use crate::domain::Status;
 
 /// Hysteresis counters of one server plus what the last check said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -71,6 +71,7 @@ pub mod freeze;
 pub mod fsm;
 pub mod guard;
 pub mod health;
+pub mod mounts;
 pub mod state;
 
 use std::sync::Arc;
@@ -78,7 +79,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::AlertSink;
-use crate::cli::{Target, WebArgs};
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,12 +110,23 @@ pub enum Error {
     },
 }
 
+/// How the web role runs (from the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mode {
+    /// One check cycle, act on it, persist and return (systemd timers).
+    pub once: bool,
+    /// An operator request to record (`--failover-to/--hold/--release`).
+    pub request: Option<fsm::Request>,
+}
+
 /// Runs the web role: a manual request (recorded for the daemon), one cycle (`--once`), or the daemon.
+/// `tell` receives what the operator who typed the command should read (the role never prints).
 pub async fn run(
     config: &Config,
-    args: &WebArgs,
+    mode: Mode,
     alerts: Arc<dyn AlertSink>,
     shutdown: CancellationToken,
+    tell: &(dyn Fn(&str) + Sync),
 ) -> Result<(), Error> {
     let cfg = config.web()?;
     let state_dir = config.state_dir.clone();
@@ -123,12 +134,12 @@ pub async fn run(
         .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
     let (cfg, state_dir) = &canonical(cfg, &state_dir)?;
     let state_dir = state_dir.clone();
-    let request = request_of(args);
+    let request = mode.request;
     if let Some(request) = request {
         // A request alone only writes the request file: it works beside the running daemon.
         state::put_request(&state_dir, request)?;
-        if !args.once {
-            println!("{}", explain(cfg, request, false));
+        if !mode.once {
+            tell(&explain(cfg, request, false));
             return Ok(());
         }
     }
@@ -137,19 +148,19 @@ pub async fn run(
         Ok(lock) => lock,
         Err(source) => {
             if let Some(request) = request {
-                println!("{}", explain(cfg, request, false));
+                tell(&explain(cfg, request, false));
             }
             return Err(Error::Locked { source, recorded: request.is_some() });
         }
     };
     if let Some(request) = request {
-        println!("{}", explain(cfg, request, true));
+        tell(&explain(cfg, request, true));
     }
     let loaded = match state::load(&state_dir) {
         Ok(l) => l,
         Err(e) => {
             // cannot even move it aside: this run stops, and says so by mail, not only in the journal
-            let text = crate::error::render_chain(&e);
+            let text = crate::chain::render_chain(&e);
             alerts.emit(
                 crate::alert::AlertEvent::new(
                     crate::alert::AlertKind::StateQuarantined,
@@ -164,10 +175,10 @@ pub async fn run(
     };
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
     let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
-    if !args.once {
+    if !mode.once {
         c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());
     }
-    c.run(args.once, shutdown).await;
+    c.run(mode.once, shutdown).await;
     Ok(())
 }
 
@@ -183,16 +194,6 @@ fn canonical(
     let state_dir = std::fs::canonicalize(state_dir)
         .map_err(|source| Error::StateDirPath { path: state_dir.to_owned(), source })?;
     Ok((cfg, state_dir))
-}
-
-fn request_of(args: &WebArgs) -> Option<fsm::Request> {
-    match (args.failover_to, args.hold, args.release) {
-        (Some(Target::Primary), _, _) => Some(fsm::Request::FailoverTo(fsm::Server::Primary)),
-        (Some(Target::Backup), _, _) => Some(fsm::Request::FailoverTo(fsm::Server::Backup)),
-        (None, true, _) => Some(fsm::Request::Hold),
-        (None, false, true) => Some(fsm::Request::Release),
-        (None, false, false) => None,
-    }
 }
 
 /// What the running daemon will do with `request`, for the operator who typed it.

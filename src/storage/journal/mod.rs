@@ -476,14 +476,14 @@ mod tests {
         let fifo = dir.path().join("fifo.journal");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let f2 = fifo.clone();
-        let msg = within_5s(move || crate::error::render_chain(&Journal::open(&f2).err().unwrap()));
+        let msg = within_5s(move || crate::chain::render_chain(&Journal::open(&f2).err().unwrap()));
         assert!(msg.contains("fifo.journal") && msg.contains("FIFO"), "{msg}");
         // A symlink to a file elsewhere: never followed, the target never truncated or replaced.
         let outside = dir.path().join("precious");
         std::fs::write(&outside, b"do not touch").unwrap();
         let link = dir.path().join("link.journal");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
-        let msg = crate::error::render_chain(&Journal::open(&link).err().unwrap());
+        let msg = crate::chain::render_chain(&Journal::open(&link).err().unwrap());
         assert!(msg.contains("link.journal") && msg.contains("symlink"), "{msg}");
         assert_eq!(std::fs::read(&outside).unwrap(), b"do not touch");
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());

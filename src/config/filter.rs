@@ -22,7 +22,7 @@ use std::path::Path;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::config::{Ctx, Spanned};
+use super::{Ctx, Spanned};
 
 #[derive(Debug, Clone, Default)]
 struct Rules {
