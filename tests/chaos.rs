@@ -178,7 +178,9 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
          operations {} (acknowledged {}, failed {}, in doubt {}), files in the model {}\n\
          LOST acknowledged writes: primary {}  backup {}\n\
          deletes/renames made during a failover that came back (storage-agent issue): primary {}  backup {}\n\
-         deletes/renames made while serving the primary that came back: primary {}  backup {}",
+         deletes/renames made while serving the primary that came back: primary {}  backup {}\n\
+         files named by a rename during a failover, content not the last acknowledged (storage-agent issue): \
+         primary {}  backup {}",
         r.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         r.cycles,
         r.failovers,
@@ -197,6 +199,8 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
         b.resurrected_failover.len(),
         p.resurrected_other.len(),
         b.resurrected_other.len(),
+        p.renamed_mismatch.len(),
+        b.renamed_mismatch.len(),
     )
 }
 

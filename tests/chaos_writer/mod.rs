@@ -22,8 +22,10 @@ const DIRS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub enum FileState {
-    /// `lines`: the versions the file must contain (since its last acknowledged overwrite).
-    Live { version: u64, lines: Vec<u64>, doubt: bool },
+    /// `lines`: the versions the file must contain (since its last acknowledged overwrite);
+    /// `renamed_in_failover`: its name came from a rename made while the farm served the backup
+    /// (its content then depends on how renames cross a failback: the storage-agent issue).
+    Live { version: u64, lines: Vec<u64>, doubt: bool, renamed_in_failover: bool },
     /// Deleted or renamed away; `in_failover`: acknowledged while the farm served the backup.
     Gone { in_failover: bool },
 }
@@ -188,7 +190,10 @@ fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> M
 fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
     match op {
         Op::Create(n) | Op::Overwrite(n) => {
-            m.files.insert(n.clone(), FileState::Live { version: v, lines: vec![v], doubt: false });
+            m.files.insert(
+                n.clone(),
+                FileState::Live { version: v, lines: vec![v], doubt: false, renamed_in_failover: false },
+            );
         }
         Op::Append(n) => {
             if let Some(FileState::Live { version, lines, .. }) = m.files.get_mut(n) {
@@ -197,7 +202,10 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
             }
         }
         Op::Rename(from, to) => {
-            if let Some(state) = m.files.insert(from.clone(), FileState::Gone { in_failover }) {
+            if let Some(mut state) = m.files.insert(from.clone(), FileState::Gone { in_failover }) {
+                if let FileState::Live { renamed_in_failover, .. } = &mut state {
+                    *renamed_in_failover |= in_failover;
+                }
                 m.files.insert(to.clone(), state);
             }
         }
@@ -219,7 +227,10 @@ fn doubt(m: &mut Model, op: &Op) {
         }
         Some(FileState::Gone { .. }) | None => {
             // A create or the target of a rename: it may or may not exist; no version is owed.
-            m.files.insert(n.clone(), FileState::Live { version: 0, lines: Vec::new(), doubt: true });
+            m.files.insert(
+                n.clone(),
+                FileState::Live { version: 0, lines: Vec::new(), doubt: true, renamed_in_failover: false },
+            );
         }
     };
     match op {
@@ -252,6 +263,9 @@ pub struct Findings {
     pub resurrected_failover: Vec<String>,
     /// Files deleted or renamed away while serving the primary that exist again.
     pub resurrected_other: Vec<String>,
+    /// Files named by a rename made during a failover whose content is not the last acknowledged
+    /// (the rename crossed a failback: the storage-agent issue).
+    pub renamed_mismatch: Vec<String>,
 }
 
 /// Checks the tree at `root` (a server's export) against the model.
@@ -260,21 +274,22 @@ pub fn check(m: &Model, root: &Path) -> Findings {
     for (name, s) in &m.files {
         let content = fs::read(root.join(name)).ok();
         match s {
-            FileState::Live { version, lines, doubt } => {
+            FileState::Live { version, lines, doubt, renamed_in_failover } => {
+                let lost = if *renamed_in_failover { &mut f.renamed_mismatch } else { &mut f.lost };
                 let Some(c) = content else {
                     if *version > 0 {
-                        f.lost.push(format!("{name}: missing (acknowledged v={version})"));
+                        lost.push(format!("{name}: missing (acknowledged v={version})"));
                     }
                     continue;
                 };
                 let have = versions(&c);
                 let max = have.iter().copied().max().unwrap_or(0);
                 if max < *version {
-                    f.lost.push(format!("{name}: holds v={max}, acknowledged v={version}"));
+                    lost.push(format!("{name}: holds v={max}, acknowledged v={version}"));
                 } else if !doubt {
                     let missing: Vec<u64> = lines.iter().filter(|l| !have.contains(l)).copied().collect();
                     if !missing.is_empty() {
-                        f.lost.push(format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"));
+                        lost.push(format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"));
                     }
                 }
             }
