@@ -54,3 +54,33 @@ fn journal_truncated_at_every_offset_loses_only_the_torn_record() {
         },
     );
 }
+
+/// Found by the fuzzer: bit rot in the length field of the LAST record (a whole, fdatasync'd one)
+/// made it look like a record cut short by a crash, so it was cut silently: a queued path or a
+/// requested full sync was lost without any repair asked for.
+#[test]
+fn journal_last_record_with_a_damaged_length_is_damage_not_a_torn_tail() {
+    use nfs_guard::storage::batch::{Entry, Scope};
+    use nfs_guard::storage::journal::{Journal, ALL_TREES};
+    let dir = harness::scratch();
+    for (case, flip) in [("full sync", 1usize), ("path", 1), ("path", 2)] {
+        let p = dir.path().join(format!("{case}-{flip}.journal"));
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            j.full_sync(1, true).wait_blocking().unwrap();
+            if case == "path" {
+                let e = Entry::new(0, "last/written", Scope::Path);
+                j.add(&[(0, &e)]).wait_blocking().unwrap();
+            } else {
+                j.full_sync(2, true).wait_blocking().unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        // The last record: `len crc body`; a larger length makes it run past the end of the file.
+        let last = bytes.len() - if case == "path" { 8 + 1 + 8 + 4 + 1 + 4 + 12 } else { 8 + 5 };
+        bytes[last + flip] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let (_, r) = Journal::open(&p).unwrap();
+        assert!(r.full_sync.contains(&ALL_TREES), "{case}, byte {flip} of its length flipped: {r:?}");
+    }
+}
