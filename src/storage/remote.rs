@@ -203,6 +203,12 @@ impl Queue {
                 let mut merged = Vec::new();
                 let mut absorbed = Vec::new();
                 for (seq, e) in b {
+                    // A full sync of its tree asked for while it was pushed covers it (and runs before
+                    // any batch); the journal dropped it at that request, so it must not live on in
+                    // memory only, where a later change of its path would merge into it unjournaled.
+                    if s.full_sync.contains(&e.tree) {
+                        continue;
+                    }
                     let m = s.pending.insert_with_seq(seq, e);
                     if let (Some(gone), Some(e)) = (m.absorbed, s.pending.get(m.seq)) {
                         merged.push((m.seq, e.clone()));
