@@ -43,15 +43,18 @@ struct QState {
     /// The entries of the batches being pushed: still live in the journal (a compaction keeps them).
     in_flight: BTreeMap<u64, Entry>,
     batches_in_flight: usize,
-    full_sync_running: bool,
+    /// The tree of the full sync running, if any (still owed until it succeeds: compaction keeps it).
+    full_sync_running: Option<u32>,
     max_pending: usize,
 }
 
 impl QState {
-    /// Rewrites the journal with the live state: the queued entries and those being pushed.
+    /// Rewrites the journal with the live state: the queued entries and those being pushed, the full
+    /// syncs asked for and the one running.
     fn compact(&mut self) {
-        let QState { pending, in_flight, full_sync, journal, .. } = self;
-        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync);
+        let QState { pending, in_flight, full_sync, journal, full_sync_running, .. } = self;
+        let owed: BTreeSet<u32> = full_sync.iter().copied().chain(*full_sync_running).collect();
+        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), &owed);
     }
 }
 
@@ -85,7 +88,7 @@ impl Queue {
                 busy: BTreeMap::new(),
                 in_flight: BTreeMap::new(),
                 batches_in_flight: 0,
-                full_sync_running: false,
+                full_sync_running: None,
                 max_pending,
             }),
             wake: Notify::new(),
@@ -138,7 +141,7 @@ impl Queue {
     /// alone), else up to `max` paths that do not overlap a batch in flight.
     pub fn next(&self, max: usize) -> Option<Work> {
         let mut s = self.lock();
-        if s.full_sync_running {
+        if s.full_sync_running.is_some() {
             return None;
         }
         if !s.full_sync.is_empty() {
@@ -146,7 +149,7 @@ impl Queue {
                 return None;
             }
             let t = s.full_sync.pop_first()?;
-            s.full_sync_running = true;
+            s.full_sync_running = Some(t);
             return Some(Work::FullSync(t));
         }
         let QState { pending, busy, .. } = &mut *s;
@@ -170,7 +173,7 @@ impl Queue {
     pub fn done(&self, work: Work, ok: bool) {
         let mut s = self.lock();
         match &work {
-            Work::FullSync(_) => s.full_sync_running = false,
+            Work::FullSync(_) => s.full_sync_running = None,
             Work::Batch(b) => {
                 s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
                 for (seq, e) in b {

@@ -215,3 +215,22 @@ fn a_change_after_a_full_sync_covered_a_failed_push_survives_a_restart() {
     let (pending, full_sync, _) = replay(dir.path());
     assert!(pending.contains(&(0, PathBuf::from("d"))) || full_sync.contains(&0), "{pending:?} {full_sync:?}");
 }
+
+/// Found by the model: a compaction (an overfull queue collapsing) while a full sync ran rewrote the
+/// journal without that full sync (it was no longer "asked for", only running): a restart before it
+/// finished forgot it, and with it every path the earlier collapse had folded into it.
+#[test]
+fn a_compaction_while_a_full_sync_runs_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = Queue::open(dir.path(), "r", 2).expect("open");
+    let three: Vec<Entry> = ["a", "b", "c"].iter().map(|p| Entry::new(0, p, Scope::Path)).collect();
+    assert_eq!(q.enqueue(&three).collapsed, [0]);
+    let full = q.next(10).expect("the full sync");
+    assert_eq!(full, Work::FullSync(0));
+    // While it runs, tree 1 overflows: the journal is compacted.
+    let others: Vec<Entry> = ["x", "y", "z"].iter().map(|p| Entry::new(1, p, Scope::Path)).collect();
+    assert_eq!(q.enqueue(&others).collapsed, [1]);
+    drop(q);
+    let (_, full_sync, _) = replay(dir.path());
+    assert_eq!(full_sync, [0, 1].into(), "the running full sync of tree 0 is still owed");
+}
