@@ -106,6 +106,14 @@ impl Model {
     }
 }
 
+/// A scratch directory, on tmpfs when there is one (every enqueue fsyncs).
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temp dir")
+}
+
 fn scope(rng: &mut fastrand::Rng) -> Scope {
     [Scope::Path, Scope::Tree, Scope::Gone, Scope::Replace][rng.usize(..4)]
 }
@@ -120,7 +128,7 @@ fn replay(dir: &Path) -> (BTreeSet<Key>, BTreeSet<u32>, usize) {
 /// One random sequence; `Err` describes the failed check with the steps so far.
 fn sequence(seed: u64) -> Result<(), String> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = scratch();
     let max_pending = if rng.u8(..3) == 0 { rng.usize(2..10) } else { 10_000 };
     let open = || Queue::open(dir.path(), "r", max_pending).expect("open");
     let mut q = open();
@@ -199,7 +207,7 @@ fn random_histories_lose_nothing_across_reopens() {
 /// that entry at the full-sync record, so a restart lost the change.
 #[test]
 fn a_change_after_a_full_sync_covered_a_failed_push_survives_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = scratch();
     let d = Entry::new(0, "d", Scope::Path);
     let q = Queue::open(dir.path(), "r", 100).expect("open");
     let _ = q.enqueue(std::slice::from_ref(&d));
@@ -221,7 +229,7 @@ fn a_change_after_a_full_sync_covered_a_failed_push_survives_a_restart() {
 /// finished forgot it, and with it every path the earlier collapse had folded into it.
 #[test]
 fn a_compaction_while_a_full_sync_runs_keeps_it_across_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = scratch();
     let q = Queue::open(dir.path(), "r", 2).expect("open");
     let three: Vec<Entry> = ["a", "b", "c"].iter().map(|p| Entry::new(0, p, Scope::Path)).collect();
     assert_eq!(q.enqueue(&three).collapsed, [0]);
