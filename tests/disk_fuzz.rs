@@ -19,6 +19,8 @@
 mod harness;
 #[path = "disk_fuzz/journal.rs"]
 mod journal;
+#[path = "disk_fuzz/web_state.rs"]
+mod web_state;
 
 use harness::DEFAULT_SEED;
 
@@ -31,6 +33,13 @@ fn journal_mutations_replay_only_what_was_written_and_repair_damage() {
     let seed = seed();
     let f = harness::run("journal", 1500, move || journal::Fuzz::new(seed), |f, rng, _| f.case(rng));
     assert!(f.tally.repaired > 0 && f.tally.clean > 0 && f.tally.refused > 0, "{f:?}");
+}
+
+#[test]
+fn web_state_and_request_files_load_or_are_quarantined_whole() {
+    let f = harness::run("web state", 1500, web_state::Fuzz::new, |f, rng, _| f.case(rng));
+    let t = &f.tally;
+    assert!(t.loaded > 0 && t.quarantined > 0 && t.requests_taken > 0 && t.requests_quarantined > 0, "{t:?}");
 }
 
 #[test]

@@ -108,10 +108,7 @@ impl Model {
 
 /// A scratch directory, on tmpfs when there is one (every enqueue fsyncs).
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("temp dir")
+    tempfile::Builder::new().tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("temp dir")
 }
 
 fn scope(rng: &mut fastrand::Rng) -> Scope {
