@@ -19,6 +19,8 @@
 mod harness;
 #[path = "disk_fuzz/journal.rs"]
 mod journal;
+#[path = "disk_fuzz/outbox.rs"]
+mod outbox;
 #[path = "disk_fuzz/web_state.rs"]
 mod web_state;
 
@@ -40,6 +42,47 @@ fn web_state_and_request_files_load_or_are_quarantined_whole() {
     let f = harness::run("web state", 1500, web_state::Fuzz::new, |f, rng, _| f.case(rng));
     let t = &f.tally;
     assert!(t.loaded > 0 && t.quarantined > 0 && t.requests_taken > 0 && t.requests_quarantined > 0, "{t:?}");
+}
+
+#[test]
+fn outbox_files_load_or_are_quarantined_never_dropped() {
+    let f = harness::run("outbox", 1000, outbox::Fuzz::new, |f, rng, _| f.case(rng));
+    let t = &f.tally;
+    assert!(t.loaded > 0 && t.quarantined > 0 && t.temps > 0 && t.flood_loaded > 0 && t.retry_loaded > 0, "{t:?}");
+}
+
+/// The failback guard marker's content (read from a file anyone with the rsync module can write).
+#[test]
+fn failback_marker_decodes_or_is_refused() {
+    use nfs_guard::failback_guard::{decode, encode, MAX_LEASE};
+    use std::time::Duration;
+    harness::run(
+        "failback marker",
+        20_000,
+        || 0u64,
+        |ok, rng, _| {
+            let mut b = encode(Duration::from_secs(rng.u64(..)));
+            match rng.u8(..4) {
+                0 => b = harness::random_bytes(rng, 0..64),
+                1 => {
+                    harness::flip_bit(rng, &mut b, 0);
+                }
+                2 => {
+                    let v =
+                        ["18446744073709551616", "-1", "+5", " 7 ", "1e3", "\0", "\u{663}", "99999999999999999999999"];
+                    b = format!("lease-secs={}\n", v[rng.usize(..v.len())]).into_bytes();
+                }
+                _ => b.truncate(rng.usize(..=b.len())),
+            }
+            if let Some(d) = decode(&b) {
+                *ok += 1;
+                if d > MAX_LEASE {
+                    return Err(format!("{b:?}: lease {d:?} beyond the cap"));
+                }
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]

@@ -72,7 +72,7 @@ const WRONG: [&str; 10] =
     ["null", "true", "\"x\"", "[]", "{}", "[1,2]", "{\"phase\":\"serving\"}", "\"\\ud800\"", "\"\u{0}\"", "\"backup\""];
 
 /// One mutation of JSON text `t` (one to three of them per case).
-fn mutate(rng: &mut fastrand::Rng, t: &mut Vec<u8>) -> String {
+pub fn mutate(rng: &mut fastrand::Rng, t: &mut Vec<u8>) -> String {
     let len = t.len();
     match rng.u8(..10) {
         0 => flip_bit(rng, t, 0),
