@@ -409,12 +409,12 @@ impl Fuzz {
     /// Opens `bytes` (a mutation of base `i`) and checks what every open must hold; `None`: refused.
     fn open_checked(&mut self, i: usize, bytes: &[u8], truncation: bool) -> Result<Option<Seen>, String> {
         let base = &self.bases[i];
-        let p = self.dir.path().join("case.journal");
-        let _ = std::fs::remove_file(&p);
-        std::fs::write(&p, bytes).unwrap();
+        let path = self.dir.path().join("case.journal");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, bytes).unwrap();
         self.tally.cases += 1;
         self.tally.v1 += u64::from(base.v1);
-        let (j, r) = match Journal::open(&p) {
+        let (j, r) = match Journal::open(&path) {
             Ok(x) => x,
             Err(e) => {
                 let msg = nfs_guard::error::render_chain(&e);
@@ -422,7 +422,7 @@ impl Fuzz {
                 if bytes.starts_with(magic) {
                     return Err(format!("a file with an intact magic was refused: {msg}"));
                 }
-                if !msg.contains(&p.display().to_string()) {
+                if !msg.contains(&path.display().to_string()) {
                     return Err(format!("the error does not name the file: {msg}"));
                 }
                 self.tally.refused += 1;
@@ -449,7 +449,7 @@ impl Fuzz {
             j.add(&[(seq, &e)]).wait_blocking().map(|()| (seq, 1, b"appended after the open".to_vec(), Scope::Path))
         });
         drop(j);
-        let again = Journal::open(&p).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::error::render_chain(&e))?;
+        let again = Journal::open(&path).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::error::render_chain(&e))?;
         let mut want = got.clone();
         if let Some(a) = appended {
             want.pending.push(a.map_err(|e| e.to_string())?);
@@ -468,6 +468,7 @@ impl Fuzz {
     }
 
     /// One case: a random base, truncated, or damaged one to three times.
+    #[allow(clippy::too_many_lines, reason = "one match of every mutation")]
     pub fn case(&mut self, rng: &mut fastrand::Rng) -> Result<(), String> {
         let i = rng.usize(..self.bases.len());
         if rng.u8(..4) == 0 {
@@ -485,9 +486,9 @@ impl Fuzz {
         let mut insane_only = rounds == 1;
         for _ in 0..rounds {
             let len = bytes.len();
-            let m = rng.u8(..12);
-            insane_only &= m == 11;
-            what.push(match m {
+            let kind = rng.u8(..12);
+            insane_only &= kind == 11;
+            what.push(match kind {
                 0..=1 => flip_bit(rng, &mut bytes, from),
                 2 => set_byte(rng, &mut bytes, from),
                 3 => {

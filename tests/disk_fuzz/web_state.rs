@@ -31,7 +31,7 @@ fn bases() -> Vec<Vec<u8>> {
         d.fsm.reconcile_epoch = (i % 2 == 1).then_some(i as u64);
         d.fsm.hold = [Hold::None, Hold::Stay, Hold::Pinned(Server::Backup)][i % 3];
         d.fsm.primary_up_since = Some(1_700_000_000_000);
-        d.fsm.resync_failures = i as u32;
+        d.fsm.resync_failures = u32::try_from(i).unwrap();
         d.fsm.resync_not_before = Some(1_700_000_000_000 + i as u64);
         d.fsm.pass = 40 + i as u64;
         d.fsm.health.witness = Some(Status::Up);
@@ -264,33 +264,30 @@ impl Fuzz {
         }
         std::fs::write(state::state_path(d), &bytes).unwrap();
         let loaded = state::load(d).map_err(|e| fail(nfs_guard::error::render_chain(&e)))?;
-        match loaded.quarantined {
-            Some(q) => {
-                if loaded.durable != Durable::default() {
-                    return Err(fail("a quarantined state was used".into()));
-                }
-                let kept = moved_aside(d, "web.state.json.corrupt-");
-                if kept.len() != 1 || kept[0].1 != bytes || q.moved_to.is_none() {
-                    return Err(fail(format!("the unusable state was not kept aside whole: {q:?}")));
-                }
-                if state::state_path(d).exists() {
-                    return Err(fail("the unusable state is still in place".into()));
-                }
-                self.tally.quarantined += 1;
+        if let Some(q) = loaded.quarantined {
+            if loaded.durable != Durable::default() {
+                return Err(fail("a quarantined state was used".into()));
             }
-            None => {
-                let s = &loaded.durable;
-                if s.fsm.epoch > MAX_EPOCH || s.fsm.reconcile_epoch.is_some_and(|r| r > s.fsm.epoch) {
-                    return Err(fail(format!("accepted out-of-bounds numbers: {s:?}")));
-                }
-                state::save(d, s).unwrap();
-                let again = state::load(d).unwrap();
-                if again.quarantined.is_some() || again.durable != *s {
-                    return Err(fail(format!("saved and loaded back differently: {again:?}")));
-                }
-                steps(&s.fsm);
-                self.tally.loaded += 1;
+            let kept = moved_aside(d, "web.state.json.corrupt-");
+            if kept.len() != 1 || kept[0].1 != bytes || q.moved_to.is_none() {
+                return Err(fail(format!("the unusable state was not kept aside whole: {q:?}")));
             }
+            if state::state_path(d).exists() {
+                return Err(fail("the unusable state is still in place".into()));
+            }
+            self.tally.quarantined += 1;
+        } else {
+            let s = &loaded.durable;
+            if s.fsm.epoch > MAX_EPOCH || s.fsm.reconcile_epoch.is_some_and(|r| r > s.fsm.epoch) {
+                return Err(fail(format!("accepted out-of-bounds numbers: {s:?}")));
+            }
+            state::save(d, s).unwrap();
+            let again = state::load(d).unwrap();
+            if again.quarantined.is_some() || again.durable != *s {
+                return Err(fail(format!("saved and loaded back differently: {again:?}")));
+            }
+            steps(&s.fsm);
+            self.tally.loaded += 1;
         }
         Ok(())
     }

@@ -189,7 +189,7 @@ fn sequence(seed: u64) -> Result<(), String> {
 #[test]
 fn random_histories_lose_nothing_across_reopens() {
     let cases = std::env::var("NFS_GUARD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(150u64);
-    let seed = std::env::var("NFS_GUARD_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6d6f_6465_6cu64);
+    let seed = std::env::var("NFS_GUARD_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x006d_6f64_656c_u64);
     for n in 0..cases {
         let s = seed ^ n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         if let Err(e) = sequence(s) {
