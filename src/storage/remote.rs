@@ -204,23 +204,24 @@ impl Queue {
                 // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
                 // the merged scope under its own number; the absorbed number is covered by it.
                 let mut merged = Vec::new();
-                let mut absorbed = Vec::new();
+                let mut covered = Vec::new();
                 for (seq, e) in b {
                     // A full sync of its tree asked for while it was pushed covers it (and runs before
-                    // any batch); the journal dropped it at that request, so it must not live on in
-                    // memory only, where a later change of its path would merge into it unjournaled.
+                    // any batch): it is dropped, from memory and from the journal alike (which kept it
+                    // if a compaction came after the request), never left in one of them only.
                     if s.full_sync.contains(&e.tree) {
+                        covered.push(seq);
                         continue;
                     }
                     let m = s.pending.insert_with_seq(seq, e);
                     if let (Some(gone), Some(e)) = (m.absorbed, s.pending.get(m.seq)) {
                         merged.push((m.seq, e.clone()));
-                        absorbed.push(gone);
+                        covered.push(gone);
                     }
                 }
                 let merged: Vec<(u64, &Entry)> = merged.iter().map(|(q, e)| (*q, e)).collect();
                 let _ = s.journal.add(&merged);
-                let _ = s.journal.ack_seqs(&absorbed);
+                let _ = s.journal.ack_seqs(&covered);
             }
         }
         // Compact when the log is mostly dead records (cheap when little is pending).

@@ -239,3 +239,27 @@ fn a_compaction_while_a_full_sync_runs_keeps_it_across_a_restart() {
     let (_, full_sync, _) = replay(dir.path());
     assert_eq!(full_sync, [0, 1].into(), "the running full sync of tree 0 is still owed");
 }
+
+/// Found by the model (a long run): a batch in flight when its tree collapsed into a full sync was
+/// kept live by that compaction (after the full-sync record), then dropped from memory as covered
+/// when its push failed: the journal still held it, so a restart queued the path again even after a
+/// later push of it was acknowledged.
+#[test]
+fn a_failed_push_covered_by_a_collapse_is_not_replayed_after_a_later_ack() {
+    let dir = scratch();
+    let a = Entry::new(0, "a", Scope::Path);
+    let q = Queue::open(dir.path(), "r", 2).expect("open");
+    let _ = q.enqueue(std::slice::from_ref(&a));
+    let push = q.next(10).expect("a batch");
+    let more: Vec<Entry> = ["b", "c", "d"].iter().map(|p| Entry::new(0, p, Scope::Path)).collect();
+    assert_eq!(q.enqueue(&more).collapsed, [0]);
+    q.done(push, false);
+    let full = q.next(10).expect("the full sync");
+    q.done(full, true);
+    let _ = q.enqueue(std::slice::from_ref(&a));
+    let push = q.next(10).expect("a batch");
+    q.done(push, true);
+    drop(q);
+    let (pending, full_sync, _) = replay(dir.path());
+    assert!(pending.is_empty() && full_sync.is_empty(), "{pending:?} {full_sync:?}");
+}
