@@ -90,9 +90,8 @@ fn journal_truncated_at_every_offset_loses_only_the_torn_record() {
     let seed = seed();
     // All bases in a long run; a few (each at every offset) by default.
     let long = std::env::var("NFS_GUARD_FUZZ_CASES").is_ok();
-    harness::run(
+    harness::once(
         "journal truncation",
-        1,
         move || journal::Fuzz::new(seed),
         move |f, _, _| {
             let n = f.base_count();

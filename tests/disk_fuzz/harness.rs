@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SEED: u64 = 0x6469_736b_2d66_757a;
 /// One case must finish within this (a real one takes milliseconds).
 const CASE_DEADLINE: Duration = Duration::from_secs(20);
+/// An exhaustive case (every base at every offset in a long run) within this.
+const ONCE_DEADLINE: Duration = Duration::from_secs(600);
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -46,9 +48,32 @@ where
     T: std::fmt::Debug + Send + 'static,
     F: Fn(&mut T, &mut fastrand::Rng, u64) -> Result<(), String> + Send + 'static,
 {
+    run_cases(target, env_u64("NFS_GUARD_FUZZ_CASES").unwrap_or(default_cases), CASE_DEADLINE, setup, case)
+}
+
+/// One case (an exhaustive one: its size, not a case count, grows in a long run), with the hang and
+/// panic checks of [`run`].
+pub fn once<T, F>(target: &str, setup: impl FnOnce() -> T + Send + 'static, case: F) -> T
+where
+    T: std::fmt::Debug + Send + 'static,
+    F: Fn(&mut T, &mut fastrand::Rng, u64) -> Result<(), String> + Send + 'static,
+{
+    run_cases(target, 1, ONCE_DEADLINE, setup, case)
+}
+
+fn run_cases<T, F>(
+    target: &str,
+    cases: u64,
+    deadline: Duration,
+    setup: impl FnOnce() -> T + Send + 'static,
+    case: F,
+) -> T
+where
+    T: std::fmt::Debug + Send + 'static,
+    F: Fn(&mut T, &mut fastrand::Rng, u64) -> Result<(), String> + Send + 'static,
+{
     let seed = env_u64("NFS_GUARD_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    let only = env_u64("NFS_GUARD_FUZZ_CASE");
-    let cases = env_u64("NFS_GUARD_FUZZ_CASES").unwrap_or(default_cases);
+    let only = env_u64("NFS_GUARD_FUZZ_CASE").filter(|_| cases > 1);
     let range = only.map_or(0..cases, |n| n..n + 1);
     let (tx, rx) = mpsc::channel::<(u64, Option<Result<(), String>>)>();
     let started = Instant::now();
@@ -69,7 +94,7 @@ where
     });
     let mut current = 0;
     loop {
-        match rx.recv_timeout(CASE_DEADLINE) {
+        match rx.recv_timeout(deadline) {
             Ok((n, None)) => current = n,
             Ok((_, Some(Ok(())))) => {}
             Ok((n, Some(Err(why)))) => panic!(
@@ -77,7 +102,7 @@ where
             ),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "{target}: seed {seed}, case {current} still running after {CASE_DEADLINE:?} (hang; replay: NFS_GUARD_FUZZ_SEED={seed} NFS_GUARD_FUZZ_CASE={current})"
+                "{target}: seed {seed}, case {current} still running after {deadline:?} (hang; replay: NFS_GUARD_FUZZ_SEED={seed} NFS_GUARD_FUZZ_CASE={current})"
             ),
         }
     }
