@@ -45,15 +45,18 @@ struct QState {
     /// The entries of the batches being pushed: still live in the journal (a compaction keeps them).
     in_flight: BTreeMap<u64, Entry>,
     batches_in_flight: usize,
-    full_sync_running: bool,
+    /// The tree of the full sync running, if any (still owed until it succeeds: compaction keeps it).
+    full_sync_running: Option<u32>,
     max_pending: usize,
 }
 
 impl QState {
-    /// Rewrites the journal with the live state: the queued entries and those being pushed.
+    /// Rewrites the journal with the live state: the queued entries and those being pushed, the full
+    /// syncs asked for and the one running.
     fn compact(&mut self) {
-        let QState { pending, in_flight, full_sync, journal, .. } = self;
-        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), full_sync);
+        let QState { pending, in_flight, full_sync, journal, full_sync_running, .. } = self;
+        let owed: BTreeSet<u32> = full_sync.iter().copied().chain(*full_sync_running).collect();
+        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), &owed);
     }
 }
 
@@ -87,7 +90,7 @@ impl Queue {
                 busy: BTreeMap::new(),
                 in_flight: BTreeMap::new(),
                 batches_in_flight: 0,
-                full_sync_running: false,
+                full_sync_running: None,
                 max_pending,
             }),
             wake: Notify::new(),
@@ -140,7 +143,7 @@ impl Queue {
     /// alone), else up to `max` paths that do not overlap a batch in flight.
     pub fn next(&self, max: usize) -> Option<Work> {
         let mut s = self.lock();
-        if s.full_sync_running {
+        if s.full_sync_running.is_some() {
             return None;
         }
         if !s.full_sync.is_empty() {
@@ -148,7 +151,7 @@ impl Queue {
                 return None;
             }
             let t = s.full_sync.pop_first()?;
-            s.full_sync_running = true;
+            s.full_sync_running = Some(t);
             return Some(Work::FullSync(t));
         }
         let QState { pending, busy, .. } = &mut *s;
@@ -172,7 +175,7 @@ impl Queue {
     pub fn done(&self, work: Work, ok: bool) {
         let mut s = self.lock();
         match &work {
-            Work::FullSync(_) => s.full_sync_running = false,
+            Work::FullSync(_) => s.full_sync_running = None,
             Work::Batch(b) => {
                 s.batches_in_flight = s.batches_in_flight.saturating_sub(1);
                 for (seq, e) in b {
@@ -203,17 +206,24 @@ impl Queue {
                 // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
                 // the merged scope under its own number; the absorbed number is covered by it.
                 let mut merged = Vec::new();
-                let mut absorbed = Vec::new();
+                let mut covered = Vec::new();
                 for (seq, e) in b {
+                    // A full sync of its tree asked for while it was pushed covers it (and runs before
+                    // any batch): it is dropped, from memory and from the journal alike (which kept it
+                    // if a compaction came after the request), never left in one of them only.
+                    if s.full_sync.contains(&e.tree) {
+                        covered.push(seq);
+                        continue;
+                    }
                     let m = s.pending.insert_with_seq(seq, e);
                     if let (Some(gone), Some(e)) = (m.absorbed, s.pending.get(m.seq)) {
                         merged.push((m.seq, e.clone()));
-                        absorbed.push(gone);
+                        covered.push(gone);
                     }
                 }
                 let merged: Vec<(u64, &Entry)> = merged.iter().map(|(q, e)| (*q, e)).collect();
                 let _ = s.journal.add(&merged);
-                let _ = s.journal.ack_seqs(&absorbed);
+                let _ = s.journal.ack_seqs(&covered);
             }
         }
         // Compact when the log is mostly dead records (cheap when little is pending).

@@ -206,12 +206,23 @@ fn framed(data: &[u8], at: usize) -> Option<(Rec, usize)> {
 }
 
 /// Is the rest of `data` from `at` the beginning of a record that was cut short (its header, or
-/// its body, runs past the end)?
+/// its body, runs past the end)? Not when it is a whole record whose length field alone is damaged
+/// (its checksum holds under the length it really has): that record was written whole.
 fn torn(data: &[u8], at: usize) -> bool {
     let rest = &data[at..];
     let Some(len) = rest.get(..4) else { return true };
     let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
-    len <= MAX_RECORD && rest.len() < HEADER + len
+    len <= MAX_RECORD && rest.len() < HEADER + len && !whole_with_damaged_length(rest)
+}
+
+fn whole_with_damaged_length(rest: &[u8]) -> bool {
+    let (Some(crc), Ok(real)) = (rest.get(4..HEADER), u32::try_from(rest.len().saturating_sub(HEADER))) else {
+        return false;
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(&real.to_le_bytes());
+    h.update(&rest[HEADER..]);
+    h.finalize().to_le_bytes() == crc
 }
 
 /// Records of one path keyed by sequence number (not by path: a path queued again while its older

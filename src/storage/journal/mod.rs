@@ -208,6 +208,10 @@ impl Drop for Journal {
 }
 
 #[cfg(test)]
+#[path = "model_tests.rs"]
+mod model_tests;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
