@@ -126,7 +126,7 @@ fn open_bytes(dir: &Path, bytes: &[u8]) -> Result<Seen, String> {
     let p = dir.join("probe.journal");
     let _ = std::fs::remove_file(&p);
     std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
-    let r = Journal::open(&p).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::error::render_chain(&e));
+    let r = Journal::open(&p).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::chain::render_chain(&e));
     let _ = std::fs::remove_file(&p);
     r
 }
@@ -417,7 +417,7 @@ impl Fuzz {
         let (j, r) = match Journal::open(&path) {
             Ok(x) => x,
             Err(e) => {
-                let msg = nfs_guard::error::render_chain(&e);
+                let msg = nfs_guard::chain::render_chain(&e);
                 let magic = if base.v1 { MAGIC_V1 } else { MAGIC_V2 };
                 if bytes.starts_with(magic) {
                     return Err(format!("a file with an intact magic was refused: {msg}"));
@@ -449,7 +449,7 @@ impl Fuzz {
             j.add(&[(seq, &e)]).wait_blocking().map(|()| (seq, 1, b"appended after the open".to_vec(), Scope::Path))
         });
         drop(j);
-        let again = Journal::open(&path).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::error::render_chain(&e))?;
+        let again = Journal::open(&path).map(|(_, r)| Seen::of(&r)).map_err(|e| nfs_guard::chain::render_chain(&e))?;
         let mut want = got.clone();
         if let Some(a) = appended {
             want.pending.push(a.map_err(|e| e.to_string())?);

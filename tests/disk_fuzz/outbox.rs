@@ -150,7 +150,7 @@ impl Fuzz {
             .iter()
             .map(|p| (p.clone(), std::fs::symlink_metadata(p).unwrap().is_file().then(|| std::fs::read(p).unwrap())))
             .collect();
-        let mut o = Outbox::open(&d).map_err(|e| fail(nfs_guard::error::render_chain(&e)))?;
+        let mut o = Outbox::open(&d).map_err(|e| fail(nfs_guard::chain::render_chain(&e)))?;
         let q = o.quarantined().to_vec();
         let after = entries(&d);
         let temps = before.iter().filter(|p| !after.contains(p) && !q.iter().any(|x| &x.from == *p)).count();
@@ -207,7 +207,7 @@ impl Fuzz {
         }
         let (len, folded) = (o.len(), o.folded());
         drop(o);
-        let o = Outbox::open(&d).map_err(|e| fail(nfs_guard::error::render_chain(&e)))?;
+        let o = Outbox::open(&d).map_err(|e| fail(nfs_guard::chain::render_chain(&e)))?;
         if !o.quarantined().is_empty() || o.len() != len || o.folded() != folded {
             return Err(fail(format!("the reopen differs: {:?}", o.quarantined())));
         }

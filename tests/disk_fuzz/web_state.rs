@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use nfs_guard::web::fsm::{self, Event, Hold, Phase, Policy, Request, Server, Snapshot};
+use nfs_guard::web::fsm::{self, Event, Hold, Phase, Policy, Request, Server, Snapshot, SyncKind};
 use nfs_guard::web::health::Status;
 use nfs_guard::web::state::{self, Durable, Taken, MAX_EPOCH};
 
@@ -19,10 +19,10 @@ fn bases() -> Vec<Vec<u8>> {
         Phase::Unmounted,
         Phase::Serving { server: Server::Backup },
         Phase::Mounting { to: Server::Primary },
-        Phase::Resyncing { attempt: 3 },
+        Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 3 },
         Phase::Staging { to: Server::Primary },
         Phase::CatchingUp,
-        Phase::Reconciling { attempt: 1 },
+        Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
     ];
     for (i, phase) in phases.into_iter().enumerate() {
         let mut d = Durable::default();
@@ -152,14 +152,7 @@ pub fn mutate(rng: &mut fastrand::Rng, t: &mut Vec<u8>) -> String {
 }
 
 fn policy(failback: bool) -> Policy {
-    Policy {
-        hold_down_ms: 10_000,
-        failback,
-        retry_initial_ms: 1_000,
-        retry_max_ms: 60_000,
-        primary_label: "primary".into(),
-        backup_label: "backup".into(),
-    }
+    Policy { hold_down_ms: 10_000, failback, retry_initial_ms: 1_000, retry_max_ms: 60_000 }
 }
 
 /// The state machine steps from `s` on every kind of event, at the epoch, now and the end of time.
@@ -263,7 +256,7 @@ impl Fuzz {
             return Ok(());
         }
         std::fs::write(state::state_path(d), &bytes).unwrap();
-        let loaded = state::load(d).map_err(|e| fail(nfs_guard::error::render_chain(&e)))?;
+        let loaded = state::load(d).map_err(|e| fail(nfs_guard::chain::render_chain(&e)))?;
         if let Some(q) = loaded.quarantined {
             if loaded.durable != Durable::default() {
                 return Err(fail("a quarantined state was used".into()));
