@@ -762,6 +762,13 @@ stop_uml() {
     kill -KILL -- "-$pid" 2>/dev/null || true
     kill -CONT -- "-$pid" 2>/dev/null || true
     kill_wait "$pid" || true
+    # Host-side clients of the channel (scripts/lab/uml-exec, its watcher and tails) in the root
+    # namespace: they exit when `ready` goes; do not let a slow one outlive the lab.
+    local p clients=()
+    for p in $(grep -lF -- "$spool/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+        [[ $p != "$$" && $p != "$BASHPID" ]] && clients+=("$p")
+    done
+    (( ${#clients[@]} == 0 )) || kill_wait "${clients[@]}" || true
 }
 
 # webx CMD...: run CMD in the web host, whatever it is.
