@@ -767,7 +767,7 @@ fn two_labs_side_by_side() {
 }
 
 /// `LAB_WEB=uml`: the web host is a user-mode-linux guest whose `mount -t nfs` is Linux's own NFS
-/// client. NFSv3 and NFSv4.1 mount the primary's export, and a file written on either side shows on
+/// client. `NFSv3` and `NFSv4.1` mount the primary's export, and a file written on either side shows on
 /// the other. The command channel behaves like a local command (exit codes, stdout/stderr, env, cwd,
 /// SIGTERM forwarded, a killed client kills its guest command), and `down` leaves nothing behind.
 #[test]
@@ -811,7 +811,19 @@ fn web_guest_runs_the_kernel_nfs_client() {
         let out = lab
             .exec_timeout(
                 Host::Web,
-                &["timeout", "-s", "KILL", "30", "mount", "-t", "nfs", "-o", &format!("vers={vers}"), &source, Lab::WEB_MOUNT],
+                &[
+                    "timeout",
+                    "-s",
+                    "KILL",
+                    "30",
+                    "mount",
+                    "-t",
+                    "nfs",
+                    "-o",
+                    &format!("vers={vers}"),
+                    &source,
+                    Lab::WEB_MOUNT,
+                ],
                 Duration::from_secs(40),
             )
             .expect("mount hung");
@@ -833,9 +845,15 @@ fn web_guest_runs_the_kernel_nfs_client() {
     // A hard mount of a blackholed server hangs its callers; a lazy unmount always returns.
     lab.run(Host::Web, &["timeout", "-s", "KILL", "30", "mount", "-t", "nfs", "-o", "vers=3", &source, Lab::WEB_MOUNT]);
     lab.fault(Host::Primary, Fault::Blackhole);
-    let out = lab.exec_timeout(Host::Web, &["timeout", "-s", "KILL", "3", "stat", "-f", Lab::WEB_MOUNT], Duration::from_secs(20));
+    let out = lab.exec_timeout(
+        Host::Web,
+        &["timeout", "-s", "KILL", "3", "stat", "-f", Lab::WEB_MOUNT],
+        Duration::from_secs(20),
+    );
     assert_eq!(out.map(|o| code(&o)), Some(KILLED), "stat on a hard mount of a blackholed server must hang");
-    let out = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(20)).expect("umount -l hung");
+    let out = lab
+        .exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(20))
+        .expect("umount -l hung");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(lab.web_mount_source(), None);
     lab.heal(Host::Primary);

@@ -340,7 +340,7 @@ impl Lab {
         self.web
     }
 
-    /// The web guest's command spool (LAB_WEB=uml).
+    /// The web guest's command spool (`LAB_WEB=uml`).
     fn web_spool(&self) -> PathBuf {
         self.run_dir(Host::Web).join("spool")
     }
