@@ -503,6 +503,11 @@ NFS_CORE_PARAM {
 NFSv4 {
     Graceless = true;
     RecoveryRoot = "$r/ganesha-recov";
+    # Distinct servers, as on two machines: with the same owner (both default to this machine's
+    # hostname) a kernel NFSv4.1 client takes the backup for a trunked address of the primary and
+    # mounts the primary's export on the backup's superblock.
+    Server_Owner = "nfs-guard-lab-$LAB-$h";
+    Server_Scope = "nfs-guard-lab-$LAB-$h";
 }
 NFS_KRB5 {
     Active_krb5 = false;

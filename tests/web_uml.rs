@@ -179,6 +179,9 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
         std::thread::sleep(Duration::from_millis(100));
     }
     let failback = t.elapsed();
+    if failback > Duration::from_secs(20) {
+        eprintln!("web_uml: v{vers} {fault:?}: slow failback ({failback:?}); log:\n{}", n.log_tail());
+    }
     assert_eq!(
         fs::read_to_string(lab.data_dir(Host::Primary).join("probe.txt")).unwrap(),
         format!("backup {fault:?}"),
