@@ -115,25 +115,20 @@ fn longest_d(samples: &str) -> (Duration, String) {
     (Duration::from_secs_f64(best.0), best.1)
 }
 
-fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
-    unmount_all(lab);
-    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
-    let mut n = node(lab, dir.path(), vers);
-    let samples = dir.path().join("d-samples");
-    let mut d_sampler: Child =
-        lab.command(Host::Web, "bash").args(["-c", D_SAMPLER, "d-sampler", samples.to_str().unwrap()]).spawn().unwrap();
-    n.start(lab);
-    let primary = lab.nfs_source(Host::Primary);
-    let backup = lab.nfs_source(Host::Backup);
-    lab::wait_until("primary mounted and served", Duration::from_secs(30), || {
-        lab.web_mount_source().as_deref() == Some(primary.as_str()) && n.serving_primary_settled()
-    });
-    lab::wait_until("primary checked up", Duration::from_secs(10), || {
-        n.status()["servers"].as_array().is_some_and(|a| a.iter().all(|s| s["state"] == "up"))
-    });
+/// A web-server stand-in in the guest: keeps `/mnt/nfs/held.log` open and appends a numbered line
+/// every 200 ms (a write that fails is skipped, the loop goes on).
+const HOLDER: &str = r#"exec 3>>/mnt/nfs/held.log || exit 1
+i=0
+while :; do i=$((i + 1)); echo "tick $i" >&3; sleep 0.2; done"#;
 
-    // Failover.
-    let mut status_max = Duration::ZERO;
+fn ticks(lab: &Lab) -> usize {
+    fs::read_to_string(lab.data_dir(Host::Primary).join("held.log")).map_or(0, |t| t.lines().count())
+}
+
+/// Faults the primary and waits for the mount to serve the backup (within the bound); returns the
+/// failover time and how long `nfs-guard status` took inside the guest just after.
+fn failover(lab: &Lab, n: &WebNode, vers: &str, fault: Fault, status_max: &mut Duration) -> (Duration, Duration) {
+    let backup = lab.nfs_source(Host::Backup);
     let t = Instant::now();
     lab.fault(Host::Primary, fault);
     while lab.web_mount_source().as_deref() != Some(backup.as_str()) {
@@ -142,7 +137,7 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
             "{fault:?} v{vers}: no failover; log:\n{}",
             n.log_tail()
         );
-        status_max = status_max.max(timed_status(&n).1);
+        *status_max = (*status_max).max(timed_status(n).1);
         std::thread::sleep(Duration::from_millis(50));
     }
     let failover = t.elapsed();
@@ -165,8 +160,52 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
         .exec_timeout(Host::Web, &["cat", "/mnt/nfs/probe.txt"], Duration::from_secs(15))
         .expect("reading the backup mount hung");
     assert_eq!(String::from_utf8_lossy(&got.stdout), format!("backup {fault:?}"));
+    (failover, guest_status)
+}
+
+/// The holder's writes on the old (detached) mount reach the healed primary again; it is alive.
+fn holder_outcome(lab: &Lab, h: &mut Child, vers: &str, fault: Fault, ticks_at_heal: usize) {
+    lab::wait_until("the holder writes to the primary after heal", Duration::from_secs(60), || {
+        ticks(lab) > ticks_at_heal + 2
+    });
+    assert!(h.try_wait().unwrap().is_none(), "the holder died");
+    eprintln!(
+        "web_uml: v{vers} {fault:?} holder: alive, {} lines on the primary ({ticks_at_heal} at heal)",
+        ticks(lab)
+    );
+    let _ = h.kill();
+    let _ = h.wait();
+}
+
+/// One fault of the primary: failover, then heal and failback. With `holder`, a guest process keeps
+/// a file open (and writing) on the primary's mount throughout.
+fn fault_cycle(lab: &Lab, vers: &str, fault: Fault, holder: bool) -> Figures {
+    unmount_all(lab);
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
+    let mut n = node(lab, dir.path(), vers);
+    let samples = dir.path().join("d-samples");
+    let mut d_sampler: Child =
+        lab.command(Host::Web, "bash").args(["-c", D_SAMPLER, "d-sampler", samples.to_str().unwrap()]).spawn().unwrap();
+    n.start(lab);
+    let primary = lab.nfs_source(Host::Primary);
+    lab::wait_until("primary mounted and served", Duration::from_secs(30), || {
+        lab.web_mount_source().as_deref() == Some(primary.as_str()) && n.serving_primary_settled()
+    });
+    lab::wait_until("primary checked up", Duration::from_secs(10), || {
+        n.status()["servers"].as_array().is_some_and(|a| a.iter().all(|s| s["state"] == "up"))
+    });
+    let _ = fs::remove_file(lab.data_dir(Host::Primary).join("held.log"));
+    let mut held = holder.then(|| lab.command(Host::Web, "sh").args(["-c", HOLDER]).spawn().unwrap());
+    if holder {
+        lab::wait_until("the holder writes", Duration::from_secs(10), || ticks(lab) >= 2);
+    }
+
+    // Failover.
+    let mut status_max = Duration::ZERO;
+    let (failover, guest_status) = failover(lab, &n, vers, fault, &mut status_max);
 
     // Failback.
+    let ticks_at_heal = ticks(lab);
     let t = Instant::now();
     lab.heal(Host::Primary);
     while !(lab.web_mount_source().as_deref() == Some(primary.as_str()) && n.serving_primary_settled()) {
@@ -193,14 +232,18 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
         .expect("reading the primary mount after failback hung");
     assert_eq!(String::from_utf8_lossy(&got.stdout), "primary again");
 
+    if let Some(h) = held.as_mut() {
+        holder_outcome(lab, h, vers, fault, ticks_at_heal);
+    }
     n.kill9();
     let _ = d_sampler.kill();
     let _ = d_sampler.wait();
     let longest_d = longest_d(&fs::read_to_string(&samples).unwrap_or_default());
     let f = Figures { failover, failback, status_max, guest_status, longest_d };
     eprintln!(
-        "web_uml: v{vers} {:<9} failover {:>5} ms  failback {:>6} ms  status max {:>4} ms  status in guest {:>5} ms  longest D {} ms ({})",
+        "web_uml: v{vers} {:<9}{} failover {:>5} ms  failback {:>6} ms  status max {:>4} ms  status in guest {:>5} ms  longest D {} ms ({})",
         fault.as_str(),
+        if holder { " +holder" } else { "" },
         f.failover.as_millis(),
         f.failback.as_millis(),
         f.status_max.as_millis(),
@@ -219,29 +262,42 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault) -> Figures {
     f
 }
 
-fn run(name: &str, vers: &str, faults: &[Fault]) {
+fn run(name: &str, vers: &str, faults: &[Fault], holder: bool) {
     let lab = Lab::up_with(name, WebKind::Uml);
     for fault in faults {
-        fault_cycle(&lab, vers, *fault);
+        fault_cycle(&lab, vers, *fault, holder);
     }
 }
 
 #[test]
 fn web_uml_v3_host_faults() {
-    run("wu3h", "3", &[Fault::Freeze, Fault::Kill, Fault::StopNfs]);
+    run("wu3h", "3", &[Fault::Freeze, Fault::Kill, Fault::StopNfs], false);
 }
 
 #[test]
 fn web_uml_v3_network_faults() {
-    run("wu3n", "3", &[Fault::Blackhole, Fault::Reject, Fault::Unplug]);
+    run("wu3n", "3", &[Fault::Blackhole, Fault::Reject, Fault::Unplug], false);
 }
 
 #[test]
 fn web_uml_v41_host_faults() {
-    run("wu4h", "4.1", &[Fault::Freeze, Fault::Kill, Fault::StopNfs]);
+    run("wu4h", "4.1", &[Fault::Freeze, Fault::Kill, Fault::StopNfs], false);
 }
 
 #[test]
 fn web_uml_v41_network_faults() {
-    run("wu4n", "4.1", &[Fault::Blackhole, Fault::Reject, Fault::Unplug]);
+    run("wu4n", "4.1", &[Fault::Blackhole, Fault::Reject, Fault::Unplug], false);
+}
+
+/// A process keeps a file open and writing on the primary's mount: failover and failback still
+/// happen (failback may wait for the kernel client's reconnect backoff, see `FAILBACK_BOUND`), the
+/// controller never hangs, and the process survives: its writes reach the primary after heal.
+#[test]
+fn web_uml_v3_holder() {
+    run("wu3o", "3", &[Fault::Blackhole, Fault::Reject], true);
+}
+
+#[test]
+fn web_uml_v41_holder() {
+    run("wu4o", "4.1", &[Fault::Blackhole, Fault::Reject], true);
 }
