@@ -26,6 +26,8 @@ use web_node::WebNode;
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
 /// `interval` and `fall` of `WebNode`'s config: the failover bound is fall x interval + 2 s.
 const FAILOVER_BOUND: Duration = Duration::from_secs(3 + 2);
+/// How much later than the controller the test may see a new mount in the guest (see `failover`).
+const OBSERVATION_SLACK: Duration = Duration::from_secs(1);
 /// Failback after heal: rise x interval + hold-down + reverse sync + staged mount, plus the kernel
 /// client's reconnect backoff after drop/reject (39-51 s measured) when the old mount is involved.
 const FAILBACK_BOUND: Duration = Duration::from_secs(90);
@@ -125,11 +127,32 @@ fn ticks(lab: &Lab) -> usize {
     fs::read_to_string(lab.data_dir(Host::Primary).join("held.log")).map_or(0, |t| t.lines().count())
 }
 
-/// Faults the primary and waits for the mount to serve the backup (within the bound); returns the
-/// failover time and how long `nfs-guard status` took inside the guest just after.
+/// Milliseconds since midnight UTC, now.
+fn ms_of_day_now() -> u64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    u64::try_from(d.as_millis() % 86_400_000).unwrap()
+}
+
+/// Milliseconds since midnight UTC of the last log line containing `what` (human format stamps,
+/// `2026-11-29T00:14:45.690692Z ...`; the guest's clock is this machine's).
+fn last_log_ms(log: &str, what: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(what))?;
+    let hms = line.split_once('T')?.1.split_once('Z')?.0;
+    let mut it = hms.split(':');
+    let (h, m, s): (u64, u64, f64) = (it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((h * 3600 + m * 60) * 1000 + (s * 1000.0) as u64)
+}
+
+/// Faults the primary and waits for the mount to serve the backup; returns the failover time (by the
+/// controller's log: fault injected -> "now serving backup", within the bound) and how long
+/// `nfs-guard status` took inside the guest just after. The test sees the guest's mountinfo up to
+/// ~100 ms late (more on a loaded machine), so the time it observes may exceed the bound by
+/// `OBSERVATION_SLACK`.
 fn failover(lab: &Lab, n: &WebNode, vers: &str, fault: Fault, status_max: &mut Duration) -> (Duration, Duration) {
     let backup = lab.nfs_source(Host::Backup);
     let t = Instant::now();
+    let fault_ms = ms_of_day_now();
     lab.fault(Host::Primary, fault);
     while lab.web_mount_source().as_deref() != Some(backup.as_str()) {
         assert!(
@@ -140,10 +163,16 @@ fn failover(lab: &Lab, n: &WebNode, vers: &str, fault: Fault, status_max: &mut D
         *status_max = (*status_max).max(timed_status(n).1);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let failover = t.elapsed();
+    let observed = t.elapsed();
+    // The controller logs once it has verified the mount the test already sees.
+    lab::wait_until("\"now serving backup\" in the log", Duration::from_secs(10), || {
+        n.log_text().contains("now serving backup")
+    });
+    let done_ms = last_log_ms(&n.log_text(), "now serving backup").unwrap();
+    let failover = Duration::from_millis((done_ms + 86_400_000 - fault_ms) % 86_400_000);
     assert!(
-        failover <= FAILOVER_BOUND,
-        "{fault:?} v{vers}: failover took {failover:?} (bound {FAILOVER_BOUND:?}); log:\n{}",
+        failover <= FAILOVER_BOUND && observed <= FAILOVER_BOUND + OBSERVATION_SLACK,
+        "{fault:?} v{vers}: failover took {failover:?} by the log, {observed:?} observed (bound {FAILOVER_BOUND:?}); log:\n{}",
         n.log_tail()
     );
     lab::wait_until("status shows the backup", Duration::from_secs(5), || n.active_is("backup"));
@@ -262,7 +291,12 @@ fn fault_cycle(lab: &Lab, vers: &str, fault: Fault, holder: bool) -> Figures {
     f
 }
 
+/// One guest lab at a time: the timing bounds are the product's, and two guests plus their labs
+/// on a 2-core machine measure the machine instead (a switch's `mount.nfs` took 1.7 s at load 12).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(name: &str, vers: &str, faults: &[Fault], holder: bool) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::up_with(name, WebKind::Uml);
     for fault in faults {
         fault_cycle(&lab, vers, *fault, holder);
