@@ -29,7 +29,7 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(3 + 2);
 /// Allowed on top of `FAILOVER_BOUND` in the guest: every process start costs tens of ms under
 /// user-mode-linux (ptrace), and a switch runs several (umount, mount, mount.nfs with its rpcbind
 /// queries). Measured: 18 scenarios per run, on this 2-core machine at load 10-12 one or two took
-/// 5.0-5.9 s (a network fault is detected only after fall x interval + probe_timeout = 3.8 s). A
+/// 5.0-5.9 s (a network fault is detected only after `fall x interval + probe_timeout` = 3.8 s). A
 /// failover above the product's bound is printed as such ("OVER").
 const UML_ALLOWANCE: Duration = Duration::from_secs(1);
 /// How much later than the controller the test may see a new mount in the guest (see `failover`).
