@@ -1067,6 +1067,16 @@ cmd_fault() {
     local -a pids
     case $kind in
         freeze)
+            if [[ $h == web && $WEB_KIND == uml ]]; then
+                # Stop the UML kernel only: a signal-stop of its ptraced children kills the guest
+                # ("child stopped with signal 19"); without their tracer they stop at their next trap.
+                local up
+                up=$(daemon_pid web uml) || die "freeze web: the uml guest is not running"
+                kill -STOP "$up"
+                echo "$kind" >>"$(faults_file "$h")"
+                log "fault $kind on $h"
+                return 0
+            fi
             # Repeat until no process of the host is left running (a stopped parent cannot fork, but
             # a child forked just before could be missed by one pass).
             local p st left
@@ -1112,7 +1122,11 @@ cmd_fault() {
 # Undo every fault of a host: SIGCONT, no nftables fault table, links up.
 clear_faults() {
     local h=$1 p
-    for p in $(ns_pids "$h"); do kill -CONT "$p" 2>/dev/null || true; done
+    # Only stopped processes: a SIGCONT to a uml guest's ptraced children kills the guest
+    # ("userspace - child stopped with signal 18", then init dies).
+    for p in $(ns_pids "$h"); do
+        [[ $(proc_state "$p" 2>/dev/null) == T ]] && kill -CONT "$p" 2>/dev/null
+    done
     nsexec_net "$(ns_name "$h")" nft delete table inet ngl_fault 2>/dev/null || true
     nsexec_net "$(ns_name "$h")" nft delete table bridge ngl_fault 2>/dev/null || true
     ip -n "$(ns_name sw)" link set "$(sw_port "$h")" up
