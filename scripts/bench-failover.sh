@@ -4,11 +4,17 @@
 #   sudo scripts/bench-failover.sh                 # RUNS=20 per fault kind
 #   RUNS=5 FAULTS="freeze kill" sudo scripts/bench-failover.sh
 #   SECTIONS=ping FAULTS="blackhole unplug" PING_RUNS=5 sudo scripts/bench-failover.sh
+#   LAB_WEB=uml RUNS=5 sudo scripts/bench-failover.sh   # the kernel NFS client (user-mode-linux guest)
+#   LAB_WEB=uml OPTIONS=vers=4.1,hard,timeo=50,retrans=2 ...
 #
+# LAB_WEB (see scripts/lab.sh): uml (default) runs `web` as a user-mode-linux guest with Linux's own NFS
+# client and OPTIONS (default vers=3,hard,timeo=50,retrans=2); sshfs uses the stand-in mount with
+# OPTIONS vers=3,soft,timeo=10 (ignored by the stand-in).
 # What it measures (real binary inside the lab's `web` host, real nfs-ganesha/rsyncd/sshfs stand-in):
-#   1. failover: time from the start of `lab.sh fault primary KIND` to /proc/<web>/mountinfo showing the
-#      backup at /mnt/nfs; RUNS runs per fault kind, p50/p99 (nearest rank) and max. Each run ends
-#      with `heal` and nfs-guard's own failback, so every run starts from "serving primary".
+#   1. failover: time from the start of `lab.sh fault primary KIND` to the web host's mountinfo showing
+#      the backup at /mnt/nfs; RUNS runs per fault kind, p50/p99 (nearest rank) and max. Each run ends
+#      with `heal` and nfs-guard's own failback (reverse sync, staged mount), timed from the start of
+#      `heal` to "serving the primary, nothing owed", so every run starts from "serving primary".
 #   2. failback with FILES (default 10000) changed files: files written to the backup during the
 #      failover, then the primary healed; time from heal to mountinfo showing the primary, and the
 #      reverse-sync pass duration nfs-guard reports.
@@ -21,6 +27,13 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB=${LAB:-wbnch}
 export LAB
+LAB_WEB=${LAB_WEB:-uml}
+export LAB_WEB
+case $LAB_WEB in
+    uml) OPTIONS=${OPTIONS:-vers=3,hard,timeo=50,retrans=2} ;;
+    sshfs) OPTIONS=${OPTIONS:-vers=3,soft,timeo=10} ;;
+    *) echo "bench-failover.sh: LAB_WEB=$LAB_WEB: expected uml or sshfs" >&2; exit 64 ;;
+esac
 RUNS=${RUNS:-20}
 FILES=${FILES:-10000}
 FAULTS=${FAULTS:-"freeze kill stop-nfs blackhole reject unplug"}
@@ -29,7 +42,7 @@ PING_WATCH=${PING_WATCH:-35}
 SECTIONS=${SECTIONS:-"failover failback ping"}
 BIN=${BIN:-$ROOT/target/debug/nfs-guard}
 LABSH="$ROOT/scripts/lab.sh"
-WORK=$(mktemp -d /tmp/nfs-guard-bench.XXXXXX)
+WORK=
 DAEMON=
 
 [[ $(id -u) == 0 ]] || { echo "bench-failover.sh: needs root (the lab uses namespaces)" >&2; exit 1; }
@@ -38,7 +51,7 @@ DAEMON=
 cleanup() {
     [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
     bash "$LABSH" down >/dev/null 2>&1 || true
-    rm -rf "$WORK"
+    [[ -z $WORK ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -49,11 +62,29 @@ lab up
 eval "$(lab env)"
 HOLDER=$(cut -d' ' -f1 "$LAB_RUN/web/holder.pid")
 P=$LAB_PRIMARY_IP B=$LAB_BACKUP_IP
+# Under the lab's state dir: the uml guest sees it read-write at the same path (not this /tmp).
+WORK=$(mktemp -d "$LAB_STATE/bench.XXXXXX")
 
-mount_src() { # source of the topmost mount at /mnt/nfs in the web host ("" if none); never touches it
-    awk '$5=="/mnt/nfs"{for(i=7;i<=NF;i++) if($i=="-"){s=$(i+2)}} END{print s}' "/proc/$HOLDER/mountinfo"
+web_mountinfo() {
+    if [[ $LAB_WEB == uml ]]; then
+        # rewritten in place by the guest's init every ~100 ms; complete when it ends with "#end"
+        local t
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            t=$(cat "$LAB_WEB_SPOOL/mountinfo" 2>/dev/null) || true
+            [[ $t == *"#end" ]] && { printf '%s\n' "$t"; return; }
+            sleep 0.01
+        done
+    else
+        cat "/proc/$HOLDER/mountinfo"
+    fi
 }
-web() { nsenter -t "$HOLDER" -m -n -- "$@"; }
+mount_src() { # source of the topmost mount at /mnt/nfs in the web host ("" if none); never touches it
+    web_mountinfo | awk '$5=="/mnt/nfs"{for(i=7;i<=NF;i++) if($i=="-"){s=$(i+2)}} END{print s}'
+}
+# "${WEB[@]}" CMD...: run CMD in the web host. Both exec the command (or, for uml, are its client, which
+# forwards SIGTERM to it), so $! of `"${WEB[@]}" CMD &` is what to kill.
+if [[ $LAB_WEB == uml ]]; then WEB=("$ROOT/scripts/lab/uml-exec" "$LAB_WEB_SPOOL"); else WEB=(nsenter -t "$HOLDER" -m -n --); fi
+web() { "${WEB[@]}" "$@"; }
 wait_src() { # SOURCE SECONDS
     local end=$(( $(now_ms) + $2 * 1000 ))
     until [[ $(mount_src) == "$1" ]]; do
@@ -75,7 +106,7 @@ state_dir = "$WORK/state"
 [web]
 mount_point = "/mnt/nfs"
 fstype = "nfs"
-options = "vers=3,soft,timeo=10"
+options = "$OPTIONS"
 interval = "1s"
 fall = 3
 rise = 3
@@ -101,8 +132,7 @@ connect_timeout = "2s"
 io_timeout = "30s"
 EOF
 
-# nsenter execs the program, so $! is nfs-guard itself (a shell function here would background a subshell)
-nsenter -t "$HOLDER" -m -n -- "$BIN" --config "$WORK/web.toml" --log-format human web >"$WORK/web.log" 2>&1 &
+"${WEB[@]}" "$BIN" --config "$WORK/web.toml" --log-format human web >"$WORK/web.log" 2>&1 &
 DAEMON=$!
 wait_src "$P:/srv/nfs" 20 || { echo "nfs-guard did not mount the primary" >&2; tail "$WORK/web.log" >&2; exit 1; }
 wait_failed_back 20 || true
@@ -121,17 +151,22 @@ section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if section failover; then
 echo "== nfs-guard failover: fault injection -> mount serves the backup (interval 1s, fall 3, probe_timeout 800ms)"
+echo "   and failback: heal -> serving the primary, nothing owed (rise 3, hold_down 1s); web=$LAB_WEB -o $OPTIONS"
 for fault in $FAULTS; do
-    times=()
+    times=() backs=()
+    wait_failed_back 120 || { echo "not back on the primary" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
     for ((i = 1; i <= RUNS; i++)); do
-        wait_failed_back 60 || { echo "run $i: not back on the primary" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
         t0=$(now_ms)
         lab fault primary "$fault"
         wait_src "$B:/srv/nfs" 30 || { echo "$fault run $i: no failover within 30 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
         times+=($(( $(now_ms) - t0 )))
+        t0=$(now_ms)
         lab heal primary
+        wait_failed_back 180 || { echo "$fault run $i: no failback within 180 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+        backs+=($(( $(now_ms) - t0 )))
     done
     stats "$fault" "${times[@]}"
+    stats "  failback" "${backs[@]}"
 done
 fi
 
@@ -172,7 +207,7 @@ for fault in $FAULTS; do
     for ((i = 1; i <= PING_RUNS; i++)); do
         web umount -l /mnt/nfs 2>/dev/null || true
         web mount -t nfs "$P:/srv/nfs" /mnt/nfs
-        nsenter -t "$HOLDER" -m -n -- "$WORK/pingloop.sh" &
+        "${WEB[@]}" "$WORK/pingloop.sh" &
         loop=$!
         sleep "$((RANDOM % 10)).$((RANDOM % 10))" # the fault lands anywhere in the 10 s cycle
         t0=$(now_ms)

@@ -13,6 +13,10 @@ NEED=(
   "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
   "lsyncd lsyncd" "systemd-analyze systemd"
   "mkfs.ext4 e2fsprogs" "mountpoint util-linux"
+  # The web host as a user-mode-linux guest (a real kernel NFS client; the host kernel has none):
+  # its kernel and NFS modules, busybox's insmod (the host has no kmod), mount.nfs and rpc.statd.
+  "linux.uml user-mode-linux" "busybox busybox-static" "mount.nfs nfs-common" "rpc.statd nfs-common"
+  "cc gcc"  # builds scripts/lab/uml-xstate.c, which UML 6.1 needs on AVX-512/AMX hosts
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 

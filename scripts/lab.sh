@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nfs-guard multi-host test lab: network namespaces with real daemons, on one machine.
 #
-#   LAB=<name> scripts/lab.sh up|down|status|env|exec HOST CMD...|fault HOST KIND|heal HOST
+#   LAB=<name> [LAB_WEB=sshfs|uml] scripts/lab.sh up|down|status|env|exec HOST CMD...|fault HOST KIND|heal HOST
 #
 # <name> (default "ngl"): 1-5 chars of [a-z0-9]. Several labs can be up at once; each gets its own
 # subnet 10.203.X.0/24, X allocated under a lock in /var/tmp/nfs-guard-lab/registry (kept across `up`s of
@@ -12,7 +12,14 @@
 #   primary  10.203.X.2  storage: rpcbind + nfs-ganesha (NFS v3+v4, TCP) exporting /srv/nfs,
 #                        rsync daemon :873 module "data" (user nfsguard), sshd :22 (root, lab key)
 #   backup   10.203.X.3  storage: same as primary
-#   web      10.203.X.4  client: /mnt/nfs, and a mount.nfs/mount.nfs4 stand-in (sshfs) on its /usr/sbin
+#   web      10.203.X.4  client: /mnt/nfs. LAB_WEB (read by `up`, kept in lab.env) says what it is:
+#                        sshfs (default): the namespace itself, with a mount.nfs/mount.nfs4 stand-in
+#                          (sshfs) on its /usr/sbin;
+#                        uml: a user-mode-linux guest (Linux's own NFS client, v3 and v4.1) whose root
+#                          is this machine's / read-only; its vec0 is tap0 in the web namespace,
+#                          bridged with eth0 there (the namespace itself has no address). Commands
+#                          reach it through a spool dir (scripts/lab/uml-exec, uml-init); it sees the
+#                          lab's state dir read-write at the same path; console: <state>/run/web/uml.log.
 #   mail     10.203.X.5  SMTP (aiosmtpd): 25 plain; 587 STARTTLS + AUTH required; 465 TLS + AUTH required
 # Every host has its own tmpfs /run. Storage hosts see <state>/<host>/data at /srv/nfs.
 # LAB_DATA_FS=ext4 (read by `up`) gives each storage host's data its own journaled ext4 on a sparse
@@ -53,6 +60,9 @@ SMTP_USER=alert
 EXPORT=/srv/nfs
 WEB_MOUNT=/mnt/nfs
 UP_DEADLINE=${LAB_UP_DEADLINE:-60}
+# What the web host is (see the header): from LAB_WEB, else the running lab's lab.env, else sshfs.
+WEB_KIND=${LAB_WEB:-}
+UML_DEADLINE=${LAB_UML_DEADLINE:-90}   # boot of the web guest on 2 busy cores: 7-13 s measured
 
 die() { echo "lab.sh[$LAB]: error: $*" >&2; exit 1; }
 # die_log LOGFILE MESSAGE: die, showing the end of a daemon's log (the state dir may be gone soon).
@@ -209,6 +219,20 @@ load_env_or_die() {
     x=$(sed -n 's/^LAB_INDEX=//p' "$STATE/lab.env")
     [[ -n $x ]] || die "corrupt $STATE/lab.env"
     load_ips "$x"
+    # The running lab's web host is what it is, whatever LAB_WEB says now.
+    WEB_KIND=$(sed -n 's/^LAB_WEB=//p' "$STATE/lab.env")
+    WEB_KIND=${WEB_KIND:-sshfs}
+}
+
+# For `up`: LAB_WEB, else what the lab was brought up with, else sshfs. Changing it needs a `down`.
+resolve_web_kind() {
+    local have=
+    [[ -f $STATE/lab.env ]] && have=$(sed -n 's/^LAB_WEB=//p' "$STATE/lab.env")
+    WEB_KIND=${WEB_KIND:-${have:-sshfs}}
+    [[ $WEB_KIND == sshfs || $WEB_KIND == uml ]] || die "LAB_WEB=$WEB_KIND: expected sshfs or uml"
+    if [[ -n $have && $have != "$WEB_KIND" ]] && holder_pid web >/dev/null 2>&1; then
+        die "lab $LAB is up with LAB_WEB=$have; run: LAB=$LAB $0 down, then up with LAB_WEB=$WEB_KIND"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,7 +369,7 @@ daemons_of() {
     case $1 in
         primary|backup) echo "rpcbind ganesha rsyncd sshd" ;;
         mail) echo "smtpd" ;;
-        web) echo "" ;;
+        web) [[ $WEB_KIND == uml ]] && echo "uml" || echo "" ;;
     esac
 }
 
@@ -423,6 +447,8 @@ write_lab_env() {
         for h in "${STORAGE[@]}"; do echo "LAB_${h^^}_DATA=$STATE/$h/data"; done
         echo "LAB_EXPORT=$EXPORT"
         echo "LAB_WEB_MOUNT=$WEB_MOUNT"
+        echo "LAB_WEB=$WEB_KIND"
+        echo "LAB_WEB_SPOOL=$RUN/web/spool"
         echo "LAB_RSYNC_USER=$RSYNC_USER"
         echo "LAB_RSYNC_MODULE=$RSYNC_MODULE"
         echo "LAB_RSYNC_PASS=$STATE/rsync.pass"
@@ -477,6 +503,11 @@ NFS_CORE_PARAM {
 NFSv4 {
     Graceless = true;
     RecoveryRoot = "$r/ganesha-recov";
+    # Distinct servers, as on two machines: with the same owner (both default to this machine's
+    # hostname) a kernel NFSv4.1 client takes the backup for a trunked address of the primary and
+    # mounts the primary's export on the backup's superblock.
+    Server_Owner = "nfs-guard-lab-$LAB-$h";
+    Server_Scope = "nfs-guard-lab-$LAB-$h";
 }
 NFS_KRB5 {
     Active_krb5 = false;
@@ -560,11 +591,28 @@ ensure_network() {
         fi
         ip -n "$sw" link set "$(sw_port "$h")" master br0
         ip -n "$sw" link set "$(sw_port "$h")" up
-        ip -n "$hn" addr replace "${IP[$h]}/24" dev eth0
+        if [[ $h == web && $WEB_KIND == uml ]]; then
+            ensure_web_bridge
+        else
+            ip -n "$hn" addr replace "${IP[$h]}/24" dev eth0
+        fi
         ip -n "$hn" link set eth0 up
     done
     # Safety net: nothing for the lab subnet may leave the root namespace.
     ip route replace unreachable "$SUBNET"
+}
+
+# LAB_WEB=uml: the guest owns the web address; its tap0 and eth0 are bridged in the web namespace.
+ensure_web_bridge() {
+    local hn
+    hn=$(ns_name web)
+    ip -n "$hn" addr flush dev eth0
+    ip -n "$hn" link show br0 >/dev/null 2>&1 || ip -n "$hn" link add br0 type bridge stp_state 0 forward_delay 0
+    ip -n "$hn" link show tap0 >/dev/null 2>&1 || ip -n "$hn" tuntap add dev tap0 mode tap
+    ip -n "$hn" link set eth0 master br0
+    ip -n "$hn" link set tap0 master br0
+    ip -n "$hn" link set tap0 up
+    ip -n "$hn" link set br0 up
 }
 
 # LAB_DATA_FS=ext4: the host's data directory is a loop-mounted ext4 of its own (before its holder
@@ -621,7 +669,9 @@ mount --bind $STATE/$h/data $EXPORT" ;;
         web)
             setup="$setup
 mount -t tmpfs -o mode=0755,size=1m lab-mnt /mnt
-mkdir -p $WEB_MOUNT
+mkdir -p $WEB_MOUNT"
+            # The uml guest's root is this mount namespace's /: it must see the real mount.nfs.
+            [[ $WEB_KIND == uml ]] || setup="$setup
 mount -t overlay lab-sbin -o lowerdir=$RUN/web/sbin:/usr/sbin /usr/sbin
 if [ ! -L /sbin ]; then mount -t overlay lab-sbin -o lowerdir=$RUN/web/sbin:/sbin /sbin; fi" ;;
     esac
@@ -642,6 +692,97 @@ install_mount_standin() {
         rm -f "$d/mount.nfs.tmp"
     fi
     ln -sfn mount.nfs "$d/mount.nfs4"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# The web host as a user-mode-linux guest (LAB_WEB=uml)
+
+uml_spool() { echo "$RUN/web/spool"; }
+
+# The LD_PRELOAD shim UML 6.1 needs on hosts with a large XSAVE area (AVX-512/AMX; see its source),
+# built once per source version into $BASE.
+uml_shim() {
+    local src=$SCRIPT_DIR/lab/uml-xstate.c so sum
+    sum=$(sha256sum "$src" | cut -c1-16)
+    so=$BASE/uml-xstate-$sum.so
+    if [[ ! -s $so ]]; then
+        cc -O2 -Wall -shared -fPIC -o "$so.tmp.$$" "$src" -ldl >&2 || die "cannot build $src (cc)"
+        mv "$so.tmp.$$" "$so"
+    fi
+    echo "$so"
+}
+
+# Boot the guest inside the web namespace (its holder's mount namespace: hostfs root = that /).
+# Guest RAM is a deleted file in TMPDIR: /dev/shm (a tmpfs). The UML kernel is the pid in uml.pid,
+# leader of its own process group (spawn uses setsid), which holds every guest process.
+start_uml() {
+    local r=$RUN/web spool
+    spool=$(uml_spool)
+    rm -rf "$spool" "$r/uml"
+    mkdir -p "$spool/jobs" "$spool/tmp" "$r/uml"
+    cp "$SCRIPT_DIR/lab/uml-init" "$r/uml-init"
+    chmod 755 "$r/uml-init"
+    : >"$r/uml.log"
+    command -v linux.uml >/dev/null || die "linux.uml missing (package user-mode-linux)"
+    local shim
+    shim=$(uml_shim)
+    log "web: booting the user-mode-linux guest (console: $r/uml.log)"
+    spawn web uml env HOME="$r/uml" TMPDIR=/dev/shm LD_PRELOAD="$shim" linux.uml mem=256M uml_dir="$r/uml" umid=web \
+        root=/dev/root rootfstype=hostfs rootflags=/ ro init="$r/uml-init" \
+        con0=fd:0,fd:1 con=null ssl=null vec0:transport=tap,ifname=tap0 \
+        LAB_SPOOL="$spool" LAB_SHARE="$STATE" LAB_IP="${IP[web]}" LAB_PREFIX=24 LAB_HOSTNAME=web
+}
+
+uml_ready() { [[ -e $(uml_spool)/ready ]] && daemon_pid web uml >/dev/null; }
+
+# Wait for the guest's init to report ready; fail loudly with its console log otherwise.
+wait_uml() {
+    local r=$RUN/web end=$(( $(now_ms) + UML_DEADLINE * 1000 ))
+    while ! uml_ready; do
+        if ! daemon_pid web uml >/dev/null || [[ -e $(uml_spool)/failed ]] || (( $(now_ms) > end )); then
+            echo "lab.sh[$LAB]: error: web: the user-mode-linux guest did not come up within ${UML_DEADLINE}s" \
+                "($(cat "$(uml_spool)/failed" 2>/dev/null || echo "uml pid alive: $(daemon_pid web uml || echo no)"))" >&2
+            echo "--- console ($r/uml.log), last 60 lines:" >&2
+            tail -n 60 "$r/uml.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+# Power the guest off (poweroff -f, as a channel job nobody waits for), then SIGKILL the UML kernel's
+# process group. Bounded: a frozen guest gets the SIGKILL after 3 s.
+stop_uml() {
+    local pid spool job
+    pid=$(daemon_pid web uml) || return 0
+    spool=$(uml_spool)
+    if [[ -e $spool/ready ]]; then
+        job=$spool/tmp/poweroff.$$
+        mkdir -p "$job" && printf '%s\0' poweroff -f >"$job/argv" && printf 'PATH=%s\0' "$PATH" >"$job/env" && echo / >"$job/cwd" &&
+            mv "$job" "$spool/jobs/" 2>/dev/null || true
+        _uml_gone() { ! pid_alive "$1"; }
+        wait_for "the web guest to power off" 3 _uml_gone "$pid" || true
+    fi
+    rm -f "$spool/ready"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -CONT -- "-$pid" 2>/dev/null || true
+    kill_wait "$pid" || true
+    # Host-side clients of the channel (scripts/lab/uml-exec, its watcher and tails) in the root
+    # namespace: they exit when `ready` goes; do not let a slow one outlive the lab.
+    local p clients=()
+    for p in $(grep -lF -- "$spool/" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+        [[ $p != "$$" && $p != "$BASHPID" ]] && clients+=("$p")
+    done
+    (( ${#clients[@]} == 0 )) || kill_wait "${clients[@]}" || true
+}
+
+# webx CMD...: run CMD in the web host, whatever it is.
+webx() {
+    if [[ $WEB_KIND == uml ]]; then
+        "$SCRIPT_DIR/lab/uml-exec" "$(uml_spool)" "$@"
+    else
+        hx web "$@"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -705,7 +846,9 @@ ensure_daemons() {
                     --key "$STATE/tls/server.key" --user "$SMTP_USER" --password-file "$STATE/smtp.pass"
             fi
             ;;
-        web) ;;
+        web)
+            if [[ $WEB_KIND == uml ]] && ! daemon_pid web uml >/dev/null; then start_uml; fi
+            ;;
     esac
 }
 
@@ -723,7 +866,11 @@ wait_ready() {
             wait_for "mail smtpd" "$d" check_smtpd "$h" || die_log "$RUN/mail/smtpd.log" "mail: smtpd does not answer"
             ;;
         web)
-            hx web test -x /sbin/mount.nfs || die "web: mount.nfs stand-in missing"
+            if [[ $WEB_KIND == uml ]]; then
+                wait_uml
+            else
+                hx web test -x /sbin/mount.nfs || die "web: mount.nfs stand-in missing"
+            fi
             ;;
     esac
     local daemon
@@ -751,6 +898,7 @@ cmd_up() {
     local x
     x=$(registry_locked _alloc_subnet) || die "could not allocate a subnet"
     load_ips "$x"
+    resolve_web_kind
     local t0 h
     t0=$(now_ms)
     mkdir -p "$STATE" "$RUN"
@@ -770,7 +918,8 @@ cmd_up() {
             wait_for "$h link" 10 link_ready "$h" || die "$h: link not ready"
             wait_ready "$h"
             if [[ $h != web ]]; then
-                wait_for "ping web -> $h" 20 hx web ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
+                [[ $WEB_KIND == sshfs ]] || wait_for "the web guest" "$UML_DEADLINE" uml_ready || die "web is not up"
+                wait_for "ping web -> $h" 20 webx ping -n -q -c1 -W1 "${IP[$h]}" || die "web cannot ping $h"
             fi
         ) &
         waiters[$h]=$!
@@ -787,6 +936,7 @@ cmd_down() {
     local x h hn p
     x=$(registered_subnet)
     [[ -z $x && -f $STATE/lab.env ]] && x=$(sed -n 's/^LAB_INDEX=//p' "$STATE/lab.env")
+    stop_uml
     # 1. every process of every host (holders included), plus anything from our pidfiles
     local -a pids=()
     for h in "${HOSTS[@]}"; do pids+=($(host_pids "$h")); done
@@ -852,6 +1002,8 @@ cmd_exec() {
     is_host "$h" || die "unknown host '$h' (hosts: ${HOSTS[*]})"
     local pid
     pid=$(holder_pid "$h") || die "host $h of lab $LAB is not up"
+    load_env_or_die
+    if [[ $h == web && $WEB_KIND == uml ]]; then exec "$SCRIPT_DIR/lab/uml-exec" "$(uml_spool)" "$@"; fi
     exec nsenter -t "$pid" -m -n --wd=. -- "$@"
 }
 
@@ -881,7 +1033,26 @@ table inet ngl_fault {
   }
 }'
     fi
+    if [[ $h == web && $WEB_KIND == uml ]]; then
+        # The guest's frames are bridged (tap0 <-> eth0) in the web namespace: filter them there.
+        if [[ $kind == drop ]]; then
+            rules='
+table bridge ngl_fault {
+  chain fwd { type filter hook forward priority -300; policy accept; drop; }
+}'
+        else
+            rules='
+table bridge ngl_fault {
+  chain fwd {
+    type filter hook forward priority -300; policy accept;
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx type admin-prohibited
+  }
+}'
+        fi
+    fi
     nsexec_net "$(ns_name "$h")" nft delete table inet ngl_fault 2>/dev/null || true
+    nsexec_net "$(ns_name "$h")" nft delete table bridge ngl_fault 2>/dev/null || true
     nsexec_net "$(ns_name "$h")" nft -f - <<<"$rules"
 }
 
@@ -896,6 +1067,16 @@ cmd_fault() {
     local -a pids
     case $kind in
         freeze)
+            if [[ $h == web && $WEB_KIND == uml ]]; then
+                # Stop the UML kernel only: a signal-stop of its ptraced children kills the guest
+                # ("child stopped with signal 19"); without their tracer they stop at their next trap.
+                local up
+                up=$(daemon_pid web uml) || die "freeze web: the uml guest is not running"
+                kill -STOP "$up"
+                echo "$kind" >>"$(faults_file "$h")"
+                log "fault $kind on $h"
+                return 0
+            fi
             # Repeat until no process of the host is left running (a stopped parent cannot fork, but
             # a child forked just before could be missed by one pass).
             local p st left
@@ -941,8 +1122,13 @@ cmd_fault() {
 # Undo every fault of a host: SIGCONT, no nftables fault table, links up.
 clear_faults() {
     local h=$1 p
-    for p in $(ns_pids "$h"); do kill -CONT "$p" 2>/dev/null || true; done
+    # Only stopped processes: a SIGCONT to a uml guest's ptraced children kills the guest
+    # ("userspace - child stopped with signal 18", then init dies).
+    for p in $(ns_pids "$h"); do
+        [[ $(proc_state "$p" 2>/dev/null) == T ]] && kill -CONT "$p" 2>/dev/null
+    done
     nsexec_net "$(ns_name "$h")" nft delete table inet ngl_fault 2>/dev/null || true
+    nsexec_net "$(ns_name "$h")" nft delete table bridge ngl_fault 2>/dev/null || true
     ip -n "$(ns_name sw)" link set "$(sw_port "$h")" up
     ip -n "$(ns_name "$h")" link set eth0 up
     rm -f "$(faults_file "$h")"

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::{pid_alive, wait_until, Fault, Host, Lab, LAB_BASE};
+use lab::{pid_alive, wait_until, Fault, Host, Lab, WebKind, LAB_BASE};
 
 /// Exit code of `timeout -s KILL` when it had to kill the command.
 const KILLED: i32 = 137;
@@ -764,4 +764,107 @@ fn two_labs_side_by_side() {
     let fb = footprint(&b);
     b.down();
     assert_nothing_left(&fb);
+}
+
+/// `LAB_WEB=uml`: the web host is a user-mode-linux guest whose `mount -t nfs` is Linux's own NFS
+/// client. `NFSv3` and `NFSv4.1` mount the primary's export, and a file written on either side shows on
+/// the other. The command channel behaves like a local command (exit codes, stdout/stderr, env, cwd,
+/// SIGTERM forwarded, a killed client kills its guest command), and `down` leaves nothing behind.
+#[test]
+fn web_guest_runs_the_kernel_nfs_client() {
+    let t = Instant::now();
+    let lab = Lab::up_with("slfu", WebKind::Uml);
+    eprintln!("lab selftest (uml): up took {:?}", t.elapsed());
+    assert_eq!(lab.web_kind(), WebKind::Uml);
+    let kernel = lab.run(Host::Web, &["uname", "-r"]);
+    assert!(kernel.starts_with("6.1."), "not the uml guest: {kernel}");
+    assert!(lab.run(Host::Web, &["cat", "/proc/filesystems"]).contains("\tnfs4\n"));
+    assert!(ping(&lab, &lab.ip(Host::Primary)).0, "guest -> primary");
+
+    // The command channel.
+    let out = lab.exec(Host::Web, &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!((code(&out), text(&out.stdout), text(&out.stderr)), (7, "out\n".into(), "err\n".into()));
+    let out = lab.command(Host::Web, "sh").args(["-c", "echo $X; pwd"]).env("X", "a b;$c").current_dir("/usr").output();
+    assert_eq!(text(&out.unwrap().stdout), "a b;$c\n/usr\n");
+    let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();
+    wait_until("the guest runs sleep 600", Duration::from_secs(10), || {
+        lab.run(Host::Web, &["ps", "-eo", "args"]).contains("sleep 600")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the guest's sleep 600 killed with its client", Duration::from_secs(10), || {
+        !lab.run(Host::Web, &["ps", "-eo", "args"]).contains("sleep 600")
+    });
+    let child = lab.command(Host::Web, "sh").args(["-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"]).spawn();
+    let mut child = child.unwrap();
+    wait_until("the guest runs the trap loop", Duration::from_secs(10), || {
+        lab.run(Host::Web, &["ps", "-eo", "args"]).contains("trap 'exit 3'")
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(3), "SIGTERM forwarded to the guest command");
+
+    // The kernel client, both protocol versions, data both ways.
+    let source = lab.nfs_source(Host::Primary);
+    for (vers, fstype) in [("3", "nfs"), ("4.1", "nfs4")] {
+        let t = Instant::now();
+        let out = lab
+            .exec_timeout(
+                Host::Web,
+                &[
+                    "timeout",
+                    "-s",
+                    "KILL",
+                    "30",
+                    "mount",
+                    "-t",
+                    "nfs",
+                    "-o",
+                    &format!("vers={vers}"),
+                    &source,
+                    Lab::WEB_MOUNT,
+                ],
+                Duration::from_secs(40),
+            )
+            .expect("mount hung");
+        assert!(out.status.success(), "mount vers={vers}: {}", text(&out.stderr));
+        eprintln!("lab selftest (uml): mount vers={vers} took {:?}", t.elapsed());
+        let mi = lab.web_mountinfo();
+        let line = mi.lines().find(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT)).unwrap_or_else(|| panic!("{mi}"));
+        assert!(line.contains(&format!(" - {fstype} {source} ")) && line.contains(&format!("vers={vers}")), "{line}");
+        assert_eq!(lab.web_mount_source(), Some(source.clone()));
+        let name = format!("from-guest-v{vers}");
+        lab.run(Host::Web, &["sh", "-c", &format!("echo guest > /mnt/nfs/{name} && sync")]);
+        assert_eq!(fs::read_to_string(lab.data_dir(Host::Primary).join(&name)).unwrap(), "guest\n");
+        fs::write(lab.data_dir(Host::Primary).join("from-primary"), format!("primary {vers}")).unwrap();
+        assert_eq!(lab.run(Host::Web, &["cat", "/mnt/nfs/from-primary"]), format!("primary {vers}"));
+        lab.run(Host::Web, &["umount", Lab::WEB_MOUNT]);
+        assert_eq!(lab.web_mount_source(), None);
+    }
+
+    // A hard mount of a blackholed server hangs its callers; a lazy unmount always returns.
+    lab.run(Host::Web, &["timeout", "-s", "KILL", "30", "mount", "-t", "nfs", "-o", "vers=3", &source, Lab::WEB_MOUNT]);
+    lab.fault(Host::Primary, Fault::Blackhole);
+    let out = lab.exec_timeout(
+        Host::Web,
+        &["timeout", "-s", "KILL", "3", "stat", "-f", Lab::WEB_MOUNT],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.map(|o| code(&o)), Some(KILLED), "stat on a hard mount of a blackholed server must hang");
+    let out = lab
+        .exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(20))
+        .expect("umount -l hung");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lab.web_mount_source(), None);
+    lab.heal(Host::Primary);
+
+    let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();
+    let fp = footprint(&lab);
+    assert!(!lab.pids(Host::Web).is_empty(), "the uml kernel runs in the web namespace");
+    let t = Instant::now();
+    lab.down();
+    eprintln!("lab selftest (uml): down took {:?}", t.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_nothing_left(&fp);
 }

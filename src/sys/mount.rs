@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sys_mount::{Mount, MountFlags, UnmountFlags};
+use sys_mount::{Mount, MountFlags};
 use tokio::process::Command;
 
 use super::child;
@@ -110,20 +110,68 @@ async fn blocking(
 
 /// Lazily detaches whatever is mounted at `target` (`umount2(MNT_DETACH [| MNT_FORCE])`): it leaves
 /// the namespace at once, open files keep working (or fail, when the server is dead) until closed.
-/// `force` also aborts pending requests to a dead server. EINVAL (nothing mounted) is success.
+/// `force` also aborts pending requests to a dead server. Nothing mounted there is success.
+///
+/// The syscall runs in a child `umount -i -c -l [-f]` (own process group), not on a thread of ours:
+/// on `NFSv4` the detach of a mount's last reference also tears its client down (`DESTROY_SESSION`), in
+/// the detaching task, in D until a dead server answers (measured on Linux 6.1 against a blackholed or
+/// frozen server: the mount leaves mountinfo in ~0.2 s, the syscall hangs for good). So success is the
+/// mount leaving /proc/self/mountinfo; then the child is killed, which ends its (killable) wait.
 pub async fn detach(target: &Path, force: bool, deadline: Duration) -> Result<(), MountError> {
-    let t = target.to_owned();
-    let flags = if force { UnmountFlags::DETACH | UnmountFlags::FORCE } else { UnmountFlags::DETACH };
-    let r = blocking("umount2", target, deadline, move || match umount2(&t, flags) {
-        // A file system without umount_begin rejects MNT_FORCE with EINVAL on some kernels: retry lazily.
-        Err(nix::Error::EINVAL) if force => umount2(&t, UnmountFlags::DETACH),
-        r => r,
-    })
-    .await;
-    match r {
-        Err(MountError::Syscall { source: nix::Error::EINVAL, .. }) => Ok(()),
-        r => r,
+    detach_with("umount", Path::new("/proc/self/mountinfo"), target, force, deadline).await
+}
+
+async fn detach_with(
+    program: &str,
+    mountinfo: &Path,
+    target: &Path,
+    force: bool,
+    deadline: Duration,
+) -> Result<(), MountError> {
+    use crate::sys::mountinfo::{read, top_at};
+    // The mount to detach, by id (mountinfo never touches the file system). Unreadable: rely on the child.
+    let id = match read(mountinfo) {
+        Ok(entries) => match top_at(&entries, target) {
+            None => return Ok(()),
+            Some(m) => Some(m.id),
+        },
+        Err(_) => None,
+    };
+    let gone =
+        || id.is_some_and(|id| read(mountinfo).is_ok_and(|e| !e.iter().any(|m| m.id == id && m.mount_point == target)));
+    let started = tokio::time::Instant::now();
+    // A file system without umount_begin may reject MNT_FORCE (EINVAL): then once more without it.
+    let attempts: &[bool] = if force { &[true, false] } else { &[false] };
+    let mut last = Ok(());
+    for &f in attempts {
+        let mut cmd = Command::new(program);
+        cmd.args(["-i", "-c", "-l"]);
+        if f {
+            cmd.arg("-f");
+        }
+        cmd.arg(target);
+        let command = format!("{program} -i -c -l{} {}", if f { " -f" } else { "" }, target.display());
+        let left = deadline.saturating_sub(started.elapsed());
+        // Dropping the child's future kills it (kill_on_drop): the select below does so once it is gone.
+        let child = run_child(cmd, command, left);
+        tokio::pin!(child);
+        let result = loop {
+            tokio::select! {
+                r = &mut child => break r,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if gone() {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(_) if gone() => return Ok(()),
+            Err(e) => last = Err(e),
+        }
     }
+    last
 }
 
 /// `mount --bind SRC DST`.
@@ -175,11 +223,6 @@ pub async fn private_self_bind(dir: &Path, mountinfo: &Path, deadline: Duration)
         nix::mount::mount(None::<&str>, &d, None::<&str>, nix::mount::MsFlags::MS_PRIVATE, None::<&str>)
     })
     .await
-}
-
-/// `umount2(target, flags)` through sys-mount, the error as an errno (callers match EINVAL).
-fn umount2(target: &Path, flags: UnmountFlags) -> nix::Result<()> {
-    sys_mount::unmount(target, flags).map_err(|e| errno(&e))
 }
 
 /// `mount(source, target, "", flags, NULL)` through sys-mount, for the flag-only operations (bind,
@@ -311,5 +354,38 @@ mod tests {
         }
         let h = holders(d.path(), 40, 1000);
         assert_eq!(h, vec![Holder { pid: 10, command: "php-fpm".into(), files: 1 }]);
+    }
+
+    /// A fake `umount` that never returns (like one stuck in an `NFSv4` client teardown) and a mountinfo
+    /// rewritten 300 ms later without the mount: the detach succeeds then, and kills the child.
+    #[tokio::test]
+    async fn a_detach_is_done_when_the_mount_leaves_mountinfo_even_if_umount_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("umount");
+        let pidfile = dir.path().join("pid");
+        std::fs::write(&fake, format!("#!/bin/sh\necho $$ > {}\nexec sleep 30\n", pidfile.display())).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mi = dir.path().join("mountinfo");
+        let line = "36 25 0:40 / /mnt/nfs rw,relatime shared:1 - nfs4 10.0.0.2:/srv/nfs rw,vers=4.1\n";
+        std::fs::write(&mi, format!("25 1 8:1 / / rw - ext4 /dev/sda1 rw\n{line}")).unwrap();
+        let mi2 = mi.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            std::fs::write(&mi2, "25 1 8:1 / / rw - ext4 /dev/sda1 rw\n").unwrap();
+        });
+        let t = std::time::Instant::now();
+        let r = detach_with(fake.to_str().unwrap(), &mi, Path::new("/mnt/nfs"), true, Duration::from_secs(10)).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        };
+        let t = std::time::Instant::now();
+        while !dead() {
+            assert!(t.elapsed() < Duration::from_secs(5), "the hung umount child {pid} was not killed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

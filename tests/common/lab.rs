@@ -35,6 +35,17 @@
 //!   share behaves like a soft mount: while the server is faulted, every access blocks ~3-6 s and then
 //!   fails with EIO (ENOTCONN/ECONNABORTED for the first one after a kill); the mount stays in
 //!   mountinfo; it works again after `heal`; `umount -l /mnt/nfs` always returns at once.
+//! * `LAB_WEB=uml` (or [`Lab::up_with`]`(name, WebKind::Uml)`): `web` is instead a user-mode-linux
+//!   guest (kernel 6.1) with Linux's own NFS client (v3 and v4.1, the real `mount.nfs`, `rpc.statd`);
+//!   its root is this machine's `/` read-only, with its own tmpfs `/run`, `/tmp`, `/mnt`. It sees the
+//!   lab's [`Lab::state_dir`] read-write at the same path: put every file a web-host process must read
+//!   or write there (e.g. `tempfile::tempdir_in(lab.state_dir())`), not in this machine's `/tmp`.
+//!   [`Lab::command`]/[`Lab::exec`] for `Host::Web` go through a spool directory (about 0.3 s per
+//!   command; stdin is /dev/null; stdout/stderr stream; SIGTERM/SIGINT are forwarded and a killed
+//!   client kills its guest command); the guest's mountinfo is [`Lab::web_mountinfo`] (published by
+//!   its init every ~100 ms); `Lab::holder_pid(Host::Web)` is NOT in the guest. Faults on the
+//!   primary/backup are the same; on `web`: freeze/kill stop/kill the whole guest, unplug works,
+//!   blackhole/reject filter its bridged frames.
 //! * Mail: every accepted message is one file in a Maildir, [`Lab::mail_dir`]`/new/`, named
 //!   `<ns-timestamp>.<seq>.<port>.eml` (so sorted names = arrival order; [`Lab::mails`] returns them in
 //!   that order). The file is the raw DATA preceded by the headers `X-Lab-Port` (25/587/465),
@@ -148,11 +159,39 @@ impl Fault {
     }
 }
 
+/// What the lab's `web` host is (`LAB_WEB` of `scripts/lab.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WebKind {
+    /// The web namespace itself, with the sshfs stand-in for mount.nfs.
+    Sshfs,
+    /// A user-mode-linux guest with the kernel's own NFS client.
+    Uml,
+}
+
+impl WebKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebKind::Sshfs => "sshfs",
+            WebKind::Uml => "uml",
+        }
+    }
+
+    /// `LAB_WEB` from the environment (`sshfs` or `uml`), sshfs when unset; panics on anything else.
+    pub fn from_env() -> WebKind {
+        match std::env::var("LAB_WEB").as_deref() {
+            Err(_) | Ok("" | "sshfs") => WebKind::Sshfs,
+            Ok("uml") => WebKind::Uml,
+            Ok(other) => panic!("LAB_WEB={other:?}: expected sshfs or uml"),
+        }
+    }
+}
+
 /// A running lab. Dropping it tears it down.
 #[derive(Debug)]
 pub struct Lab {
     name: String,
     index: u8,
+    web: WebKind,
     state: PathBuf,
     script: PathBuf,
     down: AtomicBool,
@@ -247,6 +286,12 @@ impl Lab {
     /// service answers. Panics (with lab.sh's output) if not root, if a tool is missing and cannot be
     /// installed, or if anything does not come up.
     pub fn up(name: &str) -> Lab {
+        Self::up_with(name, WebKind::from_env())
+    }
+
+    /// [`Lab::up`] with the web host of the given kind. A web guest that cannot boot fails here, with
+    /// its console log (never a fallback).
+    pub fn up_with(name: &str, web: WebKind) -> Lab {
         require_root();
         assert!(
             !name.is_empty() && name.len() <= 5 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
@@ -258,6 +303,7 @@ impl Lab {
         let mut lab = Lab {
             name: name.to_owned(),
             index: 0,
+            web,
             state: Path::new(LAB_BASE).join(name),
             script,
             down: AtomicBool::new(false),
@@ -285,8 +331,18 @@ impl Lab {
 
     fn script_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("bash");
-        c.arg(&self.script).args(args).env("LAB", &self.name);
+        c.arg(&self.script).args(args).env("LAB", &self.name).env("LAB_WEB", self.web.as_str());
         c
+    }
+
+    /// What the web host is.
+    pub fn web_kind(&self) -> WebKind {
+        self.web
+    }
+
+    /// The web guest's command spool (`LAB_WEB=uml`).
+    fn web_spool(&self) -> PathBuf {
+        self.run_dir(Host::Web).join("spool")
     }
 
     /// Runs `LAB=<name> scripts/lab.sh ARGS...` and returns its output; panics on failure or timeout.
@@ -438,6 +494,14 @@ impl Lab {
     /// in the caller's working directory (or the Command's `current_dir`), with PATH = [`HOST_PATH`]
     /// (override with `.env("PATH", ..)`). The spawned pid is the program's own pid (nsenter execs).
     pub fn command(&self, host: Host, program: &str) -> Command {
+        if host == Host::Web && self.web == WebKind::Uml {
+            let mut c = Command::new("bash");
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab/uml-exec"))
+                .arg(self.web_spool())
+                .arg(program)
+                .env("PATH", HOST_PATH);
+            return c;
+        }
         let nsenter = if Path::new("/usr/bin/nsenter").exists() { "/usr/bin/nsenter" } else { "nsenter" };
         let mut c = Command::new(nsenter);
         c.arg("-t")
@@ -492,7 +556,7 @@ impl Lab {
     /// Source of what is mounted at /mnt/nfs in `web` (e.g. "10.203.7.2:/srv/nfs"), from its mountinfo;
     /// None if nothing is mounted there. Never touches the mount itself.
     pub fn web_mount_source(&self) -> Option<String> {
-        let mi = fs::read_to_string(format!("/proc/{}/mountinfo", self.holder_pid(Host::Web))).ok()?;
+        let mi = self.web_mountinfo();
         let mut source = None;
         for line in mi.lines() {
             // id parent major:minor root MOUNTPOINT options [optional...] - fstype SOURCE superoptions
@@ -503,6 +567,32 @@ impl Lab {
             }
         }
         source
+    }
+
+    /// The web host's `/proc/self/mountinfo` (for the uml guest: the copy its init publishes every
+    /// ~100 ms). Never touches a mount. Panics if the guest stopped publishing (it is not up).
+    pub fn web_mountinfo(&self) -> String {
+        if self.web == WebKind::Sshfs {
+            let p = format!("/proc/{}/mountinfo", self.holder_pid(Host::Web));
+            return fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {p}: {e}"));
+        }
+        let p = self.web_spool().join("mountinfo");
+        let start = Instant::now();
+        loop {
+            // Rewritten in place by the guest: a complete copy ends with "#end".
+            let text = fs::read_to_string(&p).unwrap_or_default();
+            if let Some(body) = text.strip_suffix("#end\n") {
+                return body.to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "lab {}: no complete {} within 5 s (is the web guest up? console: {})",
+                self.name,
+                p.display(),
+                self.run_dir(Host::Web).join("uml.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Tears the lab down: kills every process, removes namespaces, route, state dir, subnet.
