@@ -116,9 +116,9 @@ async fn blocking(
 /// on `NFSv4` the detach of a mount's last reference also tears its client down (`DESTROY_SESSION`), in
 /// the detaching task, in D until a dead server answers (measured on Linux 6.1 against a blackholed or
 /// frozen server: the mount leaves mountinfo in ~0.2 s, the syscall hangs for good). So success is the
-/// mount leaving /proc/self/mountinfo; then the child is killed, which ends its (killable) wait.
+/// mount leaving this thread's mountinfo; then the child is killed, which ends its (killable) wait.
 pub async fn detach(target: &Path, force: bool, deadline: Duration) -> Result<(), MountError> {
-    detach_with("umount", Path::new("/proc/self/mountinfo"), target, force, deadline).await
+    detach_with("umount", Path::new("/proc/thread-self/mountinfo"), target, force, deadline).await
 }
 
 async fn detach_with(
