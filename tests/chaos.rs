@@ -87,7 +87,7 @@ impl Farm {
             &lab.ip(Host::Backup),
             873,
             "[storage.full_sync]\nat_start = true",
-            &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
+            &lab.rsync_auth_toml(),
         );
         let storage_log = work.join("storage.log");
         let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);

@@ -69,7 +69,7 @@ fn writes_during_reverse_sync_pass_1_survive_the_failback() {
         &lab.ip(Host::Backup),
         873,
         &format!("rsync = \"{}\"\n[storage.full_sync]\nat_start = true", storage_rsync.display()),
-        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, lab.rsync_password_file().display()),
+        &lab.rsync_auth_toml(),
     );
     fs::write(src.join("page.html"), "v0").unwrap();
     let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &w.join("storage.log"));

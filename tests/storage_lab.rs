@@ -18,7 +18,6 @@ use lab::{Fault, Host, Lab};
 use storage_common::*;
 
 fn config(lab: &Lab, path: &Path, state: &Path, full_sync_at_start: bool) {
-    let pass = lab.rsync_password_file();
     write_config(
         path,
         state,
@@ -26,7 +25,7 @@ fn config(lab: &Lab, path: &Path, state: &Path, full_sync_at_start: bool) {
         &lab.ip(Host::Backup),
         873,
         &format!("alert_after = \"1s\"\n[storage.full_sync]\nat_start = {full_sync_at_start}"),
-        &format!("user = \"{}\"\npassword_file = \"{}\"", Lab::RSYNC_USER, pass.display()),
+        &lab.rsync_auth_toml(),
     );
 }
 

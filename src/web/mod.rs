@@ -21,7 +21,8 @@
 //! are canonicalized at start (the mount point through its parent only) to match mountinfo.
 //!
 //! # Failover (old server dead)
-//! `umount2(MNT_DETACH | MNT_FORCE)` of the mount point on a thread with a deadline (never a stat), then
+//! A lazy, forced detach of the mount point (`umount -l -f` as a killable child, done when the mount leaves
+//! mountinfo; never a stat), then
 //! `mount -t FSTYPE -o OPTIONS BACKUP:EXPORT MOUNT_POINT` as a child with a deadline, then a check that
 //! /proc/self/mountinfo shows `BACKUP:EXPORT` on top at the mount point (fstype is not compared).
 //!

@@ -414,6 +414,11 @@ impl Lab {
         self.state.join("rsync.pass")
     }
 
+    /// The TOML lines of an rsync target's credentials for the lab's daemons.
+    pub fn rsync_auth_toml(&self) -> String {
+        format!("user = \"{}\"\npassword_file = \"{}\"", Self::RSYNC_USER, self.rsync_password_file().display())
+    }
+
     pub fn rsync_password(&self) -> String {
         fs::read_to_string(self.rsync_password_file()).expect("read rsync.pass").trim_end().to_owned()
     }
