@@ -7,6 +7,7 @@ pub mod alert;
 pub mod alert_kind;
 pub mod app;
 pub mod chain;
+pub mod cluster;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -9,6 +9,7 @@
 //! bounded ([`duration`]). Each role's section lives in its own module and only converts its raw
 //! form through a [`Ctx`], which collects problems instead of stopping at the first.
 
+pub mod agent;
 pub mod alert;
 pub mod duration;
 pub mod filter;

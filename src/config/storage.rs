@@ -56,6 +56,8 @@ pub struct RawStorage {
     /// Deadline for one real-time rsync run (10m).
     pub batch_timeout: Option<Spanned<String>>,
     pub hook: Option<RawHook>,
+    /// This host is a storage agent (see `config::agent`).
+    pub agent: Option<Spanned<super::agent::RawStorageAgent>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +200,7 @@ pub struct StorageConfig {
     pub alert_after: Duration,
     pub batch_timeout: Duration,
     pub hook: Option<Hook>,
+    pub agent: Option<super::agent::StorageAgent>,
 }
 
 impl StorageConfig {
@@ -247,6 +250,8 @@ impl StorageConfig {
         let batch_timeout =
             opt_duration_in(ctx, "storage.batch_timeout", raw.batch_timeout.as_ref(), mins(10), &(secs(1)..=days(7)));
         let hook = raw.hook.as_ref().map(|h| validate_hook(h, ctx));
+        let realtime: Vec<&str> = remotes.iter().flatten().filter(|r| r.realtime).map(|r| r.name.as_str()).collect();
+        let agent = raw.agent.as_ref().map(|a| super::agent::StorageAgent::validate(a, &realtime, ctx));
         if let (Some(w), Some(m), Some(v)) = (window, max_delay, raw.max_delay.as_ref()) {
             if m < w {
                 ctx.bad("storage.max_delay", v, "must not be shorter than storage.window");
@@ -278,6 +283,10 @@ impl StorageConfig {
             hook: match hook {
                 None => None,
                 Some(h) => Some(h?),
+            },
+            agent: match agent {
+                None => None,
+                Some(a) => Some(a?),
             },
         })
     }

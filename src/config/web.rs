@@ -34,6 +34,8 @@ pub struct RawWeb {
     pub primary: Option<Spanned<RawServer>>,
     pub backup: Option<Spanned<RawServer>>,
     pub reverse_sync: Option<Spanned<RawReverseSync>>,
+    /// Drive the storage agents (see `config::agent`).
+    pub agents: Option<Spanned<super::agent::RawWebAgents>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,8 @@ pub struct WebConfig {
     pub backup: ServerConfig,
     /// `None`: no automatic failback (the primary's recovery is reported; switching back is manual).
     pub reverse_sync: Option<ReverseSyncConfig>,
+    /// `Some`: failover promotes the backup's agent, failback drains its journal (no reverse sync).
+    pub agents: Option<super::agent::WebAgents>,
 }
 
 fn no_space_string(ctx: &mut Ctx, key: &str, v: &Spanned<String>, what: &str) -> Option<String> {
@@ -383,6 +387,10 @@ impl WebConfig {
             Some(r) => reverse_sync(ctx, r).map(Some),
             None => Some(None),
         };
+        let agents = match &raw.agents {
+            Some(a) => super::agent::WebAgents::validate(a, ctx).map(Some),
+            None => Some(None),
+        };
         if let (Some(i), Some(t), Some(v)) = (interval, probe_timeout, raw.probe_timeout.as_ref()) {
             if t > i * 4 {
                 ctx.warn(
@@ -414,6 +422,7 @@ impl WebConfig {
             primary: primary?,
             backup: backup?,
             reverse_sync: reverse_sync?,
+            agents: agents?,
         })
     }
 }

@@ -1,0 +1,139 @@
+//! The storage cluster's shared truth and the messages that change it: which server is active, at
+//! which epoch. Both storage agents (`storage::agent`) and the web role's decider (`web::agents`)
+//! speak it; this module holds only the vocabulary and the HTTP client, no policy.
+//!
+//! ```text
+//!  record = { epoch, active: primary|backup, since }      persisted by every agent (and the decider)
+//!
+//!  decider --POST /v1/role {epoch N+1, active backup, since}--> backup agent   (failover, BEFORE mount)
+//!  decider --POST /v1/role {epoch N+1, active backup}--------> primary agent  (failback step 1: fenced)
+//!  decider --POST /v1/drain {epoch N+1}----------------------> backup agent   (journal to primary empty)
+//!  decider --POST /v1/role {epoch N+2, active primary}-------> primary, then backup (failback switch)
+//!  active  --GET  /v1/role, POST /v1/role {its epoch}--------> its peer, before every push (fence)
+//! ```
+//!
+//! An agent refuses a record with a lower epoch, and one with its own epoch but the other server
+//! active: a stale node can never act on old authority.
+
+pub mod client;
+pub mod secret;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::domain::Server;
+
+/// The header carrying the shared secret on every request that changes something.
+pub const SECRET_HEADER: &str = "x-nfs-guard-secret";
+
+/// The cluster record: who is active since when, at which epoch. Epoch 0 is "never decided": the
+/// primary is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub epoch: u64,
+    pub active: Server,
+    /// Unix milliseconds when this epoch began (as the decider's clock saw it).
+    pub since_ms: u64,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record { epoch: 0, active: Server::Primary, since_ms: 0 }
+    }
+}
+
+/// How an agent takes a proposed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The same record it holds: nothing to do.
+    Same,
+    /// A newer epoch: adopt it.
+    Adopt,
+    /// A lower epoch, or the same epoch with another server active.
+    Refuse,
+}
+
+impl Record {
+    /// What to do with `proposed` while holding `self`.
+    pub fn judge(&self, proposed: &Record) -> Verdict {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match proposed.epoch.cmp(&self.epoch) {
+            Less => Verdict::Refuse,
+            Equal if proposed.active == self.active => Verdict::Same,
+            Equal => Verdict::Refuse,
+            Greater => Verdict::Adopt,
+        }
+    }
+}
+
+/// What an agent reports about itself (`GET /v1/role`, and the answer to every change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// Which server this agent runs on.
+    pub server: Server,
+    pub record: Record,
+    /// Changes journaled for the peer and not yet acknowledged (pending + being pushed), and full
+    /// syncs owed to it.
+    pub pending: u64,
+    /// Nothing pending, nothing being pushed, no full sync owed, to the peer.
+    pub drained: bool,
+    /// Unix ms since when this agent has seen every change of its export (it watches from start-up;
+    /// a lost event moves it forward). Changes made before it and not replicated are not known.
+    pub covered_since_ms: u64,
+    /// Orphaned changes of an earlier epoch waiting for the next promotion (see `storage::agent`).
+    pub orphans: u64,
+}
+
+/// The body of `POST /v1/role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChange {
+    pub record: Record,
+    /// When this makes the agent active: it also journals for its peer the changes it saw since
+    /// this unix ms (clients may have written there before it learned its role). Default: the
+    /// record's `since_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_since_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// The epoch the decider drains in: an agent holding another epoch refuses.
+    pub epoch: u64,
+    /// How long the agent may take (it answers "not drained" after that).
+    pub timeout_ms: u64,
+}
+
+/// The answer to `POST /v1/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub report: AgentReport,
+    /// Changes pushed to the peer while the drain ran.
+    pub pushed: u64,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(epoch: u64, active: Server) -> Record {
+        Record { epoch, active, since_ms: 7 }
+    }
+
+    #[test]
+    fn lower_epochs_and_a_second_truth_at_one_epoch_are_refused() {
+        let held = r(5, Server::Backup);
+        assert_eq!(held.judge(&r(4, Server::Primary)), Verdict::Refuse);
+        assert_eq!(held.judge(&r(4, Server::Backup)), Verdict::Refuse);
+        assert_eq!(held.judge(&r(5, Server::Primary)), Verdict::Refuse);
+        assert_eq!(held.judge(&r(5, Server::Backup)), Verdict::Same);
+        assert_eq!(held.judge(&r(6, Server::Primary)), Verdict::Adopt);
+        assert_eq!(held.judge(&r(6, Server::Backup)), Verdict::Adopt);
+    }
+}

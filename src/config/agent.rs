@@ -1,0 +1,189 @@
+//! The storage agents: `[storage.agent]` (this storage host is an agent of the cluster) and
+//! `[web.agents]` (the web role drives both agents instead of reverse-syncing the whole tree).
+//! Only converts config; the agent lives in `storage::agent`, the decider in `web::agents`.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration::{mins, ms, opt_duration_in, secs, days};
+use super::{Ctx, Spanned};
+use crate::domain::Server;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorageAgent {
+    /// Which server of the pair this host is: "primary" or "backup". Required.
+    pub server: Option<Spanned<String>>,
+    /// Address of the agent's HTTP API, e.g. "10.0.0.2:7451". Required.
+    pub listen: Option<Spanned<String>>,
+    /// The shared secret (mode 0600) that authorizes role changes. Required.
+    pub secret_file: Option<Spanned<String>>,
+    /// Name of the `[[storage.remotes]]` entry that is the other server. Required.
+    pub peer: Option<Spanned<String>>,
+    /// The other server's agent API, e.g. "http://10.0.0.3:7451". Required.
+    pub peer_api: Option<Spanned<String>>,
+    /// Deadline of one call to the peer's agent (2s).
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageAgent {
+    pub server: Server,
+    pub listen: SocketAddr,
+    pub secret_file: PathBuf,
+    pub peer: String,
+    pub peer_api: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebAgents {
+    /// The primary's agent API, e.g. "http://10.0.0.2:7451". Required.
+    pub primary: Option<Spanned<String>>,
+    /// The backup's agent API. Required.
+    pub backup: Option<Spanned<String>>,
+    /// The shared secret (mode 0600), the same file content as the agents'. Required.
+    pub secret_file: Option<Spanned<String>>,
+    /// Deadline of one call (2s). A failover never waits longer than this for the backup's agent.
+    pub timeout: Option<Spanned<String>>,
+    /// How long a failback waits for the backup's journal to the primary to drain (30m).
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebAgents {
+    pub primary: String,
+    pub backup: String,
+    pub secret_file: PathBuf,
+    pub timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl WebAgents {
+    pub fn url(&self, s: Server) -> &str {
+        match s {
+            Server::Primary => &self.primary,
+            Server::Backup => &self.backup,
+        }
+    }
+}
+
+fn required<'a>(
+    ctx: &mut Ctx,
+    key: &str,
+    v: Option<&'a Spanned<String>>,
+    section: &Range<usize>,
+    what: &str,
+) -> Option<&'a Spanned<String>> {
+    if v.is_none() {
+        ctx.problem(key, Some(section.clone()), None, &format!("is required ({what})"));
+    }
+    v
+}
+
+/// `http://HOST:PORT` (no path, no TLS yet: say so instead of silently sending the secret in clear
+/// to an `https` URL that was meant to protect it).
+fn api_url(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<String> {
+    let s = v.get_ref().trim_end_matches('/');
+    let Some(rest) = s.strip_prefix("http://") else {
+        ctx.bad(key, v, "must be an http://HOST:PORT URL (the agent API has no TLS yet: keep it on the storage network)");
+        return None;
+    };
+    let ok = rest.rsplit_once(':').is_some_and(|(h, p)| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        super::is_host(h) && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if !ok {
+        ctx.bad(key, v, "must be http://HOST:PORT with a host name or IP address and a port");
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+impl StorageAgent {
+    /// `remotes`: the names of the configured remotes that take real-time pushes.
+    pub fn validate(raw: &Spanned<RawStorageAgent>, realtime_remotes: &[&str], ctx: &mut Ctx) -> Option<StorageAgent> {
+        let (span, raw) = (raw.span(), raw.get_ref());
+        let k = "storage.agent";
+        let server = required(ctx, &format!("{k}.server"), raw.server.as_ref(), &span, "\"primary\" or \"backup\"")
+            .and_then(|v| match v.get_ref().as_str() {
+                "primary" => Some(Server::Primary),
+                "backup" => Some(Server::Backup),
+                _ => {
+                    ctx.bad(&format!("{k}.server"), v, "must be \"primary\" or \"backup\"");
+                    None
+                }
+            });
+        let listen = required(ctx, &format!("{k}.listen"), raw.listen.as_ref(), &span, "the API address, IP:PORT")
+            .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    ctx.bad(&format!("{k}.listen"), v, "must be IP:PORT, e.g. \"10.0.0.2:7451\"");
+                    None
+                }
+            });
+        let secret_file = required(ctx, &format!("{k}.secret_file"), raw.secret_file.as_ref(), &span, "mode 0600")
+            .and_then(|v| ctx.secret_file(&format!("{k}.secret_file"), v));
+        let peer = required(ctx, &format!("{k}.peer"), raw.peer.as_ref(), &span, "the remote that is the other server")
+            .and_then(|v| {
+                if realtime_remotes.contains(&v.get_ref().as_str()) {
+                    Some(v.get_ref().clone())
+                } else {
+                    ctx.bad(
+                        &format!("{k}.peer"),
+                        v,
+                        &format!(
+                            "must name a [[storage.remotes]] entry with real-time pushes (configured: {})",
+                            if realtime_remotes.is_empty() { "none".to_owned() } else { realtime_remotes.join(", ") }
+                        ),
+                    );
+                    None
+                }
+            });
+        let peer_api = required(ctx, &format!("{k}.peer_api"), raw.peer_api.as_ref(), &span, "http://HOST:PORT")
+            .and_then(|v| api_url(ctx, &format!("{k}.peer_api"), v));
+        let timeout = opt_duration_in(ctx, &format!("{k}.timeout"), raw.timeout.as_ref(), secs(2), &(ms(50)..=mins(5)));
+        Some(StorageAgent {
+            server: server?,
+            listen: listen?,
+            secret_file: secret_file?,
+            peer: peer?,
+            peer_api: peer_api?,
+            timeout: timeout?,
+        })
+    }
+}
+
+impl WebAgents {
+    pub fn validate(raw: &Spanned<RawWebAgents>, ctx: &mut Ctx) -> Option<WebAgents> {
+        let (span, raw) = (raw.span(), raw.get_ref());
+        let k = "web.agents";
+        let primary = required(ctx, &format!("{k}.primary"), raw.primary.as_ref(), &span, "http://HOST:PORT")
+            .and_then(|v| api_url(ctx, &format!("{k}.primary"), v));
+        let backup = required(ctx, &format!("{k}.backup"), raw.backup.as_ref(), &span, "http://HOST:PORT")
+            .and_then(|v| api_url(ctx, &format!("{k}.backup"), v));
+        let secret_file = required(ctx, &format!("{k}.secret_file"), raw.secret_file.as_ref(), &span, "mode 0600")
+            .and_then(|v| ctx.secret_file(&format!("{k}.secret_file"), v));
+        let timeout = opt_duration_in(ctx, &format!("{k}.timeout"), raw.timeout.as_ref(), secs(2), &(ms(50)..=mins(5)));
+        let drain_timeout =
+            opt_duration_in(ctx, &format!("{k}.drain_timeout"), raw.drain_timeout.as_ref(), mins(30), &(secs(1)..=days(7)));
+        if let (Some(p), Some(b), Some(v)) = (&primary, &backup, raw.backup.as_ref()) {
+            if p == b {
+                ctx.bad(&format!("{k}.backup"), v, "is the same agent as web.agents.primary");
+                return None;
+            }
+        }
+        Some(WebAgents {
+            primary: primary?,
+            backup: backup?,
+            secret_file: secret_file?,
+            timeout: timeout?,
+            drain_timeout: drain_timeout?,
+        })
+    }
+}
