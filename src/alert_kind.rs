@@ -28,6 +28,10 @@ pub enum AlertKind {
     RemoteRecovered,
     OverflowRescan,
     JournalGrowing,
+    /// Both servers changed a path in different epochs: both versions kept, under a conflict name.
+    Conflict,
+    /// A storage agent did not take a role change (unreachable, or refused it).
+    AgentUnreachable,
     // the alert pipeline
     /// Files in the outbox were damaged (unreadable, wrong name) and moved aside.
     OutboxDamaged,
@@ -36,7 +40,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 18] = [
+    pub const ALL: [AlertKind; 20] = [
         AlertKind::FailoverStarted,
         AlertKind::FailoverCompleted,
         AlertKind::BothDown,
@@ -53,6 +57,8 @@ impl AlertKind {
         AlertKind::RemoteRecovered,
         AlertKind::OverflowRescan,
         AlertKind::JournalGrowing,
+        AlertKind::Conflict,
+        AlertKind::AgentUnreachable,
         AlertKind::OutboxDamaged,
         AlertKind::Test,
     ];
@@ -76,6 +82,8 @@ impl AlertKind {
             AlertKind::RemoteRecovered => "remote-recovered",
             AlertKind::OverflowRescan => "overflow-rescan",
             AlertKind::JournalGrowing => "journal-growing",
+            AlertKind::Conflict => "conflict",
+            AlertKind::AgentUnreachable => "agent-unreachable",
             AlertKind::OutboxDamaged => "outbox-damaged",
             AlertKind::Test => "test",
         }

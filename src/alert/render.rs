@@ -143,7 +143,9 @@ mod tests {
     fn sample(kind: AlertKind) -> AlertEvent {
         use AlertKind as K;
         let role = match kind {
-            K::RemoteUnreachable | K::RemoteRecovered | K::OverflowRescan | K::JournalGrowing => Role::Storage,
+            K::RemoteUnreachable | K::RemoteRecovered | K::OverflowRescan | K::JournalGrowing | K::Conflict => {
+                Role::Storage
+            }
             K::Test => Role::Test,
             K::OutboxDamaged => Role::Alert,
             _ => Role::Web,
@@ -180,6 +182,8 @@ mod tests {
             K::RemoteRecovered => ("remote backup (10.0.0.3) reachable again", "journal flushed"),
             K::OverflowRescan => ("event queue overflow: full rescan of /srv/nfs", "inotify queue overflowed"),
             K::JournalGrowing => ("pending journal holds 12000 paths", "remote backup unreachable"),
+            K::Conflict => ("1 conflicting write kept under a conflict name", "both servers changed a.jpg"),
+            K::AgentUnreachable => ("the backup's agent did not take epoch 4", "connection refused"),
             K::OutboxDamaged => (
                 "1 damaged file in the alert outbox moved aside",
                 "- /var/lib/nfs-guard/outbox/queue/00000000000000000007.json: is a FIFO, not a regular file",

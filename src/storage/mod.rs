@@ -22,6 +22,7 @@
 //! pending batch into the journals, let workers finish their push within a grace period, then stop;
 //! whatever is left stays journaled for the next start.
 
+pub mod agent;
 pub mod batch;
 pub mod fullsync;
 pub mod guard;
@@ -79,6 +80,10 @@ pub enum Error {
     Watch(#[from] watcher::WatchError),
     #[error("a replication worker ended while the replicator was running")]
     WorkerEnded,
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+    #[error(transparent)]
+    AgentApi(#[from] agent::api::BindError),
     #[error("full sync failed: {}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     FullSync { failures: Vec<fullsync::Failure> },
 }
@@ -131,6 +136,9 @@ struct Replicator {
     guards: Guards,
     /// Pinged by the loop itself after each turn: a wedged loop stops pinging and systemd restarts it.
     watchdog: systemd::Watchdog,
+    /// This host is a storage agent (`[storage.agent]`).
+    duty: Option<agent::duty::Duty>,
+    api_stop: CancellationToken,
 }
 
 impl Replicator {
@@ -155,6 +163,16 @@ impl Replicator {
         for r in &cfg.remotes {
             queues.push(Arc::new(Queue::open(&dir, &r.name, cfg.max_pending)?));
         }
+        let agent = match &cfg.agent {
+            Some(a) => {
+                let peer = cfg.remotes.iter().position(|r| r.name == a.peer).unwrap_or(0);
+                let (agent, control) = agent::Agent::open(a, &dir, Arc::clone(&queues[peer]))?;
+                Some((agent, peer, control))
+            }
+            None => None,
+        };
+        // A standby agent owes its peer nothing (see `agent`): no start-up full sync there.
+        let standby_peer = agent.as_ref().and_then(|(a, peer, _)| (!a.is_active()).then_some(*peer));
         // Watches go in before the start-up full sync, so nothing changed in between is missed.
         let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
         // A node whose remotes all take full syncs only (a backup) needs no watches at all.
@@ -164,7 +182,7 @@ impl Replicator {
         let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
-            for q in &queues {
+            for (_, q) in queues.iter().enumerate().filter(|(i, _)| Some(*i) != standby_peer) {
                 for t in 0..cfg.trees.len() {
                     q.request_full_sync(u32::try_from(t).unwrap_or(u32::MAX));
                 }
@@ -209,14 +227,22 @@ impl Replicator {
                     stop: stop.clone(),
                     hard_stop: hard_stop.clone(),
                     cautious: Arc::clone(&cautious[idx]),
+                    gate: agent
+                        .as_ref()
+                        .filter(|(_, peer, _)| *peer == idx)
+                        .map(|(a, _, _)| Arc::clone(a) as Arc<dyn remote::Gate>),
                 }
                 .run(),
             );
         }
-        workers.spawn(watch_for_lost_time(cautious, stop.clone()));
+        workers.spawn(watch_for_lost_time(cautious.clone(), stop.clone()));
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
         let n = cfg.remotes.len();
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
+        let duty = agent.map(|(a, peer, control)| {
+            let (q, c) = (Arc::clone(&queues[peer]), Arc::clone(&cautious[peer]));
+            agent::duty::Duty::new(a, peer, control, q, c, roots.clone(), Arc::clone(&alerts))
+        });
         Ok(Replicator {
             cfg,
             queues,
@@ -238,6 +264,8 @@ impl Replicator {
             last_journal_alert: vec![None; n],
             guards,
             watchdog: systemd::Watchdog::from_env(),
+            duty,
+            api_stop: CancellationToken::new(),
         })
     }
 
@@ -249,11 +277,16 @@ impl Replicator {
             settle: self.cfg.settle,
         };
         let mut batcher = Batcher::new(timing);
+        if let Some(d) = &mut self.duty {
+            agent::api::bind(Arc::clone(&d.agent), self.api_stop.clone()).await?;
+            d.start().await;
+        }
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
         let mut result = Ok(());
         loop {
             let due = batcher.due();
+            let drain_due = self.duty.as_ref().and_then(agent::duty::Duty::drain_deadline);
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
@@ -263,6 +296,16 @@ impl Replicator {
                     break;
                 }
                 () = wake.notified() => self.check_overflow_flags(&mut batcher),
+                Some(c) = control(&mut self.duty) => {
+                    if let Some(d) = &mut self.duty {
+                        d.act(c).await;
+                    }
+                }
+                () = sleep_until(drain_due) => {
+                    if let Some(d) = &mut self.duty {
+                        d.drain_expired();
+                    }
+                }
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
                     let now = Instant::now();
@@ -305,6 +348,20 @@ impl Replicator {
                 let cfg = Arc::clone(&self.cfg);
                 let Some(t) = cfg.trees.get(tree as usize) else { return };
                 tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
+                if let Some(d) = &mut self.duty {
+                    let seen: Vec<_> = ev.paths.iter().map(|p| d.observe(tree as usize, &t.path, p)).collect();
+                    if seen.contains(&agent::duty::Seen::Barrier(true)) {
+                        // everything seen before the drain was asked for goes into the journal now
+                        let rest = batcher.flush();
+                        self.fan_out(&rest);
+                        if let Some(d) = &mut self.duty {
+                            d.barrier_passed();
+                        }
+                    }
+                    if seen.iter().any(|s| *s != agent::duty::Seen::Pass) {
+                        return;
+                    }
+                }
                 // A reverse sync's copies must not go back to the backup (see `failback_guard`).
                 if self.guards.observe(tree as usize, &t.path, &ev, now) != Seen::Pass {
                     return;
@@ -365,6 +422,9 @@ impl Replicator {
     /// Events of `tree` were lost: it gets a full sync on every real-time remote. Never silent.
     fn overflow(&mut self, tree: u32, reason: &str, batcher: &mut Batcher) {
         batcher.clear_tree(tree);
+        if let Some(d) = &mut self.duty {
+            d.lost_events();
+        }
         self.full_sync_all(Some(tree));
         self.board.update(|d| d.overflows += 1);
         let path = self.cfg.trees.get(tree as usize).map(|t| t.path.display().to_string()).unwrap_or_default();
@@ -389,8 +449,8 @@ impl Replicator {
     /// Queues a full sync of `tree` (or all trees) for every real-time remote.
     fn full_sync_all(&self, tree: Option<u32>) {
         let all = u32::try_from(self.cfg.trees.len()).unwrap_or(u32::MAX);
-        for (q, r) in self.queues.iter().zip(&self.cfg.remotes) {
-            if tree.is_some() && !r.realtime {
+        for (i, (q, r)) in self.queues.iter().zip(&self.cfg.remotes).enumerate() {
+            if tree.is_some() && !r.realtime || self.duty.as_ref().is_some_and(|d| !d.feeds(i)) {
                 continue;
             }
             for t in tree.map_or(0..all, |t| t..t + 1) {
@@ -401,8 +461,11 @@ impl Replicator {
 
     fn fan_out(&mut self, batch: &[Entry]) {
         tracing::debug!(entries = batch.len(), "batch formed");
+        if let Some(d) = &mut self.duty {
+            d.standby_saw(batch);
+        }
         for (i, (q, r)) in self.queues.iter().zip(&self.cfg.remotes).enumerate() {
-            if !r.realtime {
+            if !r.realtime || self.duty.as_ref().is_some_and(|d| !d.feeds(i)) {
                 continue;
             }
             let out = q.enqueue(batch);
@@ -450,6 +513,7 @@ impl Replicator {
             self.hard_stop.cancel();
             while self.workers.join_next().await.is_some() {}
         }
+        self.api_stop.cancel();
         self.status_stop.cancel();
         let _ = self.status_task.await;
         if let Err(e) = std::fs::remove_file(&self.marker) {
@@ -484,6 +548,14 @@ async fn watch_for_lost_time(cautious: Vec<Arc<AtomicBool>>, stop: CancellationT
             }
         }
         last = now;
+    }
+}
+
+/// The next role change or drain for the agent's part of the loop (never, without an agent).
+async fn control(duty: &mut Option<agent::duty::Duty>) -> Option<agent::Control> {
+    match duty {
+        Some(d) => d.control.recv().await,
+        None => std::future::pending().await,
     }
 }
 

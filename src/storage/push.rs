@@ -60,6 +60,8 @@ fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     // The failback guard's marker (and rsync's temporary file for it) never replicates.
     a.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
     a.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
+    // Nor does a storage agent's drain barrier.
+    a.push(format!("--exclude=/{}", super::agent::duty::BARRIER).into());
     if !tree.dest.is_empty() {
         // Create the tree's directory on the remote the first time.
         a.push("--mkpath".into());
@@ -306,6 +308,7 @@ mod tests {
                 "--stats",
                 "--exclude=/.nfs-guard-failback",
                 "--exclude=/..nfs-guard-failback.*",
+                "--exclude=/.nfs-guard-barrier",
                 "--timeout=30",
                 "--contimeout=5",
                 "--password-file=/etc/nfs-guard/rsync.pass",

@@ -244,6 +244,30 @@ impl Queue {
         (s.pending.len(), s.full_sync.iter().copied().collect())
     }
 
+    /// Paths being pushed now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// Nothing queued, nothing being pushed, no full sync owed or running.
+    pub fn idle(&self) -> bool {
+        let s = self.lock();
+        s.pending.is_empty() && s.in_flight.is_empty() && s.full_sync.is_empty() && s.full_sync_running.is_none()
+    }
+
+    /// Takes every queued path out of the queue (not those being pushed); they stay in the journal
+    /// until [`Queue::forget`] (so a crash in between replays them).
+    pub fn take_pending(&self) -> Vec<(u64, Entry)> {
+        let mut s = self.lock();
+        let n = s.pending.len();
+        s.pending.take(n)
+    }
+
+    /// Acknowledges `seqs` in the journal without a push (they were taken care of otherwise).
+    pub fn forget(&self, seqs: &[u64]) -> journal::Durable {
+        self.lock().journal.ack_seqs(seqs)
+    }
+
     /// Wakes the worker (new work or shutdown).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -297,7 +321,17 @@ pub struct Worker {
     /// Pushes are cautious (see `Pusher::cautious`); start with it set when the journal replayed
     /// paths.
     pub cautious: Arc<AtomicBool>,
+    /// Asked before every push to this remote (the storage agent's fence); `None`: always pushes.
+    pub gate: Option<Arc<dyn Gate>>,
 }
+
+/// May this remote be pushed to now? (See `storage::agent::Agent::admit`.)
+pub trait Gate: Send + Sync + 'static {
+    fn admit(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// A closed gate is asked again after this long (or when the queue is woken: a promotion).
+const GATE_RETRY: Duration = Duration::from_millis(500);
 
 /// Outcome of one unit of work.
 #[derive(Debug, Clone)]
@@ -413,7 +447,10 @@ impl Worker {
             self.publish_depth();
             if h.retry_at.is_none_or(|t| t <= Instant::now()) {
                 h.retry_at = None;
-                while tasks.len() < self.cfg.push_concurrency {
+                if !self.admitted(tasks.len()).await {
+                    h.retry_at = Some(Instant::now() + GATE_RETRY);
+                }
+                while h.retry_at.is_none() && tasks.len() < self.cfg.push_concurrency {
                     let Some(work) = self.queue.next(self.cfg.max_batch) else { break };
                     let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
                     self.board.remote(self.idx, |r| r.state = state.into());
@@ -455,6 +492,20 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Asks the gate (if any) before new pushes start: only when there is work to start.
+    async fn admitted(&self, running: usize) -> bool {
+        let Some(gate) = &self.gate else { return true };
+        let (pending, owed) = self.queue.depth();
+        if running >= self.cfg.push_concurrency || (pending == 0 && owed.is_empty()) {
+            return true;
+        }
+        let open = gate.admit().await;
+        if !open {
+            self.board.remote(self.idx, |r| r.state = "fenced".into());
+        }
+        open
     }
 
     /// Records the outcome of one push: acknowledge or put back, counters, alerts, backoff.

@@ -117,6 +117,7 @@ fn start(cfg: &Arc<StorageConfig>, fake: FakePush) -> Harness {
         stop: stop.clone(),
         hard_stop: CancellationToken::new(),
         cautious: Arc::clone(&cautious),
+        gate: None,
     };
     let push: Arc<dyn Push> = Arc::clone(&fake) as Arc<dyn Push>;
     let task = tokio::spawn(worker.run_with(push));

@@ -1,0 +1,103 @@
+//! The agent's HTTP API (axum, HTTP/1.1, JSON):
+//!
+//! | request | auth | answer |
+//! |---|---|---|
+//! | `GET /v1/role` | none | [`AgentReport`]: server, record, pending, drained, coverage, orphans |
+//! | `POST /v1/role` [`RoleChange`] | secret | 200 report; 409 stale epoch or a second truth at one epoch |
+//! | `POST /v1/drain` [`DrainRequest`] | secret | 200 when the journal to the peer is empty; 409 not active at that epoch; 504 not in time |
+//!
+//! Changes need the shared secret in the `x-nfs-guard-secret` header (compared in constant time):
+//! 401 otherwise. Every refusal carries `{"error": "...", "report": {...}}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+
+use super::Agent;
+use crate::cluster::client::Refusal;
+use crate::cluster::{DrainReport, DrainRequest, RoleChange, SECRET_HEADER};
+
+/// Longest drain a request may ask for.
+const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for the agent API")]
+pub struct BindError {
+    addr: std::net::SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Binds the API's address now (a clear error at start), serves until `stop`.
+pub async fn bind(agent: Arc<Agent>, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, BindError> {
+    let addr = agent.cfg.listen;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+    tracing::info!(%addr, "agent API listening");
+    let app = router(agent);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "agent API stopped");
+        }
+    }))
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/role", get(role).post(change_role))
+        .route("/v1/drain", post(drain))
+        .with_state(agent)
+}
+
+fn refuse(agent: &Agent, status: StatusCode, error: String) -> Response {
+    (status, Json(Refusal { error, report: Some(agent.report()) })).into_response()
+}
+
+fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
+    headers.get(SECRET_HEADER).is_some_and(|v| agent.secret().matches(v.as_bytes()))
+}
+
+async fn role(State(agent): State<Arc<Agent>>) -> Response {
+    Json(agent.report()).into_response()
+}
+
+async fn change_role(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&agent, &headers) {
+        tracing::warn!("role change refused: missing or wrong secret");
+        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
+    }
+    let change: RoleChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a role change: {e}")),
+    };
+    match agent.propose(&change).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "role change refused");
+            refuse(&agent, StatusCode::CONFLICT, e)
+        }
+    }
+}
+
+async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&agent, &headers) {
+        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
+    }
+    let req: DrainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a drain request: {e}")),
+    };
+    let before = agent.report().pending;
+    let wait = Duration::from_millis(req.timeout_ms).min(MAX_DRAIN);
+    match agent.drain(req.epoch, wait).await {
+        Ok(report) => Json(DrainReport { pushed: before.saturating_sub(report.pending), report }).into_response(),
+        Err(e) if e.starts_with("refused") => refuse(&agent, StatusCode::CONFLICT, e),
+        Err(e) => refuse(&agent, StatusCode::GATEWAY_TIMEOUT, e),
+    }
+}

@@ -1,0 +1,304 @@
+//! The storage agent: this storage host knows its role in the cluster (`cluster::Record`), serves
+//! the agent API (`api`), and directs replication by it:
+//!
+//! * **active**: every change of the export is journaled for the peer and pushed (as without an
+//!   agent), but only to a peer that has acknowledged this agent's epoch (the fence, [`Agent::admit`]
+//!   before every push): a returning old primary learns the newer epoch there and stands down
+//!   instead of pushing stale data.
+//! * **standby**: changes (the active peer's pushes, or clients of a web node that switched before
+//!   telling this agent) are only remembered (`ring`), never pushed, so nothing echoes back. When
+//!   promoted, what it saw since the switch is journaled for the peer.
+//! * **demoted** with unpushed changes: they are orphans (`orphans`): kept under conflict names
+//!   until the next promotion, then delivered or kept as both versions.
+//!
+//! Who persists what, in order: the agent writes its record (`agent.json`, atomically, fsync'd)
+//! BEFORE it acts on it and before it answers; the replicator loop journals the promoted changes
+//! before the agent reports itself active; orphans are persisted before their journal entries go.
+
+pub mod api;
+pub mod duty;
+pub mod orphans;
+pub mod ring;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::remote::Queue;
+use crate::cluster::client::{CallError, Client};
+use crate::cluster::secret::{Secret, SecretError};
+use crate::cluster::{AgentReport, Record, RoleChange, Verdict};
+use crate::config::agent::StorageAgent;
+use crate::domain::Server;
+use crate::sys::fsutil;
+
+/// Clocks of the decider and the agents may differ by this much: a promotion journals the changes
+/// seen since its `journal_since_ms` minus this margin (an echo of the peer's own pushes costs a
+/// no-op rsync; a missed client write would be lost).
+pub const CLOCK_MARGIN_MS: u64 = 10_000;
+/// The replicator loop must act on a role change within this long.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot read the agent's record {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// What the replicator loop does for the agent (it owns the ring, the batcher and the watchers).
+#[derive(Debug)]
+pub enum Control {
+    /// Journal for the peer what the ring saw since this unix ms (and resolved orphans), then
+    /// become active.
+    Promote { journal_since_ms: u64, done: oneshot::Sender<()> },
+    /// Stop pushing; quarantine what is still queued for the peer (of epoch `epoch`).
+    Demote { epoch: u64, done: oneshot::Sender<()> },
+    /// Everything seen until now pushed to the peer, before `deadline`.
+    Drain { deadline: tokio::time::Instant, done: oneshot::Sender<Result<(), String>> },
+}
+
+pub struct Agent {
+    pub cfg: StorageAgent,
+    secret: Secret,
+    dir: PathBuf,
+    /// Serializes role changes (held across persisting and the loop's action).
+    change: tokio::sync::Mutex<()>,
+    record: Mutex<Record>,
+    /// Pushes to the peer allowed (set by the replicator loop, after it acted on a promotion).
+    active: AtomicBool,
+    pub covered_since_ms: AtomicU64,
+    pub orphans: AtomicU64,
+    control: mpsc::Sender<Control>,
+    peer: Client,
+    peer_queue: Arc<Queue>,
+    /// The last fence failure logged (to log it once per kind, not per batch).
+    last_fence_error: Mutex<String>,
+}
+
+/// The record file under the storage state directory.
+pub fn record_file(dir: &Path) -> PathBuf {
+    dir.join("agent.json")
+}
+
+impl Agent {
+    /// Opens the agent's record under `dir` (epoch 0, primary active, when there is none yet).
+    pub fn open(
+        cfg: &StorageAgent,
+        dir: &Path,
+        peer_queue: Arc<Queue>,
+    ) -> Result<(Arc<Agent>, mpsc::Receiver<Control>), AgentError> {
+        let path = record_file(dir);
+        let record = match fsutil::read_capped(&path, 64 * 1024) {
+            Ok(b) => serde_json::from_slice::<Record>(&b).map_err(|e| AgentError::Read {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
+            Err(source) => return Err(AgentError::Read { path, source }),
+        };
+        let secret = Secret::load(&cfg.secret_file)?;
+        let (tx, rx) = mpsc::channel(16);
+        let orphans = orphans::load(dir).ok().flatten().map_or(0, |o| o.list.len() as u64);
+        let agent = Agent {
+            peer: Client::new(&cfg.peer_api, secret.clone(), cfg.timeout),
+            cfg: cfg.clone(),
+            secret,
+            dir: dir.to_owned(),
+            change: tokio::sync::Mutex::new(()),
+            active: AtomicBool::new(record.active == cfg.server),
+            record: Mutex::new(record),
+            covered_since_ms: AtomicU64::new(crate::cluster::now_ms()),
+            orphans: AtomicU64::new(orphans),
+            control: tx,
+            peer_queue,
+            last_fence_error: Mutex::new(String::new()),
+        };
+        tracing::info!(server = cfg.server.name(), epoch = record.epoch, active = record.active.name(), "storage agent");
+        Ok((Arc::new(agent), rx))
+    }
+
+    pub fn record(&self) -> Record {
+        *self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Called by the replicator loop only.
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::SeqCst);
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn report(&self) -> AgentReport {
+        let (pending, owed) = self.peer_queue.depth();
+        AgentReport {
+            server: self.cfg.server,
+            record: self.record(),
+            pending: (pending + self.peer_queue.in_flight()) as u64 + owed.len() as u64,
+            drained: self.peer_queue.idle(),
+            covered_since_ms: self.covered_since_ms.load(Ordering::SeqCst),
+            orphans: self.orphans.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Takes a proposed record: refused (with why) when stale, adopted (persisted first, then acted
+    /// on by the replicator loop) when newer.
+    pub async fn propose(&self, change: &RoleChange) -> Result<AgentReport, String> {
+        let _serial = self.change.lock().await;
+        let held = self.record();
+        let me = self.cfg.server;
+        match held.judge(&change.record) {
+            Verdict::Refuse => {
+                return Err(format!(
+                    "refused: epoch {} with {} active, while this agent holds epoch {} with {} active",
+                    change.record.epoch,
+                    change.record.active.name(),
+                    held.epoch,
+                    held.active.name()
+                ))
+            }
+            Verdict::Same => return Ok(self.report()),
+            Verdict::Adopt => {}
+        }
+        let bytes = serde_json::to_vec(&change.record).map_err(|e| e.to_string())?;
+        let path = record_file(&self.dir);
+        fsutil::write_atomic(&path, &bytes).map_err(|e| format!("cannot persist the record {}: {e}", path.display()))?;
+        *self.record.lock().unwrap_or_else(PoisonError::into_inner) = change.record;
+        tracing::warn!(
+            epoch = change.record.epoch,
+            active = change.record.active.name(),
+            previous_epoch = held.epoch,
+            previous_active = held.active.name(),
+            "cluster record changed"
+        );
+        let (was, now) = (held.active == me, change.record.active == me);
+        if now && !was {
+            let since = change.journal_since_ms.unwrap_or(change.record.since_ms).saturating_sub(CLOCK_MARGIN_MS);
+            self.ask(|done| Control::Promote { journal_since_ms: since, done }).await?;
+        } else if was && !now {
+            self.ask(|done| Control::Demote { epoch: held.epoch, done }).await?;
+        }
+        Ok(self.report())
+    }
+
+    /// Asks the replicator loop to drain the peer's journal before `wait` runs out.
+    pub async fn drain(&self, epoch: u64, wait: Duration) -> Result<AgentReport, String> {
+        let held = self.record();
+        if held.epoch != epoch || held.active != self.cfg.server {
+            return Err(format!(
+                "refused: drain at epoch {epoch}, while this agent holds epoch {} with {} active",
+                held.epoch,
+                held.active.name()
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::Drain { deadline, done: tx }).await.map_err(|_| "the replicator is stopping")?;
+        match tokio::time::timeout(wait + Duration::from_secs(1), rx).await {
+            Ok(Ok(Ok(()))) => Ok(self.report()),
+            Ok(Ok(Err(e))) => Err(e),
+            _ => Err(format!("not drained within {wait:?}")),
+        }
+    }
+
+    async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> Control) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(msg(tx)).await.map_err(|_| "the replicator is stopping".to_owned())?;
+        match tokio::time::timeout(CONTROL_DEADLINE, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err("the replicator did not act on the role change in time".to_owned()),
+        }
+    }
+
+    /// The fence, before every push to the peer: only while active, and only to a peer that holds
+    /// this agent's epoch (told so here when it holds an older one). A peer holding a newer epoch
+    /// makes this agent adopt it (and stand down).
+    pub async fn admit(&self) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        let mine = self.record();
+        let peer = match self.peer.report().await {
+            Ok(p) => p,
+            Err(e) => {
+                self.fence_error(&e.to_string());
+                return false;
+            }
+        };
+        match mine.judge(&peer.record) {
+            Verdict::Same => {
+                self.fence_error("");
+                true
+            }
+            Verdict::Adopt => {
+                tracing::warn!(peer_epoch = peer.record.epoch, my_epoch = mine.epoch, "the peer holds a newer epoch: standing down");
+                if let Err(e) = self.propose(&RoleChange { record: peer.record, journal_since_ms: None }).await {
+                    tracing::error!(error = %e, "cannot adopt the peer's newer record");
+                }
+                false
+            }
+            Verdict::Refuse if peer.record.epoch < mine.epoch => {
+                match self.peer.propose(&RoleChange { record: mine, journal_since_ms: None }).await {
+                    Ok(_) => true,
+                    Err(CallError::Refused { reason, .. }) => {
+                        self.fence_error(&format!("the peer refused this agent's epoch: {reason}"));
+                        false
+                    }
+                    Err(e) => {
+                        self.fence_error(&e.to_string());
+                        false
+                    }
+                }
+            }
+            Verdict::Refuse => {
+                self.fence_error(&format!(
+                    "the peer holds epoch {} with {} active: two truths at one epoch; nothing is pushed",
+                    peer.record.epoch,
+                    peer.record.active.name()
+                ));
+                false
+            }
+        }
+    }
+
+    fn fence_error(&self, e: &str) {
+        let mut last = self.last_fence_error.lock().unwrap_or_else(PoisonError::into_inner);
+        if *last != e {
+            if e.is_empty() {
+                tracing::info!("the peer acknowledges this agent's epoch: pushing");
+            } else {
+                tracing::warn!(error = e, "not pushing to the peer");
+            }
+            e.clone_into(&mut last);
+        }
+    }
+
+    /// This agent's server.
+    pub fn server(&self) -> Server {
+        self.cfg.server
+    }
+}
+
+impl super::remote::Gate for Agent {
+    fn admit(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(Agent::admit(self))
+    }
+}
