@@ -297,6 +297,12 @@ impl Replicator {
                 }
                 () = wake.notified() => self.check_overflow_flags(&mut batcher),
                 Some(c) = control(&mut self.duty) => {
+                    if matches!(c, agent::Control::Demote { .. }) {
+                        // what was seen while active goes into the journal, so it becomes an orphan
+                        // instead of a standby's memory
+                        let rest = batcher.flush();
+                        self.fan_out(&rest);
+                    }
                     if let Some(d) = &mut self.duty {
                         d.act(c).await;
                     }

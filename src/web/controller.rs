@@ -119,7 +119,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let policy = Policy {
             hold_down_ms: ms(cfg.hold_down),
-            failback: cfg.reverse_sync.is_some(),
+            failback: cfg.reverse_sync.is_some() || cfg.agents.is_some(),
             retry_initial_ms: cfg.reverse_sync.as_ref().map_or(30_000, |r| ms(r.retry_initial)),
             retry_max_ms: cfg.reverse_sync.as_ref().map_or(600_000, |r| ms(r.retry_max)),
         };
@@ -536,7 +536,11 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
 
     fn act(&mut self, a: Action) {
         let mount_limit = self.cfg.mount_timeout * 2 + EFFECT_GRACE;
-        let sync_limit = self.cfg.reverse_sync.as_ref().map_or(Duration::from_secs(3600), |r| r.timeout) + EFFECT_GRACE;
+        let sync_limit = match (&self.cfg.agents, &self.cfg.reverse_sync) {
+            (Some(a), _) => a.drain_timeout * 2 + a.timeout * 8,
+            (None, Some(r)) => r.timeout,
+            (None, None) => Duration::from_secs(3600),
+        } + EFFECT_GRACE;
         match a {
             Action::Mount { server } => {
                 tracing::info!(server = server.name(), mount_point = %self.cfg.mount_point.display(), "detaching and mounting");

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::freeze::Frozen;
 use super::fsm::Server;
+use super::agents::Agents;
 use super::guard;
 use super::mounts::{MountOps, SysMountOps};
 use crate::config::web::{ServerConfig, WebConfig};
@@ -98,6 +99,8 @@ struct Inner<M = SysMountOps> {
     stage: PathBuf,
     icmp: Icmp,
     canary_busy: Arc<AtomicBool>,
+    /// `[web.agents]`: the storage agents, driven instead of reverse-syncing the tree.
+    agents: Option<Arc<Agents>>,
 }
 
 impl SysEffects {
@@ -116,8 +119,17 @@ impl SysEffects {
                     Icmp::none()
                 },
                 canary_busy: Arc::new(AtomicBool::new(false)),
+                agents: None,
             }),
         }
+    }
+
+    /// Drives the storage agents (`[web.agents]`).
+    #[must_use]
+    pub fn with_agents(self, agents: Option<Arc<Agents>>) -> SysEffects {
+        let mut inner = Arc::into_inner(self.inner).expect("with_agents is called right after new");
+        inner.agents = agents;
+        SysEffects { inner: Arc::new(inner) }
     }
 }
 
@@ -198,6 +210,7 @@ impl<M: MountOps> Inner<M> {
             return Ok(None);
         }
         let old = self.top_id(mp);
+        self.promote_best_effort(s).await;
         self.clear(mp, true).await?;
         self.mount_at(s, mp).await.map_err(|e| e.to_string())?;
         self.verify(mp, s)?;
@@ -226,7 +239,11 @@ impl<M: MountOps> Inner<M> {
         let old_id = self.top_id(&mp);
         // (1b) failback: writes to the backup frozen, and what they wrote since pass 1 copied, so
         // clients never work on a primary that lacks it (see `freeze`)
-        let frozen = if to == Server::Primary && from == Some(Server::Backup) && keep_old {
+        let failback = to == Server::Primary && from == Some(Server::Backup) && keep_old;
+        if !failback {
+            self.promote_best_effort(to).await;
+        }
+        let frozen = if failback {
             match self.final_catch_up(&mp).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -274,10 +291,34 @@ impl<M: MountOps> Inner<M> {
         Ok(old_id)
     }
 
+    /// With agents: makes `s` active before its mount serves clients. Never blocks a switch for
+    /// longer than one call to `s`'s agent: an agent that does not answer is logged, and the
+    /// failback drains what its agent saw once it is reachable.
+    async fn promote_best_effort(&self, s: Server) {
+        let Some(a) = &self.agents else { return };
+        match a.promote(s).await {
+            Ok(r) => tracing::info!(epoch = r.epoch, active = s.name(), "agent promoted before the mount"),
+            Err(e) => tracing::error!(
+                error = %e,
+                server = s.name(),
+                "the agent did not take the new role: switching anyway (serving beats waiting); its changes are \
+                 journaled from when it learns it"
+            ),
+        }
+    }
+
     /// Freezes writes on the mount point (the backup) and pushes what changed since pass 1. `None`:
     /// no reverse sync configured, or files held open for writing kept the freeze from happening
     /// (then the catch-up after the switch is all there is, as before).
     async fn final_catch_up(&self, mp: &Path) -> Result<Option<Frozen>, String> {
+        if let Some(a) = &self.agents {
+            // Without the freeze, the drain could never end while clients keep writing: no
+            // switch without it (the freeze failing is an error here, the next attempt retries).
+            let frozen = Frozen::freeze(mp, FREEZE_PATIENCE).await.map_err(|e| format!("cannot freeze writes for the final drain: {e}"))?;
+            let r = a.drain_and_promote_primary(a.drain_timeout()).await.map_err(|e| format!("final drain (writes frozen) failed: {e}"))?;
+            tracing::info!(epoch = r.epoch, "final drain done, the primary is active");
+            return Ok(Some(frozen));
+        }
         if self.cfg.reverse_sync.is_none() {
             return Ok(None);
         }
@@ -470,6 +511,15 @@ impl Syncer for SysEffects {
     fn reverse_sync(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         let inner = self.inner.clone();
         async move {
+            if let Some(a) = &inner.agents {
+                let started = std::time::Instant::now();
+                let r = a.fence_and_drain(a.drain_timeout()).await?;
+                return Ok(SyncStats {
+                    files: r.pending,
+                    bytes: 0,
+                    elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             // Pass 1 writes into the primary's export: its replicator must not push those copies
             // back over newer writes on the backup (see `failback_guard`). No guard, no pass.
             let rs = inner.cfg.reverse_sync.as_ref().ok_or("no [web.reverse_sync] configured")?;
@@ -487,6 +537,12 @@ impl Syncer for SysEffects {
         let inner = self.inner.clone();
         async move {
             let old = inner.stage.join("old");
+            if let Some(a) = &inner.agents {
+                // drained before the switch: the backup's agent only learns it is standby now
+                a.tell(Server::Backup).await;
+                let _ = inner.clear(&old, false).await;
+                return Ok(SyncStats { files: 0, bytes: 0, elapsed_ms: 0 });
+            }
             let r = if inner.serving(&old) == Some(Server::Backup) {
                 inner.push(&old, true).await
             } else {
@@ -499,7 +555,15 @@ impl Syncer for SysEffects {
 
     fn reconcile(&self) -> impl Future<Output = Result<SyncStats, String>> + Send + 'static {
         let inner = self.inner.clone();
-        async move { inner.reconcile().await }
+        async move {
+            if inner.agents.is_some() && inner.cfg.reverse_sync.is_none() {
+                // The backup's agent keeps what it could not push as orphans, delivered when it
+                // is active again; nothing is copied blindly over the primary.
+                tracing::warn!("left the backup without a drain: its unpushed changes stay journaled there as orphans");
+                return Ok(SyncStats { files: 0, bytes: 0, elapsed_ms: 0 });
+            }
+            inner.reconcile().await
+        }
     }
 }
 

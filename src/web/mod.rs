@@ -66,6 +66,7 @@
 //! a node already on the primary); nothing is deleted unless `delete = true`, which should only be used
 //! with a single web node (a node would delete files another node just created on the primary).
 
+pub mod agents;
 pub mod controller;
 pub mod effects;
 pub mod freeze;
@@ -95,6 +96,8 @@ pub enum Error {
         /// An operator request was recorded before the lock was found held.
         recorded: bool,
     },
+    #[error("web.agents: {0}")]
+    Agents(String),
     #[error("web.mount_point: {0}")]
     MountPoint(String),
     #[error("cannot resolve the state directory {path}")]
@@ -174,7 +177,11 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir));
+    let agents = match &cfg.agents {
+        Some(a) => Some(Arc::new(agents::Agents::open(a, &state_dir).map_err(Error::Agents)?)),
+        None => None,
+    };
+    let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir).with_agents(agents));
     let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
     if !mode.once {
         c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());
