@@ -11,6 +11,7 @@ mod storage_common;
 mod web_node;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,7 +61,6 @@ fn assert_replayed(root: &Path, what: &str) {
     assert_eq!(read("newdir/inner"), "in a renamed dir", "{what}");
     assert_eq!(read("made/deep/file"), "x", "{what}");
     assert_eq!(read("#hash renamed"), "odd", "{what}");
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(fs::metadata(root.join("chmod.sh")).unwrap().permissions().mode() & 0o777, 0o755, "{what}");
     for gone in ["delete-me", "old-name", "olddir", "rmtree", "empty-dir", "#hash name"] {
         assert!(!root.join(gone).exists(), "{what}: {gone} came back");
@@ -90,18 +90,20 @@ fn failback_replays_deletes_and_renames_made_during_the_failover() {
 
     lab.fault(Host::Primary, Fault::StopNfs);
     wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
-    assert_eq!(c.epoch(&lab, Host::Backup), Some(1), "the backup was promoted before the mount\n{}", c.logs());
+    assert_eq!(Cluster::epoch(&lab, Host::Backup), Some(1), "the backup was promoted before the mount\n{}", c.logs());
     change_everything(&lab);
     assert_replayed(&b, "the backup");
     // the primary stood down (told by the decider, or by its own fence): it never pushed its tree back
-    wait_until("the primary's agent to stand down", Duration::from_secs(10), || c.epoch(&lab, Host::Primary) == Some(1));
+    wait_until("the primary's agent to stand down", Duration::from_secs(10), || {
+        Cluster::epoch(&lab, Host::Primary) == Some(1)
+    });
     assert!(b.join("delete-me").exists().eq(&false), "the demoted primary pushed over the backup\n{}", c.logs());
 
     lab.heal(Host::Primary);
     wait_until("the failback", Duration::from_secs(90), || c.web.serving_primary_settled());
     assert_replayed(&p, "the primary after failback");
     storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
-    assert_eq!(c.epoch(&lab, Host::Primary), Some(2), "{}", c.logs());
+    assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(2), "{}", c.logs());
     assert!(c.web.log_text().contains("drained"), "{}", c.logs());
     // and the primary replicates again
     fs::write(p.join("after-failback"), "ok").unwrap();
@@ -112,4 +114,125 @@ fn failback_replays_deletes_and_renames_made_during_the_failover() {
     if std::env::var_os("AGENTS_LOGS").is_some() {
         eprintln!("{}", c.logs());
     }
+}
+
+fn storage_queue(c: &Cluster, h: Host) -> u64 {
+    storage_common::status_json(&c.state(h)).and_then(|s| s["remotes"][0]["queue"].as_u64()).unwrap_or(0)
+}
+
+/// The primary dies with writes it never replicated; the backup changes one of the same paths
+/// during the failover. After failback both versions of that path exist on both servers (the
+/// primary's under its conflict name), one alert names it, and the other orphans are everywhere.
+#[test]
+fn orphaned_writes_of_a_dead_primary_come_back_and_conflicts_keep_both_versions() {
+    let lab = Lab::up("agto");
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    fs::write(p.join("base"), "both").unwrap();
+    let work = work_dir(&lab);
+    let mut c = Cluster::new(&lab, work.path(), "");
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    c.web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+
+    // The primary acknowledges writes it cannot replicate (the backup's rsync daemon is down) ...
+    lab.fault(Host::Backup, Fault::StopRsyncd);
+    for (name, text) in [("orphan-1", "primary only 1"), ("orphan-2", "primary only 2"), ("both.txt", "primary's")] {
+        fs::write(p.join(name), text).unwrap();
+    }
+    wait_until("the writes to be journaled", Duration::from_secs(10), || storage_queue(&c, Host::Primary) >= 3);
+    // ... and dies.
+    lab.fault(Host::Primary, Fault::Kill);
+    c.kill_agent(Host::Primary);
+    lab.heal(Host::Backup);
+    wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    on_web(&lab, &format!("printf \"backup's\" > {}/both.txt && sync", Lab::WEB_MOUNT));
+
+    lab.heal(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    wait_until("the failback", Duration::from_secs(90), || c.web.serving_primary_settled());
+    let copy = "both.txt.nfs-guard-conflict-0-primary";
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !(b.join(copy).exists() && b.join("orphan-2").exists()) {
+        assert!(std::time::Instant::now() < end, "the orphans never reached the backup\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for root in [&p, &b] {
+        let read = |n: &str| {
+            fs::read_to_string(root.join(n)).unwrap_or_else(|e| panic!("{n} on {}: {e}\n{}", root.display(), c.logs()))
+        };
+        assert_eq!(read("both.txt"), "backup's", "{}", c.logs());
+        assert_eq!(read(copy), "primary's", "{}", c.logs());
+        assert_eq!(read("orphan-1"), "primary only 1");
+        assert_eq!(read("orphan-2"), "primary only 2");
+        assert!(!root.join("orphan-1.nfs-guard-conflict-0-primary").exists(), "no conflict, no copy");
+    }
+    let log = fs::read_to_string(c.log(Host::Primary)).unwrap();
+    assert_eq!(storage_common::count_in_log(&log, "kind=\"conflict\""), 1, "{log}");
+    assert!(log.contains(copy), "the alert names the copy: {log}");
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
+
+/// A primary that comes back with a stale epoch while no decider runs: it learns the newer epoch
+/// from its peer, never pushes its old tree over the backup's, never becomes active by itself, and
+/// receives the backup's changes. Role changes without the secret, or with a stale epoch, are
+/// refused.
+#[test]
+fn a_stale_primary_stands_down_and_forged_role_changes_are_refused() {
+    let lab = Lab::up("agts");
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    fs::write(p.join("victim"), "deleted during the failover").unwrap();
+    let work = work_dir(&lab);
+    let mut c = Cluster::new(&lab, work.path(), "");
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    c.web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    lab.fault(Host::Primary, Fault::Kill);
+    c.kill_agent(Host::Primary);
+    wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    on_web(&lab, &format!("rm {m}/victim && printf new > {m}/x && sync", m = Lab::WEB_MOUNT));
+    // no decider from here on
+    c.web.kill9();
+
+    lab.heal(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    wait_until("the primary to learn epoch 1", Duration::from_secs(20), || {
+        Cluster::epoch(&lab, Host::Primary) == Some(1)
+    });
+    let r = Cluster::report(&lab, Host::Primary).unwrap();
+    assert_eq!(r["record"]["active"], "backup", "{r}");
+    wait_until("the backup's changes to reach the primary", Duration::from_secs(20), || {
+        p.join("x").exists() && !p.join("victim").exists()
+    });
+    assert!(!b.join("victim").exists(), "the stale primary pushed its old tree\n{}", c.logs());
+    assert_eq!(fs::read_to_string(b.join("x")).unwrap(), "new");
+
+    let stale = r#"{"record":{"epoch":0,"active":"primary","since_ms":0}}"#;
+    let newer = r#"{"record":{"epoch":9,"active":"primary","since_ms":0}}"#;
+    let (code, body) = Cluster::call(&lab, Host::Primary, Host::Backup, "/v1/role", newer, None);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) =
+        Cluster::call(&lab, Host::Primary, Host::Backup, "/v1/role", newer, Some("wrong-secret-0123456789"));
+    assert_eq!(code, 401, "{body}");
+    let secret = fs::read_to_string(&c.secret).unwrap();
+    let (code, body) = Cluster::call(&lab, Host::Primary, Host::Backup, "/v1/role", stale, Some(secret.trim()));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("refused"), "{body}");
+    let (code, body) = Cluster::call(
+        &lab,
+        Host::Primary,
+        Host::Backup,
+        "/v1/drain",
+        r#"{"epoch":0,"timeout_ms":100}"#,
+        Some(secret.trim()),
+    );
+    assert_eq!(code, 409, "{body}");
+    let r = Cluster::report(&lab, Host::Backup).unwrap();
+    assert_eq!((r["record"]["epoch"].as_u64(), r["record"]["active"].as_str()), (Some(1), Some("backup")), "{r}");
+    assert_eq!(Cluster::report(&lab, Host::Primary).unwrap()["record"]["active"], "backup", "never active by itself");
 }

@@ -75,18 +75,13 @@ fn blocking_call<T: serde::de::DeserializeOwned>(
     secret: &str,
     deadline: Duration,
 ) -> Result<T, CallError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(deadline))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(deadline)).http_status_as_error(false).build().into();
     let unreachable = |reason: String| CallError::Unreachable { url: url.to_owned(), reason };
     let resp = match body {
-        Some(b) => agent
-            .post(url)
-            .header(SECRET_HEADER, secret)
-            .header("content-type", "application/json")
-            .send(&b[..]),
+        Some(b) => {
+            agent.post(url).header(SECRET_HEADER, secret).header("content-type", "application/json").send(&b[..])
+        }
         None => agent.get(url).header(SECRET_HEADER, secret).call(),
     }
     .map_err(|e| unreachable(e.to_string()))?;

@@ -57,9 +57,8 @@ impl Record {
     pub fn judge(&self, proposed: &Record) -> Verdict {
         use std::cmp::Ordering::{Equal, Greater, Less};
         match proposed.epoch.cmp(&self.epoch) {
-            Less => Verdict::Refuse,
             Equal if proposed.active == self.active => Verdict::Same,
-            Equal => Verdict::Refuse,
+            Less | Equal => Verdict::Refuse,
             Greater => Verdict::Adopt,
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration::{mins, ms, opt_duration_in, secs, days};
+use super::duration::{days, mins, ms, opt_duration_in, secs};
 use super::{Ctx, Spanned};
 use crate::domain::Server;
 
@@ -24,7 +24,7 @@ pub struct RawStorageAgent {
     pub secret_file: Option<Spanned<String>>,
     /// Name of the `[[storage.remotes]]` entry that is the other server. Required.
     pub peer: Option<Spanned<String>>,
-    /// The other server's agent API, e.g. "http://10.0.0.3:7451". Required.
+    /// The other server's agent API, e.g. `"http://10.0.0.3:7451"`. Required.
     pub peer_api: Option<Spanned<String>>,
     /// Deadline of one call to the peer's agent (2s).
     pub timeout: Option<Spanned<String>>,
@@ -43,7 +43,7 @@ pub struct StorageAgent {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebAgents {
-    /// The primary's agent API, e.g. "http://10.0.0.2:7451". Required.
+    /// The primary's agent API, e.g. `"http://10.0.0.2:7451"`. Required.
     pub primary: Option<Spanned<String>>,
     /// The backup's agent API. Required.
     pub backup: Option<Spanned<String>>,
@@ -91,7 +91,11 @@ fn required<'a>(
 fn api_url(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<String> {
     let s = v.get_ref().trim_end_matches('/');
     let Some(rest) = s.strip_prefix("http://") else {
-        ctx.bad(key, v, "must be an http://HOST:PORT URL (the agent API has no TLS yet: keep it on the storage network)");
+        ctx.bad(
+            key,
+            v,
+            "must be an http://HOST:PORT URL (the agent API has no TLS yet: keep it on the storage network)",
+        );
         return None;
     };
     let ok = rest.rsplit_once(':').is_some_and(|(h, p)| {
@@ -120,12 +124,12 @@ impl StorageAgent {
                 }
             });
         let listen = required(ctx, &format!("{k}.listen"), raw.listen.as_ref(), &span, "the API address, IP:PORT")
-            .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
+            .and_then(|v| {
+                let a = v.get_ref().parse::<SocketAddr>().ok();
+                if a.is_none() {
                     ctx.bad(&format!("{k}.listen"), v, "must be IP:PORT, e.g. \"10.0.0.2:7451\"");
-                    None
                 }
+                a
             });
         let secret_file = required(ctx, &format!("{k}.secret_file"), raw.secret_file.as_ref(), &span, "mode 0600")
             .and_then(|v| ctx.secret_file(&format!("{k}.secret_file"), v));
@@ -170,8 +174,13 @@ impl WebAgents {
         let secret_file = required(ctx, &format!("{k}.secret_file"), raw.secret_file.as_ref(), &span, "mode 0600")
             .and_then(|v| ctx.secret_file(&format!("{k}.secret_file"), v));
         let timeout = opt_duration_in(ctx, &format!("{k}.timeout"), raw.timeout.as_ref(), secs(2), &(ms(50)..=mins(5)));
-        let drain_timeout =
-            opt_duration_in(ctx, &format!("{k}.drain_timeout"), raw.drain_timeout.as_ref(), mins(30), &(secs(1)..=days(7)));
+        let drain_timeout = opt_duration_in(
+            ctx,
+            &format!("{k}.drain_timeout"),
+            raw.drain_timeout.as_ref(),
+            mins(30),
+            &(secs(1)..=days(7)),
+        );
         if let (Some(p), Some(b), Some(v)) = (&primary, &backup, raw.backup.as_ref()) {
             if p == b {
                 ctx.bad(&format!("{k}.backup"), v, "is the same agent as web.agents.primary");

@@ -171,8 +171,6 @@ impl Replicator {
             }
             None => None,
         };
-        // A standby agent owes its peer nothing (see `agent`): no start-up full sync there.
-        let standby_peer = agent.as_ref().and_then(|(a, peer, _)| (!a.is_active()).then_some(*peer));
         // Watches go in before the start-up full sync, so nothing changed in between is missed.
         let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
         // A node whose remotes all take full syncs only (a backup) needs no watches at all.
@@ -182,28 +180,9 @@ impl Replicator {
         let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
-            for (_, q) in queues.iter().enumerate().filter(|(i, _)| Some(*i) != standby_peer) {
-                for t in 0..cfg.trees.len() {
-                    q.request_full_sync(u32::try_from(t).unwrap_or(u32::MAX));
-                }
-            }
+            owe_start_full_syncs(&queues, cfg.trees.len(), agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active())));
         }
-        let board = Board::new(StorageStatus {
-            pid: std::process::id(),
-            trees: roots.iter().map(|p| p.display().to_string()).collect(),
-            watches: dirs,
-            overflows: 0,
-            remotes: cfg
-                .remotes
-                .iter()
-                .map(|r| RemoteStatus {
-                    name: r.name.clone(),
-                    url: r.target.display(),
-                    state: "idle".into(),
-                    ..RemoteStatus::default()
-                })
-                .collect(),
-        });
+        let board = Board::new(initial_status(&cfg, &roots, dirs));
         let status_stop = CancellationToken::new();
         let status_task = board.spawn_writer(config.state_dir.clone(), status_stop.clone());
         let stop = CancellationToken::new();
@@ -278,8 +257,9 @@ impl Replicator {
         };
         let mut batcher = Batcher::new(timing);
         if let Some(d) = &mut self.duty {
-            agent::api::bind(Arc::clone(&d.agent), self.api_stop.clone()).await?;
+            // orphans quarantined before the API tells anyone this agent's record
             d.start().await;
+            agent::api::bind(Arc::clone(&d.agent), self.api_stop.clone()).await?;
         }
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
@@ -554,6 +534,41 @@ async fn watch_for_lost_time(cautious: Vec<Arc<AtomicBool>>, stop: CancellationT
             }
         }
         last = now;
+    }
+}
+
+/// The status document before anything happened.
+fn initial_status(cfg: &StorageConfig, roots: &[PathBuf], dirs: u64) -> StorageStatus {
+    StorageStatus {
+        pid: std::process::id(),
+        trees: roots.iter().map(|p| p.display().to_string()).collect(),
+        watches: dirs,
+        overflows: 0,
+        remotes: cfg
+            .remotes
+            .iter()
+            .map(|r| RemoteStatus {
+                name: r.name.clone(),
+                url: r.target.display(),
+                state: "idle".into(),
+                ..RemoteStatus::default()
+            })
+            .collect(),
+    }
+}
+
+/// Full syncs at start (configured, or after an unclean stop) of every tree to every remote; with
+/// an agent (`peer`: its index and whether the agent is active): none to the peer of a standby (it
+/// owes it nothing), and the peer's queued paths stay queued (they may become orphans).
+fn owe_start_full_syncs(queues: &[Arc<Queue>], trees: usize, peer: Option<(usize, bool)>) {
+    for (i, q) in queues.iter().enumerate() {
+        let to_peer = peer.is_some_and(|(p, _)| p == i);
+        if to_peer && peer.is_some_and(|(_, active)| !active) {
+            continue;
+        }
+        for t in 0..trees {
+            q.owe_full_sync(u32::try_from(t).unwrap_or(u32::MAX), to_peer);
+        }
     }
 }
 

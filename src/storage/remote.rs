@@ -130,11 +130,21 @@ impl Queue {
 
     /// Requests a full sync of `tree` (durably); its queued paths are covered by it.
     pub fn request_full_sync(&self, tree: u32) {
+        self.owe_full_sync(tree, false);
+    }
+
+    /// Requests a full sync of `tree` (durably); `keep_paths`: its queued paths stay queued too
+    /// (a storage agent's journal to its peer: they may become orphans, which need their names).
+    pub fn owe_full_sync(&self, tree: u32, keep_paths: bool) {
         let mut s = self.lock();
-        s.pending.clear_tree(tree);
         s.full_sync.insert(tree);
         // Written (and synced) by the journal's writer, which logs a failure.
-        let _ = s.journal.full_sync(tree, true);
+        if keep_paths {
+            let _ = s.journal.full_sync_keep(tree);
+        } else {
+            s.pending.clear_tree(tree);
+            let _ = s.journal.full_sync(tree, true);
+        }
         drop(s);
         self.wake.notify_one();
     }

@@ -29,7 +29,9 @@ impl Agents {
         let secret = Secret::load(&cfg.secret_file).map_err(|e| crate::chain::render_chain(&e))?;
         let file = state_dir.join("cluster.json");
         let record = match fsutil::read_capped(&file, 64 * 1024) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: not a cluster record: {e}", file.display()))?,
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: not a cluster record: {e}", file.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::default(),
             Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
         };
@@ -53,7 +55,8 @@ impl Agents {
         let mut held = self.record.lock().unwrap_or_else(PoisonError::into_inner);
         if r.epoch > held.epoch {
             let bytes = serde_json::to_vec(&r).map_err(|e| e.to_string())?;
-            fsutil::write_atomic(&self.file, &bytes).map_err(|e| format!("cannot persist {}: {e}", self.file.display()))?;
+            fsutil::write_atomic(&self.file, &bytes)
+                .map_err(|e| format!("cannot persist {}: {e}", self.file.display()))?;
             *held = r;
         }
         Ok(())

@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::agents::Agents;
 use super::freeze::Frozen;
 use super::fsm::Server;
-use super::agents::Agents;
 use super::guard;
 use super::mounts::{MountOps, SysMountOps};
 use crate::config::web::{ServerConfig, WebConfig};
@@ -314,8 +314,13 @@ impl<M: MountOps> Inner<M> {
         if let Some(a) = &self.agents {
             // Without the freeze, the drain could never end while clients keep writing: no
             // switch without it (the freeze failing is an error here, the next attempt retries).
-            let frozen = Frozen::freeze(mp, FREEZE_PATIENCE).await.map_err(|e| format!("cannot freeze writes for the final drain: {e}"))?;
-            let r = a.drain_and_promote_primary(a.drain_timeout()).await.map_err(|e| format!("final drain (writes frozen) failed: {e}"))?;
+            let frozen = Frozen::freeze(mp, FREEZE_PATIENCE)
+                .await
+                .map_err(|e| format!("cannot freeze writes for the final drain: {e}"))?;
+            let r = a
+                .drain_and_promote_primary(a.drain_timeout())
+                .await
+                .map_err(|e| format!("final drain (writes frozen) failed: {e}"))?;
             tracing::info!(epoch = r.epoch, "final drain done, the primary is active");
             return Ok(Some(frozen));
         }
@@ -584,6 +589,7 @@ mod tests {
             stage: state_dir.join("stage"),
             icmp: Icmp::none(),
             canary_busy: Arc::new(AtomicBool::new(false)),
+            agents: None,
         }
     }
 

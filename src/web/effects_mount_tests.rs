@@ -28,6 +28,7 @@ impl World {
             stage: dir.path().join("stage"),
             icmp: Icmp::none(),
             canary_busy: Arc::new(AtomicBool::new(false)),
+            agents: None,
         };
         World { _dir: dir, inner }
     }

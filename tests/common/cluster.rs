@@ -91,7 +91,9 @@ impl Cluster {
     pub fn start_agent(&mut self, lab: &Lab, h: Host) {
         let cfg = self.dir.join(format!("{}.toml", h.name()));
         self.agents[index(h)] = Some(Node::spawn(lab.command(h, BIN), &cfg, &self.log(h)));
-        wait_until(&format!("the {} agent's API", h.name()), Duration::from_secs(20), || self.report(lab, h).is_some());
+        wait_until(&format!("the {} agent's API", h.name()), Duration::from_secs(20), || {
+            Cluster::report(lab, h).is_some()
+        });
     }
 
     pub fn kill_agent(&mut self, h: Host) {
@@ -101,7 +103,7 @@ impl Cluster {
     }
 
     /// `GET /v1/role` of `h`'s agent, from inside `h` (bounded).
-    pub fn report(&self, lab: &Lab, h: Host) -> Option<serde_json::Value> {
+    pub fn report(lab: &Lab, h: Host) -> Option<serde_json::Value> {
         let url = format!("{}/v1/role", api(lab, h));
         let out = lab.exec_timeout(h, &["curl", "-sf", "--max-time", "2", &url], Duration::from_secs(5))?;
         if !out.status.success() {
@@ -111,31 +113,33 @@ impl Cluster {
     }
 
     /// `curl` from `from` to `h`'s agent with the given method, path, body and secret; (HTTP code, body).
-    pub fn call(&self, lab: &Lab, from: Host, h: Host, path: &str, body: &str, secret: Option<&str>) -> (u16, String) {
+    pub fn call(lab: &Lab, from: Host, h: Host, path: &str, body: &str, secret: Option<&str>) -> (u16, String) {
         let url = format!("{}{path}", api(lab, h));
         let header = format!("x-nfs-guard-secret: {}", secret.unwrap_or(""));
-        let mut argv = vec!["curl", "-s", "--max-time", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}", "-X", "POST"];
+        let mut argv = vec!["curl", "-s", "--max-time", "5", "-w", "\\ncode=%{http_code}", "-X", "POST"];
         argv.extend(["-H", "content-type: application/json", "--data-binary", body, &url]);
         if secret.is_some() {
             argv.extend(["-H", &header]);
         }
         let out = lab.exec_timeout(from, &argv, Duration::from_secs(10)).expect("curl hung");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let (body, code) = text.rsplit_once("\ncode=").unwrap_or((&text, "0"));
         (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
-    pub fn epoch(&self, lab: &Lab, h: Host) -> Option<u64> {
-        self.report(lab, h).and_then(|r| r["record"]["epoch"].as_u64())
+    pub fn epoch(lab: &Lab, h: Host) -> Option<u64> {
+        Cluster::report(lab, h).and_then(|r| r["record"]["epoch"].as_u64())
     }
 
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for h in Host::STORAGE {
-            out.push_str(&format!("--- {} agent log:\n{}\n", h.name(), tail(&fs::read_to_string(self.log(h)).unwrap_or_default())));
-        }
-        out.push_str(&format!("--- web log:\n{}\n", self.web.log_tail()));
-        out
+        let mut out: Vec<String> = Host::STORAGE
+            .iter()
+            .map(|h| {
+                format!("--- {} agent log:\n{}", h.name(), tail(&fs::read_to_string(self.log(*h)).unwrap_or_default()))
+            })
+            .collect();
+        out.push(format!("--- web log:\n{}", self.web.log_tail()));
+        out.join("\n")
     }
 }
 
@@ -146,6 +150,8 @@ fn tail(t: &str) -> String {
 
 /// Runs `script` with `sh -c` in the web host (bounded); panics with its stderr when it fails.
 pub fn on_web(lab: &Lab, script: &str) {
-    let out = lab.exec_timeout(Host::Web, &["sh", "-c", script], Duration::from_secs(30)).expect("command through the mount hung");
+    let out = lab
+        .exec_timeout(Host::Web, &["sh", "-c", script], Duration::from_secs(30))
+        .expect("command through the mount hung");
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
 }

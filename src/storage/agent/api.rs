@@ -49,10 +49,7 @@ pub async fn bind(agent: Arc<Agent>, stop: CancellationToken) -> Result<tokio::t
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/v1/role", get(role).post(change_role))
-        .route("/v1/drain", post(drain))
-        .with_state(agent)
+    Router::new().route("/v1/role", get(role).post(change_role)).route("/v1/drain", post(drain)).with_state(agent)
 }
 
 fn refuse(agent: &Agent, status: StatusCode, error: String) -> Response {

@@ -180,7 +180,11 @@ impl Duty {
                 let seqs: Vec<u64> = taken.iter().map(|(s, _)| *s).collect();
                 let _ = self.peer_queue.forget(&seqs).wait().await;
                 self.agent.orphans.store(o.list.len() as u64, Ordering::SeqCst);
-                tracing::warn!(orphans = o.list.len(), epoch, "demoted with unpushed changes: kept as orphans until this server is active again");
+                tracing::warn!(
+                    orphans = o.list.len(),
+                    epoch,
+                    "demoted with unpushed changes: kept as orphans until this server is active again"
+                );
             }
             Err(e) => tracing::error!(error = %e, "cannot persist the orphaned writes; they stay in the journal"),
         }

@@ -122,7 +122,12 @@ impl Agent {
             peer_queue,
             last_fence_error: Mutex::new(String::new()),
         };
-        tracing::info!(server = cfg.server.name(), epoch = record.epoch, active = record.active.name(), "storage agent");
+        tracing::info!(
+            server = cfg.server.name(),
+            epoch = record.epoch,
+            active = record.active.name(),
+            "storage agent"
+        );
         Ok((Arc::new(agent), rx))
     }
 
@@ -180,8 +185,8 @@ impl Agent {
         }
         let bytes = serde_json::to_vec(&change.record).map_err(|e| e.to_string())?;
         let path = record_file(&self.dir);
-        fsutil::write_atomic(&path, &bytes).map_err(|e| format!("cannot persist the record {}: {e}", path.display()))?;
-        *self.record.lock().unwrap_or_else(PoisonError::into_inner) = change.record;
+        fsutil::write_atomic(&path, &bytes)
+            .map_err(|e| format!("cannot persist the record {}: {e}", path.display()))?;
         tracing::warn!(
             epoch = change.record.epoch,
             active = change.record.active.name(),
@@ -196,6 +201,9 @@ impl Agent {
         } else if was && !now {
             self.ask(|done| Control::Demote { epoch: held.epoch, done }).await?;
         }
+        // Shown (to the peer's fence, to the decider) only once acted on: a peer never pushes into
+        // this export before its orphans are quarantined.
+        *self.record.lock().unwrap_or_else(PoisonError::into_inner) = change.record;
         Ok(self.report())
     }
 
@@ -249,7 +257,11 @@ impl Agent {
                 true
             }
             Verdict::Adopt => {
-                tracing::warn!(peer_epoch = peer.record.epoch, my_epoch = mine.epoch, "the peer holds a newer epoch: standing down");
+                tracing::warn!(
+                    peer_epoch = peer.record.epoch,
+                    my_epoch = mine.epoch,
+                    "the peer holds a newer epoch: standing down"
+                );
                 if let Err(e) = self.propose(&RoleChange { record: peer.record, journal_since_ms: None }).await {
                     tracing::error!(error = %e, "cannot adopt the peer's newer record");
                 }

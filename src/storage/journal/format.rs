@@ -44,6 +44,9 @@ enum Rec {
     Add(u64, Entry),
     Acks(Vec<(u64, u64)>),
     FullSync(u32, bool),
+    /// A full sync needed that leaves the tree's queued paths queued (a storage agent's journal to
+    /// its peer: they may become orphans, which need their names).
+    FullSyncKeep(u32),
 }
 
 fn scope_byte(s: Scope) -> u8 {
@@ -98,7 +101,13 @@ pub fn encode_full_sync(out: &mut Vec<u8>, tree: u32, needed: bool) {
     frame(out, &b);
 }
 
-/// A whole file holding only this state.
+pub fn encode_full_sync_keep(out: &mut Vec<u8>, tree: u32) {
+    let mut b = vec![b'G'];
+    b.extend_from_slice(&tree.to_le_bytes());
+    frame(out, &b);
+}
+
+/// A whole file holding only this state (the full syncs first: the paths after them stay live).
 pub fn encode_state<'a>(live: impl IntoIterator<Item = (u64, &'a Entry)>, full_sync: &BTreeSet<u32>) -> Vec<u8> {
     let mut buf = MAGIC.to_vec();
     for tree in full_sync {
@@ -179,6 +188,7 @@ fn decode(c: &mut Cur<'_>) -> Option<Rec> {
         }
         b'F' => Some(Rec::FullSync(c.u32()?, true)),
         b'f' => Some(Rec::FullSync(c.u32()?, false)),
+        b'G' => Some(Rec::FullSyncKeep(c.u32()?)),
         _ => None,
     }
 }
@@ -239,7 +249,7 @@ fn sane(rec: &Rec) -> bool {
     match rec {
         Rec::Add(seq, _) => *seq <= MAX_SEQ,
         Rec::Acks(ranges) => ranges.iter().all(|(lo, hi)| lo <= hi && *hi <= MAX_SEQ),
-        Rec::FullSync(..) => true,
+        Rec::FullSync(..) | Rec::FullSyncKeep(_) => true,
     }
 }
 
@@ -275,6 +285,9 @@ impl Replay {
             }
             Rec::FullSync(tree, false) => {
                 self.full_sync.remove(&tree);
+            }
+            Rec::FullSyncKeep(tree) => {
+                self.full_sync.insert(tree);
             }
         }
         true

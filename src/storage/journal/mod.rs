@@ -164,6 +164,13 @@ impl Journal {
         self.append(buf, true)
     }
 
+    /// A full sync of `tree` needed, its queued paths staying queued (see `format::Rec::FullSyncKeep`).
+    pub fn full_sync_keep(&mut self, tree: u32) -> Durable {
+        let mut buf = Vec::new();
+        format::encode_full_sync_keep(&mut buf, tree);
+        self.append(buf, true)
+    }
+
     /// Resolves once everything handed over before it is written.
     pub fn flush(&mut self) -> Durable {
         self.append(Vec::new(), false)
@@ -245,6 +252,29 @@ mod tests {
         assert_eq!(scopes, [Scope::Gone, Scope::Replace]);
         assert_eq!(r.pending.next_seq(), 4);
         assert_eq!(r.full_sync.iter().copied().collect::<Vec<_>>(), [3]);
+    }
+
+    /// A storage agent's start-up full sync keeps its queued paths (they may become orphans),
+    /// across a replay and a compaction; an ordinary full sync covers them.
+    #[test]
+    fn a_full_sync_that_keeps_paths_keeps_them_across_replay_and_compaction() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j");
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            j.add(&[(0, &e(b"orphan", Scope::Path))]).wait_blocking().unwrap();
+            j.full_sync_keep(0).wait_blocking().unwrap();
+            j.add(&[(1, &e(b"other-tree", Scope::Path))]).wait_blocking().unwrap();
+        }
+        let (mut j, r) = Journal::open(&p).unwrap();
+        assert_eq!(live(&r), [(0, b"orphan".to_vec()), (1, b"other-tree".to_vec())]);
+        assert!(r.full_sync.contains(&0));
+        let state: Vec<(u64, Entry)> = r.pending.iter().map(|(q, e)| (q, e.clone())).collect();
+        j.compact(state.iter().map(|(q, e)| (*q, e)), &r.full_sync).wait_blocking().unwrap();
+        j.full_sync(0, true).wait_blocking().unwrap();
+        drop(j);
+        let (_, r) = Journal::open(&p).unwrap();
+        assert!(live(&r).is_empty(), "an ordinary full sync covers the queued paths");
     }
 
     #[test]
