@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::{on_web, Cluster};
-use lab::{wait_until, Fault, Host, Lab};
+use lab::{wait_until, Fault, Host, Lab, WebKind};
 use storage_common::differences;
 
 /// The tree both servers hold before the failover.
@@ -235,4 +235,105 @@ fn a_stale_primary_stands_down_and_forged_role_changes_are_refused() {
     let r = Cluster::report(&lab, Host::Backup).unwrap();
     assert_eq!((r["record"]["epoch"].as_u64(), r["record"]["active"].as_str()), (Some(1), Some("backup")), "{r}");
     assert_eq!(Cluster::report(&lab, Host::Primary).unwrap()["record"]["active"], "backup", "never active by itself");
+}
+
+/// Serving beats waiting: the backup's agent is frozen at the failover; the web node switches
+/// anyway, tells the agent again until it takes its role, and the agent then journals what clients
+/// wrote since the switch, deletes and renames included.
+#[test]
+fn a_frozen_backup_agent_never_blocks_the_failover_and_its_changes_still_reach_the_primary() {
+    let lab = Lab::up_with("agtf", WebKind::from_env_or(WebKind::Uml));
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    seed(&p);
+    let work = work_dir(&lab);
+    let mut c = Cluster::new(&lab, work.path(), "");
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    c.web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+
+    let agent = c.agent_pid(Host::Backup);
+    signal(agent, "STOP");
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    change_everything(&lab);
+    signal(agent, "CONT");
+    wait_until("the backup's agent to take epoch 1", Duration::from_secs(20), || {
+        Cluster::epoch(&lab, Host::Backup) == Some(1)
+    });
+    assert!(c.web.log_text().contains("did not take the new role"), "{}", c.logs());
+    wait_until("the web node to tell the agent again", Duration::from_secs(10), || {
+        c.web.log_text().contains("the agent took its role after the switch")
+    });
+
+    lab.heal(Host::Primary);
+    wait_until("the failback", Duration::from_secs(90), || c.web.serving_primary_settled());
+    assert_replayed(&p, "the primary after failback");
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// `kill -9` at the steps of a failover and a failback: the backup's agent after it journaled the
+/// failover's changes, the primary's agent after it stood down, the web node while the drain runs.
+/// After each restart the sequence completes and every change is replayed exactly.
+#[test]
+fn kill_9_of_agents_and_web_node_at_each_step_loses_nothing() {
+    let lab = Lab::up_with("agtk", WebKind::from_env_or(WebKind::Uml));
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    seed(&p);
+    let work = work_dir(&lab);
+    let mut c = Cluster::new(&lab, work.path(), "");
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    c.web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+
+    // the primary dies whole (agent, rsync daemon, NFS): the backup's journal holds the changes
+    lab.fault(Host::Primary, Fault::Kill);
+    c.kill_agent(Host::Primary);
+    wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    change_everything(&lab);
+    wait_until("the changes to be journaled for the primary", Duration::from_secs(10), || {
+        storage_queue(&c, Host::Backup) >= 10
+    });
+    // 1. the backup's agent, its journal full
+    c.kill_agent(Host::Backup);
+    c.start_agent(&lab, Host::Backup);
+    assert_eq!(Cluster::epoch(&lab, Host::Backup), Some(1), "the role survives the restart\n{}", c.logs());
+
+    // 2. the primary's agent right after it stood down (told by the backup's fence)
+    lab.heal(Host::Primary);
+    // the web node must not fail back yet: hold it
+    c.web.kill9();
+    c.start_agent(&lab, Host::Primary);
+    wait_until("the primary's agent to stand down", Duration::from_secs(20), || {
+        Cluster::epoch(&lab, Host::Primary) == Some(1)
+    });
+    c.kill_agent(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(1), "{}", c.logs());
+
+    // 3. the web node while the failback's drain runs (or right after it)
+    c.web.start(&lab);
+    wait_until("the failback's drain to start", Duration::from_secs(60), || {
+        let l = c.web.log_text();
+        l.matches("reverse sync backup -> primary").count() >= 1 || l.matches("staged switch").count() >= 2
+    });
+    c.web.kill9();
+    c.web.start(&lab);
+    wait_until("the failback", Duration::from_secs(90), || c.web.serving_primary_settled());
+    assert_replayed(&p, "the primary after failback");
+    assert_replayed(&b, "the backup after failback");
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+    assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(2), "{}", c.logs());
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }

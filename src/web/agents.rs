@@ -16,6 +16,10 @@ use crate::config::agent::WebAgents;
 use crate::domain::{PerServer, Server};
 use crate::sys::fsutil;
 
+/// How often, and for how long, an agent that missed its promotion is told again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub struct Agents {
     cfg: WebAgents,
     clients: PerServer<Client>,
@@ -65,17 +69,28 @@ impl Agents {
     /// Makes `s` active (a new epoch) unless its agent already is; asks only `s`'s agent, and tells
     /// the other one in the background. Returns the record `s` holds.
     pub async fn promote(self: &Arc<Self>, s: Server) -> Result<Record, CallError> {
+        let local = |reason: String| CallError::Unreachable { url: self.file.display().to_string(), reason };
         let client = &self.clients[s];
-        let report = client.report().await?;
-        self.hold(report.record).map_err(|reason| CallError::Unreachable { url: String::new(), reason })?;
-        let held = self.held();
-        if report.record.active == s && report.record.epoch >= held.epoch {
-            return Ok(report.record);
+        let report = client.report().await;
+        if let Ok(r) = &report {
+            self.hold(r.record).map_err(local)?;
+            if r.record.active == s && r.record.epoch >= self.held().epoch {
+                return Ok(r.record);
+            }
         }
-        let now = now_ms();
-        let record = Record { epoch: held.epoch.max(report.record.epoch) + 1, active: s, since_ms: now };
-        self.hold(record).map_err(|reason| CallError::Unreachable { url: String::new(), reason })?;
-        let change = RoleChange { record, journal_since_ms: Some(now) };
+        let held = self.held();
+        let agent_epoch = report.as_ref().map_or(0, |r| r.record.epoch);
+        // An epoch made for `s` that its agent never took (it did not answer at the switch) is sent
+        // again as it was: the agent journals what clients wrote since that switch, not since now.
+        let record = if held.active == s && held.epoch > agent_epoch {
+            held
+        } else {
+            Record { epoch: held.epoch.max(agent_epoch) + 1, active: s, since_ms: now_ms() }
+        };
+        // held (and persisted) even when the agent does not answer: the switch's time is kept
+        self.hold(record).map_err(local)?;
+        report?;
+        let change = RoleChange { record, journal_since_ms: Some(record.since_ms) };
         client.propose(&change).await?;
         tracing::warn!(epoch = record.epoch, active = s.name(), "cluster: new epoch");
         let me = Arc::clone(self);
@@ -85,6 +100,22 @@ impl Agents {
             }
         });
         Ok(record)
+    }
+
+    /// Tells `s`'s agent its role again until it takes it, while this decider still wants `s`
+    /// active (a failover whose agent did not answer at the switch).
+    pub async fn keep_promoting(self: Arc<Self>, s: Server) {
+        let end = tokio::time::Instant::now() + RETRY_FOR;
+        while tokio::time::Instant::now() < end && self.held().active == s {
+            tokio::time::sleep(RETRY_EVERY).await;
+            if self.held().active != s {
+                return;
+            }
+            if let Ok(r) = self.promote(s).await {
+                tracing::warn!(epoch = r.epoch, server = s.name(), "the agent took its role after the switch");
+                return;
+            }
+        }
     }
 
     /// Failback, first part: the backup active (promoted now if it never learned it), the primary

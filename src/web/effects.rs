@@ -298,12 +298,15 @@ impl<M: MountOps> Inner<M> {
         let Some(a) = &self.agents else { return };
         match a.promote(s).await {
             Ok(r) => tracing::info!(epoch = r.epoch, active = s.name(), "agent promoted before the mount"),
-            Err(e) => tracing::error!(
-                error = %e,
-                server = s.name(),
-                "the agent did not take the new role: switching anyway (serving beats waiting); its changes are \
-                 journaled from when it learns it"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    server = s.name(),
+                    "the agent did not take the new role: switching anyway (serving beats waiting); told again \
+                     until it takes it, it then journals what clients wrote since this switch"
+                );
+                tokio::spawn(Arc::clone(a).keep_promoting(s));
+            }
         }
     }
 

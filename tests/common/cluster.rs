@@ -96,6 +96,11 @@ impl Cluster {
         });
     }
 
+    /// The pid of `h`'s agent (nsenter execs it: the child is the agent).
+    pub fn agent_pid(&self, h: Host) -> u32 {
+        self.agents[index(h)].as_ref().expect("agent running").child.id()
+    }
+
     pub fn kill_agent(&mut self, h: Host) {
         if let Some(mut n) = self.agents[index(h)].take() {
             n.kill9();
