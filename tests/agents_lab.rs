@@ -68,7 +68,11 @@ fn assert_replayed(root: &Path, what: &str) {
 }
 
 fn work_dir(lab: &Lab) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("agents").tempdir_in(lab.state_dir()).unwrap()
+    tempfile::Builder::new()
+        .prefix("agents")
+        .disable_cleanup(std::env::var_os("AGENTS_KEEP").is_some())
+        .tempdir_in(lab.state_dir())
+        .unwrap()
 }
 
 /// The first acceptance test: every kind of change made through the backup mount during a
@@ -334,6 +338,56 @@ fn kill_9_of_agents_and_web_node_at_each_step_loses_nothing() {
     assert_replayed(&b, "the backup after failback");
     storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
     assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(2), "{}", c.logs());
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
+
+/// A primary whose export goes read-only, or whose filesystem fills up, is DOWN for failover even
+/// though its NFS service answers (the agent's health check); once it is writable again it fails
+/// back through the drain, with what clients wrote meanwhile.
+#[test]
+fn a_read_only_or_full_export_is_failed_over_from_and_failed_back_to_through_the_drain() {
+    let env = [("LAB_DATA_FS", "ext4"), ("LAB_DATA_SIZE", "128M")];
+    let lab = Lab::up_env("agth", WebKind::from_env_or(WebKind::Uml), &env);
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    let work = work_dir(&lab);
+    // the filler stays on the primary (replicated, it would fill the backup as well)
+    let mut c = Cluster::new(&lab, work.path(), "exclude = [\"fill\"]");
+    for h in Host::STORAGE {
+        let cfg = work.path().join(format!("{}.toml", h.name()));
+        let text =
+            fs::read_to_string(&cfg).unwrap().replace("[storage.agent]\n", "[storage.agent]\nmin_free_mb = 16\n");
+        fs::write(&cfg, text).unwrap();
+    }
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    c.web.start(&lab);
+    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+
+    let episodes: [(&str, &str, &str); 2] = [
+        ("read-only", "mount -o remount,ro,bind /srv/nfs", "mount -o remount,rw,bind /srv/nfs"),
+        (
+            "full",
+            "fallocate -l $(( $(df --output=avail -B1 /srv/nfs | tail -1) - 4*1024*1024 )) /srv/nfs/fill",
+            "rm /srv/nfs/fill",
+        ),
+    ];
+    for (i, (what, fault, repair)) in episodes.iter().enumerate() {
+        let out = lab.exec(Host::Primary, &["sh", "-c", fault]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        c.wait(&format!("failover from a {what} primary"), Duration::from_secs(30), || c.web.active_is("backup"));
+        assert!(c.web.log_text().contains("the agent reports the export unusable"), "{}", c.logs());
+        let name = format!("written-while-{what}");
+        on_web(&lab, &format!("printf {i} > {}/{name} && sync", Lab::WEB_MOUNT));
+        let out = lab.exec(Host::Primary, &["sh", "-c", repair]);
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        c.wait(&format!("failback after the {what} episode"), Duration::from_secs(90), || {
+            c.web.serving_primary_settled()
+        });
+        assert_eq!(fs::read_to_string(p.join(&name)).unwrap_or_default(), i.to_string(), "{}", c.logs());
+    }
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+    assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(4), "{}", c.logs());
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }

@@ -58,6 +58,22 @@ fn scenarios_replicate_exactly() {
     fs::remove_file(src.join("newtree/sub/skip.swp")).unwrap();
     fs::write(src.join("newtree/sub/keep"), "k2").unwrap();
 
+    // The tree root's own change (its mode) is pushed as `.`, and rsync then sends the root's
+    // entries: an excluded one among them stays behind.
+    fs::write(src.join("root-level.swp"), "excluded").unwrap();
+    fs::write(src.join("root-marker"), "m").unwrap();
+    wait_for("the root-level marker at the remote", Duration::from_secs(20), || {
+        daemon.root.join("root-marker").exists()
+    });
+    fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    wait_for("the root's mode at the remote", Duration::from_secs(20), || {
+        fs::metadata(&daemon.root)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777 == 0o750)
+    });
+    assert!(!daemon.root.join("root-level.swp").exists(), "an excluded file was pushed with the root's own change");
+    fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::remove_file(src.join("root-level.swp")).unwrap();
+
     // A file still open for writing is not pushed half-written: its creation waits for the close,
     // while other batches go out (the marker's push starts after the creation was seen).
     let mut slow = fs::File::create(src.join("slow.bin")).unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::secret::Secret;
-use super::{AgentReport, DrainReport, DrainRequest, RoleChange, SECRET_HEADER};
+use super::{AgentReport, DrainReport, DrainRequest, ExportHealth, RoleChange, SECRET_HEADER};
 
 /// Why a call did not get the answer asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +38,11 @@ impl Client {
     /// `GET /v1/role`.
     pub async fn report(&self) -> Result<AgentReport, CallError> {
         self.call("/v1/role", None::<&()>, self.timeout).await
+    }
+
+    /// `GET /v1/health`.
+    pub async fn health(&self) -> Result<ExportHealth, CallError> {
+        self.call("/v1/health", None::<&()>, self.timeout).await
     }
 
     /// `POST /v1/role`.

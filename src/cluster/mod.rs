@@ -110,6 +110,17 @@ pub struct DrainReport {
     pub pushed: u64,
 }
 
+/// What `GET /v1/health` answers: can clients use this server's export?
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHealth {
+    pub ok: bool,
+    /// Why not ok, one line each, naming the tree.
+    pub problems: Vec<String>,
+    /// Lowest free bytes (for unprivileged writers) and free inodes over the trees.
+    pub free_bytes: u64,
+    pub free_inodes: u64,
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -26,8 +26,12 @@ pub struct RawStorageAgent {
     pub peer: Option<Spanned<String>>,
     /// The other server's agent API, e.g. `"http://10.0.0.3:7451"`. Required.
     pub peer_api: Option<Spanned<String>>,
-    /// Deadline of one call to the peer's agent (2s).
+    /// Deadline of one call to the peer's agent, and of the health check (2s).
     pub timeout: Option<Spanned<String>>,
+    /// The export counts as full (the web role fails over from it) below this much free space (64MiB)
+    /// or this many free inodes (1000).
+    pub min_free_mb: Option<Spanned<i64>>,
+    pub min_free_inodes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub struct StorageAgent {
     pub peer: String,
     pub peer_api: String,
     pub timeout: Duration,
+    pub min_free_bytes: u64,
+    pub min_free_inodes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +158,12 @@ impl StorageAgent {
         let peer_api = required(ctx, &format!("{k}.peer_api"), raw.peer_api.as_ref(), &span, "http://HOST:PORT")
             .and_then(|v| api_url(ctx, &format!("{k}.peer_api"), v));
         let timeout = opt_duration_in(ctx, &format!("{k}.timeout"), raw.timeout.as_ref(), secs(2), &(ms(50)..=mins(5)));
+        let min_free_mb =
+            raw.min_free_mb.as_ref().map_or(Some(64), |v| ctx.int_in(&format!("{k}.min_free_mb"), v, 0..=1 << 40));
+        let min_free_inodes = raw
+            .min_free_inodes
+            .as_ref()
+            .map_or(Some(1000), |v| ctx.int_in(&format!("{k}.min_free_inodes"), v, 0..=1 << 40));
         Some(StorageAgent {
             server: server?,
             listen: listen?,
@@ -159,6 +171,8 @@ impl StorageAgent {
             peer: peer?,
             peer_api: peer_api?,
             timeout: timeout?,
+            min_free_bytes: min_free_mb?.saturating_mul(1 << 20),
+            min_free_inodes: min_free_inodes?,
         })
     }
 }

@@ -166,7 +166,12 @@ impl Replicator {
         let agent = match &cfg.agent {
             Some(a) => {
                 let peer = cfg.remotes.iter().position(|r| r.name == a.peer).unwrap_or(0);
-                let (agent, control) = agent::Agent::open(a, &dir, Arc::clone(&queues[peer]))?;
+                let (agent, control) = agent::Agent::open(
+                    a,
+                    &dir,
+                    Arc::clone(&queues[peer]),
+                    cfg.trees.iter().map(|t| t.path.clone()).collect(),
+                )?;
                 Some((agent, peer, control))
             }
             None => None,

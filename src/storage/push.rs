@@ -62,6 +62,7 @@ fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     a.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
     // Nor does a storage agent's drain barrier.
     a.push(format!("--exclude=/{}", super::agent::duty::BARRIER).into());
+    a.push(format!("--exclude=/{}", super::agent::health::CANARY).into());
     if !tree.dest.is_empty() {
         // Create the tree's directory on the remote the first time.
         a.push("--mkpath".into());
@@ -143,6 +144,47 @@ pub struct RunOpts {
 /// Pushes one planned batch of `tree` to `target`: the argv of [`batch_args`] (with `--update`
 /// first when cautious), and for [`Plan::List`] the list on stdin ([`rsync::nul_list`]).
 pub async fn run(
+    rsync: &Path,
+    base: &[String],
+    target: &RsyncTarget,
+    tree: &Tree,
+    plan: &Plan,
+    filter: &Filter,
+    opts: RunOpts,
+) -> Result<RsyncReport, SpawnError> {
+    // A listed `.` (the root's own change) would make rsync send every entry of the root, half-
+    // written files included: the list goes without it, then the root's attributes alone.
+    if let Plan::List(l) = plan {
+        if l.iter().any(|p| p == Path::new(".")) {
+            let rest: Vec<PathBuf> = l.iter().filter(|p| *p != Path::new(".")).cloned().collect();
+            let mut listed = None;
+            if !rest.is_empty() {
+                let r = run_one(rsync, base, target, tree, &Plan::List(rest), filter, opts).await?;
+                if !r.ok() {
+                    return Ok(r);
+                }
+                listed = Some(r);
+            }
+            let mut args = common(base, target, tree);
+            args.extend(["-d", "--exclude=/*"].map(OsString::from));
+            if opts.cautious {
+                args.insert(0, "--update".into());
+            }
+            args.push(source(tree));
+            args.push(dest_url(target, tree).into());
+            let mut r = rsync::run(rsync, &args, None, opts.deadline).await?;
+            if let Some(l) = listed {
+                r.files += l.files;
+                r.bytes += l.bytes;
+                r.elapsed += l.elapsed;
+            }
+            return Ok(r);
+        }
+    }
+    run_one(rsync, base, target, tree, plan, filter, opts).await
+}
+
+async fn run_one(
     rsync: &Path,
     base: &[String],
     target: &RsyncTarget,
@@ -309,6 +351,7 @@ mod tests {
                 "--exclude=/.nfs-guard-failback",
                 "--exclude=/..nfs-guard-failback.*",
                 "--exclude=/.nfs-guard-barrier",
+                "--exclude=/.nfs-guard-canary",
                 "--timeout=30",
                 "--contimeout=5",
                 "--password-file=/etc/nfs-guard/rsync.pass",

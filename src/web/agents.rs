@@ -118,6 +118,16 @@ impl Agents {
         }
     }
 
+    /// One more check layer for `s`: its agent's view of the export. An export that went read-only
+    /// or full fails the check; an agent that does not answer does not (it says nothing about the
+    /// NFS service, which the other layers check).
+    pub async fn check_export(&self, s: Server) -> Result<(), String> {
+        match self.clients[s].health().await {
+            Ok(h) if !h.ok => Err(format!("the agent reports the export unusable: {}", h.problems.join("; "))),
+            _ => Ok(()),
+        }
+    }
+
     /// Failback, first part: the backup active (promoted now if it never learned it), the primary
     /// told so (it stands down and keeps its unpushed changes as orphans), the backup's journal to
     /// the primary drained.

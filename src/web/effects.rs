@@ -453,6 +453,13 @@ impl Prober for SysEffects {
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            if let Some(a) = &inner.agents {
+                // a slow or dead agent says nothing about the server: no verdict within the probe's time
+                let s = if target == Target::Primary { Server::Primary } else { Server::Backup };
+                if let Ok(r) = tokio::time::timeout(t, a.check_export(s)).await {
+                    r?;
+                }
+            }
             Ok(())
         }
     }

@@ -136,6 +136,19 @@ impl Cluster {
         Cluster::report(lab, h).and_then(|r| r["record"]["epoch"].as_u64())
     }
 
+    /// [`wait_until`] that shows every log when it times out.
+    pub fn wait(&self, what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + deadline;
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out after {deadline:?} waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut out: Vec<String> = Host::STORAGE
             .iter()

@@ -201,6 +201,8 @@ pub struct Lab {
     state: PathBuf,
     script: PathBuf,
     down: AtomicBool,
+    /// Extra environment of every `lab.sh` run.
+    env: Vec<(String, String)>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -298,6 +300,11 @@ impl Lab {
     /// [`Lab::up`] with the web host of the given kind. A web guest that cannot boot fails here, with
     /// its console log (never a fallback).
     pub fn up_with(name: &str, web: WebKind) -> Lab {
+        Lab::up_env(name, web, &[])
+    }
+
+    /// [`Lab::up_with`], with `lab.sh up` given `env` (e.g. `LAB_DATA_FS=ext4`, `LAB_DATA_SIZE`).
+    pub fn up_env(name: &str, web: WebKind, env: &[(&str, &str)]) -> Lab {
         require_root();
         assert!(
             !name.is_empty() && name.len() <= 5 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
@@ -313,6 +320,7 @@ impl Lab {
             state: Path::new(LAB_BASE).join(name),
             script,
             down: AtomicBool::new(false),
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
         lab.script_ok(&["down"], Duration::from_secs(120));
         lab.script_ok(&["up"], Duration::from_secs(900)); // may apt-get install on a fresh machine
@@ -338,6 +346,7 @@ impl Lab {
     fn script_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("bash");
         c.arg(&self.script).args(args).env("LAB", &self.name).env("LAB_WEB", self.web.as_str());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

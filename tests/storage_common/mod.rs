@@ -163,7 +163,8 @@ impl Drop for Node {
 /// group, mtimes, symlinks, hard links, extra files on `dst`). Empty when identical.
 pub fn differences(src: &Path, dst: &Path) -> String {
     let out = Command::new("rsync")
-        .args(["-a", "-H", "-c", "-n", "-i", "--delete", "--numeric-ids"])
+        // a storage agent's health canary is per server, never replicated
+        .args(["-a", "-H", "-c", "-n", "-i", "--delete", "--numeric-ids", "--exclude=/.nfs-guard-canary"])
         .arg(format!("{}/", src.display()))
         .arg(format!("{}/", dst.display()))
         .env("LC_ALL", "C")

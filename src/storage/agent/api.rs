@@ -49,7 +49,11 @@ pub async fn bind(agent: Arc<Agent>, stop: CancellationToken) -> Result<tokio::t
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new().route("/v1/role", get(role).post(change_role)).route("/v1/drain", post(drain)).with_state(agent)
+    Router::new()
+        .route("/v1/role", get(role).post(change_role))
+        .route("/v1/drain", post(drain))
+        .route("/v1/health", get(health))
+        .with_state(agent)
 }
 
 fn refuse(agent: &Agent, status: StatusCode, error: String) -> Response {
@@ -62,6 +66,10 @@ fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
 
 async fn role(State(agent): State<Arc<Agent>>) -> Response {
     Json(agent.report()).into_response()
+}
+
+async fn health(State(agent): State<Arc<Agent>>) -> Response {
+    Json(agent.health().await).into_response()
 }
 
 async fn change_role(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {

@@ -212,8 +212,11 @@ impl Duty {
 
     /// Looks at one watched path of tree `tree` (rooted at `root`).
     pub fn observe(&mut self, tree: usize, root: &Path, path: &Path) -> Seen {
-        if path.parent() != Some(root) || path.file_name().is_none_or(|n| n != BARRIER) {
+        if path.parent() != Some(root) || path.file_name().is_none_or(|n| n != BARRIER && n != super::health::CANARY) {
             return Seen::Pass;
+        }
+        if path.file_name().is_some_and(|n| n == super::health::CANARY) {
+            return Seen::Barrier(false);
         }
         let Some(d) = &mut self.drain else { return Seen::Barrier(false) };
         if let Some(s) = d.seen.get_mut(tree) {

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod duty;
+pub mod health;
 pub mod orphans;
 pub mod ring;
 
@@ -80,6 +81,8 @@ pub struct Agent {
     control: mpsc::Sender<Control>,
     peer: Client,
     peer_queue: Arc<Queue>,
+    /// The export's trees (for the health check).
+    roots: Vec<PathBuf>,
     /// The last fence failure logged (to log it once per kind, not per batch).
     last_fence_error: Mutex<String>,
 }
@@ -95,6 +98,7 @@ impl Agent {
         cfg: &StorageAgent,
         dir: &Path,
         peer_queue: Arc<Queue>,
+        roots: Vec<PathBuf>,
     ) -> Result<(Arc<Agent>, mpsc::Receiver<Control>), AgentError> {
         let path = record_file(dir);
         let record = match fsutil::read_capped(&path, 64 * 1024) {
@@ -120,6 +124,7 @@ impl Agent {
             orphans: AtomicU64::new(orphans),
             control: tx,
             peer_queue,
+            roots,
             last_fence_error: Mutex::new(String::new()),
         };
         tracing::info!(
@@ -301,6 +306,13 @@ impl Agent {
             }
             e.clone_into(&mut last);
         }
+    }
+
+    /// The export's health (see `health`), within the agent's call deadline.
+    pub async fn health(&self) -> health::Health {
+        let limits =
+            health::Limits { min_free_bytes: self.cfg.min_free_bytes, min_free_inodes: self.cfg.min_free_inodes };
+        health::check(self.roots.clone(), limits, self.cfg.timeout).await
     }
 
     /// This agent's server.
