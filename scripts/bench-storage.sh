@@ -12,9 +12,18 @@
 #   f  deleting a 5,000-file tree (already replicated)
 #   m  start-up time and memory of nfs-guard watching 1,000,000 files in 100,000 directories, then
 #      (g) 100 files changed in that tree: time until the remote has them
+#   sN sustained writes: N new files per second (4-16 KiB each) for BENCH_SECS (30) seconds, all in one
+#      directory; lag = time from each file's close() to the file complete on the remote (p50/p99/max,
+#      and p50 of the first and last third: growing means the tool cannot keep up). E.g. s50 s200 s1000
+#
+#   BENCH_PREFILL=200000  the export (and the remote) already hold that many files in pre/ (100 per
+#                         directory), created once per run; every scenario runs beside them
+#   BENCH_TOOLS=a,b       only the tools whose names contain one of these
 #
 # Tools: nfs-guard with the default config and a tuned one, lsyncd's default.rsync with its default
-# config (delay 15 s) and a tuned one (delay 0). Floors measured in the same run: the time to write the
+# config (delay 15 s) and a tuned one (delay 0), and the recipe nfs-guard replaces ("recipe"):
+# `inotifywait -mrq -e close_write,create,delete,moved_to,moved_from SRC | while read; do rsync -a
+# --delete SRC/ rsync://backup/...; done` (inotify-tools). Floors measured in the same run: the time to write the
 # files plus one plain `rsync -a` of the final tree (a, c, d, e, f), and one single-file push (b).
 # Printed per tool and scenario: seconds until equal (or latency percentiles), CPU seconds of the tool
 # and its children, and the number of rsync processes it spawned (counted by an rsync wrapper).
@@ -23,7 +32,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin:$HOME/.cargo/bin
 [[ $(id -u) -eq 0 ]] || { echo "bench-storage.sh: needs root (lab namespaces)" >&2; exit 1; }
-command -v lsyncd >/dev/null || { echo "bench-storage.sh: lsyncd is not installed (apt-get install lsyncd)" >&2; exit 1; }
+for c in lsyncd inotifywait; do
+  command -v $c >/dev/null || { echo "bench-storage.sh: $c is not installed (scripts/install-deps.sh)" >&2; exit 1; }
+done
 
 LAB_SH=${LAB_SH:-scripts/lab.sh}
 export LAB=${BENCH_LAB:-bench}
@@ -38,7 +49,7 @@ export BIN LAB_SH LAB_PRIMARY_DATA LAB_BACKUP_DATA LAB_BACKUP_IP LAB_RSYNC_PASS 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)," \
      "$(rsync --version | head -1 | cut -c1-30), lsyncd $(lsyncd --version 2>&1 | awk '/Version/ {print $2}')"
 /usr/bin/python3 - "$@" <<'PY'
-import os, shutil, signal, subprocess, sys, threading, time, json, statistics
+import os, random, shutil, signal, subprocess, sys, threading, time, json, statistics
 
 BIN = os.environ["BIN"]; LAB_SH = os.environ["LAB_SH"]
 P = os.environ["LAB_PRIMARY_DATA"]; B = os.environ["LAB_BACKUP_DATA"]
@@ -57,25 +68,32 @@ scenarios = sys.argv[1:] or ["a", "b"]
 def in_primary(argv, **kw):
     return subprocess.Popen([LAB_SH, "exec", "primary"] + argv, **kw)
 
+PREFILL = int(os.environ.get("BENCH_PREFILL", "0"))
+
 def clean(d):
     # Entries may still vanish underneath us (a stopped tool's last rsync): tolerate that, then check.
+    # The prefilled tree (BENCH_PREFILL) stays.
     for e in os.scandir(d):
+        if PREFILL and e.name == "pre": continue
         if e.is_dir(follow_symlinks=False): shutil.rmtree(e.path, ignore_errors=True)
         else:
             try: os.unlink(e.path)
             except FileNotFoundError: pass
-    assert not os.listdir(d), f"cannot empty {d}"
+    assert set(os.listdir(d)) <= {"pre"} if PREFILL else not os.listdir(d), f"cannot empty {d}"
     # Flush the deletions now, so their writeback does not land in the middle of the next measurement.
     os.sync()
 
 def files_under(d):
+    # The prefilled tree never changes during a scenario: not counted, not compared.
     n = 0
     for root, dirs, files in os.walk(d):
+        if PREFILL and root == d and "pre" in dirs: dirs.remove("pre")
         n += len(files)
     return n
 
 def same(src, dst):
-    out = subprocess.run(["rsync", "-a", "-n", "-i", "--delete", src + "/", dst + "/"], capture_output=True, text=True)
+    out = subprocess.run(["rsync", "-a", "-n", "-i", "--delete"] + (["--exclude=/pre/"] if PREFILL else [])
+                         + [src + "/", dst + "/"], capture_output=True, text=True)
     return [l for l in out.stdout.splitlines() if not l.endswith(" ./")]
 
 def cpu(pid):
@@ -85,6 +103,19 @@ def cpu(pid):
         return t / os.sysconf("SC_CLK_TCK")
     except OSError:
         return float("nan")
+
+def group_cpu(pgid):
+    # A pipeline's processes (and the children they reaped): its rsyncs are not the leader's children.
+    t = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            if int(f[2]) == pgid: t += sum(int(x) for x in f[11:15])
+        except (OSError, ValueError, IndexError): pass
+    return t / os.sysconf("SC_CLK_TCK")
+
+def tool_cpu(tool):
+    return group_cpu(tool.p.pid) if isinstance(tool, Recipe) else cpu(tool.p.pid)
 
 def rsync_count():
     try: return os.path.getsize(COUNT)
@@ -156,11 +187,48 @@ class Lsyncd:
         try: self.p.wait(30)
         except subprocess.TimeoutExpired: self.p.kill(); self.p.wait()
 
+def watches_of_group(pgid):
+    # inotify watches held by the processes of one process group (inotifywait's, once established).
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[2]) != pgid: continue
+            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+                n += sum(1 for l in open(f"/proc/{pid}/fdinfo/{fd}") if l.startswith("inotify wd:"))
+        except (OSError, ValueError, IndexError): pass
+    return n
+
+class Recipe:
+    """The shell recipe nfs-guard replaces: one whole-tree rsync per inotify event line."""
+    def __init__(self, name):
+        self.name = name; self.dir = f"{W}/{name}"; os.makedirs(self.dir, exist_ok=True)
+        rs = f"{WRAP} -a --delete --password-file={PASS} {EXPORT}/ {URL}"
+        self.script = (f"{rs}; inotifywait -mrq -e close_write,create,delete,moved_to,moved_from {EXPORT} "
+                       f"| while read -r _; do {rs}; done")
+    def start(self, tag="", timeout=60):
+        self.log = open(f"{self.dir}/log{tag}", "w")
+        self.p = in_primary(["bash", "-c", self.script], stdout=self.log, stderr=self.log, start_new_session=True)
+        dirs = sum(1 for _ in os.walk(P))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if watches_of_group(self.p.pid) >= dirs: return
+            time.sleep(0.05)
+        raise SystemExit(f"{self.name} did not become ready")
+    def stop(self):
+        # Its backlog of event lines would keep it running for minutes: the whole group goes.
+        try: os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+        try: self.p.wait(30)
+        except subprocess.TimeoutExpired: os.killpg(self.p.pid, signal.SIGKILL); self.p.wait()
+        end = time.monotonic() + 30
+        while watches_of_group(self.p.pid) and time.monotonic() < end: time.sleep(0.05)
+
 tools = [
     NfsGuard("nfs-guard-default", ""),
     NfsGuard("nfs-guard-tuned", 'window = "5ms"\nmax_delay = "250ms"\nrsync_args = ["-a", "--numeric-ids", "--whole-file"]'),
     Lsyncd("lsyncd-default", 15),
     Lsyncd("lsyncd-tuned", 0, ', whole_file = true'),
+    Recipe("recipe"),
 ]
 
 if os.environ.get("BENCH_TOOLS"):
@@ -240,11 +308,11 @@ def run_bulk(key):
         reset()
         tool.start(f"-{key}")
         open(COUNT, "w").close()
-        c0 = cpu(tool.p.pid)
+        c0 = tool_cpu(tool)
         t0 = time.monotonic(); act()
         t1 = until_equal()
         el = t1 - t0
-        c1 = cpu(tool.p.pid); n = rsync_count()
+        c1 = tool_cpu(tool); n = rsync_count()
         tool.stop()
         row(f"({key}) {tool.name}", title, f"{el:.2f}s", f"{el / floor:.2f}x floor", f"cpu {c1 - c0:.2f}s", f"rsync {n}")
 
@@ -263,7 +331,7 @@ def run_trickle():
         clean(P); clean(B); os.makedirs(P + "/t"); plain_rsync()
         tool.start("-b")
         open(COUNT, "w").close()
-        c0 = cpu(tool.p.pid)
+        c0 = tool_cpu(tool)
         closed = [0.0] * 200; seen = [None] * 200
         stop = threading.Event()
         def poll():
@@ -285,13 +353,61 @@ def run_trickle():
         end = time.monotonic() + 60
         while any(s is None for s in seen) and time.monotonic() < end: time.sleep(0.01)
         stop.set(); th.join()
-        c1 = cpu(tool.p.pid); n = rsync_count()
+        c1 = tool_cpu(tool); n = rsync_count()
         tool.stop()
         ls = sorted((s - c) for s, c in zip(seen, closed) if s is not None)
         missing = sum(1 for s in seen if s is None)
         p50 = statistics.median(ls) if ls else float("nan"); p99 = ls[int(len(ls) * 0.99) - 1] if ls else float("nan")
         row(f"(b) {tool.name}", "trickle 200 files 50ms apart", f"p50 {p50*1000:.0f}ms", f"p99 {p99*1000:.0f}ms",
             f"cpu {c1 - c0:.2f}s", f"rsync {n}" + (f" MISSING {missing}" if missing else ""))
+
+def pct(xs, q):
+    return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
+
+def run_rate(rate, secs=float(os.environ.get("BENCH_SECS", "30"))):
+    n = int(rate * secs)
+    blob = os.urandom(1 << 20)
+    rnd = random.Random(rate)
+    sizes = [rnd.randint(4096, 16384) for _ in range(n)]
+    for tool in tools:
+        clean(P); clean(B); os.makedirs(P + "/s"); plain_rsync()
+        tool.start(f"-s{rate}")
+        open(COUNT, "w").close()
+        c0 = tool_cpu(tool)
+        closed = [0.0] * n; seen = [None] * n
+        written = [0]  # files closed so far (the poller looks at those only)
+        stop = threading.Event()
+        def poll():
+            lo = 0
+            while not stop.is_set() and lo < n:
+                for i in range(lo, written[0]):
+                    if seen[i] is None and os.path.exists(B + f"/s/f{i:06}"):
+                        seen[i] = time.monotonic()
+                while lo < n and seen[lo] is not None: lo += 1
+                time.sleep(0.001)
+        th = threading.Thread(target=poll); th.start()
+        start = time.monotonic()
+        for i in range(n):
+            d = start + i / rate - time.monotonic()
+            if d > 0: time.sleep(d)
+            off = (i * 4099) % ((1 << 20) - 16384)
+            with open(P + f"/s/f{i:06}", "wb") as f: f.write(blob[off:off + sizes[i]])
+            closed[i] = time.monotonic(); written[0] = i + 1
+        took = time.monotonic() - start
+        end = time.monotonic() + 60
+        while any(s is None for s in seen) and time.monotonic() < end: time.sleep(0.01)
+        stop.set(); th.join()
+        c1 = tool_cpu(tool); nr = rsync_count()
+        tool.stop()
+        lag = [(s - c) if s is not None else float("inf") for s, c in zip(seen, closed)]
+        third = n // 3
+        early, late = sorted(lag[:third]), sorted(lag[-third:])
+        ls = sorted(lag); missing = sum(1 for s in seen if s is None)
+        ms = lambda x: f"{x*1000:.0f}ms"
+        row(f"(s{rate}) {tool.name}", f"{n / took:.0f} files/s for {took:.0f}s, lag", f"p50 {ms(pct(ls, .5))}",
+            f"p99 {ms(pct(ls, .99))}", f"max {ms(ls[-1])}", f"cpu {c1 - c0:.2f}s",
+            f"rsync {nr}  p50 first/last third {ms(pct(early, .5))}/{ms(pct(late, .5))}"
+            + (f"  MISSING {missing} after 60s" if missing else ""))
 
 def rss_mib(pid):
     return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
@@ -326,7 +442,7 @@ def change_100(tool, tag):
     # Writes 100 files (one per directory) with new content; seconds until the remote has them all.
     open(COUNT, "w").close()
     data = f"changed by {tag}".encode()
-    c0 = cpu(tool.p.pid); t0 = time.monotonic()
+    c0 = tool_cpu(tool); t0 = time.monotonic()
     for i in range(100):
         with open(P + f"/big/{i:03}/{i:03}/f0", "wb") as f: f.write(data)
     end = time.monotonic() + 120
@@ -334,11 +450,26 @@ def change_100(tool, tag):
         if all(open(B + f"/big/{i:03}/{i:03}/f0", "rb").read() == data for i in range(100)): break
         time.sleep(0.01)
     el = time.monotonic() - t0
-    return f"{el:.2f}s", "", f"cpu {cpu(tool.p.pid) - c0:.2f}s", f"rsync {rsync_count()}"
+    return f"{el:.2f}s", "", f"cpu {tool_cpu(tool) - c0:.2f}s", f"rsync {rsync_count()}"
+
+def prefill():
+    # BENCH_PREFILL files in pre/ (100 per directory), replicated: the export is no longer small.
+    if not PREFILL: return
+    t = time.monotonic()
+    for root in (P, B): clean(root)
+    if not os.path.isdir(P + "/pre") or files_under(P + "/pre") != PREFILL:
+        shutil.rmtree(P + "/pre", ignore_errors=True)
+        for i in range(PREFILL):
+            if i % 100 == 0: os.makedirs(P + f"/pre/{i // 100:05}")
+            with open(P + f"/pre/{i // 100:05}/f{i % 100:02}", "wb") as f: f.write(b"p" * 100)
+    plain_rsync(delete=True); os.sync()
+    row("prefill", f"{PREFILL} files in pre/, replicated", f"{time.monotonic() - t:.0f}s", "", "", "")
 
 row("scenario/tool", "what", "result", "", "", "")
+prefill()
 for s in scenarios:
-    if s == "b": run_trickle()
+    if s.startswith("s") and s[1:].isdigit(): run_rate(int(s[1:]))
+    elif s == "b": run_trickle()
     elif s == "m": run_big()
     elif s in SCEN: run_bulk(s)
     else: print(f"unknown scenario {s}", file=sys.stderr)

@@ -11,7 +11,7 @@ NEED=(
   "rpcinfo rpcbind" "nfs-ls libnfs-utils" "sshfs sshfs" "sshd openssh-server"
   "ssh openssh-client" "ssh-keygen openssh-client" "fusermount3 fuse3" "nft nftables"
   "ping iputils-ping" "fuser psmisc" "openssl openssl" "timeout coreutils" "ps procps"
-  "lsyncd lsyncd" "systemd-analyze systemd"
+  "lsyncd lsyncd" "inotifywait inotify-tools" "systemd-analyze systemd"
   "mkfs.ext4 e2fsprogs" "mountpoint util-linux"
   # The web host as a user-mode-linux guest (a real kernel NFS client; the host kernel has none):
   # its kernel and NFS modules, busybox's insmod (the host has no kmod), mount.nfs and rpc.statd.

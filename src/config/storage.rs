@@ -26,11 +26,12 @@ pub struct RawStorage {
     pub rsync: Option<Spanned<String>>,
     pub trees: Option<Vec<Spanned<RawTree>>>,
     pub remotes: Option<Vec<Spanned<RawRemote>>>,
-    /// Merge window: a batch goes out this long after the last event (default 20ms). Short on purpose:
-    /// while a remote's rsync runs, new paths pile up in its queue and go out as the next batch, so
-    /// bursts coalesce anyway and single writes are not delayed.
+    /// Coalescing window, per path: a path goes out this long after ITS last event (default 20ms).
+    /// Short on purpose: batching across paths is the remote's group commit (a free push slot takes
+    /// what is queued; while every slot is busy, new paths pile up and go as the next batch), so
+    /// bursts coalesce anyway and a steady stream never holds back its first files.
     pub window: Option<Spanned<String>>,
-    /// A batch goes out at most this long after its first event, even while events keep coming (500ms).
+    /// Cap: a path that keeps changing goes out at most this long after its first event (500ms).
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,

@@ -12,8 +12,13 @@
 //! per-path order by construction.
 //!
 //! [`PendingSet`] is the ordered, merging set shared by the batcher and each remote's queue;
-//! [`Batcher`] adds the timing: a batch is due `window` after the last event, or `max_delay` after the
-//! first, or at once when it holds `max_batch` entries.
+//! [`Batcher`] adds the timing, PER PATH: an entry is due `window` after its path's last event (the
+//! coalescing window: a file written in several steps goes once), or `max_delay` after its first
+//! (a path touched without pause still goes), and everything is due at once when `max_batch`
+//! entries wait. A steady stream of different files therefore never holds the first of them back:
+//! each leaves `window` after its own event. Batching across paths is the remotes' group commit
+//! (`remote::Queue::next`): a free push slot takes what is queued now; while every slot is busy,
+//! what arrives accumulates and goes as the next batch. `max_delay` is a cap, not a timer.
 //!
 //! A file just created by `open()` is still being written: its `close_write` will announce the
 //! finished file, so its creation SETTLES instead of being pushed (a push would send a partial file
@@ -153,8 +158,14 @@ impl PendingSet {
         Merged { seq: old, changed: widened, absorbed: (seq != old).then_some(seq) }
     }
 
-    /// Drops every queued entry strictly beneath `dir` (the directory itself stays).
-    pub fn remove_beneath(&mut self, tree: u32, dir: &Path) {
+    /// The sequence number of the queued entry of `path`.
+    pub fn seq_of(&self, tree: u32, path: &Path) -> Option<u64> {
+        self.by_path.get(&(tree, path.to_path_buf())).copied()
+    }
+
+    /// Drops every queued entry strictly beneath `dir` (the directory itself stays); returns their
+    /// sequence numbers.
+    pub fn remove_beneath(&mut self, tree: u32, dir: &Path) -> Vec<u64> {
         let start = (tree, dir.to_path_buf());
         let doomed: Vec<((u32, PathBuf), u64)> = self
             .by_path
@@ -163,10 +174,28 @@ impl PendingSet {
             .take_while(|((t, p), _)| *t == tree && p.starts_with(dir) && p != dir)
             .map(|(k, s)| (k.clone(), *s))
             .collect();
+        let mut gone = Vec::with_capacity(doomed.len());
         for (k, s) in doomed {
             self.by_path.remove(&k);
             self.by_seq.remove(&s);
+            gone.push(s);
         }
+        gone
+    }
+
+    /// Removes and returns the entries with these sequence numbers, oldest first (absent ones are
+    /// skipped).
+    pub fn take_seqs(&mut self, seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, Entry)> {
+        let mut seqs: Vec<u64> = seqs.into_iter().collect();
+        seqs.sort_unstable();
+        let mut out = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            if let Some(e) = self.by_seq.remove(&s) {
+                self.by_path.remove(&(e.tree, e.path.clone()));
+                out.push((s, e));
+            }
+        }
+        out
     }
 
     /// Removes and returns up to `max` entries, oldest first, with their sequence numbers.
@@ -183,14 +212,7 @@ impl PendingSet {
     /// Like [`PendingSet::take`] but only entries for which `ok` holds (the others keep their place).
     pub fn take_where(&mut self, max: usize, mut ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
         let seqs: Vec<u64> = self.by_seq.iter().filter(|(_, e)| ok(e)).take(max).map(|(s, _)| *s).collect();
-        let mut out = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            if let Some(e) = self.by_seq.remove(&s) {
-                self.by_path.remove(&(e.tree, e.path.clone()));
-                out.push((s, e));
-            }
-        }
-        out
+        self.take_seqs(seqs)
     }
 
     /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).
@@ -228,12 +250,16 @@ pub struct Timing {
     pub settle: Duration,
 }
 
-/// The pending batch and when it is due.
+/// The pending entries and when each is due.
 #[derive(Debug)]
 pub struct Batcher {
     set: PendingSet,
     timing: Timing,
-    first_at: Option<Instant>,
+    /// Per queued entry (by sequence number): its path's first event and when it is due.
+    times: BTreeMap<u64, (Instant, Instant)>,
+    /// The same, by due time (the next deadline without a scan).
+    by_due: BTreeSet<(Instant, u64)>,
+    /// The latest event (a full batch is due at once: this is "once", never later than now).
     last_at: Option<Instant>,
     /// Creations waiting for their close.
     settling: Settling,
@@ -306,7 +332,14 @@ impl Settling {
 
 impl Batcher {
     pub fn new(timing: Timing) -> Batcher {
-        Batcher { set: PendingSet::default(), timing, first_at: None, last_at: None, settling: Settling::default() }
+        Batcher {
+            set: PendingSet::default(),
+            timing,
+            times: BTreeMap::new(),
+            by_due: BTreeSet::new(),
+            last_at: None,
+            settling: Settling::default(),
+        }
     }
 
     /// Entries pending, settling ones included.
@@ -322,27 +355,52 @@ impl Batcher {
     /// beneath it are subsumed by its deletion.
     pub fn add(&mut self, now: Instant, mut e: Entry, dir_deleted: bool) {
         if dir_deleted {
-            self.set.remove_beneath(e.tree, &e.path);
+            for seq in self.set.remove_beneath(e.tree, &e.path) {
+                self.unschedule(seq);
+            }
             self.settling.remove_beneath(e.tree, &e.path);
             e.scope = Scope::Gone;
         } else {
             self.settling.remove(e.tree, &e.path);
         }
+        self.enqueue(now, e, self.timing.window);
+    }
+
+    /// Queues `e`, due `wait` from now (at most `max_delay` after its path's first event); returns
+    /// its sequence number. Each event of a path restarts its wait: the coalescing window.
+    fn enqueue(&mut self, now: Instant, e: Entry, wait: Duration) -> u64 {
+        let key = (e.tree, e.path.clone());
         self.set.insert(e);
-        self.first_at.get_or_insert(now);
+        let seq = self.set.seq_of(key.0, &key.1).expect("just inserted");
+        let first = self.times.get(&seq).map_or(now, |(first, _)| *first);
+        self.schedule(seq, first, (now + wait).min(first + self.timing.max_delay));
         self.last_at = Some(now);
+        seq
+    }
+
+    fn schedule(&mut self, seq: u64, first: Instant, due: Instant) {
+        if let Some((_, old)) = self.times.insert(seq, (first, due)) {
+            self.by_due.remove(&(old, seq));
+        }
+        self.by_due.insert((due, seq));
+    }
+
+    fn unschedule(&mut self, seq: u64) {
+        if let Some((_, due)) = self.times.remove(&seq) {
+            self.by_due.remove(&(due, seq));
+        }
     }
 
     /// Records the creation of a file that is still open for writing: pushed at its next event, or
     /// `settle` from now. A path already queued needs no wait (it goes with the batch).
     pub fn add_settling(&mut self, now: Instant, e: Entry) {
-        if self.set.by_path.contains_key(&(e.tree, e.path.clone())) {
+        if self.set.seq_of(e.tree, &e.path).is_some() {
             return;
         }
         self.settling.insert(e.tree, e.path, now + self.timing.settle);
     }
 
-    /// When the pending batch (or a settled creation) must go out; `None` when nothing is pending.
+    /// When the next entries (or a settled creation) must go out; `None` when nothing is pending.
     pub fn due(&self) -> Option<Instant> {
         match (self.batch_due(), self.settling.next_deadline()) {
             (Some(b), Some(s)) => Some(b.min(s)),
@@ -351,42 +409,41 @@ impl Batcher {
     }
 
     fn batch_due(&self) -> Option<Instant> {
-        let (first, last) = (self.first_at?, self.last_at?);
         if self.set.len() >= self.timing.max_batch {
-            return Some(last.min(first));
+            return self.last_at;
         }
-        Some((last + self.timing.window).min(first + self.timing.max_delay))
+        self.by_due.first().map(|(due, _)| *due)
     }
 
-    /// The batch, if it is due at `now`. Leftovers beyond `max_batch` stay, due again at once.
-    /// Creations whose wait is over join it.
+    /// The entries due at `now` (oldest first, at most `max_batch`; when `max_batch` entries wait,
+    /// the oldest of them, due or not). Creations whose wait is over are due at once. `None` when
+    /// nothing is due.
     pub fn take_due(&mut self, now: Instant) -> Option<Vec<Entry>> {
-        // A creation that waited long enough makes the batch due at once.
-        let mut ripe = false;
         while let Some((tree, path)) = self.settling.pop_due(now) {
-            ripe = true;
-            self.set.insert(Entry { tree, path, scope: Scope::Path });
-            self.first_at.get_or_insert(now);
-            self.last_at.get_or_insert(now);
+            self.enqueue(now, Entry { tree, path, scope: Scope::Path }, Duration::ZERO);
         }
-        if !ripe && self.batch_due()? > now {
-            return None;
-        }
-        let batch: Vec<Entry> = self.set.take(self.timing.max_batch).into_iter().map(|(_, e)| e).collect();
-        if self.set.is_empty() {
-            self.first_at = None;
-            self.last_at = None;
+        let max = self.timing.max_batch;
+        let taken = if self.set.len() >= max {
+            self.set.take(max)
         } else {
-            self.first_at = Some(now);
-            self.last_at = Some(now);
+            let ripe: Vec<u64> =
+                self.by_due.iter().take_while(|(due, _)| *due <= now).take(max).map(|(_, s)| *s).collect();
+            self.set.take_seqs(ripe)
+        };
+        for (seq, _) in &taken {
+            self.unschedule(*seq);
         }
-        Some(batch)
+        if self.set.is_empty() {
+            self.last_at = None;
+        }
+        (!taken.is_empty()).then(|| taken.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Everything pending, due or not, settling creations included (shutdown).
     pub fn flush(&mut self) -> Vec<Entry> {
-        self.first_at = None;
         self.last_at = None;
+        self.times.clear();
+        self.by_due.clear();
         let mut out: Vec<Entry> = self.set.take(usize::MAX).into_iter().map(|(_, e)| e).collect();
         out.extend(self.settling.drain().map(|(tree, path)| Entry { tree, path, scope: Scope::Path }));
         out
@@ -396,8 +453,10 @@ impl Batcher {
     pub fn clear_tree(&mut self, tree: u32) {
         self.settling.clear_tree(tree);
         self.set.clear_tree(tree);
+        let set = &self.set;
+        self.times.retain(|seq, _| set.get(*seq).is_some());
+        self.by_due.retain(|(_, seq)| set.get(*seq).is_some());
         if self.set.is_empty() {
-            self.first_at = None;
             self.last_at = None;
         }
     }
@@ -423,16 +482,59 @@ mod tests {
     }
 
     #[test]
-    fn batch_waits_for_a_quiet_window() {
+    fn each_path_waits_for_its_own_quiet_window() {
         let t0 = Instant::now();
         let mut b = Batcher::new(timing());
         assert_eq!(b.due(), None);
         b.add(t0, p("a"), false);
         b.add(t0 + 50 * MS, p("b"), false);
-        assert_eq!(b.due(), Some(t0 + 150 * MS));
-        assert!(b.take_due(t0 + 149 * MS).is_none());
-        assert_eq!(paths(&b.take_due(t0 + 150 * MS).unwrap()), ["a", "b"]);
+        assert_eq!(b.due(), Some(t0 + 100 * MS), "a's window, not the last event's");
+        assert!(b.take_due(t0 + 99 * MS).is_none());
+        assert_eq!(paths(&b.take_due(t0 + 100 * MS).unwrap()), ["a"]);
+        // A second event of b restarts b's window only.
+        b.add(t0 + 120 * MS, p("b"), false);
+        assert_eq!(b.due(), Some(t0 + 220 * MS));
+        assert!(b.take_due(t0 + 150 * MS).is_none());
+        assert_eq!(paths(&b.take_due(t0 + 220 * MS).unwrap()), ["b"]);
         assert_eq!(b.due(), None);
+    }
+
+    /// The old batcher kept one window for the whole batch, restarted by every event: under a
+    /// steady stream of different files nothing left before `max_delay`.
+    #[test]
+    fn a_steady_stream_of_new_files_never_waits_for_max_delay() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Timing { max_batch: 1000, ..timing() });
+        let mut sent: Vec<(Duration, String)> = Vec::new();
+        for i in 0..300u32 {
+            let now = t0 + i * 5 * MS;
+            b.add(now, p(&format!("f{i:03}")), false);
+            while let Some(batch) = b.take_due(now) {
+                sent.extend(paths(&batch).into_iter().map(|n| (now - t0, n)));
+            }
+        }
+        assert_eq!(sent[0], (100 * MS, "f000".to_owned()), "the first file goes one window after its event");
+        // Every file leaves one window after its own event, in order.
+        for (k, (at, name)) in sent.iter().enumerate() {
+            assert_eq!(
+                (*at, name.as_str()),
+                (u32::try_from(k).unwrap() * 5 * MS + 100 * MS, format!("f{k:03}").as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn max_delay_caps_a_path_that_never_pauses_but_not_the_others() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Timing { max_batch: 100, ..timing() });
+        for i in 0..20u32 {
+            b.add(t0 + i * 60 * MS, p("hot"), false);
+        }
+        b.add(t0 + 950 * MS, p("cold"), false);
+        assert_eq!(b.due(), Some(t0 + 1000 * MS), "hot's cap, though it never paused");
+        assert_eq!(paths(&b.take_due(t0 + 1000 * MS).unwrap()), ["hot"]);
+        assert!(b.take_due(t0 + 1000 * MS).is_none());
+        assert_eq!(paths(&b.take_due(t0 + 1050 * MS).unwrap()), ["cold"]);
     }
 
     #[test]

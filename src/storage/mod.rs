@@ -5,13 +5,14 @@
 //!  inotify (notify thread, one watcher per tree)
 //!     | try_send (full -> overflow flag)          rescan flag / overflow -> full sync request
 //!     v
-//!  [main loop]  changes() -> filter -> Batcher (pure: window, max_delay, max_batch, subsumption)
-//!     | due batch: fan out to every real-time remote
+//!  [main loop]  changes() -> filter -> Batcher (pure: per-path window, max_delay cap, subsumption)
+//!     | due entries (each one window after its path's last event): fan out to every real-time remote
 //!     v
 //!  Queue(remote A) ---journal A (fdatasync per batch)      Queue(remote B) ---journal B
 //!     |                                                       |
 //!  [worker A] up to push_concurrency rsyncs at once, of      [worker B]  (never waits for A)
-//!     |       non-overlapping batches (one rsync per batch and tree); backoff + jitter
+//!     |       non-overlapping batches (one rsync per batch and tree); backoff + jitter;
+//!     |       group commit: a free slot takes all that is queued, a busy one lets it pile up
 //!     |-- ack in journal, status board, hooks (own tasks)     |
 //!     v                                                       v
 //!  [status writer] <state_dir>/storage.status.json (coalesced, <= 1 write/s)

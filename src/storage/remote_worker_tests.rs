@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Push, Queue, Work, Worker};
 use crate::alert::{AlertEvent, AlertSink};
 use crate::config::storage::StorageConfig;
 use crate::config::Config;
-use crate::storage::batch::{Entry, Scope};
+use crate::storage::batch::{Batcher, Entry, Scope, Timing};
 use crate::storage::status::{Board, RemoteStatus, StorageStatus};
 use crate::sys::rsync::ExitClass;
 
@@ -43,6 +44,8 @@ impl AlertSink for Alerts {
 struct FakePush {
     partial: Mutex<BTreeMap<String, u32>>,
     calls: Mutex<Vec<Work>>,
+    /// When each call started.
+    started: Mutex<Vec<Instant>>,
 }
 
 impl FakePush {
@@ -79,6 +82,7 @@ impl Push for FakePush {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push(work.clone());
+            self.started.lock().unwrap().push(Instant::now());
             tokio::time::sleep(Duration::from_millis(100)).await;
             self.outcome(work)
         })
@@ -198,5 +202,66 @@ async fn after_a_failed_push_pushes_are_cautious_until_caught_up() {
     h.queue.enqueue(&[Entry::new(0, "n", Scope::Path)]);
     wait_until("caught up", || h.fake.pushes_of("a") == 2 && h.queue.depth() == (0, vec![])).await;
     wait_until("cautious mode ends once caught up", || !h.cautious.load(Ordering::SeqCst)).await;
+    h.finish().await;
+}
+
+/// Group commit on paused time: a stream of new files 5 ms apart (one push slot, pushes of 100 ms,
+/// `window` 20 ms, `max_delay` 500 ms). The first file goes alone one window after its close, not
+/// at `max_delay`; what arrives while a push is under way goes as ONE next batch when the slot frees;
+/// no file waits longer than a window and two pushes. (The old batcher restarted one window for the
+/// whole batch at every event: nothing left before `max_delay`, 500 ms.)
+#[tokio::test(start_paused = true)]
+async fn a_free_slot_sends_at_once_and_a_busy_one_gathers_the_next_batch() {
+    const MS: Duration = Duration::from_millis(1);
+    let mut cfg = (*config("")).clone();
+    (cfg.max_batch, cfg.push_concurrency) = (10_000, 1);
+    let cfg = Arc::new(cfg);
+    let h = start(&cfg, FakePush::default());
+    let mut b = Batcher::new(Timing { window: 20 * MS, max_delay: 500 * MS, max_batch: 10_000, settle: 5000 * MS });
+    let t0 = Instant::now();
+    let closed: Vec<Instant> = (0..60u32).map(|i| t0 + i * 5 * MS).collect();
+    // The replicator's loop: events as they come, due entries to the queue when due.
+    let mut next = 0;
+    while next < closed.len() || !b.is_empty() {
+        let event = closed.get(next).copied();
+        let at = match (b.due(), event) {
+            (Some(d), Some(e)) => d.min(e),
+            (d, e) => d.or(e).unwrap(),
+        };
+        tokio::time::sleep_until(at).await;
+        if event == Some(at) {
+            b.add(at, Entry::new(0, format!("f{next:03}"), Scope::Path), false);
+            next += 1;
+        }
+        while let Some(batch) = b.take_due(Instant::now()) {
+            h.queue.enqueue(&batch);
+        }
+    }
+    wait_until("everything taken", || h.queue.depth() == (0, vec![])).await;
+    tokio::time::sleep(200 * MS).await;
+    let calls = h.fake.calls.lock().unwrap().clone();
+    let started = h.fake.started.lock().unwrap().clone();
+    let names = |w: &Work| match w {
+        Work::Batch(b) => b.iter().map(|(_, e)| e.path.to_str().unwrap().to_owned()).collect::<Vec<_>>(),
+        Work::FullSync(_) => panic!("no full sync expected"),
+    };
+    assert_eq!(
+        (started[0] - t0, names(&calls[0])),
+        (20 * MS, vec!["f000".to_owned()]),
+        "sent one window after its close"
+    );
+    assert_eq!(started[1] - t0, 120 * MS, "the next push starts when the slot frees");
+    let second = names(&calls[1]);
+    assert_eq!(second.first().map(String::as_str), Some("f001"));
+    assert!(second.len() >= 19, "what arrived meanwhile goes as one batch: {second:?}");
+    assert!(calls.len() <= 5, "one push per slot turn, not per file: {} pushes", calls.len());
+    // Every file's lag: from its close to the end of the push that carried it.
+    for (w, at) in calls.iter().zip(&started) {
+        for n in names(w) {
+            let i: usize = n[1..].parse().unwrap();
+            let lag = *at + 100 * MS - closed[i];
+            assert!(lag <= 20 * MS + 200 * MS + 5 * MS, "{n} waited {lag:?}");
+        }
+    }
     h.finish().await;
 }
