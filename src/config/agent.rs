@@ -210,3 +210,56 @@ impl WebAgents {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const STORAGE: &str = "[storage]\n[[storage.trees]]\npath = \"/srv/nfs\"\n[[storage.remotes]]\nname = \"backup\"\nhost = \"10.0.0.3\"\nmodule = \"data\"\n";
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("a.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_bad_agent_key_is_named_with_its_value() {
+        let e = err(&format!(
+            "{STORAGE}[storage.agent]\nserver = \"tertiary\"\nlisten = \"10.0.0.2\"\nsecret_file = \"rel\"\npeer = \"nope\"\npeer_api = \"https://10.0.0.3:7451\"\n"
+        ));
+        for want in [
+            "storage.agent.server: \"tertiary\" must be \"primary\" or \"backup\"",
+            "storage.agent.listen: \"10.0.0.2\" must be IP:PORT",
+            "storage.agent.secret_file: \"rel\" must be an absolute path",
+            "storage.agent.peer: \"nope\" must name a [[storage.remotes]] entry with real-time pushes (configured: backup)",
+            "storage.agent.peer_api: \"https://10.0.0.3:7451\" must be an http://HOST:PORT URL",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        let e = err(&format!("{STORAGE}[storage.agent]\nserver = \"primary\"\n"));
+        assert!(e.contains("storage.agent.listen: is required"), "{e}");
+        assert!(e.contains("storage.agent.peer_api: is required"), "{e}");
+    }
+
+    #[test]
+    fn web_agents_are_validated_and_optional() {
+        let web = "[web]\nmount_point = \"/mnt/nfs\"\n[web.primary]\naddress = \"10.0.0.2\"\nexport = \"/srv/nfs\"\n[web.backup]\naddress = \"10.0.0.3\"\nexport = \"/srv/nfs\"\n";
+        let c = Config::parse(Path::new("a.toml"), web).unwrap();
+        assert!(c.web.unwrap().agents.is_none());
+        let e = err(&format!(
+            "{web}[web.agents]\nprimary = \"http://10.0.0.2:7451\"\nbackup = \"http://10.0.0.2:7451/\"\nsecret_file = \"/etc/s\"\ndrain_timeout = \"0s\"\n"
+        ));
+        assert!(e.contains("web.agents.drain_timeout"), "{e}");
+        let e = err(&format!(
+            "{web}[web.agents]\nprimary = \"http://10.0.0.2:7451\"\nbackup = \"http://10.0.0.2:7451/\"\nsecret_file = \"/etc/s\"\n"
+        ));
+        assert!(
+            e.contains("web.agents.backup: \"http://10.0.0.2:7451/\" is the same agent as web.agents.primary"),
+            "{e}"
+        );
+        let ok = format!("{web}[web.agents]\nprimary = \"http://10.0.0.2:7451\"\nbackup = \"http://[fd00::3]:7451\"\nsecret_file = \"/etc/s\"\n");
+        let a = Config::parse(Path::new("a.toml"), &ok).unwrap().web.unwrap().agents.unwrap();
+        assert_eq!((a.backup.as_str(), a.timeout.as_secs()), ("http://[fd00::3]:7451", 2));
+    }
+}

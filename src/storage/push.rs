@@ -378,7 +378,7 @@ mod tests {
                 "--exclude=/.nfs-guard-failback",
                 "--exclude=/..nfs-guard-failback.*",
                 "--exclude=/.nfs-guard-barrier",
-                "--exclude=/.nfs-guard-canary",
+                "--exclude=/.nfs-guard-agent-canary",
                 "--sockopts=TCP_NODELAY",
                 "--timeout=30",
                 "--contimeout=5",

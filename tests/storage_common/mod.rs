@@ -164,7 +164,7 @@ impl Drop for Node {
 pub fn differences(src: &Path, dst: &Path) -> String {
     let out = Command::new("rsync")
         // a storage agent's health canary is per server, never replicated
-        .args(["-a", "-H", "-c", "-n", "-i", "--delete", "--numeric-ids", "--exclude=/.nfs-guard-canary"])
+        .args(["-a", "-H", "-c", "-n", "-i", "--delete", "--numeric-ids", "--exclude=/.nfs-guard-agent-canary"])
         .arg(format!("{}/", src.display()))
         .arg(format!("{}/", dst.display()))
         .env("LC_ALL", "C")

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The canary file at each tree root (never replicated, see `duty::is_internal`).
-pub const CANARY: &str = ".nfs-guard-canary";
+pub const CANARY: &str = ".nfs-guard-agent-canary";
 
 pub use crate::cluster::ExportHealth as Health;
 
