@@ -267,6 +267,7 @@ fn a_frozen_backup_agent_never_blocks_the_failover_and_its_changes_still_reach_t
         Cluster::epoch(&lab, Host::Backup) == Some(1)
     });
     assert!(c.web.log_text().contains("did not take the new role"), "{}", c.logs());
+    assert!(c.web.log_text().contains("kind=\"agent-unreachable\""), "mailed too: {}", c.logs());
     wait_until("the web node to tell the agent again", Duration::from_secs(10), || {
         c.web.log_text().contains("the agent took its role after the switch")
     });

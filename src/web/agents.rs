@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::cluster::client::{CallError, Client};
 use crate::cluster::secret::Secret;
 use crate::cluster::{now_ms, AgentReport, Record, RoleChange};
@@ -21,6 +22,7 @@ const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 pub struct Agents {
+    alerts: Arc<dyn AlertSink>,
     cfg: WebAgents,
     clients: PerServer<Client>,
     file: PathBuf,
@@ -29,7 +31,7 @@ pub struct Agents {
 
 impl Agents {
     /// Reads the secret and the decider's last record under `state_dir`.
-    pub fn open(cfg: &WebAgents, state_dir: &Path) -> Result<Agents, String> {
+    pub fn open(cfg: &WebAgents, state_dir: &Path, alerts: Arc<dyn AlertSink>) -> Result<Agents, String> {
         let secret = Secret::load(&cfg.secret_file).map_err(|e| crate::chain::render_chain(&e))?;
         let file = state_dir.join("cluster.json");
         let record = match fsutil::read_capped(&file, 64 * 1024) {
@@ -40,6 +42,7 @@ impl Agents {
             Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
         };
         Ok(Agents {
+            alerts,
             clients: PerServer::from_fn(|s| Client::new(cfg.url(s), secret.clone(), cfg.timeout)),
             cfg: cfg.clone(),
             file,
@@ -100,6 +103,30 @@ impl Agents {
             }
         });
         Ok(record)
+    }
+
+    /// A failover went on without `s`'s agent taking its role (logged and mailed).
+    pub fn missed_promotion(&self, s: Server, e: &CallError) {
+        let held = self.held();
+        tracing::error!(
+            error = %e,
+            server = s.name(),
+            "the agent did not take the new role: switching anyway (serving beats waiting); told again until it \
+             takes it, it then journals what clients wrote since this switch"
+        );
+        self.alerts.emit(
+            AlertEvent::new(
+                AlertKind::AgentUnreachable,
+                Role::Web,
+                format!("the {} storage agent did not take epoch {}", s.name(), held.epoch),
+                e.to_string(),
+            )
+            .next_steps(format!(
+                "The mount was switched anyway. Start or fix `nfs-guard storage` on the {} host: until its agent \
+                 learns its role, what clients write there is only in its memory (see docs/agents.md).",
+                s.name()
+            )),
+        );
     }
 
     /// Tells `s`'s agent its role again until it takes it, while this decider still wants `s`

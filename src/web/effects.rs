@@ -299,12 +299,7 @@ impl<M: MountOps> Inner<M> {
         match a.promote(s).await {
             Ok(r) => tracing::info!(epoch = r.epoch, active = s.name(), "agent promoted before the mount"),
             Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    server = s.name(),
-                    "the agent did not take the new role: switching anyway (serving beats waiting); told again \
-                     until it takes it, it then journals what clients wrote since this switch"
-                );
+                a.missed_promotion(s, &e);
                 tokio::spawn(Arc::clone(a).keep_promoting(s));
             }
         }

@@ -178,7 +178,7 @@ pub async fn run(
         }
     };
     let agents = match &cfg.agents {
-        Some(a) => Some(Arc::new(agents::Agents::open(a, &state_dir).map_err(Error::Agents)?)),
+        Some(a) => Some(Arc::new(agents::Agents::open(a, &state_dir, Arc::clone(&alerts)).map_err(Error::Agents)?)),
         None => None,
     };
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir).with_agents(agents));
