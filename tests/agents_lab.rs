@@ -392,3 +392,59 @@ fn a_read_only_or_full_export_is_failed_over_from_and_failed_back_to_through_the
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
+
+/// Waits until `log` shows `line` (polled, bounded): the moment to kill something.
+fn wait_for_line(c: &Cluster, what: &str, log: &std::path::Path, line: &str) {
+    c.wait(what, Duration::from_secs(90), || fs::read_to_string(log).is_ok_and(|t| t.contains(line)));
+}
+
+/// More `kill -9` points, each right after a step's log line: the web node right after it made the
+/// failover's epoch, the backup's agent while the failback's drain runs, the web node right after
+/// the primary became active (before the swap), the primary's agent right after its promotion.
+/// After each restart the sequence completes; every change is replayed exactly, on both servers.
+#[test]
+fn kill_9_right_after_each_protocol_step_loses_nothing() {
+    let lab = Lab::up_with("agtk2", WebKind::from_env_or(WebKind::Uml));
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    seed(&p);
+    let work = work_dir(&lab);
+    let mut c = Cluster::new(&lab, work.path(), "");
+    c.start_agent(&lab, Host::Primary);
+    c.start_agent(&lab, Host::Backup);
+    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    c.web.start(&lab);
+    c.wait("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+
+    lab.fault(Host::Primary, Fault::Kill);
+    c.kill_agent(Host::Primary);
+    let web_log = c.web.log.clone();
+    wait_for_line(&c, "the failover's epoch", &web_log, "cluster: new epoch");
+    c.web.kill9();
+    c.web.start(&lab);
+    c.wait("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    change_everything(&lab);
+    c.wait("the changes journaled", Duration::from_secs(10), || storage_queue(&c, Host::Backup) >= 10);
+
+    lab.heal(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    let backup_log = c.log(Host::Backup);
+    // the backup pushes as soon as the primary's agent holds its epoch: kill it at its first push
+    wait_for_line(&c, "the backup's first push to the primary", &backup_log, "batch pushed remote=primary");
+    c.kill_agent(Host::Backup);
+    c.start_agent(&lab, Host::Backup);
+    wait_for_line(&c, "the primary active again", &web_log, "the primary is active");
+    c.web.kill9();
+    c.web.start(&lab);
+    let primary_log = c.log(Host::Primary);
+    wait_for_line(&c, "the primary's promotion", &primary_log, "promoted: this server is active");
+    c.kill_agent(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    c.wait("the failback", Duration::from_secs(120), || c.web.serving_primary_settled());
+    assert_replayed(&p, "the primary after failback");
+    c.wait("the backup equal to the primary", Duration::from_secs(30), || {
+        storage_common::differences(&p, &b).is_empty()
+    });
+    assert_replayed(&b, "the backup after failback");
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}

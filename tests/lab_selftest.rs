@@ -795,10 +795,14 @@ fn web_guest_runs_the_kernel_nfs_client() {
     wait_until("the guest's sleep 600 killed with its client", Duration::from_secs(10), || {
         !lab.run(Host::Web, &["ps", "-eo", "args"]).contains("sleep 600")
     });
-    let child = lab.command(Host::Web, "sh").args(["-c", "trap 'exit 3' TERM; while :; do sleep 0.1; done"]).spawn();
+    // The marker is written after the trap is set: a process listed by ps may not have set it yet.
+    let child = lab
+        .command(Host::Web, "sh")
+        .args(["-c", "trap 'exit 3' TERM; touch /tmp/trap-set; while :; do sleep 0.1; done"])
+        .spawn();
     let mut child = child.unwrap();
     wait_until("the guest runs the trap loop", Duration::from_secs(10), || {
-        lab.run(Host::Web, &["ps", "-eo", "args"]).contains("trap 'exit 3'")
+        lab.exec(Host::Web, &["test", "-e", "/tmp/trap-set"]).status.success()
     });
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

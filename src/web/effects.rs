@@ -254,32 +254,12 @@ impl<M: MountOps> Inner<M> {
         } else {
             None
         };
-        // (2) keep the old mount reachable (catch-up source, and the way back if the swap fails)
-        if from.is_some() {
-            if let Err(e) = self.ops.bind(&mp, &old).await {
-                let _ = self.clear(&new, true).await;
-                return Err(here(e.to_string()));
+        if let Err(e) = self.swap(&mp, to, from, &new, &old).await {
+            if failback && self.serving(&mp) != Some(Server::Primary) {
+                // still on the backup (writes frozen until this returns): it must be active again
+                // before clients write there, or their writes would not be journaled
+                self.promote_best_effort(Server::Backup).await;
             }
-        }
-        // (3) swap: lazy detach + move, two syscalls back to back
-        let swapped = match self.ops.detach(&mp, false).await {
-            Ok(()) => self.ops.move_mount(&new, &mp).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = swapped {
-            tracing::warn!(error = %e, "move of the staged mount failed; mounting directly");
-            let _ = self.clear(&new, true).await;
-            if self.serving(&mp).is_none() {
-                if let Err(e2) = self.mount_at(to, &mp).await {
-                    // the way back: the kept old mount
-                    if from.is_some() {
-                        let _ = self.ops.move_mount(&old, &mp).await;
-                    }
-                    return Err(here(format!("{e}; direct mount failed too: {e2}")));
-                }
-            }
-        }
-        if let Err(e) = self.verify(&mp, to) {
             return Err(here(e));
         }
         if let Some(f) = frozen {
@@ -289,6 +269,35 @@ impl<M: MountOps> Inner<M> {
             let _ = self.clear(&old, false).await;
         }
         Ok(old_id)
+    }
+
+    /// Steps (2) and (3) of a staged switch: keep the old mount reachable (catch-up source, and the
+    /// way back if the swap fails), then swap (lazy detach + move, two syscalls back to back), with
+    /// a direct mount as the fallback and the kept old mount as the way back.
+    async fn swap(&self, mp: &Path, to: Server, from: Option<Server>, new: &Path, old: &Path) -> Result<(), String> {
+        if from.is_some() {
+            if let Err(e) = self.ops.bind(mp, old).await {
+                let _ = self.clear(new, true).await;
+                return Err(e.to_string());
+            }
+        }
+        let swapped = match self.ops.detach(mp, false).await {
+            Ok(()) => self.ops.move_mount(new, mp).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = swapped {
+            tracing::warn!(error = %e, "move of the staged mount failed; mounting directly");
+            let _ = self.clear(new, true).await;
+            if self.serving(mp).is_none() {
+                if let Err(e2) = self.mount_at(to, mp).await {
+                    if from.is_some() {
+                        let _ = self.ops.move_mount(old, mp).await;
+                    }
+                    return Err(format!("{e}; direct mount failed too: {e2}"));
+                }
+            }
+        }
+        self.verify(mp, to)
     }
 
     /// With agents: makes `s` active before its mount serves clients. Never blocks a switch for
@@ -327,6 +336,12 @@ impl<M: MountOps> Inner<M> {
         }
         let frozen = match Frozen::freeze(mp, FREEZE_PATIENCE).await {
             Ok(f) => f,
+            // Files held open for writing the whole time: switching now would let a client build on
+            // the primary's copy of a file whose last write is still only on the backup (found by the
+            // chaos test). A later failback is harmless; a lost write is not.
+            Err(e @ MountError::Syscall { source: nix::Error::EBUSY, .. }) => {
+                return Err(format!("files stay open for writing on the backup mount ({e}); the failback is retried"));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot freeze writes for the final catch-up; writes made during the switch are copied after it");
                 return Ok(None);
