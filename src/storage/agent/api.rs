@@ -81,7 +81,10 @@ async fn change_role(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         Ok(c) => c,
         Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a role change: {e}")),
     };
-    match agent.propose(&change).await {
+    // In a task of its own: a caller that gives up (its deadline) must not cancel a change half done.
+    let a = Arc::clone(&agent);
+    let done = tokio::spawn(async move { a.propose(&change).await }).await;
+    match done.unwrap_or_else(|e| Err(format!("the role change failed: {e}"))) {
         Ok(r) => Json(r).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "role change refused");
