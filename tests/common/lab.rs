@@ -178,8 +178,14 @@ impl WebKind {
 
     /// `LAB_WEB` from the environment (`sshfs` or `uml`), sshfs when unset; panics on anything else.
     pub fn from_env() -> WebKind {
+        Self::from_env_or(WebKind::Sshfs)
+    }
+
+    /// `LAB_WEB` from the environment, `default` when unset or empty; panics on anything else.
+    pub fn from_env_or(default: WebKind) -> WebKind {
         match std::env::var("LAB_WEB").as_deref() {
-            Err(_) | Ok("" | "sshfs") => WebKind::Sshfs,
+            Err(_) | Ok("") => default,
+            Ok("sshfs") => WebKind::Sshfs,
             Ok("uml") => WebKind::Uml,
             Ok(other) => panic!("LAB_WEB={other:?}: expected sshfs or uml"),
         }
