@@ -12,9 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::{output_with_timeout, wait_until, Fault, Host, Lab};
+use lab::{output_with_timeout, wait_until, Fault, Host, Lab, WebKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
+
+/// The lab with `LAB_WEB`'s web host: the sshfs stand-in unless `LAB_WEB=uml` (the kernel NFS client;
+/// 6 of these 7 tests pass there, `web_lab_backup_dying_while_served_is_reconciled` does not yet: its
+/// `--once` reconciliation mounts the healed backup on the superblock of the detached, still hung mount).
+fn up(name: &str) -> Lab {
+    Lab::up_with(name, WebKind::from_env_or(WebKind::Sshfs))
+}
 const INTERVAL_S: u64 = 1;
 const FALL: u64 = 3;
 
@@ -26,7 +33,8 @@ struct Node {
 
 impl Node {
     fn new(lab: &Lab, extra: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
+        // Under the lab's state dir: a uml web guest sees it at the same path (not this machine's /tmp).
+        let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
         let config = dir.path().join("web.toml");
         let text = format!(
             r#"state_dir = "{state}"
@@ -216,7 +224,7 @@ fn failover_scenario(lab: &Lab, fault: Fault) -> Duration {
 
 #[test]
 fn web_lab_fails_over_on_host_faults() {
-    let lab = Lab::up("wfh");
+    let lab = up("wfh");
     for fault in [Fault::Freeze, Fault::Kill, Fault::StopNfs] {
         failover_scenario(&lab, fault);
     }
@@ -225,7 +233,7 @@ fn web_lab_fails_over_on_host_faults() {
 
 #[test]
 fn web_lab_fails_over_on_network_faults() {
-    let lab = Lab::up("wfn");
+    let lab = up("wfn");
     for fault in [Fault::Blackhole, Fault::Reject, Fault::Unplug] {
         failover_scenario(&lab, fault);
     }
@@ -237,7 +245,7 @@ fn web_lab_fails_over_on_network_faults() {
 /// mount moves back only after it succeeds; a restart mid-failover resumes without remounting.
 #[test]
 fn web_lab_failback_after_reverse_sync_retries() {
-    let lab = Lab::up("wfb");
+    let lab = up("wfb");
     let node = Node::new(&lab, "");
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
@@ -303,7 +311,7 @@ sync"#;
 /// failover to the primary, byte for byte, without ever moving the mount; the flag clears.
 #[test]
 fn web_lab_backup_dying_while_served_is_reconciled() {
-    let lab = Lab::up("wrc");
+    let lab = up("wrc");
     let node = Node::new(&lab, "");
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
@@ -345,7 +353,7 @@ sync"#;
     assert!(log.contains("succeeded"), "{log}");
     assert_eq!(same_tree(&lab.data_dir(Host::Backup), &lab.data_dir(Host::Primary)), Vec::<String>::new());
     assert!(lab.data_dir(Host::Primary).join("during failover/sub/f20").exists());
-    let mi = fs::read_to_string(format!("/proc/{}/mountinfo", lab.holder_pid(Host::Web))).unwrap();
+    let mi = lab.web_mountinfo();
     assert!(!mi.contains("stage/reconcile"), "staging mount left behind: {mi}");
     unmount_all(&lab);
 }
@@ -354,7 +362,7 @@ sync"#;
 /// daemon: the failover happens on the `fall`-th failed run, not before.
 #[test]
 fn web_lab_both_down_and_once_mode() {
-    let lab = Lab::up("wbo");
+    let lab = up("wbo");
     let node = Node::new(&lab, "");
     node.once(&lab);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(1), &node);
@@ -388,7 +396,7 @@ fn web_lab_both_down_and_once_mode() {
 /// same; when it finally stays up, the node fails back once.
 #[test]
 fn web_lab_flapping_primary_causes_no_mount_flapping() {
-    let lab = Lab::up("wfl");
+    let lab = up("wfl");
     let node = Node::new(&lab, "");
     // a longer hold-down than each "up" phase below
     let text = fs::read_to_string(&node.config).unwrap().replace("hold_down = \"2s\"", "hold_down = \"6s\"");
@@ -428,7 +436,7 @@ fn web_lab_flapping_primary_causes_no_mount_flapping() {
 /// fail, nfs-guard says so once and does not switch.
 #[test]
 fn web_lab_lost_network_never_switches() {
-    let lab = Lab::up("wnl");
+    let lab = up("wnl");
     let node = Node::new(&lab, &format!("witness = \"{}\"", lab.ip(Host::Mail)));
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
@@ -463,7 +471,7 @@ fn mount_id(lab: &Lab) -> u64 {
 }
 
 fn mount_id_now(lab: &Lab) -> u64 {
-    let mi = fs::read_to_string(format!("/proc/{}/mountinfo", lab.holder_pid(Host::Web))).unwrap();
+    let mi = lab.web_mountinfo();
     mi.lines()
         .rfind(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT))
         .and_then(|l| l.split(' ').next()?.parse().ok())

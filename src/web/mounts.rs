@@ -66,7 +66,7 @@ impl MountOps for SysMountOps {
     }
 
     async fn mount(&self, source: &str, at: &Path) -> Result<(), MountError> {
-        mount::mount_helper(&self.fstype, &self.options, source, at, self.mount_timeout).await
+        mount::mount_helper(&self.fstype, &nfs_options(&self.fstype, &self.options), source, at, self.mount_timeout).await
     }
 
     async fn detach(&self, at: &Path, force: bool) -> Result<(), MountError> {
@@ -83,6 +83,23 @@ impl MountOps for SysMountOps {
 
     async fn private_self_bind(&self, dir: &Path) -> Result<(), MountError> {
         mount::private_self_bind(dir, &self.mountinfo, SYSCALL_DEADLINE).await
+    }
+}
+
+/// The options of every NFS mount nfs-guard makes: the configured ones plus `nosharecache` (unless
+/// the config says `sharecache` or `nosharecache` itself). Linux's client otherwise gives a new mount
+/// of a server the superblock of an earlier mount of it that is still alive, and one lazily detached
+/// from a dead server stays alive, hung: a failback or reconciliation would inherit its stuck
+/// requests (measured with the kernel client: 18 s, same device number, see LAB-FACTS).
+pub fn nfs_options(fstype: &str, options: &str) -> String {
+    let has = |o: &str| options.split(',').any(|x| x.trim() == o);
+    if !fstype.starts_with("nfs") || has("sharecache") || has("nosharecache") {
+        return options.to_owned();
+    }
+    if options.trim().is_empty() {
+        "nosharecache".to_owned()
+    } else {
+        format!("{options},nosharecache")
     }
 }
 
@@ -198,5 +215,19 @@ pub mod mem {
         async fn private_self_bind(&self, _dir: &Path) -> Result<(), MountError> {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::nfs_options;
+
+    #[test]
+    fn nfs_mounts_never_share_a_superblock_unless_the_config_says_so() {
+        assert_eq!(nfs_options("nfs", "vers=3,hard"), "vers=3,hard,nosharecache");
+        assert_eq!(nfs_options("nfs4", ""), "nosharecache");
+        assert_eq!(nfs_options("nfs", "vers=3,sharecache"), "vers=3,sharecache");
+        assert_eq!(nfs_options("nfs", "nosharecache,vers=3"), "nosharecache,vers=3");
+        assert_eq!(nfs_options("fuse.sshfs", "ro"), "ro");
     }
 }
