@@ -14,6 +14,7 @@ use nfs_guard::config::Config;
 use nfs_guard::web::controller::Controller;
 use nfs_guard::web::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use nfs_guard::web::fsm::{Phase, Request, Server};
+use nfs_guard::web::health::Failure;
 use nfs_guard::web::state;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +85,7 @@ impl Fake {
 }
 
 impl Prober for Fake {
-    fn probe(&self, target: Target, _canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    fn probe(&self, target: Target, _canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
         let name = match target {
             Target::Primary => "primary",
             Target::Backup => "backup",
@@ -108,7 +109,7 @@ impl Prober for Fake {
             } else {
                 // a dead server costs the probe its full timeout
                 tokio::time::sleep(Duration::from_millis(800)).await;
-                Err(format!("{name}: no RPC reply within 800ms"))
+                Err(Failure::uncertain(format!("{name}: no RPC reply within 800ms")))
             }
         }
     }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot, SyncKind};
-use super::health::{Health, Status};
+use super::health::{Failure, Health, Hysteresis, Status};
 use super::state::{self, Durable, Loaded, Quarantined, Taken};
 use crate::alert::notice;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
@@ -37,7 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 enum Msg {
-    Probed(Target, Result<(), String>),
+    Probed(Target, Result<(), Failure>),
     Done(Event),
     AfterSwitch(String),
 }
@@ -260,7 +260,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let why = if e.is_panic() { "panicked" } else { "was cancelled" };
                 tracing::error!(task = %id, error = %e, "a web role task {why}");
                 match job {
-                    Some(Job::Probe(t)) => Msg::Probed(t, Err(format!("the check task {why}"))),
+                    Some(Job::Probe(t)) => Msg::Probed(t, Err(Failure::uncertain(format!("the check task {why}")))),
                     Some(Job::Effect(on_fail)) => Msg::Done(on_fail(why)),
                     Some(Job::AfterSwitch) | None => Msg::AfterSwitch(format!("after-switch actions {why}")),
                 }
@@ -385,17 +385,18 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.probing[t.index()] = false;
                 self.reported[t.index()] = true;
                 let now = self.clock.now_ms();
-                let (fall, rise) = (self.cfg.fall, self.cfg.rise);
+                let hysteresis =
+                    Hysteresis { fall: self.cfg.fall, fall_certain: self.cfg.fall_certain, rise: self.cfg.rise };
                 let h = match t {
                     Target::Primary => &mut self.d.health.primary,
                     Target::Backup => &mut self.d.health.backup,
                     Target::Witness => &mut self.d.health.witness,
                 };
                 if let Err(e) = &result {
-                    tracing::debug!(target = ?t, error = %e, "check failed");
+                    tracing::debug!(target = ?t, error = %e.reason, certain = e.certain, "check failed");
                 }
                 let was = h.status;
-                if let Some(status) = h.observe(result, fall, rise, now) {
+                if let Some(status) = h.observe(result, hysteresis, now) {
                     tracing::info!(target = ?t, status = status.name(), last_error = ?h.last_error, "health changed");
                     if t == Target::Witness && was == Status::Down && status == Status::Up {
                         // Our own network is back: the servers' DOWN verdicts date from the outage and

@@ -6,18 +6,18 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::check::Checker;
 use super::freeze::Frozen;
 use super::fsm::Server;
 use super::guard;
+use super::health::Failure;
 use super::mounts::{MountOps, SysMountOps};
 use crate::config::web::{ServerConfig, WebConfig};
 use crate::sys::mount::{self, MountError};
 use crate::sys::mountinfo;
-use crate::sys::probe::{self, Icmp};
 
 /// What a probe checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct SyncStats {
 
 pub trait Prober: Send + Sync + 'static {
     /// One health check of `target`; `canary` asks for the read through the current mount too.
-    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static;
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static;
 }
 
 pub trait Mounter: Send + Sync + 'static {
@@ -89,6 +89,7 @@ pub trait Syncer: Send + Sync + 'static {
 /// The real effects.
 pub struct SysEffects {
     inner: Arc<Inner>,
+    checker: Checker,
 }
 
 /// The effects' state; the mount choreography runs over any [`MountOps`] (tests: an in-memory table).
@@ -96,8 +97,6 @@ struct Inner<M = SysMountOps> {
     cfg: WebConfig,
     ops: M,
     stage: PathBuf,
-    icmp: Icmp,
-    canary_busy: Arc<AtomicBool>,
 }
 
 impl SysEffects {
@@ -110,13 +109,8 @@ impl SysEffects {
                 cfg: cfg.clone(),
                 ops: SysMountOps::new(PathBuf::from("/proc/self/mountinfo"), cfg),
                 stage: state_dir.join("stage"),
-                icmp: if cfg.checks.icmp || cfg.witness.as_ref().is_some_and(|w| w.port.is_none()) {
-                    Icmp::open()
-                } else {
-                    Icmp::none()
-                },
-                canary_busy: Arc::new(AtomicBool::new(false)),
             }),
+            checker: Checker::new(cfg),
         }
     }
 }
@@ -368,44 +362,8 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(2);
 const HOLDERS_SCAN_LIMIT: usize = 200_000;
 
 impl Prober for SysEffects {
-    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
-        let inner = self.inner.clone();
-        async move {
-            let c = &inner.cfg;
-            let t = c.probe_timeout;
-            if target == Target::Witness {
-                let Some(w) = &c.witness else { return Ok(()) };
-                let ip = probe::resolve(&w.host, t).await.map_err(|e| e.to_string())?;
-                return match w.port {
-                    Some(port) => probe::tcp_connect((ip, port).into(), t).await.map(drop).map_err(|e| e.to_string()),
-                    None => inner.icmp.ping(ip, t).await.map(drop).map_err(|e| e.to_string()),
-                };
-            }
-            let s = match target {
-                Target::Primary => &c.primary,
-                Target::Backup | Target::Witness => &c.backup,
-            };
-            let ip = probe::resolve(&s.address, t).await.map_err(|e| e.to_string())?;
-            if c.checks.icmp {
-                inner.icmp.ping(ip, t).await.map_err(|e| e.to_string())?;
-            }
-            if c.checks.tcp || c.checks.rpc {
-                let addr = (ip, s.nfs_port).into();
-                let mut stream = probe::tcp_connect(addr, t).await.map_err(|e| e.to_string())?;
-                if c.checks.rpc {
-                    let target = addr.to_string();
-                    probe::rpc_null(&mut stream, &target, probe::NFS_PROGRAM, c.checks.nfs_version, t)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            if let (true, Some(rel)) = (canary, &c.checks.canary) {
-                probe::canary(c.mount_point.join(rel), c.checks.canary_timeout, inner.canary_busy.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        }
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+        self.checker.check(target, canary)
     }
 }
 
@@ -514,13 +472,7 @@ mod tests {
     /// cannot be detached here, so they stay "mounted" whatever is tried).
     fn inner_with(state_dir: &Path, mountinfo: &Path) -> Inner {
         let cfg = crate::config::Config::parse(Path::new("w.toml"), WEB).unwrap().web.unwrap();
-        Inner {
-            ops: SysMountOps::new(mountinfo.to_owned(), &cfg),
-            cfg,
-            stage: state_dir.join("stage"),
-            icmp: Icmp::none(),
-            canary_busy: Arc::new(AtomicBool::new(false)),
-        }
+        Inner { ops: SysMountOps::new(mountinfo.to_owned(), &cfg), cfg, stage: state_dir.join("stage") }
     }
 
     /// A leftover (maybe dead) NFS mount at a staging dir is detached and verified gone BEFORE the

@@ -14,9 +14,10 @@
 //!                              reverse sync / catch-up / after-switch; alerts -> AlertSink
 //! ```
 //!
-//! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
-//! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
-//! unmounts anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
+//! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `check` (the real health check, with
+//! per-server timeouts from `rtt`, pure RTT estimation), `state` (durable state and operator requests),
+//! `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never unmounts
+//! anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
 //! directory); an operator request alone only writes the request file. `mount_point` and `state_dir`
 //! are canonicalized at start (the mount point through its parent only) to match mountinfo.
 //!
@@ -66,6 +67,7 @@
 //! a node already on the primary); nothing is deleted unless `delete = true`, which should only be used
 //! with a single web node (a node would delete files another node just created on the primary).
 
+pub mod check;
 pub mod controller;
 pub mod effects;
 pub mod freeze;
@@ -73,6 +75,7 @@ pub mod fsm;
 pub mod guard;
 pub mod health;
 pub mod mounts;
+pub mod rtt;
 pub mod state;
 
 use std::sync::Arc;
