@@ -40,6 +40,11 @@ FAULTS=${FAULTS:-"freeze kill stop-nfs blackhole reject unplug"}
 PING_RUNS=${PING_RUNS:-3}
 PING_WATCH=${PING_WATCH:-35}
 SECTIONS=${SECTIONS:-"failover failback ping"}
+# Check keys inside [web]; empty = the product's defaults (interval 300ms, fall 3, fall_certain 2, rise 3,
+# probe_timeout 1s, probe_timeout_min 200ms). E.g. CHECK_KEYS=$'interval = "1s"\nprobe_timeout = "800ms"'
+CHECK_KEYS=${CHECK_KEYS:-}
+# Where to copy the daemon's log at the end (the work dir is removed).
+KEEP_LOG=${KEEP_LOG:-}
 BIN=${BIN:-$ROOT/target/debug/nfs-guard}
 LABSH="$ROOT/scripts/lab.sh"
 WORK=
@@ -50,6 +55,7 @@ DAEMON=
 
 cleanup() {
     [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+    [[ -z $KEEP_LOG || -z $WORK ]] || cp "$WORK/web.log" "$KEEP_LOG" 2>/dev/null || true
     bash "$LABSH" down >/dev/null 2>&1 || true
     [[ -z $WORK ]] || rm -rf "$WORK"
 }
@@ -107,10 +113,7 @@ state_dir = "$WORK/state"
 mount_point = "/mnt/nfs"
 fstype = "nfs"
 options = "$OPTIONS"
-interval = "1s"
-fall = 3
-rise = 3
-probe_timeout = "800ms"
+$CHECK_KEYS
 mount_timeout = "10s"
 hold_down = "1s"
 [web.primary]
@@ -149,29 +152,49 @@ stats() { # NAME values... -> "NAME n p50 p99 max" (nearest rank)
 
 section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
+# ms of the day of a human log line's UTC stamp (the daemon's own clock: both ends of a difference
+# come from it, so the guest's clock offset cancels out)
+log_ms() { sed -n 's/^[0-9-]*T\([0-9]*\):\([0-9]*\):\([0-9.]*\)Z.*/\1 \2 \3/p' | awk '{printf "%d\n", ($1*3600+$2*60+$3)*1000}'; }
+# split of the failover that starts at log line $1: "detected_ms switched_ms" = primary DOWN -> the
+# backup mount verified (state change to Serving backup), both from the daemon's log
+switch_split() {
+    local tail down serving
+    tail=$(tail -n +"$1" "$WORK/web.log")
+    down=$(grep -a 'health changed' <<<"$tail" | grep -a 'Primary' | grep -a 'down' | head -1 | log_ms)
+    serving=$(grep -a 'state change' <<<"$tail" | grep -a 'to=Serving { server: Backup }' | head -1 | log_ms)
+    [[ -n $down && -n $serving ]] && echo $((serving - down))
+}
+
 if section failover; then
-echo "== nfs-guard failover: fault injection -> mount serves the backup (interval 1s, fall 3, probe_timeout 800ms)"
-echo "   and failback: heal -> serving the primary, nothing owed (rise 3, hold_down 1s); web=$LAB_WEB -o $OPTIONS"
+echo "== nfs-guard failover: fault injection -> mount serves the backup (check keys: ${CHECK_KEYS:-defaults})" | tr '\n' ' '
+echo
+echo "   and failback: heal -> serving the primary, nothing owed (hold_down 1s); web=$LAB_WEB -o $OPTIONS"
+echo "   'switch' = the daemon's own log: primary DOWN -> backup mounted and verified"
 for fault in $FAULTS; do
-    times=() backs=()
+    times=() backs=() splits=()
     wait_failed_back 120 || { echo "not back on the primary" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
     for ((i = 1; i <= RUNS; i++)); do
+        # the fault lands at a random point of the check cycle
+        sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
+        line=$(( $(wc -l <"$WORK/web.log") + 1 ))
         t0=$(now_ms)
         lab fault primary "$fault"
         wait_src "$B:/srv/nfs" 30 || { echo "$fault run $i: no failover within 30 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
         times+=($(( $(now_ms) - t0 )))
+        sp=$(switch_split "$line") && splits+=("$sp")
         t0=$(now_ms)
         lab heal primary
         wait_failed_back 180 || { echo "$fault run $i: no failback within 180 s" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
         backs+=($(( $(now_ms) - t0 )))
     done
     stats "$fault" "${times[@]}"
+    if ((${#splits[@]})); then stats "  switch" "${splits[@]}"; fi
     stats "  failback" "${backs[@]}"
 done
 fi
 
 if section failback; then
-echo "== nfs-guard failback with $FILES changed files (hold_down 1s, rise 3)"
+echo "== nfs-guard failback with $FILES changed files (hold_down 1s)"
 wait_failed_back 60
 lab fault primary stop-nfs
 wait_src "$B:/srv/nfs" 30
@@ -184,7 +207,7 @@ t1=$(now_ms)
 wait_failed_back 120
 n=$(find "$LAB_PRIMARY_DATA/bench" -type f | wc -l)
 sync_line=$(grep -a "reverse sync to primary" "$WORK/web.log" | grep -a succeeded | tail -1 | grep -o 'attempt [0-9]*: [0-9]* files, [0-9]* bytes in [0-9]* ms' || true)
-echo "heal -> mount serves the primary: $(( t1 - t0 )) ms (includes rise 3 x 1s + hold_down 1s); files on primary: $n/$FILES"
+echo "heal -> mount serves the primary: $(( t1 - t0 )) ms (includes rise x interval + hold_down 1s); files on primary: $n/$FILES"
 echo "reverse sync pass: $sync_line"
 fi
 
