@@ -18,7 +18,7 @@ use std::fs;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use lab::{wait_until, Host, Lab, WebKind};
+use lab::{Host, Lab, WebKind};
 use web_node::WebNode;
 
 /// How long the primary stays loaded and slow.
@@ -112,7 +112,8 @@ fn ping_avg_ms(lab: &Lab, ip: &str) -> f64 {
 #[test]
 fn web_detect_a_loaded_slow_primary_is_never_failed_over() {
     let lab = Lab::up_with("dtl", WebKind::Uml);
-    let dir = tempfile::tempdir().unwrap();
+    // under the lab's state dir: the guest sees it read-write at the same path
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
     let mut n = WebNode::new(&lab, dir.path(), "");
     // the product's defaults for every check key, and the kernel client with a hard mount
     let text = fs::read_to_string(&n.config).unwrap();
@@ -129,7 +130,11 @@ fn web_detect_a_loaded_slow_primary_is_never_failed_over() {
     text = text.replace(soft, r#"options = "vers=3,hard,timeo=50,retrans=2""#);
     fs::write(&n.config, text).unwrap();
     n.start(&lab);
-    wait_until("serving the primary", Duration::from_secs(60), || n.serving_primary_settled());
+    let t = Instant::now();
+    while !n.serving_primary_settled() {
+        assert!(t.elapsed() < Duration::from_secs(60), "not serving the primary after 60 s; log:\n{}", n.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let p = lab.ip(Host::Primary);
     let base = ping_avg_ms(&lab, &p);
