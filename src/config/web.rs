@@ -135,7 +135,8 @@ pub struct WebConfig {
     pub rise: u32,
     /// The cap of the per-server check timeout (and the timeout before a server's first answer).
     pub probe_timeout: Duration,
-    /// The floor of the per-server check timeout derived from measured round trips.
+    /// The least margin over a server's smoothed RTT in its check timeout (on a quiet LAN the whole
+    /// timeout): `srtt + max(4 x rttvar, probe_timeout_min)`, capped at `probe_timeout`.
     pub probe_timeout_min: Duration,
     pub mount_timeout: Duration,
     /// How long the primary must stay UP before failback starts.
@@ -181,7 +182,8 @@ fn fall_certain(ctx: &mut Ctx, v: Option<&Spanned<i64>>, fall: Option<u32>) -> O
     }
 }
 
-/// `web.probe_timeout` (the cap, default 1 s) and `web.probe_timeout_min` (the floor, default 200 ms).
+/// `web.probe_timeout` (the cap, default 1 s) and `web.probe_timeout_min` (the least margin over the
+/// smoothed RTT, default 200 ms).
 fn probe_timeouts(ctx: &mut Ctx, raw: &RawWeb) -> (Option<Duration>, Option<Duration>) {
     let cap = opt_duration_in(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), secs(1), &(ms(10)..=mins(5)));
     let floor =
