@@ -186,6 +186,15 @@ fn web_detect_a_loaded_slow_primary_is_never_failed_over() {
         assert_ne!(s["servers"][0]["state"], "down", "primary judged DOWN after {:?}: {s}", t.elapsed());
         std::thread::sleep(Duration::from_millis(500));
     }
+    // the load really ran: every loop is still going, and both writers wrote
+    let mut load = load;
+    for c in &mut load.0 {
+        assert!(c.try_wait().unwrap().is_none(), "a load loop ended early: {:?}", c.try_wait());
+    }
+    for f in ["flood-nfs.bin", "flood-disk.bin"] {
+        let len = fs::metadata(lab.data_dir(Host::Primary).join(f)).map_or(0, |m| m.len());
+        assert!(len > 0, "{f} was never written: the load did not run");
+    }
     drop(load);
     let log = n.log_text();
     assert!(!log.contains("failing over"), "{log}");
