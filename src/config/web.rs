@@ -387,7 +387,7 @@ impl WebConfig {
             Some(o) => no_space_string(ctx, "web.options", o, "comma-separated mount options (as in fstab)"),
             None => Some(String::new()),
         };
-        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), ms(300), &(ms(10)..=hours(1)));
+        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), ms(200), &(ms(10)..=hours(1)));
         let fall = count(ctx, "web.fall", raw.fall.as_ref(), 3);
         let fall_certain = fall_certain(ctx, raw.fall_certain.as_ref(), fall);
         let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
@@ -482,7 +482,7 @@ mod tests {
         let w = c.web.unwrap();
         assert_eq!(w.fstype, "nfs");
         assert_eq!((w.fall, w.fall_certain, w.rise), (3, 2, 3));
-        assert_eq!(w.interval, std::time::Duration::from_millis(300));
+        assert_eq!(w.interval, std::time::Duration::from_millis(200));
         assert_eq!((w.probe_timeout_min, w.probe_timeout), (Duration::from_millis(200), Duration::from_secs(1)));
         assert_eq!(w.primary.source(), "10.0.0.2:/srv/nfs");
         assert_eq!(w.primary.nfs_port, 2049);
