@@ -435,6 +435,27 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
     h.await.unwrap();
 }
 
+/// Checks that outlast the interval (a dead server costs each one its timeout) follow each other back
+/// to back: the tick missed while one ran starts the next as soon as it ends, not a whole interval
+/// later, so detection takes `fall` timeouts, not `fall` x 2 intervals. Starts stay >= one interval
+/// apart.
+#[tokio::test(start_paused = true)]
+async fn failing_checks_longer_than_the_interval_run_back_to_back() {
+    let rig = Rig::new(&CONFIG.replace("interval = \"1s\"", "interval = \"500ms\""));
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    // ticks at 0, 0.5, 1.0, ...: the primary dies just after the tick at 2.0 s checked it
+    tokio::time::sleep(Duration::from_millis(2010)).await;
+    rig.fake.set_up("primary", false);
+    // failing checks (0.8 s each) start at 2.5, 3.3, 4.1: DOWN and the mount at 4.9 s
+    // (one check per tick would start them at 2.5, 3.5, 4.5: 5.3 s)
+    let took = until("mount backup", Duration::from_secs(10), || rig.fake.calls() == vec!["mount backup"]).await;
+    assert!(took <= Duration::from_millis(2950), "{took:?}");
+    assert!(took >= Duration::from_millis(2850), "{took:?}: fewer than fall failed checks");
+    stop.cancel();
+    h.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn once_mode_counts_failures_across_runs() {
     let rig = Rig::new(CONFIG);

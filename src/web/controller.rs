@@ -86,6 +86,8 @@ pub struct Controller<P, M, S> {
     jobs: HashMap<Id, Job>,
     watchdog: crate::sys::systemd::Watchdog,
     probing: [bool; 3],
+    /// A tick found the target's check still running.
+    tick_missed: [bool; 3],
     reported: [bool; 3],
     effects: usize,
     clock: Clock,
@@ -141,6 +143,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             jobs: HashMap::new(),
             watchdog: crate::sys::systemd::Watchdog::with(None, || {}),
             probing: [false; 3],
+            tick_missed: [false; 3],
             reported: [false; 3],
             effects: 0,
             clock: Clock::new(),
@@ -366,17 +369,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.alert(e);
             }
         }
-        let active = self.d.fsm.active();
         for t in Target::ALL {
-            if !self.wants(t) || self.probing[t.index()] {
+            if !self.wants(t) {
                 continue;
             }
-            self.probing[t.index()] = true;
-            let canary = active.is_some_and(|s| Target::of(s) == t);
-            let fut = self.prober.probe(t, canary);
-            self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
+            if self.probing[t.index()] {
+                // still running (a timeout longer than the interval): the next starts when it ends
+                self.tick_missed[t.index()] = true;
+                continue;
+            }
+            self.spawn_probe(t);
         }
         self.step(Event::Ticked);
+    }
+
+    fn spawn_probe(&mut self, t: Target) {
+        self.probing[t.index()] = true;
+        let canary = self.d.fsm.active().is_some_and(|s| Target::of(s) == t);
+        let fut = self.prober.probe(t, canary);
+        self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -410,6 +421,11 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 }
                 let snap = self.snapshot();
                 self.step(Event::HealthObserved(snap));
+                // a tick came while this check ran: the next one now, not an interval late (starts
+                // stay at least one interval apart)
+                if std::mem::take(&mut self.tick_missed[t.index()]) {
+                    self.spawn_probe(t);
+                }
             }
             Msg::Done(event) => {
                 self.effects = self.effects.saturating_sub(1);
