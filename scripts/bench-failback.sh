@@ -85,10 +85,15 @@ wait_src() { # SOURCE SECONDS
         sleep 0.02
     done
 }
-status_field() { "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | sed -n "s/^  \"$1\": \\(.*\\),\$/\\1/p" | head -1; }
+settled() { # the web node serves the primary with nothing owed (its status, as JSON)
+    "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s.get("active") == "primary" and s.get("pending_reverse_sync") is False and "serving" in json.dumps(s.get("phase")) else 1)'
+}
 wait_settled() { # SECONDS: serving the primary, nothing owed
     local end=$(( $(now_ms) + $1 * 1000 ))
-    until [[ $(mount_src) == "$P:/srv/nfs" && $(status_field pending_reverse_sync) == false && $(status_field phase) == *serving* ]]; do
+    until [[ $(mount_src) == "$P:/srv/nfs" ]] && settled; do
         (( $(now_ms) < end )) || return 1
         sleep 0.1
     done

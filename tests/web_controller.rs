@@ -14,6 +14,7 @@ use nfs_guard::config::Config;
 use nfs_guard::web::controller::Controller;
 use nfs_guard::web::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use nfs_guard::web::fsm::{Phase, Request, Server};
+use nfs_guard::web::health::Failure;
 use nfs_guard::web::state;
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +85,7 @@ impl Fake {
 }
 
 impl Prober for Fake {
-    fn probe(&self, target: Target, _canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    fn probe(&self, target: Target, _canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
         let name = match target {
             Target::Primary => "primary",
             Target::Backup => "backup",
@@ -108,7 +109,7 @@ impl Prober for Fake {
             } else {
                 // a dead server costs the probe its full timeout
                 tokio::time::sleep(Duration::from_millis(800)).await;
-                Err(format!("{name}: no RPC reply within 800ms"))
+                Err(Failure::uncertain(format!("{name}: no RPC reply within 800ms")))
             }
         }
     }
@@ -430,6 +431,27 @@ async fn a_flapping_primary_causes_no_mount_flapping() {
     assert!(st["servers"][0]["last_error"].as_str().is_some_and(|e| e.contains("no RPC reply")), "never failed: {st}");
     assert!(rig.sink.kinds().is_empty(), "{:?}", rig.sink.kinds());
     assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
+    stop.cancel();
+    h.await.unwrap();
+}
+
+/// Checks that outlast the interval (a dead server costs each one its timeout) follow each other back
+/// to back: the tick missed while one ran starts the next as soon as it ends, not a whole interval
+/// later, so detection takes `fall` timeouts, not `fall` x 2 intervals. Starts stay >= one interval
+/// apart.
+#[tokio::test(start_paused = true)]
+async fn failing_checks_longer_than_the_interval_run_back_to_back() {
+    let rig = Rig::new(&CONFIG.replace("interval = \"1s\"", "interval = \"500ms\""));
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (stop, h) = rig.spawn();
+    // ticks at 0, 0.5, 1.0, ...: the primary dies just after the tick at 2.0 s checked it
+    tokio::time::sleep(Duration::from_millis(2010)).await;
+    rig.fake.set_up("primary", false);
+    // failing checks (0.8 s each) start at 2.5, 3.3, 4.1: DOWN and the mount at 4.9 s
+    // (one check per tick would start them at 2.5, 3.5, 4.5: 5.3 s)
+    let took = until("mount backup", Duration::from_secs(10), || rig.fake.calls() == vec!["mount backup"]).await;
+    assert!(took <= Duration::from_millis(2950), "{took:?}");
+    assert!(took >= Duration::from_millis(2850), "{took:?}: fewer than fall failed checks");
     stop.cancel();
     h.await.unwrap();
 }

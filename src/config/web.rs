@@ -21,8 +21,10 @@ pub struct RawWeb {
     pub options: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub fall: Option<Spanned<i64>>,
+    pub fall_certain: Option<Spanned<i64>>,
     pub rise: Option<Spanned<i64>>,
     pub probe_timeout: Option<Spanned<String>>,
+    pub probe_timeout_min: Option<Spanned<String>>,
     pub mount_timeout: Option<Spanned<String>>,
     pub hold_down: Option<Spanned<String>>,
     pub witness: Option<Spanned<String>>,
@@ -128,9 +130,16 @@ pub struct WebConfig {
     /// Mount options exactly as in fstab (comma-separated); empty means none.
     pub options: String,
     pub interval: Duration,
+    /// Failed checks of any kind in a row that make a server DOWN.
     pub fall: u32,
+    /// Certain failed checks in a row (refused, reset, RPC error) that make a server DOWN (<= `fall`).
+    pub fall_certain: u32,
     pub rise: u32,
+    /// The cap of the per-server check timeout (and the timeout before a server's first answer).
     pub probe_timeout: Duration,
+    /// The least margin over a server's smoothed RTT in its check timeout (on a quiet LAN the whole
+    /// timeout): `srtt + max(4 x rttvar, probe_timeout_min)`, capped at `probe_timeout`.
+    pub probe_timeout_min: Duration,
     pub mount_timeout: Duration,
     /// How long the primary must stay UP before failback starts.
     pub hold_down: Duration,
@@ -161,6 +170,39 @@ fn count(ctx: &mut Ctx, key: &str, v: Option<&Spanned<i64>>, default: u32) -> Op
     match v {
         Some(v) => ctx.int_in(key, v, 1..=100).and_then(|n| u32::try_from(n).ok()),
         None => Some(default),
+    }
+}
+
+/// `web.fall_certain`: at most `web.fall` (default 2, or `fall` when that is smaller).
+fn fall_certain(ctx: &mut Ctx, v: Option<&Spanned<i64>>, fall: Option<u32>) -> Option<u32> {
+    let n = count(ctx, "web.fall_certain", v, fall.map_or(2, |f| f.min(2)))?;
+    match (v, fall) {
+        (Some(v), Some(fall)) if n > fall => {
+            let msg = format!("must not be larger than web.fall ({fall})");
+            ctx.problem("web.fall_certain", Some(v.span()), Some(n.to_string()), &msg);
+            None
+        }
+        _ => Some(n),
+    }
+}
+
+/// `web.probe_timeout` (the cap, default 1 s) and `web.probe_timeout_min` (the least margin over the
+/// smoothed RTT, default 200 ms).
+fn probe_timeouts(ctx: &mut Ctx, raw: &RawWeb) -> (Option<Duration>, Option<Duration>) {
+    let cap = opt_duration_in(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), secs(1), &(ms(10)..=mins(5)));
+    let floor =
+        opt_duration_in(ctx, "web.probe_timeout_min", raw.probe_timeout_min.as_ref(), ms(200), &(ms(1)..=mins(5)));
+    match (cap, floor) {
+        (Some(cap), Some(floor)) if floor > cap => {
+            let at = raw.probe_timeout_min.as_ref().or(raw.probe_timeout.as_ref());
+            let key = if raw.probe_timeout_min.is_some() { "web.probe_timeout_min" } else { "web.probe_timeout" };
+            match at {
+                Some(v) => ctx.bad(key, v, "makes web.probe_timeout_min larger than web.probe_timeout (its cap)"),
+                None => ctx.problem(key, None, None, "makes web.probe_timeout_min larger than web.probe_timeout"),
+            }
+            (None, None)
+        }
+        other => other,
     }
 }
 
@@ -349,11 +391,11 @@ impl WebConfig {
             Some(o) => no_space_string(ctx, "web.options", o, "comma-separated mount options (as in fstab)"),
             None => Some(String::new()),
         };
-        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), secs(1), &(ms(10)..=hours(1)));
+        let interval = opt_duration_in(ctx, "web.interval", raw.interval.as_ref(), ms(200), &(ms(10)..=hours(1)));
         let fall = count(ctx, "web.fall", raw.fall.as_ref(), 3);
+        let fall_certain = fall_certain(ctx, raw.fall_certain.as_ref(), fall);
         let rise = count(ctx, "web.rise", raw.rise.as_ref(), 3);
-        let probe_timeout =
-            opt_duration_in(ctx, "web.probe_timeout", raw.probe_timeout.as_ref(), ms(800), &(ms(10)..=mins(5)));
+        let (probe_timeout, probe_timeout_min) = probe_timeouts(ctx, raw);
         let mount_timeout =
             opt_duration_in(ctx, "web.mount_timeout", raw.mount_timeout.as_ref(), secs(15), &(ms(100)..=hours(1)));
         let hold_down = opt_duration_in(ctx, "web.hold_down", raw.hold_down.as_ref(), mins(1), &(ms(100)..=days(7)));
@@ -406,8 +448,10 @@ impl WebConfig {
             options: options?,
             interval: interval?,
             fall: fall?,
+            fall_certain: fall_certain?,
             rise: rise?,
             probe_timeout: probe_timeout?,
+            probe_timeout_min: probe_timeout_min?,
             mount_timeout: mount_timeout?,
             hold_down: hold_down?,
             witness: witness?,
@@ -431,6 +475,7 @@ impl WebConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use crate::config::Config;
 
@@ -445,8 +490,9 @@ mod tests {
         let c = Config::parse(Path::new("w.toml"), MIN).unwrap();
         let w = c.web.unwrap();
         assert_eq!(w.fstype, "nfs");
-        assert_eq!((w.fall, w.rise), (3, 3));
-        assert_eq!(w.interval, std::time::Duration::from_secs(1));
+        assert_eq!((w.fall, w.fall_certain, w.rise), (3, 2, 3));
+        assert_eq!(w.interval, std::time::Duration::from_millis(200));
+        assert_eq!((w.probe_timeout_min, w.probe_timeout), (Duration::from_millis(200), Duration::from_secs(1)));
         assert_eq!(w.primary.source(), "10.0.0.2:/srv/nfs");
         assert_eq!(w.primary.nfs_port, 2049);
         assert!(w.checks.icmp && w.checks.tcp && w.checks.rpc);
@@ -524,5 +570,30 @@ mod tests {
         assert_eq!(w("gw.example:53").port, Some(53));
         assert_eq!(w("[fe80::1]:22").host, "fe80::1");
         assert_eq!(w("fe80::1").port, None);
+    }
+
+    #[test]
+    fn fall_certain_is_at_most_fall() {
+        let e = err(&MIN.replacen("[web]\n", "[web]\nfall = 2\nfall_certain = 3\n", 1));
+        assert!(e.contains("w.toml:3:16: web.fall_certain: 3 must not be larger than web.fall (2)"), "{e}");
+        let w = |extra: &str| {
+            Config::parse(Path::new("w.toml"), &MIN.replacen("[web]\n", &format!("[web]\n{extra}"), 1))
+                .unwrap()
+                .web
+                .unwrap()
+        };
+        assert_eq!(w("fall = 1\n").fall_certain, 1, "the default follows a smaller fall");
+        assert_eq!(w("fall = 5\nfall_certain = 5\n").fall_certain, 5);
+    }
+
+    #[test]
+    fn the_timeout_floor_must_not_exceed_its_cap() {
+        let e = err(&MIN.replacen("[web]\n", "[web]\nprobe_timeout = \"500ms\"\nprobe_timeout_min = \"1s\"\n", 1));
+        assert!(
+            e.contains("w.toml:3:21: web.probe_timeout_min: \"1s\" makes web.probe_timeout_min larger than web.probe_timeout (its cap)"),
+            "{e}"
+        );
+        let e = err(&MIN.replacen("[web]\n", "[web]\nprobe_timeout = \"100ms\"\n", 1));
+        assert!(e.contains("web.probe_timeout: \"100ms\" makes web.probe_timeout_min larger"), "{e}");
     }
 }

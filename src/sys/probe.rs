@@ -33,10 +33,33 @@ pub struct ProbeError {
     pub layer: Layer,
     pub target: String,
     pub reason: String,
+    /// The target's host itself said no: connection refused or reset, the RPC connection closed
+    /// mid-call, an RPC error or garbage reply. A timeout, an unreachable route or a local error is
+    /// never certain (it may be load, the path, or this node).
+    pub certain: bool,
 }
 
 fn fail(layer: Layer, target: &str, reason: impl Into<String>) -> ProbeError {
-    ProbeError { layer, target: target.to_owned(), reason: reason.into() }
+    ProbeError { layer, target: target.to_owned(), reason: reason.into(), certain: false }
+}
+
+fn refused(layer: Layer, target: &str, reason: impl Into<String>) -> ProbeError {
+    ProbeError { certain: true, ..fail(layer, target, reason) }
+}
+
+/// True for the socket errors that only the peer's host can cause (it answered with a RST, or closed
+/// the connection).
+pub fn is_answer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
+    )
+}
+
+fn io_fail(layer: Layer, target: &str, what: &str, e: &std::io::Error) -> ProbeError {
+    let reason = if what.is_empty() { e.to_string() } else { format!("{what}: {e}") };
+    ProbeError { certain: is_answer(e), ..fail(layer, target, reason) }
 }
 
 /// Resolves `host` (IP literal or DNS name) within `timeout`.
@@ -104,7 +127,7 @@ impl Icmp {
 pub async fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProbeError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(fail(Layer::Tcp, &addr.to_string(), e.to_string())),
+        Ok(Err(e)) => Err(io_fail(Layer::Tcp, &addr.to_string(), "", &e)),
         Err(_) => Err(fail(Layer::Tcp, &addr.to_string(), format!("no connection within {timeout:?}"))),
     }
 }
@@ -183,29 +206,35 @@ pub async fn rpc_null(
 ) -> Result<RpcReply, ProbeError> {
     let xid = fastrand::u32(..);
     let exchange = async {
-        stream.write_all(&rpc_null_call(xid, program, version)).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(&rpc_null_call(xid, program, version))
+            .await
+            .map_err(|e| io_fail(Layer::Rpc, target, "sending the call", &e))?;
         let mut body = Vec::new();
         loop {
             let mut mark = [0u8; 4];
-            stream.read_exact(&mut mark).await.map_err(|e| format!("reading reply: {e}"))?;
+            stream.read_exact(&mut mark).await.map_err(|e| io_fail(Layer::Rpc, target, "reading reply", &e))?;
             let mark = u32::from_be_bytes(mark);
             let len = (mark & 0x7fff_ffff) as usize;
             if len > 64 * 1024 {
-                return Err(format!("reply fragment of {len} bytes is not a NULL reply"));
+                return Err(refused(Layer::Rpc, target, format!("reply fragment of {len} bytes is not a NULL reply")));
             }
             let start = body.len();
             body.resize(start + len, 0);
-            stream.read_exact(&mut body[start..]).await.map_err(|e| format!("reading reply: {e}"))?;
+            stream
+                .read_exact(&mut body[start..])
+                .await
+                .map_err(|e| io_fail(Layer::Rpc, target, "reading reply", &e))?;
             if mark & 0x8000_0000 != 0 {
                 break;
             }
         }
-        parse_rpc_reply(xid, &body)
+        parse_rpc_reply(xid, &body).map_err(|e| refused(Layer::Rpc, target, e))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(r)) if r.alive() => Ok(r),
-        Ok(Ok(r)) => Err(fail(Layer::Rpc, target, format!("NFS program {program} v{version} not available: {r:?}"))),
-        Ok(Err(e)) => Err(fail(Layer::Rpc, target, e)),
+        Ok(Ok(r)) => Err(refused(Layer::Rpc, target, format!("NFS program {program} v{version} not available: {r:?}"))),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(fail(Layer::Rpc, target, format!("no RPC reply within {timeout:?}"))),
     }
 }
@@ -310,5 +339,35 @@ mod tests {
         canary(d.path().join("c"), Duration::from_secs(2), busy.clone()).await.unwrap();
         let e = canary(d.path().join("nope"), Duration::from_secs(2), busy).await.unwrap_err();
         assert_eq!(e.layer, Layer::Canary);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_certain_and_a_silent_server_is_not() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = tcp_connect(addr, Duration::from_secs(2)).await.unwrap_err();
+        assert!(e.certain, "{e}");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = tcp_connect(l.local_addr().unwrap(), Duration::from_secs(2)).await.unwrap();
+        let e = rpc_null(&mut s, "t", NFS_PROGRAM, 3, Duration::from_millis(50)).await.unwrap_err();
+        assert!(!e.certain, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_mid_call_or_answers_garbage_is_certain() {
+        for answer in [&b""[..], &[0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0][..]] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut call = [0u8; 44];
+                s.read_exact(&mut call).await.unwrap();
+                s.write_all(answer).await.unwrap();
+            });
+            let mut s = tcp_connect(addr, Duration::from_secs(2)).await.unwrap();
+            let e = rpc_null(&mut s, "t", NFS_PROGRAM, 3, Duration::from_secs(2)).await.unwrap_err();
+            assert!(e.certain, "{answer:?}: {e}");
+        }
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::effects::{Mounter, Prober, SyncStats, Syncer, Target};
 use super::fsm::{self, Action, Event, Notice, PerServer, Phase, Policy, Server, Snapshot, SyncKind};
-use super::health::{Health, Status};
+use super::health::{Failure, Health, Hysteresis, Status};
 use super::state::{self, Durable, Loaded, Quarantined, Taken};
 use crate::alert::notice;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
@@ -37,7 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 enum Msg {
-    Probed(Target, Result<(), String>),
+    Probed(Target, Result<(), Failure>),
     Done(Event),
     AfterSwitch(String),
 }
@@ -86,6 +86,8 @@ pub struct Controller<P, M, S> {
     jobs: HashMap<Id, Job>,
     watchdog: crate::sys::systemd::Watchdog,
     probing: [bool; 3],
+    /// A tick found the target's check still running.
+    tick_missed: [bool; 3],
     reported: [bool; 3],
     effects: usize,
     clock: Clock,
@@ -141,6 +143,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             jobs: HashMap::new(),
             watchdog: crate::sys::systemd::Watchdog::with(None, || {}),
             probing: [false; 3],
+            tick_missed: [false; 3],
             reported: [false; 3],
             effects: 0,
             clock: Clock::new(),
@@ -260,7 +263,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 let why = if e.is_panic() { "panicked" } else { "was cancelled" };
                 tracing::error!(task = %id, error = %e, "a web role task {why}");
                 match job {
-                    Some(Job::Probe(t)) => Msg::Probed(t, Err(format!("the check task {why}"))),
+                    Some(Job::Probe(t)) => Msg::Probed(t, Err(Failure::uncertain(format!("the check task {why}")))),
                     Some(Job::Effect(on_fail)) => Msg::Done(on_fail(why)),
                     Some(Job::AfterSwitch) | None => Msg::AfterSwitch(format!("after-switch actions {why}")),
                 }
@@ -366,17 +369,25 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.alert(e);
             }
         }
-        let active = self.d.fsm.active();
         for t in Target::ALL {
-            if !self.wants(t) || self.probing[t.index()] {
+            if !self.wants(t) {
                 continue;
             }
-            self.probing[t.index()] = true;
-            let canary = active.is_some_and(|s| Target::of(s) == t);
-            let fut = self.prober.probe(t, canary);
-            self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
+            if self.probing[t.index()] {
+                // still running (a timeout longer than the interval): the next starts when it ends
+                self.tick_missed[t.index()] = true;
+                continue;
+            }
+            self.spawn_probe(t);
         }
         self.step(Event::Ticked);
+    }
+
+    fn spawn_probe(&mut self, t: Target) {
+        self.probing[t.index()] = true;
+        let canary = self.d.fsm.active().is_some_and(|s| Target::of(s) == t);
+        let fut = self.prober.probe(t, canary);
+        self.spawn_job(Job::Probe(t), async move { Msg::Probed(t, fut.await) });
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -385,17 +396,18 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.probing[t.index()] = false;
                 self.reported[t.index()] = true;
                 let now = self.clock.now_ms();
-                let (fall, rise) = (self.cfg.fall, self.cfg.rise);
+                let hysteresis =
+                    Hysteresis { fall: self.cfg.fall, fall_certain: self.cfg.fall_certain, rise: self.cfg.rise };
                 let h = match t {
                     Target::Primary => &mut self.d.health.primary,
                     Target::Backup => &mut self.d.health.backup,
                     Target::Witness => &mut self.d.health.witness,
                 };
                 if let Err(e) = &result {
-                    tracing::debug!(target = ?t, error = %e, "check failed");
+                    tracing::debug!(target = ?t, error = %e.reason, certain = e.certain, "check failed");
                 }
                 let was = h.status;
-                if let Some(status) = h.observe(result, fall, rise, now) {
+                if let Some(status) = h.observe(result, hysteresis, now) {
                     tracing::info!(target = ?t, status = status.name(), last_error = ?h.last_error, "health changed");
                     if t == Target::Witness && was == Status::Down && status == Status::Up {
                         // Our own network is back: the servers' DOWN verdicts date from the outage and
@@ -409,6 +421,11 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 }
                 let snap = self.snapshot();
                 self.step(Event::HealthObserved(snap));
+                // a tick came while this check ran: the next one now, not an interval late (starts
+                // stay at least one interval apart)
+                if std::mem::take(&mut self.tick_missed[t.index()]) {
+                    self.spawn_probe(t);
+                }
             }
             Msg::Done(event) => {
                 self.effects = self.effects.saturating_sub(1);

@@ -6,19 +6,19 @@
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::agents::Agents;
+use super::check::Checker;
 use super::freeze::Frozen;
 use super::fsm::Server;
 use super::guard;
+use super::health::Failure;
 use super::mounts::{MountOps, SysMountOps};
 use crate::config::web::{ServerConfig, WebConfig};
 use crate::sys::mount::{self, MountError};
 use crate::sys::mountinfo;
-use crate::sys::probe::{self, Icmp};
 
 /// What a probe checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct SyncStats {
 
 pub trait Prober: Send + Sync + 'static {
     /// One health check of `target`; `canary` asks for the read through the current mount too.
-    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static;
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static;
 }
 
 pub trait Mounter: Send + Sync + 'static {
@@ -90,6 +90,7 @@ pub trait Syncer: Send + Sync + 'static {
 /// The real effects.
 pub struct SysEffects {
     inner: Arc<Inner>,
+    checker: Checker,
 }
 
 /// The effects' state; the mount choreography runs over any [`MountOps`] (tests: an in-memory table).
@@ -97,8 +98,6 @@ struct Inner<M = SysMountOps> {
     cfg: WebConfig,
     ops: M,
     stage: PathBuf,
-    icmp: Icmp,
-    canary_busy: Arc<AtomicBool>,
     /// `[web.agents]`: the storage agents, driven instead of reverse-syncing the tree.
     agents: Option<Arc<Agents>>,
 }
@@ -106,30 +105,18 @@ struct Inner<M = SysMountOps> {
 impl SysEffects {
     /// Must run inside the tokio runtime (opens the ICMP sockets). Staging dirs live in
     /// `<state_dir>/stage`.
-    pub fn new(cfg: &WebConfig, state_dir: &Path) -> SysEffects {
+    /// `agents`: `[web.agents]`, the storage agents to drive.
+    pub fn new(cfg: &WebConfig, state_dir: &Path, agents: Option<Arc<Agents>>) -> SysEffects {
         super::freeze::thaw_leftover(&cfg.mount_point, &cfg.options);
         SysEffects {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 ops: SysMountOps::new(PathBuf::from("/proc/self/mountinfo"), cfg),
                 stage: state_dir.join("stage"),
-                icmp: if cfg.checks.icmp || cfg.witness.as_ref().is_some_and(|w| w.port.is_none()) {
-                    Icmp::open()
-                } else {
-                    Icmp::none()
-                },
-                canary_busy: Arc::new(AtomicBool::new(false)),
-                agents: None,
+                agents,
             }),
+            checker: Checker::new(cfg),
         }
-    }
-
-    /// Drives the storage agents (`[web.agents]`).
-    #[must_use]
-    pub fn with_agents(self, agents: Option<Arc<Agents>>) -> SysEffects {
-        let mut inner = Arc::into_inner(self.inner).expect("with_agents is called right after new");
-        inner.agents = agents;
-        SysEffects { inner: Arc::new(inner) }
     }
 }
 
@@ -427,47 +414,22 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(2);
 const HOLDERS_SCAN_LIMIT: usize = 200_000;
 
 impl Prober for SysEffects {
-    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), String>> + Send + 'static {
-        let inner = self.inner.clone();
+    fn probe(&self, target: Target, canary: bool) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+        let check = self.checker.check(target, canary);
+        let agents = self.inner.agents.clone();
+        let t = self.inner.cfg.probe_timeout;
         async move {
-            let c = &inner.cfg;
-            let t = c.probe_timeout;
-            if target == Target::Witness {
-                let Some(w) = &c.witness else { return Ok(()) };
-                let ip = probe::resolve(&w.host, t).await.map_err(|e| e.to_string())?;
-                return match w.port {
-                    Some(port) => probe::tcp_connect((ip, port).into(), t).await.map(drop).map_err(|e| e.to_string()),
-                    None => inner.icmp.ping(ip, t).await.map(drop).map_err(|e| e.to_string()),
-                };
-            }
-            let s = match target {
-                Target::Primary => &c.primary,
-                Target::Backup | Target::Witness => &c.backup,
+            check.await?;
+            let server = match target {
+                Target::Primary => Server::Primary,
+                Target::Backup => Server::Backup,
+                Target::Witness => return Ok(()),
             };
-            let ip = probe::resolve(&s.address, t).await.map_err(|e| e.to_string())?;
-            if c.checks.icmp {
-                inner.icmp.ping(ip, t).await.map_err(|e| e.to_string())?;
-            }
-            if c.checks.tcp || c.checks.rpc {
-                let addr = (ip, s.nfs_port).into();
-                let mut stream = probe::tcp_connect(addr, t).await.map_err(|e| e.to_string())?;
-                if c.checks.rpc {
-                    let target = addr.to_string();
-                    probe::rpc_null(&mut stream, &target, probe::NFS_PROGRAM, c.checks.nfs_version, t)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            if let (true, Some(rel)) = (canary, &c.checks.canary) {
-                probe::canary(c.mount_point.join(rel), c.checks.canary_timeout, inner.canary_busy.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            if let Some(a) = &inner.agents {
-                // a slow or dead agent says nothing about the server: no verdict within the probe's time
-                let s = if target == Target::Primary { Server::Primary } else { Server::Backup };
-                if let Ok(r) = tokio::time::timeout(t, a.check_export(s)).await {
-                    r?;
+            // The agent's view of the export: read-only or full is a definite "no"; a slow or dead
+            // agent says nothing about the server (no verdict within the probe's time).
+            if let Some(a) = agents {
+                if let Ok(Err(e)) = tokio::time::timeout(t, a.check_export(server)).await {
+                    return Err(Failure::certain(e));
                 }
             }
             Ok(())
@@ -603,14 +565,7 @@ mod tests {
     /// cannot be detached here, so they stay "mounted" whatever is tried).
     fn inner_with(state_dir: &Path, mountinfo: &Path) -> Inner {
         let cfg = crate::config::Config::parse(Path::new("w.toml"), WEB).unwrap().web.unwrap();
-        Inner {
-            ops: SysMountOps::new(mountinfo.to_owned(), &cfg),
-            cfg,
-            stage: state_dir.join("stage"),
-            icmp: Icmp::none(),
-            canary_busy: Arc::new(AtomicBool::new(false)),
-            agents: None,
-        }
+        Inner { ops: SysMountOps::new(mountinfo.to_owned(), &cfg), cfg, stage: state_dir.join("stage"), agents: None }
     }
 
     /// A leftover (maybe dead) NFS mount at a staging dir is detached and verified gone BEFORE the

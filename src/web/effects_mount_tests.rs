@@ -22,14 +22,7 @@ impl World {
         if let Some(src) = serving {
             ops.add(src, &cfg.mount_point);
         }
-        let inner = Inner {
-            cfg,
-            ops,
-            stage: dir.path().join("stage"),
-            icmp: Icmp::none(),
-            canary_busy: Arc::new(AtomicBool::new(false)),
-            agents: None,
-        };
+        let inner = Inner { cfg, ops, stage: dir.path().join("stage"), agents: None };
         World { _dir: dir, inner }
     }
 

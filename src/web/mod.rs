@@ -14,9 +14,10 @@
 //!                              reverse sync / catch-up / after-switch; alerts -> AlertSink
 //! ```
 //!
-//! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `state` (durable state and operator
-//! requests), `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never
-//! unmounts anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
+//! Modules: `fsm` (pure decisions), `health` (pure hysteresis), `check` (the real health check, with
+//! per-server timeouts from `rtt`, pure RTT estimation), `state` (durable state and operator requests),
+//! `effects` (traits + real implementation), `controller` (the loop). Stopping `web` never unmounts
+//! anything. The daemon and `--once` runs hold `<state_dir>/web.lock` (one instance per state
 //! directory); an operator request alone only writes the request file. `mount_point` and `state_dir`
 //! are canonicalized at start (the mount point through its parent only) to match mountinfo.
 //!
@@ -67,6 +68,7 @@
 //! with a single web node (a node would delete files another node just created on the primary).
 
 pub mod agents;
+pub mod check;
 pub mod controller;
 pub mod effects;
 pub mod freeze;
@@ -74,6 +76,7 @@ pub mod fsm;
 pub mod guard;
 pub mod health;
 pub mod mounts;
+pub mod rtt;
 pub mod state;
 
 use std::sync::Arc;
@@ -181,7 +184,7 @@ pub async fn run(
         Some(a) => Some(Arc::new(agents::Agents::open(a, &state_dir, Arc::clone(&alerts)).map_err(Error::Agents)?)),
         None => None,
     };
-    let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir).with_agents(agents));
+    let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir, agents));
     let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
     if !mode.once {
         c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());

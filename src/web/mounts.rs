@@ -66,7 +66,8 @@ impl MountOps for SysMountOps {
     }
 
     async fn mount(&self, source: &str, at: &Path) -> Result<(), MountError> {
-        mount::mount_helper(&self.fstype, &nfs_options(&self.fstype, &self.options), source, at, self.mount_timeout).await
+        mount::mount_helper(&self.fstype, &nfs_options(&self.fstype, &self.options), source, at, self.mount_timeout)
+            .await
     }
 
     async fn detach(&self, at: &Path, force: bool) -> Result<(), MountError> {
