@@ -86,7 +86,7 @@ wait_src() { # SOURCE SECONDS
     done
 }
 settled() { # the web node serves the primary with nothing owed (its status, as JSON)
-    "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | /usr/bin/python3 -c '
+    "$BIN" --config "$RUN/web.toml" status --json 2>/dev/null | /usr/bin/python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 sys.exit(0 if s.get("active") == "primary" and s.get("pending_reverse_sync") is False and "serving" in json.dumps(s.get("phase")) else 1)'
@@ -120,7 +120,7 @@ storage_toml() { # HOST PEER_IP AGENT(yes|no) -> config on stdout
     local me=$1 peer_ip=$2 agent=$3 peer
     peer=$([[ $me == primary ]] && echo backup || echo primary)
     cat <<EOF
-state_dir = "$WORK/$me-state"
+state_dir = "$RUN/$me-state"
 [storage]
 [storage.full_sync]
 at_start = false
@@ -149,7 +149,7 @@ EOF
 
 web_toml() { # MODE
     cat <<EOF
-state_dir = "$WORK/web-state"
+state_dir = "$RUN/web-state"
 [web]
 mount_point = "/mnt/nfs"
 fstype = "nfs"
@@ -208,7 +208,7 @@ make_changes() {
 
 # ms between the first log line matching A and the first later one matching B in the web log
 log_gap() {
-    /usr/bin/python3 - "$WORK/web.log" "$1" "$2" <<'PY'
+    /usr/bin/python3 - "$RUN/web.log" "$1" "$2" <<'PY'
 import re, sys, datetime
 path, a, b = sys.argv[1:4]
 t = lambda l: datetime.datetime.strptime(l[:26], "%Y-%m-%dT%H:%M:%S.%f")
@@ -228,21 +228,23 @@ printf '%-9s %-13s %-8s %-16s %-14s %s\n' files mode changes "heal->serving" fai
 for n in $FILES_LIST; do
     populate "$n"
     for mode in $MODES; do
-        rm -rf "$WORK"/*-state "$WORK"/*.log
-        web_toml "$mode" >"$WORK/web.toml"
-        storage_toml primary "$B" "$([[ $mode == agents ]] && echo yes || echo no)" >"$WORK/primary.toml"
-        in_host primary "$BIN" --config "$WORK/primary.toml" storage >"$WORK/primary.log" 2>&1 &
+        # a directory per run: a daemon of the previous run may still be on its way out
+        RUN=$WORK/run-$n-$mode
+        mkdir -p "$RUN"
+        web_toml "$mode" >"$RUN/web.toml"
+        storage_toml primary "$B" "$([[ $mode == agents ]] && echo yes || echo no)" >"$RUN/primary.toml"
+        in_host primary "$BIN" --config "$RUN/primary.toml" storage >"$RUN/primary.log" 2>&1 &
         PIDS+=($!)
         if [[ $mode == agents ]]; then
-            storage_toml backup "$P" yes >"$WORK/backup.toml"
-            in_host backup "$BIN" --config "$WORK/backup.toml" storage >"$WORK/backup.log" 2>&1 &
+            storage_toml backup "$P" yes >"$RUN/backup.toml"
+            in_host backup "$BIN" --config "$RUN/backup.toml" storage >"$RUN/backup.log" 2>&1 &
             PIDS+=($!)
         fi
-        "${WEB[@]}" "$BIN" --config "$WORK/web.toml" --log-format human web >"$WORK/web.log" 2>&1 &
+        "${WEB[@]}" "$BIN" --config "$RUN/web.toml" --log-format human web >"$RUN/web.log" 2>&1 &
         PIDS+=($!)
-        wait_settled 120 || { echo "$mode: not serving the primary" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+        wait_settled 120 || { echo "$mode: not serving the primary" >&2; tail -20 "$RUN/web.log" >&2; exit 1; }
         lab fault primary blackhole
-        wait_src "$B:/srv/nfs" 60 || { echo "$mode: no failover" >&2; tail -20 "$WORK/web.log" >&2; exit 1; }
+        wait_src "$B:/srv/nfs" 60 || { echo "$mode: no failover" >&2; tail -20 "$RUN/web.log" >&2; exit 1; }
         make_changes "$CHANGES" "$n"
         t0=$(now_ms)
         lab heal primary
