@@ -75,6 +75,9 @@ pub struct AgentReport {
     pub pending: u64,
     /// Nothing pending, nothing being pushed, no full sync owed, to the peer.
     pub drained: bool,
+    /// Replication lag to the peer: how long changes have been waiting (0 when drained).
+    #[serde(default)]
+    pub lag_ms: u64,
     /// Unix ms since when this agent has seen every change of its export (it watches from start-up;
     /// a lost event moves it forward). Changes made before it and not replicated are not known.
     pub covered_since_ms: u64,

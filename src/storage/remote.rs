@@ -48,6 +48,8 @@ struct QState {
     /// The tree of the full sync running, if any (still owed until it succeeds: compaction keeps it).
     full_sync_running: Option<u32>,
     max_pending: usize,
+    /// Since when the queue has not been empty (the oldest unpushed change is at most this old).
+    backlog_since: Option<std::time::Instant>,
 }
 
 impl QState {
@@ -92,6 +94,7 @@ impl Queue {
                 batches_in_flight: 0,
                 full_sync_running: None,
                 max_pending,
+                backlog_since: None,
             }),
             wake: Notify::new(),
         })
@@ -113,6 +116,9 @@ impl Queue {
             }
         }
         let fresh: Vec<(u64, &Entry)> = fresh.iter().map(|(q, e)| (*q, e)).collect();
+        if !fresh.is_empty() && s.backlog_since.is_none() {
+            s.backlog_since = Some(std::time::Instant::now());
+        }
         let mut out = Enqueued { collapsed: Vec::new(), durable: s.journal.add(&fresh) };
         if s.pending.len() > s.max_pending {
             let trees: BTreeSet<u32> = s.pending.iter().map(|(_, e)| e.tree).collect();
@@ -261,8 +267,22 @@ impl Queue {
 
     /// Nothing queued, nothing being pushed, no full sync owed or running.
     pub fn idle(&self) -> bool {
-        let s = self.lock();
-        s.pending.is_empty() && s.in_flight.is_empty() && s.full_sync.is_empty() && s.full_sync_running.is_none()
+        let mut s = self.lock();
+        let idle =
+            s.pending.is_empty() && s.in_flight.is_empty() && s.full_sync.is_empty() && s.full_sync_running.is_none();
+        if idle {
+            s.backlog_since = None;
+        }
+        idle
+    }
+
+    /// Replication lag: how long the queue has held unpushed changes (zero when idle); an upper
+    /// bound of the age of the oldest unpushed change.
+    pub fn lag(&self) -> std::time::Duration {
+        if self.idle() {
+            return std::time::Duration::ZERO;
+        }
+        self.lock().backlog_since.map_or(std::time::Duration::ZERO, |t| t.elapsed())
     }
 
     /// Takes every queued path out of the queue (not those being pushed); they stay in the journal
@@ -873,6 +893,24 @@ mod tests {
         assert_eq!(q.depth(), (1, vec![]));
         let Some(Work::Batch(b)) = q.next(10) else { panic!() };
         assert_eq!(b[0].1.path, Path::new("c"));
+    }
+
+    /// The lag is zero while idle, grows while changes wait, and is zero again once they are acked.
+    #[test]
+    fn lag_counts_from_the_first_waiting_change_until_the_queue_is_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.lag(), Duration::ZERO);
+        let _ = q.enqueue(&[e("a")]);
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while q.lag().is_zero() {
+            assert!(std::time::Instant::now() < end, "the lag never grew");
+            std::thread::yield_now();
+        }
+        let w = q.next(10).unwrap();
+        assert!(!q.lag().is_zero(), "in flight is still behind");
+        q.done(w, true);
+        assert_eq!(q.lag(), Duration::ZERO);
     }
 
     #[test]

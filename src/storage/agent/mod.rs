@@ -162,6 +162,7 @@ impl Agent {
             record: self.record(),
             pending: (pending + self.peer_queue.in_flight()) as u64 + owed.len() as u64,
             drained: self.peer_queue.idle(),
+            lag_ms: u64::try_from(self.peer_queue.lag().as_millis()).unwrap_or(u64::MAX),
             covered_since_ms: self.covered_since_ms.load(Ordering::SeqCst),
             orphans: self.orphans.load(Ordering::SeqCst),
         }
