@@ -193,14 +193,15 @@ EOF
 }
 
 # The changes, through the web host's mount of the backup: creates, deletes, renames of tree files.
+# Run number `off` (0, 1, ...) works on files of its own, so runs on one tree never collide.
 make_changes() {
-    local c=$1 n=$2 script="set -e; cd /mnt/nfs/tree; mkdir -p new"
-    local i
-    for ((i = 0; i < c / 2; i++)); do script+="; echo new$i > new/n$i"; done
-    for ((i = 0; i < c / 4; i++)); do script+="; rm d0000/f$(printf %07d "$i")"; done
+    local c=$1 n=$2 off=$3 script="set -e; cd /mnt/nfs/tree; mkdir -p new"
+    local i k
+    for ((i = 0; i < c / 2; i++)); do script+="; echo new$i > new/n$off-$i"; done
+    for ((i = 0; i < c / 4; i++)); do script+="; rm d0000/f$(printf %07d $((off * c / 4 + i)))"; done
     for ((i = 0; i < c / 4; i++)); do
-        local k=$(( n - 1 - i ))
-        script+="; mv d$(printf %04d $((k / 1000)))/f$(printf %07d "$k") d0000/renamed$i"
+        k=$(( n - 1 - off * c / 4 - i ))
+        script+="; mv d$(printf %04d $((k / 1000)))/f$(printf %07d "$k") d0000/renamed$off-$i"
     done
     script+="; sync"
     "${WEB[@]}" sh -c "$script"
@@ -227,6 +228,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 printf '%-9s %-13s %-8s %-16s %-14s %s\n' files mode changes "heal->serving" failback replayed
 for n in $FILES_LIST; do
     populate "$n"
+    off=0
     for mode in $MODES; do
         # a directory per run: a daemon of the previous run may still be on its way out
         RUN=$WORK/run-$n-$mode
@@ -245,7 +247,7 @@ for n in $FILES_LIST; do
         wait_settled 120 || { echo "$mode: not serving the primary" >&2; tail -20 "$RUN/web.log" >&2; exit 1; }
         lab fault primary blackhole
         wait_src "$B:/srv/nfs" 60 || { echo "$mode: no failover" >&2; tail -20 "$RUN/web.log" >&2; exit 1; }
-        make_changes "$CHANGES" "$n"
+        make_changes "$CHANGES" "$n" "$off"
         t0=$(now_ms)
         lab heal primary
         if wait_src "$P:/srv/nfs" $(( LEGACY_MAX + 120 )); then
@@ -257,8 +259,8 @@ for n in $FILES_LIST; do
         fi
         gone=0 moved=0
         for ((i = 0; i < CHANGES / 4; i++)); do
-            [[ -e $LAB_PRIMARY_DATA/tree/d0000/f$(printf %07d "$i") ]] || gone=$((gone + 1))
-            k=$(( n - 1 - i ))
+            [[ -e $LAB_PRIMARY_DATA/tree/d0000/f$(printf %07d $((off * CHANGES / 4 + i))) ]] || gone=$((gone + 1))
+            k=$(( n - 1 - off * CHANGES / 4 - i ))
             [[ -e $LAB_PRIMARY_DATA/tree/d$(printf %04d $((k / 1000)))/f$(printf %07d "$k") ]] || moved=$((moved + 1))
         done
         printf '%-9s %-13s %-8s %-16s %-14s %s\n' "$n" "$mode" "$CHANGES" "${heal} ms" "${fb} ms" \
@@ -267,5 +269,6 @@ for n in $FILES_LIST; do
         "${WEB[@]}" umount -l /mnt/nfs 2>/dev/null || true
         # the next mode starts from equal trees again
         rsync -a --delete "$LAB_PRIMARY_DATA/tree/" "$LAB_BACKUP_DATA/tree/"
+        off=$((off + 1))
     done
 done
