@@ -69,6 +69,8 @@ def in_primary(argv, **kw):
     return subprocess.Popen([LAB_SH, "exec", "primary"] + argv, **kw)
 
 PREFILL = int(os.environ.get("BENCH_PREFILL", "0"))
+# Every tool's start-up sync reads the prefilled tree: give it time (about 1 s per 5,000 files here).
+START_TIMEOUT = 60 + PREFILL // 2000
 
 def clean(d):
     # Entries may still vanish underneath us (a stopped tool's last rsync): tolerate that, then check.
@@ -306,7 +308,7 @@ def run_bulk(key):
     row(f"({key}) floor", title, f"{floor:.2f}s", f"(write {tw:.2f}s + rsync {tr:.2f}s)", "", "")
     for tool in tools:
         reset()
-        tool.start(f"-{key}")
+        tool.start(f"-{key}", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
         c0 = tool_cpu(tool)
         t0 = time.monotonic(); act()
@@ -329,7 +331,7 @@ def run_trickle():
     row("(b) floor", "single-file push", f"p50 {fp50*1000:.0f}ms", f"p99 {max(lat)*1000:.0f}ms", "", "")
     for tool in tools:
         clean(P); clean(B); os.makedirs(P + "/t"); plain_rsync()
-        tool.start("-b")
+        tool.start("-b", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
         c0 = tool_cpu(tool)
         closed = [0.0] * 200; seen = [None] * 200
@@ -371,7 +373,7 @@ def run_rate(rate, secs=float(os.environ.get("BENCH_SECS", "30"))):
     sizes = [rnd.randint(4096, 16384) for _ in range(n)]
     for tool in tools:
         clean(P); clean(B); os.makedirs(P + "/s"); plain_rsync()
-        tool.start(f"-s{rate}")
+        tool.start(f"-s{rate}", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
         c0 = tool_cpu(tool)
         closed = [0.0] * n; seen = [None] * n

@@ -208,6 +208,19 @@ fn every_name_replicates_as_list_entries_roots_deletions_and_full_sync() {
     s.push(&entries(&roots, |_| Scope::Tree), true);
     s.assert_same("after deleting every name as a missing root");
 
+    // 4b. Files as roots beside subtrees (a burst's later batches), then their deletions as missing
+    // roots, files as Path and directories as Gone.
+    populate(&s.src);
+    let is_dir = |p: &Path| p.starts_with("dirs") || p == Path::new("nest");
+    s.push(&entries(&roots, |p| if is_dir(p) { Scope::Tree } else { Scope::Path }), true);
+    s.assert_same("after pushing every file name as a root beside the subtrees");
+    clear(&s.src.join("dirs"), &[]);
+    clear(&s.src, &["dirs"]);
+    let mut gone = vec![Entry::new(0, "new-subtree", Scope::Tree)];
+    gone.extend(entries(&roots, |p| if is_dir(p) { Scope::Gone } else { Scope::Path }));
+    s.push(&gone, true);
+    s.assert_same("after deleting every name as a missing root beside a subtree");
+
     // 5. Full sync of a fresh tree to an empty remote.
     clear(&s.daemon.root, &[]);
     populate(&s.src);

@@ -210,9 +210,19 @@ impl PendingSet {
     }
 
     /// Like [`PendingSet::take`] but only entries for which `ok` holds (the others keep their place).
-    pub fn take_where(&mut self, max: usize, mut ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
-        let seqs: Vec<u64> = self.by_seq.iter().filter(|(_, e)| ok(e)).take(max).map(|(s, _)| *s).collect();
+    pub fn take_where(&mut self, max: usize, ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
+        self.take_where_from(0, max, ok)
+    }
+
+    /// [`PendingSet::take_where`] among the entries numbered `from` or higher.
+    pub fn take_where_from(&mut self, from: u64, max: usize, mut ok: impl FnMut(&Entry) -> bool) -> Vec<(u64, Entry)> {
+        let seqs: Vec<u64> = self.by_seq.range(from..).filter(|(_, e)| ok(e)).take(max).map(|(s, _)| *s).collect();
         self.take_seqs(seqs)
+    }
+
+    /// The entries numbered `from` or higher, oldest first.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = (u64, &Entry)> {
+        self.by_seq.range(from..).map(|(s, e)| (*s, e))
     }
 
     /// Drops the entries whose sequence numbers fall in the inclusive `ranges` (they were pushed).

@@ -10,12 +10,16 @@
 //! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
 //!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
 //!   3.x refuses "cannot delete non-empty directory" and still exits 0).
-//! - A batch whose entries are all new or moved-in subtrees (the common burst: `mkdir` and files
-//!   inside) goes as source ARGUMENTS `SRC/./rel` with `-R -r`, and rsync walks them itself: rsync
-//!   3.4+ opens every component of every `--files-from` path on its own, which makes a list of the
-//!   files of a deep tree ~2x slower than a recursive transfer. Same options otherwise; a missing
-//!   root is deleted by `--delete-missing-args` as in a list. Past [`MAX_ROOTS`] or
-//!   [`MAX_ROOT_BYTES`] of arguments, the list is used.
+//! - A batch whose entries are new or moved-in subtrees (the common burst: `mkdir` and files
+//!   inside), plus any paths that are not directories (files, symlinks, deleted paths), goes as
+//!   source ARGUMENTS `SRC/./rel` with `-R -r`, and rsync walks the subtrees itself: rsync 3.4+ opens
+//!   every component of every `--files-from` path on its own, which makes a list of the files of a
+//!   deep tree ~2x slower than a recursive transfer. A non-directory argument is sent as in a list
+//!   (recursion does not apply to it); a missing one is deleted by `--delete-missing-args` as in a
+//!   list. Only a directory's own `Path` entry (its attributes, not its contents) needs the list. A
+//!   burst's later batches (files closed after their directory's walk began, beside the directories
+//!   made since) therefore stay recursive. Past [`MAX_ROOTS`] or [`MAX_ROOT_BYTES`] of arguments,
+//!   the list is used.
 //! - `Replace` entries (a directory deleted and made again) go as roots too, in batches of their own
 //!   (see `remote::Queue::next`), with `--delete`: what the remote has beneath them and the source
 //!   no longer has goes. `--delete` never reaches outside the roots (not even their parents, which
@@ -235,15 +239,16 @@ pub fn full_sync_args(
 }
 
 /// How to push `entries` (all of one tree rooted at `root`): [`Plan::Roots`] when every entry that
-/// no recursive entry of the batch covers is a `Tree` entry, [`Plan::Replace`] when all are `Replace`
-/// entries, else [`Plan::List`] (which never deletes beneath a replaced directory: a warning says so).
+/// no recursive entry of the batch covers can go as a root ([`as_root`]), [`Plan::Replace`] when all
+/// are `Replace` entries, else [`Plan::List`] (which never deletes beneath a replaced directory: a
+/// warning says so).
 pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
     let covered = coverage(entries);
     let top: Vec<&Entry> = entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)).collect();
     let roots: Vec<PathBuf> = top.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 3).sum();
     let fits = roots.len() <= MAX_ROOTS && bytes <= MAX_ROOT_BYTES;
-    if fits && top.iter().all(|e| e.scope == Scope::Tree) {
+    if fits && top.iter().any(|e| e.scope == Scope::Tree) && top.iter().all(|e| as_root(root, e)) {
         return Plan::Roots(roots);
     }
     if fits && top.iter().all(|e| e.scope == Scope::Replace) {
@@ -256,6 +261,21 @@ pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
         );
     }
     Plan::List(expand(root, entries, filter))
+}
+
+/// Can `e` go as a root argument, rsync recursing into it? A subtree, and any other path that is not
+/// a directory now: a file or symlink is sent as in a list, a missing path is deleted as in a list.
+/// A directory's `Path` entry stands for its attributes only (recursing would send its contents,
+/// half-written files included), and `Replace` needs `--delete`: both need other plans. (A path that
+/// becomes a directory between this look and rsync's is walked: its creation pushes it so anyway.)
+fn as_root(root: &Path, e: &Entry) -> bool {
+    match e.scope {
+        Scope::Tree => true,
+        Scope::Replace => false,
+        Scope::Path | Scope::Gone => {
+            e.path != Path::new(".") && !std::fs::symlink_metadata(root.join(&e.path)).is_ok_and(|m| m.is_dir())
+        }
+    }
 }
 
 /// Is a path beneath a recursive entry of `entries` (so a walk of that entry covers it)?
@@ -419,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_uses_roots_only_when_every_uncovered_entry_is_a_subtree() {
+    fn plan_uses_roots_when_every_uncovered_entry_is_a_subtree_or_no_directory() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("new/a")).unwrap();
@@ -435,12 +455,26 @@ mod tests {
             Entry::new(0, "x.swp", Scope::Path),
         ];
         assert_eq!(plan(root, &burst, &filter), Plan::Roots(vec!["gone".into(), "new".into()]));
-        // A plain path outside every subtree needs the list (which walks the subtrees).
-        let mixed = [Entry::new(0, "new", Scope::Tree), Entry::new(0, "plain", Scope::Path)];
+        // Files and deleted paths outside every subtree go as roots too (a burst's later batches:
+        // files closed after their directory's walk began, beside the directories made since).
+        let mixed = [
+            Entry::new(0, "new", Scope::Tree),
+            Entry::new(0, "plain", Scope::Path),
+            Entry::new(0, "deleted", Scope::Path),
+            Entry::new(0, "gone-dir", Scope::Gone),
+        ];
         assert_eq!(
             plan(root, &mixed, &filter),
-            Plan::List(vec!["new".into(), "new/a".into(), "new/a/f".into(), "plain".into()])
+            Plan::Roots(vec!["deleted".into(), "gone-dir".into(), "new".into(), "plain".into()])
         );
+        // A directory's own change (its attributes, not its contents) needs the list (which walks
+        // the subtrees); so does the tree root's.
+        for dir in ["new/a", "."] {
+            let attrs = [Entry::new(0, "plain", Scope::Tree), Entry::new(0, dir, Scope::Path)];
+            assert!(matches!(plan(root, &attrs, &filter), Plan::List(_)), "{dir}");
+        }
+        // Without a subtree, a batch of paths stays a list (rsync's per-argument cost is the same).
+        assert!(matches!(plan(root, &[Entry::new(0, "plain", Scope::Path)], &filter), Plan::List(_)));
         // Replaced directories alone: roots with --delete inside them; mixed with others: the list.
         let replaced = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "new/a/f", Scope::Gone)];
         let replace_plan = plan(root, &replaced, &filter);
