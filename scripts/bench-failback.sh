@@ -63,7 +63,8 @@ SECRET=$WORK/agent.secret
 head -c 24 /dev/urandom | base64 >"$SECRET"
 chmod 600 "$SECRET"
 if [[ $LAB_WEB == uml ]]; then WEB=("$ROOT/scripts/lab/uml-exec" "$LAB_WEB_SPOOL"); else WEB=(nsenter -t "$HOLDER" -m -n --); fi
-in_host() { local h=$1; shift; nsenter -t "$(cut -d' ' -f1 "$LAB_RUN/$h/holder.pid")" -m -n -- "$@"; }
+# Run in host $1 (exec: started with `&`, $! is the command itself, so stop_daemons stops it).
+in_host() { local h=$1; shift; exec nsenter -t "$(cut -d' ' -f1 "$LAB_RUN/$h/holder.pid")" -m -n -- "$@"; }
 
 web_mountinfo() {
     if [[ $LAB_WEB == uml ]]; then
