@@ -2,12 +2,15 @@
 # THE main job, end to end, in a local lab (root): replication, failover and failback.
 #
 #   1. brings up the lab: primary + backup storage hosts (rsyncd, nfs-ganesha), a web host, a mail host
-#   2. runs `nfs-guard storage` on primary (pushing to backup) and `nfs-guard web` on web
+#   2. runs `nfs-guard storage` as a storage agent on both storage hosts (the active one pushes every
+#      change to the other) and `nfs-guard web` on web, driving them (docs/agents.md)
 #   3. writes files through the web server's mount; shows them replicated to the backup
 #   4. freezes the primary (SIGSTOP: it still answers ping!) and times the failover to the backup
-#   5. writes files during the failover (they land on the backup)
-#   6. heals the primary; nfs-guard reverse-syncs backup -> primary, then switches back
-#   7. checks every file is on the primary byte for byte, and lists the alert mails received
+#      (the backup's agent is made active at a new epoch before the mount)
+#   5. writes, deletes and renames files during the failover (on the backup, journaled for the primary)
+#   6. heals the primary; it stands down, the backup's journal drains to it, then the web switches back
+#   7. checks every change is on the primary (nothing deleted came back, nothing renamed exists twice),
+#      and lists the alert mails received
 # Everything it starts is stopped and the lab removed on exit, even on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,18 +63,30 @@ password_file = \"$LAB_RSYNC_PASS\"
 connect_timeout = \"2s\"
 io_timeout = \"5s\""
 
-cat >"$D/primary.toml" <<CONF
-state_dir = "$D/primary-state"
+head -c 24 /dev/urandom | base64 >"$D/agent.secret"
+chmod 600 "$D/agent.secret"
+agent_toml() { # ME MY_IP PEER PEER_IP: a storage agent (as config/agent-primary.toml)
+  cat <<CONF
+state_dir = "$D/$1-state"
 [storage]
 window = "100ms"
+[storage.agent]
+server = "$1"
+listen = "$2:7451"
+secret_file = "$D/agent.secret"
+peer = "$3"
+peer_api = "http://$4:7451"
 [[storage.trees]]
 path = "$LAB_EXPORT"
 [[storage.remotes]]
-name = "backup"
-host = "$LAB_BACKUP_IP"
+name = "$3"
+host = "$4"
 $RSYNC_AUTH
 $ALERT
 CONF
+}
+agent_toml primary "$LAB_PRIMARY_IP" backup "$LAB_BACKUP_IP" >"$D/primary.toml"
+agent_toml backup "$LAB_BACKUP_IP" primary "$LAB_PRIMARY_IP" >"$D/backup.toml"
 
 cat >"$D/web.toml" <<CONF
 state_dir = "$D/web-state"
@@ -89,14 +104,14 @@ export = "$LAB_EXPORT"
 [web.backup]
 address = "$LAB_BACKUP_IP"
 export = "$LAB_EXPORT"
-[web.reverse_sync]
-retry_initial = "2s"
-[web.reverse_sync.target]
-host = "$LAB_PRIMARY_IP"
-$RSYNC_AUTH
+[web.agents]
+primary = "http://$LAB_PRIMARY_IP:7451"
+backup = "http://$LAB_BACKUP_IP:7451"
+secret_file = "$D/agent.secret"
 $ALERT
 CONF
 "$BIN" --config "$D/primary.toml" check-config
+"$BIN" --config "$D/backup.toml" check-config
 "$BIN" --config "$D/web.toml" check-config
 
 wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
@@ -108,10 +123,11 @@ wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
   done
 }
 mounted_from() { lab web grep -q " $LAB_WEB_MOUNT .* $1:$LAB_EXPORT " /proc/self/mountinfo; }
-same_tree() { diff -r "$1" "$2"; }
+same_tree() { diff -r -x .nfs-guard-agent-canary "$1" "$2"; }  # the agents' health canary is per server
 
-say "starting nfs-guard storage on primary and nfs-guard web on web"
-lab primary "$BIN" --config "$D/primary.toml" storage >"$D/storage.log" 2>&1 & PIDS+=($!)
+say "starting nfs-guard storage (agents) on primary and backup, and nfs-guard web on web"
+lab primary "$BIN" --config "$D/primary.toml" storage >"$D/primary.log" 2>&1 & PIDS+=($!)
+lab backup "$BIN" --config "$D/backup.toml" storage >"$D/backup.log" 2>&1 & PIDS+=($!)
 lab web "$BIN" --config "$D/web.toml" web >"$D/web.log" 2>&1 & PIDS+=($!)
 wait_for "web to mount the primary" 30 mounted_from "$LAB_PRIMARY_IP"
 echo "web: $LAB_WEB_MOUNT is served by primary ($LAB_PRIMARY_IP:$LAB_EXPORT)"
@@ -131,10 +147,13 @@ wait_for "failover to the backup" 30 mounted_from "$LAB_BACKUP_IP"
 echo "failover: web mount served by backup $(( $(now_ms) - t0 )) ms after the freeze"
 lab web "$BIN" --config "$D/web.toml" status
 
-say "writing 50 files during the failover (they land on the backup)"
-lab web bash -c 'cd "$1" && mkdir -p during && for i in $(seq 1 50); do echo "written during failover $i" > "during/f$i"; done' _ "$LAB_WEB_MOUNT"
+echo "cluster record on the backup's agent: $(lab backup curl -s "http://$LAB_BACKUP_IP:7451/v1/role")"
 
-say "HEAL: primary back; nfs-guard waits for hold-down, reverse-syncs backup -> primary, then switches back"
+say "during the failover: 50 files written, 20 uploads deleted, a directory renamed (all on the backup)"
+lab web bash -c 'cd "$1" && mkdir -p during && for i in $(seq 1 50); do echo "written during failover $i" > "during/f$i"; done
+  for i in $(seq 1 20); do rm "uploads/2026/file $i.txt"; done; mv uploads/2026 uploads/archive-2026' _ "$LAB_WEB_MOUNT"
+
+say "HEAL: primary back; it stands down, the backup's journal drains to it (hold-down first), then the switch"
 t0=$(now_ms)
 scripts/lab.sh heal primary
 wait_for "failback to the primary" 90 mounted_from "$LAB_PRIMARY_IP"
@@ -143,9 +162,18 @@ for i in $(seq 1 50); do
   cmp -s "$LAB_BACKUP_DATA/during/f$i" "$LAB_PRIMARY_DATA/during/f$i" || { echo "LOST: during/f$i not on primary" >&2; exit 1; }
 done
 echo "all 50 files written during the failover are on the primary, byte for byte"
+[[ ! -e $LAB_PRIMARY_DATA/uploads/2026 ]] || { echo "the renamed directory exists twice on the primary" >&2; exit 1; }
+for i in $(seq 1 20); do
+  [[ ! -e "$LAB_PRIMARY_DATA/uploads/archive-2026/file $i.txt" ]] || { echo "deleted upload $i came back" >&2; exit 1; }
+done
+cmp -s "$LAB_PRIMARY_DATA/uploads/archive-2026/file 21.txt" "$LAB_BACKUP_DATA/uploads/archive-2026/file 21.txt" \
+  || { echo "the renamed directory's files are not on the primary" >&2; exit 1; }
+echo "the 20 deletes and the directory rename made during the failover are on the primary (nothing came back)"
+wait_for "the backup equal to the primary again" 30 same_tree "$LAB_PRIMARY_DATA" "$LAB_BACKUP_DATA"
+echo "primary == backup"
 lab web "$BIN" --config "$D/web.toml" status
 
 say "alerts received by the mail host"
 wait_for "alert mails" 20 bash -c "grep -rlq '^Subject:' '$LAB_MAIL_DIR'"
 grep -rh '^Subject:' "$LAB_MAIL_DIR" | sort | uniq -c
-say "demo complete: replication, failover on a frozen primary, ordered failback without data loss"
+say "demo complete: replication, failover on a frozen primary, failback that replays writes, deletes and renames"
