@@ -41,6 +41,9 @@ use crate::sys::fsutil;
 /// no-op rsync; a missed client write would be lost).
 pub const CLOCK_MARGIN_MS: u64 = 10_000;
 
+/// How long one export health check answers for.
+pub const HEALTH_TTL: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot read the agent's record {path}")]
@@ -81,6 +84,7 @@ pub struct Agent {
     peer_queue: Arc<Queue>,
     /// The export's trees (for the health check).
     roots: Vec<PathBuf>,
+    last_health: Mutex<Option<(std::time::Instant, health::Health)>>,
     /// The last fence failure logged (to log it once per kind, not per batch).
     last_fence_error: Mutex<String>,
 }
@@ -123,6 +127,7 @@ impl Agent {
             control: tx,
             peer_queue,
             roots,
+            last_health: Mutex::new(None),
             last_fence_error: Mutex::new(String::new()),
         };
         tracing::info!(
@@ -307,11 +312,20 @@ impl Agent {
         }
     }
 
-    /// The export's health (see `health`), within the agent's call deadline.
+    /// The export's health (see `health`), within the agent's call deadline. A result younger than
+    /// [`HEALTH_TTL`] is answered again: every web node asks with every check (5 times a second by
+    /// default), and each check is an fsync'd write on the export.
     pub async fn health(&self) -> health::Health {
+        if let Some((at, h)) = &*self.last_health.lock().unwrap_or_else(PoisonError::into_inner) {
+            if at.elapsed() < HEALTH_TTL {
+                return h.clone();
+            }
+        }
         let limits =
             health::Limits { min_free_bytes: self.cfg.min_free_bytes, min_free_inodes: self.cfg.min_free_inodes };
-        health::check(self.roots.clone(), limits, self.cfg.timeout).await
+        let h = health::check(self.roots.clone(), limits, self.cfg.timeout).await;
+        *self.last_health.lock().unwrap_or_else(PoisonError::into_inner) = Some((std::time::Instant::now(), h.clone()));
+        h
     }
 
     /// This agent's server.
