@@ -51,41 +51,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
-lab() { LAB_QUIET=1 bash "$LABSH" "$@"; }
+# shellcheck source=lab/bench-web.sh
+source "$ROOT/scripts/lab/bench-web.sh"
 
 lab up
 eval "$(lab env)"
 P=$LAB_PRIMARY_IP B=$LAB_BACKUP_IP
-HOLDER=$(cut -d' ' -f1 "$LAB_RUN/web/holder.pid")
+bench_web_init
 WORK=$(mktemp -d "$LAB_STATE/bench.XXXXXX")
 SECRET=$WORK/agent.secret
 head -c 24 /dev/urandom | base64 >"$SECRET"
 chmod 600 "$SECRET"
-if [[ $LAB_WEB == uml ]]; then WEB=("$ROOT/scripts/lab/uml-exec" "$LAB_WEB_SPOOL"); else WEB=(nsenter -t "$HOLDER" -m -n --); fi
 # Run in host $1 (exec: started with `&`, $! is the command itself, so stop_daemons stops it).
 in_host() { local h=$1; shift; exec nsenter -t "$(cut -d' ' -f1 "$LAB_RUN/$h/holder.pid")" -m -n -- "$@"; }
 
-web_mountinfo() {
-    if [[ $LAB_WEB == uml ]]; then
-        local t
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            t=$(cat "$LAB_WEB_SPOOL/mountinfo" 2>/dev/null) || true
-            [[ $t == *"#end" ]] && { printf '%s\n' "$t"; return; }
-            sleep 0.01
-        done
-    else
-        cat "/proc/$HOLDER/mountinfo"
-    fi
-}
-mount_src() { web_mountinfo | awk '$5=="/mnt/nfs"{for(i=7;i<=NF;i++) if($i=="-"){s=$(i+2)}} END{print s}'; }
-wait_src() { # SOURCE SECONDS
-    local end=$(( $(now_ms) + $2 * 1000 ))
-    until [[ $(mount_src) == "$1" ]]; do
-        (( $(now_ms) < end )) || return 1
-        sleep 0.02
-    done
-}
 settled() { # the web node serves the primary with nothing owed (its status, as JSON)
     "$BIN" --config "$RUN/web.toml" status --json 2>/dev/null | /usr/bin/python3 -c '
 import json, sys

@@ -67,43 +67,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
-lab() { LAB_QUIET=1 bash "$LABSH" "$@"; }
+# shellcheck source=lab/bench-web.sh
+source "$ROOT/scripts/lab/bench-web.sh"
 
 lab up
 eval "$(lab env)"
-HOLDER=$(cut -d' ' -f1 "$LAB_RUN/web/holder.pid")
+bench_web_init
 P=$LAB_PRIMARY_IP B=$LAB_BACKUP_IP
 # Under the lab's state dir: the uml guest sees it read-write at the same path (not this /tmp).
 WORK=$(mktemp -d "$LAB_STATE/bench.XXXXXX")
 
-web_mountinfo() {
-    if [[ $LAB_WEB == uml ]]; then
-        # rewritten in place by the guest's init every ~100 ms; complete when it ends with "#end"
-        local t
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            t=$(cat "$LAB_WEB_SPOOL/mountinfo" 2>/dev/null) || true
-            [[ $t == *"#end" ]] && { printf '%s\n' "$t"; return; }
-            sleep 0.01
-        done
-    else
-        cat "/proc/$HOLDER/mountinfo"
-    fi
-}
-mount_src() { # source of the topmost mount at /mnt/nfs in the web host ("" if none); never touches it
-    web_mountinfo | awk '$5=="/mnt/nfs"{for(i=7;i<=NF;i++) if($i=="-"){s=$(i+2)}} END{print s}'
-}
-# "${WEB[@]}" CMD...: run CMD in the web host. Both exec the command (or, for uml, are its client, which
-# forwards SIGTERM to it), so $! of `"${WEB[@]}" CMD &` is what to kill.
-if [[ $LAB_WEB == uml ]]; then WEB=("$ROOT/scripts/lab/uml-exec" "$LAB_WEB_SPOOL"); else WEB=(nsenter -t "$HOLDER" -m -n --); fi
 web() { "${WEB[@]}" "$@"; }
-wait_src() { # SOURCE SECONDS
-    local end=$(( $(now_ms) + $2 * 1000 ))
-    until [[ $(mount_src) == "$1" ]]; do
-        (( $(now_ms) < end )) || return 1
-        sleep 0.02
-    done
-}
 status_field() { "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | sed -n "s/^  \"$1\": \\(.*\\),\$/\\1/p" | head -1; }
 wait_failed_back() {
     local end=$(( $(now_ms) + $1 * 1000 ))

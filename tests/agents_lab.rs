@@ -85,12 +85,7 @@ fn failback_replays_deletes_and_renames_made_during_the_failover() {
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     seed(&p);
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
 
     lab.fault(Host::Primary, Fault::StopNfs);
     wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
@@ -133,12 +128,7 @@ fn orphaned_writes_of_a_dead_primary_come_back_and_conflicts_keep_both_versions(
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     fs::write(p.join("base"), "both").unwrap();
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
 
     // The primary acknowledges writes it cannot replicate (the backup's rsync daemon is down) ...
     lab.fault(Host::Backup, Fault::StopRsyncd);
@@ -190,12 +180,7 @@ fn a_stale_primary_stands_down_and_forged_role_changes_are_refused() {
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     fs::write(p.join("victim"), "deleted during the failover").unwrap();
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
     lab.fault(Host::Primary, Fault::Kill);
     c.kill_agent(Host::Primary);
     wait_until("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
@@ -250,12 +235,7 @@ fn a_frozen_backup_agent_never_blocks_the_failover_and_its_changes_still_reach_t
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     seed(&p);
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
 
     let agent = c.agent_pid(Host::Backup);
     signal(agent, "STOP");
@@ -294,12 +274,7 @@ fn kill_9_of_agents_and_web_node_at_each_step_loses_nothing() {
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     seed(&p);
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
 
     // the primary dies whole (agent, rsync daemon, NFS): the backup's journal holds the changes
     lab.fault(Host::Primary, Fault::Kill);
@@ -353,17 +328,7 @@ fn a_read_only_or_full_export_is_failed_over_from_and_failed_back_to_through_the
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     let work = work_dir(&lab);
     // the filler stays on the primary (replicated, it would fill the backup as well)
-    let mut c = Cluster::new(&lab, work.path(), "exclude = [\"fill\"]");
-    for h in Host::STORAGE {
-        let cfg = work.path().join(format!("{}.toml", h.name()));
-        let text =
-            fs::read_to_string(&cfg).unwrap().replace("[storage.agent]\n", "[storage.agent]\nmin_free_mb = 16\n");
-        fs::write(&cfg, text).unwrap();
-    }
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    c.web.start(&lab);
-    wait_until("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "exclude = [\"fill\"]", "min_free_mb = 16");
 
     let episodes: [(&str, &str, &str); 2] = [
         ("read-only", "mount -o remount,ro,bind /srv/nfs", "mount -o remount,rw,bind /srv/nfs"),
@@ -408,12 +373,7 @@ fn kill_9_right_after_each_protocol_step_loses_nothing() {
     let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
     seed(&p);
     let work = work_dir(&lab);
-    let mut c = Cluster::new(&lab, work.path(), "");
-    c.start_agent(&lab, Host::Primary);
-    c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-    c.web.start(&lab);
-    c.wait("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+    let mut c = Cluster::running(&lab, work.path(), "", "");
 
     lab.fault(Host::Primary, Fault::Kill);
     c.kill_agent(Host::Primary);

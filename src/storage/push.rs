@@ -180,12 +180,9 @@ pub async fn run(
             }
             let mut args = common(base, target, tree);
             args.extend(["-d", "--exclude=/*"].map(OsString::from));
-            if opts.cautious {
-                args.insert(0, "--update".into());
-            }
             args.push(source(tree));
             args.push(dest_url(target, tree).into());
-            let mut r = rsync::run(rsync, &args, None, opts.deadline).await?;
+            let mut r = spawn(rsync, args, None, opts).await?;
             if let Some(l) = listed {
                 r.files += l.files;
                 r.bytes += l.bytes;
@@ -206,14 +203,23 @@ async fn run_one(
     filter: &Filter,
     opts: RunOpts,
 ) -> Result<RsyncReport, SpawnError> {
-    let mut args = batch_args(base, target, tree, plan, filter);
-    if opts.cautious {
-        args.insert(0, "--update".into());
-    }
     let stdin = match plan {
         Plan::List(l) => Some(rsync::nul_list(l.iter().map(PathBuf::as_path))),
         Plan::Roots(_) | Plan::Replace(_) => None,
     };
+    spawn(rsync, batch_args(base, target, tree, plan, filter), stdin, opts).await
+}
+
+/// Runs rsync with `args` (`--update` first when cautious) under the batch deadline.
+async fn spawn(
+    rsync: &Path,
+    mut args: Vec<OsString>,
+    stdin: Option<Vec<u8>>,
+    opts: RunOpts,
+) -> Result<RsyncReport, SpawnError> {
+    if opts.cautious {
+        args.insert(0, "--update".into());
+    }
     rsync::run(rsync, &args, stdin, opts.deadline).await
 }
 

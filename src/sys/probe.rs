@@ -301,8 +301,8 @@ mod tests {
         assert_eq!(parse_rpc_reply(7, &words(&[7, 1, 0, 1, 5, 0, 0, 0])), Ok(RpcReply::Success));
     }
 
-    #[tokio::test]
-    async fn rpc_null_against_a_fake_server() {
+    /// A fake NFS server on loopback: reads one NULL call, answers `answer(xid)`.
+    async fn fake_server(answer: impl FnOnce(u32) -> Vec<u8> + Send + 'static) -> std::net::SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -310,11 +310,19 @@ mod tests {
             let mut call = [0u8; 44];
             s.read_exact(&mut call).await.unwrap();
             let xid = u32::from_be_bytes(call[4..8].try_into().unwrap());
-            let body = words(&[xid, 1, 0, 0, 0, 2, 4, 4]);
-            let mut out = (0x8000_0000u32 | 32).to_be_bytes().to_vec();
-            out.extend(body);
-            s.write_all(&out).await.unwrap();
+            s.write_all(&answer(xid)).await.unwrap();
         });
+        addr
+    }
+
+    #[tokio::test]
+    async fn rpc_null_against_a_fake_server() {
+        let addr = fake_server(|xid| {
+            let mut out = (0x8000_0000u32 | 32).to_be_bytes().to_vec();
+            out.extend(words(&[xid, 1, 0, 0, 0, 2, 4, 4]));
+            out
+        })
+        .await;
         let mut s = tcp_connect(addr, Duration::from_secs(2)).await.unwrap();
         let r = rpc_null(&mut s, "t", NFS_PROGRAM, 3, Duration::from_secs(2)).await.unwrap();
         assert_eq!(r, RpcReply::ProgMismatch { low: 4, high: 4 });
@@ -357,14 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_closes_mid_call_or_answers_garbage_is_certain() {
         for answer in [&b""[..], &[0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0][..]] {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = l.accept().await.unwrap();
-                let mut call = [0u8; 44];
-                s.read_exact(&mut call).await.unwrap();
-                s.write_all(answer).await.unwrap();
-            });
+            let addr = fake_server(move |_| answer.to_vec()).await;
             let mut s = tcp_connect(addr, Duration::from_secs(2)).await.unwrap();
             let e = rpc_null(&mut s, "t", NFS_PROGRAM, 3, Duration::from_secs(2)).await.unwrap_err();
             assert!(e.certain, "{answer:?}: {e}");

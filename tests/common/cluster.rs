@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::lab::{wait_until, Host, Lab};
-use crate::storage_common::Node;
+use crate::storage_common::{self, Node};
 use crate::web_node::WebNode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
@@ -41,8 +41,9 @@ pub fn api(lab: &Lab, h: Host) -> String {
 
 impl Cluster {
     /// Configs for both agents and the web node under `dir` (inside the lab's state dir, so a
-    /// user-mode-linux web host sees them); nothing started. `storage_extra` goes into `[storage]`.
-    pub fn new(lab: &Lab, dir: &Path, storage_extra: &str) -> Cluster {
+    /// user-mode-linux web host sees them); nothing started. `storage_extra` goes into `[storage]`,
+    /// `agent_extra` into `[storage.agent]`.
+    pub fn new(lab: &Lab, dir: &Path, storage_extra: &str, agent_extra: &str) -> Cluster {
         let secret = dir.join("agent.secret");
         fs::write(&secret, "lab-secret-0123456789abcdef\n").unwrap();
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
@@ -52,7 +53,7 @@ impl Cluster {
                 "state_dir = \"{state}\"\n[storage]\nwindow = \"20ms\"\nretry_min = \"200ms\"\nretry_max = \"1s\"\n\
                  {storage_extra}\n\
                  [storage.agent]\nserver = \"{me}\"\nlisten = \"{ip}:{API_PORT}\"\nsecret_file = \"{secret}\"\n\
-                 peer = \"{peer}\"\npeer_api = \"{peer_api}\"\ntimeout = \"1s\"\n\
+                 peer = \"{peer}\"\npeer_api = \"{peer_api}\"\ntimeout = \"1s\"\n{agent_extra}\n\
                  [[storage.trees]]\npath = \"{export}\"\n\
                  [[storage.remotes]]\nname = \"{peer}\"\nhost = \"{peer_ip}\"\nmodule = \"{module}\"\n\
                  connect_timeout = \"1s\"\nio_timeout = \"5s\"\n{auth}\n",
@@ -77,6 +78,19 @@ impl Cluster {
         );
         let web = WebNode::new(lab, dir, &web_extra);
         Cluster { dir: dir.to_owned(), secret, agents: [None, None], web }
+    }
+
+    /// [`Cluster::new`], then both agents and the web node started: the backup equal to the
+    /// primary and the web node serving the primary.
+    pub fn running(lab: &Lab, dir: &Path, storage_extra: &str, agent_extra: &str) -> Cluster {
+        let mut c = Cluster::new(lab, dir, storage_extra, agent_extra);
+        c.start_agent(lab, Host::Primary);
+        c.start_agent(lab, Host::Backup);
+        let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+        storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+        c.web.start(lab);
+        c.wait("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
+        c
     }
 
     pub fn state(&self, h: Host) -> PathBuf {
