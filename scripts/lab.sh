@@ -473,6 +473,9 @@ write_storage_configs() {
     cat >"$r/rsyncd.conf" <<EOF
 # nfs-guard lab rsync daemon on $h ($ip)
 log file = $r/rsyncd.log
+# every file received or deleted, with its size and mtime (post-mortems of lab runs)
+transfer logging = yes
+log format = %o %f %l %M
 reverse lookup = no
 # chroot: a non-chrooted daemon strips the leading / of incoming symlinks, so absolute symlinks
 # would not replicate as they are (production rsyncd.conf should do the same).

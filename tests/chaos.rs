@@ -1,15 +1,20 @@
-//! Chaos test: the README's deployment (`nfs-guard storage` on the primary pushing to the backup's
-//! rsync daemon, `nfs-guard web` with a reverse sync) under a writer that never pauses, random faults
-//! on the primary (freeze, kill, NFS-only stop, blackhole, reject, unplug) healed at random, and
-//! `kill -9` of either nfs-guard at random. After quiescence every acknowledged create, write and
-//! append is on both servers, none older than acknowledged; deletes and renames made during a
-//! failover are reported separately (they come back until the storage agents replay them).
+//! Chaos tests: the README's two deployments under a writer that never pauses, random faults on the
+//! primary (freeze, kill, NFS-only stop, blackhole, reject, unplug) healed at random, and `kill -9`
+//! of any nfs-guard at random.
+//! - Storage agents on both hosts, driven by the web node: after quiescence every acknowledged
+//!   create, write and append is on both servers, none older than acknowledged, and no delete or
+//!   rename made at any time came back.
+//! - The reverse-sync mode (`nfs-guard storage` on the primary pushing to the backup's rsync daemon,
+//!   `nfs-guard web` reverse-syncing before failback): no acknowledged write lost; deletes and renames
+//!   made during a failover come back by design (counted in the report).
 //!
 //! `CHAOS_CYCLES` (default 3) and `CHAOS_SEED` (default: from the clock, printed) choose the run;
 //! `scripts/chaos.sh` runs a long one and prints the report.
 #![allow(clippy::unwrap_used)]
 
 mod chaos_writer;
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "common/lab.rs"]
 mod lab;
 mod storage_common;
@@ -23,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_writer::{check, Findings, Writer};
+use cluster::Cluster;
 use lab::{Fault, Host, Lab};
 use storage_common::{status_json, wait_idle, write_config, Node, BIN};
 use web_node::WebNode;
@@ -65,19 +71,28 @@ impl Report {
     }
 }
 
-/// The two storage hosts' replicator (on the primary) and the web node.
+/// What runs on the storage hosts.
+enum Storage {
+    /// The reverse-sync mode: a replicator on the primary; its web node is [`Farm::web`].
+    Replicator { state: PathBuf, cfg: PathBuf, log: PathBuf, node: Node, web: WebNode },
+    /// Agents on both hosts, and the web node driving them.
+    Agents(Cluster),
+}
+
+/// The storage hosts and the web node.
 struct Farm {
     lab: Lab,
-    state: PathBuf,
-    cfg: PathBuf,
-    storage_log: PathBuf,
-    storage: Node,
-    web: WebNode,
+    storage: Storage,
 }
 
 impl Farm {
-    fn up(work: &Path) -> Farm {
-        let lab = Lab::up("chaos");
+    fn up(work: &Path, agents: bool) -> Farm {
+        let lab = Lab::up(if agents { "chagt" } else { "chaos" });
+        if agents {
+            // (the web host is the stand-in: it sees `work`)
+            let c = Cluster::running(&lab, work, "", "");
+            return Farm { lab, storage: Storage::Agents(c) };
+        }
         let state = work.join("storage-state");
         let cfg = work.join("storage.toml");
         write_config(
@@ -89,18 +104,80 @@ impl Farm {
             "[storage.full_sync]\nat_start = true",
             &lab.rsync_auth_toml(),
         );
-        let storage_log = work.join("storage.log");
-        let storage = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &storage_log);
-        wait_idle(&state, &storage, Duration::from_secs(30));
+        let log = work.join("storage.log");
+        let node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &log);
+        wait_idle(&state, &node, Duration::from_secs(30));
         let mut web = WebNode::new(&lab, work, "");
         web.start(&lab);
         wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.active_is("primary"));
-        Farm { lab, state, cfg, storage_log, storage, web }
+        Farm { lab, storage: Storage::Replicator { state, cfg, log, node, web } }
+    }
+
+    fn web(&self) -> &WebNode {
+        match &self.storage {
+            Storage::Replicator { web, .. } => web,
+            Storage::Agents(c) => &c.web,
+        }
+    }
+
+    fn web_mut(&mut self) -> &mut WebNode {
+        match &mut self.storage {
+            Storage::Replicator { web, .. } => web,
+            Storage::Agents(c) => &mut c.web,
+        }
+    }
+
+    /// The primary's storage state dir (its `storage.status.json`).
+    fn primary_state(&self) -> PathBuf {
+        match &self.storage {
+            Storage::Replicator { state, .. } => state.clone(),
+            Storage::Agents(c) => c.state(Host::Primary),
+        }
+    }
+
+    /// After a heal: what a fault killed is started again, and sometimes a live one is killed -9
+    /// and restarted (the replicator; in agent mode either host's agent).
+    fn revive_storage(&mut self, rng: &mut fastrand::Rng, r: &mut Report) {
+        let lab = &self.lab;
+        match &mut self.storage {
+            Storage::Replicator { cfg, log, node, .. } => {
+                let alive = node.child.try_wait().unwrap().is_none();
+                if !alive || rng.u8(0..100) < 20 {
+                    if alive {
+                        node.kill9();
+                        r.storage_kills += 1;
+                    }
+                    *node = Node::spawn(lab.command(Host::Primary, BIN), cfg, log);
+                    r.at("storage (re)started");
+                }
+            }
+            Storage::Agents(c) => {
+                let victim = (rng.u8(0..100) < 20).then(|| Host::STORAGE[rng.usize(..2)]);
+                for h in Host::STORAGE {
+                    let dead = c.agents[usize::from(h == Host::Backup)]
+                        .as_mut()
+                        .is_none_or(|n| n.child.try_wait().unwrap().is_some());
+                    if !dead && victim != Some(h) {
+                        continue;
+                    }
+                    if !dead {
+                        r.storage_kills += 1;
+                    }
+                    c.kill_agent(h);
+                    c.start_agent(lab, h);
+                    r.at(&format!("{} agent (re)started", h.name()));
+                }
+            }
+        }
     }
 
     fn restart_web(&mut self, r: &mut Report) {
-        self.web.kill9();
-        self.web.start(&self.lab);
+        self.web_mut().kill9();
+        let lab = &self.lab;
+        match &mut self.storage {
+            Storage::Replicator { web, .. } => web.start(lab),
+            Storage::Agents(c) => c.web.start(lab),
+        }
         r.web_kills += 1;
         r.at("web kill -9 + restart");
     }
@@ -118,27 +195,19 @@ impl Farm {
             dwell(rng, 0, 3000);
             self.restart_web(r);
         }
-        let web = &self.web;
+        let web = self.web();
         wait("the failover", Duration::from_secs(30), web, || web.active_is("backup"));
         r.failovers += 1;
         r.at("serving the backup");
         dwell(rng, 1000, 3000);
         self.lab.heal(Host::Primary);
         r.at("healed");
-        let alive = self.storage.child.try_wait().unwrap().is_none();
-        if !alive || rng.u8(0..100) < 20 {
-            if alive {
-                self.storage.kill9();
-                r.storage_kills += 1;
-            }
-            self.storage = Node::spawn(self.lab.command(Host::Primary, BIN), &self.cfg, &self.storage_log);
-            r.at("storage (re)started");
-        }
+        self.revive_storage(rng, r);
         if rng.u8(0..100) < 20 {
             dwell(rng, 0, 4000);
             self.restart_web(r);
         }
-        let web = &self.web;
+        let web = self.web();
         wait("the failback", Duration::from_secs(120), web, || web.serving_primary_settled());
         in_failover.store(false, Ordering::SeqCst);
         r.failbacks += 1;
@@ -148,12 +217,12 @@ impl Farm {
     /// Serving the primary, and everything written there replicated.
     fn quiesce(&self) {
         let (src, dst) = (self.lab.data_dir(Host::Primary), self.lab.data_dir(Host::Backup));
-        let web = &self.web;
+        let web = self.web();
         wait("the web node to settle on the primary", Duration::from_secs(120), web, || web.serving_primary_settled());
         fs::write(src.join("chaos-sentinel"), b"end").unwrap();
         wait("the sentinel on the backup and an idle replicator", Duration::from_secs(120), web, || {
             dst.join("chaos-sentinel").exists()
-                && status_json(&self.state).is_some_and(|s| {
+                && status_json(&self.primary_state()).is_some_and(|s| {
                     let q = &s["remotes"][0];
                     q["state"] == "idle"
                         && q["queue"] == 0
@@ -163,8 +232,15 @@ impl Farm {
     }
 
     fn stop(&mut self) {
-        self.web.kill9();
-        self.storage.kill9();
+        self.web_mut().kill9();
+        match &mut self.storage {
+            Storage::Replicator { node, .. } => node.kill9(),
+            Storage::Agents(c) => {
+                for h in Host::STORAGE {
+                    c.kill_agent(h);
+                }
+            }
+        }
         let _ = self.lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
     }
 }
@@ -204,17 +280,36 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
     )
 }
 
-#[test]
-fn chaos_no_acknowledged_write_is_lost() {
+/// A failed run's evidence: each wrong file's size and mtime on both servers, and the rsync
+/// daemons' transfer logs next to the nfs-guard logs in the kept work dir.
+fn post_mortem(lab: &Lab, wrong: &[&String], kept: &Path) {
+    for l in wrong.iter().take(8) {
+        let name = l.split(':').next().unwrap_or_default();
+        for h in Host::STORAGE {
+            let m = fs::symlink_metadata(lab.data_dir(h).join(name));
+            let what =
+                m.map_or_else(|e| e.to_string(), |m| format!("{} bytes, mtime {:?}", m.len(), m.modified().ok()));
+            eprintln!("  {name} on {}: {what}", h.name());
+        }
+    }
+    for h in Host::STORAGE {
+        let _ = fs::copy(lab.run_dir(h).join("rsyncd.log"), kept.join(format!("rsyncd-{}.log", h.name())));
+    }
+    eprintln!("logs kept in {}", kept.display());
+}
+
+/// One chaos run; the findings on the primary and on the backup. A failed run keeps its logs.
+fn run(agents: bool) -> (Findings, Findings) {
     let cycles: u32 = std::env::var("CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
-    eprintln!("chaos: {cycles} cycles, CHAOS_SEED={seed}");
+    let mode = if agents { "storage agents" } else { "reverse sync" };
+    eprintln!("chaos ({mode}): {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     let work = tempfile::Builder::new().prefix("nfsguard-chaos").tempdir_in("/var/tmp").unwrap();
-    let mut farm = Farm::up(work.path());
+    let mut farm = Farm::up(work.path(), agents);
     let in_failover = Arc::new(AtomicBool::new(false));
     let mount = PathBuf::from(format!("/proc/{}/root{}", farm.lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
     let writer = Writer::start(mount, seed, Arc::clone(&in_failover));
@@ -227,22 +322,63 @@ fn chaos_no_acknowledged_write_is_lost() {
     farm.quiesce();
     let p = check(&model, &farm.lab.data_dir(Host::Primary));
     let b = check(&model, &farm.lab.data_dir(Host::Backup));
-    let report = report_text(seed, &r, &model, &p, &b);
+    let report = format!("mode: {mode}\n{}", report_text(seed, &r, &model, &p, &b));
     eprintln!("{report}");
     if let Ok(out) = std::env::var("CHAOS_REPORT") {
         fs::write(out, &report).unwrap();
     }
     farm.stop();
     assert!(model.counts.acked > 0, "the writer never got an acknowledgement");
-    for l in p.lost.iter().chain(&b.lost).take(8) {
+    let wrong: Vec<&String> = if agents {
+        [&p, &b]
+            .iter()
+            .flat_map(|f| {
+                f.lost.iter().chain(&f.resurrected_failover).chain(&f.resurrected_other).chain(&f.renamed_mismatch)
+            })
+            .collect()
+    } else {
+        p.lost.iter().chain(&b.lost).collect()
+    };
+    for l in wrong.iter().take(8) {
         let name = l.split(':').next().unwrap_or_default();
         eprintln!("{l}\n  history: {:#?}", model.history.get(name));
     }
     eprintln!("timeline: {:#?}", r.timeline);
+    if !wrong.is_empty() {
+        post_mortem(&farm.lab, &wrong, &work.keep());
+    }
+    (p, b)
+}
+
+/// The reverse-sync mode: no acknowledged write lost (deletes and renames made during a failover
+/// come back by design).
+#[test]
+fn chaos_no_acknowledged_write_is_lost() {
+    let (p, b) = run(false);
     assert!(
         p.lost.is_empty() && b.lost.is_empty(),
         "acknowledged writes lost:\nprimary: {:#?}\nbackup: {:#?}",
         p.lost,
         b.lost
     );
+}
+
+/// Storage agents: no acknowledged write lost, and no delete or rename undone, on either server.
+#[test]
+fn chaos_agents_keep_every_write_delete_and_rename() {
+    let (p, b) = run(true);
+    for (server, f) in [("primary", &p), ("backup", &b)] {
+        assert!(
+            f.lost.is_empty()
+                && f.resurrected_failover.is_empty()
+                && f.resurrected_other.is_empty()
+                && f.renamed_mismatch.is_empty(),
+            "{server}: lost {:#?}\ncame back (deleted or renamed during a failover) {:#?}\n\
+             came back (deleted or renamed on the primary) {:#?}\nrenamed during a failover, not the last version {:#?}",
+            f.lost,
+            f.resurrected_failover,
+            f.resurrected_other,
+            f.renamed_mismatch
+        );
+    }
 }

@@ -219,3 +219,37 @@ fn journal_survives_a_dead_remote_and_a_restart() {
     assert!(node.stop(Duration::from_secs(15)).success());
     drop(daemon);
 }
+
+/// A file rewritten with the same size within the second of its last push is pushed again:
+/// rsync's quick check compares whole seconds by default, and used to call the file unchanged, so
+/// the remote kept the old content for good (found by the chaos test's post-mortem).
+#[test]
+fn a_same_size_rewrite_in_the_same_second_replicates() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    // Explicit mtimes make "the same second" certain on any machine.
+    let second = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let put = |content: &str, nanos: u64| {
+        let f = fs::File::create(src.join("counter")).unwrap();
+        (&f).write_all(content.as_bytes()).unwrap();
+        f.set_modified(second + Duration::from_nanos(nanos)).unwrap();
+    };
+    let remote = daemon.root.join("counter");
+    put("0001", 100_000_000);
+    wait_for("the first version on the remote", Duration::from_secs(20), || {
+        fs::read_to_string(&remote).is_ok_and(|c| c == "0001")
+    });
+    put("0002", 600_000_000);
+    wait_for("the rewrite (same size, same second) on the remote", Duration::from_secs(20), || {
+        fs::read_to_string(&remote).is_ok_and(|c| c == "0002")
+    });
+    assert!(node.stop(Duration::from_secs(15)).success());
+}

@@ -64,6 +64,11 @@ pub fn dest_url(target: &RsyncTarget, tree: &Tree) -> String {
 fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     let mut a: Vec<OsString> = base.iter().map(OsString::from).collect();
     a.push("--stats".into());
+    // mtimes compared to the nanosecond: by default rsync's quick check compares whole seconds, and a
+    // file rewritten with the same size in the same second as its last push looked unchanged and
+    // was never pushed again (found by the chaos test's post-mortem, reproduced in
+    // `storage_local::a_same_size_rewrite_in_the_same_second_replicates`).
+    a.push("--modify-window=-1".into());
     // The failback guard's marker (and rsync's temporary file for it) never replicates.
     a.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
     a.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
@@ -401,6 +406,7 @@ mod tests {
                 "-a",
                 "-H",
                 "--stats",
+                "--modify-window=-1",
                 "--exclude=/.nfs-guard-failback",
                 "--exclude=/..nfs-guard-failback.*",
                 "--exclude=/.nfs-guard-barrier",

@@ -312,18 +312,19 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
         let mut resume_catch_up = false;
         let phase = match before {
             Phase::Serving { server } if mounted == Some(server) => before,
-            Phase::CatchingUp if mounted == Some(Server::Primary) => {
-                // The kept backup mount outlives the process (it lives in the mount namespace): finish
-                // the pass from it; if it is gone too, the catch-up reports that and alerts.
-                tracing::info!("resuming the interrupted catch-up pass");
+            Phase::CatchingUp | Phase::Staging { to: Server::Primary }
+                if mounted == Some(Server::Primary) && self.d.fsm.pending_reverse_sync =>
+            {
+                // A failback that got as far as its switch: the switch only happens after the final
+                // catch-up (or drain) with the backup's writes frozen, so nothing is left to copy;
+                // finish it (the kept mount detached, the backup's agent told). A reconciliation
+                // here would copy the backup's old copies over the primary's newer writes.
+                tracing::info!("finishing the failback interrupted after its switch");
                 resume_catch_up = true;
-                before
-            }
-            Phase::CatchingUp => {
-                tracing::warn!("the catch-up pass was interrupted by a restart; files written to the backup during the reverse sync may need a manual `rsync --update`");
-                serving
+                Phase::CatchingUp
             }
             Phase::Unmounted
+            | Phase::CatchingUp
             | Phase::Serving { .. }
             | Phase::Mounting { .. }
             | Phase::Syncing { .. }

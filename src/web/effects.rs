@@ -302,12 +302,13 @@ impl<M: MountOps> Inner<M> {
     }
 
     /// Freezes writes on the mount point (the backup) and pushes what changed since pass 1. `None`:
-    /// no reverse sync configured, or files held open for writing kept the freeze from happening
-    /// (then the catch-up after the switch is all there is, as before).
+    /// no reverse sync configured (nothing to copy). No switch without the freeze: a client moved
+    /// to the primary before the backup's last writes are there builds on old copies, and no copy
+    /// made after the switch can tell its newer write from an older one (rsync's `--update` compares
+    /// whole seconds; both found by the chaos test). The failback is retried instead.
     async fn final_catch_up(&self, mp: &Path) -> Result<Option<Frozen>, String> {
         if let Some(a) = &self.agents {
-            // Without the freeze, the drain could never end while clients keep writing: no
-            // switch without it (the freeze failing is an error here, the next attempt retries).
+            // Without the freeze, the drain could never end while clients keep writing.
             let frozen = Frozen::freeze(mp, FREEZE_PATIENCE)
                 .await
                 .map_err(|e| format!("cannot freeze writes for the final drain: {e}"))?;
@@ -318,29 +319,24 @@ impl<M: MountOps> Inner<M> {
             tracing::info!(epoch = r.epoch, "final drain done, the primary is active");
             return Ok(Some(frozen));
         }
-        if self.cfg.reverse_sync.is_none() {
-            return Ok(None);
-        }
-        let frozen = match Frozen::freeze(mp, FREEZE_PATIENCE).await {
-            Ok(f) => f,
-            // Files held open for writing the whole time: switching now would let a client build on
-            // the primary's copy of a file whose last write is still only on the backup (found by the
-            // chaos test). A later failback is harmless; a lost write is not.
-            Err(e @ MountError::Syscall { source: nix::Error::EBUSY, .. }) => {
-                return Err(format!("files stay open for writing on the backup mount ({e}); the failback is retried"));
+        let Some(rs) = self.cfg.reverse_sync.as_ref() else { return Ok(None) };
+        let frozen = Frozen::freeze(mp, FREEZE_PATIENCE).await.map_err(|e| match e {
+            MountError::Syscall { source: nix::Error::EBUSY, .. } => {
+                format!("files stay open for writing on the backup mount ({e}); the failback is retried")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot freeze writes for the final catch-up; writes made during the switch are copied after it");
-                return Ok(None);
-            }
-        };
-        match self.push(mp, true).await {
-            Ok(s) => {
-                tracing::info!(files = s.files, bytes = s.bytes, elapsed_ms = s.elapsed_ms, "final catch-up done");
-                Ok(Some(frozen))
-            }
-            Err(e) => Err(format!("final catch-up (writes frozen) failed: {e}")),
-        }
+            e => format!("cannot freeze writes for the final catch-up ({e}); the failback is retried"),
+        })?;
+        // Guarded like pass 1: should the switch fail after this pass, clients write to the backup
+        // again, and the primary's replicator must not push these copies back over their writes.
+        let dir = self.stage.with_file_name("guard");
+        guard::raise(&self.cfg.rsync, rs, &dir).await.map_err(|e| format!("final catch-up: {e}"))?;
+        let pushed = self.push(mp, true).await;
+        let lowered = guard::lower(&self.cfg.rsync, rs, &dir).await;
+        let s = pushed.map_err(|e| format!("final catch-up (writes frozen) failed: {e}"))?;
+        // Clients must not write to the primary while its replicator drops changes.
+        lowered.map_err(|e| format!("final catch-up: {e}; the failback is retried"))?;
+        tracing::info!(files = s.files, bytes = s.bytes, elapsed_ms = s.elapsed_ms, "final catch-up done");
+        Ok(Some(frozen))
     }
 
     /// Reconciliation from `<stage>/reconcile`. A leftover mount there (an earlier run died) is detached
@@ -394,7 +390,9 @@ pub fn reconcile_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) ->
 }
 
 fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: bool) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--stats".into()];
+    // `--modify-window=-1`: mtimes compared to the nanosecond, or a file rewritten with the same size
+    // in the same second as its last copy looks unchanged and is skipped.
+    let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--modify-window=-1".into(), "--stats".into()];
     // The failback guard's marker on the primary: never copied, never deleted by `--delete`.
     args.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
     args.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
@@ -524,19 +522,16 @@ impl Syncer for SysEffects {
         let inner = self.inner.clone();
         async move {
             let old = inner.stage.join("old");
+            // Everything was copied (or drained) with the backup's writes frozen, before the
+            // switch: nothing on the kept mount is newer than the primary's copy. A copy now could
+            // only overwrite clients' writes on the primary made in the same second (`--update`
+            // compares whole seconds; found by the chaos test).
             if let Some(a) = &inner.agents {
-                // drained before the switch: the backup's agent only learns it is standby now
+                // the backup's agent only learns it is standby now
                 a.tell(Server::Backup).await;
-                let _ = inner.clear(&old, false).await;
-                return Ok(SyncStats { files: 0, bytes: 0, elapsed_ms: 0 });
             }
-            let r = if inner.serving(&old) == Some(Server::Backup) {
-                inner.push(&old, true).await
-            } else {
-                Err(format!("the kept backup mount at {} is gone", old.display()))
-            };
             let _ = inner.clear(&old, false).await;
-            r
+            Ok(SyncStats { files: 0, bytes: 0, elapsed_ms: 0 })
         }
     }
 
@@ -620,7 +615,7 @@ mod tests {
         let rs = c.web.unwrap().reverse_sync.unwrap();
         let a: Vec<String> =
             reverse_sync_args(Path::new("/mnt/nfs"), &rs).iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(&a[..3], ["-a", "--update", "--stats"]);
+        assert_eq!(&a[..4], ["-a", "--update", "--modify-window=-1", "--stats"]);
         assert!(!a.iter().any(|x| x == "--delete"));
         assert_eq!(a[a.len() - 2], "/mnt/nfs/");
         assert_eq!(a[a.len() - 1], "rsync://nfsguard@10.0.0.2:873/data/");
