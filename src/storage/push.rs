@@ -64,11 +64,6 @@ pub fn dest_url(target: &RsyncTarget, tree: &Tree) -> String {
 fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     let mut a: Vec<OsString> = base.iter().map(OsString::from).collect();
     a.push("--stats".into());
-    // mtimes compared to the nanosecond: by default rsync's quick check compares whole seconds, and a
-    // file rewritten with the same size in the same second as its last push looked unchanged and
-    // was never pushed again (found by the chaos test's post-mortem, reproduced in
-    // `storage_local::a_same_size_rewrite_in_the_same_second_replicates`).
-    a.push("--modify-window=-1".into());
     // The failback guard's marker (and rsync's temporary file for it) never replicates.
     a.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
     a.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
@@ -225,7 +220,20 @@ async fn spawn(
     if opts.cautious {
         args.insert(0, "--update".into());
     }
+    precise_times(&mut args);
     rsync::run(rsync, &args, stdin, opts.deadline).await
+}
+
+/// Adds `--modify-window=-1` (mtimes compared to the nanosecond) unless `args` has `--update`. By
+/// default rsync's quick check compares whole seconds: a file rewritten with the same size in the
+/// same second as its last push looked unchanged and was never pushed again (found by the chaos
+/// test's post-mortem; `storage_local::a_same_size_rewrite_in_the_same_second_replicates`). But
+/// rsync's `--update` test subtracts the window from the difference in whole seconds: with -1 it
+/// overwrote a remote file one second newer, so cautious pushes keep the default window.
+fn precise_times(args: &mut Vec<OsString>) {
+    if !args.iter().any(|a| a == "--update") {
+        args.insert(0, "--modify-window=-1".into());
+    }
 }
 
 /// argv for a recursive full sync of `tree`.
@@ -244,6 +252,7 @@ pub fn full_sync_args(
         a.push("--delete".into());
     }
     a.extend(filter.rsync_args());
+    precise_times(&mut a);
     a.push(source(tree));
     a.push(dest_url(target, tree).into());
     a
@@ -396,6 +405,16 @@ mod tests {
     }
 
     #[test]
+    fn mtimes_are_precise_unless_update_compares_them() {
+        let mut a: Vec<OsString> = vec!["-a".into()];
+        precise_times(&mut a);
+        assert_eq!(strs(&a), ["--modify-window=-1", "-a"]);
+        let mut a: Vec<OsString> = vec!["--update".into(), "-a".into()];
+        precise_times(&mut a);
+        assert_eq!(strs(&a), ["--update", "-a"]);
+    }
+
+    #[test]
     fn batch_argv_lists_on_stdin_and_deletes_missing_args() {
         let tree = Tree { path: "/srv/nfs".into(), dest: String::new() };
         let plan = Plan::List(vec!["x".into()]);
@@ -406,7 +425,6 @@ mod tests {
                 "-a",
                 "-H",
                 "--stats",
-                "--modify-window=-1",
                 "--exclude=/.nfs-guard-failback",
                 "--exclude=/..nfs-guard-failback.*",
                 "--exclude=/.nfs-guard-barrier",

@@ -390,9 +390,9 @@ pub fn reconcile_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig) ->
 }
 
 fn push_args(src: &Path, rs: &crate::config::web::ReverseSyncConfig, delete: bool) -> Vec<OsString> {
-    // `--modify-window=-1`: mtimes compared to the nanosecond, or a file rewritten with the same size
-    // in the same second as its last copy looks unchanged and is skipped.
-    let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--modify-window=-1".into(), "--stats".into()];
+    // (No `--modify-window=-1` with `--update`: rsync's update test subtracts the window from whole
+    // seconds, and a primary file one second newer would be overwritten; see `storage::push`.)
+    let mut args: Vec<OsString> = vec!["-a".into(), "--update".into(), "--stats".into()];
     // The failback guard's marker on the primary: never copied, never deleted by `--delete`.
     args.push(format!("--exclude=/{}", crate::failback_guard::MARKER).into());
     args.push(format!("--exclude=/.{}.*", crate::failback_guard::MARKER).into());
@@ -615,7 +615,7 @@ mod tests {
         let rs = c.web.unwrap().reverse_sync.unwrap();
         let a: Vec<String> =
             reverse_sync_args(Path::new("/mnt/nfs"), &rs).iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert_eq!(&a[..4], ["-a", "--update", "--modify-window=-1", "--stats"]);
+        assert_eq!(&a[..3], ["-a", "--update", "--stats"]);
         assert!(!a.iter().any(|x| x == "--delete"));
         assert_eq!(a[a.len() - 2], "/mnt/nfs/");
         assert_eq!(a[a.len() - 1], "rsync://nfsguard@10.0.0.2:873/data/");
