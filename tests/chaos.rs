@@ -308,7 +308,9 @@ fn run(agents: bool) -> (Findings, Findings) {
     let mode = if agents { "storage agents" } else { "reverse sync" };
     eprintln!("chaos ({mode}): {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let work = tempfile::Builder::new().prefix("nfsguard-chaos").tempdir_in("/var/tmp").unwrap();
+    // Kept when the run fails in any way (a timeout panics): removed at the end of a good run.
+    let work = tempfile::Builder::new().prefix("nfsguard-chaos").disable_cleanup(true).tempdir_in("/var/tmp").unwrap();
+    eprintln!("chaos ({mode}): logs in {}", work.path().display());
     let mut farm = Farm::up(work.path(), agents);
     let in_failover = Arc::new(AtomicBool::new(false));
     let mount = PathBuf::from(format!("/proc/{}/root{}", farm.lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
@@ -344,8 +346,10 @@ fn run(agents: bool) -> (Findings, Findings) {
         eprintln!("{l}\n  history: {:#?}", model.history.get(name));
     }
     eprintln!("timeline: {:#?}", r.timeline);
-    if !wrong.is_empty() {
-        post_mortem(&farm.lab, &wrong, &work.keep());
+    if wrong.is_empty() {
+        let _ = fs::remove_dir_all(work.path());
+    } else {
+        post_mortem(&farm.lab, &wrong, work.path());
     }
     (p, b)
 }

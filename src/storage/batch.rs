@@ -110,6 +110,11 @@ impl PendingSet {
         self.next_seq
     }
 
+    /// The lowest sequence number queued.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.by_seq.keys().next().copied()
+    }
+
     /// Adds `e` with a fresh sequence number, or merges it into the queued entry of the same path
     /// (which keeps its place and its number). Returns the sequence number of a record worth
     /// persisting: the fresh one for a new path, the queued entry's own for a widened scope (a record

@@ -308,6 +308,24 @@ impl Queue {
         idle
     }
 
+    /// The sequence number of the next change queued: every change queued so far has a lower one
+    /// (a change merged into a queued entry of its path keeps that entry's number).
+    pub fn next_seq(&self) -> u64 {
+        self.lock().pending.next_seq()
+    }
+
+    /// Every change queued before `seq` (a [`Queue::next_seq`] read earlier) is pushed, and no full
+    /// sync is owed or running. What a drain waits for: clients that keep writing add changes
+    /// numbered from `seq` on, which cannot hold it off (found by the chaos test: waiting for an
+    /// idle queue never ended under a writer that never pauses).
+    pub fn drained_before(&self, seq: u64) -> bool {
+        let s = self.lock();
+        s.pending.first_seq().is_none_or(|f| f >= seq)
+            && s.in_flight.keys().next().is_none_or(|f| *f >= seq)
+            && s.full_sync.is_empty()
+            && s.full_sync_running.is_none()
+    }
+
     /// Replication lag: how long the queue has held unpushed changes (zero when idle); an upper
     /// bound of the age of the oldest unpushed change.
     pub fn lag(&self) -> std::time::Duration {
@@ -925,6 +943,27 @@ mod tests {
         assert_eq!(q.depth(), (1, vec![]));
         let Some(Work::Batch(b)) = q.next(10) else { panic!() };
         assert_eq!(b[0].1.path, Path::new("c"));
+    }
+
+    /// A drain waits for what was queued before it, not for changes queued after.
+    #[test]
+    fn drained_before_ignores_later_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        q.enqueue(&[e("a"), e("b")]);
+        let upto = q.next_seq();
+        q.enqueue(&[e("c"), e("a")]);
+        assert!(!q.drained_before(upto));
+        let w = q.next(1).unwrap();
+        assert!(!q.drained_before(upto), "a batch in flight is not pushed yet");
+        q.done(w, true);
+        assert!(!q.drained_before(upto), "b is still queued");
+        let w = q.next(1).unwrap();
+        q.done(w, true);
+        assert!(q.drained_before(upto), "c, queued later, does not count");
+        assert!(!q.idle());
+        q.enqueue(&[]);
+        assert!(!q.drained_before(q.next_seq()), "c is queued before now");
     }
 
     /// The lag is zero while idle, grows while changes wait, and is zero again once they are acked.

@@ -225,18 +225,20 @@ impl Duty {
         Seen::Barrier(d.seen.iter().all(|s| *s))
     }
 
-    /// The barrier is complete and the batcher flushed into the queues: answer once the peer's
-    /// queue is empty (or the deadline passes).
+    /// The barrier is complete and the batcher flushed into the queues: answer once every change
+    /// queued until now is pushed (or the deadline passes); changes clients make meanwhile are
+    /// the next drain's.
     pub fn barrier_passed(&mut self) {
         let Some(d) = self.drain.take() else { return };
         for root in &self.roots {
             let _ = std::fs::remove_file(root.join(BARRIER));
         }
         let q = Arc::clone(&self.peer_queue);
+        let upto = q.next_seq();
         q.wake();
         tokio::spawn(async move {
             loop {
-                if q.idle() {
+                if q.drained_before(upto) {
                     let _ = d.done.send(Ok(()));
                     return;
                 }
