@@ -94,6 +94,19 @@ pub struct RoleChange {
     /// record's `since_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_since_ms: Option<u64>,
+    /// The sender switches clients only after this answer (a promotion before the mount): no client
+    /// wrote there under this record yet, so nothing seen before is journaled. Without it, what the
+    /// agent saw of its peer's last pushes before the switch went back to the peer at failback,
+    /// over the peer's newer, unreplicated writes (found by the chaos test).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prompt: bool,
+}
+
+impl RoleChange {
+    /// Tells an agent the record, nothing more (a stand-down, or news of the peer's epoch).
+    pub fn tell(record: Record) -> RoleChange {
+        RoleChange { record, journal_since_ms: None, prompt: false }
+    }
 }
 
 /// The body of `POST /v1/drain`.

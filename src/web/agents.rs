@@ -70,14 +70,22 @@ impl Agents {
     }
 
     /// Makes `s` active (a new epoch) unless its agent already is; asks only `s`'s agent, and tells
-    /// the other one in the background. Returns the record `s` holds.
-    pub async fn promote(self: &Arc<Self>, s: Server) -> Result<Record, CallError> {
+    /// the other one in the background. Returns the record `s` holds. `late`: clients may already
+    /// write to `s` under the held record (the switch went on without its agent): the agent then
+    /// journals what it saw since the switch, even when it already took the record (it may have
+    /// taken it after the web node gave up waiting).
+    pub async fn promote(self: &Arc<Self>, s: Server, late: bool) -> Result<Record, CallError> {
         let local = |reason: String| CallError::Unreachable { url: self.file.display().to_string(), reason };
         let client = &self.clients[s];
         let report = client.report().await;
         if let Ok(r) = &report {
             self.hold(r.record).map_err(local)?;
             if r.record.active == s && r.record.epoch >= self.held().epoch {
+                if late {
+                    let again =
+                        RoleChange { record: r.record, journal_since_ms: Some(r.record.since_ms), prompt: false };
+                    client.propose(&again).await?;
+                }
                 return Ok(r.record);
             }
         }
@@ -85,7 +93,8 @@ impl Agents {
         let agent_epoch = report.as_ref().map_or(0, |r| r.record.epoch);
         // An epoch made for `s` that its agent never took (it did not answer at the switch) is sent
         // again as it was: the agent journals what clients wrote since that switch, not since now.
-        let record = if held.active == s && held.epoch > agent_epoch {
+        let resend = held.active == s && held.epoch > agent_epoch;
+        let record = if resend {
             held
         } else {
             Record { epoch: held.epoch.max(agent_epoch) + 1, active: s, since_ms: now_ms() }
@@ -93,12 +102,15 @@ impl Agents {
         // held (and persisted) even when the agent does not answer: the switch's time is kept
         self.hold(record).map_err(local)?;
         report?;
-        let change = RoleChange { record, journal_since_ms: Some(record.since_ms) };
+        // A new record before the switch: nobody wrote under it yet. Sent again, or late: clients
+        // may have written since the switch.
+        let prompt = !(late || resend);
+        let change = RoleChange { record, journal_since_ms: (!prompt).then_some(record.since_ms), prompt };
         client.propose(&change).await?;
         tracing::warn!(epoch = record.epoch, active = s.name(), "cluster: new epoch");
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = me.clients[s.other()].propose(&RoleChange { record, journal_since_ms: None }).await {
+            if let Err(e) = me.clients[s.other()].propose(&RoleChange::tell(record)).await {
                 tracing::info!(error = %e, "the other agent learns the new epoch later (from its peer)");
             }
         });
@@ -138,7 +150,7 @@ impl Agents {
             if self.held().active != s {
                 return;
             }
-            if let Ok(r) = self.promote(s).await {
+            if let Ok(r) = self.promote(s, true).await {
                 tracing::warn!(epoch = r.epoch, server = s.name(), "the agent took its role after the switch");
                 return;
             }
@@ -159,7 +171,8 @@ impl Agents {
     /// told so (it stands down and keeps its unpushed changes as orphans), the backup's journal to
     /// the primary drained.
     pub async fn fence_and_drain(self: &Arc<Self>, wait: std::time::Duration) -> Result<AgentReport, String> {
-        let record = self.promote(Server::Backup).await.map_err(|e| e.to_string())?;
+        // clients have written to the backup: if its agent never took the record, it is late
+        let record = self.promote(Server::Backup, true).await.map_err(|e| e.to_string())?;
         let held = self.held();
         if held.active == Server::Backup && held.epoch == record.epoch {
             let b = self.clients.backup.report().await.map_err(|e| e.to_string())?;
@@ -174,7 +187,7 @@ impl Agents {
         }
         self.clients
             .primary
-            .propose(&RoleChange { record, journal_since_ms: None })
+            .propose(&RoleChange::tell(record))
             .await
             .map_err(|e| format!("the primary's agent must stand down before the drain: {e}"))?;
         let d = self.clients.backup.drain(record.epoch, wait).await.map_err(|e| e.to_string())?;
@@ -185,14 +198,15 @@ impl Agents {
     /// Failback, second part (writes to the backup frozen): drained again, then the primary active.
     pub async fn drain_and_promote_primary(self: &Arc<Self>, wait: std::time::Duration) -> Result<Record, String> {
         self.fence_and_drain(wait).await?;
-        self.promote(Server::Primary).await.map_err(|e| e.to_string())
+        // writes frozen, clients move only after this answer
+        self.promote(Server::Primary, false).await.map_err(|e| e.to_string())
     }
 
     /// After a switch: the agent of the server no longer served learns the record (best effort;
     /// its peer's fence tells it anyway).
     pub async fn tell(&self, s: Server) {
         let record = self.held();
-        if let Err(e) = self.clients[s].propose(&RoleChange { record, journal_since_ms: None }).await {
+        if let Err(e) = self.clients[s].propose(&RoleChange::tell(record)).await {
             tracing::info!(error = %e, server = s.name(), "the agent learns the new epoch later");
         }
     }

@@ -292,7 +292,8 @@ impl<M: MountOps> Inner<M> {
     /// failback drains what its agent saw once it is reachable.
     async fn promote_best_effort(&self, s: Server) {
         let Some(a) = &self.agents else { return };
-        match a.promote(s).await {
+        // before the mount: clients move only after this answer
+        match a.promote(s, false).await {
             Ok(r) => tracing::info!(epoch = r.epoch, active = s.name(), "agent promoted before the mount"),
             Err(e) => {
                 a.missed_promotion(s, &e);

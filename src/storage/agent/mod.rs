@@ -189,7 +189,17 @@ impl Agent {
                     held.active.name()
                 ))
             }
-            Verdict::Same => return Ok(self.report()),
+            Verdict::Same => {
+                if held.active == me && !change.prompt {
+                    if let Some(js) = change.journal_since_ms {
+                        // taken before, maybe after the sender gave up waiting: clients may have
+                        // written since the switch (journaling twice is harmless)
+                        let since = js.saturating_sub(CLOCK_MARGIN_MS);
+                        self.ask(|done| Control::Promote { journal_since_ms: since, done }).await?;
+                    }
+                }
+                return Ok(self.report());
+            }
             Verdict::Adopt => {}
         }
         let bytes = serde_json::to_vec(&change.record).map_err(|e| e.to_string())?;
@@ -205,7 +215,12 @@ impl Agent {
         );
         let (was, now) = (held.active == me, change.record.active == me);
         if now && !was {
-            let since = change.journal_since_ms.unwrap_or(change.record.since_ms).saturating_sub(CLOCK_MARGIN_MS);
+            // prompt: nobody wrote here under this record yet (nothing seen before goes back)
+            let since = if change.prompt {
+                crate::cluster::now_ms()
+            } else {
+                change.journal_since_ms.unwrap_or(change.record.since_ms).saturating_sub(CLOCK_MARGIN_MS)
+            };
             self.ask(|done| Control::Promote { journal_since_ms: since, done }).await?;
         } else if was && !now {
             self.ask(|done| Control::Demote { epoch: held.epoch, done }).await?;
@@ -271,13 +286,13 @@ impl Agent {
                     my_epoch = mine.epoch,
                     "the peer holds a newer epoch: standing down"
                 );
-                if let Err(e) = self.propose(&RoleChange { record: peer.record, journal_since_ms: None }).await {
+                if let Err(e) = self.propose(&RoleChange::tell(peer.record)).await {
                     tracing::error!(error = %e, "cannot adopt the peer's newer record");
                 }
                 false
             }
             Verdict::Refuse if peer.record.epoch < mine.epoch => {
-                match self.peer.propose(&RoleChange { record: mine, journal_since_ms: None }).await {
+                match self.peer.propose(&RoleChange::tell(mine)).await {
                     Ok(_) => true,
                     Err(CallError::Refused { reason, .. }) => {
                         self.fence_error(&format!("the peer refused this agent's epoch: {reason}"));
