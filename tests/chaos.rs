@@ -256,7 +256,8 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
          deletes/renames made during a failover that came back (storage-agent issue): primary {}  backup {}\n\
          deletes/renames made while serving the primary that came back: primary {}  backup {}\n\
          files named by a rename during a failover, content not the last acknowledged (storage-agent issue): \
-         primary {}  backup {}",
+         primary {}  backup {}\n\
+         acknowledged versions kept in a conflict copy (both servers changed the file): primary {}  backup {}",
         r.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         r.cycles,
         r.failovers,
@@ -277,6 +278,8 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
         b.resurrected_other.len(),
         p.renamed_mismatch.len(),
         b.renamed_mismatch.len(),
+        p.conflicts.len(),
+        b.conflicts.len(),
     )
 }
 

@@ -266,6 +266,22 @@ pub struct Findings {
     /// Files named by a rename made during a failover whose content is not the last acknowledged
     /// (the rename crossed a failback: the storage-agent issue).
     pub renamed_mismatch: Vec<String>,
+    /// Acknowledged versions not in the file but kept in a conflict copy beside it
+    /// (`NAME.nfs-guard-conflict-*`: both servers changed it; both versions kept and alerted).
+    pub conflicts: Vec<String>,
+}
+
+/// The versions in the conflict copies of `name` under `root` (`NAME.nfs-guard-conflict-*`).
+fn conflict_versions(root: &Path, name: &str) -> Vec<Vec<u64>> {
+    let path = root.join(name);
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else { return Vec::new() };
+    let prefix = format!("{}.nfs-guard-conflict-", base.to_string_lossy());
+    let Ok(rd) = fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .map(|c| versions(&c))
+        .collect()
 }
 
 /// Checks the tree at `root` (a server's export) against the model.
@@ -284,13 +300,24 @@ pub fn check(m: &Model, root: &Path) -> Findings {
                 };
                 let have = versions(&c);
                 let max = have.iter().copied().max().unwrap_or(0);
-                if max < *version {
-                    lost.push(format!("{name}: holds v={max}, acknowledged v={version}"));
+                let problem = if max < *version {
+                    Some(format!("{name}: holds v={max}, acknowledged v={version}"))
                 } else if !doubt {
                     let missing: Vec<u64> = lines.iter().filter(|l| !have.contains(l)).copied().collect();
-                    if !missing.is_empty() {
-                        lost.push(format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"));
-                    }
+                    (!missing.is_empty())
+                        .then(|| format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"))
+                } else {
+                    None
+                };
+                let Some(problem) = problem else { continue };
+                // kept beside it when both servers changed it
+                let kept = conflict_versions(root, name).iter().any(|c| {
+                    c.contains(version) && (*doubt || lines.iter().all(|l| c.contains(l) || have.contains(l)))
+                });
+                if kept {
+                    f.conflicts.push(problem);
+                } else {
+                    lost.push(problem);
                 }
             }
             FileState::Gone { in_failover, .. } => {
