@@ -74,6 +74,8 @@ impl QState {
 pub struct Queue {
     state: Mutex<QState>,
     wake: Notify,
+    /// Bumped by [`Queue::abort_pushes`]: the worker stops the pushes under way.
+    aborts: std::sync::atomic::AtomicU64,
 }
 
 /// What `enqueue` did.
@@ -108,6 +110,7 @@ impl Queue {
                 backlog_since: None,
             }),
             wake: Notify::new(),
+            aborts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -295,6 +298,18 @@ impl Queue {
     /// Paths being pushed now.
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight.len()
+    }
+
+    /// Asks the worker to stop every push under way (their rsyncs killed) and to queue their
+    /// paths again; [`Queue::in_flight`] is zero once it has.
+    pub fn abort_pushes(&self) {
+        self.aborts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    fn aborts(&self) -> u64 {
+        self.aborts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Nothing queued, nothing being pushed, no full sync owed or running.
@@ -522,8 +537,18 @@ impl Worker {
 
     async fn work(self, pusher: Arc<dyn Push>) {
         let mut tasks: tokio::task::JoinSet<(Work, Outcome)> = tokio::task::JoinSet::new();
+        // What each task pushes: a task that panicked or was aborted gives its work back.
+        let mut running: std::collections::HashMap<tokio::task::Id, Work> = std::collections::HashMap::new();
+        let mut aborts = self.queue.aborts();
         let mut h = Health::default();
         loop {
+            if self.queue.aborts() != aborts {
+                aborts = self.queue.aborts();
+                if !tasks.is_empty() {
+                    tracing::warn!(remote = %self.remote.name, pushes = tasks.len(), "pushes under way stopped");
+                    tasks.abort_all();
+                }
+            }
             self.publish_depth();
             if h.retry_at.is_none_or(|t| t <= Instant::now()) {
                 h.retry_at = None;
@@ -535,10 +560,12 @@ impl Worker {
                     let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
                     self.board.remote(self.idx, |r| r.state = state.into());
                     let p = Arc::clone(&pusher);
-                    tasks.spawn(async move {
+                    let mine = work.clone();
+                    let handle = tasks.spawn(async move {
                         let o = p.perform(&work).await;
                         (work, o)
                     });
+                    running.insert(handle.id(), mine);
                 }
             }
             if tasks.is_empty() {
@@ -554,11 +581,21 @@ impl Worker {
                 }
             }
             tokio::select! {
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok((work, outcome)) = done {
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
+                    Ok((id, (work, outcome))) => {
+                        running.remove(&id);
                         self.account(work, outcome, &mut h);
                     }
-                }
+                    Err(e) => {
+                        // aborted (or panicked): never acknowledged, its paths queued again
+                        if e.is_panic() {
+                            tracing::error!(remote = %self.remote.name, error = %e, "a push panicked; its paths are queued again");
+                        }
+                        if let Some(work) = running.remove(&e.id()) {
+                            self.queue.done(work, false);
+                        }
+                    }
+                },
                 () = self.queue.wake.notified() => {}
                 () = timing::sleep_until(h.retry_at) => {}
                 () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}

@@ -46,6 +46,8 @@ struct FakePush {
     calls: Mutex<Vec<Work>>,
     /// When each call started.
     started: Mutex<Vec<Instant>>,
+    /// Pushes started while set never end (a stalled rsync).
+    hang: AtomicBool,
 }
 
 impl FakePush {
@@ -83,6 +85,9 @@ impl Push for FakePush {
         Box::pin(async move {
             self.calls.lock().unwrap().push(work.clone());
             self.started.lock().unwrap().push(Instant::now());
+            if self.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
             self.outcome(work)
         })
@@ -165,6 +170,22 @@ async fn a_partial_transfer_is_given_up_per_batch_into_a_full_sync_and_an_alert(
     let gave_up: Vec<&AlertEvent> = alerts.iter().filter(|a| a.title.contains("could not all be pushed")).collect();
     assert_eq!(gave_up.len(), 1, "{alerts:#?}");
     assert!(gave_up[0].title.contains("/srv/a") && gave_up[0].reason.contains("exit 23"), "{:#?}", gave_up[0]);
+    h.finish().await;
+}
+
+/// Pushes under way are stopped on request (an agent standing down: nothing it admitted before
+/// may land on its peer afterwards); their paths are queued again, never dropped.
+#[tokio::test(start_paused = true)]
+async fn aborted_pushes_queue_their_paths_again() {
+    let cfg = config("");
+    let fake = FakePush { hang: AtomicBool::new(true), ..FakePush::default() };
+    let h = start(&cfg, fake);
+    h.queue.enqueue(&[Entry::new(0, "a", Scope::Path)]);
+    wait_until("a push under way", || h.queue.in_flight() == 1).await;
+    h.fake.hang.store(false, Ordering::SeqCst);
+    h.queue.abort_pushes();
+    wait_until("the path queued again and pushed again", || h.fake.pushes_of("a") == 2 && h.queue.idle()).await;
+    assert!(!h.cautious.load(Ordering::SeqCst), "an abort is not a failed push");
     h.finish().await;
 }
 

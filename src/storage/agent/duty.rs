@@ -22,6 +22,8 @@ use crate::storage::remote::Queue;
 pub const BARRIER: &str = ".nfs-guard-barrier";
 /// How often a drain checks whether the peer's queue is empty.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long a demotion waits for the pushes under way to stop (killing an rsync is quick).
+const ABORT_WAIT: Duration = Duration::from_secs(5);
 
 struct PendingDrain {
     /// Per tree: barrier seen?
@@ -160,6 +162,20 @@ impl Duty {
 
     async fn demote(&mut self, epoch: u64) {
         self.agent.set_active(false);
+        // Pushes under way were admitted under the old role: stopped, so none lands on the peer
+        // (active now) over what clients write there, and their paths are quarantined with the rest
+        // (found by the chaos test: a push stalled by a fault was left out, and its file lost).
+        self.peer_queue.abort_pushes();
+        let end = Instant::now() + ABORT_WAIT;
+        while self.peer_queue.in_flight() > 0 && Instant::now() < end {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if self.peer_queue.in_flight() > 0 {
+            tracing::error!(
+                pushes = self.peer_queue.in_flight(),
+                "pushes under way did not stop; their paths stay journaled, not quarantined"
+            );
+        }
         let taken = self.peer_queue.take_pending();
         if taken.is_empty() {
             tracing::warn!("demoted: this server is standby, nothing was left unpushed");
