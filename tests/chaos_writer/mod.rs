@@ -300,20 +300,20 @@ pub fn check(m: &Model, root: &Path) -> Findings {
                 };
                 let have = versions(&c);
                 let max = have.iter().copied().max().unwrap_or(0);
-                let problem = if max < *version {
-                    Some(format!("{name}: holds v={max}, acknowledged v={version}"))
+                let (problem, needed) = if max < *version {
+                    (format!("{name}: holds v={max}, acknowledged v={version}"), vec![*version])
                 } else if !doubt {
                     let missing: Vec<u64> = lines.iter().filter(|l| !have.contains(l)).copied().collect();
-                    (!missing.is_empty())
-                        .then(|| format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"))
+                    if missing.is_empty() {
+                        continue;
+                    }
+                    (format!("{name}: acknowledged appends {missing:?} missing (holds {have:?})"), missing)
                 } else {
-                    None
+                    continue;
                 };
-                let Some(problem) = problem else { continue };
-                // kept beside it when both servers changed it
-                let kept = conflict_versions(root, name).iter().any(|c| {
-                    c.contains(version) && (*doubt || lines.iter().all(|l| c.contains(l) || have.contains(l)))
-                });
+                // kept beside it when both servers changed it: every missing version in a conflict copy
+                let copies = conflict_versions(root, name);
+                let kept = needed.iter().all(|v| copies.iter().any(|c| c.contains(v)));
                 if kept {
                     f.conflicts.push(problem);
                 } else {
