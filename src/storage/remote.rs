@@ -781,13 +781,18 @@ impl Push for Pusher {
 
 impl Pusher {
     async fn full_sync(&self, tree: &crate::config::storage::Tree) -> Outcome {
-        let args = push::full_sync_args(
-            &self.cfg.rsync_args,
-            &self.remote.target,
-            tree,
-            &self.cfg.full_sync,
-            &self.cfg.filter,
-        );
+        // An agent pushes to its peer only while active: its export is the truth, so a full sync
+        // deletes too (a delete its journal missed, at a kill -9 or a lost event, came back on the
+        // standby otherwise; found by the chaos test), and conflict copies there are kept.
+        let exact = self.cfg.agent.as_ref().is_some_and(|a| a.peer == self.remote.name);
+        let policy = crate::config::storage::FullSync {
+            delete: self.cfg.full_sync.delete || exact,
+            ..self.cfg.full_sync.clone()
+        };
+        let mut args = push::full_sync_args(&self.cfg.rsync_args, &self.remote.target, tree, &policy, &self.cfg.filter);
+        if exact {
+            args.insert(0, format!("--filter=P *{}*", super::agent::orphans::CONFLICT_TAG).into());
+        }
         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
         let o = outcome(rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await);
         if o.ok {
