@@ -25,7 +25,8 @@ pub enum FileState {
     /// `lines`: the versions the file must contain (since its last acknowledged overwrite);
     /// `renamed_in_failover`: its name came from a rename made while the farm served the backup
     /// (its content then depends on how renames cross a failback: the storage-agent issue).
-    Live { version: u64, lines: Vec<u64>, doubt: bool, renamed_in_failover: bool },
+    /// `former`: the names it had before renames (a conflict copy may be under one of them).
+    Live { version: u64, lines: Vec<u64>, doubt: bool, renamed_in_failover: bool, former: Vec<String> },
     /// Deleted or renamed away; `in_failover`: acknowledged while the farm served the backup.
     Gone { in_failover: bool },
 }
@@ -192,7 +193,13 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
         Op::Create(n) | Op::Overwrite(n) => {
             m.files.insert(
                 n.clone(),
-                FileState::Live { version: v, lines: vec![v], doubt: false, renamed_in_failover: false },
+                FileState::Live {
+                    version: v,
+                    lines: vec![v],
+                    doubt: false,
+                    renamed_in_failover: false,
+                    former: Vec::new(),
+                },
             );
         }
         Op::Append(n) => {
@@ -203,8 +210,9 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
         }
         Op::Rename(from, to) => {
             if let Some(mut state) = m.files.insert(from.clone(), FileState::Gone { in_failover }) {
-                if let FileState::Live { renamed_in_failover, .. } = &mut state {
+                if let FileState::Live { renamed_in_failover, former, .. } = &mut state {
                     *renamed_in_failover |= in_failover;
+                    former.push(from.clone());
                 }
                 m.files.insert(to.clone(), state);
             }
@@ -229,7 +237,13 @@ fn doubt(m: &mut Model, op: &Op) {
             // A create or the target of a rename: it may or may not exist; no version is owed.
             m.files.insert(
                 n.clone(),
-                FileState::Live { version: 0, lines: Vec::new(), doubt: true, renamed_in_failover: false },
+                FileState::Live {
+                    version: 0,
+                    lines: Vec::new(),
+                    doubt: true,
+                    renamed_in_failover: false,
+                    former: Vec::new(),
+                },
             );
         }
     };
@@ -290,7 +304,7 @@ pub fn check(m: &Model, root: &Path) -> Findings {
     for (name, s) in &m.files {
         let content = fs::read(root.join(name)).ok();
         match s {
-            FileState::Live { version, lines, doubt, renamed_in_failover } => {
+            FileState::Live { version, lines, doubt, renamed_in_failover, former } => {
                 let lost = if *renamed_in_failover { &mut f.renamed_mismatch } else { &mut f.lost };
                 let Some(c) = content else {
                     if *version > 0 {
@@ -312,7 +326,8 @@ pub fn check(m: &Model, root: &Path) -> Findings {
                     continue;
                 };
                 // kept beside it when both servers changed it: every missing version in a conflict copy
-                let copies = conflict_versions(root, name);
+                let copies: Vec<Vec<u64>> =
+                    std::iter::once(name).chain(former).flat_map(|n| conflict_versions(root, n)).collect();
                 let kept = needed.iter().all(|v| copies.iter().any(|c| c.contains(v)));
                 if kept {
                     f.conflicts.push(problem);
