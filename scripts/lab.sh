@@ -41,7 +41,9 @@
 # `unreachable 10.203.X.0/24`, so nothing addressed to the lab can leave the machine.
 # Pid lists are split on purpose (they are numbers):
 # shellcheck disable=SC2046,SC2207
-set -euo pipefail
+set -eEuo pipefail
+# A command that fails without a message of its own still says where (set -E: inside functions too).
+trap 'echo "lab.sh[${LAB:-}]: line $LINENO: a command failed (exit $?)" >&2' ERR
 # Debian's tools first (a pyenv python3 earlier on PATH lacks aiosmtpd; daemons need /usr/sbin).
 export PATH=/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin
 export LC_ALL=C

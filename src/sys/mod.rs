@@ -7,6 +7,7 @@ pub mod lockfile;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;
+pub mod receivers;
 pub mod rsync;
 pub mod shutdown;
 pub mod smtp;

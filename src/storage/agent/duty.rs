@@ -130,6 +130,19 @@ impl Duty {
     }
 
     async fn promote(&mut self, since_ms: u64) {
+        // The peer's pushes still under way were admitted under the old record: stopped before
+        // clients write here, or they land over those writes (rsync's session in this export).
+        let roots = self.roots.clone();
+        let stopped = tokio::task::spawn_blocking(move || {
+            let pids = crate::sys::receivers::inside(std::path::Path::new("/proc"), &roots, std::process::id());
+            crate::sys::receivers::stop(&pids);
+            pids.len()
+        })
+        .await
+        .unwrap_or(0);
+        if stopped > 0 {
+            tracing::warn!(processes = stopped, "stopped the peer's pushes still under way into this export");
+        }
         let mut entries = self.ring.since(since_ms);
         let seen = entries.len();
         match orphans::load(self.agent.dir()) {

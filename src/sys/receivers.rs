@@ -1,0 +1,100 @@
+//! rsync processes working inside a directory (an rsync daemon's session receiving into its module),
+//! found from /proc: an agent that becomes active stops its peer's pushes still under way, which
+//! would otherwise land over what clients write there from now on (found by the chaos test: a push
+//! stalled by a network fault completed after the failover and brought back a renamed-away file).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long a stopped rsync gets to remove its temporary file before it is killed.
+const GRACE: Duration = Duration::from_millis(500);
+
+fn ppid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses, so split after the last ')'
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Is `pid` `me` or one of its descendants (at most a few generations up)?
+fn mine(proc_root: &Path, mut pid: u32, me: u32) -> bool {
+    for _ in 0..8 {
+        if pid == me {
+            return true;
+        }
+        match ppid(proc_root, pid) {
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// rsync processes (not `me` nor its descendants) whose working directory or root is inside one of
+/// `dirs`.
+pub fn inside(proc_root: &Path, dirs: &[PathBuf], me: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir(proc_root) else { return Vec::new() };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "rsync" {
+            continue;
+        }
+        let within = ["cwd", "root"]
+            .iter()
+            .filter_map(|l| std::fs::read_link(p.path().join(l)).ok())
+            .any(|at| at != Path::new("/") && dirs.iter().any(|d| at.starts_with(d)));
+        if within && !mine(proc_root, pid, me) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Stops `pids`: SIGTERM (rsync removes its temporary file), then SIGKILL for those still there.
+pub fn stop(pids: &[u32]) {
+    let send = |pid: u32, s: Signal| i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), s).is_ok());
+    let termed: Vec<u32> = pids.iter().copied().filter(|p| send(*p, Signal::SIGTERM)).collect();
+    if termed.is_empty() {
+        return;
+    }
+    std::thread::sleep(GRACE);
+    for p in termed {
+        let _ = send(p, Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn fake(proc_root: &Path, pid: u32, comm: &str, ppid: u32, cwd: &Path) {
+        let d = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(d.join("stat"), format!("{pid} ({comm} x) S {ppid} 1 1 0")).unwrap();
+        symlink(cwd, d.join("cwd")).unwrap();
+        symlink("/", d.join("root")).unwrap();
+    }
+
+    #[test]
+    fn finds_rsync_sessions_in_the_export_but_not_its_own_pushes() {
+        let t = tempfile::tempdir().unwrap();
+        let (proc_root, export) = (t.path().join("proc"), PathBuf::from("/srv/nfs"));
+        fake(&proc_root, 10, "rsync", 9, Path::new("/srv/nfs"));
+        fake(&proc_root, 11, "rsync", 10, Path::new("/srv/nfs/sub dir"));
+        fake(&proc_root, 12, "rsync", 1, Path::new("/"));
+        fake(&proc_root, 13, "sh", 1, Path::new("/srv/nfs"));
+        fake(&proc_root, 14, "rsync", 500, Path::new("/srv/nfs"));
+        fake(&proc_root, 15, "rsync", 1, Path::new("/srv/nfs2"));
+        fake(&proc_root, 500, "nfs-guard", 1, Path::new("/"));
+        let mut found = inside(&proc_root, &[export], 500);
+        found.sort_unstable();
+        assert_eq!(found, [10, 11], "sessions in the export; not the daemon, not a shell, not its own child");
+    }
+}
