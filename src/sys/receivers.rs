@@ -73,11 +73,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn fake(proc_root: &Path, pid: u32, comm: &str, ppid: u32, cwd: &Path) {
+    fn fake(proc_root: &Path, pid: u32, comm: &str, parent: u32, cwd: &Path) {
         let d = proc_root.join(pid.to_string());
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
-        std::fs::write(d.join("stat"), format!("{pid} ({comm} x) S {ppid} 1 1 0")).unwrap();
+        std::fs::write(d.join("stat"), format!("{pid} ({comm} x) S {parent} 1 1 0")).unwrap();
         symlink(cwd, d.join("cwd")).unwrap();
         symlink("/", d.join("root")).unwrap();
     }
