@@ -103,6 +103,11 @@ impl Guards {
         }
     }
 
+    /// Is tree `tree`'s guard on?
+    pub fn is_on(&self, tree: usize) -> bool {
+        self.trees.get(tree).is_some_and(|g| g.until.is_some())
+    }
+
     /// When the next lease runs out.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.trees.iter().filter_map(|g| g.until).min()

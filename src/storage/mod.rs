@@ -27,6 +27,7 @@ pub mod agent;
 pub mod batch;
 pub mod fullsync;
 pub mod guard;
+mod guard_keep;
 pub mod hooks;
 pub mod journal;
 pub mod push;
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::storage::StorageConfig;
 use crate::config::Config;
+use crate::domain::Server;
 use crate::sys::{fsutil, systemd};
 use crate::timing::sleep_until;
 use batch::{Batcher, Entry, Timing};
@@ -135,6 +137,8 @@ struct Replicator {
     last_journal_alert: Vec<Option<Instant>>,
     /// Per tree: is a reverse sync writing into it (failback guard)?
     guards: Guards,
+    /// Per tree: this server's unpushed files kept under conflict names while its guard is on.
+    kept: Vec<Option<agent::orphans::Orphans>>,
     /// Pinged by the loop itself after each turn: a wedged loop stops pinging and systemd restarts it.
     watchdog: systemd::Watchdog,
     /// This host is a storage agent (`[storage.agent]`).
@@ -248,6 +252,7 @@ impl Replicator {
             overflows_suppressed: 0,
             last_journal_alert: vec![None; n],
             guards,
+            kept: vec![None; roots.len()],
             watchdog: systemd::Watchdog::from_env(),
             duty,
             api_stop: CancellationToken::new(),
@@ -313,6 +318,7 @@ impl Replicator {
                 () = sleep_until(self.watchdog.period().map(|p| Instant::now() + p)) => {}
                 () = sleep_until(self.guards.next_expiry()) => {
                     for tree in self.guards.expire(Instant::now()) {
+                        self.guard_ended(tree);
                         self.full_sync_all(u32::try_from(tree).ok());
                     }
                 }
@@ -355,7 +361,19 @@ impl Replicator {
                     }
                 }
                 // A reverse sync's copies must not go back to the backup (see `failback_guard`).
-                if self.guards.observe(tree as usize, &t.path, &ev, now) != Seen::Pass {
+                let was_on = self.guards.is_on(tree as usize);
+                let seen = self.guards.observe(tree as usize, &t.path, &ev, now);
+                match (was_on, self.guards.is_on(tree as usize)) {
+                    (false, true) => {
+                        // what is batched is unpushed too
+                        let rest = batcher.flush();
+                        self.fan_out(&rest);
+                        self.guard_began(tree as usize);
+                    }
+                    (true, false) => self.guard_ended(tree as usize),
+                    _ => {}
+                }
+                if seen != Seen::Pass {
                     return;
                 }
                 for c in watcher::changes(&ev, &cfg.events) {
@@ -449,6 +467,47 @@ impl Replicator {
                 q.request_full_sync(t);
             }
         }
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        self.cfg.trees.iter().map(|t| t.path.clone()).collect()
+    }
+
+    /// A reverse sync starts writing into `tree`: this server's unpushed files there are kept
+    /// under conflict names until it ends (see `guard_keep`). Not for agents (they keep orphans).
+    fn guard_began(&mut self, tree: usize) {
+        if self.duty.is_some() {
+            return;
+        }
+        let Ok(t) = u32::try_from(tree) else { return };
+        let mut entries: Vec<Entry> = self.queues.iter().flat_map(|q| q.unpushed(t)).collect();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|a, b| a.path == b.path);
+        if entries.is_empty() {
+            return;
+        }
+        let kept = blocking_here(|| guard_keep::keep(&self.roots(), &entries));
+        tracing::warn!(
+            changes = entries.len(),
+            "a reverse sync writes here: unpushed changes kept under conflict names until it ends"
+        );
+        if let Some(slot) = self.kept.get_mut(tree) {
+            *slot = Some(kept);
+        }
+    }
+
+    /// The reverse sync into `tree` ended: kept versions it replaced stay (pushed, alerted).
+    fn guard_ended(&mut self, tree: usize) {
+        let Some(kept) = self.kept.get_mut(tree).and_then(Option::take) else { return };
+        let (push, conflicts) = blocking_here(|| guard_keep::settle(&self.roots(), &kept));
+        if !conflicts.is_empty() {
+            self.alerts.emit(agent::orphans::conflict_alert(
+                Server::Primary,
+                &format!("before the failover (kept {})", kept.epoch),
+                &conflicts,
+            ));
+        }
+        self.fan_out(&push);
     }
 
     fn fan_out(&mut self, batch: &[Entry]) {

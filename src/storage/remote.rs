@@ -300,6 +300,12 @@ impl Queue {
         self.lock().in_flight.len()
     }
 
+    /// The changes of tree `tree` queued or being pushed (copies; the queue is unchanged).
+    pub fn unpushed(&self, tree: u32) -> Vec<Entry> {
+        let s = self.lock();
+        s.pending.iter().map(|(_, e)| e).chain(s.in_flight.values()).filter(|e| e.tree == tree).cloned().collect()
+    }
+
     /// Asks the worker to stop every push under way (their rsyncs killed) and to queue their
     /// paths again; [`Queue::in_flight`] is zero once it has.
     pub fn abort_pushes(&self) {

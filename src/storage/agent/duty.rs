@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::orphans::{self, Orphans};
 use super::ring::Ring;
 use super::{Agent, Control};
-use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
+use crate::alert::AlertSink;
 use crate::storage::batch::Entry;
 use crate::storage::remote::Queue;
 
@@ -220,23 +220,8 @@ impl Duty {
     }
 
     fn conflict_alert(&self, o: &Orphans, conflicts: &[String]) {
-        let shown: Vec<&str> = conflicts.iter().take(20).map(String::as_str).collect();
-        tracing::warn!(epoch = o.epoch, paths = ?shown, "conflicts: both servers changed these paths; both versions kept");
-        self.alerts.emit(
-            AlertEvent::new(
-                AlertKind::Conflict,
-                Role::Storage,
-                format!("{} conflicting writes kept under conflict names", conflicts.len()),
-                format!(
-                    "{} changed these paths in epoch {} without replicating them, and the other server changed them \
-                     too meanwhile; this server's versions are kept as: {}",
-                    self.agent.server().name(),
-                    o.epoch,
-                    shown.join(", ")
-                ),
-            )
-            .next_steps("Compare each NAME with NAME.nfs-guard-conflict-*, keep the right one, delete the other."),
-        );
+        let when = format!("in epoch {}", o.epoch);
+        self.alerts.emit(orphans::conflict_alert(self.agent.server(), &when, conflicts));
     }
 
     /// Looks at one watched path of tree `tree` (rooted at `root`).

@@ -134,6 +134,25 @@ pub fn resolve(roots: &[PathBuf], orphans: &Orphans) -> Resolved {
     out
 }
 
+/// The alert for conflict copies kept (`conflicts`: their relative paths) by `server`; `when`
+/// says when its versions were written (e.g. "in epoch 4").
+pub fn conflict_alert(server: Server, when: &str, conflicts: &[String]) -> crate::alert::AlertEvent {
+    let shown: Vec<&str> = conflicts.iter().take(20).map(String::as_str).collect();
+    tracing::warn!(paths = ?shown, when, "conflicts: both servers changed these paths; both versions kept");
+    crate::alert::AlertEvent::new(
+        crate::alert::AlertKind::Conflict,
+        crate::alert::Role::Storage,
+        format!("{} conflicting writes kept under conflict names", conflicts.len()),
+        format!(
+            "{} changed these paths {when} without replicating them, and the other server changed them too \
+             meanwhile; this server's versions are kept as: {}",
+            server.name(),
+            shown.join(", ")
+        ),
+    )
+    .next_steps("Compare each NAME with NAME.nfs-guard-conflict-*, keep the right one, delete the other.")
+}
+
 /// The orphans file: `<dir>/orphans.json`.
 pub fn file(dir: &Path) -> PathBuf {
     dir.join("orphans.json")
