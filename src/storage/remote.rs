@@ -734,7 +734,9 @@ impl Pusher {
             &self.cfg.filter,
         );
         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
-        let o = outcome(rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await);
+        let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
+        crate::metrics::storage().pushed(&self.remote.name, crate::metrics::storage::PushKind::FullSync, &r);
+        let o = outcome(r);
         if o.ok {
             tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
         }
@@ -792,6 +794,7 @@ impl Pusher {
                     let opts =
                         push::RunOpts { deadline: c.batch_timeout, cautious: self.cautious.load(Ordering::SeqCst) };
                     let r = push::run(&c.rsync, &c.rsync_args, target, tree, &plan, &c.filter, opts).await;
+                    crate::metrics::storage().pushed(&self.remote.name, crate::metrics::storage::PushKind::Batch, &r);
                     let o = outcome(r);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,
