@@ -1,5 +1,5 @@
 //! `[web.metrics]` and `[storage.metrics]`: the Prometheus metrics of a role (off without the table).
-//! Only converts config; the metrics live in `crate::metrics`.
+//! Only converts config; the metrics module records and serves them.
 //!
 //! One HTTP listener per process: a storage host that runs an agent serves `/metrics` on the
 //! agent's listener (`[storage.agent] listen`), so `[storage.metrics] listen` is refused there unless

@@ -10,7 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::FGauge;
-use crate::storage::remote::Queue;
 use crate::sys::rsync::{ExitClass, RsyncReport, SpawnError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +35,16 @@ pub enum PushKind {
     FullSync,
 }
 
+/// A replication queue as a scrape reads it (implemented by `storage::remote::Queue`).
+pub trait QueueView: Send + Sync {
+    /// Changed paths queued or being pushed.
+    fn paths(&self) -> usize;
+    /// Trees owed a full sync.
+    fn full_syncs(&self) -> usize;
+    /// How long the queue has held unpushed changes (zero when caught up).
+    fn lag(&self) -> std::time::Duration;
+}
+
 #[derive(Default)]
 pub struct StorageMetrics {
     queue_paths: Family<RemoteLabel, Gauge>,
@@ -46,7 +55,7 @@ pub struct StorageMetrics {
     sent_files: Family<RemoteLabel, Counter>,
     overflow_rescans: Counter,
     watches: Gauge,
-    queues: Mutex<Vec<(String, Arc<Queue>)>>,
+    queues: Mutex<Vec<(String, Arc<dyn QueueView>)>>,
 }
 
 fn label(remote: &str) -> RemoteLabel {
@@ -100,7 +109,7 @@ impl StorageMetrics {
 
     /// The replicator started watching `watches` directories; its queues are read at each scrape
     /// (depth and lag cost a lock, no I/O).
-    pub fn started(&self, watches: u64, queues: Vec<(String, Arc<Queue>)>) {
+    pub fn started(&self, watches: u64, queues: Vec<(String, Arc<dyn QueueView>)>) {
         self.watches(watches);
         for (name, _) in &queues {
             // a series from the start (rate() needs two samples)
@@ -118,10 +127,9 @@ impl StorageMetrics {
 
     pub(super) fn refresh(&self) {
         for (name, q) in self.queues.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            let (paths, trees) = q.depth();
             let l = label(name);
-            self.queue_paths.get_or_create(&l).set(i64::try_from(paths + q.in_flight()).unwrap_or(i64::MAX));
-            self.full_sync_pending.get_or_create(&l).set(i64::try_from(trees.len()).unwrap_or(i64::MAX));
+            self.queue_paths.get_or_create(&l).set(i64::try_from(q.paths()).unwrap_or(i64::MAX));
+            self.full_sync_pending.get_or_create(&l).set(i64::try_from(q.full_syncs()).unwrap_or(i64::MAX));
             self.lag.get_or_create(&l).set(q.lag().as_secs_f64());
         }
     }

@@ -3,8 +3,7 @@
 
 use super::*;
 use crate::domain::Server;
-use crate::web::fsm::{Phase, State};
-use crate::web::state::Healths;
+use crate::sys::probe::Layer;
 
 /// Parses `text` strictly: every family has HELP then TYPE before its samples, names are
 /// `nfsguard_*`, counters end in `_total`, every sample belongs to the family just declared, label
@@ -54,6 +53,20 @@ pub fn parse_strict(text: &str) -> Vec<(String, f64)> {
     samples
 }
 
+struct FakeQueue;
+
+impl storage::QueueView for FakeQueue {
+    fn paths(&self) -> usize {
+        7
+    }
+    fn full_syncs(&self) -> usize {
+        1
+    }
+    fn lag(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(2500)
+    }
+}
+
 fn value(samples: &[(String, f64)], name: &str) -> f64 {
     samples.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no sample {name} in {samples:?}")).1
 }
@@ -67,25 +80,23 @@ fn nothing_is_shown_before_init() {
 fn web_exposition_is_strict_and_follows_a_failover() {
     let m = Metrics::new();
     m.init(Role::Web);
-    let mut s = State::default();
-    let h = Healths::default();
-    s.phase = Phase::Serving { server: Server::Primary };
-    m.web.observe(&s, &h, 1_000_000);
+    let mut v = web::View {
+        phase: "serving",
+        active: Some(Server::Primary),
+        hold: false,
+        pending_reverse_sync: false,
+        up: [true, true],
+    };
+    m.web.observe(&v, 1_000_000);
     let first = parse_strict(&m.render());
     assert_eq!(value(&first, "nfsguard_web_active_server{server=\"primary\"}"), 1.0);
     assert_eq!(value(&first, "nfsguard_web_failovers_total"), 0.0);
     assert_eq!(value(&first, "nfsguard_build_info{version=\"0.1.0\",role=\"web\"}"), 1.0);
-    s.phase = Phase::Mounting { to: Server::Backup };
-    m.web.observe(&s, &h, 1_002_000);
-    s.phase = Phase::Serving { server: Server::Backup };
-    s.pending_reverse_sync = true;
-    m.web.observe(&s, &h, 1_003_500);
-    m.web.checked(
-        crate::web::effects::Target::Primary,
-        crate::sys::probe::Layer::Rpc,
-        false,
-        std::time::Duration::from_millis(250),
-    );
+    v = web::View { phase: "mounting", active: None, up: [false, true], ..v };
+    m.web.observe(&v, 1_002_000);
+    v = web::View { phase: "serving", active: Some(Server::Backup), pending_reverse_sync: true, ..v };
+    m.web.observe(&v, 1_003_500);
+    m.web.checked("primary", Layer::Rpc, false, std::time::Duration::from_millis(250));
     let after = parse_strict(&m.render());
     assert_eq!(value(&after, "nfsguard_web_active_server{server=\"backup\"}"), 1.0);
     assert_eq!(value(&after, "nfsguard_web_active_server{server=\"primary\"}"), 0.0);
@@ -105,9 +116,7 @@ fn storage_exposition_counts_pushes_by_result_and_exit_code() {
     use crate::sys::rsync::{ExitClass, RsyncReport};
     let m = Metrics::new();
     m.init(Role::Storage);
-    let d = tempfile::tempdir().unwrap();
-    let q = std::sync::Arc::new(crate::storage::remote::Queue::open(d.path(), "backup", 1000).unwrap());
-    m.storage.started(0, vec![("backup".into(), q)]);
+    m.storage.started(0, vec![("backup".into(), std::sync::Arc::new(FakeQueue))]);
     let report = |code: i32, class| RsyncReport {
         code: Some(code),
         class,
@@ -135,8 +144,9 @@ fn storage_exposition_counts_pushes_by_result_and_exit_code() {
     assert_eq!(push("transient", "10"), 1.0);
     assert_eq!(value(&s, "nfsguard_storage_sent_bytes_total{remote=\"backup\"}"), 8192.0);
     assert_eq!(value(&s, "nfsguard_storage_sent_files_total{remote=\"backup\"}"), 6.0);
-    assert_eq!(value(&s, "nfsguard_storage_queue_paths{remote=\"backup\"}"), 0.0);
-    assert_eq!(value(&s, "nfsguard_storage_replication_lag_seconds{remote=\"backup\"}"), 0.0);
+    assert_eq!(value(&s, "nfsguard_storage_queue_paths{remote=\"backup\"}"), 7.0);
+    assert_eq!(value(&s, "nfsguard_storage_full_sync_pending{remote=\"backup\"}"), 1.0);
+    assert_eq!(value(&s, "nfsguard_storage_replication_lag_seconds{remote=\"backup\"}"), 2.5);
     assert_eq!(value(&s, "nfsguard_storage_overflow_rescans_total"), 1.0);
     assert_eq!(value(&s, "nfsguard_storage_watched_directories"), 12.0);
     assert_eq!(value(&s, "nfsguard_alert_outbox_messages"), 2.0);

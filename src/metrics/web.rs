@@ -13,11 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::FGauge;
-use crate::domain::{Server, Status};
+use crate::domain::Server;
 use crate::sys::probe::Layer;
-use crate::web::effects::Target;
-use crate::web::fsm::{Phase, State, SyncKind};
-use crate::web::state::Healths;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabel {
@@ -35,29 +32,22 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// What the web controller shows after each step (built by `web::observe` from its state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// One of [`PHASES`].
+    pub phase: &'static str,
+    /// The server the mount point serves, if any.
+    pub active: Option<Server>,
+    pub hold: bool,
+    pub pending_reverse_sync: bool,
+    /// Judged UP (after fall/rise): primary, backup.
+    pub up: [bool; 2],
+}
+
 /// Every phase name, so each has a series (0 or 1) from the first scrape on.
 pub const PHASES: [&str; 7] =
     ["unmounted", "serving", "mounting", "reverse-syncing", "reconciling", "staging", "catching-up"];
-
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Unmounted => "unmounted",
-        Phase::Serving { .. } => "serving",
-        Phase::Mounting { .. } => "mounting",
-        Phase::Syncing { kind: SyncKind::ReverseSync, .. } => "reverse-syncing",
-        Phase::Syncing { kind: SyncKind::Reconcile, .. } => "reconciling",
-        Phase::Staging { .. } => "staging",
-        Phase::CatchingUp => "catching-up",
-    }
-}
-
-pub fn target_name(t: Target) -> &'static str {
-    match t {
-        Target::Primary => "primary",
-        Target::Backup => "backup",
-        Target::Witness => "witness",
-    }
-}
 
 pub fn layer_name(l: Layer) -> &'static str {
     match l {
@@ -78,7 +68,7 @@ pub enum Switch {
     Failback { ms: u64 },
 }
 
-/// Pure: follows the served server (`State::active`) and the phase over successive observations.
+/// Pure: follows the served server and the phase over successive observations.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tracker {
     served: Option<Server>,
@@ -91,12 +81,11 @@ pub struct Tracker {
 
 impl Tracker {
     /// Records the state at `now_ms`; returns the switch it completes, if any.
-    pub fn observe(&mut self, phase: Phase, active: Option<Server>, now_ms: u64) -> Option<Switch> {
-        let name = phase_name(phase);
-        if self.phase.is_some_and(|p| p != name) {
+    pub fn observe(&mut self, phase: &'static str, active: Option<Server>, now_ms: u64) -> Option<Switch> {
+        if self.phase.is_some_and(|p| p != phase) {
             self.last_transition_ms = Some(now_ms);
         }
-        self.phase = Some(name);
+        self.phase = Some(phase);
         match (self.served, active) {
             (Some(was), Some(now)) if was != now => {
                 let ms = now_ms.saturating_sub(self.left_ms.take().unwrap_or(now_ms));
@@ -190,9 +179,8 @@ impl WebMetrics {
     }
 
     /// The controller's state after a step (or at start), at wall-clock `now_ms`.
-    pub fn observe(&self, fsm: &State, health: &Healths, now_ms: u64) {
-        let switch =
-            self.tracker.lock().unwrap_or_else(PoisonError::into_inner).observe(fsm.phase, fsm.active(), now_ms);
+    pub fn observe(&self, v: &View, now_ms: u64) {
+        let switch = self.tracker.lock().unwrap_or_else(PoisonError::into_inner).observe(v.phase, v.active, now_ms);
         match switch {
             Some(Switch::Failover { ms }) => {
                 self.failovers.inc();
@@ -209,22 +197,21 @@ impl WebMetrics {
             self.last_transition.set(at as f64 / 1000.0);
         }
         for s in [Server::Primary, Server::Backup] {
-            self.active.get_or_create(&label(s.name())).set(i64::from(fsm.active() == Some(s)));
+            self.active.get_or_create(&label(s.name())).set(i64::from(v.active == Some(s)));
         }
-        let current = phase_name(fsm.phase);
         for p in PHASES {
-            self.phase.get_or_create(&PhaseLabel { phase: p.into() }).set(i64::from(p == current));
+            self.phase.get_or_create(&PhaseLabel { phase: p.into() }).set(i64::from(p == v.phase));
         }
-        self.hold.set(i64::from(fsm.hold != crate::web::fsm::Hold::None));
-        self.pending_reverse_sync.set(i64::from(fsm.pending_reverse_sync));
-        for (name, h) in [("primary", &health.primary), ("backup", &health.backup)] {
-            self.server_up.get_or_create(&label(name)).set(i64::from(h.status == Status::Up));
+        self.hold.set(i64::from(v.hold));
+        self.pending_reverse_sync.set(i64::from(v.pending_reverse_sync));
+        for (name, up) in [("primary", v.up[0]), ("backup", v.up[1])] {
+            self.server_up.get_or_create(&label(name)).set(i64::from(up));
         }
     }
 
-    /// One check layer of `t` finished (`ok`) after `took`.
-    pub fn checked(&self, t: Target, layer: Layer, ok: bool, took: Duration) {
-        let l = CheckLabel { server: target_name(t).into(), layer: layer_name(layer).into() };
+    /// One check layer of `target` (primary, backup, witness) finished (`ok`) after `took`.
+    pub fn checked(&self, target: &str, layer: Layer, ok: bool, took: Duration) {
+        let l = CheckLabel { server: target.into(), layer: layer_name(layer).into() };
         self.check_up.get_or_create(&l).set(i64::from(ok));
         self.check_seconds.get_or_create(&l).set(took.as_secs_f64());
     }
@@ -239,41 +226,36 @@ impl WebMetrics {
 mod tests {
     use super::*;
 
-    fn serving(s: Server) -> Phase {
-        Phase::Serving { server: s }
-    }
+    const P: Option<Server> = Some(Server::Primary);
+    const B: Option<Server> = Some(Server::Backup);
 
     #[test]
     fn a_failover_and_a_failback_are_counted_once_with_their_duration() {
         let mut t = Tracker::default();
         // start: serving the primary; no transition, no switch
-        assert_eq!(t.observe(serving(Server::Primary), Some(Server::Primary), 1_000), None);
+        assert_eq!(t.observe("serving", P, 1_000), None);
         assert_eq!(t.last_transition_ms, None);
         // detached, mounting the backup: the switch starts
-        assert_eq!(t.observe(Phase::Mounting { to: Server::Backup }, None, 5_000), None);
-        assert_eq!(t.observe(Phase::Mounting { to: Server::Backup }, None, 6_000), None);
-        assert_eq!(
-            t.observe(serving(Server::Backup), Some(Server::Backup), 7_500),
-            Some(Switch::Failover { ms: 2_500 })
-        );
+        assert_eq!(t.observe("mounting", None, 5_000), None);
+        assert_eq!(t.observe("mounting", None, 6_000), None);
+        assert_eq!(t.observe("serving", B, 7_500), Some(Switch::Failover { ms: 2_500 }));
         assert_eq!(t.last_transition_ms, Some(7_500));
         // the same state observed again counts nothing
-        assert_eq!(t.observe(serving(Server::Backup), Some(Server::Backup), 8_000), None);
+        assert_eq!(t.observe("serving", B, 8_000), None);
         // reverse sync (still serving the backup), staging, then the primary
-        let sync = Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 };
-        assert_eq!(t.observe(sync, Some(Server::Backup), 9_000), None);
-        assert_eq!(t.observe(Phase::Staging { to: Server::Primary }, Some(Server::Backup), 10_000), None);
-        assert_eq!(t.observe(Phase::CatchingUp, Some(Server::Primary), 10_200), Some(Switch::Failback { ms: 0 }));
-        assert_eq!(t.observe(serving(Server::Primary), Some(Server::Primary), 11_000), None);
+        assert_eq!(t.observe("reverse-syncing", B, 9_000), None);
+        assert_eq!(t.observe("staging", B, 10_000), None);
+        assert_eq!(t.observe("catching-up", P, 10_200), Some(Switch::Failback { ms: 0 }));
+        assert_eq!(t.observe("serving", P, 11_000), None);
         assert_eq!(t.last_transition_ms, Some(11_000));
     }
 
     #[test]
     fn starting_unmounted_then_mounting_is_no_switch() {
         let mut t = Tracker::default();
-        assert_eq!(t.observe(Phase::Unmounted, None, 0), None);
-        assert_eq!(t.observe(Phase::Mounting { to: Server::Primary }, None, 10), None);
-        assert_eq!(t.observe(serving(Server::Primary), Some(Server::Primary), 20), None);
+        assert_eq!(t.observe("unmounted", None, 0), None);
+        assert_eq!(t.observe("mounting", None, 10), None);
+        assert_eq!(t.observe("serving", P, 20), None);
         assert_eq!(t.last_transition_ms, Some(20));
     }
 }

@@ -30,6 +30,7 @@ pub mod guard;
 pub mod hooks;
 pub mod journal;
 pub mod push;
+mod queue_view;
 pub mod remote;
 pub mod status;
 pub mod watcher;
@@ -189,7 +190,7 @@ impl Replicator {
             owe_start_full_syncs(&queues, cfg.trees.len(), agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active())));
         }
         crate::metrics::storage()
-            .started(dirs, cfg.remotes.iter().map(|r| r.name.clone()).zip(queues.clone()).collect());
+            .started(dirs, cfg.remotes.iter().map(|r| r.name.clone()).zip(queues.iter().map(queue_view::of)).collect());
         let board = Board::new(initial_status(&cfg, &roots, dirs));
         let status_stop = CancellationToken::new();
         let status_task = board.spawn_writer(config.state_dir.clone(), status_stop.clone());

@@ -116,7 +116,7 @@ impl Inner {
                 certain: false,
             }),
         };
-        crate::metrics::web().checked(t, layer, result.is_ok(), start.elapsed());
+        crate::metrics::web().checked(super::observe::target_name(t), layer, result.is_ok(), start.elapsed());
         result
     }
 

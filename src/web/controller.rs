@@ -698,7 +698,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     }
 
     fn publish(&mut self) {
-        crate::metrics::web().observe(&self.d.fsm, &self.d.health, self.clock.now_ms());
+        crate::metrics::web().observe(&super::observe::view(&self.d), self.clock.now_ms());
         let f = &self.d.fsm;
         let h = &self.d.health;
         let rise = self.cfg.rise;
