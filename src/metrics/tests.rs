@@ -96,6 +96,8 @@ fn web_exposition_is_strict_and_follows_a_failover() {
     m.web.observe(&v, 1_002_000);
     v = web::View { phase: "serving", active: Some(Server::Backup), pending_reverse_sync: true, ..v };
     m.web.observe(&v, 1_003_500);
+    m.web.checked("primary", Layer::Rpc, true, std::time::Duration::from_millis(1));
+    m.web.checked("primary", Layer::Canary, true, std::time::Duration::from_millis(1));
     m.web.checked("primary", Layer::Rpc, false, std::time::Duration::from_millis(250));
     let after = parse_strict(&m.render());
     assert_eq!(value(&after, "nfsguard_web_active_server{server=\"backup\"}"), 1.0);
@@ -108,6 +110,7 @@ fn web_exposition_is_strict_and_follows_a_failover() {
     assert_eq!(value(&after, "nfsguard_web_pending_reverse_sync"), 1.0);
     assert_eq!(value(&after, "nfsguard_web_check_up{server=\"primary\",layer=\"rpc\"}"), 0.0);
     assert_eq!(value(&after, "nfsguard_web_check_duration_seconds{server=\"primary\",layer=\"rpc\"}"), 0.25);
+    assert_eq!(value(&after, "nfsguard_web_check_up{server=\"primary\",layer=\"canary\"}"), 0.0, "not reached");
     assert!(!after.iter().any(|(n, _)| n.starts_with("nfsguard_storage")), "web shows no storage families");
 }
 

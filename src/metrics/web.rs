@@ -49,6 +49,9 @@ pub struct View {
 pub const PHASES: [&str; 7] =
     ["unmounted", "serving", "mounting", "reverse-syncing", "reconciling", "staging", "catching-up"];
 
+/// The check layers in the order a check runs them.
+const LAYERS: [Layer; 5] = [Layer::Resolve, Layer::Icmp, Layer::Tcp, Layer::Rpc, Layer::Canary];
+
 pub fn layer_name(l: Layer) -> &'static str {
     match l {
         Layer::Resolve => "resolve",
@@ -139,7 +142,11 @@ impl WebMetrics {
             "1 while the server is judged UP (after fall/rise), 0 while DOWN or not yet known",
             self.server_up.clone(),
         );
-        r.register("nfsguard_web_check_up", "1 if the last check of this layer succeeded", self.check_up.clone());
+        r.register(
+            "nfsguard_web_check_up",
+            "1 if this layer answered in the last check; 0 if it failed or was not reached",
+            self.check_up.clone(),
+        );
         r.register(
             "nfsguard_web_check_duration_seconds",
             "How long the last check of this layer took (until its answer or its deadline)",
@@ -214,6 +221,15 @@ impl WebMetrics {
         let l = CheckLabel { server: target.into(), layer: layer_name(layer).into() };
         self.check_up.get_or_create(&l).set(i64::from(ok));
         self.check_seconds.get_or_create(&l).set(took.as_secs_f64());
+        if !ok {
+            // the layers after a failed one are not reached: not up either (never a stale 1)
+            for later in LAYERS.iter().skip_while(|l| **l != layer).skip(1) {
+                let l = CheckLabel { server: target.into(), layer: layer_name(*later).into() };
+                if let Some(g) = self.check_up.get(&l) {
+                    g.set(0);
+                }
+            }
+        }
     }
 
     /// The holder scan after a switch found `n` processes on the detached mount.
