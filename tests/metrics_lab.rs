@@ -4,7 +4,8 @@
 //! then everything drains and the lag falls to 0) and through a failover and failback (the active
 //! server moves, the counters count once, the phase shows the work in progress). Every scrape passes
 //! `promtool check metrics` (Debian's `prometheus` package, installed by scripts/install-deps.sh).
-#![allow(clippy::unwrap_used)]
+// Samples compared here are small integers (exact in f64).
+#![allow(clippy::unwrap_used, clippy::float_cmp)]
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -58,8 +59,8 @@ fn must(text: &str, series: &str) -> f64 {
 #[test]
 fn metrics_follow_a_replication_backlog_and_a_failover() {
     let lab = Lab::up("ops1");
-    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
-    fs::write(p.join("seed"), "both").unwrap();
+    let (prim, back) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    fs::write(prim.join("seed"), "both").unwrap();
     let work = tempfile::Builder::new().prefix("metrics-lab").tempdir_in(lab.state_dir()).unwrap();
     let mut c = Cluster::new(&lab, work.path(), "[storage.metrics]\n", "");
     let web_url = format!("http://{}:{WEB_METRICS_PORT}/metrics", lab.ip(Host::Web));
@@ -67,7 +68,7 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     writeln!(web_toml, "[web.metrics]\nlisten = \"{}:{WEB_METRICS_PORT}\"", lab.ip(Host::Web)).unwrap();
     c.start_agent(&lab, Host::Primary);
     c.start_agent(&lab, Host::Backup);
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    storage_common::wait_same(&prim, &back, Duration::from_secs(30), None);
     c.web.start(&lab);
     c.wait("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
     let storage_url = format!("{}/metrics", api(&lab, Host::Primary));
@@ -85,7 +86,7 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
 
     // Backlog: the backup's rsync daemon is down; changes queue and the lag grows.
     lab.fault(Host::Backup, Fault::StopRsyncd);
-    storage_common::burst(&p, "backlog", 3, 60);
+    storage_common::burst(&prim, "backlog", 3, 60);
     let mut lags = Vec::new();
     c.wait("a growing lag and a failed push", Duration::from_secs(30), || {
         let Some(s) = scrape(&lab, Host::Primary, &storage_url) else { return false };
@@ -103,7 +104,7 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     });
     let s = scrape(&lab, Host::Primary, &storage_url).unwrap();
     assert!(must(&s, "nfsguard_storage_sent_bytes_total{remote=\"backup\"}") > bytes_before, "{s}");
-    storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
+    storage_common::wait_same(&prim, &back, Duration::from_secs(30), None);
 
     // Failover: scraped all along, the endpoint answers while the node switches.
     let w = scrape(&lab, Host::Web, &web_url).expect("the web node serves /metrics");
@@ -151,4 +152,31 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     eprintln!("phases seen: {phases:?}");
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
+
+/// `storage --once` (the timer mode) writes its metrics for node_exporter's textfile collector:
+/// whole (valid for promtool), world-readable, no temp file left beside it.
+#[test]
+fn once_writes_the_metrics_textfile() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let daemon = storage_common::Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a file"), "x".repeat(5000)).unwrap();
+    let (cfg, state, prom_dir) = (d.path().join("n.toml"), d.path().join("state"), d.path().join("textfile"));
+    let prom = prom_dir.join("nfs-guard.prom");
+    let extra = format!("[storage.metrics]\ntextfile = \"{}\"", prom.display());
+    storage_common::write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, &extra, "");
+    let bin = env!("CARGO_BIN_EXE_nfs-guard");
+    let out = Command::new(bin).arg("--config").arg(&cfg).args(["storage", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = fs::read_to_string(&prom).unwrap();
+    promtool_ok(&text);
+    let series =
+        "nfsguard_storage_pushes_total{remote=\"backup\",kind=\"full-sync\",result=\"success\",exit_code=\"0\"}";
+    assert_eq!(must(&text, series), 1.0, "{text}");
+    assert!(must(&text, "nfsguard_storage_sent_bytes_total{remote=\"backup\"}") >= 5000.0, "{text}");
+    assert_eq!(fs::metadata(&prom).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(fs::read_dir(&prom_dir).unwrap().count(), 1, "a temp file was left beside the metrics file");
 }
