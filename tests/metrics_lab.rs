@@ -154,7 +154,7 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
 
-/// `storage --once` (the timer mode) writes its metrics for node_exporter's textfile collector:
+/// `storage --once` (the timer mode) writes its metrics for `node_exporter`'s textfile collector:
 /// whole (valid for promtool), world-readable, no temp file left beside it.
 #[test]
 fn once_writes_the_metrics_textfile() {
