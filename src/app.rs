@@ -2,6 +2,7 @@
 //! chosen command. The only place that wires OS-facing pieces together.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ const ONCE_ALERT_GRACE: Duration = Duration::from_secs(5);
 /// How long queued alerts get on a daemon's shutdown.
 const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);
 
-pub fn run(cli: Cli) -> Result<(), Error> {
+/// Runs the command; `Ok` carries the exit code (non-zero only for `status`: 1 degraded, 2 down).
+pub fn run(cli: Cli) -> Result<u8, Error> {
     let config = Config::load(&cli.config)?;
     // check-config prints its findings itself; every other command logs them.
     if !matches!(cli.command, Command::CheckConfig) {
@@ -35,17 +37,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::CheckConfig => {
             check_config(&config);
-            Ok(())
+            Ok(0)
         }
         Command::Status(args) => {
-            match status::render(&config.state_dir, args.json) {
-                Some(text) => print!("{text}"),
-                None => println!(
-                    "no status yet under {} (is nfs-guard web or storage running?)",
-                    config.state_dir.display()
-                ),
+            let docs = status::gather(&config.state_dir);
+            let now = status::now_ms();
+            if args.json {
+                print!("{}", status::render_json(&docs, now));
+            } else {
+                let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                print!("{}", status::render_human(&docs, now, color));
             }
-            Ok(())
+            Ok(status::assess(&docs, now).level.exit_code())
         }
         Command::Web(args) => {
             let plan = MetricsPlan::of(metrics::Role::Web, config.web()?.metrics.as_ref(), false);
@@ -53,14 +56,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let tell = |text: &str| println!("{text}");
             run_role(&config, args.once, plan.as_ref(), |sink, shutdown| async {
                 Ok(web::run(&config, mode, sink, shutdown, &tell).await?)
-            })
+            })?;
+            Ok(0)
         }
         Command::Storage(args) => {
             let s = config.storage()?;
             let plan = MetricsPlan::of(metrics::Role::Storage, s.metrics.as_ref(), s.agent.is_some());
             run_role(&config, args.once, plan.as_ref(), |sink, shutdown| async {
                 Ok(storage::run(&config, storage::Mode { once: args.once }, sink, shutdown).await?)
-            })
+            })?;
+            Ok(0)
         }
         Command::AlertTest => {
             let result = runtime()?.block_on(alert::test(config.alert()?));
@@ -71,7 +76,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             if let Some(sent) = sent {
                 println!("{sent}");
             }
-            result.map(|_| ()).map_err(Error::from)
+            result.map(|_| 0).map_err(Error::from)
         }
     }
 }

@@ -708,9 +708,11 @@ impl Worker {
                 None => (*t == journal::ALL_TREES).then(|| "(every tree)".to_owned()),
             })
             .collect();
+        let behind = crate::status::behind_since_ms(self.queue.lag());
         self.board.remote(self.idx, |r| {
             r.queue = queue;
             r.full_sync_pending = names;
+            r.behind_since_ms = behind;
         });
     }
 }
