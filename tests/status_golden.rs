@@ -2,7 +2,7 @@
 //! text compared, in each phase of a failover and failback, plus storage lag and waiting alerts.
 //! Also the exit code of each, and the `--json` document's schema.
 // Goldens are raw strings with hashes, whatever they contain (so any text can be blessed in).
-#![allow(clippy::unwrap_used, clippy::needless_raw_string_hashes)]
+#![allow(clippy::unwrap_used, clippy::needless_raw_string_hashes, clippy::needless_pass_by_value)]
 
 use std::path::PathBuf;
 
