@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{self, AlertSink, Alerts};
-use crate::cli::{Cli, Command, Target, WebArgs};
+use crate::cli::{Cli, Command, Generated, Target, WebArgs};
 use crate::config::metrics::MetricsConfig;
 use crate::config::Config;
 use crate::domain::{Request, Server};
@@ -27,6 +27,10 @@ const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs the command; `Ok` carries the exit code (non-zero only for `status`: 1 degraded, 2 down).
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    if let Command::Generate { what } = &cli.command {
+        generate(what).map_err(|source| Error::Io { what: "cannot write", path: "stdout".into(), source })?;
+        return Ok(0);
+    }
     let config = Config::load(&cli.config)?;
     // check-config prints its findings itself; every other command logs them.
     if !matches!(cli.command, Command::CheckConfig) {
@@ -67,6 +71,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             })?;
             Ok(0)
         }
+        Command::Generate { .. } => Ok(0),
         Command::AlertTest => {
             let result = runtime()?.block_on(alert::test(config.alert()?));
             let sent = match &result {
@@ -121,6 +126,20 @@ where
         }
         result
     })
+}
+
+/// The man page or a completion script, generated from the clap definitions.
+fn generate(what: &Generated) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::Man::new(cmd).render(&mut out),
+        Generated::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "nfs-guard", &mut out);
+            Ok(())
+        }
+    }
 }
 
 fn check_config(config: &Config) {

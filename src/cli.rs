@@ -65,6 +65,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Send a test alert email and report exactly what failed.
     AlertTest,
+    /// Write the man page or a shell completion script to stdout (for packagers; no config read).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+/// What `generate` writes, from these very definitions (so they never drift from the CLI).
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// The man page nfs-guard(1), in roff.
+    Man,
+    /// A completion script for `shell`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
