@@ -40,7 +40,9 @@ mkdir -p "$assets" "$out"
 "$bin" generate completions zsh >"$assets/_nfs-guard"
 "$bin" generate completions fish >"$assets/nfs-guard.fish"
 
-deb=$(cargo deb --no-build --profile "$profile" --output "$out" | tail -1)
+fast=()
+((dev)) && fast=(--fast)  # a test package: speed over size
+deb=$(cargo deb --no-build --profile "$profile" "${fast[@]}" --output "$out" | tail -1)
 echo "package: $deb" >&2
 
 if ((!dev)); then
