@@ -40,9 +40,11 @@ mkdir -p "$assets" "$out"
 "$bin" generate completions zsh >"$assets/_nfs-guard"
 "$bin" generate completions fish >"$assets/nfs-guard.fish"
 
-fast=()
-((dev)) && fast=(--fast)  # a test package: speed over size
-deb=$(cargo deb --no-build --profile "$profile" "${fast[@]}" --output "$out" | tail -1)
+# release: the binary stripped, its debug info (line tables) in a separate nfs-guard-dbgsym .ddeb;
+# a test package (--dev): speed over size
+opts=(--dbgsym)
+((dev)) && opts=(--fast --no-dbgsym)
+deb=$(cargo deb --no-build --profile "$profile" "${opts[@]}" --output "$out" | grep '\.deb$' | tail -1)
 echo "package: $deb" >&2
 
 if ((!dev)); then
