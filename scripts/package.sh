@@ -22,12 +22,12 @@ fi
 
 if ((dev)); then
     profile=dev
-    bin=target/debug/nfs-guard
+    bin=${CARGO_TARGET_DIR:-target}/debug/nfs-guard
     out=target/debian-dev
     [[ -x $bin ]] || cargo build --locked
 else
     profile=release
-    bin=target/release/nfs-guard
+    bin=${CARGO_TARGET_DIR:-target}/release/nfs-guard
     out=target/debian
     cargo build --release --locked
 fi
