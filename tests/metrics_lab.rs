@@ -52,6 +52,17 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// `nfs-guard status` (the summary for people) of the web node: its exit code and text.
+fn status(c: &Cluster) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nfs-guard"))
+        .arg("--config")
+        .arg(&c.web.config)
+        .arg("status")
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn must(text: &str, series: &str) -> f64 {
     value(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
@@ -136,6 +147,12 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     assert_eq!(must(&w, "nfsguard_web_check_up{server=\"primary\",layer=\"rpc\"}"), 0.0, "{w}");
     assert_eq!(must(&w, "nfsguard_web_check_up{server=\"backup\",layer=\"rpc\"}"), 1.0, "{w}");
     eprintln!("phases seen while failing over: {phases:?}");
+    // the summary for people says so, and its exit code is a monitoring check's CRITICAL
+    let (code, text) = status(&c);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.starts_with("web: FAILED OVER: serving the backup"), "{text}");
+    assert!(text.contains("last change: mounting -> serving: mounted backup"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("primary") && l.contains("DOWN")), "{text}");
 
     // Failback: counted once, the primary active again.
     lab.heal(Host::Primary);
@@ -150,6 +167,9 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     assert_eq!(must(&w, "nfsguard_web_failovers_total"), 1.0, "{w}");
     assert_eq!(must(&w, "nfsguard_web_server_up{server=\"primary\"}"), 1.0, "{w}");
     eprintln!("phases seen: {phases:?}");
+    c.wait("status: healthy after the failback", Duration::from_secs(30), || status(&c).0 == Some(0));
+    let (_, text) = status(&c);
+    assert!(text.starts_with("web: serving the primary") && text.contains("verdict: OK (exit 0)"), "{text}");
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }

@@ -64,9 +64,8 @@ fn the_deb_installs_a_working_binary_the_units_and_the_examples() {
         checked += 1;
     }
     assert!(checked >= 7, "only {checked} examples installed");
-    let man = run(Command::new("sh").arg("-c").arg(format!(
-        "gzip -dc {} | head -5",
-        root.path().join("usr/share/man/man1/nfs-guard.1.gz").display()
-    )));
+    let man = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -dc {} | head -5", root.path().join("usr/share/man/man1/nfs-guard.1.gz").display())));
     assert!(man.contains(".TH nfs-guard 1"), "{man}");
 }
