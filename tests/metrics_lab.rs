@@ -18,6 +18,7 @@ mod web_node;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -52,14 +53,9 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// `nfs-guard status` (the summary for people) of the web node: its exit code and text.
-fn status(c: &Cluster) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nfs-guard"))
-        .arg("--config")
-        .arg(&c.web.config)
-        .arg("status")
-        .output()
-        .unwrap();
+/// `nfs-guard status` (the summary for people) of the node of `config`: its exit code and text.
+fn status(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nfs-guard")).arg("--config").arg(config).arg("status").output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -109,6 +105,15 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     });
     let s = scrape(&lab, Host::Primary, &storage_url).unwrap();
     promtool_ok(&s);
+    // the summary for people shows the lag and the failing pushes: degraded (exit 1; between two
+    // retries the remote may show as pushing, so poll)
+    let mut text = String::new();
+    c.wait("status: degraded during the backlog", Duration::from_secs(15), || {
+        let code;
+        (code, text) = status(&c.dir.join("primary.toml"));
+        code == Some(1) && text.contains("retrying, queue ")
+    });
+    assert!(!text.contains("lag 0s") && text.contains("pushes to backup are failing"), "{text}");
     lab.heal(Host::Backup);
     c.wait("the backlog to drain (lag back to 0)", Duration::from_secs(60), || {
         scrape(&lab, Host::Primary, &storage_url).is_some_and(|s| must(&s, queue) == 0.0 && must(&s, lag) == 0.0)
@@ -148,7 +153,7 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     assert_eq!(must(&w, "nfsguard_web_check_up{server=\"backup\",layer=\"rpc\"}"), 1.0, "{w}");
     eprintln!("phases seen while failing over: {phases:?}");
     // the summary for people says so, and its exit code is a monitoring check's CRITICAL
-    let (code, text) = status(&c);
+    let (code, text) = status(&c.web.config);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.starts_with("web: FAILED OVER: serving the backup"), "{text}");
     assert!(text.contains("last change: mounting -> serving: mounted backup"), "{text}");
@@ -167,8 +172,8 @@ fn metrics_follow_a_replication_backlog_and_a_failover() {
     assert_eq!(must(&w, "nfsguard_web_failovers_total"), 1.0, "{w}");
     assert_eq!(must(&w, "nfsguard_web_server_up{server=\"primary\"}"), 1.0, "{w}");
     eprintln!("phases seen: {phases:?}");
-    c.wait("status: healthy after the failback", Duration::from_secs(30), || status(&c).0 == Some(0));
-    let (_, text) = status(&c);
+    c.wait("status: healthy after the failback", Duration::from_secs(30), || status(&c.web.config).0 == Some(0));
+    let (_, text) = status(&c.web.config);
     assert!(text.starts_with("web: serving the primary") && text.contains("verdict: OK (exit 0)"), "{text}");
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
