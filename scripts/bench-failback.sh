@@ -68,7 +68,7 @@ in_host() { local h=$1; shift; exec nsenter -t "$(cut -d' ' -f1 "$LAB_RUN/$h/hol
 settled() { # the web node serves the primary with nothing owed (its status, as JSON)
     "$BIN" --config "$RUN/web.toml" status --json 2>/dev/null | /usr/bin/python3 -c '
 import json, sys
-s = json.load(sys.stdin)
+s = json.load(sys.stdin).get("web") or {}
 sys.exit(0 if s.get("active") == "primary" and s.get("pending_reverse_sync") is False and "serving" in json.dumps(s.get("phase")) else 1)'
 }
 wait_settled() { # SECONDS: serving the primary, nothing owed

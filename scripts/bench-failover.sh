@@ -78,7 +78,8 @@ P=$LAB_PRIMARY_IP B=$LAB_BACKUP_IP
 WORK=$(mktemp -d "$LAB_STATE/bench.XXXXXX")
 
 web() { "${WEB[@]}" "$@"; }
-status_field() { "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | sed -n "s/^  \"$1\": \\(.*\\),\$/\\1/p" | head -1; }
+# the web document's top-level keys (indented 4 under "web" in `status --json`, schema 1)
+status_field() { "$BIN" --config "$WORK/web.toml" status --json 2>/dev/null | sed -n "s/^    \"$1\": \\(.*\\),\$/\\1/p" | head -1; }
 wait_failed_back() {
     local end=$(( $(now_ms) + $1 * 1000 ))
     until [[ $(mount_src) == "$P:/srv/nfs" && $(status_field pending_reverse_sync) == false && $(status_field active) == '"primary"' ]]; do

@@ -17,6 +17,8 @@ NEED=(
   # its kernel and NFS modules, busybox's insmod (the host has no kmod), mount.nfs and rpc.statd.
   "linux.uml user-mode-linux" "busybox busybox-static" "mount.nfs nfs-common" "rpc.statd nfs-common"
   "cc gcc"  # builds scripts/lab/uml-xstate.c, which UML 6.1 needs on AVX-512/AMX hosts
+  # tests/metrics_lab.rs checks every scrape with `promtool check metrics` (its daemon is not started)
+  "promtool prometheus"
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 

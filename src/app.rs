@@ -2,17 +2,21 @@
 //! chosen command. The only place that wires OS-facing pieces together.
 
 use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{self, AlertSink, Alerts};
-use crate::cli::{Cli, Command, Target, WebArgs};
+use crate::cli::{Cli, Command, Generated, Target, WebArgs};
+use crate::config::metrics::MetricsConfig;
 use crate::config::Config;
 use crate::domain::{Request, Server};
 use crate::error::Error;
-use crate::{status, storage, sys, web};
+use crate::{metrics, status, storage, sys, web};
 
 /// How long queued alerts get to go out when a one-shot command exits. Only spent when this run
 /// queued something and the mail server's backoff (kept in the outbox across runs) allows an
@@ -21,7 +25,12 @@ const ONCE_ALERT_GRACE: Duration = Duration::from_secs(5);
 /// How long queued alerts get on a daemon's shutdown.
 const SHUTDOWN_ALERT_GRACE: Duration = Duration::from_secs(3);
 
-pub fn run(cli: Cli) -> Result<(), Error> {
+/// Runs the command; `Ok` carries the exit code (non-zero only for `status`: 1 degraded, 2 down).
+pub fn run(cli: Cli) -> Result<u8, Error> {
+    if let Command::Generate { what } = &cli.command {
+        generate(what).map_err(|source| Error::Io { what: "cannot write", path: "stdout".into(), source })?;
+        return Ok(0);
+    }
     let config = Config::load(&cli.config)?;
     // check-config prints its findings itself; every other command logs them.
     if !matches!(cli.command, Command::CheckConfig) {
@@ -32,32 +41,37 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::CheckConfig => {
             check_config(&config);
-            Ok(())
+            Ok(0)
         }
         Command::Status(args) => {
-            match status::render(&config.state_dir, args.json) {
-                Some(text) => print!("{text}"),
-                None => println!(
-                    "no status yet under {} (is nfs-guard web or storage running?)",
-                    config.state_dir.display()
-                ),
+            let docs = status::gather(&config.state_dir);
+            let now = status::now_ms();
+            if args.json {
+                print!("{}", status::render_json(&docs, now));
+            } else {
+                let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                print!("{}", status::render_human(&docs, now, color));
             }
-            Ok(())
+            Ok(status::assess(&docs, now).level.exit_code())
         }
         Command::Web(args) => {
-            config.web()?;
+            let plan = MetricsPlan::of(metrics::Role::Web, config.web()?.metrics.as_ref(), false);
             let mode = web::Mode { once: args.once, request: request_of(&args) };
             let tell = |text: &str| println!("{text}");
-            run_role(&config, args.once, |sink, shutdown| async {
+            run_role(&config, args.once, plan.as_ref(), |sink, shutdown| async {
                 Ok(web::run(&config, mode, sink, shutdown, &tell).await?)
-            })
+            })?;
+            Ok(0)
         }
         Command::Storage(args) => {
-            config.storage()?;
-            run_role(&config, args.once, |sink, shutdown| async {
+            let s = config.storage()?;
+            let plan = MetricsPlan::of(metrics::Role::Storage, s.metrics.as_ref(), s.agent.is_some());
+            run_role(&config, args.once, plan.as_ref(), |sink, shutdown| async {
                 Ok(storage::run(&config, storage::Mode { once: args.once }, sink, shutdown).await?)
-            })
+            })?;
+            Ok(0)
         }
+        Command::Generate { .. } => Ok(0),
         Command::AlertTest => {
             let result = runtime()?.block_on(alert::test(config.alert()?));
             let sent = match &result {
@@ -67,25 +81,65 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             if let Some(sent) = sent {
                 println!("{sent}");
             }
-            result.map(|_| ()).map_err(Error::from)
+            result.map(|_| 0).map_err(Error::from)
         }
     }
 }
 
-/// Runs a role on a fresh runtime with signal handling and alert delivery; queued alerts get a grace
-/// period to go out when the role returns (the rest stays in the outbox for the next run).
-fn run_role<F, Fut>(config: &Config, once: bool, role: F) -> Result<(), Error>
+/// Where a role's metrics go (`[web.metrics]`, `[storage.metrics]`); `None` when they are off.
+struct MetricsPlan {
+    role: metrics::Role,
+    /// Served by this process's own listener (not the storage agent's).
+    listen: Option<SocketAddr>,
+    textfile: Option<PathBuf>,
+}
+
+impl MetricsPlan {
+    fn of(role: metrics::Role, cfg: Option<&MetricsConfig>, agent: bool) -> Option<MetricsPlan> {
+        cfg.map(|m| MetricsPlan { role, listen: m.listen.filter(|_| !agent), textfile: m.textfile.clone() })
+    }
+}
+
+/// Runs a role on a fresh runtime with signal handling, alert delivery and its metrics; queued
+/// alerts get a grace period to go out when the role returns (the rest stays in the outbox for the
+/// next run). A daemon serves `/metrics`; a `--once` run writes its metrics file at the end.
+fn run_role<F, Fut>(config: &Config, once: bool, plan: Option<&MetricsPlan>, role: F) -> Result<(), Error>
 where
     F: FnOnce(Arc<dyn AlertSink>, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Error>>,
 {
     runtime()?.block_on(async {
         let shutdown = sys::shutdown::on_signals();
+        if let Some(p) = plan {
+            metrics::init(p.role);
+            if let (Some(addr), false) = (p.listen, once) {
+                metrics::serve(addr, shutdown.clone()).await?;
+            }
+        }
         let alerts = Alerts::start(config.alert.as_ref(), &config.state_dir, shutdown.clone())?;
         let result = role(alerts.sink.clone(), shutdown).await;
         alerts.drain(if once { ONCE_ALERT_GRACE } else { SHUTDOWN_ALERT_GRACE }).await;
+        if let Some(path) = plan.and_then(|p| p.textfile.as_ref()).filter(|_| once) {
+            if let Err(e) = metrics::write_textfile(path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the metrics file");
+            }
+        }
         result
     })
+}
+
+/// The man page or a completion script, generated from the clap definitions.
+fn generate(what: &Generated) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::Man::new(cmd).render(&mut out),
+        Generated::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "nfs-guard", &mut out);
+            Ok(())
+        }
+    }
 }
 
 fn check_config(config: &Config) {

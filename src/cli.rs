@@ -25,7 +25,8 @@ nfs-guard --config ./site.toml storage     run the replicator in the foreground\
 nfs-guard web --once                      one health-check cycle (timer mode)\n  \
 nfs-guard web --failover-to backup        switch by hand and hold there\n  \
 nfs-guard status                          show the state of every role on this node\n\n\
-Exit codes: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error.\n\
+Exit codes: 0 ok, 1 runtime failure, 64 usage error, 78 configuration error;\n\
+`status`: 0 healthy, 1 degraded, 2 failed over or down.\n\
 Logging: -v/-q change the level; RUST_LOG (e.g. RUST_LOG=nfs_guard=debug) overrides both."
 )]
 pub struct Cli {
@@ -60,10 +61,28 @@ pub enum Command {
     Storage(StorageArgs),
     /// Validate the configuration file and exit (0 valid, 78 invalid).
     CheckConfig,
-    /// Print the state of the roles on this node (from their status files).
+    /// Summarize this node's roles from their status files; exit 0 healthy, 1 degraded, 2 failed over or down.
     Status(StatusArgs),
     /// Send a test alert email and report exactly what failed.
     AlertTest,
+    /// Write the man page or a shell completion script to stdout (for packagers; no config read).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+/// What `generate` writes, from these very definitions (so they never drift from the CLI).
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// The man page nfs-guard(1), in roff.
+    Man,
+    /// A completion script for `shell`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +116,7 @@ pub struct StorageArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print the raw JSON status documents.
+    /// One JSON document for scripts (versioned: "schema": 1; see README), instead of the summary.
     #[arg(long)]
     pub json: bool,
 }

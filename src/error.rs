@@ -27,6 +27,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::BindError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }

@@ -3,7 +3,7 @@
 //! and `sys` depends on nothing of the domain.
 //!
 //! ```text
-//!   leaves (domain, alert_kind, chain, failback_guard, timing)  <-  sys  <-  config, status, cluster
+//!   leaves (domain, alert_kind, chain, failback_guard, timing)  <-  sys  <-  config, status, cluster, metrics
 //!     <-  alert  <-  web, storage  <-  cli  <-  logging, error  <-  app  (<- main, the binary)
 //! ```
 
@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 2),
     ("status", 2),
     ("cluster", 2),
+    ("metrics", 2),
     ("alert", 3),
     ("web", 4),
     ("storage", 4),

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod failback_guard;
 pub mod logging;
+pub mod metrics;
 pub mod status;
 pub mod storage;
 pub mod sys;

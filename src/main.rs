@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     };
     logging::init(cli.verbose, cli.quiet, cli.log_format);
     match app::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("nfs-guard: {}", chain::render_chain(&e));
             ExitCode::from(e.exit_code())

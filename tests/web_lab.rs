@@ -124,7 +124,7 @@ io_timeout = "10s"
         let out = output_with_timeout(&mut c, Duration::from_secs(3)).expect("status did not answer within 3 s");
         assert!(t.elapsed() < Duration::from_secs(2), "status took {:?}", t.elapsed());
         let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str::<serde_json::Value>(text.trim()).unwrap_or_default()["web"].clone()
     }
 
     fn alerts(&self, title_part: &str) -> usize {

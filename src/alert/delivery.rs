@@ -175,6 +175,7 @@ pub(crate) async fn run<M: Mailer>(
             if !kinds.is_empty() {
                 s.save_flood();
             }
+            crate::metrics::alerts().outbox(s.outbox.len());
             let head = s.outbox.head().cloned().filter(|_| retry.due(now));
             if draining {
                 let newest = s.outbox.newest_queued_here();
@@ -261,6 +262,7 @@ impl Retry {
     /// Counts a failed attempt, saves the backoff, and returns the delay until the next attempt.
     fn failed(&mut self, shared: &Mutex<Shared>) -> Duration {
         self.failures = self.failures.saturating_add(1);
+        crate::metrics::alerts().failed();
         let delay = self.backoff.delay(self.failures);
         self.at = Some(Instant::now() + delay);
         let s = lock(shared);
@@ -377,11 +379,13 @@ fn finish(shared: &Mutex<Shared>, q: &Queued) -> Outcome {
         return dead_letter(shared, q.seq);
     }
     lock(shared).outbox.remove(q.seq);
+    crate::metrics::alerts().sent();
     Outcome::Finished
 }
 
 fn dead_letter(shared: &Mutex<Shared>, seq: u64) -> Outcome {
     lock(shared).outbox.dead_letter(seq);
+    crate::metrics::alerts().dead();
     Outcome::Finished
 }
 

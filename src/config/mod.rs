@@ -13,6 +13,7 @@ pub mod agent;
 pub mod alert;
 pub mod duration;
 pub mod filter;
+pub mod metrics;
 pub mod rsync;
 mod scan;
 pub mod storage;

@@ -59,6 +59,8 @@ pub struct RawStorage {
     pub hook: Option<RawHook>,
     /// This host is a storage agent (see `config::agent`).
     pub agent: Option<Spanned<super::agent::RawStorageAgent>>,
+    /// Prometheus metrics (see `config::metrics`).
+    pub metrics: Option<Spanned<super::metrics::RawMetrics>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +204,7 @@ pub struct StorageConfig {
     pub batch_timeout: Duration,
     pub hook: Option<Hook>,
     pub agent: Option<super::agent::StorageAgent>,
+    pub metrics: Option<super::metrics::MetricsConfig>,
 }
 
 impl StorageConfig {
@@ -253,6 +256,8 @@ impl StorageConfig {
         let hook = raw.hook.as_ref().map(|h| validate_hook(h, ctx));
         let realtime: Vec<&str> = remotes.iter().flatten().filter(|r| r.realtime).map(|r| r.name.as_str()).collect();
         let agent = raw.agent.as_ref().map(|a| super::agent::StorageAgent::validate(a, &realtime, ctx));
+        let agent_listen = raw.agent.as_ref().and_then(|a| a.get_ref().listen.as_ref()?.get_ref().parse().ok());
+        let metrics = super::metrics::MetricsConfig::validate_opt(raw.metrics.as_ref(), "storage", agent_listen, ctx);
         if let (Some(w), Some(m), Some(v)) = (window, max_delay, raw.max_delay.as_ref()) {
             if m < w {
                 ctx.bad("storage.max_delay", v, "must not be shorter than storage.window");
@@ -289,6 +294,7 @@ impl StorageConfig {
                 None => None,
                 Some(a) => Some(a?),
             },
+            metrics: metrics?,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct RawWeb {
     pub reverse_sync: Option<Spanned<RawReverseSync>>,
     /// Drive the storage agents (see `config::agent`).
     pub agents: Option<Spanned<super::agent::RawWebAgents>>,
+    /// Prometheus metrics (see `config::metrics`).
+    pub metrics: Option<Spanned<super::metrics::RawMetrics>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,7 @@ pub struct WebConfig {
     pub reverse_sync: Option<ReverseSyncConfig>,
     /// `Some`: failover promotes the backup's agent, failback drains its journal (no reverse sync).
     pub agents: Option<super::agent::WebAgents>,
+    pub metrics: Option<super::metrics::MetricsConfig>,
 }
 
 fn no_space_string(ctx: &mut Ctx, key: &str, v: &Spanned<String>, what: &str) -> Option<String> {
@@ -467,6 +470,7 @@ impl WebConfig {
             backup: backup?,
             reverse_sync: reverse_sync?,
             agents: agents?,
+            metrics: super::metrics::MetricsConfig::validate_opt(raw.metrics.as_ref(), "web", None, ctx)?,
         })
     }
 }

@@ -41,6 +41,7 @@ pub async fn once(cfg: Arc<StorageConfig>, stop: CancellationToken) -> Vec<Failu
             for tree in &cfg.trees {
                 let args = push::full_sync_args(&cfg.rsync_args, &remote.target, tree, &cfg.full_sync, &cfg.filter);
                 let result = rsync::run(&cfg.rsync, &args, None, cfg.full_sync.timeout).await;
+                crate::metrics::storage().pushed(&remote.name, crate::metrics::storage::PushKind::FullSync, &result);
                 let error = match result {
                     Ok(r) if r.ok() => {
                         tracing::info!(remote = %remote.name, tree = %tree.path.display(), files = r.files,

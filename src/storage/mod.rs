@@ -31,6 +31,7 @@ mod guard_keep;
 pub mod hooks;
 pub mod journal;
 pub mod push;
+mod queue_view;
 pub mod remote;
 pub mod status;
 pub mod watcher;
@@ -192,6 +193,8 @@ impl Replicator {
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
             owe_start_full_syncs(&queues, cfg.trees.len(), agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active())));
         }
+        crate::metrics::storage()
+            .started(dirs, cfg.remotes.iter().map(|r| r.name.clone()).zip(queues.iter().map(queue_view::of)).collect());
         let board = Board::new(initial_status(&cfg, &roots, dirs));
         let status_stop = CancellationToken::new();
         let status_task = board.spawn_writer(config.state_dir.clone(), status_stop.clone());
@@ -437,6 +440,7 @@ impl Replicator {
         }
         self.full_sync_all(Some(tree));
         self.board.update(|d| d.overflows += 1);
+        crate::metrics::storage().overflow();
         let path = self.cfg.trees.get(tree as usize).map(|t| t.path.display().to_string()).unwrap_or_default();
         let now = Instant::now();
         if self.last_overflow_warn.is_some_and(|t| now.duration_since(t) < OVERFLOW_WARN_EVERY) {

@@ -769,9 +769,11 @@ impl Worker {
                 None => (*t == journal::ALL_TREES).then(|| "(every tree)".to_owned()),
             })
             .collect();
+        let behind = crate::status::behind_since_ms(self.queue.lag());
         self.board.remote(self.idx, |r| {
             r.queue = queue;
             r.full_sync_pending = names;
+            r.behind_since_ms = behind;
         });
     }
 }
@@ -800,7 +802,9 @@ impl Pusher {
             args.insert(0, format!("--filter=P *{}*", super::agent::orphans::CONFLICT_TAG).into());
         }
         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
-        let o = outcome(rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await);
+        let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
+        crate::metrics::storage().pushed(&self.remote.name, crate::metrics::storage::PushKind::FullSync, &r);
+        let o = outcome(r);
         if o.ok {
             tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), files = o.files, bytes = o.bytes, "full sync done");
         }
@@ -858,6 +862,7 @@ impl Pusher {
                     let opts =
                         push::RunOpts { deadline: c.batch_timeout, cautious: self.cautious.load(Ordering::SeqCst) };
                     let r = push::run(&c.rsync, &c.rsync_args, target, tree, &plan, &c.filter, opts).await;
+                    crate::metrics::storage().pushed(&self.remote.name, crate::metrics::storage::PushKind::Batch, &r);
                     let o = outcome(r);
                     if o.ok || o.class == ExitClass::Partial {
                         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), paths,

@@ -23,6 +23,9 @@ pub struct RemoteStatus {
     pub files: u64,
     pub bytes: u64,
     pub retries: u64,
+    /// Wall-clock ms since which changes have waited unpushed (replication lag = now - this);
+    /// `None` when caught up.
+    pub behind_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

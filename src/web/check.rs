@@ -99,7 +99,7 @@ impl Inner {
             }
             r
         });
-        match tokio::time::timeout(wait, task).await {
+        let result = match tokio::time::timeout(wait, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 Err(ProbeError { layer, target: what.to_owned(), reason: format!("check task: {e}"), certain: false })
@@ -115,7 +115,9 @@ impl Inner {
                 },
                 certain: false,
             }),
-        }
+        };
+        crate::metrics::web().checked(super::observe::target_name(t), layer, result.is_ok(), start.elapsed());
+        result
     }
 
     async fn check(self: &Arc<Self>, target: Target, canary: bool) -> Result<(), ProbeError> {

@@ -92,6 +92,8 @@ pub struct Controller<P, M, S> {
     effects: usize,
     clock: Clock,
     last_status: Vec<u8>,
+    /// For `nfs-guard status`: when each target was last checked, the last phase change.
+    seen: super::observe::Seen,
     last_after_switch: Option<String>,
     /// The running rsync pass (reverse sync, catch-up, reconciliation) and how to abort it.
     pass_cancel: Option<(u64, CancellationToken)>,
@@ -148,6 +150,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             effects: 0,
             clock: Clock::new(),
             last_status: Vec::new(),
+            seen: super::observe::Seen::default(),
             last_after_switch: None,
             pass_cancel: None,
             quarantined: loaded.quarantined,
@@ -397,6 +400,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                 self.probing[t.index()] = false;
                 self.reported[t.index()] = true;
                 let now = self.clock.now_ms();
+                self.seen.checked_ms[t.index()] = Some(now);
                 let hysteresis =
                     Hysteresis { fall: self.cfg.fall, fall_certain: self.cfg.fall_certain, rise: self.cfg.rise };
                 let h = match t {
@@ -457,8 +461,10 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
 
     fn step(&mut self, event: Event) {
         let now = self.clock.now_ms();
+        let why = super::observe::why(&event);
         let t = fsm::step(&self.d.fsm, event, &self.policy, now);
         if t.next.phase != self.d.fsm.phase {
+            self.seen.transition(self.d.fsm.phase, t.next.phase, why, now);
             tracing::info!(from = ?self.d.fsm.phase, to = ?t.next.phase, epoch = t.next.epoch, "state change");
             crate::sys::systemd::status(&format!("{:?}", t.next.phase));
         }
@@ -699,6 +705,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     }
 
     fn publish(&mut self) {
+        crate::metrics::web().observe(&super::observe::view(&self.d), self.clock.now_ms());
         let f = &self.d.fsm;
         let h = &self.d.health;
         let rise = self.cfg.rise;
@@ -710,6 +717,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             // capped at `rise`: an ever-growing counter would rewrite the status file every interval
             consecutive_successes: h.oks.min(rise),
             last_error: h.last_error.clone(),
+            state_since_ms: h.since_ms,
         };
         let doc = StatusDoc {
             active: f.active().map_or("none", Server::name),
@@ -726,10 +734,16 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             ],
             witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
             last_after_switch: self.last_after_switch.clone(),
+            // what changes every check is left out of the comparison (refreshed below)
+            seen: super::observe::Seen { checked_ms: [None; 3], written_ms: None, ..self.seen.clone() },
         };
         let Ok(bytes) = serde_json::to_vec(&doc) else { return };
-        if bytes != self.last_status {
-            crate::status::write(&self.state_dir, "web", &doc);
+        // On a change, and at least every few seconds so readers can tell the age of the last check
+        // (and that the daemon still runs); never an fsync.
+        let now = self.clock.now_ms();
+        if bytes != self.last_status || self.seen.due(now) {
+            self.seen.written_ms = Some(now);
+            crate::status::write(&self.state_dir, "web", &StatusDoc { seen: self.seen.clone(), ..doc });
             self.last_status = bytes;
         }
     }
@@ -765,6 +779,8 @@ struct ServerStatus {
     consecutive_failures: u32,
     consecutive_successes: u32,
     last_error: Option<String>,
+    /// Wall-clock ms of the last change of `state`.
+    state_since_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -781,4 +797,6 @@ struct StatusDoc {
     servers: Vec<ServerStatus>,
     witness: Option<Status>,
     last_after_switch: Option<String>,
+    #[serde(flatten)]
+    seen: super::observe::Seen,
 }

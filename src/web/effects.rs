@@ -472,7 +472,11 @@ impl Mounter for SysEffects {
             if let Some(id) = old_mount {
                 let scan =
                     tokio::task::spawn_blocking(move || mount::holders(Path::new("/proc"), id, HOLDERS_SCAN_LIMIT));
-                match tokio::time::timeout(Duration::from_secs(5), scan).await {
+                let scanned = tokio::time::timeout(Duration::from_secs(5), scan).await;
+                if let Ok(Ok(h)) = &scanned {
+                    crate::metrics::web().holders(h.len());
+                }
+                match scanned {
                     Ok(Ok(h)) if h.is_empty() => out.push("no process holds files on the detached mount".into()),
                     Ok(Ok(h)) => out.push(format!(
                         "processes still holding files on the detached mount (they get errors until restarted): {}",

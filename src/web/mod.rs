@@ -76,6 +76,7 @@ pub mod fsm;
 pub mod guard;
 pub mod health;
 pub mod mounts;
+pub mod observe;
 pub mod rtt;
 pub mod state;
 

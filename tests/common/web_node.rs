@@ -88,12 +88,14 @@ io_timeout = "30s"
         }
     }
 
-    /// `nfs-guard status --json` from the root namespace; it must answer within 5 s.
+    /// The web document of `nfs-guard status --json` from the root namespace; it must answer within 5 s.
     pub fn status(&self) -> serde_json::Value {
         let mut c = Command::new(BIN);
         c.args(["--config", self.config.to_str().unwrap(), "status", "--json"]);
         let out = output_with_timeout(&mut c, Duration::from_secs(5)).expect("status did not answer in 5 s");
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_default()
+            ["web"]
+            .clone()
     }
 
     pub fn active_is(&self, server: &str) -> bool {

@@ -53,6 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/role", get(role).post(change_role))
         .route("/v1/drain", post(drain))
         .route("/v1/health", get(health))
+        .route("/metrics", get(crate::metrics::handler))
         .with_state(agent)
 }
 
