@@ -17,6 +17,11 @@ NEED=(
   # its kernel and NFS modules, busybox's insmod (the host has no kmod), mount.nfs and rpc.statd.
   "linux.uml user-mode-linux" "busybox busybox-static" "mount.nfs nfs-common" "rpc.statd nfs-common"
   "cc gcc"  # builds scripts/lab/uml-xstate.c, which UML 6.1 needs on AVX-512/AMX hosts
+  # The web farm's agreement (tests/farm_lab.rs): a real etcd cluster, and protoc for the
+  # etcd-client crate's build script (it compiles etcd's .proto files).
+  "etcd etcd-server"
+  "etcdctl etcd-client"
+  "protoc protobuf-compiler"
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 
