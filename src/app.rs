@@ -49,7 +49,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let mode = web::Mode { once: args.once, request: request_of(&args) };
             let tell = |text: &str| println!("{text}");
             run_role(&config, args.once, |sink, shutdown| async {
-                Ok(web::run(&config, mode, sink, shutdown, &tell).await?)
+                let farm = config.cluster.clone().map(crate::farm::starter);
+                Ok(web::run(&config, mode, sink, shutdown, &tell, farm).await?)
             })
         }
         Command::Storage(args) => {

@@ -174,12 +174,11 @@ impl ClusterConfig {
         let tls = raw.tls.as_ref().and_then(|t| {
             let tspan = t.span();
             let t = t.get_ref();
-            let ca = match &t.ca_file {
-                Some(v) => ctx.abs_path("cluster.tls.ca_file", v),
-                None => {
-                    ctx.problem("cluster.tls.ca_file", Some(tspan.clone()), None, "is required in [cluster.tls]");
-                    None
-                }
+            let ca = if let Some(v) = &t.ca_file {
+                ctx.abs_path("cluster.tls.ca_file", v)
+            } else {
+                ctx.problem("cluster.tls.ca_file", Some(tspan.clone()), None, "is required in [cluster.tls]");
+                None
             };
             let cert = t.cert_file.as_ref().map(|v| ctx.abs_path("cluster.tls.cert_file", v));
             let key = t.key_file.as_ref().map(|v| ctx.secret_file("cluster.tls.key_file", v));
