@@ -62,3 +62,309 @@ fn etcd_lab_cluster_keeps_quorum_when_a_member_dies() {
         std::fs::read_dir(dir.path()).unwrap().map(|d| d.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert!(left.is_empty(), "data dirs left after drop: {left:?}");
 }
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod storage_common;
+#[path = "common/web_node.rs"]
+mod web_node;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use cluster::Cluster;
+use extra_host::ExtraHost;
+use lab::{wait_until, Fault};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
+/// The web nodes' check interval and `fall`: the failover bound is `FALL x INTERVAL + 2 s + one
+/// etcd round (one interval)`, plus the stand-in's unmount and sshfs mount.
+const INTERVAL: Duration = Duration::from_secs(1);
+const FALL: u32 = 3;
+
+/// Where a web node runs.
+enum Place<'a> {
+    /// The lab's own `web` host (also an etcd member).
+    LabWeb(&'a Lab),
+    Extra(&'a ExtraHost),
+}
+
+impl Place<'_> {
+    fn command(&self, program: &str) -> Command {
+        match self {
+            Place::LabWeb(lab) => lab.command(Host::Web, program),
+            Place::Extra(h) => h.command(program),
+        }
+    }
+
+    fn mountinfo(&self) -> String {
+        match self {
+            Place::LabWeb(lab) => lab.web_mountinfo(),
+            Place::Extra(h) => h.mountinfo(),
+        }
+    }
+
+    /// What is mounted at /mnt/nfs (the topmost mount), from mountinfo.
+    fn mount_source(&self) -> Option<String> {
+        let mut source = None;
+        for line in self.mountinfo().lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+            if f.get(4) == Some(&Lab::WEB_MOUNT) {
+                source = f.get(sep + 2).map(|s| (*s).to_owned());
+            }
+        }
+        source
+    }
+
+    /// `sh -c script` in the host, bounded; panics on failure.
+    fn sh(&self, script: &str) {
+        let mut c = self.command("sh");
+        c.args(["-c", script]);
+        let out = lab::output_with_timeout(&mut c, Duration::from_secs(30)).expect("command through the mount hung");
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// `nfs-guard web` with `[cluster]`, config and state under the test's dir.
+struct FarmNode<'a> {
+    name: String,
+    place: Place<'a>,
+    config: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl<'a> FarmNode<'a> {
+    fn new(lab: &Lab, dir: &Path, name: &str, place: Place<'a>, etcd: &Etcd, secret: &Path) -> FarmNode<'a> {
+        let state = dir.join(format!("{name}-state"));
+        let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+        let text = format!(
+            r#"state_dir = "{state}"
+[web]
+mount_point = "{mp}"
+fstype = "nfs"
+options = "vers=3,soft,timeo=10"
+interval = "{interval}s"
+fall = {FALL}
+rise = 2
+probe_timeout = "800ms"
+mount_timeout = "10s"
+hold_down = "1s"
+[web.primary]
+address = "{p}"
+export = "{export}"
+[web.backup]
+address = "{b}"
+export = "{export}"
+[web.agents]
+primary = "{pa}"
+backup = "{ba}"
+secret_file = "{secret}"
+timeout = "1s"
+drain_timeout = "60s"
+[cluster]
+endpoints = [{endpoints}]
+name = "{name}"
+lease_ttl = "3s"
+"#,
+            state = state.display(),
+            mp = Lab::WEB_MOUNT,
+            interval = INTERVAL.as_secs(),
+            p = lab.ip(Host::Primary),
+            b = lab.ip(Host::Backup),
+            export = Lab::EXPORT,
+            pa = cluster::api(lab, Host::Primary),
+            ba = cluster::api(lab, Host::Backup),
+            secret = secret.display(),
+            endpoints = endpoints.join(", "),
+        );
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(&config, text).unwrap();
+        FarmNode { name: name.to_owned(), place, config, state, log: dir.join(format!("{name}.log")), child: None }
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut c = self.place.command(BIN);
+        c.args(["--config", self.config.to_str().unwrap(), "--log-format", "human", "web"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(c.spawn().unwrap());
+    }
+
+    fn status(&self, which: &str) -> serde_json::Value {
+        let text = fs::read_to_string(self.state.join(format!("{which}.status.json"))).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Serving `server` (the state machine says so, in a steady phase) and mounted from it.
+    fn serves(&self, lab: &Lab, server: Host) -> bool {
+        let s = self.status("web");
+        s["active"] == server.name()
+            && s["phase"]["phase"] == "serving"
+            && self.place.mount_source().as_deref() == Some(lab.nfs_source(server).as_str())
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for FarmNode<'_> {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn tails(nodes: &[FarmNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            let t = n.log_text();
+            let lines: Vec<&str> = t.lines().collect();
+            format!("--- {} log:\n{}", n.name, lines[lines.len().saturating_sub(40)..].join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_all(what: &str, deadline: Duration, nodes: &[FarmNode], mut cond: impl FnMut(&FarmNode) -> bool) -> Duration {
+    let start = Instant::now();
+    while !nodes.iter().all(&mut cond) {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}\n{}", tails(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// `(active, epoch, version)` of the farm's record in etcd (version: times it was written).
+fn record(lab: &Lab, etcd: &Etcd) -> Option<(String, u64, u64)> {
+    let out = etcd.ctl(lab, Host::Backup, &["get", "/nfs-guard/record", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let kv = &v["kvs"][0];
+    let value = kv["value"].as_str()?;
+    let bytes = base64_decode(value);
+    let r: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some((r["active"].as_str()?.to_owned(), r["epoch"].as_u64()?, kv["version"].as_u64()?))
+}
+
+/// etcdctl's JSON output holds values in standard base64.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in clean.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| acc | (u32::from(val(*c)) << (18 - 6 * i)));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+const ISOLATED: &str = "alert (no [alert] section, not mailed): primary unreachable from this node only";
+
+/// The acceptance scenario of the farm, in order on one lab (each phase starts from the previous
+/// one's end): (a) one web node cut off from the primary only: no node switches, one alert names
+/// that node; (b) the primary's NFS service really down: all three nodes serve the backup within
+/// the failover bound, one decision record, at most one failover alert per node; (c) the primary
+/// back: exactly one drain (by the leader), all three nodes back on the primary, every file written
+/// through each node during the failover on the primary.
+#[test]
+fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
+    let lab = Lab::up_with("fa2", WebKind::Sshfs);
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
+    let mut storage = Cluster::new(&lab, dir.path(), "", "");
+    storage.start_agent(&lab, Host::Primary);
+    storage.start_agent(&lab, Host::Backup);
+    let etcd = Etcd::start(&lab, dir.path());
+    let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
+    let mut nodes = vec![
+        FarmNode::new(&lab, dir.path(), "w1", Place::LabWeb(&lab), &etcd, &storage.secret),
+        FarmNode::new(&lab, dir.path(), "w2", Place::Extra(&w2), &etcd, &storage.secret),
+        FarmNode::new(&lab, dir.path(), "w3", Place::Extra(&w3), &etcd, &storage.secret),
+    ];
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_all("every node serving the primary", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Primary));
+    wait_all("a farm leader", Duration::from_secs(30), &nodes, |n| n.status("farm")["leader"].is_string());
+
+    // (a) w2 alone loses the primary
+    w2.cut_from(&[lab.ip(Host::Primary)]);
+    wait_until("w2's alert", Duration::from_secs(30), || nodes[1].count(ISOLATED) == 1);
+    // an observation window twice the failover time: nobody switches
+    let end = Instant::now() + INTERVAL * FALL * 2 + Duration::from_secs(2);
+    while Instant::now() < end {
+        for n in &nodes {
+            assert_eq!(n.status("web")["active"], "primary", "{} switched\n{}", n.name, tails(&nodes));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(record(&lab, &etcd).is_none(), "no decision was recorded: {:?}", record(&lab, &etcd));
+    let alerts: Vec<usize> = nodes.iter().map(|n| n.count(ISOLATED)).collect();
+    assert_eq!(alerts, [0, 1, 0], "one alert, naming w2\n{}", tails(&nodes));
+    assert!(nodes[1].log_text().contains("primary unreachable from this node only (w2)"));
+    w2.heal_cut();
+    wait_all("w2 sees the primary again", Duration::from_secs(30), &nodes, |n| {
+        n.status("farm")["nodes"].as_array().is_some_and(|a| a.iter().all(|o| o["observation"]["primary"] == "up"))
+    });
+
+    // (b) the primary's NFS service dies
+    let t0 = Instant::now();
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_all("every node serving the backup", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Backup));
+    let took = t0.elapsed();
+    eprintln!("failover of 3 nodes: {took:?}");
+    // fall x interval + 2 s + one etcd round, plus the stand-in's unmount and sshfs mount (~3 s)
+    let bound = INTERVAL * FALL + Duration::from_secs(2) + INTERVAL + Duration::from_secs(5);
+    assert!(took <= bound, "failover took {took:?} > {bound:?}\n{}", tails(&nodes));
+    let (active, epoch, version) = record(&lab, &etcd).expect("a decision record");
+    assert_eq!((active.as_str(), version), ("backup", 1), "one decision record");
+    assert_eq!(Cluster::epoch(&lab, Host::Backup), Some(epoch), "the agents and the farm agree on the epoch");
+    for n in &nodes {
+        assert!(
+            n.count("not mailed): failing over to backup") <= 1,
+            "{}: more than one failover alert\n{}",
+            n.name,
+            n.log_text()
+        );
+    }
+    for n in &nodes {
+        n.place.sh(&format!("set -e; printf 'written through {0}' > {1}/from-{0}.txt; sync", n.name, Lab::WEB_MOUNT));
+    }
+
+    // (c) the primary comes back: one drain, everyone back
+    lab.heal(Host::Primary);
+    let t1 = Instant::now();
+    wait_all("every node serving the primary again", Duration::from_secs(120), &nodes, |n| {
+        n.serves(&lab, Host::Primary)
+    });
+    eprintln!("failback of 3 nodes: {:?}", t1.elapsed());
+    let (active, epoch2, version) = record(&lab, &etcd).expect("a decision record");
+    assert_eq!((active.as_str(), version), ("primary", 2), "one failback record");
+    assert!(epoch2 > epoch);
+    let drains: usize = nodes.iter().map(|n| n.count("backup's journal to the primary drained")).sum();
+    assert_eq!(drains, 1, "exactly one drain\n{}", tails(&nodes));
+    for n in &nodes {
+        let p = lab.data_dir(Host::Primary).join(format!("from-{}.txt", n.name));
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("written through {}", n.name), "{}", p.display());
+    }
+    drop(nodes);
+}
