@@ -18,6 +18,19 @@ pub struct FarmRecord {
     pub since_ms: u64,
     /// The node that decided.
     pub by: String,
+    /// A failback under way: the web nodes are moving to the primary while the backup's agent
+    /// stays active (what lagging nodes write there is still journaled and pushed); the leader
+    /// promotes the primary's agent, and clears this, once every live node serves this record.
+    #[serde(default)]
+    pub switching: bool,
+}
+
+/// What a node reports it serves (`<prefix>/serves/<node>`, under its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serves {
+    pub serving: Option<Server>,
+    /// The record's epoch, when the node serves the record's server.
+    pub epoch: Option<u64>,
 }
 
 /// One node's verdicts (after its hysteresis), published under its lease (`<prefix>/obs/<node>`).
@@ -93,8 +106,12 @@ pub enum Decision {
     Stay,
     /// Make the backup active (the primary is down as the policy counts it).
     FailOver,
-    /// Make the primary active again (a majority has seen it up for the hold-down).
+    /// Move the web nodes back to the primary (a majority has seen it up for the hold-down): drain
+    /// the backup, then record the primary with `switching` set.
     FailBack,
+    /// Every live node serves the switching record: drain the backup again, promote the primary's
+    /// agent, clear `switching`.
+    Settle,
 }
 
 /// The leader's memory between rounds (lost with the leadership: a new leader starts the hold-down
@@ -106,13 +123,15 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// The decision over the live nodes' observations. Failover: the policy's count of nodes that
-    /// see the primary DOWN and the backup UP (`majority`: more than half; `any`: one). Failback:
-    /// always a majority seeing the primary UP, continuously for `hold_down_ms`.
+    /// The decision over the live nodes' observations and what they serve. Failover: the policy's
+    /// count of nodes that see the primary DOWN and the backup UP (`majority`: more than half;
+    /// `any`: one). Failback: always a majority seeing the primary UP, continuously for
+    /// `hold_down_ms`. A switching record settles once every live node serves it.
     pub fn step(
         &mut self,
-        active: Server,
+        record: Option<&FarmRecord>,
         obs: &[Observation],
+        serves: &[Serves],
         policy: Policy,
         hold_down_ms: u64,
         now_ms: u64,
@@ -122,7 +141,7 @@ impl Leader {
             self.primary_up_since = None;
             return Decision::Stay;
         }
-        match active {
+        match record.map_or(Server::Primary, |r| r.active) {
             Server::Primary => {
                 self.primary_up_since = None;
                 let down = obs.iter().filter(|o| o.primary == Status::Down && o.backup == Status::Up).count();
@@ -131,9 +150,11 @@ impl Leader {
                     Policy::Any => down >= 1,
                 };
                 if enough {
-                    Decision::FailOver
-                } else {
-                    Decision::Stay
+                    return Decision::FailOver;
+                }
+                match record {
+                    Some(r) if r.switching && all_serve(r, serves) => Decision::Settle,
+                    _ => Decision::Stay,
                 }
             }
             Server::Backup => {
@@ -153,6 +174,11 @@ impl Leader {
     }
 }
 
+/// Every live node reports serving `record`'s server under its epoch.
+pub fn all_serve(record: &FarmRecord, serves: &[Serves]) -> bool {
+    !serves.is_empty() && serves.iter().all(|s| s.serving == Some(record.active) && s.epoch == Some(record.epoch))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -164,8 +190,12 @@ mod tests {
     }
 
     fn view(active: Server, connected: bool, autonomy: bool) -> View {
-        let record = FarmRecord { active, epoch: 3, since_ms: 1, by: "w1".into() };
+        let record = FarmRecord { active, epoch: 3, since_ms: 1, by: "w1".into(), switching: false };
         View { record: Some(record), connected, autonomy }
+    }
+
+    fn on_backup() -> FarmRecord {
+        FarmRecord { active: Server::Backup, epoch: 4, since_ms: 1, by: "w1".into(), switching: false }
     }
 
     fn local(primary: Status) -> Snapshot {
@@ -218,30 +248,48 @@ mod tests {
     fn failover_needs_the_policy_count_of_nodes_seeing_primary_down_and_backup_up() {
         let mut l = Leader::default();
         let one_down = [o(Down, Up), o(Up, Up), o(Up, Up)];
-        assert_eq!(l.step(Server::Primary, &one_down, Policy::Majority, 0, 0), Decision::Stay);
-        assert_eq!(l.step(Server::Primary, &one_down, Policy::Any, 0, 0), Decision::FailOver);
+        assert_eq!(l.step(None, &one_down, &[], Policy::Majority, 0, 0), Decision::Stay);
+        assert_eq!(l.step(None, &one_down, &[], Policy::Any, 0, 0), Decision::FailOver);
         let two_down = [o(Down, Up), o(Down, Up), o(Up, Up)];
-        assert_eq!(l.step(Server::Primary, &two_down, Policy::Majority, 0, 0), Decision::FailOver);
+        assert_eq!(l.step(None, &two_down, &[], Policy::Majority, 0, 0), Decision::FailOver);
         let backup_unseen = [o(Down, Unknown), o(Down, Down), o(Down, Up)];
-        assert_eq!(l.step(Server::Primary, &backup_unseen, Policy::Majority, 0, 0), Decision::Stay);
-        assert_eq!(l.step(Server::Primary, &[], Policy::Any, 0, 0), Decision::Stay, "no live node");
+        assert_eq!(l.step(None, &backup_unseen, &[], Policy::Majority, 0, 0), Decision::Stay);
+        assert_eq!(l.step(None, &[], &[], Policy::Any, 0, 0), Decision::Stay, "no live node");
     }
 
     #[test]
     fn failback_needs_a_majority_seeing_the_primary_up_for_the_hold_down() {
         let mut l = Leader::default();
         let up = [o(Up, Up), o(Up, Up), o(Down, Up)];
-        assert_eq!(l.step(Server::Backup, &up, Policy::Any, 1000, 10), Decision::Stay);
-        assert_eq!(l.step(Server::Backup, &up, Policy::Any, 1000, 1009), Decision::Stay);
-        assert_eq!(l.step(Server::Backup, &up, Policy::Any, 1000, 1010), Decision::FailBack);
+        assert_eq!(l.step(Some(&on_backup()), &up, &[], Policy::Any, 1000, 10), Decision::Stay);
+        assert_eq!(l.step(Some(&on_backup()), &up, &[], Policy::Any, 1000, 1009), Decision::Stay);
+        assert_eq!(l.step(Some(&on_backup()), &up, &[], Policy::Any, 1000, 1010), Decision::FailBack);
         // a flap restarts the hold-down
         let flap = [o(Up, Up), o(Down, Up), o(Down, Up)];
-        assert_eq!(l.step(Server::Backup, &flap, Policy::Any, 1000, 1011), Decision::Stay);
-        assert_eq!(l.step(Server::Backup, &up, Policy::Any, 1000, 1500), Decision::Stay);
-        assert_eq!(l.step(Server::Backup, &up, Policy::Any, 1000, 2500), Decision::FailBack);
+        assert_eq!(l.step(Some(&on_backup()), &flap, &[], Policy::Any, 1000, 1011), Decision::Stay);
+        assert_eq!(l.step(Some(&on_backup()), &up, &[], Policy::Any, 1000, 1500), Decision::Stay);
+        assert_eq!(l.step(Some(&on_backup()), &up, &[], Policy::Any, 1000, 2500), Decision::FailBack);
         // `any` never fails back on one node's word
         let mut l = Leader::default();
         let one = [o(Up, Up), o(Down, Up), o(Down, Up)];
-        assert_eq!(l.step(Server::Backup, &one, Policy::Any, 0, 0), Decision::Stay);
+        assert_eq!(l.step(Some(&on_backup()), &one, &[], Policy::Any, 0, 0), Decision::Stay);
+    }
+
+    #[test]
+    fn a_switching_record_settles_once_every_live_node_serves_it() {
+        let mut l = Leader::default();
+        let r = FarmRecord { active: Server::Primary, epoch: 5, since_ms: 1, by: "w1".into(), switching: true };
+        let up = [o(Up, Up), o(Up, Up)];
+        let on = |epoch| Serves { serving: Some(Server::Primary), epoch: Some(epoch) };
+        let lagging = Serves { serving: Some(Server::Backup), epoch: None };
+        assert_eq!(l.step(Some(&r), &up, &[on(5), lagging], Policy::Majority, 0, 0), Decision::Stay);
+        assert_eq!(l.step(Some(&r), &up, &[on(5), on(4)], Policy::Majority, 0, 0), Decision::Stay);
+        assert_eq!(l.step(Some(&r), &up, &[on(5), on(5)], Policy::Majority, 0, 0), Decision::Settle);
+        assert_eq!(l.step(Some(&r), &up, &[], Policy::Majority, 0, 0), Decision::Stay, "nobody reported");
+        // the primary dies again mid-switch: back to the backup
+        let down = [o(Down, Up), o(Down, Up)];
+        assert_eq!(l.step(Some(&r), &down, &[on(5), on(5)], Policy::Majority, 0, 0), Decision::FailOver);
+        let settled = FarmRecord { switching: false, ..r };
+        assert_eq!(l.step(Some(&settled), &up, &[on(5), on(5)], Policy::Majority, 0, 0), Decision::Stay);
     }
 }

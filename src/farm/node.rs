@@ -11,8 +11,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{self, Decision, FarmRecord, Observation, View};
-use super::store::{Farm, Keys, Serves, Session};
+use super::decide::{self, Decision, FarmRecord, Observation, Serves, View};
+use super::store::{Farm, Keys, Session};
 use super::Local;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::cluster::ClusterConfig;
@@ -136,9 +136,10 @@ impl Node {
             self.leader = decide::Leader::default();
             return Ok(None);
         }
-        let active = farm.record.as_ref().map_or(Server::Primary, |r| r.active);
         let obs: Vec<Observation> = farm.obs.iter().map(|(_, o)| o.clone()).collect();
-        let decision = self.leader.step(active, &obs, self.cfg.policy, self.hold_down_ms, now_ms());
+        let serves: Vec<Serves> = farm.serves.iter().map(|(_, s)| s.clone()).collect();
+        let decision =
+            self.leader.step(farm.record.as_ref(), &obs, &serves, self.cfg.policy, self.hold_down_ms, now_ms());
         Ok((decision != Decision::Stay).then_some(Duty { decision, record: farm.record, rev: farm.record_rev }))
     }
 
@@ -209,39 +210,59 @@ impl Node {
     async fn lead(&mut self, d: Duty) {
         let me = self.cfg.name.clone();
         let held = d.record.as_ref().map_or(0, |r| r.epoch);
-        let (active, epoch) = match d.decision {
+        let record = match d.decision {
             Decision::Stay => return,
             Decision::FailOver => {
                 tracing::warn!(node = %me, "farm: the live nodes see the primary down: failing over");
-                match self.agents.promote(Server::Backup).await {
-                    Ok(r) => (Server::Backup, r.epoch.max(held + 1)),
+                let epoch = match self.agents.promote(Server::Backup).await {
+                    Ok(r) => r.epoch.max(held + 1),
                     Err(e) => {
                         // serving beats waiting: the record flips anyway, the agent is told until it takes it
                         self.agents.missed_promotion(Server::Backup, &e);
                         tokio::spawn(Arc::clone(&self.agents).keep_promoting(Server::Backup));
-                        (Server::Backup, held + 1)
+                        held + 1
                     }
-                }
+                };
+                FarmRecord { active: Server::Backup, epoch, since_ms: now_ms(), by: me.clone(), switching: false }
             }
             Decision::FailBack => {
-                tracing::warn!(node = %me, "farm: a majority sees the primary up: draining the backup, then failing back");
-                let drained = self.agents.fence_and_drain(self.agents.drain_timeout()).await;
-                let promoted = match drained {
-                    Ok(_) => self.agents.promote(Server::Primary).await.map_err(|e| e.to_string()),
+                tracing::warn!(node = %me, "farm: a majority sees the primary up: draining the backup, then moving the nodes");
+                if let Err(e) = self.agents.fence_and_drain(self.agents.drain_timeout()).await {
+                    // retried by a later round (the hold-down starts again)
+                    tracing::error!(node = %me, error = %e, "farm: failback not started: the backup's journal is not drained");
+                    self.leader = decide::Leader::default();
+                    return;
+                }
+                FarmRecord {
+                    active: Server::Primary,
+                    epoch: held + 1,
+                    since_ms: now_ms(),
+                    by: me.clone(),
+                    switching: true,
+                }
+            }
+            Decision::Settle => {
+                let Some(r) = d.record.clone() else { return };
+                tracing::warn!(node = %me, epoch = r.epoch, "farm: every node serves the primary: last drain, then the primary's agent takes over");
+                // what lagging nodes wrote to the backup meanwhile is pushed first; what the moved
+                // nodes wrote to the primary since the record flipped is journaled at promotion
+                let promoted = match self.agents.fence_and_drain(self.agents.drain_timeout()).await {
+                    Ok(_) => self
+                        .agents
+                        .promote_journaling(Server::Primary, Some(r.since_ms))
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 match promoted {
-                    Ok(r) => (Server::Primary, r.epoch.max(held + 1)),
+                    Ok(a) => FarmRecord { epoch: a.epoch.max(r.epoch), switching: false, by: me.clone(), ..r },
                     Err(e) => {
-                        // retried by the next round (the hold-down starts again)
-                        tracing::error!(node = %me, error = %e, "farm: failback not done");
-                        self.leader = decide::Leader::default();
+                        tracing::error!(node = %me, error = %e, "farm: failback not settled, retried");
                         return;
                     }
                 }
             }
         };
-        let record = FarmRecord { active, epoch, since_ms: now_ms(), by: me.clone() };
         let keys = self.keys.clone();
         let swapped = match Box::pin(self.session()).await {
             Ok(s) => s.swap_record(&keys, &me, d.rev, &record).await,
@@ -249,7 +270,13 @@ impl Node {
         };
         match swapped {
             Ok(true) => {
-                tracing::warn!(node = %me, active = active.name(), epoch, "farm: decision recorded");
+                tracing::warn!(
+                    node = %me,
+                    active = record.active.name(),
+                    epoch = record.epoch,
+                    switching = record.switching,
+                    "farm: decision recorded"
+                );
                 self.view.send_modify(|v| v.record = Some(record));
             }
             Ok(false) => tracing::warn!(node = %me, "farm: the record changed or leadership was lost: re-read"),

@@ -17,20 +17,11 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::decide::{FarmRecord, Observation};
+use super::decide::{FarmRecord, Observation, Serves};
 use crate::config::cluster::ClusterConfig;
-use crate::domain::Server;
 
 /// Deadline of one etcd call.
 pub const CALL_LIMIT: Duration = Duration::from_secs(3);
-
-/// What a node reports it serves.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Serves {
-    pub serving: Option<Server>,
-    /// The record's epoch, when the node serves the record's server.
-    pub epoch: Option<u64>,
-}
 
 /// Everything under the prefix, read in one range request.
 #[derive(Debug, Clone, Default)]

@@ -72,6 +72,17 @@ impl Agents {
     /// Makes `s` active (a new epoch) unless its agent already is; asks only `s`'s agent, and tells
     /// the other one in the background. Returns the record `s` holds.
     pub async fn promote(self: &Arc<Self>, s: Server) -> Result<Record, CallError> {
+        self.promote_journaling(s, None).await
+    }
+
+    /// [`Agents::promote`]; a new epoch's agent also journals what clients wrote there since
+    /// `journal_since_ms` (default: the new epoch's start), e.g. since the farm's record moved the
+    /// web nodes to it (`farm`).
+    pub async fn promote_journaling(
+        self: &Arc<Self>,
+        s: Server,
+        journal_since_ms: Option<u64>,
+    ) -> Result<Record, CallError> {
         let local = |reason: String| CallError::Unreachable { url: self.file.display().to_string(), reason };
         let client = &self.clients[s];
         let report = client.report().await;
@@ -93,7 +104,7 @@ impl Agents {
         // held (and persisted) even when the agent does not answer: the switch's time is kept
         self.hold(record).map_err(local)?;
         report?;
-        let change = RoleChange { record, journal_since_ms: Some(record.since_ms) };
+        let change = RoleChange { record, journal_since_ms: Some(journal_since_ms.unwrap_or(record.since_ms)) };
         client.propose(&change).await?;
         tracing::warn!(epoch = record.epoch, active = s.name(), "cluster: new epoch");
         let me = Arc::clone(self);

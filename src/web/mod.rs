@@ -197,7 +197,9 @@ pub async fn run(
         let agents = agents.ok_or_else(|| Error::Farm("needs [web.agents]".into()))?;
         let link = start(cfg, &state_dir, agents, Arc::clone(&alerts), shutdown.clone());
         let fx = Arc::new(follow::Followed::new(cfg, &state_dir, Arc::clone(&link)));
-        let c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+        // The leader waits the hold-down for the farm; a node follows the record at once.
+        let follower = crate::config::web::WebConfig { hold_down: std::time::Duration::ZERO, ..cfg.clone() };
+        let c = controller::Controller::new(&follower, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
         drive(c.with_farm(link), mode.once, shutdown).await;
         return Ok(());
     }
