@@ -94,6 +94,7 @@ fn check_config(config: &Config) {
         config.web.as_ref().map(|_| "web"),
         config.storage.as_ref().map(|_| "storage"),
         config.alert.as_ref().map(|_| "alert"),
+        config.cluster.as_ref().map(|_| "cluster"),
     ]
     .into_iter()
     .flatten()

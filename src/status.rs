@@ -13,7 +13,8 @@ use crate::sys::fsutil::{read_capped_string, write_atomic_nosync};
 /// Larger status files are not ours.
 const MAX_STATUS_BYTES: u64 = 1 << 20;
 
-pub const ROLES: [&str; 2] = ["web", "storage"];
+/// `farm`: the web farm's record, leader and every node's served epoch, as this node last read them.
+pub const ROLES: [&str; 3] = ["web", "farm", "storage"];
 
 pub fn path(state_dir: &Path, role: &str) -> PathBuf {
     state_dir.join(format!("{role}.status.json"))
@@ -115,5 +116,19 @@ mod tests {
             "{text}"
         );
         assert!(render(tempfile::tempdir().unwrap().path(), false).is_none());
+    }
+
+    #[test]
+    fn a_farm_node_shows_the_farm_after_its_web_status() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "farm", &serde_json::json!({"leader": "w1", "record": {"active": "backup", "epoch": 2}}));
+        write(d.path(), "web", &serde_json::json!({"active": "backup"}));
+        let text = render(d.path(), false).unwrap();
+        assert!(
+            text.contains(
+                "[web]\n  active: backup\n[farm]\n  leader: w1\n  record:\n    active: backup\n    epoch: 2\n"
+            ),
+            "{text}"
+        );
     }
 }
