@@ -196,6 +196,13 @@ lease_ttl = "3s"
         self.child = Some(c.spawn().unwrap());
     }
 
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn status(&self, which: &str) -> serde_json::Value {
         let text = fs::read_to_string(self.state.join(format!("{which}.status.json"))).unwrap_or_default();
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
@@ -248,6 +255,41 @@ fn wait_all(what: &str, deadline: Duration, nodes: &[FarmNode], mut cond: impl F
     start.elapsed()
 }
 
+/// Both agents running (the trees equal) and the 3-member etcd cluster healthy.
+fn storage_and_etcd(lab: &Lab, dir: &Path) -> (Cluster, Etcd) {
+    let mut storage = Cluster::new(lab, dir, "", "");
+    storage.start_agent(lab, Host::Primary);
+    storage.start_agent(lab, Host::Backup);
+    (storage, Etcd::start(lab, dir))
+}
+
+/// Web nodes w1 (the lab's web host), w2 and w3 (`extra`) started, every one serving the primary,
+/// and a leader elected.
+fn start_farm<'a>(
+    lab: &'a Lab,
+    dir: &Path,
+    etcd: &Etcd,
+    storage: &Cluster,
+    extra: [&'a ExtraHost; 2],
+) -> Vec<FarmNode<'a>> {
+    let mut nodes = vec![
+        FarmNode::new(lab, dir, "w1", Place::LabWeb(lab), etcd, &storage.secret),
+        FarmNode::new(lab, dir, "w2", Place::Extra(extra[0]), etcd, &storage.secret),
+        FarmNode::new(lab, dir, "w3", Place::Extra(extra[1]), etcd, &storage.secret),
+    ];
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_all("every node serving the primary", Duration::from_secs(60), &nodes, |n| n.serves(lab, Host::Primary));
+    wait_all("a farm leader", Duration::from_secs(30), &nodes, |n| n.status("farm")["leader"].is_string());
+    nodes
+}
+
+/// The name of the farm's leader as `node` last read it.
+fn leader(node: &FarmNode) -> Option<String> {
+    node.status("farm")["leader"].as_str().map(str::to_owned)
+}
+
 /// `(active, epoch, version)` of the farm's record in etcd (version: times it was written).
 fn record(lab: &Lab, etcd: &Etcd) -> Option<(String, u64, u64)> {
     let out = etcd.ctl(lab, Host::Backup, &["get", "/nfs-guard/record", "-w", "json"])?;
@@ -286,6 +328,7 @@ fn switching(lab: &Lab, etcd: &Etcd) -> bool {
     serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|r| r["switching"] == true)
 }
 
+const W3_LOST: &str = "not mailed): w3 lost etcd: keeping the current mount";
 const ISOLATED: &str = "alert (no [alert] section, not mailed): primary unreachable from this node only";
 
 /// The acceptance scenario of the farm, in order on one lab (each phase starts from the previous
@@ -300,21 +343,9 @@ const ISOLATED: &str = "alert (no [alert] section, not mailed): primary unreacha
 fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     let lab = Lab::up_with("fa2", WebKind::Sshfs);
     let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
-    let mut storage = Cluster::new(&lab, dir.path(), "", "");
-    storage.start_agent(&lab, Host::Primary);
-    storage.start_agent(&lab, Host::Backup);
-    let etcd = Etcd::start(&lab, dir.path());
+    let (storage, etcd) = storage_and_etcd(&lab, dir.path());
     let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
-    let mut nodes = vec![
-        FarmNode::new(&lab, dir.path(), "w1", Place::LabWeb(&lab), &etcd, &storage.secret),
-        FarmNode::new(&lab, dir.path(), "w2", Place::Extra(&w2), &etcd, &storage.secret),
-        FarmNode::new(&lab, dir.path(), "w3", Place::Extra(&w3), &etcd, &storage.secret),
-    ];
-    for n in &mut nodes {
-        n.start();
-    }
-    wait_all("every node serving the primary", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Primary));
-    wait_all("a farm leader", Duration::from_secs(30), &nodes, |n| n.status("farm")["leader"].is_string());
+    let nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3]);
 
     // (a) w2 alone loses the primary
     w2.cut_from(&[lab.ip(Host::Primary)]);
@@ -407,4 +438,125 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
         fs::read_to_string(lab.data_dir(Host::Backup).join("early.txt")).is_ok_and(|t| t == "w1 during the switch")
     });
     drop(nodes);
+}
+
+/// A web node cut off from etcd (its client port only: the NFS servers on the same hosts stay
+/// reachable) alerts once and keeps its mount while the rest of the farm fails over; once it reaches
+/// etcd again it follows the record.
+#[test]
+fn a_node_cut_off_from_etcd_keeps_its_mount_then_follows_the_record() {
+    let lab = Lab::up_with("fa3", WebKind::Sshfs);
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
+    let (storage, etcd) = storage_and_etcd(&lab, dir.path());
+    let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
+    let nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3]);
+
+    w3.cut_port(etcd::CLIENT_PORT);
+    wait_until("w3's farm-unreachable alert", Duration::from_secs(30), || nodes[2].count(W3_LOST) == 1);
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_all("w1 and w2 serving the backup", Duration::from_secs(60), &nodes[..2], |n| n.serves(&lab, Host::Backup));
+    // w3 sees the primary down too, but never acts alone: it keeps its mount
+    let end = Instant::now() + INTERVAL * FALL * 2 + Duration::from_secs(2);
+    while Instant::now() < end {
+        assert_eq!(nodes[2].status("web")["active"], "primary", "w3 switched alone\n{}", tails(&nodes));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(nodes[2].count(W3_LOST), 1, "one alert\n{}", tails(&nodes));
+    w3.heal_cut();
+    let t = Instant::now();
+    wait_all("w3 following the record to the backup", Duration::from_secs(60), &nodes[2..], |n| {
+        n.serves(&lab, Host::Backup)
+    });
+    eprintln!("w3 followed the record {:?} after reaching etcd again", t.elapsed());
+    assert!(nodes[2].log_text().contains("farm: etcd reachable again"), "{}", tails(&nodes));
+    let (active, _, version) = record(&lab, &etcd).expect("a decision record");
+    assert_eq!((active.as_str(), version), ("backup", 1));
+}
+
+/// The web leader is killed at the start of a failback (after it began draining): another node
+/// takes the lead once the lease expires and finishes or restarts the sequence; the live nodes end
+/// on the primary with every file written during the failover, and the killed node, restarted,
+/// follows the record.
+#[test]
+fn the_web_leader_killed_during_a_failback_is_replaced_and_the_failback_completes() {
+    let lab = Lab::up_with("fa4", WebKind::Sshfs);
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
+    let (storage, etcd) = storage_and_etcd(&lab, dir.path());
+    let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
+    let mut nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3]);
+    lab.fault(Host::Primary, Fault::StopNfs);
+    wait_all("every node serving the backup", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Backup));
+    for n in &nodes {
+        n.place.sh(&format!("set -e; printf 'written through {0}' > {1}/from-{0}.txt; sync", n.name, Lab::WEB_MOUNT));
+    }
+    let name = leader(&nodes[0]).expect("a leader");
+    let l = nodes.iter().position(|n| n.name == name).unwrap();
+    lab.heal(Host::Primary);
+    wait_until("the leader starting the failback", Duration::from_secs(60), || {
+        nodes[l].log_text().contains("draining the backup, then moving the nodes")
+    });
+    nodes[l].kill9();
+    eprintln!("killed the web leader {name}");
+    let mut live: Vec<FarmNode> = Vec::new();
+    let mut dead = None;
+    for (i, n) in nodes.drain(..).enumerate() {
+        if i == l {
+            dead = Some(n);
+        } else {
+            live.push(n);
+        }
+    }
+    let t = Instant::now();
+    wait_all("the live nodes serving the primary", Duration::from_secs(90), &live, |n| n.serves(&lab, Host::Primary));
+    wait_until("the failback to settle", Duration::from_secs(60), || !switching(&lab, &etcd));
+    eprintln!("failback finished {:?} after the leader's death", t.elapsed());
+    let new_leader = leader(&live[0]).expect("a new leader");
+    assert_ne!(new_leader, name, "another node leads");
+    let (active, epoch, _) = record(&lab, &etcd).expect("a record");
+    assert_eq!(active, "primary");
+    assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(epoch), "the primary's agent holds the record's epoch");
+    for w in ["w1", "w2", "w3"] {
+        let p = lab.data_dir(Host::Primary).join(format!("from-{w}.txt"));
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("written through {w}"), "{}", p.display());
+    }
+    let mut dead = dead.unwrap();
+    dead.start();
+    wait_all("the restarted node following the record", Duration::from_secs(60), std::slice::from_ref(&dead), |n| {
+        n.serves(&lab, Host::Primary)
+    });
+}
+
+/// The etcd member that leads the etcd cluster is killed as the primary dies: etcd elects another
+/// leader, the farm's rounds that failed meanwhile are retried, and all three web nodes serve the
+/// backup under one record.
+#[test]
+fn the_etcd_leader_killed_during_a_failover_delays_it_only() {
+    let lab = Lab::up_with("fa5", WebKind::Sshfs);
+    let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
+    let (storage, mut etcd) = storage_and_etcd(&lab, dir.path());
+    let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
+    let nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3]);
+    let etcd_leader = etcd_leader(&lab, &etcd).expect("an etcd leader");
+    eprintln!("etcd leader on {etcd_leader:?}");
+    let t0 = Instant::now();
+    lab.fault(Host::Primary, Fault::StopNfs);
+    // the primary is seen down after `fall` checks: kill the etcd leader during that time
+    etcd.kill(etcd_leader);
+    wait_all("every node serving the backup", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Backup));
+    eprintln!("failover with the etcd leader killed: {:?}", t0.elapsed());
+    let (active, _, version) = record(&lab, &etcd).expect("a decision record");
+    assert_eq!((active.as_str(), version), ("backup", 1), "one decision record");
+}
+
+/// The host whose etcd member leads (from `etcdctl endpoint status`).
+fn etcd_leader(lab: &Lab, etcd: &Etcd) -> Option<Host> {
+    let out = etcd.ctl(lab, Host::Backup, &["endpoint", "status", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let all = v.as_array()?;
+    all.iter().find_map(|e| {
+        let me = e["Status"]["header"]["member_id"].as_u64()?;
+        let leader = e["Status"]["leader"].as_u64()?;
+        let ep = e["Endpoint"].as_str()?;
+        (me == leader).then(|| etcd::MEMBERS.into_iter().find(|h| ep.contains(&format!("//{}:", lab.ip(*h)))))?
+    })
 }

@@ -105,6 +105,15 @@ impl ExtraHost {
     pub fn heal_cut(&self) {
         heal_cut(&self.netns);
     }
+
+    /// Drops every TCP packet to and from `port` on other hosts (e.g. etcd's client port: cut off
+    /// from etcd, not from the NFS servers on the same hosts); `heal_cut` undoes it.
+    pub fn cut_port(&self, port: u16) {
+        let rules = format!(
+            "table inet ngl_farm {{\n chain in {{ type filter hook input priority -250; policy accept; tcp sport {port} drop; }}\n chain out {{ type filter hook output priority -250; policy accept; tcp dport {port} drop; }}\n}}\n"
+        );
+        crate::etcd::nft(&self.netns, &rules);
+    }
 }
 
 /// Drops every packet between network namespace `netns` and `ips` (table `ngl_farm`, apart from
