@@ -510,8 +510,9 @@ fn the_web_leader_killed_during_a_failback_is_replaced_and_the_failback_complete
     wait_all("the live nodes serving the primary", Duration::from_secs(90), &live, |n| n.serves(&lab, Host::Primary));
     wait_until("the failback to settle", Duration::from_secs(60), || !switching(&lab, &etcd));
     eprintln!("failback finished {:?} after the leader's death", t.elapsed());
-    let new_leader = leader(&live[0]).expect("a new leader");
-    assert_ne!(new_leader, name, "another node leads");
+    wait_until("another node leading", Duration::from_secs(30), || {
+        live.iter().all(|n| leader(n).is_some_and(|l| l != name && live.iter().any(|m| m.name == l)))
+    });
     let (active, epoch, _) = record(&lab, &etcd).expect("a record");
     assert_eq!(active, "primary");
     assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(epoch), "the primary's agent holds the record's epoch");
@@ -527,8 +528,8 @@ fn the_web_leader_killed_during_a_failback_is_replaced_and_the_failback_complete
 }
 
 /// The etcd member that leads the etcd cluster is killed as the primary dies: etcd elects another
-/// leader, the farm's rounds that failed meanwhile are retried, and all three web nodes serve the
-/// backup under one record.
+/// leader, a node whose round failed moves to the next member, and all three web nodes serve the
+/// backup under one record, within the failover bound plus an election and one failed round.
 #[test]
 fn the_etcd_leader_killed_during_a_failover_delays_it_only() {
     let lab = Lab::up_with("fa5", WebKind::Sshfs);
@@ -543,7 +544,13 @@ fn the_etcd_leader_killed_during_a_failover_delays_it_only() {
     // the primary is seen down after `fall` checks: kill the etcd leader during that time
     etcd.kill(etcd_leader);
     wait_all("every node serving the backup", Duration::from_secs(60), &nodes, |n| n.serves(&lab, Host::Backup));
-    eprintln!("failover with the etcd leader killed: {:?}", t0.elapsed());
+    let took = t0.elapsed();
+    eprintln!("failover with the etcd leader killed: {took:?}");
+    // the bound of a plain failover, plus an etcd election (1 s) and one failed round (a call's
+    // deadline, 3 s). (Before each session used one member, the client's own balancing kept
+    // sending requests to the dead member: 22-24 s.)
+    let bound = INTERVAL * FALL + Duration::from_secs(2) + INTERVAL + Duration::from_secs(5 + 1 + 3);
+    assert!(took <= bound, "failover took {took:?} > {bound:?}\n{}", tails(&nodes));
     let (active, _, version) = record(&lab, &etcd).expect("a decision record");
     assert_eq!((active.as_str(), version), ("backup", 1), "one decision record");
 }

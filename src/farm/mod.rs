@@ -88,6 +88,8 @@ fn start(
     // (see `decide::follow`).
     let (view_tx, view_rx) = watch::channel(View { record: None, connected: false, autonomy: cfg.autonomy });
     tracing::info!(node = %cfg.name, endpoints = %cfg.endpoints.join(","), policy = cfg.policy.name(), "farm: joining");
+    // nodes start on different members (any member serves the farm)
+    let endpoint = cfg.name.bytes().map(usize::from).sum();
     let n = node::Node {
         keys: store::Keys::new(&cfg.prefix),
         interval: web.interval,
@@ -99,6 +101,7 @@ fn start(
         view: view_tx,
         state_dir: state_dir.to_owned(),
         session: None,
+        endpoint,
         lost_since: None,
         lost_alerted: false,
         isolated_alerted: false,

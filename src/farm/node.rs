@@ -30,6 +30,8 @@ pub struct Node {
     pub view: watch::Sender<View>,
     pub state_dir: PathBuf,
     pub session: Option<Session>,
+    /// The endpoint the next session tries first (moves on after a failed round).
+    pub endpoint: usize,
     /// Since when etcd has not answered a whole round (`None`: it answers).
     pub lost_since: Option<tokio::time::Instant>,
     pub lost_alerted: bool,
@@ -84,6 +86,7 @@ impl Node {
                 Err(e) => {
                     tracing::warn!(error = %e, node = %self.cfg.name, "farm: etcd round failed");
                     self.session = None;
+                    self.endpoint = self.endpoint.wrapping_add(1);
                     self.unreached(&e);
                 }
             }
@@ -97,10 +100,25 @@ impl Node {
         if self.session.as_ref().is_some_and(|s| !s.alive()) {
             self.session = None;
         }
+        let n = self.cfg.endpoints.len();
+        let mut errors = Vec::new();
+        for i in 0..n {
+            if self.session.is_some() {
+                break;
+            }
+            let at = self.endpoint.wrapping_add(i) % n;
+            let ep = self.cfg.endpoints[at].clone();
+            match Box::pin(Session::open(&self.cfg, &ep)).await {
+                Ok(s) => {
+                    tracing::info!(node = %self.cfg.name, endpoint = %ep, "farm: connected to etcd, lease granted");
+                    self.endpoint = at;
+                    self.session = Some(s);
+                }
+                Err(e) => errors.push(format!("{ep}: {e}")),
+            }
+        }
         if self.session.is_none() {
-            let s = Box::pin(Session::open(&self.cfg)).await?;
-            tracing::info!(node = %self.cfg.name, "farm: connected to etcd, lease granted");
-            self.session = Some(s);
+            return Err(errors.join("; "));
         }
         self.session.as_mut().ok_or_else(|| "no session".to_owned())
     }
@@ -283,6 +301,7 @@ impl Node {
             Err(e) => {
                 tracing::warn!(node = %me, error = %e, "farm: decision not recorded");
                 self.session = None;
+                self.endpoint = self.endpoint.wrapping_add(1);
             }
         }
     }

@@ -102,11 +102,13 @@ fn options(cfg: &ClusterConfig) -> Result<ConnectOptions, String> {
 }
 
 impl Session {
-    /// Connects, grants a lease of `cfg.lease_ttl` and keeps it alive (every third of the TTL)
-    /// until the session is dropped or etcd stops renewing it.
-    pub async fn open(cfg: &ClusterConfig) -> Result<Session, String> {
+    /// Connects to `endpoint` (one member: the client's own balancing kept sending requests to a
+    /// dead member, failing most rounds until it came back; the farm moves to the next endpoint
+    /// after a failed round instead), grants a lease of `cfg.lease_ttl` and keeps it alive (every
+    /// third of the TTL) until the session is dropped or etcd stops renewing it.
+    pub async fn open(cfg: &ClusterConfig, endpoint: &str) -> Result<Session, String> {
         let opts = options(cfg)?;
-        let mut client = bounded("connect", Client::connect(cfg.endpoints.clone(), Some(opts))).await?;
+        let mut client = bounded("connect", Client::connect([endpoint], Some(opts))).await?;
         let ttl = i64::try_from(cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX).max(2);
         let lease = bounded("lease grant", client.lease_grant(ttl, None)).await?.id();
         let (mut keeper, mut stream) = bounded("lease keep-alive", client.lease_keep_alive(lease)).await?;
