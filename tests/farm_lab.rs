@@ -118,6 +118,21 @@ impl Place<'_> {
         source
     }
 
+    /// Drops every packet between this host and `ips`.
+    fn cut_from(&self, ips: &[String]) {
+        match self {
+            Place::LabWeb(lab) => extra_host::cut(&lab.netns(Host::Web), ips),
+            Place::Extra(h) => h.cut_from(ips),
+        }
+    }
+
+    fn heal_cut(&self) {
+        match self {
+            Place::LabWeb(lab) => extra_host::heal_cut(&lab.netns(Host::Web)),
+            Place::Extra(h) => h.heal_cut(),
+        }
+    }
+
     /// `sh -c script` in the host, bounded; panics on failure.
     fn sh(&self, script: &str) {
         let mut c = self.command("sh");
@@ -335,10 +350,11 @@ const ISOLATED: &str = "alert (no [alert] section, not mailed): primary unreacha
 /// one's end): (a) one web node cut off from the primary only: no node switches, one alert names
 /// that node; (b) the primary's NFS service really down: all three nodes serve the backup within
 /// the failover bound, one decision record, at most one failover alert per node; (c) the primary
-/// back while one node still cannot reach it: the others move, the backup's agent stays active for
-/// the lagging node's writes until every node serves the primary, then the leader drains once more
-/// and promotes the primary; only the leader drained, and every file written through any node
-/// (during the failover, and during the switch on either side) is on the primary.
+/// back while the farm's leader cannot reach it: the leader resigns, another node leads the
+/// failback, the others move, the backup's agent stays active for the lagging node's writes until
+/// every node serves the primary, then the new leader drains once more and promotes the primary;
+/// one node drained, and every file written through any node (during the failover, and during the
+/// switch on either side) is on the primary.
 #[test]
 fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     let lab = Lab::up_with("fa2", WebKind::Sshfs);
@@ -391,28 +407,42 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
         n.place.sh(&format!("set -e; printf 'written through {0}' > {1}/from-{0}.txt; sync", n.name, Lab::WEB_MOUNT));
     }
 
-    // (c) the primary comes back while w3 cannot reach it yet: the other nodes move, the backup's
-    // agent stays active (w3 still writes there) until every node serves the primary
-    w3.cut_from(&[lab.ip(Host::Primary)]);
+    // (c) the primary comes back while the farm's leader cannot reach it (nor its agent): it
+    // resigns the lead, another node fails back; the lagging node keeps writing to the backup,
+    // whose agent stays active until every node serves the primary
+    let lag = nodes.iter().position(|n| leader(n).as_deref() == Some(n.name.as_str())).expect("a leader");
+    let lagging = &nodes[lag];
+    let moving: Vec<&FarmNode> = nodes.iter().filter(|n| n.name != lagging.name).collect();
+    eprintln!("cutting the leader {} from the primary", lagging.name);
+    lagging.place.cut_from(&[lab.ip(Host::Primary)]);
     lab.heal(Host::Primary);
     let t1 = Instant::now();
-    wait_all("w1 and w2 serving the primary again", Duration::from_secs(60), &nodes[..2], |n| {
-        n.serves(&lab, Host::Primary)
+    wait_until("the other nodes serving the primary again", Duration::from_secs(60), || {
+        moving.iter().all(|n| n.serves(&lab, Host::Primary))
     });
     eprintln!("failback of 2 nodes: {:?}", t1.elapsed());
+    assert!(lagging.log_text().contains("farm: resigned the lead"), "{}", tails(&nodes));
     let (active, _, _) = record(&lab, &etcd).expect("a decision record");
     assert_eq!(active, "primary");
-    assert!(switching(&lab, &etcd), "the record waits for w3");
-    assert!(nodes[2].serves(&lab, Host::Backup), "w3 cannot reach the primary: it stays\n{}", tails(&nodes));
-    nodes[2].place.sh(&format!("set -e; printf 'w3 during the switch' > {}/lagging.txt; sync", Lab::WEB_MOUNT));
-    nodes[0].place.sh(&format!("set -e; printf 'w1 during the switch' > {}/early.txt; sync", Lab::WEB_MOUNT));
+    assert!(switching(&lab, &etcd), "the record waits for {}", lagging.name);
+    // (its staged switch to the primary may be trying meanwhile: the mount point keeps the backup)
+    assert_eq!(
+        lagging.place.mount_source(),
+        Some(lab.nfs_source(Host::Backup)),
+        "{} cannot reach the primary: it stays\n{}",
+        lagging.name,
+        tails(&nodes)
+    );
+    lagging.place.sh(&format!("set -e; printf 'lagging during the switch' > {}/lagging.txt; sync", Lab::WEB_MOUNT));
+    moving[0].place.sh(&format!("set -e; printf 'moved during the switch' > {}/early.txt; sync", Lab::WEB_MOUNT));
     assert_eq!(
         Cluster::report(&lab, Host::Backup).unwrap()["record"]["active"],
         "backup",
         "the backup's agent stays active"
     );
-    w3.heal_cut();
-    // w3 retries its switch after the state machine's backoff (30 s without [web.reverse_sync])
+    lagging.place.heal_cut();
+    // the lagging node retries its switch after the state machine's backoff (30 s without
+    // [web.reverse_sync])
     wait_all("every node serving the primary again", Duration::from_secs(120), &nodes, |n| {
         n.serves(&lab, Host::Primary)
     });
@@ -425,17 +455,18 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     let drains: Vec<usize> = nodes.iter().map(|n| n.count("backup's journal to the primary drained")).collect();
     assert_eq!(drains.iter().sum::<usize>(), 2, "the leader alone drains, before and after the switch: {drains:?}");
     assert_eq!(drains.iter().filter(|d| **d > 0).count(), 1, "one node drained: {drains:?}");
+    assert_eq!(drains[lag], 0, "the node cut off from the primary did not drain");
     let primary = lab.data_dir(Host::Primary);
     for n in &nodes {
         let p = primary.join(format!("from-{}.txt", n.name));
         assert_eq!(fs::read_to_string(&p).unwrap(), format!("written through {}", n.name), "{}", p.display());
     }
     wait_until("the lagging node's write on the primary", Duration::from_secs(20), || {
-        fs::read_to_string(primary.join("lagging.txt")).is_ok_and(|t| t == "w3 during the switch")
+        fs::read_to_string(primary.join("lagging.txt")).is_ok_and(|t| t == "lagging during the switch")
     });
-    assert_eq!(fs::read_to_string(primary.join("early.txt")).unwrap(), "w1 during the switch");
+    assert_eq!(fs::read_to_string(primary.join("early.txt")).unwrap(), "moved during the switch");
     wait_until("the early write on the backup too", Duration::from_secs(20), || {
-        fs::read_to_string(lab.data_dir(Host::Backup).join("early.txt")).is_ok_and(|t| t == "w1 during the switch")
+        fs::read_to_string(lab.data_dir(Host::Backup).join("early.txt")).is_ok_and(|t| t == "moved during the switch")
     });
     drop(nodes);
 }

@@ -107,6 +107,7 @@ fn start(
         isolated_alerted: false,
         leader: decide::Leader::default(),
         last_status: Vec::new(),
+        no_campaign_until: None,
     };
     tokio::spawn(n.run(shutdown));
     Arc::new(Link { local: local_tx, view: view_rx })

@@ -38,6 +38,8 @@ pub struct Node {
     pub isolated_alerted: bool,
     pub leader: decide::Leader,
     pub last_status: Vec<u8>,
+    /// A leader that could not drive the agents resigned: it does not campaign again before this.
+    pub no_campaign_until: Option<tokio::time::Instant>,
 }
 
 /// What the leader has to do after a round.
@@ -129,6 +131,7 @@ impl Node {
         let followed = self.view.borrow().record.clone();
         let keys = self.keys.clone();
         let (obs_key, serves_key) = (keys.obs(&me), keys.serves(&me));
+        let may_campaign = self.no_campaign_until.is_none_or(|t| tokio::time::Instant::now() >= t);
         let s = Box::pin(self.session()).await?;
         if let Some(l) = &local {
             let serves = Serves {
@@ -139,7 +142,7 @@ impl Node {
             s.put_leased(serves_key, serde_json::to_vec(&serves).map_err(|e| e.to_string())?).await?;
         }
         let mut farm = s.read(&keys).await?;
-        if farm.leader.is_none() && local.is_some() && s.campaign(&keys, &me).await? {
+        if farm.leader.is_none() && local.is_some() && may_campaign && s.campaign(&keys, &me).await? {
             tracing::warn!(node = %me, "farm: this node leads");
             farm.leader = Some(me.clone());
         }
@@ -246,9 +249,8 @@ impl Node {
             Decision::FailBack => {
                 tracing::warn!(node = %me, "farm: a majority sees the primary up: draining the backup, then moving the nodes");
                 if let Err(e) = self.agents.fence_and_drain(self.agents.drain_timeout()).await {
-                    // retried by a later round (the hold-down starts again)
                     tracing::error!(node = %me, error = %e, "farm: failback not started: the backup's journal is not drained");
-                    self.leader = decide::Leader::default();
+                    self.resign().await;
                     return;
                 }
                 FarmRecord {
@@ -275,7 +277,8 @@ impl Node {
                 match promoted {
                     Ok(a) => FarmRecord { epoch: a.epoch.max(r.epoch), switching: false, by: me.clone(), ..r },
                     Err(e) => {
-                        tracing::error!(node = %me, error = %e, "farm: failback not settled, retried");
+                        tracing::error!(node = %me, error = %e, "farm: failback not settled");
+                        self.resign().await;
                         return;
                     }
                 }
@@ -303,6 +306,23 @@ impl Node {
                 self.session = None;
                 self.endpoint = self.endpoint.wrapping_add(1);
             }
+        }
+    }
+
+    /// This leader could not drive the agents (it may be the one node cut off from a storage
+    /// host): it hands the lead over, and keeps out of the next elections for two lease TTLs, so a
+    /// node that reaches both agents retries. Alone in the farm, it retries after that.
+    async fn resign(&mut self) {
+        self.leader = decide::Leader::default();
+        self.no_campaign_until = Some(tokio::time::Instant::now() + self.cfg.lease_ttl * 2);
+        let (keys, me) = (self.keys.clone(), self.cfg.name.clone());
+        let resigned = match Box::pin(self.session()).await {
+            Ok(s) => s.resign(&keys, &me).await,
+            Err(e) => Err(e),
+        };
+        match resigned {
+            Ok(_) => tracing::warn!(node = %me, "farm: resigned the lead (could not drive the agents)"),
+            Err(e) => tracing::warn!(node = %me, error = %e, "farm: could not resign: the lead lapses with the lease"),
         }
     }
 

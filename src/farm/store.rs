@@ -155,6 +155,14 @@ impl Session {
         Ok(bounded("campaign", self.client.txn(txn)).await?.succeeded())
     }
 
+    /// Gives up the lead (deletes the leader key if it is still `me`): another node takes it.
+    pub async fn resign(&mut self, keys: &Keys, me: &str) -> Result<bool, String> {
+        let txn = Txn::new()
+            .when([Compare::value(keys.leader(), CompareOp::Equal, me)])
+            .and_then([TxnOp::delete(keys.leader(), None)]);
+        Ok(bounded("resign", self.client.txn(txn)).await?.succeeded())
+    }
+
     /// Writes `record` if the record is still at `rev` (0: absent) and `me` still leads.
     pub async fn swap_record(&mut self, keys: &Keys, me: &str, rev: i64, record: &FarmRecord) -> Result<bool, String> {
         let bytes = serde_json::to_vec(record).map_err(|e| e.to_string())?;
