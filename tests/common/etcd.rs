@@ -107,6 +107,12 @@ impl Etcd {
         ctl_with(lab, h, &ep, args)
     }
 
+    /// `etcdctl ARGS` on each live member in turn (from its own host) until one succeeds: a killed
+    /// or partitioned member never fails a read of the test.
+    pub fn ctl_any(&self, lab: &Lab, args: &[&str]) -> Option<std::process::Output> {
+        self.children.iter().map(|(h, _)| *h).find_map(|h| self.ctl_on(lab, h, args).filter(|o| o.status.success()))
+    }
+
     /// Polls `etcdctl endpoint health` of `members` until all are healthy or `deadline` passes.
     pub fn wait_healthy(&self, lab: &Lab, members: &[Host], deadline: Duration) {
         let end = Instant::now() + deadline;
