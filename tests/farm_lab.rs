@@ -2,10 +2,14 @@
 //! etcd-server, members on both storage hosts and the lab's web host), both storage hosts running
 //! agents, and three web nodes, each in its own network and mount namespaces.
 //!
-//! Web nodes are the sshfs/netns stand-in, not user-mode-linux guests: the lab has one UML slot
-//! (its `web` host), a guest boots in 7-13 s and holds ~256 MiB on this 2-core machine shared by
-//! several engineers, and what these tests check (which server each node mounts, when, on whose
-//! decision) does not depend on the kernel's NFS client, which `tests/web_uml.rs` covers for one node.
+//! Web nodes are the sshfs/netns stand-in, not user-mode-linux guests. Measured (2026-11-29): a
+//! whole lab with its UML web guest comes up in 6.5 s here, and each guest gets `mem=256M` backed
+//! by /dev/shm; but `scripts/lab.sh` has exactly one UML slot (its `web` host), so three UML web
+//! nodes would need a second and third guest in the lab script (not this change), and three guests
+//! plus three etcd members and two agents on 2 cores shared by several engineers would make the
+//! timing bounds below meaningless. What these tests check (which server each node mounts, when,
+//! on whose decision, and that no write is lost) does not depend on the kernel's NFS client, which
+//! `tests/web_uml.rs` covers for one node.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/etcd.rs"]
