@@ -108,6 +108,7 @@ fn start(
         leader: decide::Leader::default(),
         last_status: Vec::new(),
         no_campaign_until: None,
+        published: (None, None),
     };
     tokio::spawn(n.run(shutdown));
     Arc::new(Link { local: local_tx, view: view_rx })

@@ -40,6 +40,10 @@ pub struct Node {
     pub last_status: Vec<u8>,
     /// A leader that could not drive the agents resigned: it does not campaign again before this.
     pub no_campaign_until: Option<tokio::time::Instant>,
+    /// The observation and served state this session last put: a key is written only when its
+    /// value changes (or a new session's lease needs it): every put is a revision etcd keeps until
+    /// compaction, a put per node per interval would fill its quota.
+    pub published: (Option<Vec<u8>>, Option<Vec<u8>>),
 }
 
 /// What the leader has to do after a round.
@@ -115,6 +119,7 @@ impl Node {
                     tracing::info!(node = %self.cfg.name, endpoint = %ep, "farm: connected to etcd, lease granted");
                     self.endpoint = at;
                     self.session = Some(s);
+                    self.published = (None, None);
                 }
                 Err(e) => errors.push(format!("{ep}: {e}")),
             }
@@ -132,14 +137,24 @@ impl Node {
         let keys = self.keys.clone();
         let (obs_key, serves_key) = (keys.obs(&me), keys.serves(&me));
         let may_campaign = self.no_campaign_until.is_none_or(|t| tokio::time::Instant::now() >= t);
-        let s = Box::pin(self.session()).await?;
+        Box::pin(self.session()).await?;
+        // (the field, not `session()`: `published` is borrowed beside it)
+        let s = self.session.as_mut().ok_or_else(|| "no session".to_owned())?;
         if let Some(l) = &local {
             let serves = Serves {
                 serving: l.serving,
                 epoch: followed.as_ref().filter(|r| Some(r.active) == l.serving).map(|r| r.epoch),
             };
-            s.put_leased(obs_key, serde_json::to_vec(&l.obs).map_err(|e| e.to_string())?).await?;
-            s.put_leased(serves_key, serde_json::to_vec(&serves).map_err(|e| e.to_string())?).await?;
+            let obs = serde_json::to_vec(&l.obs).map_err(|e| e.to_string())?;
+            let serves = serde_json::to_vec(&serves).map_err(|e| e.to_string())?;
+            if self.published.0.as_ref() != Some(&obs) {
+                s.put_leased(obs_key, obs.clone()).await?;
+                self.published.0 = Some(obs);
+            }
+            if self.published.1.as_ref() != Some(&serves) {
+                s.put_leased(serves_key, serves.clone()).await?;
+                self.published.1 = Some(serves);
+            }
         }
         let mut farm = s.read(&keys).await?;
         if farm.leader.is_none() && local.is_some() && may_campaign && s.campaign(&keys, &me).await? {
