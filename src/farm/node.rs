@@ -156,10 +156,11 @@ impl Node {
                 self.published.1 = Some(serves);
             }
         }
-        let mut farm = s.read(&keys).await?;
+        let mut farm = s.read(&keys, &me).await?;
         if farm.leader.is_none() && local.is_some() && may_campaign && s.campaign(&keys, &me).await? {
             tracing::warn!(node = %me, "farm: this node leads");
             farm.leader = Some(me.clone());
+            farm.leading = true;
         }
         if self.view.borrow().record != farm.record {
             tracing::warn!(node = %me, record = ?farm.record, "farm: following the record");
@@ -168,7 +169,7 @@ impl Node {
         self.isolation(&farm, &view);
         self.view.send_replace(view);
         self.publish(&farm, true);
-        if farm.leader.as_deref() != Some(me.as_str()) {
+        if !farm.leading {
             self.leader = decide::Leader::default();
             return Ok(None);
         }

@@ -29,7 +29,11 @@ pub struct Farm {
     /// The record and its modification revision (0: never written).
     pub record: Option<FarmRecord>,
     pub record_rev: i64,
+    /// The leader's node name.
     pub leader: Option<String>,
+    /// The leader key is this session's (name AND lease: a second node configured with the same
+    /// name never takes itself for the leader).
+    pub leading: bool,
     pub obs: Vec<(String, Observation)>,
     pub serves: Vec<(String, Serves)>,
 }
@@ -138,6 +142,11 @@ impl Session {
         *self.alive.borrow()
     }
 
+    /// The leader key's value for `me` in this session: `<name> <lease>`.
+    fn token(&self, me: &str) -> String {
+        format!("{me} {:x}", self.lease)
+    }
+
     /// Puts `value` at `key` under this session's lease.
     pub async fn put_leased(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         let opts = PutOptions::new().with_lease(self.lease);
@@ -149,7 +158,7 @@ impl Session {
         let key = keys.leader();
         let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
             key,
-            me,
+            self.token(me),
             Some(PutOptions::new().with_lease(self.lease)),
         )]);
         Ok(bounded("campaign", self.client.txn(txn)).await?.succeeded())
@@ -158,7 +167,7 @@ impl Session {
     /// Gives up the lead (deletes the leader key if it is still `me`): another node takes it.
     pub async fn resign(&mut self, keys: &Keys, me: &str) -> Result<bool, String> {
         let txn = Txn::new()
-            .when([Compare::value(keys.leader(), CompareOp::Equal, me)])
+            .when([Compare::value(keys.leader(), CompareOp::Equal, self.token(me))])
             .and_then([TxnOp::delete(keys.leader(), None)]);
         Ok(bounded("resign", self.client.txn(txn)).await?.succeeded())
     }
@@ -169,45 +178,113 @@ impl Session {
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(keys.record(), CompareOp::Equal, rev),
-                Compare::value(keys.leader(), CompareOp::Equal, me),
+                Compare::value(keys.leader(), CompareOp::Equal, self.token(me)),
             ])
             .and_then([TxnOp::put(keys.record(), bytes, None)]);
         Ok(bounded("record compare-and-swap", self.client.txn(txn)).await?.succeeded())
     }
 
-    /// Everything under the prefix. Values that do not parse are logged and skipped (a key written
-    /// by hand must not stop the farm).
-    pub async fn read(&mut self, keys: &Keys) -> Result<Farm, String> {
+    /// Everything under the prefix (see [`parse`]).
+    pub async fn read(&mut self, keys: &Keys, me: &str) -> Result<Farm, String> {
         let prefix = format!("{}/", keys.prefix);
         let resp = bounded("range", self.client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
-        let mut farm = Farm::default();
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let name = &key[prefix.len().min(key.len())..];
-            let parsed = match name.split_once('/') {
-                None if name == "record" => serde_json::from_slice(kv.value()).map(|r| {
-                    farm.record = Some(r);
-                    farm.record_rev = kv.mod_revision();
-                }),
-                None if name == "leader" => {
-                    farm.leader = Some(String::from_utf8_lossy(kv.value()).into_owned());
-                    Ok(())
-                }
-                Some(("obs", node)) => serde_json::from_slice(kv.value()).map(|o| farm.obs.push((node.to_owned(), o))),
-                Some(("serves", node)) => {
-                    serde_json::from_slice(kv.value()).map(|s| farm.serves.push((node.to_owned(), s)))
-                }
-                _ => Ok(()),
-            };
-            if let Err(e) = parsed {
-                tracing::warn!(key = %key, error = %e, "farm: unreadable value skipped");
-            }
-        }
-        Ok(farm)
+        let entries = resp.kvs().iter().map(|kv| (kv.key(), kv.value(), kv.mod_revision()));
+        Ok(parse(&prefix, &self.token(me), entries))
     }
 
     /// Revokes the lease (a stopping node leaves the farm at once instead of after the TTL).
     pub async fn leave(mut self) {
         let _ = bounded("lease revoke", self.client.lease_revoke(self.lease)).await;
+    }
+}
+
+/// The farm from the `(key, value, mod revision)` entries under `prefix` (with its trailing `/`);
+/// `token` is this session's leader value. Values that do not parse are logged and skipped, and
+/// keys the farm does not know are ignored (a key written by hand must not stop the farm).
+pub fn parse<'a>(prefix: &str, token: &str, entries: impl Iterator<Item = (&'a [u8], &'a [u8], i64)>) -> Farm {
+    let mut farm = Farm::default();
+    for (key, value, rev) in entries {
+        let Some(name) = key.strip_prefix(prefix.as_bytes()) else { continue };
+        let name = String::from_utf8_lossy(name);
+        let parsed = match name.split_once('/') {
+            None if name == "record" => serde_json::from_slice(value).map(|r| {
+                farm.record = Some(r);
+                farm.record_rev = rev;
+            }),
+            None if name == "leader" => {
+                let v = String::from_utf8_lossy(value);
+                farm.leading = v == token;
+                farm.leader = Some(v.split(' ').next().unwrap_or_default().to_owned());
+                Ok(())
+            }
+            Some(("obs", node)) if !node.is_empty() => {
+                serde_json::from_slice(value).map(|o| farm.obs.push((node.to_owned(), o)))
+            }
+            Some(("serves", node)) if !node.is_empty() => {
+                serde_json::from_slice(value).map(|s| farm.serves.push((node.to_owned(), s)))
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = parsed {
+            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "farm: unreadable value skipped");
+        }
+    }
+    farm
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::domain::{Server, Status};
+
+    fn farm(entries: &[(&str, &str)], token: &str) -> Farm {
+        parse(
+            "/f/",
+            token,
+            entries.iter().enumerate().map(|(i, (k, v))| (k.as_bytes(), v.as_bytes(), i64::try_from(i).unwrap() + 7)),
+        )
+    }
+
+    #[test]
+    fn every_key_of_the_farm_is_read() {
+        let f = farm(
+            &[
+                ("/f/record", r#"{"active":"backup","epoch":3,"since_ms":5,"by":"w1"}"#),
+                ("/f/leader", "w1 6f"),
+                ("/f/obs/w1", r#"{"primary":"down","backup":"up"}"#),
+                ("/f/serves/w1", r#"{"serving":"backup","epoch":3}"#),
+            ],
+            "w1 6f",
+        );
+        let r = f.record.unwrap();
+        assert_eq!((r.active, r.epoch, r.switching, f.record_rev), (Server::Backup, 3, false, 7));
+        assert_eq!((f.leader.as_deref(), f.leading), (Some("w1"), true));
+        assert_eq!(f.obs, [("w1".to_owned(), Observation { primary: Status::Down, backup: Status::Up })]);
+        assert_eq!(f.serves, [("w1".to_owned(), Serves { serving: Some(Server::Backup), epoch: Some(3) })]);
+    }
+
+    #[test]
+    fn a_second_node_with_the_same_name_is_not_the_leader() {
+        let f = farm(&[("/f/leader", "w1 6f")], "w1 70");
+        assert_eq!((f.leader.as_deref(), f.leading), (Some("w1"), false));
+    }
+
+    #[test]
+    fn garbage_and_foreign_keys_are_skipped_not_fatal() {
+        let f = farm(
+            &[
+                ("/f/record", "{not json"),
+                ("/f/obs/w2", "[]"),
+                ("/f/obs/", r#"{"primary":"up","backup":"up"}"#),
+                ("/f/serves/w\n3", r#"{"serving":null,"epoch":null}"#),
+                ("/f/other/thing", "x"),
+                ("/elsewhere/record", r#"{"active":"backup","epoch":3,"since_ms":5,"by":"w1"}"#),
+            ],
+            "w1 6f",
+        );
+        assert_eq!((f.record, f.record_rev, f.leader, f.leading), (None, 0, None, false));
+        assert!(f.obs.is_empty());
+        assert_eq!(f.serves, [("w\n3".to_owned(), Serves { serving: None, epoch: None })]);
     }
 }
