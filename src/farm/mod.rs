@@ -59,7 +59,10 @@ impl Follow for Link {
     fn primary_released(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let mut view = self.view.clone();
         Box::pin(async move {
-            let _ = view.wait_for(|v| v.connected && v.active() == Server::Primary).await;
+            // a record naming the primary, not an absent one: a record deleted by hand never
+            // releases a failback without the leader's drain
+            let _ =
+                view.wait_for(|v| v.connected && v.record.as_ref().is_some_and(|r| r.active == Server::Primary)).await;
         })
     }
 }
