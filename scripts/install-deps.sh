@@ -19,6 +19,11 @@ NEED=(
   "cc gcc"  # builds scripts/lab/uml-xstate.c, which UML 6.1 needs on AVX-512/AMX hosts
   # tests/metrics_lab.rs checks every scrape with `promtool check metrics` (its daemon is not started)
   "promtool prometheus"
+  # The web farm's agreement (tests/farm_lab.rs): a real etcd cluster, and protoc for the
+  # etcd-client crate's build script (it compiles etcd's .proto files).
+  "etcd etcd-server"
+  "etcdctl etcd-client"
+  "protoc protobuf-compiler"
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 

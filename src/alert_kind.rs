@@ -32,6 +32,11 @@ pub enum AlertKind {
     Conflict,
     /// A storage agent did not take a role change (unreachable, or refused it).
     AgentUnreachable,
+    // the web farm (`[cluster]`)
+    /// This web node sees the primary down while most other nodes see it up: it does not switch.
+    PrimaryUnreachableHere,
+    /// This web node lost etcd: it keeps its current mount (unless `autonomy = true`).
+    FarmUnreachable,
     // the alert pipeline
     /// Files in the outbox were damaged (unreadable, wrong name) and moved aside.
     OutboxDamaged,
@@ -40,7 +45,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 20] = [
+    pub const ALL: [AlertKind; 22] = [
         AlertKind::FailoverStarted,
         AlertKind::FailoverCompleted,
         AlertKind::BothDown,
@@ -59,6 +64,8 @@ impl AlertKind {
         AlertKind::JournalGrowing,
         AlertKind::Conflict,
         AlertKind::AgentUnreachable,
+        AlertKind::PrimaryUnreachableHere,
+        AlertKind::FarmUnreachable,
         AlertKind::OutboxDamaged,
         AlertKind::Test,
     ];
@@ -84,6 +91,8 @@ impl AlertKind {
             AlertKind::JournalGrowing => "journal-growing",
             AlertKind::Conflict => "conflict",
             AlertKind::AgentUnreachable => "agent-unreachable",
+            AlertKind::PrimaryUnreachableHere => "primary-unreachable-here",
+            AlertKind::FarmUnreachable => "farm-unreachable",
             AlertKind::OutboxDamaged => "outbox-damaged",
             AlertKind::Test => "test",
         }

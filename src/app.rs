@@ -59,7 +59,8 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             let mode = web::Mode { once: args.once, request: request_of(&args) };
             let tell = |text: &str| println!("{text}");
             run_role(&config, args.once, plan.as_ref(), |sink, shutdown| async {
-                Ok(web::run(&config, mode, sink, shutdown, &tell).await?)
+                let farm = config.cluster.clone().map(crate::farm::starter);
+                Ok(web::run(&config, mode, sink, shutdown, &tell, farm).await?)
             })?;
             Ok(0)
         }
@@ -147,6 +148,7 @@ fn check_config(config: &Config) {
         config.web.as_ref().map(|_| "web"),
         config.storage.as_ref().map(|_| "storage"),
         config.alert.as_ref().map(|_| "alert"),
+        config.cluster.as_ref().map(|_| "cluster"),
     ]
     .into_iter()
     .flatten()

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   leaves (domain, alert_kind, chain, failback_guard, timing)  <-  sys  <-  config, status, cluster, metrics
-//!     <-  alert  <-  web, storage  <-  cli  <-  logging, error  <-  app  (<- main, the binary)
+//!     <-  alert  <-  web, storage  <-  farm, cli  <-  logging, error  <-  app  (<- main, the binary)
 //! ```
 
 use std::collections::BTreeSet;
@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("alert", 3),
     ("web", 4),
     ("storage", 4),
+    ("farm", 5),
     ("cli", 5),
     ("logging", 6),
     ("error", 6),

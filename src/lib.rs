@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod failback_guard;
+pub mod farm;
 pub mod logging;
 pub mod metrics;
 pub mod status;

@@ -20,7 +20,8 @@ use crate::sys::fsutil::{read_capped_string, write_atomic_nosync};
 /// Larger status files are not ours.
 const MAX_STATUS_BYTES: u64 = 1 << 20;
 
-pub const ROLES: [&str; 2] = ["web", "storage"];
+/// `farm`: the web farm's record, leader and every node's served epoch, as this node last read them.
+pub const ROLES: [&str; 3] = ["web", "farm", "storage"];
 
 /// Version of the `--json` document; bumped only when a field changes meaning or goes away.
 pub const SCHEMA: u32 = 1;
@@ -68,6 +69,8 @@ pub enum Doc {
 pub struct Docs {
     pub state_dir: PathBuf,
     pub web: Doc,
+    /// A farm node's view of the farm (`[cluster]`).
+    pub farm: Doc,
     pub storage: Doc,
     /// The storage daemon's process still exists (`None`: unknown or no storage status).
     pub storage_running: Option<bool>,
@@ -119,6 +122,7 @@ fn read_doc(state_dir: &Path, role: &str) -> Doc {
 /// Reads the status files, the alert outbox and whether the storage daemon runs.
 pub fn gather(state_dir: &Path) -> Docs {
     let web = read_doc(state_dir, "web");
+    let farm = read_doc(state_dir, "farm");
     let storage = read_doc(state_dir, "storage");
     let storage_running = match &storage {
         Doc::Read(v) => v["pid"].as_u64().map(|pid| Path::new(&format!("/proc/{pid}")).exists()),
@@ -127,7 +131,7 @@ pub fn gather(state_dir: &Path) -> Docs {
     let alerts_waiting = std::fs::read_dir(state_dir.join("outbox").join("queue"))
         .ok()
         .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "json")).count());
-    Docs { state_dir: state_dir.to_owned(), web, storage, storage_running, alerts_waiting }
+    Docs { state_dir: state_dir.to_owned(), web, farm, storage, storage_running, alerts_waiting }
 }
 
 fn text(v: &Value) -> &str {
@@ -371,6 +375,34 @@ fn render_storage(s: &Value, running: Option<bool>, now_ms: u64, p: &Paint, out:
     }
 }
 
+/// The farm as this node last read it: the record, the leader, what every live node serves.
+fn render_farm(f: &Value, out: &mut String) {
+    let etcd = if f["connected"] == Value::Bool(false) { " (etcd unreachable: last record read)" } else { "" };
+    let r = &f["record"];
+    let record = if r.is_object() {
+        format!(
+            "{} active, epoch {}, decided by {}{}",
+            text(&r["active"]),
+            r["epoch"].as_u64().unwrap_or(0),
+            text(&r["by"]),
+            if r["switching"] == Value::Bool(true) { ", nodes moving" } else { "" }
+        )
+    } else {
+        "none yet (the primary)".into()
+    };
+    let _ = writeln!(out, "farm: node {}, leader {}{etcd}", text(&f["node"]), f["leader"].as_str().unwrap_or("none"));
+    let _ = writeln!(out, "  record: {record}");
+    for n in f["nodes"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let serves = &n["serves"];
+        let what = match (serves["serving"].as_str(), serves["epoch"].as_u64()) {
+            (Some(s), Some(e)) => format!("serves {s} (epoch {e})"),
+            (Some(s), None) => format!("serves {s} (not the record's)"),
+            _ => "serves nothing".into(),
+        };
+        let _ = writeln!(out, "  {:<12} {what}", text(&n["name"]));
+    }
+}
+
 /// The summary for people: one block per role, the alerts waiting, the verdict last.
 pub fn render_human(d: &Docs, now_ms: u64, color: bool) -> String {
     let p = Paint { on: color };
@@ -379,6 +411,13 @@ pub fn render_human(d: &Docs, now_ms: u64, color: bool) -> String {
         Doc::Read(w) => render_web(w, now_ms, &p, &mut out),
         Doc::Unreadable(e) => {
             let _ = writeln!(out, "web: status unreadable: {e}");
+        }
+        Doc::Missing => {}
+    }
+    match &d.farm {
+        Doc::Read(f) => render_farm(f, &mut out),
+        Doc::Unreadable(e) => {
+            let _ = writeln!(out, "farm: status unreadable: {e}");
         }
         Doc::Missing => {}
     }
@@ -421,9 +460,29 @@ pub fn render_json(d: &Docs, now_ms: u64) -> String {
         "exit_code": v.level.exit_code(),
         "reasons": v.reasons,
         "web": doc(&d.web),
+        "farm": doc(&d.farm),
         "storage": doc(&d.storage),
         "storage_running": d.storage_running,
         "alerts_waiting": d.alerts_waiting,
     });
     format!("{}\n", serde_json::to_string_pretty(&out).unwrap_or_default())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_farm_node_shows_the_farm() {
+        let d = tempfile::tempdir().unwrap();
+        let farm = serde_json::json!({"node": "w1", "connected": true, "leader": "w2",
+            "record": {"active": "backup", "epoch": 2, "since_ms": 1, "by": "w2", "switching": false},
+            "nodes": [{"name": "w1", "serves": {"serving": "backup", "epoch": 2}}, {"name": "w3", "serves": null}]});
+        std::fs::write(path(d.path(), "farm"), farm.to_string()).unwrap();
+        let text = render_human(&gather(d.path()), 0, false);
+        assert!(text.contains("farm: node w1, leader w2\n  record: backup active, epoch 2, decided by w2\n"), "{text}");
+        assert!(text.contains("  w1           serves backup (epoch 2)\n  w3           serves nothing\n"), "{text}");
+        assert!(render_json(&gather(d.path()), 0).contains("\"farm\""));
+    }
 }

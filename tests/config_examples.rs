@@ -25,9 +25,18 @@ fn every_example_config_is_valid() {
         }
     }
     seen.sort();
-    for required in ["alerts.toml", "storage-backup.toml", "storage-primary.toml", "web.toml"] {
+    for required in ["alerts.toml", "storage-backup.toml", "storage-primary.toml", "web.toml", "web-farm.toml"] {
         assert!(seen.iter().any(|s| s == required), "config/{required} missing; have {seen:?}");
     }
+}
+
+/// The farm example (docs/farm.md) is a web node with its `[cluster]` section.
+#[test]
+fn the_farm_example_is_a_web_node_of_a_cluster() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/web-farm.toml");
+    let (code, out) = check(&path);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("valid (sections: web, cluster)"), "{out}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn docs(web: Value) -> Docs {
     Docs {
         state_dir: PathBuf::from("/var/lib/nfs-guard"),
         web: Doc::Read(web),
+        farm: Doc::Missing,
         storage: Doc::Missing,
         storage_running: None,
         alerts_waiting: Some(0),
@@ -241,6 +242,7 @@ fn storage_lag_failing_pushes_and_waiting_alerts_are_degraded() {
     let d = Docs {
         state_dir: PathBuf::from("/var/lib/nfs-guard"),
         web: Doc::Missing,
+        farm: Doc::Missing,
         storage: Doc::Read(storage(
             "retrying",
             5321,
@@ -284,6 +286,7 @@ fn nothing_running_is_down() {
     let d = Docs {
         state_dir: PathBuf::from("/var/lib/nfs-guard"),
         web: Doc::Missing,
+        farm: Doc::Missing,
         storage: Doc::Missing,
         storage_running: None,
         alerts_waiting: None,

@@ -825,3 +825,60 @@ async fn a_wedged_loop_stops_pinging_the_watchdog() {
     stop.cancel();
     h.await.unwrap();
 }
+
+/// A farm whose record the test sets (`[cluster]`; the real one is `farm`, lab-tested in
+/// `tests/farm_lab.rs`): the controller follows it through `farm::decide::follow`.
+struct FakeFarm(tokio::sync::watch::Sender<nfs_guard::farm::decide::View>);
+
+impl FakeFarm {
+    fn record(&self, active: Server) {
+        let r =
+            nfs_guard::farm::decide::FarmRecord { active, epoch: 1, since_ms: 0, by: "w1".into(), switching: false };
+        self.0.send_modify(|v| v.record = Some(r));
+    }
+}
+
+impl nfs_guard::web::follow::Follow for FakeFarm {
+    fn follow(&self, local: nfs_guard::web::fsm::Snapshot, serving: Option<Server>) -> nfs_guard::web::fsm::Snapshot {
+        nfs_guard::farm::decide::follow(&local, serving, &self.0.borrow())
+    }
+    fn primary_released(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut rx = self.0.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|v| v.connected && v.active() == Server::Primary).await;
+        })
+    }
+}
+
+/// In a farm the node follows the record, not its own checks: the primary down from here alone
+/// moves nothing; the record naming the backup moves the node even while it sees the primary up;
+/// the record naming the primary again brings it back.
+#[tokio::test(start_paused = true)]
+async fn a_farm_node_follows_the_record_not_its_own_checks() {
+    let rig = Rig::new(CONFIG);
+    rig.fake.0.lock().unwrap().mounted = Some(Server::Primary);
+    let (tx, _) =
+        tokio::sync::watch::channel(nfs_guard::farm::decide::View { record: None, connected: true, autonomy: false });
+    let farm = Arc::new(FakeFarm(tx));
+    let stop = CancellationToken::new();
+    let c = rig.controller().with_farm(farm.clone());
+    let h = tokio::spawn({
+        let s = stop.clone();
+        async move { c.run(false, s).await }
+    });
+    until("serving primary", Duration::from_secs(3), || rig.status()["phase"]["phase"] == "serving").await;
+    rig.fake.set_up("primary", false);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rig.fake.calls(), Vec::<String>::new(), "the farm serves the primary: no switch alone");
+    rig.fake.set_up("primary", true);
+    farm.record(Server::Backup);
+    until("backup mounted", Duration::from_secs(5), || rig.fake.mounted() == Some(Server::Backup)).await;
+    assert_eq!(rig.fake.calls(), vec!["mount backup"]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(rig.fake.mounted(), Some(Server::Backup), "the primary up from here does not bring it back");
+    farm.record(Server::Primary);
+    until("primary mounted", Duration::from_secs(15), || rig.fake.mounted() == Some(Server::Primary)).await;
+    stop.cancel();
+    let d = h.await.unwrap();
+    assert_eq!(d.fsm.phase, Phase::Serving { server: Server::Primary });
+}

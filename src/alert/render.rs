@@ -184,6 +184,13 @@ mod tests {
             K::JournalGrowing => ("pending journal holds 12000 paths", "remote backup unreachable"),
             K::Conflict => ("1 conflicting write kept under a conflict name", "both servers changed a.jpg"),
             K::AgentUnreachable => ("the backup's agent did not take epoch 4", "connection refused"),
+            K::PrimaryUnreachableHere => (
+                "primary unreachable from this node only (web-2): not switching",
+                "2 of 2 other live nodes see the primary up",
+            ),
+            K::FarmUnreachable => {
+                ("web-2 lost etcd: keeping the current mount", "etcd http://10.0.0.2:2379: connection refused")
+            }
             K::OutboxDamaged => (
                 "1 damaged file in the alert outbox moved aside",
                 "- /var/lib/nfs-guard/outbox/queue/00000000000000000007.json: is a FIFO, not a regular file",

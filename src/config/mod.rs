@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod alert;
+pub mod cluster;
 pub mod duration;
 pub mod filter;
 pub mod metrics;
@@ -41,6 +42,8 @@ pub struct Config {
     pub web: Option<web::WebConfig>,
     pub storage: Option<storage::StorageConfig>,
     pub alert: Option<alert::AlertConfig>,
+    /// `[cluster]`: this web node is one of a farm agreeing through etcd (`farm`).
+    pub cluster: Option<cluster::ClusterConfig>,
     /// Non-fatal findings (e.g. a secret file readable by others), already rendered with their location.
     pub warnings: Vec<String>,
 }
@@ -52,6 +55,7 @@ struct RawConfig {
     web: Option<Spanned<web::RawWeb>>,
     storage: Option<Spanned<storage::RawStorage>>,
     alert: Option<Spanned<alert::RawAlert>>,
+    cluster: Option<Spanned<cluster::RawCluster>>,
 }
 
 /// One problem found in a config file, with everything needed to fix it.
@@ -145,6 +149,10 @@ impl Config {
         let web = raw.web.as_ref().map(|w| web::WebConfig::validate(w, &mut ctx));
         let storage = raw.storage.as_ref().map(|s| storage::StorageConfig::validate(s, &mut ctx));
         let alert = raw.alert.as_ref().map(|a| alert::AlertConfig::validate(a, &mut ctx));
+        let cluster = raw.cluster.as_ref().map(|c| {
+            cluster::ClusterConfig::check_with_web(c, web.as_ref().and_then(Option::as_ref), &mut ctx);
+            cluster::ClusterConfig::validate(c, &mut ctx)
+        });
         if raw.web.is_none() && raw.storage.is_none() && raw.alert.is_none() {
             ctx.problem("", None, None, "has no [web], [storage] or [alert] section: nothing to do");
         }
@@ -157,6 +165,7 @@ impl Config {
             web: web.flatten(),
             storage: storage.flatten(),
             alert: alert.flatten(),
+            cluster: cluster.flatten(),
             warnings: ctx.warnings,
         })
     }

@@ -229,13 +229,13 @@ impl Replicator {
         }
         workers.spawn(watch_for_lost_time(cautious.clone(), stop.clone()));
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
-        let n = cfg.remotes.len();
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
         let duty = agent.map(|(a, peer, control)| {
             let (q, c) = (Arc::clone(&queues[peer]), Arc::clone(&cautious[peer]));
             agent::duty::Duty::new(a, peer, control, q, c, roots.clone(), Arc::clone(&alerts))
         });
         Ok(Replicator {
+            last_journal_alert: vec![None; queues.len()],
             cfg,
             queues,
             board,
@@ -253,7 +253,6 @@ impl Replicator {
             _lock: lock,
             last_overflow_warn: None,
             overflows_suppressed: 0,
-            last_journal_alert: vec![None; n],
             guards,
             kept: vec![None; roots.len()],
             watchdog: systemd::Watchdog::from_env(),

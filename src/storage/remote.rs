@@ -546,9 +546,18 @@ impl Worker {
         // What each task pushes: a task that panicked or was aborted gives its work back.
         let mut running: std::collections::HashMap<tokio::task::Id, Work> = std::collections::HashMap::new();
         let mut aborts = self.queue.aborts();
+        let mut was_cautious = self.cautious.load(Ordering::SeqCst);
         let mut h = Health::default();
         loop {
-            if self.queue.aborts() != aborts {
+            // Pushes become cautious when the remote may have served clients meanwhile (a push
+            // failed, this process stood still): those under way were started without `--update`
+            // and may be stalled by the same fault, to land later over what clients write there
+            // (found by the chaos test: a push stalled by a blackhole completed after the heal,
+            // over an append made on the backup). They are stopped and go again, cautiously.
+            let cautious = self.cautious.load(Ordering::SeqCst);
+            let newly_cautious = cautious && !was_cautious;
+            was_cautious = cautious;
+            if self.queue.aborts() != aborts || newly_cautious {
                 aborts = self.queue.aborts();
                 if !tasks.is_empty() {
                     tracing::warn!(remote = %self.remote.name, pushes = tasks.len(), "pushes under way stopped");

@@ -189,6 +189,23 @@ async fn aborted_pushes_queue_their_paths_again() {
     h.finish().await;
 }
 
+/// A failed push makes the pushes still under way (started without `--update`, maybe stalled by
+/// the same fault) stop and go again, cautiously.
+#[tokio::test(start_paused = true)]
+async fn pushes_under_way_go_again_cautiously_when_a_push_fails() {
+    let cfg = config("");
+    let fake = FakePush { hang: AtomicBool::new(true), ..FakePush::default() };
+    let h = start(&cfg, fake);
+    h.queue.enqueue(&[Entry::new(0, "stalled", Scope::Path)]);
+    wait_until("the first push under way", || h.queue.in_flight() == 1).await;
+    h.fake.hang.store(false, Ordering::SeqCst);
+    h.fake.partial.lock().unwrap().insert("failing".to_owned(), 1);
+    h.queue.enqueue(&[Entry::new(1, "failing", Scope::Path)]);
+    wait_until("the stalled push stopped and pushed again", || h.fake.pushes_of("stalled") == 2 && h.queue.idle())
+        .await;
+    h.finish().await;
+}
+
 /// Huge retry durations: the worker waits (saturated), it does not panic after the first failure.
 #[tokio::test(start_paused = true)]
 async fn huge_retry_durations_do_not_panic_the_worker() {

@@ -75,6 +75,18 @@ impl Agents {
     /// journals what it saw since the switch, even when it already took the record (it may have
     /// taken it after the web node gave up waiting).
     pub async fn promote(self: &Arc<Self>, s: Server, late: bool) -> Result<Record, CallError> {
+        self.promote_journaling(s, late, None).await
+    }
+
+    /// [`Agents::promote`]; when late, the agent journals what clients wrote there since
+    /// `journal_since_ms` (default: the epoch's start), e.g. since the farm's record moved the web
+    /// nodes to it (`farm`).
+    pub async fn promote_journaling(
+        self: &Arc<Self>,
+        s: Server,
+        late: bool,
+        journal_since_ms: Option<u64>,
+    ) -> Result<Record, CallError> {
         let local = |reason: String| CallError::Unreachable { url: self.file.display().to_string(), reason };
         let client = &self.clients[s];
         let report = client.report().await;
@@ -82,8 +94,8 @@ impl Agents {
             self.hold(r.record).map_err(local)?;
             if r.record.active == s && r.record.epoch >= self.held().epoch {
                 if late {
-                    let again =
-                        RoleChange { record: r.record, journal_since_ms: Some(r.record.since_ms), prompt: false };
+                    let since = journal_since_ms.unwrap_or(r.record.since_ms);
+                    let again = RoleChange { record: r.record, journal_since_ms: Some(since), prompt: false };
                     client.propose(&again).await?;
                 }
                 return Ok(r.record);
@@ -105,7 +117,8 @@ impl Agents {
         // A new record before the switch: nobody wrote under it yet. Sent again, or late: clients
         // may have written since the switch.
         let prompt = !(late || resend);
-        let change = RoleChange { record, journal_since_ms: (!prompt).then_some(record.since_ms), prompt };
+        let since = journal_since_ms.unwrap_or(record.since_ms);
+        let change = RoleChange { record, journal_since_ms: (!prompt).then_some(since), prompt };
         client.propose(&change).await?;
         tracing::warn!(epoch = record.epoch, active = s.name(), "cluster: new epoch");
         let me = Arc::clone(self);

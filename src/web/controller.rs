@@ -106,6 +106,8 @@ pub struct Controller<P, M, S> {
     persisted: watch::Receiver<u64>,
     persisted_tx: Option<watch::Sender<u64>>,
     persist_gen: u64,
+    /// `[cluster]`: the farm whose verdict the state machine follows (see `follow`).
+    farm: Option<Arc<dyn super::follow::Follow>>,
 }
 
 impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
@@ -159,7 +161,15 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             persisted,
             persisted_tx: Some(persisted_tx),
             persist_gen: 0,
+            farm: None,
         }
+    }
+
+    /// Follows `farm`'s verdict instead of deciding alone (`[cluster]`).
+    #[must_use]
+    pub fn with_farm(mut self, farm: Arc<dyn super::follow::Follow>) -> Self {
+        self.farm = Some(farm);
+        self
     }
 
     /// Pings `watchdog` from the loop (the daemon uses systemd's; default: none).
@@ -424,7 +434,10 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
                         }
                     }
                 }
-                let snap = self.snapshot();
+                let mut snap = self.snapshot();
+                if let Some(farm) = &self.farm {
+                    snap = farm.follow(snap, self.d.fsm.active());
+                }
                 self.step(Event::HealthObserved(snap));
                 // a tick came while this check ran: the next one now, not an interval late (starts
                 // stay at least one interval apart)

@@ -71,6 +71,7 @@ pub mod agents;
 pub mod check;
 pub mod controller;
 pub mod effects;
+pub mod follow;
 pub mod freeze;
 pub mod fsm;
 pub mod guard;
@@ -102,6 +103,8 @@ pub enum Error {
     },
     #[error("web.agents: {0}")]
     Agents(String),
+    #[error("cluster: {0}")]
+    Farm(String),
     #[error("web.mount_point: {0}")]
     MountPoint(String),
     #[error("cannot resolve the state directory {path}")]
@@ -135,8 +138,14 @@ pub async fn run(
     alerts: Arc<dyn AlertSink>,
     shutdown: CancellationToken,
     tell: &(dyn Fn(&str) + Sync),
+    farm: Option<follow::FarmStart>,
 ) -> Result<(), Error> {
     let cfg = config.web()?;
+    if farm.is_some() && mode.once {
+        return Err(Error::Farm(
+            "`web --once` decides alone: a farm node runs as the daemon, which follows the farm's record".into(),
+        ));
+    }
     let state_dir = config.state_dir.clone();
     crate::sys::fsutil::ensure_private_dir(&state_dir)
         .map_err(|source| Error::StateDir { path: state_dir.clone(), source })?;
@@ -185,13 +194,31 @@ pub async fn run(
         Some(a) => Some(Arc::new(agents::Agents::open(a, &state_dir, Arc::clone(&alerts)).map_err(Error::Agents)?)),
         None => None,
     };
+    if let Some(start) = farm {
+        let agents = agents.ok_or_else(|| Error::Farm("needs [web.agents]".into()))?;
+        let link = start(cfg, &state_dir, agents, Arc::clone(&alerts), shutdown.clone());
+        let fx = Arc::new(follow::Followed::new(cfg, &state_dir, Arc::clone(&link)));
+        // The leader waits the hold-down for the farm; a node follows the record at once.
+        let follower = crate::config::web::WebConfig { hold_down: std::time::Duration::ZERO, ..cfg.clone() };
+        let c = controller::Controller::new(&follower, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+        drive(c.with_farm(link), mode.once, shutdown).await;
+        return Ok(());
+    }
     let fx = Arc::new(effects::SysEffects::new(cfg, &state_dir, agents));
-    let mut c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
-    if !mode.once {
+    let c = controller::Controller::new(cfg, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
+    drive(c, mode.once, shutdown).await;
+    Ok(())
+}
+
+async fn drive<P: effects::Prober, M: effects::Mounter, S: effects::Syncer>(
+    mut c: controller::Controller<P, M, S>,
+    once: bool,
+    shutdown: CancellationToken,
+) {
+    if !once {
         c = c.with_watchdog(crate::sys::systemd::Watchdog::from_env());
     }
-    c.run(mode.once, shutdown).await;
-    Ok(())
+    c.run(once, shutdown).await;
 }
 
 /// The config and state dir with the paths the kernel lists in mountinfo (symlinks and `..`
