@@ -145,7 +145,8 @@ t0=$(now_ms)
 scripts/lab.sh fault primary freeze
 wait_for "failover to the backup" 30 mounted_from "$LAB_BACKUP_IP"
 echo "failover: web mount served by backup $(( $(now_ms) - t0 )) ms after the freeze"
-lab web "$BIN" --config "$D/web.toml" status
+rc=0; lab web "$BIN" --config "$D/web.toml" status || rc=$?
+(( rc == 2 )) || { echo "nfs-guard status should exit 2 (failed over), not $rc" >&2; exit 1; }
 
 echo "cluster record on the backup's agent: $(lab backup curl -s "http://$LAB_BACKUP_IP:7451/v1/role")"
 

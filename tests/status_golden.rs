@@ -315,12 +315,24 @@ fn the_json_document_is_versioned_and_carries_the_verdict() {
     assert_eq!(v["now_ms"], NOW);
     assert_eq!(v["web"]["active"], "backup");
     assert_eq!(v["storage"], Value::Null);
+    assert_eq!(v["farm"], Value::Null);
     assert_eq!(v["alerts_waiting"], 0);
     assert_eq!(v["reasons"][0], "failed over: serving the backup");
     let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     assert_eq!(
         keys,
-        ["alerts_waiting", "exit_code", "level", "now_ms", "reasons", "schema", "storage", "storage_running", "web"]
+        [
+            "alerts_waiting",
+            "exit_code",
+            "farm",
+            "level",
+            "now_ms",
+            "reasons",
+            "schema",
+            "storage",
+            "storage_running",
+            "web"
+        ]
     );
 }
 

@@ -188,7 +188,14 @@ fn failover(lab: &Lab, n: &WebNode, vers: &str, fault: Fault, status_max: &mut D
         .exec_timeout(Host::Web, &[BIN, "--config", n.config.to_str().unwrap(), "status"], Duration::from_secs(10))
         .expect("status in the guest did not answer within 10 s");
     let guest_status = t_status.elapsed();
-    assert!(out.status.success(), "status in the guest: {}", String::from_utf8_lossy(&out.stderr));
+    // exit 2: failed over (the status for monitoring checks)
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(2) && said.contains("backup"),
+        "status in the guest ({:?}): {said}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The new mount serves the backup's data.
     fs::write(lab.data_dir(Host::Backup).join("probe.txt"), format!("backup {fault:?}")).unwrap();
     let got = lab
