@@ -146,10 +146,41 @@ impl Node {
         }
     }
 
+    /// `kill -9` as systemd would see it: the daemon and what it started (its rsyncs). The units
+    /// use `KillMode=mixed`: once the main process is gone, the rest of the unit's cgroup is killed
+    /// before a restart, so no push of a dead daemon outlives it.
     pub fn kill9(&mut self) {
+        let pids = descendants(self.child.id());
         let _ = self.child.kill();
+        for p in pids {
+            if let Ok(p) = i32::try_from(p) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         let _ = self.child.wait();
     }
+}
+
+/// The processes below `pid` (children, grandchildren, ...), from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<u32> = fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let me = out[i];
+        let children: Vec<u32> =
+            all.iter().copied().filter(|p| parent_of(*p) == Some(me) && !out.contains(p)).collect();
+        out.extend(children);
+        i += 1;
+    }
+    out.remove(0);
+    out
 }
 
 impl Drop for Node {
