@@ -798,18 +798,17 @@ impl Push for Pusher {
 
 impl Pusher {
     async fn full_sync(&self, tree: &crate::config::storage::Tree) -> Outcome {
-        // An agent pushes to its peer only while active: its export is the truth, so a full sync
-        // deletes too (a delete its journal missed, at a kill -9 or a lost event, came back on the
-        // standby otherwise; found by the chaos test), and conflict copies there are kept.
-        let exact = self.cfg.agent.as_ref().is_some_and(|a| a.peer == self.remote.name);
-        let policy = crate::config::storage::FullSync {
-            delete: self.cfg.full_sync.delete || exact,
-            ..self.cfg.full_sync.clone()
-        };
-        let mut args = push::full_sync_args(&self.cfg.rsync_args, &self.remote.target, tree, &policy, &self.cfg.filter);
-        if exact {
-            args.insert(0, format!("--filter=P *{}*", super::agent::orphans::CONFLICT_TAG).into());
-        }
+        // Never `--delete` unless configured, agents included: a delete an agent's journal missed
+        // (a kill -9 right after it) then comes back on the standby, but with `--delete` a restarted
+        // active agent deleted files its peer had created and never journaled (the chaos test lost
+        // four acknowledged creates that way). A deletion is recoverable; lost data is not.
+        let args = push::full_sync_args(
+            &self.cfg.rsync_args,
+            &self.remote.target,
+            tree,
+            &self.cfg.full_sync,
+            &self.cfg.filter,
+        );
         tracing::info!(remote = %self.remote.name, tree = %tree.path.display(), "full sync started");
         let r = rsync::run(&self.cfg.rsync, &args, None, self.cfg.full_sync.timeout).await;
         crate::metrics::storage().pushed(&self.remote.name, crate::metrics::storage::PushKind::FullSync, &r);
