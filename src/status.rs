@@ -179,7 +179,18 @@ pub fn assess(d: &Docs, now_ms: u64) -> Verdict {
         match text(&w["active"]) {
             "primary" => {}
             "backup" => add(Level::Down, "failed over: serving the backup".into()),
-            _ => add(Level::Down, format!("nothing mounted ({})", phase(w).0)),
+            _ => {
+                let (name, detail) = phase(w);
+                add(
+                    Level::Down,
+                    if name == "mounting" {
+                        // a failover (or a first mount) under way: say where it is going
+                        format!("switching {detail}: nothing served until it is mounted")
+                    } else {
+                        format!("nothing mounted ({name})")
+                    },
+                );
+            }
         }
         for s in servers(w) {
             if text(&s["state"]) != "up" {

@@ -105,7 +105,7 @@ fn failing_over_shows_nothing_mounted_and_why() {
   primary  10.0.0.2:/srv/nfs        DOWN for 1m 5s, checked 1s ago: Rpc check of 10.0.0.2:2049 failed: no answer within 800ms
   backup   10.0.0.3:/srv/nfs        UP for 1h 0m, checked 1s ago
   pending: reverse sync backup -> primary before failback
-verdict: CRITICAL: nothing mounted (mounting); primary is down; a reverse sync backup -> primary is pending (exit 2)
+verdict: CRITICAL: switching to backup: nothing served until it is mounted; primary is down; a reverse sync backup -> primary is pending (exit 2)
 "#,
         Level::Down,
     );
