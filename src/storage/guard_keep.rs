@@ -7,7 +7,7 @@
 //! backup's copy (rsync's `--update` compares whole seconds, so a backup copy from the same second
 //! as the primary's newer write replaced it; found by the chaos test). When the guard goes off, a
 //! link whose file is untouched goes; one whose file was replaced stays, is pushed, and is alerted:
-//! both versions kept. (The storage agents do this exactly, per epoch: `agent::orphans`.)
+//! both versions kept (`agent::orphans::resolve`, as the storage agents do per epoch).
 
 use std::path::PathBuf;
 
@@ -19,13 +19,6 @@ use crate::domain::Server;
 pub fn keep(roots: &[PathBuf], entries: &[Entry]) -> Orphans {
     let stamp = crate::cluster::now_ms() / 1000;
     orphans::quarantine(roots, entries, stamp, Server::Primary)
-}
-
-/// After the reverse sync: the links of untouched files removed; returns what to push (the
-/// conflict copies, and the paths again) and the conflict copies kept.
-pub fn settle(roots: &[PathBuf], kept: &Orphans) -> (Vec<Entry>, Vec<String>) {
-    let r = orphans::resolve(roots, kept);
-    (r.push, r.conflicts)
 }
 
 #[cfg(test)]
@@ -47,7 +40,7 @@ mod tests {
         // the reverse sync: a temporary file renamed over the name
         std::fs::write(root.join(".replaced.tmp"), "backup's copy").unwrap();
         std::fs::rename(root.join(".replaced.tmp"), root.join("replaced")).unwrap();
-        let (push, conflicts) = settle(std::slice::from_ref(&root), &kept);
+        let orphans::Resolved { push, conflicts } = orphans::resolve(std::slice::from_ref(&root), &kept);
         assert_eq!(conflicts.len(), 1, "{conflicts:?}");
         let copy = root.join(&conflicts[0]);
         assert_eq!(std::fs::read_to_string(copy).unwrap(), "primary's newer write");

@@ -502,7 +502,8 @@ impl Replicator {
     /// The reverse sync into `tree` ended: kept versions it replaced stay (pushed, alerted).
     fn guard_ended(&mut self, tree: usize) {
         let Some(kept) = self.kept.get_mut(tree).and_then(Option::take) else { return };
-        let (push, conflicts) = blocking_here(|| guard_keep::settle(&self.roots(), &kept));
+        let agent::orphans::Resolved { push, conflicts } =
+            blocking_here(|| agent::orphans::resolve(&self.roots(), &kept));
         if !conflicts.is_empty() {
             self.alerts.emit(agent::orphans::conflict_alert(
                 Server::Primary,
