@@ -29,6 +29,7 @@ else
     profile=release
     bin=${CARGO_TARGET_DIR:-target}/release/nfs-guard
     out=target/debian
+    scripts/install-deps.sh   # the build needs protoc (etcd-client) on a fresh machine
     cargo build --release --locked
 fi
 
