@@ -833,8 +833,12 @@ fn web_guest_runs_the_kernel_nfs_client() {
             .expect("mount hung");
         assert!(out.status.success(), "mount vers={vers}: {}", text(&out.stderr));
         eprintln!("lab selftest (uml): mount vers={vers} took {:?}", t.elapsed());
-        let mi = lab.web_mountinfo();
-        let line = mi.lines().find(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT)).unwrap_or_else(|| panic!("{mi}"));
+        // the guest publishes its mountinfo every ~100 ms: the new mount shows up within that
+        let at_mount = |mi: &str| mi.lines().find(|l| l.split(' ').nth(4) == Some(Lab::WEB_MOUNT)).map(str::to_owned);
+        wait_until("the guest's mountinfo to show the mount", Duration::from_secs(5), || {
+            at_mount(&lab.web_mountinfo()).is_some()
+        });
+        let line = at_mount(&lab.web_mountinfo()).unwrap_or_default();
         assert!(line.contains(&format!(" - {fstype} {source} ")) && line.contains(&format!("vers={vers}")), "{line}");
         assert_eq!(lab.web_mount_source(), Some(source.clone()));
         let name = format!("from-guest-v{vers}");
