@@ -847,7 +847,9 @@ fn web_guest_runs_the_kernel_nfs_client() {
         fs::write(lab.data_dir(Host::Primary).join("from-primary"), format!("primary {vers}")).unwrap();
         assert_eq!(lab.run(Host::Web, &["cat", "/mnt/nfs/from-primary"]), format!("primary {vers}"));
         lab.run(Host::Web, &["umount", Lab::WEB_MOUNT]);
-        assert_eq!(lab.web_mount_source(), None);
+        wait_until("the guest's mountinfo without the mount", Duration::from_secs(5), || {
+            lab.web_mount_source().is_none()
+        });
     }
 
     // A hard mount of a blackholed server hangs its callers; a lazy unmount always returns.
@@ -863,7 +865,7 @@ fn web_guest_runs_the_kernel_nfs_client() {
         .exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(20))
         .expect("umount -l hung");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(lab.web_mount_source(), None);
+    wait_until("the guest's mountinfo without the mount", Duration::from_secs(5), || lab.web_mount_source().is_none());
     lab.heal(Host::Primary);
 
     let mut child = lab.command(Host::Web, "sleep").arg("600").spawn().unwrap();
