@@ -408,3 +408,79 @@ fn kill_9_right_after_each_protocol_step_loses_nothing() {
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
+
+/// `kill -9` of the ACTIVE agent while changes of its export are not journaled yet (stopped
+/// first, so the kernel's inotify queue dies with it). After the restart its deletes and renames
+/// reach the peer (pruned there) and its creates too. Then a create left unjournaled by a kill
+/// right before a failover: the old primary keeps it as an orphan; the backup's own unclean
+/// restart during the failover does not prune it; after failback it is on both servers.
+#[test]
+fn an_unclean_stop_of_the_active_agent_loses_no_delete_rename_or_create() {
+    let lab = Lab::up("agtu");
+    let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
+    for n in ["del", "old", "dir/inner", "#odd\nname"] {
+        fs::create_dir_all(p.join(n).parent().unwrap()).unwrap();
+        fs::write(p.join(n), n).unwrap();
+    }
+    let work = work_dir(&lab);
+    let mut c = Cluster::running(&lab, work.path(), "", "");
+    // The backup's copies must predate the window (a copy received within it is spared).
+    older_than_the_window(&b.join("del"));
+
+    signal(c.agent_pid(Host::Primary), "STOP");
+    fs::remove_file(p.join("del")).unwrap();
+    fs::rename(p.join("old"), p.join("new")).unwrap();
+    fs::remove_dir_all(p.join("dir")).unwrap();
+    fs::remove_file(p.join("#odd\nname")).unwrap();
+    fs::write(p.join("made"), "made while the agent was stopped").unwrap();
+    c.kill_agent(Host::Primary);
+    c.start_agent(&lab, Host::Primary);
+    c.wait("the unjournaled changes to reach the backup", Duration::from_secs(30), || {
+        b.join("new").exists()
+            && b.join("made").exists()
+            && !b.join("del").exists()
+            && !b.join("old").exists()
+            && !b.join("dir").exists()
+            && !b.join("#odd\nname").exists()
+    });
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+
+    // A create the primary's agent never journals, then a failover.
+    signal(c.agent_pid(Host::Primary), "STOP");
+    fs::write(p.join("orphan"), "the primary's unjournaled create").unwrap();
+    c.kill_agent(Host::Primary);
+    lab.fault(Host::Primary, Fault::StopNfs);
+    c.wait("the web node serves the backup", Duration::from_secs(30), || c.web.active_is("backup"));
+    c.start_agent(&lab, Host::Primary);
+    c.wait("the primary to keep its unjournaled create as an orphan", Duration::from_secs(30), || {
+        Cluster::report(&lab, Host::Primary)
+            .is_some_and(|r| r["record"]["epoch"] == 1 && r["orphans"].as_u64() >= Some(1))
+    });
+    on_web(&lab, &format!("printf during > {}/during && sync", Lab::WEB_MOUNT));
+    // The backup's agent stops uncleanly while active: its prune of the primary must spare the orphan.
+    c.kill_agent(Host::Backup);
+    c.start_agent(&lab, Host::Backup);
+    let pruned = "pruned what the peer deleted";
+    c.wait("the backup's prune", Duration::from_secs(30), || {
+        fs::read_to_string(c.log(Host::Primary)).unwrap_or_default().contains(pruned)
+    });
+    assert_eq!(fs::read_to_string(p.join("orphan")).unwrap(), "the primary's unjournaled create", "{}", c.logs());
+
+    lab.heal(Host::Primary);
+    c.wait("the failback", Duration::from_secs(90), || c.web.serving_primary_settled());
+    c.wait("the orphan to reach the backup", Duration::from_secs(30), || b.join("orphan").exists());
+    assert_eq!(fs::read_to_string(b.join("orphan")).unwrap(), "the primary's unjournaled create");
+    assert_eq!(fs::read_to_string(p.join("during")).unwrap(), "during");
+    storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+    c.web.kill9();
+    let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
+}
+
+/// Waits until `path` last changed (ctime) more than a second ago.
+fn older_than_the_window(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    wait_until("the copy to be older than a second", Duration::from_secs(10), || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        fs::metadata(path).is_ok_and(|m| now - (m.ctime() as f64 + m.ctime_nsec() as f64 / 1e9) > 1.0)
+    });
+}

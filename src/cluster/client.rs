@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use super::secret::Secret;
-use super::{AgentReport, DrainReport, DrainRequest, ExportHealth, RoleChange, SECRET_HEADER};
+use super::{
+    AgentReport, DrainReport, DrainRequest, ExportHealth, PruneReport, PruneRequest, RoleChange, SECRET_HEADER,
+};
 
 /// Why a call did not get the answer asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,11 @@ impl Client {
     pub async fn drain(&self, epoch: u64, wait: Duration) -> Result<DrainReport, CallError> {
         let timeout_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         self.call("/v1/drain", Some(&DrainRequest { epoch, timeout_ms }), wait + self.timeout).await
+    }
+
+    /// `POST /v1/prune` (a deletion list may take a while on a slow disk: 60 s).
+    pub async fn prune(&self, req: &PruneRequest) -> Result<PruneReport, CallError> {
+        self.call("/v1/prune", Some(req), Duration::from_secs(60).max(self.timeout)).await
     }
 
     async fn call<B, T>(&self, path: &str, body: Option<&B>, deadline: Duration) -> Result<T, CallError>

@@ -137,6 +137,49 @@ pub struct ExportHealth {
     pub free_inodes: u64,
 }
 
+/// `POST /v1/prune`: an agent that stopped uncleanly while active tells its peer which paths the
+/// peer holds and it does not (deleted or renamed away in the changes it never journaled, or
+/// never had). The peer deletes those it has not changed for `unchanged_for_ms` (measured on the
+/// sender's clock, applied on the peer's: no clock skew), and never a path that is its own
+/// unreplicated work (orphans, conflict copies). See `storage::agent::unclean`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRequest {
+    /// The sender's epoch when it stopped (it was active in it).
+    pub epoch: u64,
+    pub from: Server,
+    /// Index of the tree (both agents list the same trees, in the same order).
+    pub tree: u32,
+    /// The sender's unjournaled window began this long ago.
+    pub unchanged_for_ms: u64,
+    /// Relative paths, hex-encoded bytes (names are data); a directory ends with `/`.
+    pub paths: Vec<String>,
+}
+
+/// What the peer did with a [`PruneRequest`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub deleted: u64,
+    /// Changed since the window began, its own work, or not empty: kept.
+    pub kept: u64,
+}
+
+/// Lower-case hex of `b` (paths in JSON, where strings must be UTF-8).
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+/// The bytes of [`hex`] output; `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -150,6 +193,15 @@ mod tests {
 
     fn r(epoch: u64, active: Server) -> Record {
         Record { epoch, active, since_ms: 7 }
+    }
+
+    #[test]
+    fn hex_round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex(&hex(&all)).unwrap(), all);
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("+1"), None);
     }
 
     #[test]

@@ -415,6 +415,17 @@ impl Batcher {
         self.settling.insert(e.tree, e.path, now + self.timing.settle);
     }
 
+    /// When the oldest event still waiting here came (settling creations included); `None` when
+    /// nothing waits. Everything seen before it is in the queues.
+    pub fn oldest(&self) -> Option<Instant> {
+        let queued = self.times.values().map(|(first, _)| *first).min();
+        let settling = self.settling.next_deadline().and_then(|d| d.checked_sub(self.timing.settle));
+        match (queued, settling) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// When the next entries (or a settled creation) must go out; `None` when nothing is pending.
     pub fn due(&self) -> Option<Instant> {
         match (self.batch_due(), self.settling.next_deadline()) {

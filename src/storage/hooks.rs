@@ -122,7 +122,7 @@ async fn run_command(hook: &Hook, remote: &str, paths: &[PathBuf]) {
     let spec = child::Spec {
         cmd,
         stdin: Some(stdin_bytes(paths)),
-        stdout: false,
+        stdout_keep: 0,
         deadline: hook.timeout,
         end: child::End::OutputClosed,
     };

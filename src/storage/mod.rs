@@ -36,7 +36,7 @@ pub mod remote;
 pub mod status;
 pub mod watcher;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,13 +158,9 @@ impl Replicator {
         fsutil::ensure_private_dir(&dir).map_err(|source| Error::StateDir { path: dir.clone(), source })?;
         // One replicator per state directory: two would interleave records in the same journals.
         let lock = crate::sys::lockfile::LockFile::acquire(&dir.join("lock"))?;
-        let marker = dir.join("running");
-        let clean = !marker.exists();
-        if !clean {
-            tracing::warn!("previous run did not stop cleanly: every tree gets a full sync");
-        }
-        fsutil::write_atomic(&marker, std::process::id().to_string().as_bytes())
-            .map_err(|source| Error::StateDir { path: marker.clone(), source })?;
+        let (marker, previous) = mark_running(&dir)?;
+        let clean = previous.is_none();
+        let previous_start_ms = previous.unwrap_or(0);
         let mut queues = Vec::new();
         for r in &cfg.remotes {
             queues.push(Arc::new(Queue::open(&dir, &r.name, cfg.max_pending)?));
@@ -181,6 +177,13 @@ impl Replicator {
                 Some((agent, peer, control))
             }
             None => None,
+        };
+        let recover = match &agent {
+            Some((a, _, _)) if !clean && a.is_active() => Some(
+                agent::unclean::begin(a, previous_start_ms)
+                    .map_err(|source| Error::StateDir { path: dir.clone(), source })?,
+            ),
+            _ => None,
         };
         // Watches go in before the start-up full sync, so nothing changed in between is missed.
         let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
@@ -232,7 +235,11 @@ impl Replicator {
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
         let duty = agent.map(|(a, peer, control)| {
             let (q, c) = (Arc::clone(&queues[peer]), Arc::clone(&cautious[peer]));
-            agent::duty::Duty::new(a, peer, control, q, c, roots.clone(), Arc::clone(&alerts))
+            let mut d = agent::duty::Duty::new(a, peer, control, q, c, roots.clone(), Arc::clone(&alerts));
+            if let Some(since) = recover {
+                d.recover_since(since, cfg.filter.clone());
+            }
+            d
         });
         Ok(Replicator {
             last_journal_alert: vec![None; queues.len()],
@@ -273,7 +280,13 @@ impl Replicator {
             // orphans quarantined before the API tells anyone this agent's record
             d.start().await;
             agent::api::bind(Arc::clone(&d.agent), self.api_stop.clone()).await?;
+            if let Some(owed) = agent::unclean::load_owed(d.agent.dir()) {
+                let (cfg, agent, stop) = (Arc::clone(&self.cfg), Arc::clone(&d.agent), self.api_stop.clone());
+                tokio::spawn(agent::unclean::settle(cfg, d.peer, agent, owed, stop));
+            }
         }
+        // an agent's watermark: see `agent::unclean`
+        let mut watermark = self.duty.as_ref().map(|_| Instant::now());
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
         let mut result = Ok(());
@@ -318,6 +331,10 @@ impl Replicator {
                 () = sleep_until(due) => {}
                 // wake at least once per watchdog period, whatever else the loop waits for
                 () = sleep_until(self.watchdog.period().map(|p| Instant::now() + p)) => {}
+                () = sleep_until(watermark) => {
+                    self.store_watermark(&batcher);
+                    watermark = Some(Instant::now() + agent::unclean::WATERMARK_EVERY);
+                }
                 () = sleep_until(self.guards.next_expiry()) => {
                     for tree in self.guards.expire(Instant::now()) {
                         self.guard_ended(tree);
@@ -340,6 +357,21 @@ impl Replicator {
         }
         self.finish(&mut batcher).await;
         result
+    }
+
+    /// Persists the time before which every event of the export is journaled.
+    fn store_watermark(&self, batcher: &Batcher) {
+        let Some(d) = &self.duty else { return };
+        if !self.rx.is_empty() {
+            return; // events not yet batched: the last watermark stands
+        }
+        let waiting = batcher.oldest().map_or(Duration::ZERO, |o| Instant::now().saturating_duration_since(o));
+        let ms = crate::cluster::now_ms()
+            .saturating_sub(u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX))
+            .saturating_sub(agent::unclean::MARGIN_MS);
+        if let Err(e) = agent::unclean::store_watermark(d.agent.dir(), ms) {
+            tracing::warn!(error = %e, "cannot persist the watermark");
+        }
     }
 
     fn handle(&mut self, msg: Msg, now: Instant, batcher: &mut Batcher) {
@@ -624,6 +656,24 @@ fn initial_status(cfg: &StorageConfig, roots: &[PathBuf], dirs: u64) -> StorageS
             })
             .collect(),
     }
+}
+
+/// Writes the run marker `<dir>/running` (removed at a clean stop); returns its path and, when the
+/// previous run left its marker (it did not stop cleanly), when that run began (unix ms).
+fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
+    let marker = dir.join("running");
+    let previous = std::fs::symlink_metadata(&marker).ok().map(|m| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+    });
+    if previous.is_some() {
+        tracing::warn!("previous run did not stop cleanly: every tree gets a full sync");
+    }
+    fsutil::write_atomic(&marker, std::process::id().to_string().as_bytes())
+        .map_err(|source| Error::StateDir { path: marker.clone(), source })?;
+    Ok((marker, previous))
 }
 
 /// Full syncs at start (configured, or after an unclean stop) of every tree to every remote; with

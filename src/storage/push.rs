@@ -258,6 +258,18 @@ pub fn full_sync_args(
     a
 }
 
+/// A dry run that lists (`deleting PATH` on stdout, see `rsync::deleted_paths`) what `target`
+/// holds of `tree` and this host does not; excluded paths are neither listed nor touched.
+pub fn deletion_list_args(base: &[String], target: &RsyncTarget, tree: &Tree, filter: &Filter) -> Vec<OsString> {
+    let mut a = common(base, target, tree);
+    // after the configured arguments: no file names on stdout but the deletions, whatever -v they hold
+    a.extend(["--dry-run", "--delete", "--info=del1,name0", "--out-format="].map(OsString::from));
+    a.extend(filter.rsync_args());
+    a.push(source(tree));
+    a.push(dest_url(target, tree).into());
+    a
+}
+
 /// How to push `entries` (all of one tree rooted at `root`): [`Plan::Roots`] when every entry that
 /// no recursive entry of the batch covers can go as a root ([`as_root`]), [`Plan::Replace`] when all
 /// are `Replace` entries, else [`Plan::List`] (which never deletes beneath a replaced directory: a

@@ -42,8 +42,9 @@ pub struct Spec {
     pub cmd: Command,
     /// Written to the child's stdin, which is then closed (`None`: stdin is /dev/null).
     pub stdin: Option<Vec<u8>>,
-    /// Keep stdout (else it goes to /dev/null).
-    pub stdout: bool,
+    /// How much of stdout to keep, its last bytes (0: stdout goes to /dev/null); usually
+    /// [`OUTPUT_KEEP`], more for a listing that is wanted whole.
+    pub stdout_keep: usize,
     pub deadline: Duration,
     pub end: End,
 }
@@ -62,9 +63,9 @@ pub enum Ran {
 
 /// Runs `spec.cmd` in its own process group under `spec.deadline` (see the module header).
 pub async fn run(spec: Spec) -> Result<Ran, SpawnError> {
-    let Spec { mut cmd, stdin, stdout, deadline, end } = spec;
+    let Spec { mut cmd, stdin, stdout_keep, deadline, end } = spec;
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
+        .stdout(if stdout_keep > 0 { Stdio::piped() } else { Stdio::null() })
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -73,14 +74,14 @@ pub async fn run(spec: Spec) -> Result<Ran, SpawnError> {
     let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
     // Each pipe is read by its own task, so the child's exit (not an EOF) can end the wait; a pipe
     // held open by a daemon the child left behind is given up a minute after the deadline.
-    let reader = |mut r: Box<dyn AsyncRead + Send + Unpin>| {
+    let reader = |mut r: Box<dyn AsyncRead + Send + Unpin>, keep: usize| {
         tokio::spawn(async move {
-            let read = read_tail(&mut r, OUTPUT_KEEP);
+            let read = read_tail(&mut r, keep);
             tokio::time::timeout(deadline.saturating_add(READER_SLACK), read).await.unwrap_or_default()
         })
     };
-    let out = child.stdout.take().map(|o| reader(Box::new(o)));
-    let err = child.stderr.take().map(|e| reader(Box::new(e)));
+    let out = child.stdout.take().map(|o| reader(Box::new(o), stdout_keep));
+    let err = child.stderr.take().map(|e| reader(Box::new(e), OUTPUT_KEEP));
     let mut pipe = child.stdin.take();
     let collect = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
         match h {
@@ -178,7 +179,7 @@ mod tests {
     fn sh(script: &str, deadline: Duration, end: End) -> Spec {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(script);
-        Spec { cmd, stdin: None, stdout: true, deadline, end }
+        Spec { cmd, stdin: None, stdout_keep: OUTPUT_KEEP, deadline, end }
     }
 
     #[tokio::test]
@@ -200,7 +201,7 @@ mod tests {
         let spec = Spec {
             cmd: Command::new("/nonexistent/prog"),
             stdin: None,
-            stdout: false,
+            stdout_keep: 0,
             deadline: Duration::from_secs(1),
             end: End::OutputClosed,
         };

@@ -66,7 +66,7 @@ fn opt_text(options: &str) -> String {
 /// daemonizes (FUSE) may leave a grandchild holding stderr, which is read only briefly after the exit.
 pub async fn run_child(cmd: Command, command: String, deadline: Duration) -> Result<(), MountError> {
     let spec =
-        child::Spec { cmd, stdin: None, stdout: false, deadline, end: child::End::Exited { trailing: STDERR_TRAIL } };
+        child::Spec { cmd, stdin: None, stdout_keep: 0, deadline, end: child::End::Exited { trailing: STDERR_TRAIL } };
     match child::run(spec).await.map_err(|e| MountError::Spawn { program: e.program, source: e.source })? {
         child::Ran::Exited { status: Ok(status), .. } if status.success() => Ok(()),
         child::Ran::Exited { status, stderr, .. } => Err(MountError::Failed {

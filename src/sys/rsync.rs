@@ -202,17 +202,40 @@ pub async fn run(
     stdin: Option<Vec<u8>>,
     deadline: Duration,
 ) -> Result<RsyncReport, SpawnError> {
+    run_keeping(rsync, args, stdin, deadline, OUTPUT_KEEP).await.map(|(r, _)| r)
+}
+
+/// How much of a listing's output [`run_listing`] keeps: a dry run that lists a million paths.
+const LISTING_KEEP: usize = 256 << 20;
+
+/// [`run`] for a dry run whose whole stdout is wanted (e.g. `--info=del1`): the report and the
+/// output (its last 256 MiB).
+pub async fn run_listing(
+    rsync: &Path,
+    args: &[OsString],
+    deadline: Duration,
+) -> Result<(RsyncReport, Vec<u8>), SpawnError> {
+    run_keeping(rsync, args, None, deadline, LISTING_KEEP).await
+}
+
+async fn run_keeping(
+    rsync: &Path,
+    args: &[OsString],
+    stdin: Option<Vec<u8>>,
+    deadline: Duration,
+    stdout_keep: usize,
+) -> Result<(RsyncReport, Vec<u8>), SpawnError> {
     let started = Instant::now();
     let mut cmd = Command::new(rsync);
     cmd.args(args).env("LC_ALL", "C");
-    let spec = child::Spec { cmd, stdin, stdout: true, deadline, end: child::End::OutputClosed };
-    let (code, stdout, stderr, timed_out) = match child::run(spec).await? {
+    let spec = child::Spec { cmd, stdin, stdout_keep, deadline, end: child::End::OutputClosed };
+    let (code, raw, stderr, timed_out) = match child::run(spec).await? {
         child::Ran::Exited { status, stdout, stderr } => (status.ok().and_then(|s| s.code()), stdout, stderr, false),
         child::Ran::TimedOut => (None, Vec::new(), b"deadline exceeded; rsync killed".to_vec(), true),
     };
-    let stdout = String::from_utf8_lossy(&stdout);
+    let stdout = String::from_utf8_lossy(&raw);
     let (files, bytes) = parse_stats(&stdout);
-    Ok(RsyncReport {
+    let report = RsyncReport {
         code,
         class: classify(code),
         files,
@@ -220,7 +243,31 @@ pub async fn run(
         elapsed: started.elapsed(),
         stderr_tail: tail(&String::from_utf8_lossy(&stderr), 5),
         timed_out,
-    })
+    };
+    Ok((report, raw))
+}
+
+/// The paths a `--delete --info=del1` run printed as `deleting PATH` (a directory with its
+/// trailing `/`), decoded: rsync writes each byte it will not print as `\#ooo` (octal), a backslash
+/// before `#` included, so every name comes back byte for byte.
+pub fn deleted_paths(stdout: &[u8]) -> Vec<Vec<u8>> {
+    stdout.split(|b| *b == b'\n').filter_map(|l| l.strip_prefix(b"deleting ")).map(unescape).collect()
+}
+
+/// Decodes rsync's `\#ooo` escapes of one printed name.
+pub fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if let [b'\\', b'#', a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', ..] = s[i..] {
+            out.push((a - b'0') * 64 + (b - b'0') * 8 + (c - b'0'));
+            i += 5;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -258,6 +305,44 @@ mod tests {
 
     fn daemon() -> RsyncTarget {
         RsyncTarget::example()
+    }
+
+    /// Every byte sequence a name may hold comes back from a real dry run's deletion list as it
+    /// is: newlines, a literal `\#012`, bytes above 127, a name that itself reads `deleting x`.
+    #[tokio::test]
+    async fn deletion_lists_give_back_every_name() {
+        use std::os::unix::ffi::OsStringExt;
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        std::fs::create_dir_all(dst.join("sub")).unwrap();
+        std::fs::create_dir_all(&src).unwrap();
+        let names: Vec<Vec<u8>> = vec![
+            b"new\nline".to_vec(),
+            b"back\\#012slash".to_vec(),
+            b"\xff\xfehi".to_vec(),
+            b"deleting x".to_vec(),
+            b"sub/f".to_vec(),
+            b"tab\there \\ #".to_vec(),
+        ];
+        for n in &names {
+            std::fs::write(dst.join(OsString::from_vec(n.clone())), "x").unwrap();
+        }
+        std::fs::write(src.join("kept"), "x").unwrap();
+        std::fs::write(dst.join("kept"), "x").unwrap();
+        let args: Vec<OsString> = ["-r", "-n", "--delete", "--info=del1,name0"]
+            .into_iter()
+            .map(OsString::from)
+            .chain([format!("{}/", src.display()).into(), format!("{}/", dst.display()).into()])
+            .collect();
+        let (r, out) = run_listing(Path::new("rsync"), &args, Duration::from_secs(20)).await.unwrap();
+        assert!(r.ok(), "{}", r.error_text());
+        let mut got = deleted_paths(&out);
+        got.sort();
+        let mut want = names.clone();
+        want.push(b"sub/".to_vec());
+        want.sort();
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(&out));
+        assert!(dst.join("kept").exists() && dst.join("sub/f").exists(), "a dry run deletes nothing");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | `GET /v1/role` | none | [`AgentReport`]: server, record, pending, drained, coverage, orphans |
 //! | `POST /v1/role` [`RoleChange`] | secret | 200 report; 409 stale epoch or a second truth at one epoch |
 //! | `POST /v1/drain` [`DrainRequest`] | secret | 200 when the journal to the peer is empty; 409 not active at that epoch; 504 not in time |
+//! | `POST /v1/prune` [`PruneRequest`] | secret | 200 [`PruneReport`](crate::cluster::PruneReport); 409 stale or newer epoch |
 //!
 //! Changes need the shared secret in the `x-nfs-guard-secret` header (compared in constant time):
 //! 401 otherwise. Every refusal carries `{"error": "...", "report": {...}}`.
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Agent;
 use crate::cluster::client::Refusal;
-use crate::cluster::{DrainReport, DrainRequest, RoleChange, SECRET_HEADER};
+use crate::cluster::{DrainReport, DrainRequest, PruneRequest, RoleChange, SECRET_HEADER};
 
 /// Longest drain a request may ask for.
 const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
@@ -52,6 +53,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/role", get(role).post(change_role))
         .route("/v1/drain", post(drain))
+        .route("/v1/prune", post(prune).layer(axum::extract::DefaultBodyLimit::max(8 << 20)))
         .route("/v1/health", get(health))
         .route("/metrics", get(crate::metrics::handler))
         .with_state(agent)
@@ -108,5 +110,23 @@ async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::
         Ok(report) => Json(DrainReport { pushed: before.saturating_sub(report.pending), report }).into_response(),
         Err(e) if e.starts_with("refused") => refuse(&agent, StatusCode::CONFLICT, e),
         Err(e) => refuse(&agent, StatusCode::GATEWAY_TIMEOUT, e),
+    }
+}
+
+async fn prune(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&agent, &headers) {
+        tracing::warn!("prune refused: missing or wrong secret");
+        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
+    }
+    let req: PruneRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a prune request: {e}")),
+    };
+    match agent.prune(&req).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "prune refused");
+            refuse(&agent, StatusCode::CONFLICT, e)
+        }
     }
 }

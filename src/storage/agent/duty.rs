@@ -14,6 +14,7 @@ use super::orphans::{self, Orphans};
 use super::ring::Ring;
 use super::{Agent, Control};
 use crate::alert::AlertSink;
+use crate::config::filter::Filter;
 use crate::storage::batch::Entry;
 use crate::storage::remote::Queue;
 
@@ -44,6 +45,8 @@ pub struct Duty {
     roots: Vec<PathBuf>,
     drain: Option<PendingDrain>,
     alerts: Arc<dyn AlertSink>,
+    /// After an unclean stop while active: journal what changed since then (unix ms) at start.
+    recover: Option<(u64, Filter)>,
 }
 
 /// What an event was to the agent.
@@ -66,7 +69,7 @@ impl Duty {
         alerts: Arc<dyn AlertSink>,
     ) -> Duty {
         let ring = Ring::new(agent.covered_since_ms.load(Ordering::SeqCst));
-        Duty { agent, peer, control, ring, peer_queue, cautious, roots, drain: None, alerts }
+        Duty { agent, peer, control, ring, peer_queue, cautious, roots, drain: None, alerts, recover: None }
     }
 
     /// Does a change go into remote `idx`'s queue? Not into the peer's while standby (it goes into
@@ -89,9 +92,31 @@ impl Duty {
         self.agent.covered_since_ms.store(self.ring.covered_since_ms(), Ordering::SeqCst);
     }
 
-    /// At start: a standby whose journal to the peer still holds changes (it was demoted, or its
-    /// record changed, while it was down) quarantines them now.
+    /// At start, after an unclean stop while active: every path changed since `since_ms` is
+    /// journaled for the peer (see `unclean`).
+    pub fn recover_since(&mut self, since_ms: u64, filter: Filter) {
+        self.recover = Some((since_ms, filter));
+    }
+
+    /// At start: what an unclean stop left unjournaled goes into the journal; a standby whose
+    /// journal to the peer still holds changes (it was demoted, or its record changed, while it
+    /// was down) quarantines them now.
     pub async fn start(&mut self) {
+        if let Some((since, filter)) = self.recover.take() {
+            let roots = self.roots.clone();
+            let found = tokio::task::spawn_blocking(move || super::unclean::changed_since(&roots, &filter, since))
+                .await
+                .unwrap_or_default();
+            if !found.is_empty() {
+                if let Err(e) = self.peer_queue.enqueue(&found).durable.wait().await {
+                    tracing::error!(error = %crate::chain::render_chain(&e), "journal write failed after the unclean stop");
+                }
+            }
+            tracing::warn!(
+                paths = found.len(),
+                "after the unclean stop: journaled every path changed since the window began"
+            );
+        }
         if !self.agent.is_active() && self.peer_queue.depth().0 > 0 {
             tracing::warn!("standby with changes queued for the peer: keeping them as orphans");
             self.demote(self.agent.record().epoch).await;

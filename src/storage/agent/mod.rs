@@ -20,6 +20,7 @@ pub mod duty;
 pub mod health;
 pub mod orphans;
 pub mod ring;
+pub mod unclean;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::remote::Queue;
 use crate::cluster::client::{CallError, Client};
 use crate::cluster::secret::{Secret, SecretError};
-use crate::cluster::{AgentReport, Record, RoleChange, Verdict};
+use crate::cluster::{AgentReport, PruneReport, PruneRequest, Record, RoleChange, Verdict};
 use crate::config::agent::StorageAgent;
 use crate::domain::Server;
 use crate::sys::fsutil;
@@ -92,6 +93,18 @@ pub struct Agent {
 /// The record file under the storage state directory.
 pub fn record_file(dir: &Path) -> PathBuf {
     dir.join("agent.json")
+}
+
+/// `EPOCH UNIX_MS`: when this agent adopted its record (its own clock).
+fn adopted_file(dir: &Path) -> PathBuf {
+    dir.join("adopted")
+}
+
+/// When this agent adopted epoch `epoch` (unix ms, its clock), if it recorded it.
+fn adopted_ms(dir: &Path, epoch: u64) -> Option<u64> {
+    let text = fsutil::read_capped_string(&adopted_file(dir), 128).ok()?;
+    let (e, ms) = text.trim().split_once(' ')?;
+    (e.parse::<u64>().ok()? == epoch).then(|| ms.parse().ok()).flatten()
 }
 
 impl Agent {
@@ -206,6 +219,11 @@ impl Agent {
         let path = record_file(&self.dir);
         fsutil::write_atomic(&path, &bytes)
             .map_err(|e| format!("cannot persist the record {}: {e}", path.display()))?;
+        // when (on this host's clock) this epoch began here: a late prune never reaches past it
+        let adopted = format!("{} {}", change.record.epoch, crate::cluster::now_ms());
+        if let Err(e) = fsutil::write_atomic(&adopted_file(&self.dir), adopted.as_bytes()) {
+            tracing::warn!(error = %e, "cannot persist when the record was adopted");
+        }
         tracing::warn!(
             epoch = change.record.epoch,
             active = change.record.active.name(),
@@ -346,6 +364,69 @@ impl Agent {
     /// This agent's server.
     pub fn server(&self) -> Server {
         self.cfg.server
+    }
+
+    /// The peer's API.
+    pub fn peer(&self) -> &Client {
+        &self.peer
+    }
+
+    /// Deletes what the peer deleted or renamed away in changes it never journaled (its unclean
+    /// stop, see `unclean`): only paths unchanged here since its window began, and, when a switch
+    /// came between (the prune is one epoch late), since that switch began too; never this
+    /// agent's orphans. Refused when the peer claims a newer epoch (it must tell its record
+    /// first), a second truth at this epoch, or an epoch older than the previous one.
+    pub async fn prune(&self, req: &PruneRequest) -> Result<PruneReport, String> {
+        let held = self.record();
+        let now = crate::cluster::now_ms();
+        let mut cutoff = now.saturating_sub(req.unchanged_for_ms).saturating_sub(unclean::SLACK_MS);
+        if req.from == self.cfg.server {
+            return Err("refused: a prune from this agent's own server".into());
+        }
+        if req.epoch == held.epoch {
+            if held.active != req.from {
+                return Err(format!(
+                    "refused: prune from {} as active at epoch {}, where {} is active",
+                    req.from.name(),
+                    req.epoch,
+                    held.active.name()
+                ));
+            }
+        } else if req.epoch + 1 == held.epoch {
+            // clients may have written here since the switch: nothing from then on goes
+            let switched = held.since_ms.saturating_sub(CLOCK_MARGIN_MS);
+            let adopted = adopted_ms(&self.dir, held.epoch).map_or(switched, |a| a.saturating_sub(unclean::SLACK_MS));
+            cutoff = cutoff.min(switched).min(adopted);
+        } else {
+            return Err(format!(
+                "refused: prune at epoch {}, while this agent holds epoch {} (too old, or tell the record first)",
+                req.epoch, held.epoch
+            ));
+        }
+        let root = self.roots.get(req.tree as usize).cloned().ok_or_else(|| format!("no tree {}", req.tree))?;
+        let paths: Vec<Vec<u8>> = req
+            .paths
+            .iter()
+            .map(|p| crate::cluster::unhex(p).ok_or_else(|| format!("not a hex path: {p:.80}")))
+            .collect::<Result<_, _>>()?;
+        let mut own = std::collections::HashSet::new();
+        if let Ok(Some(o)) = orphans::load(&self.dir) {
+            for x in o.list.into_iter().filter(|x| x.tree == req.tree) {
+                own.extend(x.copy.map(|(c, _, _)| c));
+                own.insert(x.path);
+            }
+        }
+        let from = req.from;
+        let done = tokio::task::spawn_blocking(move || unclean::prune(&root, &paths, cutoff, &|p| own.contains(p)))
+            .await
+            .map_err(|e| format!("the prune failed: {e}"))?;
+        tracing::warn!(
+            from = from.name(),
+            deleted = done.deleted,
+            kept = done.kept,
+            "pruned what the peer deleted without journaling it (its unclean stop)"
+        );
+        Ok(done)
     }
 }
 
