@@ -480,7 +480,10 @@ fn an_unclean_stop_of_the_active_agent_loses_no_delete_rename_or_create() {
 fn older_than_the_window(path: &Path) {
     use std::os::unix::fs::MetadataExt;
     wait_until("the copy to be older than a second", Duration::from_secs(10), || {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        fs::metadata(path).is_ok_and(|m| now - (m.ctime() as f64 + m.ctime_nsec() as f64 / 1e9) > 1.0)
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        fs::metadata(path).is_ok_and(|m| {
+            let changed = Duration::new(u64::try_from(m.ctime()).unwrap(), u32::try_from(m.ctime_nsec()).unwrap());
+            now.saturating_sub(changed) > Duration::from_secs(1)
+        })
     });
 }

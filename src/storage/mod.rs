@@ -160,31 +160,11 @@ impl Replicator {
         let lock = crate::sys::lockfile::LockFile::acquire(&dir.join("lock"))?;
         let (marker, previous) = mark_running(&dir)?;
         let clean = previous.is_none();
-        let previous_start_ms = previous.unwrap_or(0);
         let mut queues = Vec::new();
         for r in &cfg.remotes {
             queues.push(Arc::new(Queue::open(&dir, &r.name, cfg.max_pending)?));
         }
-        let agent = match &cfg.agent {
-            Some(a) => {
-                let peer = cfg.remotes.iter().position(|r| r.name == a.peer).unwrap_or(0);
-                let (agent, control) = agent::Agent::open(
-                    a,
-                    &dir,
-                    Arc::clone(&queues[peer]),
-                    cfg.trees.iter().map(|t| t.path.clone()).collect(),
-                )?;
-                Some((agent, peer, control))
-            }
-            None => None,
-        };
-        let recover = match &agent {
-            Some((a, _, _)) if !clean && a.is_active() => Some(
-                agent::unclean::begin(a, previous_start_ms)
-                    .map_err(|source| Error::StateDir { path: dir.clone(), source })?,
-            ),
-            _ => None,
-        };
+        let (agent, recover) = open_agent(&cfg, &dir, &queues, previous)?;
         // Watches go in before the start-up full sync, so nothing changed in between is missed.
         let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
         // A node whose remotes all take full syncs only (a backup) needs no watches at all.
@@ -656,6 +636,30 @@ fn initial_status(cfg: &StorageConfig, roots: &[PathBuf], dirs: u64) -> StorageS
             })
             .collect(),
     }
+}
+
+/// The storage agent, when configured: it, its peer's index among the remotes, its control channel;
+/// and, after an unclean stop while it was active (`previous`: when the stopped run began), where
+/// the window of unjournaled changes begins (see `agent::unclean`).
+#[allow(clippy::type_complexity)]
+fn open_agent(
+    cfg: &StorageConfig,
+    dir: &Path,
+    queues: &[Arc<Queue>],
+    previous: Option<u64>,
+) -> Result<(Option<(Arc<agent::Agent>, usize, mpsc::Receiver<agent::Control>)>, Option<u64>), Error> {
+    let Some(a) = &cfg.agent else { return Ok((None, None)) };
+    let peer = cfg.remotes.iter().position(|r| r.name == a.peer).unwrap_or(0);
+    let roots = cfg.trees.iter().map(|t| t.path.clone()).collect();
+    let (agent, control) = agent::Agent::open(a, dir, Arc::clone(&queues[peer]), roots)?;
+    let recover = match previous {
+        Some(started) if agent.is_active() => Some(
+            agent::unclean::begin(&agent, started)
+                .map_err(|source| Error::StateDir { path: dir.to_owned(), source })?,
+        ),
+        _ => None,
+    };
+    Ok((Some((agent, peer, control)), recover))
 }
 
 /// Writes the run marker `<dir>/running` (removed at a clean stop); returns its path and, when the
