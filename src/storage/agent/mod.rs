@@ -95,16 +95,20 @@ pub fn record_file(dir: &Path) -> PathBuf {
     dir.join("agent.json")
 }
 
-/// `EPOCH UNIX_MS`: when this agent adopted its record (its own clock).
+/// `EPOCH UNIX_MS PROMPT`: when this agent adopted its record (its own clock), and whether before
+/// any web node moved its clients (a `prompt` promotion).
 fn adopted_file(dir: &Path) -> PathBuf {
     dir.join("adopted")
 }
 
-/// When this agent adopted epoch `epoch` (unix ms, its clock), if it recorded it.
-fn adopted_ms(dir: &Path, epoch: u64) -> Option<u64> {
+/// When this agent adopted epoch `epoch` (unix ms, its clock) and whether promptly, if it recorded it.
+fn adopted(dir: &Path, epoch: u64) -> Option<(u64, bool)> {
     let text = fsutil::read_capped_string(&adopted_file(dir), 128).ok()?;
-    let (e, ms) = text.trim().split_once(' ')?;
-    (e.parse::<u64>().ok()? == epoch).then(|| ms.parse().ok()).flatten()
+    let mut f = text.split_whitespace();
+    if f.next()?.parse::<u64>().ok()? != epoch {
+        return None;
+    }
+    Some((f.next()?.parse().ok()?, f.next() == Some("1")))
 }
 
 impl Agent {
@@ -220,7 +224,7 @@ impl Agent {
         fsutil::write_atomic(&path, &bytes)
             .map_err(|e| format!("cannot persist the record {}: {e}", path.display()))?;
         // when (on this host's clock) this epoch began here: a late prune never reaches past it
-        let adopted = format!("{} {}", change.record.epoch, crate::cluster::now_ms());
+        let adopted = format!("{} {} {}", change.record.epoch, crate::cluster::now_ms(), u8::from(change.prompt));
         if let Err(e) = fsutil::write_atomic(&adopted_file(&self.dir), adopted.as_bytes()) {
             tracing::warn!(error = %e, "cannot persist when the record was adopted");
         }
@@ -393,10 +397,15 @@ impl Agent {
                 ));
             }
         } else if req.epoch + 1 == held.epoch {
-            // clients may have written here since the switch: nothing from then on goes
+            // Clients may have written here since the switch: nothing from then on goes. A prompt
+            // promotion came before any web node moved (this host's clock); otherwise the
+            // decider's switch time counts too (its clock: the margin).
             let switched = held.since_ms.saturating_sub(CLOCK_MARGIN_MS);
-            let adopted = adopted_ms(&self.dir, held.epoch).map_or(switched, |a| a.saturating_sub(unclean::SLACK_MS));
-            cutoff = cutoff.min(switched).min(adopted);
+            cutoff = match adopted(&self.dir, held.epoch) {
+                Some((at, true)) => cutoff.min(at.saturating_sub(unclean::SLACK_MS)),
+                Some((at, false)) => cutoff.min(at).min(switched),
+                None => cutoff.min(switched),
+            };
         } else {
             return Err(format!(
                 "refused: prune at epoch {}, while this agent holds epoch {} (too old, or tell the record first)",

@@ -18,7 +18,7 @@
 //! not a time), so clock skew between the storage hosts does not matter.
 //!
 //! Not covered (a delete comes back; nothing is lost): a path the peer received within the window
-//! (it begins up to about 0.7 s before the first unjournaled event), or changed since the last switch when the prune arrives one epoch late (see
+//! (it begins up to about 0.25 s before the first unjournaled event), or changed since the last switch when the prune arrives one epoch late (see
 //! [`Agent::prune`](super::Agent::prune)).
 
 use std::ffi::OsString;
@@ -42,11 +42,11 @@ use crate::sys::fsutil;
 
 /// Events reach the batcher within this long of happening while the event channel is empty (the
 /// watermark does not move while it is not): inotify's read, the journal's writer.
-pub const MARGIN_MS: u64 = 250;
-/// How often the watermark is persisted.
-pub const WATERMARK_EVERY: Duration = Duration::from_millis(250);
+pub const MARGIN_MS: u64 = 100;
+/// How often the watermark is persisted (a small file, not fsync'd).
+pub const WATERMARK_EVERY: Duration = Duration::from_millis(100);
 /// The peer widens the window by this much (the request's transit time).
-pub const SLACK_MS: u64 = 200;
+pub const SLACK_MS: u64 = 50;
 /// A prune request's paths, at most this many bytes of hex.
 const PRUNE_CHUNK_BYTES: usize = 512 * 1024;
 /// How long a failed prune waits before it tries again.
@@ -104,7 +104,7 @@ pub fn window_start(dir: &Path, previous_start_ms: u64) -> u64 {
 /// when the stopped run began), persisted as owed before anything else happens.
 pub fn begin(agent: &Agent, previous_start_ms: u64) -> std::io::Result<u64> {
     let dir = agent.dir();
-    let since = window_start(dir, previous_start_ms).saturating_sub(MARGIN_MS);
+    let since = window_start(dir, previous_start_ms);
     let epoch = load_owed(dir).map_or(agent.record().epoch, |o| o.epoch.min(agent.record().epoch));
     store_owed(dir, Some(&Owed { since_ms: since, epoch }))?;
     tracing::warn!(
