@@ -22,6 +22,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
 fn up(name: &str) -> Lab {
     Lab::up_with(name, WebKind::from_env_or(WebKind::Sshfs))
 }
+/// The web node's mount options: what a user runs on the kernel client (hard: a soft mount's
+/// timeouts turn a slow server's reads into EIO), and the stand-in's (it ignores them).
+fn mount_options(lab: &Lab) -> &'static str {
+    match lab.web_kind() {
+        WebKind::Uml => "vers=3,hard,timeo=50,retrans=2",
+        WebKind::Sshfs => "vers=3,soft,timeo=10",
+    }
+}
 const INTERVAL_S: u64 = 1;
 const FALL: u64 = 3;
 /// `fall_certain` (the product's default): checks refused by the server's host in a row that make it DOWN.
@@ -43,7 +51,7 @@ impl Node {
 [web]
 mount_point = "{mp}"
 fstype = "nfs"
-options = "vers=3,soft,timeo=10"
+options = "{options}"
 interval = "{INTERVAL_S}s"
 fall = {FALL}
 rise = 3
@@ -71,6 +79,7 @@ io_timeout = "10s"
 "#,
             state = dir.path().join("state").display(),
             mp = Lab::WEB_MOUNT,
+            options = mount_options(lab),
             p = lab.ip(Host::Primary),
             b = lab.ip(Host::Backup),
             export = Lab::EXPORT,

@@ -339,17 +339,19 @@ impl Replicator {
         result
     }
 
-    /// Persists the time before which every event of the export is journaled.
-    fn store_watermark(&self, batcher: &Batcher) {
-        let Some(d) = &self.duty else { return };
-        if !self.rx.is_empty() {
-            return; // events not yet batched: the last watermark stands
+    /// Persists the time before which every event of the export is journaled (it stays while the
+    /// event channel holds events not yet batched), with the time it was written (a sign of life).
+    fn store_watermark(&mut self, batcher: &Batcher) {
+        let empty = self.rx.is_empty();
+        let Some(d) = &mut self.duty else { return };
+        let now = crate::cluster::now_ms();
+        if empty {
+            let waiting = batcher.oldest().map_or(Duration::ZERO, |o| Instant::now().saturating_duration_since(o));
+            d.watermark_ms = now
+                .saturating_sub(u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX))
+                .saturating_sub(agent::unclean::MARGIN_MS);
         }
-        let waiting = batcher.oldest().map_or(Duration::ZERO, |o| Instant::now().saturating_duration_since(o));
-        let ms = crate::cluster::now_ms()
-            .saturating_sub(u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX))
-            .saturating_sub(agent::unclean::MARGIN_MS);
-        if let Err(e) = agent::unclean::store_watermark(d.agent.dir(), ms) {
+        if let Err(e) = agent::unclean::store_watermark(d.agent.dir(), d.watermark_ms, now) {
             tracing::warn!(error = %e, "cannot persist the watermark");
         }
     }

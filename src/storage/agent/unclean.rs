@@ -7,19 +7,24 @@
 //!    (cautiously). Demoted meanwhile: they become orphans like any unpushed change, so a create
 //!    made just before the crash is kept, never overwritten nor deleted.
 //! 2. **Deleted and renamed-away paths**: a dry run `rsync --delete` to the peer lists what the
-//!    peer holds and this server does not; the peer deletes those it has not changed since the
-//!    window began (`POST /v1/prune`, [`prune`]), and never its own unreplicated work (orphans,
-//!    conflict copies). Owed until done ([`Owed`], persisted): retried, across restarts too.
+//!    peer holds and this server does not; the peer deletes those it has not changed since this
+//!    agent's last sign of life (`POST /v1/prune`, [`prune`]): every push of this agent completed
+//!    before it, so a copy older than that came from this server, which no longer has the path.
+//!    Never the peer's own unreplicated work (orphans, conflict copies). Owed until done
+//!    ([`Owed`], persisted): retried, across restarts too.
 //!
-//! The window begins at the **watermark**: every [`WATERMARK_EVERY`] the replicator loop persists a
-//! time before which every event has been journaled (the oldest event still waiting in the batcher,
-//! or now, minus [`MARGIN_MS`]; not moved while the event channel holds events). Without one: the start of
-//! the previous run. The peer applies the window on its own clock (the request carries its length,
-//! not a time), so clock skew between the storage hosts does not matter.
+//! Every [`WATERMARK_EVERY`] the replicator loop persists the **watermark**, a time before which
+//! every event has been journaled (the oldest event still waiting in the batcher, or now, minus
+//! [`MARGIN_MS`]; not moved while the event channel holds events), with the time it was written
+//! (the sign of life). Without one: the start of the previous run, for both. The peer applies
+//! the prune's cut-off on its own clock (the request carries an age, not a time), so clock skew
+//! between the storage hosts does not matter.
 //!
-//! Not covered (a delete comes back; nothing is lost): a path the peer received within the window
-//! (it begins up to about 0.25 s before the first unjournaled event), or changed since the last switch when the prune arrives one epoch late (see
-//! [`Agent::prune`](super::Agent::prune)).
+//! Not covered: a web node that moved its clients to the peer while the peer's agent did not know
+//! yet (serving beats waiting), and a prune that reaches the peer before it learns the new epoch:
+//! paths those clients wrote before this agent's last sign of life would go. When the prune
+//! arrives one epoch late, nothing written there since the switch goes (see
+//! [`Agent::prune`](super::Agent::prune)); older, it is refused and such deletes come back.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -44,7 +49,8 @@ use crate::sys::fsutil;
 /// watermark does not move while it is not): inotify's read, the journal's writer.
 pub const MARGIN_MS: u64 = 100;
 /// How often the watermark is persisted (a small file, not fsync'd).
-pub const WATERMARK_EVERY: Duration = Duration::from_millis(100);
+pub const WATERMARK_EVERY: Duration = Duration::from_millis(WATERMARK_EVERY_MS);
+const WATERMARK_EVERY_MS: u64 = 100;
 /// The peer widens the window by this much (the request's transit time).
 pub const SLACK_MS: u64 = 50;
 /// A prune request's paths, at most this many bytes of hex.
@@ -52,11 +58,12 @@ const PRUNE_CHUNK_BYTES: usize = 512 * 1024;
 /// How long a failed prune waits before it tries again.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// The deletions this agent owes its peer: its changes since `since_ms` were never journaled, and
-/// it was active at `epoch`.
+/// The deletions this agent owes its peer: its changes since `since_ms` were never journaled, its
+/// last sign of life was at `alive_ms`, and it was active at `epoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owed {
     pub since_ms: u64,
+    pub alive_ms: u64,
     pub epoch: u64,
 }
 
@@ -68,14 +75,17 @@ fn owed_file(dir: &Path) -> PathBuf {
     dir.join("unclean.json")
 }
 
-/// Persists the watermark (not fsync'd: it must survive a killed process, and a power cut that
-/// loses it only makes the next window longer).
-pub fn store_watermark(dir: &Path, ms: u64) -> std::io::Result<()> {
-    fsutil::write_atomic_nosync(&watermark_file(dir), ms.to_string().as_bytes())
+/// Persists the watermark `ms` and the sign of life `now_ms` (not fsync'd: it must survive a
+/// killed process; a power cut that loses it only makes the next window longer).
+pub fn store_watermark(dir: &Path, ms: u64, now_ms: u64) -> std::io::Result<()> {
+    fsutil::write_atomic_nosync(&watermark_file(dir), format!("{ms} {now_ms}").as_bytes())
 }
 
-pub fn load_watermark(dir: &Path) -> Option<u64> {
-    fsutil::read_capped_string(&watermark_file(dir), 64).ok()?.trim().parse().ok()
+/// The persisted watermark and sign of life.
+pub fn load_watermark(dir: &Path) -> Option<(u64, u64)> {
+    let text = fsutil::read_capped_string(&watermark_file(dir), 64).ok()?;
+    let (w, alive) = text.trim().split_once(' ')?;
+    Some((w.parse().ok()?, alive.parse().ok()?))
 }
 
 pub fn load_owed(dir: &Path) -> Option<Owed> {
@@ -93,27 +103,32 @@ pub fn store_owed(dir: &Path, o: Option<&Owed>) -> std::io::Result<()> {
     }
 }
 
-/// Where the window of an unclean stop begins: the persisted watermark, else the previous run's
-/// start (`previous_start_ms`), the older one of that and a window still owed.
-pub fn window_start(dir: &Path, previous_start_ms: u64) -> u64 {
-    let w = load_watermark(dir).unwrap_or(previous_start_ms);
-    load_owed(dir).map_or(w, |o| o.since_ms.min(w))
+/// What an unclean stop owes: the window from the persisted watermark (else the previous run's
+/// start, `previous_start_ms`) and its sign of life, merged with a debt still owed (the older
+/// window, the later sign of life).
+pub fn owed_after(dir: &Path, previous_start_ms: u64, epoch: u64) -> Owed {
+    let (since_ms, alive_ms) = load_watermark(dir).unwrap_or((previous_start_ms, previous_start_ms));
+    let now = Owed { since_ms, alive_ms, epoch };
+    load_owed(dir).map_or(now, |o| Owed {
+        since_ms: o.since_ms.min(since_ms),
+        alive_ms: o.alive_ms.max(alive_ms),
+        epoch: o.epoch.min(epoch),
+    })
 }
 
-/// At the start after an unclean stop of the active `agent`: the window's start (`previous_start_ms`:
-/// when the stopped run began), persisted as owed before anything else happens.
+/// At the start after an unclean stop of the active `agent` (`previous_start_ms`: when the stopped
+/// run began): what it owes, persisted before anything else happens; returns the window's start.
 pub fn begin(agent: &Agent, previous_start_ms: u64) -> std::io::Result<u64> {
-    let dir = agent.dir();
-    let since = window_start(dir, previous_start_ms);
-    let epoch = load_owed(dir).map_or(agent.record().epoch, |o| o.epoch.min(agent.record().epoch));
-    store_owed(dir, Some(&Owed { since_ms: since, epoch }))?;
+    let owed = owed_after(agent.dir(), previous_start_ms, agent.record().epoch);
+    store_owed(agent.dir(), Some(&owed))?;
     tracing::warn!(
-        since_ms = since,
-        epoch,
+        since_ms = owed.since_ms,
+        alive_ms = owed.alive_ms,
+        epoch = owed.epoch,
         "the active agent stopped uncleanly: what changed since its last journaled event is journaled now, and what it \
          deleted is pruned on the peer"
     );
-    Ok(since)
+    Ok(owed.since_ms)
 }
 
 fn ctime_ms(m: &std::fs::Metadata) -> u64 {
@@ -307,7 +322,8 @@ async fn prune_peer(cfg: &StorageConfig, peer: usize, agent: &Agent, owed: Owed)
                     epoch: owed.epoch,
                     from: agent.server(),
                     tree: u32::try_from(i).unwrap_or(u32::MAX),
-                    unchanged_for_ms: crate::cluster::now_ms().saturating_sub(owed.since_ms),
+                    // its pushes all ended before it died, within one watermark period of its last sign
+                    unchanged_for_ms: crate::cluster::now_ms().saturating_sub(owed.alive_ms + WATERMARK_EVERY_MS),
                     paths: std::mem::take(&mut chunk),
                 };
                 bytes = 0;
@@ -423,15 +439,17 @@ mod tests {
     }
 
     #[test]
-    fn the_window_starts_at_the_watermark_or_the_previous_start_and_keeps_what_is_owed() {
+    fn the_debt_starts_at_the_watermark_or_the_previous_start_and_keeps_what_is_owed() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(window_start(d.path(), 500), 500);
-        store_watermark(d.path(), 900).unwrap();
-        assert_eq!(window_start(d.path(), 500), 900);
-        store_owed(d.path(), Some(&Owed { since_ms: 700, epoch: 2 })).unwrap();
-        assert_eq!(window_start(d.path(), 500), 700);
-        assert_eq!(load_owed(d.path()), Some(Owed { since_ms: 700, epoch: 2 }));
+        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 500, alive_ms: 500, epoch: 3 });
+        store_watermark(d.path(), 900, 950).unwrap();
+        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 900, alive_ms: 950, epoch: 3 });
+        store_owed(d.path(), Some(&Owed { since_ms: 700, alive_ms: 720, epoch: 2 })).unwrap();
+        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 700, alive_ms: 950, epoch: 2 });
+        assert_eq!(load_owed(d.path()), Some(Owed { since_ms: 700, alive_ms: 720, epoch: 2 }));
         store_owed(d.path(), None).unwrap();
         assert_eq!(load_owed(d.path()), None);
+        std::fs::write(d.path().join("watermark"), "garbage").unwrap();
+        assert_eq!(owed_after(d.path(), 500, 3).since_ms, 500, "an unreadable watermark is no watermark");
     }
 }
