@@ -272,7 +272,8 @@ netns_id() { # "net:[inode]" of a lab namespace, empty if it does not exist
 netns_id_pids() {
     [[ -n $1 ]] || return 0
     # One find for all processes (a readlink per process is far too slow).
-    find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null |
+    # (processes that exit meanwhile make find fail: not an error)
+    { find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %h\n' 2>/dev/null || true; } |
         awk -v id="$1" '$1 == id { split($2, a, "/"); print a[3] }'
     return 0
 }

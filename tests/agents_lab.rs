@@ -474,4 +474,3 @@ fn an_unclean_stop_of_the_active_agent_loses_no_delete_rename_or_create() {
     c.web.kill9();
     let _ = lab.exec_timeout(Host::Web, &["umount", "-l", Lab::WEB_MOUNT], Duration::from_secs(5));
 }
-
