@@ -79,31 +79,43 @@ use std::fs;
 
 use cluster::Cluster;
 use extra_host::ExtraHost;
-use farm::{leader, record, start_farm, storage_and_etcd, switching, tails, wait_all, FarmNode, FALL, INTERVAL};
+use farm::{
+    leader, mails_from, record, start_farm, storage_and_etcd, subjects, switching, tails, wait_all, FarmNode, FALL,
+    INTERVAL,
+};
 use lab::{wait_until, Fault};
 const W3_LOST: &str = "not mailed): w3 lost etcd: keeping the current mount";
-const ISOLATED: &str = "alert (no [alert] section, not mailed): primary unreachable from this node only";
+const ISOLATED: &str = "primary unreachable from this node only";
+/// What a node's failover mail says (its subject, or a digest's).
+const FAILOVER: [&str; 2] = ["failing over to", "failover-started (digest)"];
+/// The failback notices a node's state machine raises while it waits for the farm's record
+/// (`primary-recovered`, `reverse-sync-started`, `reverse-sync-succeeded`): folded into the leader's
+/// one farm failback mail, never mailed by each node.
+const FOLDED: [&str; 4] = ["is up again", "reverse sync", "reverse-sync-", "primary-recovered"];
 
 /// The acceptance scenario of the farm, in order on one lab (each phase starts from the previous
-/// one's end): (a) one web node cut off from the primary only: no node switches, one alert names
-/// that node; (b) the primary's NFS service really down: all three nodes serve the backup within
-/// the failover bound, one decision record, at most one failover alert per node; (c) the primary
+/// one's end), every node mailing the lab's SMTP server: (a) one web node cut off from the primary
+/// only: no node switches, one mail names that node; (b) the primary's NFS service really down: all
+/// three nodes serve the backup within the failover bound, one decision record, at most one
+/// failover mail per node; (c) the primary
 /// back while the farm's leader cannot reach it: the leader resigns, another node leads the
 /// failback, the others move, the backup's agent stays active for the lagging node's writes until
 /// every node serves the primary, then the new leader drains once more and promotes the primary;
 /// one node drained, and every file written through any node (during the failover, and during the
-/// switch on either side) is on the primary.
+/// switch on either side) is on the primary; the failback is mailed once, by the leader that drained
+/// (no node mails its own "primary up again" and zero-file "reverse sync" notices).
 #[test]
 fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     let lab = Lab::up_with("fa2", WebKind::Sshfs);
     let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
     let (storage, etcd) = storage_and_etcd(&lab, dir.path());
     let (w2, w3) = (ExtraHost::new(&lab, "w2", 6), ExtraHost::new(&lab, "w3", 7));
-    let nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3], "");
+    let nodes = start_farm(&lab, dir.path(), &etcd, &storage, [&w2, &w3], &farm::alert_section(&lab));
+    let mails = |needles: &[&str]| -> Vec<usize> { nodes.iter().map(|n| mails_from(&lab, &n.name, needles)).collect() };
 
     // (a) w2 alone loses the primary
     w2.cut_from(&[lab.ip(Host::Primary)]);
-    wait_until("w2's alert", Duration::from_secs(30), || nodes[1].count(ISOLATED) == 1);
+    wait_until("w2's mail", Duration::from_secs(30), || mails(&[ISOLATED])[1] == 1);
     // an observation window twice the failover time: nobody switches
     let end = Instant::now() + INTERVAL * FALL * 2 + Duration::from_secs(2);
     while Instant::now() < end {
@@ -113,9 +125,12 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(record(&lab, &etcd).is_none(), "no decision was recorded: {:?}", record(&lab, &etcd));
-    let alerts: Vec<usize> = nodes.iter().map(|n| n.count(ISOLATED)).collect();
-    assert_eq!(alerts, [0, 1, 0], "one alert, naming w2\n{}", tails(&nodes));
-    assert!(nodes[1].log_text().contains("primary unreachable from this node only (w2)"));
+    assert_eq!(mails(&[ISOLATED]), [0, 1, 0], "one mail, from w2: {:?}", subjects(&lab));
+    assert!(
+        subjects(&lab).iter().any(|s| s.contains("primary unreachable from this node only (w2)")),
+        "the mail names w2: {:?}",
+        subjects(&lab)
+    );
     w2.heal_cut();
     wait_all("w2 sees the primary again", Duration::from_secs(30), &nodes, |n| {
         n.status("farm")["nodes"].as_array().is_some_and(|a| a.iter().all(|o| o["observation"]["primary"] == "up"))
@@ -133,14 +148,8 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     let (active, epoch, version) = record(&lab, &etcd).expect("a decision record");
     assert_eq!((active.as_str(), version), ("backup", 1), "one decision record");
     assert_eq!(Cluster::epoch(&lab, Host::Backup), Some(epoch), "the agents and the farm agree on the epoch");
-    for n in &nodes {
-        assert!(
-            n.count("not mailed): failing over to backup") <= 1,
-            "{}: more than one failover alert\n{}",
-            n.name,
-            n.log_text()
-        );
-    }
+    wait_until("every node's failover mail", Duration::from_secs(20), || mails(&FAILOVER).iter().all(|m| *m >= 1));
+    assert_eq!(mails(&FAILOVER), [1, 1, 1], "one failover mail per node: {:?}", subjects(&lab));
     for n in &nodes {
         n.place.sh(&format!("set -e; printf 'written through {0}' > {1}/from-{0}.txt; sync", n.name, Lab::WEB_MOUNT));
     }
@@ -198,6 +207,15 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     // (Usually one node does both; the lead may move once more after the cut-off leader resigned,
     // and the new leader does the second drain: seen once in the full suite, [1, 1, 0].)
     assert_eq!(drains[lag], 0, "the node cut off from the primary did not drain");
+    // one farm failback mail, from the node that drained first; no node's own failback notices
+    assert_eq!(mails(&FOLDED), [0, 0, 0], "folded into the farm's failback mail: {:?}", subjects(&lab));
+    const FAILBACK: [&str; 1] = ["the farm fails back"];
+    wait_until("the farm's failback mail", Duration::from_secs(20), || mails(&FAILBACK).iter().sum::<usize>() >= 1);
+    let failback = mails(&FAILBACK);
+    assert_eq!(failback.iter().sum::<usize>(), 1, "one farm failback mail: {:?}", subjects(&lab));
+    let by = failback.iter().position(|m| *m == 1).unwrap();
+    assert!(drains[by] > 0, "mailed by {}, which drained: {drains:?}", nodes[by].name);
+    assert_eq!(mails(&FAILOVER), [1, 1, 1], "still one failover mail per node: {:?}", subjects(&lab));
     let primary = lab.data_dir(Host::Primary);
     for n in &nodes {
         let p = primary.join(format!("from-{}.txt", n.name));

@@ -96,7 +96,7 @@ pub struct FarmNode<'a> {
 impl<'a> FarmNode<'a> {
     /// A node named `name` with its config and state under `dir`: a farm member when `etcd` is
     /// given (`[cluster]`), else a single node driving the agents alone; `extra` is appended to the
-    /// config (e.g. an `[alert]` section).
+    /// config (e.g. an `[alert]` section; `{node}` in it becomes `name`).
     pub fn new(
         lab: &Lab,
         dir: &Path,
@@ -136,6 +136,7 @@ secret_file = "{secret}"
 timeout = "1s"
 drain_timeout = "60s"
 {cluster}{extra}"#,
+            extra = extra.replace("{node}", name),
             state = state.display(),
             mp = Lab::WEB_MOUNT,
             interval = INTERVAL.as_secs(),
@@ -298,4 +299,50 @@ pub fn switching(lab: &Lab, etcd: &Etcd) -> bool {
         return false;
     };
     serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|r| r["switching"] == true)
+}
+
+/// The `[alert]` section that mails the lab's SMTP server (port 25, no TLS) with the node's name as
+/// its host name (`{node}` is replaced by [`FarmNode::new`]).
+pub fn alert_section(lab: &Lab) -> String {
+    format!(
+        "[alert]\nsmtp_host = \"{}\"\nsecurity = \"none\"\nfrom = \"nfs-guard <nfs-guard@lab.example>\"\n\
+         to = [\"ops@lab.example\"]\nhostname = \"{{node}}\"\nconnect_timeout = \"1s\"\ncommand_timeout = \"2s\"\n\
+         retry_max = \"2s\"\n",
+        lab.ip(Host::Mail)
+    )
+}
+
+/// The subjects of the mails the lab received, in arrival order (folded header lines joined).
+pub fn subjects(lab: &Lab) -> Vec<String> {
+    lab.mails()
+        .iter()
+        .filter_map(|raw| {
+            let raw = raw.replace("\r\n", "\n");
+            let head = raw.split_once("\n\n").map_or(raw.as_str(), |(h, _)| h).to_owned();
+            let mut subject: Option<String> = None;
+            let mut in_subject = false;
+            for line in head.lines() {
+                if in_subject && line.starts_with([' ', '\t']) {
+                    if let Some(s) = subject.as_mut() {
+                        s.push(' ');
+                        s.push_str(line.trim());
+                    }
+                    continue;
+                }
+                in_subject = false;
+                if let Some(v) = line.strip_prefix("Subject:") {
+                    subject = Some(v.trim().to_owned());
+                    in_subject = true;
+                }
+            }
+            subject
+        })
+        .collect()
+}
+
+/// How many mails node `node` sent whose subject contains any of `needles` (a digest's subject
+/// names its kind and its latest title).
+pub fn mails_from(lab: &Lab, node: &str, needles: &[&str]) -> usize {
+    let from = format!("[nfs-guard] {node} web: ");
+    subjects(lab).iter().filter(|s| s.starts_with(&from) && needles.iter().any(|n| s.contains(n))).count()
 }
