@@ -315,6 +315,9 @@ impl Node {
                     switching = record.switching,
                     "farm: decision recorded"
                 );
+                if record.switching {
+                    self.alerts.emit(failback_alert(&record));
+                }
                 self.view.send_modify(|v| v.record = Some(record));
             }
             Ok(false) => tracing::warn!(node = %me, "farm: the record changed or leadership was lost: re-read"),
@@ -370,5 +373,36 @@ impl Node {
             crate::status::write(&self.state_dir, "farm", &doc);
             self.last_status = bytes;
         }
+    }
+}
+
+/// The farm's one failback mail, sent by the leader that drained the backup and flipped the record
+/// (the nodes' own "primary up again" and "reverse sync" notices are folded into it:
+/// `web::follow::FOLDED`).
+fn failback_alert(record: &FarmRecord) -> AlertEvent {
+    AlertEvent::new(
+        AlertKind::PrimaryRecovered,
+        Role::Web,
+        format!("the farm fails back to the primary (epoch {}, led by {})", record.epoch, record.by),
+        "a majority of the live web nodes see the primary up: the backup's journal is drained to it".to_owned(),
+    )
+    .detail("epoch", record.epoch)
+    .detail("leader", &record.by)
+    .next_steps(
+        "None: every web node moves to the primary now; once all serve it, the leader drains the backup once more \
+         and the primary's agent takes over. Each node mails when it has failed back.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_farm_failback_mail_names_the_epoch_and_the_leader() {
+        let r = FarmRecord { active: Server::Primary, epoch: 7, since_ms: 1, by: "w2".into(), switching: true };
+        let e = failback_alert(&r);
+        assert_eq!(e.kind, AlertKind::PrimaryRecovered);
+        assert_eq!(e.title, "the farm fails back to the primary (epoch 7, led by w2)");
     }
 }
