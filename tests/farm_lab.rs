@@ -202,47 +202,8 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
     assert_eq!((active.as_str(), version), ("primary", 3), "failover, failback, settled");
     assert!(epoch2 > epoch);
     assert_eq!(Cluster::epoch(&lab, Host::Primary), Some(epoch2), "the primary's agent took the settled epoch");
-    let drains: Vec<usize> = nodes.iter().map(|n| n.count("backup's journal to the primary drained")).collect();
-    assert_eq!(drains.iter().sum::<usize>(), 2, "the leader alone drains, before and after the switch: {drains:?}");
-    assert_eq!(drains[lag], 0, "the node cut off from the primary did not drain");
-    // Usually one node does both. Seen once in the full suite: [1, 1, 0]. The lead can move between
-    // the two drains only if the first drainer gave it up or lost it: its settle step failed (an
-    // agent call's 1 s deadline missed on busy cores: it resigns, the next leader drains), or its
-    // record write failed after etcd applied it (its lease lapses; the next leader finds the
-    // record flipped and settles). Either is logged; a split without one of these is a bug.
-    if drains.iter().filter(|d| **d > 0).count() > 1 {
-        let gave_up = ["farm: failback not settled", "farm: decision not recorded", "farm: etcd round failed"];
-        assert!(
-            nodes.iter().zip(&drains).any(|(n, d)| *d > 0 && gave_up.iter().any(|g| n.log_text().contains(g))),
-            "the drains split {drains:?} with no drainer giving up the lead\n{}",
-            tails(&nodes)
-        );
-        eprintln!("the drains split {drains:?}: the first drainer gave up the lead (see its log)");
-    }
-    // one farm failback mail, from the node that drained first; no node's own failback notices
-    assert_eq!(mails(&FOLDED), [0, 0, 0], "folded into the farm's failback mail: {:?}", subjects(&lab));
-    const FAILBACK: [&str; 1] = ["the farm fails back"];
-    // (a leader whose record write failed although etcd applied it does not mail: see above)
-    let unrecorded = nodes.iter().any(|n| n.log_text().contains("farm: decision not recorded"));
-    if !unrecorded {
-        wait_until("the farm's failback mail", Duration::from_secs(20), || mails(&FAILBACK).iter().sum::<usize>() >= 1);
-    }
-    let failback = mails(&FAILBACK);
-    let sent = failback.iter().sum::<usize>();
-    assert!(sent == 1 || (unrecorded && sent == 0), "one farm failback mail: {:?}", subjects(&lab));
-    if let Some(by) = failback.iter().position(|m| *m == 1) {
-        assert!(drains[by] > 0, "mailed by {}, which drained: {drains:?}", nodes[by].name);
-    }
-    for n in &nodes {
-        assert_eq!(
-            mails_from(&lab, &n.name, &["failed back to"]),
-            1,
-            "{} mails its own failback: {:?}",
-            n.name,
-            subjects(&lab)
-        );
-    }
-    assert_eq!(mails(&FAILOVER), [1, 1, 1], "still one failover mail per node: {:?}", subjects(&lab));
+    let drains = one_leader_drains(&nodes, lag);
+    failback_mailed_once(&lab, &nodes, &drains);
     let primary = lab.data_dir(Host::Primary);
     for n in &nodes {
         let p = primary.join(format!("from-{}.txt", n.name));
@@ -256,6 +217,63 @@ fn farm_agrees_isolated_node_stays_failover_and_failback_once() {
         fs::read_to_string(lab.data_dir(Host::Backup).join("early.txt")).is_ok_and(|t| t == "moved during the switch")
     });
     drop(nodes);
+}
+
+/// The failback's drains of the backup, per node: two in all (before and after the nodes move),
+/// none by the node cut off from the primary (`lag`).
+fn one_leader_drains(nodes: &[FarmNode], lag: usize) -> Vec<usize> {
+    let drains: Vec<usize> = nodes.iter().map(|n| n.count("backup's journal to the primary drained")).collect();
+    assert_eq!(drains.iter().sum::<usize>(), 2, "the leader alone drains, before and after the switch: {drains:?}");
+    assert_eq!(drains[lag], 0, "the node cut off from the primary did not drain");
+    // Usually one node does both. Seen once in the full suite: [1, 1, 0]. The lead can move between
+    // the two drains only if the first drainer gave it up or lost it: its settle step failed (an
+    // agent call's 1 s deadline missed on busy cores: it resigns, the next leader drains), or its
+    // record write failed after etcd applied it (its lease lapses; the next leader finds the
+    // record flipped and settles). Either is logged; a split without one of these is a bug.
+    if drains.iter().filter(|d| **d > 0).count() > 1 {
+        let gave_up = ["farm: failback not settled", "farm: decision not recorded", "farm: etcd round failed"];
+        assert!(
+            nodes.iter().zip(&drains).any(|(n, d)| *d > 0 && gave_up.iter().any(|g| n.log_text().contains(g))),
+            "the drains split {drains:?} with no drainer giving up the lead\n{}",
+            tails(nodes)
+        );
+        eprintln!("the drains split {drains:?}: the first drainer gave up the lead (see its log)");
+    }
+    drains
+}
+
+/// What the failback mailed: one farm failback mail from a node that drained (the farm's), no
+/// node's own "primary up again" / "reverse sync" notices (folded into it), each node's own
+/// failback, and still one failover mail per node.
+fn failback_mailed_once(lab: &Lab, nodes: &[FarmNode], drains: &[usize]) {
+    const FAILBACK: [&str; 1] = ["the farm fails back"];
+    let mails = |needles: &[&str]| -> Vec<usize> { nodes.iter().map(|n| mails_from(lab, &n.name, needles)).collect() };
+    // one farm failback mail, from the node that drained first; no node's own failback notices
+    assert_eq!(mails(&FOLDED), [0, 0, 0], "folded into the farm's failback mail: {:?}", subjects(lab));
+    // (a leader whose record write failed although etcd applied it does not mail: see above)
+    let unrecorded = nodes.iter().any(|n| n.log_text().contains("farm: decision not recorded"));
+    if !unrecorded {
+        wait_until("the farm's failback mail", Duration::from_secs(20), || mails(&FAILBACK).iter().sum::<usize>() >= 1);
+    }
+    let failback = mails(&FAILBACK);
+    let sent = failback.iter().sum::<usize>();
+    assert!(sent == 1 || (unrecorded && sent == 0), "one farm failback mail: {:?}", subjects(lab));
+    if let Some(by) = failback.iter().position(|m| *m == 1) {
+        assert!(drains[by] > 0, "mailed by {}, which drained: {drains:?}", nodes[by].name);
+    }
+    wait_until("every node's failback mail", Duration::from_secs(20), || {
+        mails(&["failed back to"]).iter().all(|m| *m >= 1)
+    });
+    for n in nodes {
+        assert_eq!(
+            mails_from(lab, &n.name, &["failed back to"]),
+            1,
+            "{} mails its own failback: {:?}",
+            n.name,
+            subjects(lab)
+        );
+    }
+    assert_eq!(mails(&FAILOVER), [1, 1, 1], "still one failover mail per node: {:?}", subjects(lab));
 }
 
 /// A web node cut off from etcd (its client port only: the NFS servers on the same hosts stay
