@@ -136,14 +136,13 @@ impl Session {
             None => None,
         };
         let lease_kept = kept.is_some();
-        let (lease, mut keeper, mut stream) = match kept {
-            Some(k) => k,
-            None => {
-                let ttl = i64::try_from(cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX).max(2);
-                let lease = bounded("lease grant", client.lease_grant(ttl, None)).await?.id();
-                let (keeper, stream) = bounded("lease keep-alive", client.lease_keep_alive(lease)).await?;
-                (lease, keeper, stream)
-            }
+        let (lease, mut keeper, mut stream) = if let Some(k) = kept {
+            k
+        } else {
+            let ttl = i64::try_from(cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX).max(2);
+            let lease = bounded("lease grant", client.lease_grant(ttl, None)).await?.id();
+            let (keeper, stream) = bounded("lease keep-alive", client.lease_keep_alive(lease)).await?;
+            (lease, keeper, stream)
         };
         let (tx, alive) = watch::channel(true);
         let every = cfg.lease_ttl / 3;
