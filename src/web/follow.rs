@@ -141,7 +141,7 @@ mod tests {
 
     impl AlertSink for Recorder {
         fn emit(&self, event: AlertEvent) {
-            self.0.lock().unwrap().push(event.kind);
+            self.0.lock().expect("recorder lock").push(event.kind);
         }
     }
 
@@ -152,7 +152,7 @@ mod tests {
         for kind in AlertKind::ALL {
             sink.emit(AlertEvent::new(kind, Role::Web, "t", "r"));
         }
-        let passed = rec.0.lock().unwrap().clone();
+        let passed = rec.0.lock().expect("recorder lock").clone();
         let want: Vec<AlertKind> = AlertKind::ALL.into_iter().filter(|k| !FOLDED.contains(k)).collect();
         assert_eq!(passed, want);
         // the failures of a failback are still every node's to mail
