@@ -104,6 +104,7 @@ fn start(
         view: view_tx,
         state_dir: state_dir.to_owned(),
         session: None,
+        last_lease: None,
         endpoint,
         lost_since: None,
         lost_alerted: false,

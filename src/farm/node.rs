@@ -30,6 +30,9 @@ pub struct Node {
     pub view: watch::Sender<View>,
     pub state_dir: PathBuf,
     pub session: Option<Session>,
+    /// The lease of the last session dropped after a failure: the next session keeps it if etcd
+    /// still has it alive (see `Session::open`).
+    pub last_lease: Option<i64>,
     /// The endpoint the next session tries first (moves on after a failed round).
     pub endpoint: usize,
     /// Since when etcd has not answered a whole round (`None`: it answers).
@@ -91,8 +94,7 @@ impl Node {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, node = %self.cfg.name, "farm: etcd round failed");
-                    self.session = None;
-                    self.endpoint = self.endpoint.wrapping_add(1);
+                    self.drop_session(true);
                     self.unreached(&e);
                 }
             }
@@ -104,7 +106,8 @@ impl Node {
 
     async fn session(&mut self) -> Result<&mut Session, String> {
         if self.session.as_ref().is_some_and(|s| !s.alive()) {
-            self.session = None;
+            // (etcd stopped renewing its lease: it is most likely gone; the next open checks)
+            self.drop_session(false);
         }
         let n = self.cfg.endpoints.len();
         let mut errors = Vec::new();
@@ -114,10 +117,12 @@ impl Node {
             }
             let at = self.endpoint.wrapping_add(i) % n;
             let ep = self.cfg.endpoints[at].clone();
-            match Box::pin(Session::open(&self.cfg, &ep)).await {
+            match Box::pin(Session::open(&self.cfg, &ep, self.last_lease)).await {
                 Ok(s) => {
-                    tracing::info!(node = %self.cfg.name, endpoint = %ep, "farm: connected to etcd, lease granted");
+                    let lease = if s.lease_kept() { "lease kept" } else { "lease granted" };
+                    tracing::info!(node = %self.cfg.name, endpoint = %ep, "farm: connected to etcd, {lease}");
                     self.endpoint = at;
+                    self.last_lease = None;
                     self.session = Some(s);
                     self.published = (None, None);
                 }
@@ -178,6 +183,17 @@ impl Node {
         let decision =
             self.leader.step(farm.record.as_ref(), &obs, &serves, self.cfg.policy, self.hold_down_ms, now_ms());
         Ok((decision != Decision::Stay).then_some(Duty { decision, record: farm.record, rev: farm.record_rev }))
+    }
+
+    /// Drops the session (`next`: its member failed a call, the next session starts on the next
+    /// member), remembering its lease for the next session to keep if it is still alive.
+    fn drop_session(&mut self, next: bool) {
+        if let Some(s) = self.session.take() {
+            self.last_lease = Some(s.lease());
+        }
+        if next {
+            self.endpoint = self.endpoint.wrapping_add(1);
+        }
     }
 
     /// etcd answered a whole round.
@@ -315,13 +331,15 @@ impl Node {
                     switching = record.switching,
                     "farm: decision recorded"
                 );
+                if record.switching {
+                    self.alerts.emit(failback_alert(&record));
+                }
                 self.view.send_modify(|v| v.record = Some(record));
             }
             Ok(false) => tracing::warn!(node = %me, "farm: the record changed or leadership was lost: re-read"),
             Err(e) => {
                 tracing::warn!(node = %me, error = %e, "farm: decision not recorded");
-                self.session = None;
-                self.endpoint = self.endpoint.wrapping_add(1);
+                self.drop_session(true);
             }
         }
     }
@@ -370,5 +388,36 @@ impl Node {
             crate::status::write(&self.state_dir, "farm", &doc);
             self.last_status = bytes;
         }
+    }
+}
+
+/// The farm's one failback mail, sent by the leader that drained the backup and flipped the record
+/// (the nodes' own "primary up again" and "reverse sync" notices are folded into it:
+/// `web::follow::FOLDED`).
+fn failback_alert(record: &FarmRecord) -> AlertEvent {
+    AlertEvent::new(
+        AlertKind::PrimaryRecovered,
+        Role::Web,
+        format!("the farm fails back to the primary (epoch {}, led by {})", record.epoch, record.by),
+        "a majority of the live web nodes see the primary up: the backup's journal is drained to it".to_owned(),
+    )
+    .detail("epoch", record.epoch)
+    .detail("leader", &record.by)
+    .next_steps(
+        "None: every web node moves to the primary now; once all serve it, the leader drains the backup once more \
+         and the primary's agent takes over. Each node mails when it has failed back.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_farm_failback_mail_names_the_epoch_and_the_leader() {
+        let r = FarmRecord { active: Server::Primary, epoch: 7, since_ms: 1, by: "w2".into(), switching: true };
+        let e = failback_alert(&r);
+        assert_eq!(e.kind, AlertKind::PrimaryRecovered);
+        assert_eq!(e.title, "the farm fails back to the primary (epoch 7, led by w2)");
     }
 }

@@ -64,6 +64,7 @@ impl Keys {
 pub struct Session {
     client: Client,
     lease: i64,
+    lease_kept: bool,
     alive: watch::Receiver<bool>,
     keepalive: JoinHandle<()>,
 }
@@ -109,13 +110,40 @@ impl Session {
     /// Connects to `endpoint` (one member: the client's own balancing kept sending requests to a
     /// dead member, failing most rounds until it came back; the farm moves to the next endpoint
     /// after a failed round instead), grants a lease of `cfg.lease_ttl` and keeps it alive (every
-    /// third of the TTL) until the session is dropped or etcd stops renewing it.
-    pub async fn open(cfg: &ClusterConfig, endpoint: &str) -> Result<Session, String> {
+    /// third of the TTL) until the session is dropped or etcd stops renewing it. With `keep`, the
+    /// lease of this node's previous session is renewed instead if it is still alive: leases are
+    /// the cluster's, so a node whose member failed a round keeps its keys and, if it led, the lead
+    /// (a new lease would leave the leader key with the old one until it expires: no leader for a
+    /// TTL). [`Session::lease_kept`] says which.
+    pub async fn open(cfg: &ClusterConfig, endpoint: &str, keep: Option<i64>) -> Result<Session, String> {
         let opts = options(cfg)?;
         let mut client = bounded("connect", Client::connect([endpoint], Some(opts))).await?;
-        let ttl = i64::try_from(cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX).max(2);
-        let lease = bounded("lease grant", client.lease_grant(ttl, None)).await?.id();
-        let (mut keeper, mut stream) = bounded("lease keep-alive", client.lease_keep_alive(lease)).await?;
+        let kept = match keep {
+            // an expired lease answers with a TTL of 0 or less; any failure: a new lease
+            Some(lease) => match bounded("lease keep-alive", client.lease_keep_alive(lease)).await {
+                Ok((mut keeper, mut stream)) => {
+                    let renewed = async {
+                        keeper.keep_alive().await?;
+                        stream.message().await
+                    };
+                    match bounded("lease keep-alive", renewed).await {
+                        Ok(Some(r)) if r.ttl() > 0 => Some((lease, keeper, stream)),
+                        _ => None,
+                    }
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let lease_kept = kept.is_some();
+        let (lease, mut keeper, mut stream) = if let Some(k) = kept {
+            k
+        } else {
+            let ttl = i64::try_from(cfg.lease_ttl.as_secs()).unwrap_or(i64::MAX).max(2);
+            let lease = bounded("lease grant", client.lease_grant(ttl, None)).await?.id();
+            let (keeper, stream) = bounded("lease keep-alive", client.lease_keep_alive(lease)).await?;
+            (lease, keeper, stream)
+        };
         let (tx, alive) = watch::channel(true);
         let every = cfg.lease_ttl / 3;
         let keepalive = tokio::spawn(async move {
@@ -135,11 +163,21 @@ impl Session {
                 }
             }
         });
-        Ok(Session { client, lease, alive, keepalive })
+        Ok(Session { client, lease, lease_kept, alive, keepalive })
     }
 
     pub fn alive(&self) -> bool {
         *self.alive.borrow()
+    }
+
+    /// This session's lease (to keep it in the next session: [`Session::open`]).
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// The lease is the previous session's, renewed (not a new grant).
+    pub fn lease_kept(&self) -> bool {
+        self.lease_kept
     }
 
     /// The leader key's value for `me` in this session: `<name> <lease>`.

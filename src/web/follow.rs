@@ -16,7 +16,7 @@ use super::agents::Agents;
 use super::effects::{Mounter, Prober, SyncStats, Syncer, SysEffects, Target};
 use super::fsm::{Server, Snapshot};
 use super::health::Failure;
-use crate::alert::AlertSink;
+use crate::alert::{AlertEvent, AlertKind, AlertSink};
 use crate::config::web::WebConfig;
 
 /// The farm as the controller sees it.
@@ -31,6 +31,34 @@ pub trait Follow: Send + Sync + 'static {
 /// Starts the farm for this node: `(web config, state dir, the storage agents, alerts, shutdown)`.
 pub type FarmStart =
     Box<dyn FnOnce(&WebConfig, &Path, Arc<Agents>, Arc<dyn AlertSink>, CancellationToken) -> Arc<dyn Follow> + Send>;
+
+/// What a farm node's state machine notices on its way back while it only waits for the record
+/// (the primary is up again, its "reverse sync" started and succeeded with 0 files): the leader's
+/// drain is the farm's failback, mailed once by the leader (`farm::node`), not by every node.
+pub const FOLDED: [AlertKind; 3] =
+    [AlertKind::PrimaryRecovered, AlertKind::ReverseSyncStarted, AlertKind::ReverseSyncSucceeded];
+
+/// The alerts of a farm node's controller: everything goes to `inner` except the [`FOLDED`] kinds,
+/// which the controller has logged already.
+pub struct FollowerAlerts {
+    inner: Arc<dyn AlertSink>,
+}
+
+impl FollowerAlerts {
+    pub fn new(inner: Arc<dyn AlertSink>) -> FollowerAlerts {
+        FollowerAlerts { inner }
+    }
+}
+
+impl AlertSink for FollowerAlerts {
+    fn emit(&self, event: AlertEvent) {
+        if FOLDED.contains(&event.kind) {
+            tracing::info!(kind = event.kind.name(), "not mailed: the farm's leader mails the failback");
+        } else {
+            self.inner.emit(event);
+        }
+    }
+}
 
 /// A follower's effects: the real mounts and checks of a node without agents or reverse sync (so
 /// nothing here calls an agent or pushes a tree); the failback's "reverse sync" is waiting for the
@@ -98,5 +126,36 @@ impl Syncer for Followed {
         // As with agents: the backup's agent keeps what it could not push, delivered at its next
         // promotion; nothing is copied blindly over the primary.
         std::future::ready(Ok(nothing()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::alert::Role;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<AlertKind>>);
+
+    impl AlertSink for Recorder {
+        fn emit(&self, event: AlertEvent) {
+            self.0.lock().expect("recorder lock").push(event.kind);
+        }
+    }
+
+    #[test]
+    fn a_farm_node_mails_everything_but_the_failback_notices_the_leader_folds() {
+        let rec = Arc::new(Recorder::default());
+        let sink = FollowerAlerts::new(rec.clone());
+        for kind in AlertKind::ALL {
+            sink.emit(AlertEvent::new(kind, Role::Web, "t", "r"));
+        }
+        let passed = rec.0.lock().expect("recorder lock").clone();
+        let want: Vec<AlertKind> = AlertKind::ALL.into_iter().filter(|k| !FOLDED.contains(k)).collect();
+        assert_eq!(passed, want);
+        // the failures of a failback are still every node's to mail
+        assert!(passed.contains(&AlertKind::ReverseSyncFailed) && passed.contains(&AlertKind::FailbackCompleted));
     }
 }

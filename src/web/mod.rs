@@ -200,6 +200,7 @@ pub async fn run(
         let fx = Arc::new(follow::Followed::new(cfg, &state_dir, Arc::clone(&link)));
         // The leader waits the hold-down for the farm; a node follows the record at once.
         let follower = crate::config::web::WebConfig { hold_down: std::time::Duration::ZERO, ..cfg.clone() };
+        let alerts = Arc::new(follow::FollowerAlerts::new(alerts));
         let c = controller::Controller::new(&follower, state_dir, loaded, fx.clone(), fx.clone(), fx, alerts);
         drive(c.with_farm(link), mode.once, shutdown).await;
         return Ok(());

@@ -35,11 +35,12 @@ impl ExtraHost {
         let sw = lab.switch_netns();
         let port = format!("sw-{name}");
         let addr = format!("10.203.{}.{octet}", lab.index());
-        let _ = Command::new("ip").args(["netns", "delete", &netns]).status();
+        // leftovers of a crashed run (usually none: quiet)
+        let _ = Command::new("ip").args(["netns", "delete", &netns]).output();
         ip(&["netns", "add", &netns]);
         ip(&["netns", "exec", &netns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
-        let _ = Command::new("ip").args(["-n", &sw, "link", "del", &port]).status();
+        let _ = Command::new("ip").args(["-n", &sw, "link", "del", &port]).output();
         ip(&["link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &port, "netns", &sw]);
         ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
         ip(&["-n", &sw, "link", "set", &port, "up"]);
