@@ -1,6 +1,7 @@
 //! HTTP client of a storage agent's API (blocking `ureq` on the blocking pool, every call under
 //! a deadline): used by the web role's decider and by an agent fencing its peer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::secret::Secret;
@@ -19,18 +20,23 @@ pub enum CallError {
     Refused { url: String, reason: String, report: Option<Box<AgentReport>> },
 }
 
+/// The CAs an `https://` agent's certificate must chain to.
+pub type Roots = Arc<Vec<ureq::tls::Certificate<'static>>>;
+
 /// One agent's API.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` or `https://host:port`, without a trailing slash.
     base: String,
     secret: Secret,
     timeout: Duration,
+    /// For `https://`: the trusted CAs (without them, none is trusted: the call fails).
+    roots: Option<Roots>,
 }
 
 impl Client {
-    pub fn new(base: &str, secret: Secret, timeout: Duration) -> Client {
-        Client { base: base.trim_end_matches('/').to_owned(), secret, timeout }
+    pub fn new(base: &str, secret: Secret, timeout: Duration, roots: Option<Roots>) -> Client {
+        Client { base: base.trim_end_matches('/').to_owned(), secret, timeout, roots }
     }
 
     pub fn base(&self) -> &str {
@@ -72,7 +78,8 @@ impl Client {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let secret = self.secret.header();
         let u = url.clone();
-        let job = tokio::task::spawn_blocking(move || blocking_call(&u, body, &secret, deadline));
+        let roots = self.roots.clone();
+        let job = tokio::task::spawn_blocking(move || blocking_call(&u, body, &secret, deadline, roots));
         match tokio::time::timeout(deadline + Duration::from_secs(1), job).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(CallError::Unreachable { url, reason: format!("call task failed: {e}") }),
@@ -86,9 +93,17 @@ fn blocking_call<T: serde::de::DeserializeOwned>(
     body: Option<Vec<u8>>,
     secret: &str,
     deadline: Duration,
+    roots: Option<Roots>,
 ) -> Result<T, CallError> {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(deadline)).http_status_as_error(false).build().into();
+    // https: only the configured CAs (never the public web's roots: an agent is not a web site)
+    let trusted = ureq::tls::RootCerts::Specific(roots.unwrap_or_default());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(deadline))
+        .http_status_as_error(false)
+        .https_only(false)
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(trusted).build())
+        .build()
+        .into();
     let unreachable = |reason: String| CallError::Unreachable { url: url.to_owned(), reason };
     let resp = match body {
         Some(b) => {

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod secret;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

@@ -32,6 +32,12 @@ pub struct RawStorageAgent {
     /// or this many free inodes (1000).
     pub min_free_mb: Option<Spanned<i64>>,
     pub min_free_inodes: Option<Spanned<i64>>,
+    /// Serve the API over TLS: this certificate chain (PEM, leaf first) and key (PEM, mode 0600).
+    /// Both or neither.
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    /// The CA bundle (PEM) the peer's `https://` API must chain to. Required with an https `peer_api`.
+    pub tls_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,9 @@ pub struct StorageAgent {
     pub timeout: Duration,
     pub min_free_bytes: u64,
     pub min_free_inodes: u64,
+    /// Certificate chain and key of the API's TLS, when it speaks https.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +68,8 @@ pub struct RawWebAgents {
     pub timeout: Option<Spanned<String>>,
     /// How long a failback waits for the backup's journal to the primary to drain (30m).
     pub drain_timeout: Option<Spanned<String>>,
+    /// The CA bundle (PEM) `https://` agents must chain to. Required with an https URL.
+    pub tls_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +79,7 @@ pub struct WebAgents {
     pub secret_file: PathBuf,
     pub timeout: Duration,
     pub drain_timeout: Duration,
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl WebAgents {
@@ -92,16 +104,11 @@ fn required<'a>(
     v
 }
 
-/// `http://HOST:PORT` (no path, no TLS yet: say so instead of silently sending the secret in clear
-/// to an `https` URL that was meant to protect it).
+/// `http://HOST:PORT` or `https://HOST:PORT` (no path).
 fn api_url(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<String> {
     let s = v.get_ref().trim_end_matches('/');
-    let Some(rest) = s.strip_prefix("http://") else {
-        ctx.bad(
-            key,
-            v,
-            "must be an http://HOST:PORT URL (the agent API has no TLS yet: keep it on the storage network)",
-        );
+    let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) else {
+        ctx.bad(key, v, "must be an http://HOST:PORT or https://HOST:PORT URL");
         return None;
     };
     let ok = rest.rsplit_once(':').is_some_and(|(h, p)| {
@@ -109,10 +116,33 @@ fn api_url(ctx: &mut Ctx, key: &str, v: &Spanned<String>) -> Option<String> {
         super::is_host(h) && p.parse::<u16>().is_ok_and(|p| p > 0)
     });
     if !ok {
-        ctx.bad(key, v, "must be http://HOST:PORT with a host name or IP address and a port");
+        ctx.bad(key, v, "must be http(s)://HOST:PORT with a host name or IP address and a port");
         return None;
     }
     Some(s.to_owned())
+}
+
+/// The CA bundle `ca_key` names, required when any of `urls` (key, value) is https: the secret
+/// must not go to an https agent nobody can verify, nor to one verified against the web's CAs.
+fn tls_ca(
+    ctx: &mut Ctx,
+    ca_key: &str,
+    ca: Option<&Spanned<String>>,
+    urls: &[(&str, Option<&Spanned<String>>)],
+) -> Result<Option<PathBuf>, ()> {
+    let path = match ca {
+        Some(v) => Some(ctx.abs_path(ca_key, v).ok_or(())?),
+        None => None,
+    };
+    if path.is_none() {
+        for (key, url) in urls {
+            if let Some(u) = url.filter(|u| u.get_ref().starts_with("https://")) {
+                ctx.bad(key, u, &format!("is https: {ca_key} must name the CA bundle (PEM) its certificate chains to"));
+                return Err(());
+            }
+        }
+    }
+    Ok(path)
 }
 
 impl StorageAgent {
@@ -164,7 +194,32 @@ impl StorageAgent {
             .min_free_inodes
             .as_ref()
             .map_or(Some(1000), |v| ctx.int_in(&format!("{k}.min_free_inodes"), v, 0..=1 << 40));
+        let tls = match (raw.tls_cert.as_ref(), raw.tls_key.as_ref()) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                match (ctx.abs_path(&format!("{k}.tls_cert"), cert), ctx.secret_file(&format!("{k}.tls_key"), key)) {
+                    (Some(cert), Some(key)) => Ok(Some((cert, key))),
+                    _ => Err(()),
+                }
+            }
+            (Some(v), None) | (None, Some(v)) => {
+                ctx.bad(
+                    &format!("{k}.tls_cert"),
+                    v,
+                    &format!("{k}.tls_cert and {k}.tls_key go together (both or neither)"),
+                );
+                Err(())
+            }
+        };
+        let ca = tls_ca(
+            ctx,
+            &format!("{k}.tls_ca"),
+            raw.tls_ca.as_ref(),
+            &[(&format!("{k}.peer_api"), raw.peer_api.as_ref())],
+        );
         Some(StorageAgent {
+            tls: tls.ok()?,
+            tls_ca: ca.ok()?,
             server: server?,
             listen: listen?,
             secret_file: secret_file?,
@@ -201,7 +256,14 @@ impl WebAgents {
                 return None;
             }
         }
+        let ca = tls_ca(
+            ctx,
+            &format!("{k}.tls_ca"),
+            raw.tls_ca.as_ref(),
+            &[(&format!("{k}.primary"), raw.primary.as_ref()), (&format!("{k}.backup"), raw.backup.as_ref())],
+        );
         Some(WebAgents {
+            tls_ca: ca.ok()?,
             primary: primary?,
             backup: backup?,
             secret_file: secret_file?,
@@ -233,10 +295,25 @@ mod tests {
             "storage.agent.listen: \"10.0.0.2\" must be IP:PORT",
             "storage.agent.secret_file: \"rel\" must be an absolute path",
             "storage.agent.peer: \"nope\" must name a [[storage.remotes]] entry with real-time pushes (configured: backup)",
-            "storage.agent.peer_api: \"https://10.0.0.3:7451\" must be an http://HOST:PORT URL",
+            "storage.agent.peer_api: \"https://10.0.0.3:7451\" is https: storage.agent.tls_ca must name the CA bundle",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+        let e = err(&format!(
+            "{STORAGE}[storage.agent]\nserver = \"primary\"\npeer_api = \"ftp://10.0.0.3:7451\"\ntls_key = \"/etc/k\"\n"
+        ));
+        assert!(
+            e.contains(
+                "storage.agent.peer_api: \"ftp://10.0.0.3:7451\" must be an http://HOST:PORT or https://HOST:PORT URL"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "storage.agent.tls_cert: \"/etc/k\" storage.agent.tls_cert and storage.agent.tls_key go together"
+            ),
+            "{e}"
+        );
         let e = err(&format!("{STORAGE}[storage.agent]\nserver = \"primary\"\n"));
         assert!(e.contains("storage.agent.listen: is required"), "{e}");
         assert!(e.contains("storage.agent.peer_api: is required"), "{e}");
@@ -261,5 +338,15 @@ mod tests {
         let ok = format!("{web}[web.agents]\nprimary = \"http://10.0.0.2:7451\"\nbackup = \"http://[fd00::3]:7451\"\nsecret_file = \"/etc/s\"\n");
         let a = Config::parse(Path::new("a.toml"), &ok).unwrap().web.unwrap().agents.unwrap();
         assert_eq!((a.backup.as_str(), a.timeout.as_secs()), ("http://[fd00::3]:7451", 2));
+        let https =
+            "primary = \"https://10.0.0.2:7451\"\nbackup = \"https://10.0.0.3:7451\"\nsecret_file = \"/etc/s\"\n";
+        let e = err(&format!("{web}[web.agents]\n{https}"));
+        assert!(
+            e.contains("web.agents.primary: \"https://10.0.0.2:7451\" is https: web.agents.tls_ca must name"),
+            "{e}"
+        );
+        let ok = format!("{web}[web.agents]\n{https}tls_ca = \"/etc/nfs-guard/ca.pem\"\n");
+        let a = Config::parse(Path::new("a.toml"), &ok).unwrap().web.unwrap().agents.unwrap();
+        assert_eq!(a.tls_ca.as_deref(), Some(Path::new("/etc/nfs-guard/ca.pem")));
     }
 }

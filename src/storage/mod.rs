@@ -174,7 +174,8 @@ impl Replicator {
         let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
-            owe_start_full_syncs(&queues, cfg.trees.len(), agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active())));
+            let peer = agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active() && cfg.full_sync.at_start));
+            owe_start_full_syncs(&queues, cfg.trees.len(), peer);
         }
         crate::metrics::storage()
             .started(dirs, cfg.remotes.iter().map(|r| r.name.clone()).zip(queues.iter().map(queue_view::of)).collect());
@@ -682,13 +683,16 @@ fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
     Ok((marker, previous))
 }
 
-/// Full syncs at start (configured, or after an unclean stop) of every tree to every remote; with
-/// an agent (`peer`: its index and whether the agent is active): none to the peer of a standby (it
-/// owes it nothing), and the peer's queued paths stay queued (they may become orphans).
+/// Full syncs at start (configured, or after an unclean stop) of every tree to every remote. With
+/// an agent (`peer`: its index, and whether it gets one: only when active and configured), the
+/// peer's queued paths stay queued (they may become orphans). After an unclean stop the agent's
+/// peer gets what changed since the watermark instead (`agent::unclean`): a blind `--update` copy
+/// of the whole tree would re-create there what the peer deleted meanwhile as an orphan (found by
+/// the chaos test: an orphaned rename's old name came back).
 fn owe_start_full_syncs(queues: &[Arc<Queue>], trees: usize, peer: Option<(usize, bool)>) {
     for (i, q) in queues.iter().enumerate() {
         let to_peer = peer.is_some_and(|(p, _)| p == i);
-        if to_peer && peer.is_some_and(|(_, active)| !active) {
+        if to_peer && peer.is_some_and(|(_, owed)| !owed) {
             continue;
         }
         for t in 0..trees {

@@ -32,8 +32,23 @@ fn mine(proc_root: &Path, mut pid: u32, me: u32) -> bool {
     false
 }
 
+/// The working directory and root of `pid` (those that can be read).
+fn places(proc_root: &Path, pid: u32) -> Vec<PathBuf> {
+    let d = proc_root.join(pid.to_string());
+    ["cwd", "root"].iter().filter_map(|l| std::fs::read_link(d.join(l)).ok()).collect()
+}
+
+/// Is `pid` an rsync daemon (its command line holds `--daemon`)?
+fn daemon(proc_root: &Path, pid: u32) -> bool {
+    std::fs::read(proc_root.join(pid.to_string()).join("cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--daemon"))
+}
+
 /// rsync processes (not `me` nor its descendants) whose working directory or root is inside one of
-/// `dirs`.
+/// `dirs`, and the daemon's sessions that have not entered a module yet (still in the daemon's
+/// working directory and root): a client whose connection was accepted before a network fault stalls in the greeting
+/// and, once healed, would enter the module with the old active's authority (found by the chaos
+/// test: a push stalled 6 s by a blackhole delivered after the promotion).
 pub fn inside(proc_root: &Path, dirs: &[PathBuf], me: u32) -> Vec<u32> {
     let Ok(procs) = std::fs::read_dir(proc_root) else { return Vec::new() };
     let mut out = Vec::new();
@@ -43,11 +58,12 @@ pub fn inside(proc_root: &Path, dirs: &[PathBuf], me: u32) -> Vec<u32> {
         if comm.trim() != "rsync" {
             continue;
         }
-        let within = ["cwd", "root"]
-            .iter()
-            .filter_map(|l| std::fs::read_link(p.path().join(l)).ok())
-            .any(|at| at != Path::new("/") && dirs.iter().any(|d| at.starts_with(d)));
-        if within && !mine(proc_root, pid, me) {
+        let at = places(proc_root, pid);
+        let within = at.iter().any(|at| at != Path::new("/") && dirs.iter().any(|d| at.starts_with(d)));
+        // still where the daemon is (it moves into the module, with chroot or chdir, once chosen)
+        let greeting = at.len() == 2
+            && ppid(proc_root, pid).is_some_and(|parent| daemon(proc_root, parent) && places(proc_root, parent) == at);
+        if (within || greeting) && !mine(proc_root, pid, me) {
             out.push(pid);
         }
     }
@@ -93,8 +109,17 @@ mod tests {
         fake(&proc_root, 14, "rsync", 500, Path::new("/srv/nfs"));
         fake(&proc_root, 15, "rsync", 1, Path::new("/srv/nfs2"));
         fake(&proc_root, 500, "nfs-guard", 1, Path::new("/"));
+        // the daemon (12) and a session of it still in the greeting; a client's own fork at / is not one
+        std::fs::write(proc_root.join("12/cmdline"), b"rsync\0--daemon\0--no-detach\0").unwrap();
+        fake(&proc_root, 16, "rsync", 12, Path::new("/"));
+        fake(&proc_root, 17, "rsync", 15, Path::new("/"));
+        fake(&proc_root, 18, "rsync", 12, Path::new("/srv/other-module"));
         let mut found = inside(&proc_root, &[export], 500);
         found.sort_unstable();
-        assert_eq!(found, [10, 11], "sessions in the export; not the daemon, not a shell, not its own child");
+        assert_eq!(
+            found,
+            [10, 11, 16],
+            "sessions in the export or still in the greeting; not the daemon, not a shell, not its own child"
+        );
     }
 }

@@ -33,6 +33,7 @@ impl Agents {
     /// Reads the secret and the decider's last record under `state_dir`.
     pub fn open(cfg: &WebAgents, state_dir: &Path, alerts: Arc<dyn AlertSink>) -> Result<Agents, String> {
         let secret = Secret::load(&cfg.secret_file).map_err(|e| crate::chain::render_chain(&e))?;
+        let roots = cfg.tls_ca.as_deref().map(crate::cluster::tls::roots).transpose().map_err(|e| e.to_string())?;
         let file = state_dir.join("cluster.json");
         let record = match fsutil::read_capped(&file, 64 * 1024) {
             Ok(b) => {
@@ -43,7 +44,7 @@ impl Agents {
         };
         Ok(Agents {
             alerts,
-            clients: PerServer::from_fn(|s| Client::new(cfg.url(s), secret.clone(), cfg.timeout)),
+            clients: PerServer::from_fn(|s| Client::new(cfg.url(s), secret.clone(), cfg.timeout, roots.clone())),
             cfg: cfg.clone(),
             file,
             record: Mutex::new(record),

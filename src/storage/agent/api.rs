@@ -10,6 +10,7 @@
 //! Changes need the shared secret in the `x-nfs-guard-secret` header (compared in constant time):
 //! 401 otherwise. Every refusal carries `{"error": "...", "report": {...}}`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,13 +41,86 @@ pub async fn bind(agent: Arc<Agent>, stop: CancellationToken) -> Result<tokio::t
     let addr = agent.cfg.listen;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
     tracing::info!(%addr, "agent API listening");
-    let app = router(agent);
+    let app = router(Arc::clone(&agent));
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        let until = stop.clone();
+        let shutdown = async move { until.cancelled().await };
+        let served = match agent.tls.clone() {
+            Some(tls) => {
+                let tls = TlsListener::new(listener, tls, addr, stop);
+                axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+            }
+            None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "agent API stopped");
         }
     }))
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The https API's listener: accepts TCP connections and completes each TLS handshake in a task of
+/// its own (a client that never finishes one holds nobody up), then hands the stream to axum.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> TlsListener {
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = tcp.accept() => a,
+                    () = stop.cancelled() => return,
+                };
+                let (sock, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent API: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(sock)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "agent API: TLS handshake failed"),
+                        Err(_) => tracing::warn!(%peer, "agent API: TLS handshake not done within {HANDSHAKE:?}"),
+                    }
+                });
+            }
+        });
+        TlsListener { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {

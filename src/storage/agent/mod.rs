@@ -22,6 +22,7 @@ pub mod orphans;
 pub mod ring;
 pub mod unclean;
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,6 +56,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Tls(#[from] crate::cluster::tls::TlsError),
 }
 
 /// What the replicator loop does for the agent (it owns the ring, the batcher and the watchers).
@@ -88,6 +91,8 @@ pub struct Agent {
     last_health: Mutex<Option<(std::time::Instant, health::Health)>>,
     /// The last fence failure logged (to log it once per kind, not per batch).
     last_fence_error: Mutex<String>,
+    /// The API speaks https with this.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The record file under the storage state directory.
@@ -129,10 +134,13 @@ impl Agent {
             Err(source) => return Err(AgentError::Read { path, source }),
         };
         let secret = Secret::load(&cfg.secret_file)?;
+        let trusted = cfg.tls_ca.as_deref().map(crate::cluster::tls::roots).transpose()?;
+        let tls = cfg.tls.as_ref().map(|(cert, key)| crate::cluster::tls::server(cert, key)).transpose()?;
         let (tx, rx) = mpsc::channel(16);
         let orphans = orphans::load(dir).ok().flatten().map_or(0, |o| o.list.len() as u64);
         let agent = Agent {
-            peer: Client::new(&cfg.peer_api, secret.clone(), cfg.timeout),
+            peer: Client::new(&cfg.peer_api, secret.clone(), cfg.timeout, trusted),
+            tls,
             cfg: cfg.clone(),
             secret,
             dir: dir.to_owned(),
@@ -387,6 +395,7 @@ impl Agent {
         if req.from == self.cfg.server {
             return Err("refused: a prune from this agent's own server".into());
         }
+        let mut moved_since = None;
         if req.epoch == held.epoch {
             if held.active != req.from {
                 return Err(format!(
@@ -397,15 +406,18 @@ impl Agent {
                 ));
             }
         } else if req.epoch + 1 == held.epoch {
-            // Clients may have written here since the switch: nothing from then on goes. A prompt
-            // promotion came before any web node moved (this host's clock); otherwise the
-            // decider's switch time counts too (its clock: the margin).
+            // Clients may have written here since the switch: nothing from then on goes, nor
+            // what moved in with a directory they renamed. A prompt promotion came before any web
+            // node moved (this host's clock); otherwise the decider's switch time counts too (its
+            // clock: the margin). What they changed and this agent has not pushed yet stays too.
             let switched = held.since_ms.saturating_sub(CLOCK_MARGIN_MS);
-            cutoff = match adopted(&self.dir, held.epoch) {
-                Some((at, true)) => cutoff.min(at.saturating_sub(unclean::SLACK_MS)),
-                Some((at, false)) => cutoff.min(at).min(switched),
-                None => cutoff.min(switched),
+            let since = match adopted(&self.dir, held.epoch) {
+                Some((at, true)) => at.saturating_sub(unclean::SLACK_MS),
+                Some((at, false)) => at.min(switched),
+                None => switched,
             };
+            cutoff = cutoff.min(since);
+            moved_since = Some(since);
         } else {
             return Err(format!(
                 "refused: prune at epoch {}, while this agent holds epoch {} (too old, or tell the record first)",
@@ -425,8 +437,15 @@ impl Agent {
                 own.insert(x.path);
             }
         }
+        // this agent's own changes not pushed yet (a renamed directory's contents go with it)
+        let unpushed = self.peer_queue.unpushed(req.tree);
+        let mine = move |p: &[u8]| {
+            let p = Path::new(std::ffi::OsStr::from_bytes(p));
+            own.contains(p.as_os_str().as_bytes())
+                || unpushed.iter().any(|e| e.path == p || (e.scope.recursive() && p.starts_with(&e.path)))
+        };
         let from = req.from;
-        let done = tokio::task::spawn_blocking(move || unclean::prune(&root, &paths, cutoff, &|p| own.contains(p)))
+        let done = tokio::task::spawn_blocking(move || unclean::prune(&root, &paths, cutoff, moved_since, &mine))
             .await
             .map_err(|e| format!("the prune failed: {e}"))?;
         tracing::warn!(

@@ -131,6 +131,12 @@ pub fn begin(agent: &Agent, previous_start_ms: u64) -> std::io::Result<u64> {
     Ok(owed.since_ms)
 }
 
+fn mtime_ms(m: &std::fs::Metadata) -> u64 {
+    let s = u64::try_from(m.mtime()).unwrap_or(0);
+    let ns = u64::try_from(m.mtime_nsec()).unwrap_or(0);
+    s.saturating_mul(1000).saturating_add(ns / 1_000_000)
+}
+
 fn ctime_ms(m: &std::fs::Metadata) -> u64 {
     let s = u64::try_from(m.ctime()).unwrap_or(0);
     let ns = u64::try_from(m.ctime_nsec()).unwrap_or(0);
@@ -148,11 +154,12 @@ fn reserved(rel: &Path) -> bool {
         })
 }
 
-/// Every path of the trees `roots` changed (ctime) at or after `since_ms`, each as `Path` (a
-/// directory's own attributes: never `Tree`, which would bring back, as an orphan pushed whole,
-/// what the peer deleted beneath it). The contents of a directory renamed in the window keep
-/// their ctimes and are not listed: a full sync carries them while this agent is active.
-/// Excluded and reserved paths are left out; unreadable directories are logged and skipped.
+/// Every path of the trees `roots` changed (ctime) at or after `since_ms`, each as `Path`, except a
+/// directory whose entries did not change (mtime older): renamed in the window, it goes as `Tree`
+/// (its contents kept their ctimes). A directory whose entries changed goes as `Path` (its own
+/// attributes; `Tree` would bring back, as an orphan pushed whole, what the peer deleted beneath
+/// it) and is walked. Excluded and reserved paths are left out; unreadable directories are logged
+/// and skipped.
 pub fn changed_since(roots: &[PathBuf], filter: &Filter, since_ms: u64) -> Vec<Entry> {
     let mut out = Vec::new();
     for (tree, root) in roots.iter().enumerate() {
@@ -172,7 +179,13 @@ pub fn changed_since(roots: &[PathBuf], filter: &Filter, since_ms: u64) -> Vec<E
                     continue;
                 }
                 let Ok(m) = e.metadata() else { continue };
-                if ctime_ms(&m) >= since_ms {
+                let changed = ctime_ms(&m) >= since_ms;
+                if m.is_dir() && changed && mtime_ms(&m) < since_ms {
+                    // renamed (or its mode changed), its entries untouched: they go with it
+                    out.push(Entry::new(tree, rel, Scope::Tree));
+                    continue;
+                }
+                if changed {
                     out.push(Entry::new(tree, rel.clone(), Scope::Path));
                 }
                 if m.is_dir() {
@@ -193,7 +206,16 @@ fn plain(rel: &Path) -> bool {
 /// changed before `cutoff_ms` (ctime, this host's clock) and are not `protected` (by relative
 /// path) nor conflict copies nor reserved. Everything is looked at first, then files go, then
 /// directories deepest first, each only when empty. Never through a symlink.
-pub fn prune(root: &Path, paths: &[Vec<u8>], cutoff_ms: u64, protected: &dyn Fn(&[u8]) -> bool) -> PruneReport {
+///
+/// `moved_since`: a directory renamed since then (ctime at or after it, entries older) keeps what
+/// is beneath it (moved in with it: its entries kept their ctimes).
+pub fn prune(
+    root: &Path,
+    paths: &[Vec<u8>],
+    cutoff_ms: u64,
+    moved_since: Option<u64>,
+    protected: &dyn Fn(&[u8]) -> bool,
+) -> PruneReport {
     let mut r = PruneReport::default();
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -207,6 +229,7 @@ pub fn prune(root: &Path, paths: &[Vec<u8>], cutoff_ms: u64, protected: &dyn Fn(
                 .file_name()
                 .is_some_and(|n| n.as_bytes().windows(CONFLICT_TAG.len()).any(|w| w == CONFLICT_TAG.as_bytes()))
             || !beneath_real_dirs(root, &rel)
+            || moved_since.is_some_and(|t| moved_in(root, &rel, t))
         {
             r.kept += 1;
             continue;
@@ -238,6 +261,14 @@ pub fn prune(root: &Path, paths: &[Vec<u8>], cutoff_ms: u64, protected: &dyn Fn(
         }
     }
     r
+}
+
+/// Did an ancestor directory of `rel` move (rename) at or after `since_ms`: ctime since then, its
+/// entries (mtime) older?
+fn moved_in(root: &Path, rel: &Path, since_ms: u64) -> bool {
+    rel.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).any(|a| {
+        std::fs::symlink_metadata(root.join(a)).is_ok_and(|m| ctime_ms(&m) >= since_ms && mtime_ms(&m) < since_ms)
+    })
 }
 
 /// Every ancestor of `rel` under `root` is a directory, not a symlink to one.
@@ -385,7 +416,7 @@ mod tests {
         .map(|p| p.to_vec())
         .chain([odd.clone()])
         .collect();
-        let r = prune(&root, &paths, cutoff, &|p| p == b"orphan");
+        let r = prune(&root, &paths, cutoff, None, &|p| p == b"orphan");
         assert!(!root.join("old").exists() && !root.join("gone-dir").exists());
         assert!(!root.join(OsString::from_vec(odd)).exists());
         for kept in ["orphan", "x.nfs-guard-conflict-3-primary", ".nfs-guard-barrier", "new"] {
@@ -406,9 +437,30 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         fs::write(root.join("d/new"), "x").unwrap();
         // the directory itself changed (an entry was added) after the cut-off: kept as a whole
-        let r = prune(root, &[b"d/old".to_vec(), b"d/".to_vec()], cutoff, &|_| false);
+        let r = prune(root, &[b"d/old".to_vec(), b"d/".to_vec()], cutoff, None, &|_| false);
         assert!(root.join("d/new").exists());
         assert_eq!(r.kept, 1);
+    }
+
+    /// One epoch late: a directory the peer's clients renamed since the switch keeps its
+    /// contents, although they are old (found by `kill_9_of_agents_and_web_node_at_each_step`:
+    /// `newdir/inner` was pruned on the backup).
+    #[test]
+    fn what_moved_in_with_a_renamed_directory_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("olddir")).unwrap();
+        fs::write(root.join("olddir/inner"), "x").unwrap();
+        fs::write(root.join("gone"), "x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let switched = crate::cluster::now_ms();
+        std::thread::sleep(Duration::from_millis(20));
+        fs::rename(root.join("olddir"), root.join("newdir")).unwrap();
+        let paths = [b"newdir/inner".to_vec(), b"newdir/".to_vec(), b"gone".to_vec()];
+        let r = prune(root, &paths, switched, Some(switched), &|_| false);
+        assert!(root.join("newdir/inner").exists());
+        assert!(!root.join("gone").exists());
+        assert_eq!(r, PruneReport { deleted: 1, kept: 2 });
     }
 
     #[test]
@@ -432,9 +484,9 @@ mod tests {
             vec![
                 Entry::new(0, "keep", Scope::Path),
                 Entry::new(0, "keep/created", Scope::Path),
-                Entry::new(0, "new-dir", Scope::Path)
+                Entry::new(0, "new-dir", Scope::Tree)
             ],
-            "a directory that gained an entry changed too; the barrier is the agent's"
+            "a directory that gained an entry changed too; a renamed one goes whole; the barrier is the agent's"
         );
     }
 
