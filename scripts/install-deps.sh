@@ -24,6 +24,8 @@ NEED=(
   "etcd etcd-server"
   "etcdctl etcd-client"
   "protoc protobuf-compiler"
+  # tests/agent_tls.rs makes a CA and a server certificate for the agent API's TLS
+  "openssl openssl"
 )
 export PATH="$PATH:/usr/sbin:/sbin"
 
