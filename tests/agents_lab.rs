@@ -411,7 +411,8 @@ fn kill_9_right_after_each_protocol_step_loses_nothing() {
 
 /// `kill -9` of the ACTIVE agent while changes of its export are not journaled yet (stopped
 /// first, so the kernel's inotify queue dies with it). After the restart its deletes and renames
-/// reach the peer (pruned there) and its creates too. Then a create left unjournaled by a kill
+/// reach the peer (pruned there) and its creates too; so do those made while it was stopped
+/// cleanly (clients write through NFS meanwhile). Then a create left unjournaled by a kill
 /// right before a failover: the old primary keeps it as an orphan; the backup's own unclean
 /// restart during the failover does not prune it; after failback it is on both servers.
 #[test]
@@ -443,6 +444,15 @@ fn an_unclean_stop_of_the_active_agent_loses_no_delete_rename_or_create() {
             && !b.join("#odd\nname").exists()
     });
     storage_common::wait_same(&p, &b, Duration::from_secs(20), None);
+
+    // A clean stop: clients go on writing through NFS while the agent is down.
+    c.agents[0].as_mut().unwrap().stop(Duration::from_secs(20));
+    fs::remove_file(p.join("made")).unwrap();
+    fs::write(p.join("while-stopped"), "written while the agent was stopped").unwrap();
+    c.start_agent(&lab, Host::Primary);
+    c.wait("what changed while the agent was stopped to reach the backup", Duration::from_secs(30), || {
+        !b.join("made").exists() && b.join("while-stopped").exists()
+    });
 
     // A create the primary's agent never journals, then a failover.
     signal(c.agent_pid(Host::Primary), "STOP");

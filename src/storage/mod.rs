@@ -174,7 +174,10 @@ impl Replicator {
         let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
-            let peer = agent.as_ref().map(|(a, peer, _)| (*peer, a.is_active() && cfg.full_sync.at_start));
+            // the agent's peer: only on a first run (seeding it); later what changed is journaled
+            let peer = agent
+                .as_ref()
+                .map(|(a, peer, _)| (*peer, a.is_active() && recover.is_none() && cfg.full_sync.at_start));
             owe_start_full_syncs(&queues, cfg.trees.len(), peer);
         }
         crate::metrics::storage()
@@ -642,8 +645,8 @@ fn initial_status(cfg: &StorageConfig, roots: &[PathBuf], dirs: u64) -> StorageS
 }
 
 /// The storage agent, when configured: it, its peer's index among the remotes, its control channel;
-/// and, after an unclean stop while it was active (`previous`: when the stopped run began), where
-/// the window of unjournaled changes begins (see `agent::unclean`).
+/// and, when it is active and ran here before (`previous`: when a run that stopped uncleanly
+/// began), where the window of what it did not see begins (see `agent::unclean`).
 #[allow(clippy::type_complexity)]
 fn open_agent(
     cfg: &StorageConfig,
@@ -655,12 +658,10 @@ fn open_agent(
     let peer = cfg.remotes.iter().position(|r| r.name == a.peer).unwrap_or(0);
     let roots = cfg.trees.iter().map(|t| t.path.clone()).collect();
     let (agent, control) = agent::Agent::open(a, dir, Arc::clone(&queues[peer]), roots)?;
-    let recover = match previous {
-        Some(started) if agent.is_active() => Some(
-            agent::unclean::begin(&agent, started)
-                .map_err(|source| Error::StateDir { path: dir.to_owned(), source })?,
-        ),
-        _ => None,
+    let recover = if agent.is_active() {
+        agent::unclean::begin(&agent, previous).map_err(|source| Error::StateDir { path: dir.to_owned(), source })?
+    } else {
+        None
     };
     Ok((Some((agent, peer, control)), recover))
 }
@@ -685,9 +686,9 @@ fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
 
 /// Full syncs at start (configured, or after an unclean stop) of every tree to every remote. With
 /// an agent (`peer`: its index, and whether it gets one: only when active and configured), the
-/// peer's queued paths stay queued (they may become orphans). After an unclean stop the agent's
-/// peer gets what changed since the watermark instead (`agent::unclean`): a blind `--update` copy
-/// of the whole tree would re-create there what the peer deleted meanwhile as an orphan (found by
+/// peer's queued paths stay queued (they may become orphans). Once the agent ran here, its peer
+/// gets what changed since its watermark instead (`agent::unclean`): a blind `--update` copy of
+/// the whole tree would re-create there what the peer deleted meanwhile as an orphan (found by
 /// the chaos test: an orphaned rename's old name came back).
 fn owe_start_full_syncs(queues: &[Arc<Queue>], trees: usize, peer: Option<(usize, bool)>) {
     for (i, q) in queues.iter().enumerate() {

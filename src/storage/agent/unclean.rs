@@ -1,6 +1,6 @@
-//! Recovery after an unclean stop (`kill -9`, a crash, a power cut) of an agent that was ACTIVE.
-//! The changes of its export between the last event it journaled and the stop, and while it was
-//! down (clients keep writing through the NFS server), were never journaled. At the next start:
+//! Recovery of what an ACTIVE agent did not see: the changes of its export between the last event
+//! it journaled and its stop (a clean one, or `kill -9`, a crash, a power cut), and while it was
+//! down (clients keep writing through the NFS server). At every start of an active agent:
 //!
 //! 1. **Written paths**: every path of the export whose ctime is in the window is journaled for
 //!    the peer before the agent answers anyone ([`changed_since`]). Still active: pushed
@@ -103,32 +103,37 @@ pub fn store_owed(dir: &Path, o: Option<&Owed>) -> std::io::Result<()> {
     }
 }
 
-/// What an unclean stop owes: the window from the persisted watermark (else the previous run's
-/// start, `previous_start_ms`) and its sign of life, merged with a debt still owed (the older
-/// window, the later sign of life).
-pub fn owed_after(dir: &Path, previous_start_ms: u64, epoch: u64) -> Owed {
-    let (since_ms, alive_ms) = load_watermark(dir).unwrap_or((previous_start_ms, previous_start_ms));
+/// What a start owes: the window from the persisted watermark (else the previous run's start,
+/// `previous_start_ms`, if it stopped uncleanly) and its sign of life, merged with a debt still
+/// owed (the older window, the later sign of life). `None` on a first run (nothing to recover).
+pub fn owed_after(dir: &Path, previous_start_ms: Option<u64>, epoch: u64) -> Option<Owed> {
+    let before = load_owed(dir);
+    let (since_ms, alive_ms) = load_watermark(dir)
+        .or_else(|| previous_start_ms.map(|p| (p, p)))
+        .or_else(|| before.map(|o| (o.since_ms, o.alive_ms)))?;
     let now = Owed { since_ms, alive_ms, epoch };
-    load_owed(dir).map_or(now, |o| Owed {
+    Some(before.map_or(now, |o| Owed {
         since_ms: o.since_ms.min(since_ms),
         alive_ms: o.alive_ms.max(alive_ms),
         epoch: o.epoch.min(epoch),
-    })
+    }))
 }
 
-/// At the start after an unclean stop of the active `agent` (`previous_start_ms`: when the stopped
-/// run began): what it owes, persisted before anything else happens; returns the window's start.
-pub fn begin(agent: &Agent, previous_start_ms: u64) -> std::io::Result<u64> {
-    let owed = owed_after(agent.dir(), previous_start_ms, agent.record().epoch);
+/// At the start of the active `agent`: everything that changed while it did not watch (since
+/// the watermark of its previous run, clean or not: clients keep writing through NFS while it is
+/// stopped) is owed, persisted before anything else happens; returns the window's start. `None`
+/// on its first run here (`previous_start_ms`: when a run that stopped uncleanly began).
+pub fn begin(agent: &Agent, previous_start_ms: Option<u64>) -> std::io::Result<Option<u64>> {
+    let Some(owed) = owed_after(agent.dir(), previous_start_ms, agent.record().epoch) else { return Ok(None) };
     store_owed(agent.dir(), Some(&owed))?;
     tracing::warn!(
         since_ms = owed.since_ms,
         alive_ms = owed.alive_ms,
         epoch = owed.epoch,
-        "the active agent stopped uncleanly: what changed since its last journaled event is journaled now, and what it \
-         deleted is pruned on the peer"
+        "active agent starting: what changed since its last journaled event is journaled now, and what it deleted \
+         meanwhile is pruned on the peer"
     );
-    Ok(owed.since_ms)
+    Ok(Some(owed.since_ms))
 }
 
 fn mtime_ms(m: &std::fs::Metadata) -> u64 {
@@ -493,15 +498,20 @@ mod tests {
     #[test]
     fn the_debt_starts_at_the_watermark_or_the_previous_start_and_keeps_what_is_owed() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 500, alive_ms: 500, epoch: 3 });
+        assert_eq!(owed_after(d.path(), None, 3), None, "a first run owes nothing");
+        assert_eq!(owed_after(d.path(), Some(500), 3), Some(Owed { since_ms: 500, alive_ms: 500, epoch: 3 }));
         store_watermark(d.path(), 900, 950).unwrap();
-        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 900, alive_ms: 950, epoch: 3 });
+        assert_eq!(owed_after(d.path(), None, 3), Some(Owed { since_ms: 900, alive_ms: 950, epoch: 3 }));
         store_owed(d.path(), Some(&Owed { since_ms: 700, alive_ms: 720, epoch: 2 })).unwrap();
-        assert_eq!(owed_after(d.path(), 500, 3), Owed { since_ms: 700, alive_ms: 950, epoch: 2 });
+        assert_eq!(owed_after(d.path(), Some(500), 3), Some(Owed { since_ms: 700, alive_ms: 950, epoch: 2 }));
         assert_eq!(load_owed(d.path()), Some(Owed { since_ms: 700, alive_ms: 720, epoch: 2 }));
         store_owed(d.path(), None).unwrap();
         assert_eq!(load_owed(d.path()), None);
         std::fs::write(d.path().join("watermark"), "garbage").unwrap();
-        assert_eq!(owed_after(d.path(), 500, 3).since_ms, 500, "an unreadable watermark is no watermark");
+        assert_eq!(
+            owed_after(d.path(), Some(500), 3).map(|o| o.since_ms),
+            Some(500),
+            "an unreadable watermark is none"
+        );
     }
 }
