@@ -80,6 +80,8 @@ fn agent_config(dir: &Path, port: u16, tls: Option<(PathBuf, PathBuf)>) -> Stora
         min_free_inodes: 0,
         tls,
         tls_ca: None,
+        nfs_address: None,
+        rsyncd_address: None,
     }
 }
 

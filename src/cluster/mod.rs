@@ -136,6 +136,22 @@ pub struct ExportHealth {
     /// Lowest free bytes (for unprivileged writers) and free inodes over the trees.
     pub free_bytes: u64,
     pub free_inodes: u64,
+    /// This host's NFS server and rsync daemon, when the agent is told where they listen: a dead
+    /// NFS server makes the export unusable (not ok); a dead rsync daemon only means the peer
+    /// cannot push here (reported, still ok).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceState>,
+}
+
+/// One local service the health report looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// `nfs` or `rsyncd`.
+    pub name: String,
+    pub address: String,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /v1/prune`: an agent that stopped uncleanly while active tells its peer which paths the

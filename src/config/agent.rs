@@ -38,6 +38,9 @@ pub struct RawStorageAgent {
     pub tls_key: Option<Spanned<String>>,
     /// The CA bundle (PEM) the peer's `https://` API must chain to. Required with an https `peer_api`.
     pub tls_ca: Option<Spanned<String>>,
+    /// Where this host's NFS server and rsync daemon listen (IP:PORT), for the health report.
+    pub nfs_address: Option<Spanned<String>>,
+    pub rsyncd_address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct StorageAgent {
     /// Certificate chain and key of the API's TLS, when it speaks https.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub tls_ca: Option<PathBuf>,
+    pub nfs_address: Option<SocketAddr>,
+    pub rsyncd_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,9 +222,20 @@ impl StorageAgent {
             raw.tls_ca.as_ref(),
             &[(&format!("{k}.peer_api"), raw.peer_api.as_ref())],
         );
+        let addr = |ctx: &mut Ctx, key: &str, v: Option<&Spanned<String>>| -> Result<Option<SocketAddr>, ()> {
+            let Some(v) = v else { return Ok(None) };
+            v.get_ref()
+                .parse::<SocketAddr>()
+                .map(Some)
+                .map_err(|_| ctx.bad(&format!("{k}.{key}"), v, "must be IP:PORT, e.g. \"10.0.0.2:2049\""))
+        };
+        let nfs_address = addr(ctx, "nfs_address", raw.nfs_address.as_ref());
+        let rsyncd_address = addr(ctx, "rsyncd_address", raw.rsyncd_address.as_ref());
         Some(StorageAgent {
             tls: tls.ok()?,
             tls_ca: ca.ok()?,
+            nfs_address: nfs_address.ok()?,
+            rsyncd_address: rsyncd_address.ok()?,
             server: server?,
             listen: listen?,
             secret_file: secret_file?,

@@ -21,10 +21,59 @@ pub struct Limits {
     pub min_free_inodes: u64,
 }
 
-/// Checks every tree (see the module header), within `deadline`.
-pub async fn check(roots: Vec<PathBuf>, limits: Limits, deadline: Duration) -> Health {
+/// Where this host's services listen (each checked by a TCP connect when set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Services {
+    pub nfs: Option<std::net::SocketAddr>,
+    pub rsyncd: Option<std::net::SocketAddr>,
+}
+
+/// Checks every tree (see the module header) and `services`, within `deadline`.
+pub async fn check(roots: Vec<PathBuf>, limits: Limits, services: Services, deadline: Duration) -> Health {
     let job = tokio::task::spawn_blocking(move || check_blocking(&roots, limits));
-    match tokio::time::timeout(deadline, job).await {
+    let (export, states) = tokio::join!(tokio::time::timeout(deadline, job), probe_services(services, deadline));
+    let mut h = export_health(export, deadline);
+    for s in states {
+        if !s.up && s.name == "nfs" {
+            h.problems.push(format!(
+                "the NFS server at {} does not answer: {}",
+                s.address,
+                s.error.as_deref().unwrap_or("")
+            ));
+            h.ok = false;
+        }
+        h.services.push(s);
+    }
+    h
+}
+
+async fn probe_services(services: Services, deadline: Duration) -> Vec<crate::cluster::ServiceState> {
+    let probe = |name: &str, addr: std::net::SocketAddr| {
+        let name = name.to_owned();
+        async move {
+            let error = match tokio::time::timeout(deadline, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {deadline:?}")),
+            };
+            crate::cluster::ServiceState { name, address: addr.to_string(), up: error.is_none(), error }
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(a) = services.nfs {
+        out.push(probe("nfs", a).await);
+    }
+    if let Some(a) = services.rsyncd {
+        out.push(probe("rsyncd", a).await);
+    }
+    out
+}
+
+fn export_health(
+    r: Result<Result<Health, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+    deadline: Duration,
+) -> Health {
+    match r {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => Health { ok: false, problems: vec![format!("health check failed: {e}")], ..Health::default() },
         Err(_) => Health {
@@ -36,7 +85,7 @@ pub async fn check(roots: Vec<PathBuf>, limits: Limits, deadline: Duration) -> H
 }
 
 fn check_blocking(roots: &[PathBuf], limits: Limits) -> Health {
-    let mut h = Health { ok: true, problems: Vec::new(), free_bytes: u64::MAX, free_inodes: u64::MAX };
+    let mut h = Health { ok: true, free_bytes: u64::MAX, free_inodes: u64::MAX, ..Health::default() };
     for root in roots {
         let shown = root.display();
         match nix::sys::statvfs::statvfs(root) {
@@ -90,18 +139,48 @@ mod tests {
     async fn a_writable_export_is_ok_and_thresholds_make_it_full() {
         let d = tempfile::tempdir().unwrap();
         let roots = vec![d.path().to_path_buf()];
-        let h = check(roots.clone(), Limits { min_free_bytes: 1, min_free_inodes: 1 }, Duration::from_secs(10)).await;
+        let none = Services::default();
+        let h =
+            check(roots.clone(), Limits { min_free_bytes: 1, min_free_inodes: 1 }, none, Duration::from_secs(10)).await;
         assert!(h.ok, "{h:?}");
         assert!(d.path().join(CANARY).exists());
-        let h = check(roots, Limits { min_free_bytes: u64::MAX, min_free_inodes: 0 }, Duration::from_secs(10)).await;
+        let h = check(
+            roots.clone(),
+            Limits { min_free_bytes: u64::MAX, min_free_inodes: 0 },
+            none,
+            Duration::from_secs(10),
+        )
+        .await;
         assert!(!h.ok);
         assert!(h.problems[0].contains("bytes free, below"), "{h:?}");
         let gone = check(
             vec![d.path().join("missing")],
             Limits { min_free_bytes: 0, min_free_inodes: 0 },
+            none,
             Duration::from_secs(10),
         )
         .await;
         assert!(!gone.ok && gone.problems.len() == 2, "{gone:?}");
+    }
+
+    /// A dead NFS server makes the export unusable; a dead rsync daemon is reported only (the
+    /// peer cannot push here, clients are served).
+    #[tokio::test]
+    async fn a_dead_nfs_server_is_not_ok_a_dead_rsync_daemon_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let roots = vec![d.path().to_path_buf()];
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // closed again
+        let limits = Limits { min_free_bytes: 0, min_free_inodes: 0 };
+        let t = Duration::from_secs(5);
+        let h =
+            check(roots.clone(), limits, Services { nfs: Some(up.local_addr().unwrap()), rsyncd: Some(dead) }, t).await;
+        assert!(h.ok, "{h:?}");
+        assert_eq!(
+            h.services.iter().map(|s| (s.name.as_str(), s.up)).collect::<Vec<_>>(),
+            [("nfs", true), ("rsyncd", false)]
+        );
+        let h = check(roots, limits, Services { nfs: Some(dead), rsyncd: None }, t).await;
+        assert!(!h.ok && h.problems[0].contains("NFS server at 127.0.0.1:"), "{h:?}");
     }
 }

@@ -368,7 +368,8 @@ impl Agent {
         }
         let limits =
             health::Limits { min_free_bytes: self.cfg.min_free_bytes, min_free_inodes: self.cfg.min_free_inodes };
-        let h = health::check(self.roots.clone(), limits, self.cfg.timeout).await;
+        let services = health::Services { nfs: self.cfg.nfs_address, rsyncd: self.cfg.rsyncd_address };
+        let h = health::check(self.roots.clone(), limits, services, self.cfg.timeout).await;
         *self.last_health.lock().unwrap_or_else(PoisonError::into_inner) = Some((std::time::Instant::now(), h.clone()));
         h
     }
