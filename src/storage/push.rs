@@ -165,6 +165,7 @@ pub async fn run(
     filter: &Filter,
     opts: RunOpts,
 ) -> Result<RsyncReport, SpawnError> {
+    let batch = |plan: &Plan| (batch_args(base, target, tree, plan, filter), list_of(plan));
     // A listed `.` (the root's own change) would make rsync send every entry of the root, half-
     // written files included: the list goes without it, then the root's attributes alone.
     if let Plan::List(l) = plan {
@@ -172,7 +173,8 @@ pub async fn run(
             let rest: Vec<PathBuf> = l.iter().filter(|p| *p != Path::new(".")).cloned().collect();
             let mut listed = None;
             if !rest.is_empty() {
-                let r = run_one(rsync, base, target, tree, &Plan::List(rest), filter, opts).await?;
+                let (args, stdin) = batch(&Plan::List(rest));
+                let r = spawn(rsync, args, stdin, opts).await?;
                 if !r.ok() {
                     return Ok(r);
                 }
@@ -191,23 +193,16 @@ pub async fn run(
             return Ok(r);
         }
     }
-    run_one(rsync, base, target, tree, plan, filter, opts).await
+    let (args, stdin) = batch(plan);
+    spawn(rsync, args, stdin, opts).await
 }
 
-async fn run_one(
-    rsync: &Path,
-    base: &[String],
-    target: &RsyncTarget,
-    tree: &Tree,
-    plan: &Plan,
-    filter: &Filter,
-    opts: RunOpts,
-) -> Result<RsyncReport, SpawnError> {
-    let stdin = match plan {
+/// A list plan's paths for rsync's stdin.
+fn list_of(plan: &Plan) -> Option<Vec<u8>> {
+    match plan {
         Plan::List(l) => Some(rsync::nul_list(l.iter().map(PathBuf::as_path))),
         Plan::Roots(_) | Plan::Replace(_) => None,
-    };
-    spawn(rsync, batch_args(base, target, tree, plan, filter), stdin, opts).await
+    }
 }
 
 /// Runs rsync with `args` (`--update` first when cautious) under the batch deadline.
