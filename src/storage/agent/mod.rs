@@ -22,7 +22,7 @@ pub mod orphans;
 pub mod ring;
 pub mod unclean;
 
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -406,7 +406,7 @@ impl Agent {
                     held.active.name()
                 ));
             }
-        } else if req.epoch + 1 == held.epoch {
+        } else if req.epoch.checked_add(1) == Some(held.epoch) {
             // Clients may have written here since the switch: nothing from then on goes, nor
             // what moved in with a directory they renamed. A prompt promotion came before any web
             // node moved (this host's clock); otherwise the decider's switch time counts too (its
@@ -439,11 +439,15 @@ impl Agent {
             }
         }
         // this agent's own changes not pushed yet (a renamed directory's contents go with it)
-        let unpushed = self.peer_queue.unpushed(req.tree);
+        let mut whole = Vec::new();
+        for e in self.peer_queue.unpushed(req.tree) {
+            if e.scope.recursive() {
+                whole.push(e.path.clone());
+            }
+            own.insert(e.path.into_os_string().into_vec());
+        }
         let mine = move |p: &[u8]| {
-            let p = Path::new(std::ffi::OsStr::from_bytes(p));
-            own.contains(p.as_os_str().as_bytes())
-                || unpushed.iter().any(|e| e.path == p || (e.scope.recursive() && p.starts_with(&e.path)))
+            own.contains(p) || whole.iter().any(|w| Path::new(std::ffi::OsStr::from_bytes(p)).starts_with(w))
         };
         let from = req.from;
         let done = tokio::task::spawn_blocking(move || unclean::prune(&root, &paths, cutoff, moved_since, &mine))
