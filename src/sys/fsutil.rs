@@ -31,10 +31,7 @@ fn write_atomic_with(path: &Path, data: &[u8], durable: bool) -> io::Result<()> 
     let tmp = dir.join(tmp_name);
     {
         // A leftover temp file (or something planted under its name) is replaced, never followed.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_if_present(&tmp)?;
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -86,6 +83,22 @@ pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 pub fn read_capped_string(path: &Path, max: u64) -> io::Result<String> {
     String::from_utf8(read_capped(path, max)?)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not valid UTF-8: {e}")))
+}
+
+/// Removes `path`; one that is not there is no error.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Persists `value` as JSON at `path`, atomically and durably, or removes the file when `None`.
+pub fn store_json<T: serde::Serialize>(path: &Path, value: Option<&T>) -> io::Result<()> {
+    match value {
+        Some(v) => write_atomic(path, &serde_json::to_vec(v).map_err(io::Error::other)?),
+        None => remove_if_present(path),
+    }
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.

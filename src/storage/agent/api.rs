@@ -141,6 +141,22 @@ fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
     headers.get(SECRET_HEADER).is_some_and(|v| agent.secret().matches(v.as_bytes()))
 }
 
+/// A change request's body as `T`, once the secret matched; the refusal to answer otherwise (401
+/// without the secret, 400 for a body that is not a `what`).
+fn request<T: serde::de::DeserializeOwned>(
+    agent: &Agent,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<Response>> {
+    if !authorized(agent, headers) {
+        tracing::warn!("{what} refused: missing or wrong secret");
+        return Err(Box::new(refuse(agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into())));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(refuse(agent, StatusCode::BAD_REQUEST, format!("not a {what}: {e}"))))
+}
+
 async fn role(State(agent): State<Arc<Agent>>) -> Response {
     Json(agent.report()).into_response()
 }
@@ -150,13 +166,9 @@ async fn health(State(agent): State<Arc<Agent>>) -> Response {
 }
 
 async fn change_role(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&agent, &headers) {
-        tracing::warn!("role change refused: missing or wrong secret");
-        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
-    }
-    let change: RoleChange = match serde_json::from_slice(&body) {
+    let change: RoleChange = match request(&agent, &headers, &body, "role change") {
         Ok(c) => c,
-        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a role change: {e}")),
+        Err(refused) => return *refused,
     };
     // In a task of its own: a caller that gives up (its deadline) must not cancel a change half done.
     let a = Arc::clone(&agent);
@@ -171,12 +183,9 @@ async fn change_role(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
 }
 
 async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&agent, &headers) {
-        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
-    }
-    let req: DrainRequest = match serde_json::from_slice(&body) {
+    let req: DrainRequest = match request(&agent, &headers, &body, "drain request") {
         Ok(r) => r,
-        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a drain request: {e}")),
+        Err(refused) => return *refused,
     };
     let before = agent.report().pending;
     let wait = Duration::from_millis(req.timeout_ms).min(MAX_DRAIN);
@@ -188,13 +197,9 @@ async fn drain(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::
 }
 
 async fn prune(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&agent, &headers) {
-        tracing::warn!("prune refused: missing or wrong secret");
-        return refuse(&agent, StatusCode::UNAUTHORIZED, "missing or wrong secret".into());
-    }
-    let req: PruneRequest = match serde_json::from_slice(&body) {
+    let req: PruneRequest = match request(&agent, &headers, &body, "prune request") {
         Ok(r) => r,
-        Err(e) => return refuse(&agent, StatusCode::BAD_REQUEST, format!("not a prune request: {e}")),
+        Err(refused) => return *refused,
     };
     match agent.prune(&req).await {
         Ok(r) => Json(r).into_response(),

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The canary file at each tree root (never replicated, see `duty::is_internal`).
+/// The canary file at each tree root (never replicated: `push` excludes it).
 pub const CANARY: &str = ".nfs-guard-agent-canary";
 
 pub use crate::cluster::ExportHealth as Health;

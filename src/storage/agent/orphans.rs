@@ -172,14 +172,7 @@ pub fn load(dir: &Path) -> std::io::Result<Option<Orphans>> {
 
 /// Persists `o` (durably), or removes the file when `o` is `None`.
 pub fn store(dir: &Path, o: Option<&Orphans>) -> std::io::Result<()> {
-    let p = file(dir);
-    match o {
-        Some(o) => fsutil::write_atomic(&p, &serde_json::to_vec(o).map_err(std::io::Error::other)?),
-        None => match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
-    }
+    fsutil::store_json(&file(dir), o)
 }
 
 #[cfg(test)]

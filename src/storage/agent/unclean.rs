@@ -94,13 +94,7 @@ pub fn load_owed(dir: &Path) -> Option<Owed> {
 
 /// Persists (durably) or clears what is owed.
 pub fn store_owed(dir: &Path, o: Option<&Owed>) -> std::io::Result<()> {
-    match o {
-        Some(o) => fsutil::write_atomic(&owed_file(dir), &serde_json::to_vec(o).map_err(std::io::Error::other)?),
-        None => match std::fs::remove_file(owed_file(dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
-    }
+    fsutil::store_json(&owed_file(dir), o)
 }
 
 /// What a start owes: the window from the persisted watermark (else the previous run's start,
@@ -137,15 +131,15 @@ pub fn begin(agent: &Agent, previous_start_ms: Option<u64>) -> std::io::Result<O
 }
 
 fn mtime_ms(m: &std::fs::Metadata) -> u64 {
-    let s = u64::try_from(m.mtime()).unwrap_or(0);
-    let ns = u64::try_from(m.mtime_nsec()).unwrap_or(0);
-    s.saturating_mul(1000).saturating_add(ns / 1_000_000)
+    unix_ms(m.mtime(), m.mtime_nsec())
 }
 
 fn ctime_ms(m: &std::fs::Metadata) -> u64 {
-    let s = u64::try_from(m.ctime()).unwrap_or(0);
-    let ns = u64::try_from(m.ctime_nsec()).unwrap_or(0);
-    s.saturating_mul(1000).saturating_add(ns / 1_000_000)
+    unix_ms(m.ctime(), m.ctime_nsec())
+}
+
+fn unix_ms(secs: i64, nsec: i64) -> u64 {
+    u64::try_from(secs).unwrap_or(0).saturating_mul(1000).saturating_add(u64::try_from(nsec).unwrap_or(0) / 1_000_000)
 }
 
 /// Names the agent and the failback guard own at a tree's root (never replicated, never pruned).
