@@ -735,7 +735,7 @@ start_uml() {
     log "web: booting the user-mode-linux guest (console: $r/uml.log)"
     spawn web uml env HOME="$r/uml" TMPDIR=/dev/shm LD_PRELOAD="$shim" linux.uml mem=256M uml_dir="$r/uml" umid=web \
         root=/dev/root rootfstype=hostfs rootflags=/ ro init="$r/uml-init" \
-        con0=fd:0,fd:1 con=null ssl=null vec0:transport=tap,ifname=tap0 \
+        con0=fd:0,fd:1 con=null ssl=null vec0:transport=tap,ifname=tap0,gro=1 \
         LAB_SPOOL="$spool" LAB_SHARE="$STATE" LAB_IP="${IP[web]}" LAB_PREFIX=24 LAB_HOSTNAME=web
 }
 
