@@ -1,6 +1,8 @@
-//! Lab tests of `nfs-guard web` with the real binary inside the lab's `web` host: real probes (ICMP,
-//! TCP, ONC-RPC NULL against nfs-ganesha), the real mount helper (the lab's NFS stand-in), real rsync
-//! daemons, real faults. Root only; a lab that cannot come up fails the test.
+//! Lab tests of `nfs-guard web` with the real binary inside the lab's `web` host: by default a
+//! user-mode-linux guest running Linux's own NFS client (`mount -t nfs`, NFSv3 and NFSv4.1, every test
+//! on both), against real probes (ICMP, TCP, ONC-RPC NULL against nfs-ganesha), real rsync daemons and
+//! real faults; `LAB_WEB=sshfs` runs them on the sshfs stand-in instead. Root only; a lab (or guest)
+//! that cannot come up fails the test.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,18 +18,36 @@ use lab::{output_with_timeout, wait_until, Fault, Host, Lab, WebKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
 
-/// The lab with `LAB_WEB`'s web host: the sshfs stand-in unless `LAB_WEB=uml` (the kernel NFS client;
-/// 6 of these 7 tests pass there, `web_lab_backup_dying_while_served_is_reconciled` does not yet: its
-/// `--once` reconciliation mounts the healed backup on the superblock of the detached, still hung mount).
-fn up(name: &str) -> Lab {
-    Lab::up_with(name, WebKind::from_env_or(WebKind::Sshfs))
+/// Every test below runs twice, on NFSv3 and on NFSv4.1 (`v3::NAME`, `v41::NAME`): the web node's
+/// `options` say `vers=`, and the lab's name ends in the major version.
+macro_rules! on_both_versions {
+    ($($name:ident),* $(,)?) => {
+        mod v3 { $( #[test] fn $name() { super::$name("3"); } )* }
+        mod v41 { $( #[test] fn $name() { super::$name("4.1"); } )* }
+    };
+}
+on_both_versions!(
+    web_lab_fails_over_on_host_faults,
+    web_lab_fails_over_on_network_faults,
+    web_lab_failback_after_reverse_sync_retries,
+    web_lab_backup_dying_while_served_is_reconciled,
+    web_lab_both_down_and_once_mode,
+    web_lab_flapping_primary_causes_no_mount_flapping,
+    web_lab_lost_network_never_switches,
+);
+
+/// The lab for NFS version `vers`, with `LAB_WEB`'s web host: the kernel NFS client in a
+/// user-mode-linux guest unless `LAB_WEB=sshfs` (the stand-in, which ignores `vers`).
+fn up(name: &str, vers: &str) -> Lab {
+    let major = vers.split('.').next().unwrap_or(vers);
+    Lab::up_with(&format!("{name}{major}"), WebKind::from_env_or(WebKind::Uml))
 }
 /// The web node's mount options: what a user runs on the kernel client (hard: a soft mount's
 /// timeouts turn a slow server's reads into EIO), and the stand-in's (it ignores them).
-fn mount_options(lab: &Lab) -> &'static str {
+fn mount_options(lab: &Lab, vers: &str) -> String {
     match lab.web_kind() {
-        WebKind::Uml => "vers=3,hard,timeo=50,retrans=2",
-        WebKind::Sshfs => "vers=3,soft,timeo=10",
+        WebKind::Uml => format!("vers={vers},hard,timeo=50,retrans=2"),
+        WebKind::Sshfs => format!("vers={vers},soft,timeo=10"),
     }
 }
 const INTERVAL_S: u64 = 1;
@@ -42,7 +62,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(lab: &Lab, extra: &str) -> Node {
+    fn new(lab: &Lab, vers: &str, extra: &str) -> Node {
         // Under the lab's state dir: a uml web guest sees it at the same path (not this machine's /tmp).
         let dir = tempfile::tempdir_in(lab.state_dir()).unwrap();
         let config = dir.path().join("web.toml");
@@ -79,7 +99,7 @@ io_timeout = "10s"
 "#,
             state = dir.path().join("state").display(),
             mp = Lab::WEB_MOUNT,
-            options = mount_options(lab),
+            options = mount_options(lab, vers),
             p = lab.ip(Host::Primary),
             b = lab.ip(Host::Backup),
             export = Lab::EXPORT,
@@ -204,9 +224,9 @@ fn unmount_all(lab: &Lab) {
 
 /// Fault the primary, measure the time until the web host's mount serves the backup; the controller's
 /// status keeps answering throughout.
-fn failover_scenario(lab: &Lab, fault: Fault) -> Duration {
+fn failover_scenario(lab: &Lab, vers: &str, fault: Fault) -> Duration {
     unmount_all(lab);
-    let node = Node::new(lab, "");
+    let node = Node::new(lab, vers, "");
     let mut d = node.start(lab, &[]);
     wait_mounted(lab, Host::Primary, Duration::from_secs(15), &node);
     wait_until("primary checks up", Duration::from_secs(5), || node.status()["servers"][1]["state"] == "up");
@@ -233,20 +253,18 @@ fn failover_scenario(lab: &Lab, fault: Fault) -> Duration {
     took
 }
 
-#[test]
-fn web_lab_fails_over_on_host_faults() {
-    let lab = up("wfh");
+fn web_lab_fails_over_on_host_faults(vers: &str) {
+    let lab = up("wfh", vers);
     for fault in [Fault::Freeze, Fault::Kill, Fault::StopNfs] {
-        failover_scenario(&lab, fault);
+        failover_scenario(&lab, vers, fault);
     }
     unmount_all(&lab);
 }
 
-#[test]
-fn web_lab_fails_over_on_network_faults() {
-    let lab = up("wfn");
+fn web_lab_fails_over_on_network_faults(vers: &str) {
+    let lab = up("wfn", vers);
     for fault in [Fault::Blackhole, Fault::Reject, Fault::Unplug] {
-        failover_scenario(&lab, fault);
+        failover_scenario(&lab, vers, fault);
     }
     unmount_all(&lab);
 }
@@ -254,10 +272,9 @@ fn web_lab_fails_over_on_network_faults() {
 /// Every file written on the backup during the failover is on the primary after failback, byte for
 /// byte; the reverse sync fails twice (the primary's rsync daemon is down while its NFS is up) and the
 /// mount moves back only after it succeeds; a restart mid-failover resumes without remounting.
-#[test]
-fn web_lab_failback_after_reverse_sync_retries() {
-    let lab = up("wfb");
-    let node = Node::new(&lab, "");
+fn web_lab_failback_after_reverse_sync_retries(vers: &str) {
+    let lab = up("wfb", vers);
+    let node = Node::new(&lab, vers, "");
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
     fs::write(lab.data_dir(Host::Primary).join("old.txt"), "on primary before").unwrap();
@@ -320,10 +337,9 @@ sync"#;
 /// is down): the node moves to the primary and records a reconciliation of the epoch. After a restart,
 /// `--once` timer runs mount the healed backup at a staging dir and copy the writes made during the
 /// failover to the primary, byte for byte, without ever moving the mount; the flag clears.
-#[test]
-fn web_lab_backup_dying_while_served_is_reconciled() {
-    let lab = up("wrc");
-    let node = Node::new(&lab, "");
+fn web_lab_backup_dying_while_served_is_reconciled(vers: &str) {
+    let lab = up("wrc", vers);
+    let node = Node::new(&lab, vers, "");
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
     lab.fault(Host::Primary, Fault::Freeze);
@@ -372,10 +388,9 @@ sync"#;
 /// Both servers down: no switch, one alert. Then `--once` across several timer runs behaves like the
 /// daemon: the failover happens on the `fall_certain`-th failed run (a stopped NFS service refuses:
 /// certain evidence), not before.
-#[test]
-fn web_lab_both_down_and_once_mode() {
-    let lab = up("wbo");
-    let node = Node::new(&lab, "");
+fn web_lab_both_down_and_once_mode(vers: &str) {
+    let lab = up("wbo", vers);
+    let node = Node::new(&lab, vers, "");
     node.once(&lab);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(1), &node);
 
@@ -406,10 +421,9 @@ fn web_lab_both_down_and_once_mode() {
 /// A primary that keeps coming back and dying again while the node is on the backup never moves the
 /// mount: every recovery restarts the hold-down, no reverse sync starts, the backup mount stays the
 /// same; when it finally stays up, the node fails back once.
-#[test]
-fn web_lab_flapping_primary_causes_no_mount_flapping() {
-    let lab = up("wfl");
-    let node = Node::new(&lab, "");
+fn web_lab_flapping_primary_causes_no_mount_flapping(vers: &str) {
+    let lab = up("wfl", vers);
+    let node = Node::new(&lab, vers, "");
     // a longer hold-down than each "up" phase below
     let text = fs::read_to_string(&node.config).unwrap().replace("hold_down = \"2s\"", "hold_down = \"6s\"");
     fs::write(&node.config, text).unwrap();
@@ -446,10 +460,9 @@ fn web_lab_flapping_primary_causes_no_mount_flapping() {
 
 /// The web node itself loses its network (its switch port goes down): every server AND the witness
 /// fail, nfs-guard says so once and does not switch.
-#[test]
-fn web_lab_lost_network_never_switches() {
-    let lab = up("wnl");
-    let node = Node::new(&lab, &format!("witness = \"{}\"", lab.ip(Host::Mail)));
+fn web_lab_lost_network_never_switches(vers: &str) {
+    let lab = up("wnl", vers);
+    let node = Node::new(&lab, vers, &format!("witness = \"{}\"", lab.ip(Host::Mail)));
     let mut d = node.start(&lab, &[]);
     wait_mounted(&lab, Host::Primary, Duration::from_secs(15), &node);
     lab.fault(Host::Web, Fault::Unplug);
