@@ -1,5 +1,5 @@
 //! Lab tests of `nfs-guard web` with the real binary inside the lab's `web` host: by default a
-//! user-mode-linux guest running Linux's own NFS client (`mount -t nfs`, NFSv3 and NFSv4.1, every test
+//! user-mode-linux guest running Linux's own NFS client (`mount -t nfs`, NFS v3 and v4.1, every test
 //! on both), against real probes (ICMP, TCP, ONC-RPC NULL against nfs-ganesha), real rsync daemons and
 //! real faults; `LAB_WEB=sshfs` runs them on the sshfs stand-in instead. Root only; a lab (or guest)
 //! that cannot come up fails the test.
@@ -18,7 +18,7 @@ use lab::{output_with_timeout, wait_until, Fault, Host, Lab, WebKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nfs-guard");
 
-/// Every test below runs twice, on NFSv3 and on NFSv4.1 (`v3::NAME`, `v41::NAME`): the web node's
+/// Every test below runs twice, on NFS v3 and on v4.1 (`v3::NAME`, `v41::NAME`): the web node's
 /// `options` say `vers=`, and the lab's name ends in the major version.
 macro_rules! on_both_versions {
     ($($name:ident),* $(,)?) => {
