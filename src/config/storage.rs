@@ -160,9 +160,12 @@ pub struct Events {
 }
 
 impl Default for Events {
-    /// `modify` is off: `close_write` pushes a file once it is complete instead of at every `write()`.
+    /// Everything on, `modify` included: an NFS server is the writer here, and it closes a file when
+    /// it likes (nfs-ganesha keeps its descriptor open for as long as the file is in use: overwrites
+    /// and appends through NFS bring `modify` events and no `close_write` for minutes). A path is
+    /// pushed `window` after its last event, so a file written in many `write()`s still goes once.
     fn default() -> Self {
-        Events { create: true, close_write: true, modify: false, attrib: true, delete: true, moves: true }
+        Events { create: true, close_write: true, modify: true, attrib: true, delete: true, moves: true }
     }
 }
 
@@ -516,7 +519,7 @@ module = "data"
         assert_eq!(s.remotes[0].name, "backup");
         assert!(s.full_sync.update && !s.full_sync.delete && s.full_sync.at_start);
         assert_eq!(s.rsync_args, ["-a", "-H", "--numeric-ids", "--whole-file"]);
-        assert!(!s.events.modify && s.events.close_write);
+        assert!(s.events.modify && s.events.close_write);
         assert_eq!(s.window, std::time::Duration::from_millis(20));
     }
 
