@@ -8,6 +8,9 @@
 //!   `nfs-guard web` reverse-syncing before failback): no acknowledged write lost; deletes and renames
 //!   made during a failover come back by design (counted in the report).
 //!
+//! The web host is Linux's own NFS client in the lab's user-mode-linux guest (a hard mount; the writer
+//! runs inside the guest), or the sshfs stand-in with `LAB_WEB=sshfs`.
+//!
 //! `CHAOS_CYCLES` (default 3) and `CHAOS_SEED` (default: from the clock, printed) choose the run;
 //! `scripts/chaos.sh` runs a long one and prints the report.
 #![allow(clippy::unwrap_used)]
@@ -27,9 +30,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chaos_writer::{check, Findings, Writer};
+use chaos_writer::{check, Findings, Hands, Writer};
 use cluster::Cluster;
-use lab::{Fault, Host, Lab};
+use lab::{wait_until, Fault, Host, Lab, WebKind};
 use storage_common::{status_json, wait_idle, write_config, Node, BIN};
 use web_node::WebNode;
 
@@ -79,18 +82,26 @@ enum Storage {
     Agents(Cluster),
 }
 
+/// The web node's mount options: a hard mount on the kernel client (what users run), the
+/// stand-in's own otherwise.
+const UML_OPTIONS: &str = "vers=3,hard,timeo=50,retrans=2";
+
 /// The storage hosts and the web node.
-struct Farm {
-    lab: Lab,
+struct Farm<'a> {
+    lab: &'a Lab,
     storage: Storage,
 }
 
-impl Farm {
-    fn up(work: &Path, agents: bool) -> Farm {
-        let lab = Lab::up(if agents { "chagt" } else { "chaos" });
+impl<'a> Farm<'a> {
+    /// `work` is under the lab's state dir: the web guest sees it at the same path.
+    fn up(lab: &'a Lab, work: &Path, agents: bool) -> Farm<'a> {
+        let uml = lab.web_kind() == WebKind::Uml;
         if agents {
-            // (the web host is the stand-in: it sees `work`)
-            let c = Cluster::running(&lab, work, "", "");
+            let mut c = Cluster::new(lab, work, "", "");
+            if uml {
+                c.web.set_mount_options(UML_OPTIONS);
+            }
+            c.start(lab);
             return Farm { lab, storage: Storage::Agents(c) };
         }
         let state = work.join("storage-state");
@@ -107,8 +118,11 @@ impl Farm {
         let log = work.join("storage.log");
         let node = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &log);
         wait_idle(&state, &node, Duration::from_secs(30));
-        let mut web = WebNode::new(&lab, work, "");
-        web.start(&lab);
+        let mut web = WebNode::new(lab, work, "");
+        if uml {
+            web.set_mount_options(UML_OPTIONS);
+        }
+        web.start(lab);
         wait("the web node to serve the primary", Duration::from_secs(30), &web, || web.active_is("primary"));
         Farm { lab, storage: Storage::Replicator { state, cfg, log, node, web } }
     }
@@ -138,7 +152,7 @@ impl Farm {
     /// After a heal: what a fault killed is started again, and sometimes a live one is killed -9
     /// and restarted (the replicator; in agent mode either host's agent).
     fn revive_storage(&mut self, rng: &mut fastrand::Rng, r: &mut Report) {
-        let lab = &self.lab;
+        let lab = self.lab;
         match &mut self.storage {
             Storage::Replicator { cfg, log, node, .. } => {
                 let alive = node.child.try_wait().unwrap().is_none();
@@ -173,7 +187,16 @@ impl Farm {
 
     fn restart_web(&mut self, r: &mut Report) {
         self.web_mut().kill9();
-        let lab = &self.lab;
+        let lab = self.lab;
+        if lab.web_kind() == WebKind::Uml {
+            // the guest ends the killed command's process group a moment later; systemd, too, starts
+            // the next one only once the last is gone (its state-dir lock would refuse it)
+            let config = self.web().config.display().to_string();
+            wait_until("the killed web node to be gone from the guest", Duration::from_secs(20), || {
+                lab.exec_timeout(Host::Web, &["pgrep", "-f", &config], Duration::from_secs(10))
+                    .is_some_and(|o| o.status.code() == Some(1))
+            });
+        }
         match &mut self.storage {
             Storage::Replicator { web, .. } => web.start(lab),
             Storage::Agents(c) => c.web.start(lab),
@@ -284,7 +307,7 @@ fn report_text(seed: u64, r: &Report, model: &chaos_writer::Model, p: &Findings,
 }
 
 /// A failed run's evidence: each wrong file's size and mtime on both servers, and the rsync
-/// daemons' transfer logs next to the nfs-guard logs in the kept work dir.
+/// daemons' transfer logs next to the nfs-guard logs in the work dir (kept: [`KeepOnFailure`]).
 fn post_mortem(lab: &Lab, wrong: &[&String], kept: &Path) {
     for l in wrong.iter().take(8) {
         let name = l.split(':').next().unwrap_or_default();
@@ -298,11 +321,49 @@ fn post_mortem(lab: &Lab, wrong: &[&String], kept: &Path) {
     for h in Host::STORAGE {
         let _ = fs::copy(lab.run_dir(h).join("rsyncd.log"), kept.join(format!("rsyncd-{}.log", h.name())));
     }
-    eprintln!("logs kept in {}", kept.display());
 }
 
 /// Chaos runs take both cores' timing as it comes: one at a time, never two side by side.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The writer's hands: in this process on the stand-in's mount (seen through the web namespace's
+/// root), or `guest_ops.py` inside the web guest on its kernel NFS mount.
+fn hands(lab: &Lab, work: &Path) -> Hands {
+    if lab.web_kind() == WebKind::Sshfs {
+        return Hands::Local(PathBuf::from(format!("/proc/{}/root{}", lab.holder_pid(Host::Web), Lab::WEB_MOUNT)));
+    }
+    let spool = work.join("ops");
+    Hands::make_spool(&spool);
+    let log = fs::File::create(work.join("guest-ops.log")).unwrap();
+    let child = lab
+        .command(Host::Web, "python3")
+        .args([Hands::GUEST_OPS, spool.to_str().unwrap(), Lab::WEB_MOUNT])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until("the guest's writer", Duration::from_secs(30), || spool.join("ready").exists());
+    Hands::Guest { spool, child }
+}
+
+/// Copies the run's work dir (under the lab's state dir, which goes with the lab) out to `to` unless
+/// the run was good: on a panic (a timeout) too.
+struct KeepOnFailure {
+    from: PathBuf,
+    to: PathBuf,
+    good: bool,
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if self.good && !std::thread::panicking() {
+            return;
+        }
+        let ok = std::process::Command::new("cp").arg("-a").arg(&self.from).arg(&self.to).status();
+        eprintln!("chaos: logs kept in {} ({ok:?})", self.to.display());
+    }
+}
 
 /// One chaos run; the findings on the primary and on the backup. A failed run keeps its logs.
 fn run(agents: bool) -> (Findings, Findings) {
@@ -315,13 +376,18 @@ fn run(agents: bool) -> (Findings, Findings) {
     let mode = if agents { "storage agents" } else { "reverse sync" };
     eprintln!("chaos ({mode}): {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // Kept when the run fails in any way (a timeout panics): removed at the end of a good run.
-    let work = tempfile::Builder::new().prefix("nfsguard-chaos").disable_cleanup(true).tempdir_in("/var/tmp").unwrap();
-    eprintln!("chaos ({mode}): logs in {}", work.path().display());
-    let mut farm = Farm::up(work.path(), agents);
+    let lab = Lab::up_with(if agents { "chagt" } else { "chaos" }, WebKind::from_env_or(WebKind::Uml));
+    // Under the lab's state dir (removed with the lab): copied out when the run fails in any way.
+    let work = tempfile::Builder::new().prefix("chaos").disable_cleanup(true).tempdir_in(lab.state_dir()).unwrap();
+    let mut keep = KeepOnFailure {
+        from: work.path().to_owned(),
+        to: PathBuf::from(format!("/var/tmp/nfsguard-chaos-{}-{seed}", if agents { "agents" } else { "rsync" })),
+        good: false,
+    };
+    eprintln!("chaos ({mode}): logs in {} (kept in {} if the run fails)", work.path().display(), keep.to.display());
+    let mut farm = Farm::up(&lab, work.path(), agents);
     let in_failover = Arc::new(AtomicBool::new(false));
-    let mount = PathBuf::from(format!("/proc/{}/root{}", farm.lab.holder_pid(Host::Web), Lab::WEB_MOUNT));
-    let writer = Writer::start(mount, seed, Arc::clone(&in_failover));
+    let writer = Writer::start(hands(&lab, work.path()), seed, Arc::clone(&in_failover));
     let mut r = Report::default();
     r.at("writer started");
     for _ in 0..cycles {
@@ -354,9 +420,9 @@ fn run(agents: bool) -> (Findings, Findings) {
     }
     eprintln!("timeline: {:#?}", r.timeline);
     if wrong.is_empty() {
-        let _ = fs::remove_dir_all(work.path());
+        keep.good = true;
     } else {
-        post_mortem(&farm.lab, &wrong, work.path());
+        post_mortem(&lab, &wrong, work.path());
     }
     (p, b)
 }

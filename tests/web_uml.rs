@@ -77,10 +77,7 @@ fn options(vers: &str) -> String {
 
 fn node(lab: &Lab, dir: &Path, vers: &str) -> WebNode {
     let n = WebNode::new(lab, dir, "");
-    let text = fs::read_to_string(&n.config).unwrap();
-    let text = text.replace(r#"options = "vers=3,soft,timeo=10""#, &format!(r#"options = "{}""#, options(vers)));
-    assert!(text.contains(&options(vers)), "WebNode's config changed: {text}");
-    fs::write(&n.config, text).unwrap();
+    n.set_mount_options(&options(vers));
     n
 }
 

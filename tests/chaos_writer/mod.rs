@@ -1,5 +1,7 @@
 //! The chaos test's writer and its model: creates, overwrites, appends, renames and deletes files
 //! through the web host's mount without pause, and records only what the filesystem acknowledged.
+//! The operations run where the mount is ([`Hands`]): in this process on the stand-in's mount, or
+//! inside the user-mode-linux guest on Linux's own NFS client (`guest_ops.py`).
 //!
 //! Every content line is `v=N` (N unique per operation), so a file's version is its largest N and an
 //! append's line can be looked for. Each operation runs on its own thread with a deadline: one that
@@ -10,9 +12,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An operation that takes longer than this is abandoned (in doubt).
 const OP_DEADLINE: Duration = Duration::from_secs(4);
@@ -47,37 +50,126 @@ pub struct Model {
     pub history: BTreeMap<String, Vec<String>>,
 }
 
+/// Where the operations run.
+pub enum Hands {
+    /// In this process, under `root` (the mount as seen from here: the stand-in's).
+    Local(PathBuf),
+    /// Inside the web guest: `child` runs `guest_ops.py SPOOL MOUNT` there ([`Hands::GUEST_OPS`]);
+    /// requests and results pass through `spool`, a directory both sides see.
+    Guest { spool: PathBuf, child: Child },
+}
+
+/// How long a request to the guest is waited for at most (the writer gives up at `OP_DEADLINE`;
+/// this only bounds the thread that waits).
+const GUEST_WAIT: Duration = Duration::from_secs(60);
+
+impl Hands {
+    pub const GUEST_OPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chaos_writer/guest_ops.py");
+
+    /// The spool's directories, made before the guest's `guest_ops.py` starts.
+    pub fn make_spool(spool: &Path) {
+        fs::create_dir_all(spool.join("req")).unwrap();
+        fs::create_dir_all(spool.join("res")).unwrap();
+    }
+
+    /// Performs `op` (request number `n`): `Ok(true)` acknowledged, `Ok(false)` an error, `Err` no
+    /// answer within [`GUEST_WAIT`].
+    fn exec(&self, n: u64, op: &Op, data: &[u8]) -> Result<bool, ()> {
+        match self {
+            Hands::Local(root) => Ok(exec(root, op, data).is_ok()),
+            Hands::Guest { spool, .. } => {
+                let (kind, names): (&str, Vec<&str>) = match op {
+                    Op::Create(a) | Op::Overwrite(a) => ("write", vec![a]),
+                    Op::Append(a) => ("append", vec![a]),
+                    Op::Rename(a, b) => ("rename", vec![a, b]),
+                    Op::Delete(a) => ("delete", vec![a]),
+                    Op::Mkdir(a) => ("mkdir", vec![a]),
+                };
+                let mut body = kind.as_bytes().to_vec();
+                for name in names {
+                    body.push(0);
+                    body.extend_from_slice(name.as_bytes());
+                }
+                body.push(0);
+                body.extend_from_slice(data);
+                let tmp = spool.join("req").join(format!(".{n}"));
+                fs::write(&tmp, body).unwrap();
+                fs::rename(&tmp, spool.join("req").join(n.to_string())).unwrap();
+                let res = spool.join("res").join(n.to_string());
+                let t = Instant::now();
+                while t.elapsed() < GUEST_WAIT {
+                    if let Ok(answer) = fs::read(&res) {
+                        let _ = fs::remove_file(&res);
+                        return Ok(answer == b"ok");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(())
+            }
+        }
+    }
+
+    fn stop(self) {
+        if let Hands::Guest { spool, mut child } = self {
+            fs::write(spool.join("stop"), b"").unwrap();
+            let t = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if t.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// The writer; `stop()` ends it and returns the model.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Model>>,
+    hands: Arc<Hands>,
 }
 
 impl Writer {
-    /// Starts writing under `root` (the mount as seen from this process). `in_failover` tells the
-    /// model how to label deletes and renames.
-    pub fn start(root: PathBuf, seed: u64, in_failover: Arc<AtomicBool>) -> Writer {
+    /// Starts writing with `hands`. `in_failover` tells the model how to label deletes and renames.
+    pub fn start(hands: Hands, seed: u64, in_failover: Arc<AtomicBool>) -> Writer {
         for d in 0..DIRS {
-            fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+            let dir = format!("d{d}");
+            assert_eq!(hands.exec(0, &Op::Mkdir(dir.clone()), b""), Ok(true), "the writer cannot make {dir}");
         }
+        let hands = Arc::new(hands);
         let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || run(&root, seed, &s, &in_failover));
-        Writer { stop, thread: Some(thread) }
+        let (s, h) = (Arc::clone(&stop), Arc::clone(&hands));
+        let thread = std::thread::spawn(move || run(&h, seed, &s, &in_failover));
+        Writer { stop, thread: Some(thread), hands }
     }
 
     pub fn stop(mut self) -> Model {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
+        let model = self.thread.take().unwrap().join().unwrap();
+        // the per-operation threads still waiting hold clones: stop the guest's side regardless
+        match Arc::try_unwrap(self.hands) {
+            Ok(hands) => hands.stop(),
+            Err(shared) => {
+                if let Hands::Guest { spool, .. } = &*shared {
+                    fs::write(spool.join("stop"), b"").unwrap();
+                }
+            }
+        }
+        model
     }
 }
 
+#[derive(Clone)]
 enum Op {
     Create(String),
     Overwrite(String),
     Append(String),
     Rename(String, String),
     Delete(String),
+    Mkdir(String),
 }
 
 fn line(v: u64, rng: &mut fastrand::Rng) -> Vec<u8> {
@@ -104,15 +196,15 @@ fn exec(root: &Path, op: &Op, data: &[u8]) -> std::io::Result<()> {
         Op::Append(n) => write(n, true),
         Op::Rename(a, b) => fs::rename(root.join(a), root.join(b)),
         Op::Delete(n) => fs::remove_file(root.join(n)),
+        Op::Mkdir(n) => fs::create_dir_all(root.join(n)),
     }
 }
 
-fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> Model {
-    let t0 = std::time::Instant::now();
+fn run(hands: &Arc<Hands>, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> Model {
+    let t0 = Instant::now();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut m = Model::default();
     let next = AtomicU64::new(1);
-    let root = Arc::new(root.to_path_buf());
     while !stop.load(Ordering::SeqCst) {
         let live: Vec<String> = m
             .files
@@ -135,17 +227,11 @@ fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> M
         m.counts.ops += 1;
         let (tx, rx) = mpsc::channel();
         {
-            let (root, op_data) = (Arc::clone(&root), data.clone());
-            let op2 = match &op {
-                Op::Create(n) => Op::Create(n.clone()),
-                Op::Overwrite(n) => Op::Overwrite(n.clone()),
-                Op::Append(n) => Op::Append(n.clone()),
-                Op::Rename(a, b) => Op::Rename(a.clone(), b.clone()),
-                Op::Delete(n) => Op::Delete(n.clone()),
-            };
+            let (hands, op, data) = (Arc::clone(hands), op.clone(), data.clone());
             std::thread::spawn(move || {
-                let r = exec(&root, &op2, &op_data);
-                let _ = tx.send(r.is_ok());
+                if let Ok(acked) = hands.exec(v, &op, &data) {
+                    let _ = tx.send(acked);
+                }
             });
         }
         let started = t0.elapsed().as_secs_f64();
@@ -156,6 +242,7 @@ fn run(root: &Path, seed: u64, stop: &AtomicBool, in_failover: &AtomicBool) -> M
             Op::Append(n) => vec![(n.clone(), "append")],
             Op::Rename(a, b) => vec![(a.clone(), "rename away"), (b.clone(), "rename to")],
             Op::Delete(n) => vec![(n.clone(), "delete")],
+            Op::Mkdir(_) => Vec::new(), // set-up only
         };
         for (n, kind) in what {
             let res = match outcome {
@@ -220,6 +307,7 @@ fn apply(m: &mut Model, op: &Op, v: u64, in_failover: bool) {
         Op::Delete(n) => {
             m.files.insert(n.clone(), FileState::Gone { in_failover });
         }
+        Op::Mkdir(_) => {}
     }
 }
 
@@ -256,6 +344,7 @@ fn doubt(m: &mut Model, op: &Op) {
             mark(m, from, true);
             mark(m, to, true);
         }
+        Op::Mkdir(_) => {}
     }
 }
 

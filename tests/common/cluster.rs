@@ -84,13 +84,18 @@ impl Cluster {
     /// primary and the web node serving the primary.
     pub fn running(lab: &Lab, dir: &Path, storage_extra: &str, agent_extra: &str) -> Cluster {
         let mut c = Cluster::new(lab, dir, storage_extra, agent_extra);
-        c.start_agent(lab, Host::Primary);
-        c.start_agent(lab, Host::Backup);
+        c.start(lab);
+        c
+    }
+
+    /// Starts both agents and then the web node (see [`Cluster::running`]).
+    pub fn start(&mut self, lab: &Lab) {
+        self.start_agent(lab, Host::Primary);
+        self.start_agent(lab, Host::Backup);
         let (p, b) = (lab.data_dir(Host::Primary), lab.data_dir(Host::Backup));
         storage_common::wait_same(&p, &b, Duration::from_secs(30), None);
-        c.web.start(lab);
-        c.wait("the web node serves the primary", Duration::from_secs(30), || c.web.active_is("primary"));
-        c
+        self.web.start(lab);
+        self.wait("the web node serves the primary", Duration::from_secs(30), || self.web.active_is("primary"));
     }
 
     pub fn state(&self, h: Host) -> PathBuf {

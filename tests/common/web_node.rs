@@ -67,6 +67,15 @@ io_timeout = "30s"
         WebNode { config, log: dir.join("web.log"), child: None }
     }
 
+    /// Replaces the mount options of the config (the stand-in's `vers=3,soft,timeo=10` by default),
+    /// before [`WebNode::start`]; e.g. a hard mount on the kernel client.
+    pub fn set_mount_options(&self, options: &str) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        let with = text.replace(r#"options = "vers=3,soft,timeo=10""#, &format!(r#"options = "{options}""#));
+        assert_ne!(with, text, "the config's mount options changed: {text}");
+        fs::write(&self.config, with).unwrap();
+    }
+
     /// Starts the daemon inside the web host, appending to the log.
     pub fn start(&mut self, lab: &Lab) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
