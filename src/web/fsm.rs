@@ -390,3 +390,4 @@ mod tests;
 #[allow(clippy::unwrap_used)]
 #[path = "fsm_props.rs"]
 mod props;
+
