@@ -211,6 +211,16 @@ impl Out<'_> {
         }
         self.acts.push(effect);
     }
+
+    /// --> Mounting(to): detach whatever is at the mount point and mount `to` directly.
+    fn mount(&mut self, to: Server, fact: Option<Fact>) {
+        self.enter(Phase::Mounting { to }, fact, Action::Mount { server: to });
+    }
+
+    /// --> Staging(to): the staged switch.
+    fn stage(&mut self, to: Server, keep_old: bool) {
+        self.enter(Phase::Staging { to }, None, Action::StagedSwitch { to, keep_old });
+    }
 }
 
 /// The transition for `event` in `state`.
@@ -277,11 +287,7 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
                 o.s.phase = Phase::Serving { server: Server::Backup };
                 o.acts.push(Action::Persist);
             } else {
-                o.enter(
-                    Phase::Staging { to: Server::Primary },
-                    None,
-                    Action::StagedSwitch { to: Server::Primary, keep_old: true },
-                );
+                o.stage(Server::Primary, true);
             }
         }
         // Syncing(kind, n) --sync failed--> Serving(what it serves: the backup for a reverse sync, the
@@ -390,4 +396,3 @@ mod tests;
 #[allow(clippy::unwrap_used)]
 #[path = "fsm_props.rs"]
 mod props;
-

@@ -29,7 +29,7 @@ pub(super) fn decide(o: &mut Out, now_ms: u64) {
                 // Unmounted --backup usable, writes pending there--> Mounting(backup), same epoch;
                 // --primary picked while the backup's writes are not synced--> Mounting(primary),
                 // reconciliation pending; without a reverse-sync target: (same), alerted, the operator decides
-                o.enter(Phase::Mounting { to: s }, None, Action::Mount { server: s });
+                o.mount(s, None);
             }
         }
         // Syncing(kind, n) --backup or primary DOWN--> Serving(what it serves), the pass aborted (it
@@ -65,11 +65,7 @@ pub(super) fn decide(o: &mut Out, now_ms: u64) {
             Hold::Pinned(Server::Backup) if h.primary == Status::Down => failover(o, FailoverCause::Pinned),
             // Serving(primary)|Reconciling --pinned to backup--> Staging(backup): the staged switch opens
             // the epoch when the backup is served (a switch that fails on the way leaves nothing owed)
-            Hold::Pinned(Server::Backup) => o.enter(
-                Phase::Staging { to: Server::Backup },
-                None,
-                Action::StagedSwitch { to: Server::Backup, keep_old: false },
-            ),
+            Hold::Pinned(Server::Backup) => o.stage(Server::Backup, false),
         },
         Phase::Serving { server: Server::Backup } => {
             if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) {
@@ -103,42 +99,37 @@ pub(super) fn decide(o: &mut Out, now_ms: u64) {
     }
 }
 
-/// Serving(`s`) and `s` is DOWN (after hysteresis):
-/// - with the witness DOWN too --> (same), network-lost alert once: it is our own network;
-/// - with the witness's latest check failing --> (same): wait one more check, is it `s` or us?
-/// - the other server not usable --> (same), both-down alert once when both are DOWN, else wait;
-/// - Serving(primary) --primary down, backup usable--> Mounting(backup), a failover: new epoch;
-/// - Serving(backup) --backup down, primary usable--> Mounting(primary): the reverse sync is impossible
-///   now; a reconciliation of this epoch is recorded (durably, before the mount moves) and runs once
-///   the backup is back. (Also reached from Resyncing, the pass aborted.) Why serve rather than wait on
-///   the dead backup: the writes acknowledged on the backup are not lost, they stay on the backup's
-///   disk and are copied back (--update, never --delete) from a staging mount as soon as it returns,
-///   while waiting means every client hangs on a dead hard mount for as long as the backup is down.
-///   The price, said in the alert: until then clients see the primary's older copies, and a file
-///   changed on both sides keeps the newer mtime. Without a reverse-sync target: (same), alerted once
-///   (see `may_leave_backup`).
+/// Serving(`s`) and `s` is DOWN (after hysteresis).
 fn server_down(o: &mut Out, s: Server, witness_down: bool) {
     let h = &o.s.health;
     if h.witness_failing && !witness_down {
-        // wait for the witness's verdict
+        // Serving(s) --s down, witness failing--> (same): wait one more check, is it `s` or our own network?
     } else if witness_down || !h.usable(s.other()) {
+        // Serving(s) --s and witness down--> (same), network-lost alert once;
+        // Serving(s) --s down, the other not usable--> (same), both-down alert once if both are DOWN
         both_down(o, witness_down);
     } else if s == Server::Primary {
+        // Serving(primary) --primary down, backup usable--> Mounting(backup), new epoch
         failover(o, FailoverCause::PrimaryDown);
     } else if may_leave_backup(o) {
-        o.enter(
-            Phase::Mounting { to: Server::Primary },
-            Some(Fact::BackupLost),
-            Action::Mount { server: Server::Primary },
-        );
+        // Serving(backup) --backup down, primary usable--> Mounting(primary): the reverse sync is
+        // impossible now; a reconciliation of this epoch is recorded (durably, before the mount moves)
+        // and runs once the backup is back. (Also reached from Resyncing, the pass aborted.) Why serve
+        // rather than wait on the dead backup: the writes acknowledged on the backup are not lost, they
+        // stay on the backup's disk and are copied back (--update, never --delete) from a staging mount
+        // as soon as it returns, while waiting means every client hangs on a dead hard mount for as
+        // long as the backup is down. The price, said in the alert: until then clients see the
+        // primary's older copies, and a file changed on both sides keeps the newer mtime.
+        o.mount(Server::Primary, Some(Fact::BackupLost));
     }
+    // Serving(backup) --backup down, primary usable, no reverse-sync target--> (same), alerted once:
+    // see `may_leave_backup`
 }
 
 /// --> Mounting(backup): a failover opens a new epoch before the mount is attempted.
 fn failover(o: &mut Out, cause: FailoverCause) {
     o.s.new_epoch();
-    let fact = Fact::FailoverStarted { cause };
-    o.enter(Phase::Mounting { to: Server::Backup }, Some(fact), Action::Mount { server: Server::Backup });
+    o.mount(Server::Backup, Some(Fact::FailoverStarted { cause }));
 }
 
 /// Serving(backup) --primary up for hold-down (or the operator pinned it), backoff over-->
@@ -152,11 +143,7 @@ fn failback_if_due(o: &mut Out, now_ms: u64) {
     if o.p.failback && o.s.pending_reverse_sync {
         start_sync(o, SyncKind::ReverseSync);
     } else {
-        o.enter(
-            Phase::Staging { to: Server::Primary },
-            None,
-            Action::StagedSwitch { to: Server::Primary, keep_old: false },
-        );
+        o.stage(Server::Primary, false);
     }
 }
 
