@@ -357,15 +357,10 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             o.acts.push(Action::Persist);
             o.notify(Fact::ReconcileSucceeded { attempt, epoch, files, bytes, elapsed_ms });
         }
-        // Completions that do not match the phase or the running pass (stale after a restart, or the
-        // late report of an aborted pass): ignored.
+        // any --a completion that does not match the phase or the running pass (stale after a restart,
+        // or the late report of an aborted pass)--> (same), ignored
         (
-            Phase::Unmounted
-            | Phase::Serving { .. }
-            | Phase::Mounting { .. }
-            | Phase::Syncing { .. }
-            | Phase::Staging { .. }
-            | Phase::CatchingUp,
+            _,
             Event::MountSucceeded { .. }
             | Event::MountFailed { .. }
             | Event::ReverseSyncSucceeded { .. }
