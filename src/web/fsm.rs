@@ -75,52 +75,24 @@ pub enum Event {
     Ticked,
     /// The mount point now serves `server` (verified in mountinfo). `old_mount` is the mountinfo id
     /// of the mount that was detached, if any (to report processes still holding it).
-    MountSucceeded {
-        server: Server,
-        old_mount: Option<u64>,
-    },
+    MountSucceeded { server: Server, old_mount: Option<u64> },
     /// The direct mount failed; nothing of ours is mounted now.
-    MountFailed {
-        server: Server,
-        error: String,
-    },
+    MountFailed { server: Server, error: String },
     /// Reverse-sync pass `pass` finished (each pass completion names its pass: see [`State::pass`]).
-    ReverseSyncSucceeded {
-        pass: u64,
-        files: u64,
-        bytes: u64,
-        elapsed_ms: u64,
-    },
-    ReverseSyncFailed {
-        pass: u64,
-        error: String,
-    },
+    ReverseSyncSucceeded { pass: u64, files: u64, bytes: u64, elapsed_ms: u64 },
+    /// Reverse-sync pass `pass` failed (or was abandoned at its deadline).
+    ReverseSyncFailed { pass: u64, error: String },
     /// The staged switch to `to` completed (verified).
-    StagedSwitchSucceeded {
-        to: Server,
-        old_mount: Option<u64>,
-    },
+    StagedSwitchSucceeded { to: Server, old_mount: Option<u64> },
     /// The staged switch failed; `serving` is what the mount point serves now.
-    StagedSwitchFailed {
-        to: Server,
-        error: String,
-        serving: Option<Server>,
-    },
-    CatchUpFinished {
-        pass: u64,
-        result: Result<(u64, u64), String>,
-    },
+    StagedSwitchFailed { to: Server, error: String, serving: Option<Server> },
+    /// Catch-up pass `pass` finished: the files and bytes it copied, or why it failed.
+    CatchUpFinished { pass: u64, result: Result<(u64, u64), String> },
     /// The reconciliation backup->primary (from the backup's staging mount) succeeded.
-    ReconcileSucceeded {
-        pass: u64,
-        files: u64,
-        bytes: u64,
-        elapsed_ms: u64,
-    },
-    ReconcileFailed {
-        pass: u64,
-        error: String,
-    },
+    ReconcileSucceeded { pass: u64, files: u64, bytes: u64, elapsed_ms: u64 },
+    /// The reconciliation pass `pass` failed (or was abandoned at its deadline).
+    ReconcileFailed { pass: u64, error: String },
+    /// The operator asked (`nfs-guard web --failover-to/--hold/--release`).
     Requested(Request),
 }
 
