@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use lettre::message::Mailbox;
@@ -27,7 +27,7 @@ use super::outbox::{Outbox, Queued, RetryState};
 use super::policy::{Admit, FloodPolicy};
 use super::render::{render, RenderContext};
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SendError, Stage};
-use crate::timing;
+use crate::timing::{self, Backoff, Clock};
 
 /// First retry delay after a failed send; doubles up to `retry_max`.
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -57,29 +57,6 @@ impl Shared {
     /// Saves the flood-control state for the next process; failing only weakens flood control.
     fn save_flood(&self) {
         self.outbox.save_flood(&self.policy.snapshot());
-    }
-}
-
-/// Wall-clock time for the flood policy, derived from tokio's monotonic clock anchored at start:
-/// a clock jump during the run does not disturb it, and it follows paused time in tests.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    wall0: SystemTime,
-    mono0: Instant,
-}
-
-impl Clock {
-    pub(crate) fn start() -> Self {
-        Clock { wall0: SystemTime::now(), mono0: Instant::now() }
-    }
-
-    pub(crate) fn now(&self) -> SystemTime {
-        self.wall0 + self.mono0.elapsed()
-    }
-
-    /// The monotonic instant of wall time `at` (now, if `at` is before the anchor).
-    fn instant(&self, at: SystemTime) -> Instant {
-        self.mono0 + at.duration_since(self.wall0).unwrap_or_default()
     }
 }
 
@@ -263,7 +240,8 @@ impl Retry {
     fn failed(&mut self, shared: &Mutex<Shared>) -> Duration {
         self.failures = self.failures.saturating_add(1);
         crate::metrics::alerts().failed();
-        let delay = self.backoff.delay(self.failures);
+        // spread, so several nodes that lost the same SMTP server do not retry in lockstep
+        let delay = self.backoff.jittered(self.failures, fastrand::f64());
         self.at = Some(Instant::now() + delay);
         let s = lock(shared);
         let state = RetryState { failures: self.failures, next_attempt: s.clock.now() + delay };
@@ -394,37 +372,4 @@ fn render_context(hostname: &str, at: std::time::SystemTime) -> RenderContext {
     let utc = DateTime::<Utc>::from(at);
     let offset = chrono::Local.offset_from_utc_datetime(&utc.naive_utc()).fix();
     RenderContext { hostname: hostname.to_owned(), offset }
-}
-
-/// Exponential backoff with +-20% jitter, so several nodes that lost the same SMTP server do not
-/// retry in lockstep.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max }
-    }
-
-    /// The delay after `failures` failed attempts in a row: `min`, doubling up to `max`.
-    fn delay(&self, failures: u32) -> Duration {
-        timing::jittered(timing::doubling(self.min, self.max, failures), fastrand::f64())
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let got: Vec<f64> = [0, 1, 2, 3, 4, 5, 6, 40, u32::MAX].map(|n| b.delay(n).as_secs_f64()).to_vec();
-        for (g, want) in got.iter().zip([1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]) {
-            assert!((want * 0.8..=want * 1.2).contains(g), "{got:?}");
-        }
-    }
 }

@@ -34,7 +34,8 @@ pub use outbox::OutboxError;
 
 use crate::config::alert::AlertConfig;
 use crate::sys::smtp::{Mailer, Outgoing, RcptResult, SmtpMailer};
-use delivery::{Clock, Control, Shared};
+use crate::timing::Clock;
+use delivery::{Control, Shared};
 use policy::FloodPolicy;
 
 #[derive(Debug, thiserror::Error)]

@@ -28,6 +28,7 @@ use super::state::{self, Durable, Loaded, Quarantined, Taken};
 use crate::alert::notice;
 use crate::alert::{AlertEvent, AlertKind, AlertSink, Role};
 use crate::config::web::WebConfig;
+use crate::timing::Clock;
 
 /// Margin added to an effect's own deadlines before the controller gives up on it.
 const EFFECT_GRACE: Duration = Duration::from_secs(10);
@@ -50,24 +51,6 @@ enum Job {
     Probe(Target),
     Effect(OnFail),
     AfterSwitch,
-}
-
-/// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests control them) and
-/// start from the real wall clock (so persisted times survive restarts).
-struct Clock {
-    start: tokio::time::Instant,
-    base_ms: u64,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        let base_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        Clock { start: tokio::time::Instant::now(), base_ms }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.base_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
 }
 
 pub struct Controller<P, M, S> {
@@ -150,7 +133,7 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
             tick_missed: [false; 3],
             reported: [false; 3],
             effects: 0,
-            clock: Clock::new(),
+            clock: Clock::start(),
             last_status: Vec::new(),
             seen: super::observe::Seen::default(),
             last_after_switch: None,

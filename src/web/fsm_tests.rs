@@ -878,3 +878,36 @@ fn sync_phases_keep_the_stored_names_of_every_earlier_version() {
     // logs and the systemd status line show the same names as before
     assert_eq!(format!("{:?}", Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 }), "Reconciling { attempt: 1 }");
 }
+
+/// The controller starts each effect once the state persisted so far is written: an effect pushed
+/// before its transition's `Persist` could move the mount (or start a switch or a pass) while the
+/// state file still says otherwise, and a crash then restarts from a state that does not know it (a
+/// failover whose new epoch was never written owes no reverse sync).
+#[test]
+fn every_effect_starts_after_its_transition_is_persisted() {
+    let p = policy();
+    let pinned = State { hold: Hold::Pinned(Server::Backup), ..serving(Server::Primary) };
+    let resyncing = State { phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 }, pass: 1, ..on_backup() };
+    let resynced = State { health: snap(UP, UP), ..resyncing };
+    let staging = State { phase: Phase::Staging { to: Server::Primary }, ..resynced.clone() };
+    let cases = [
+        step(&pinned, Event::HealthObserved(snap(DOWN, UP)), &p, 0),
+        step(&pinned, Event::Ticked, &p, 0),
+        step(&resynced, Event::ReverseSyncSucceeded { pass: 1, files: 1, bytes: 1, elapsed_ms: 1 }, &p, 0),
+        step(&staging, Event::StagedSwitchSucceeded { to: Server::Primary, old_mount: None }, &p, 0),
+    ];
+    for t in cases {
+        let persist = t.actions.iter().position(|a| *a == Action::Persist);
+        let effect = t.actions.iter().position(|a| {
+            matches!(
+                a,
+                Action::Mount { .. }
+                    | Action::StagedSwitch { .. }
+                    | Action::ReverseSync { .. }
+                    | Action::CatchUp { .. }
+                    | Action::Reconcile { .. }
+            )
+        });
+        assert!(effect.is_some() && persist < effect, "persisted before the effect starts: {:?}", t.actions);
+    }
+}
