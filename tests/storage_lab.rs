@@ -106,7 +106,7 @@ fn lab_replicates_through_faults_and_kill9() {
     // sync, which brings over what no journal held (files written after the kill).
     node2.kill9();
     let node3 = Node::spawn(lab.command(Host::Primary, BIN), &cfg, &work.path().join("node3.log"));
-    wait_same(&src, &dst, Duration::from_secs(40), Some(&node3));
+    wait_same_after_kill(&src, &dst, Duration::from_secs(40), Some(&node3));
     assert!(node3.log_text().contains("did not stop cleanly"), "{}", node3.log_text());
     let mut node3 = node3;
     let status = node3.stop(Duration::from_secs(20));

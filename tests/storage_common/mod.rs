@@ -210,11 +210,40 @@ pub fn differences(src: &Path, dst: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.ends_with(" ./")).collect::<Vec<_>>().join("\n")
 }
 
+/// Is `line` (of [`differences`]) an rsync temporary file only `dst` holds (`*deleting DIR/.NAME.XXXXXX`)?
+/// A receiver whose sender was killed -9 mid-file may leave one behind (rsync's own clean-up is
+/// best-effort), and a full sync never deletes.
+fn is_leftover_rsync_temp(line: &str) -> bool {
+    line.strip_prefix("*deleting ").is_some_and(|p| {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        name.starts_with('.')
+            && name.len() > 8
+            && name.as_bytes()[name.len() - 7] == b'.'
+            && name[name.len() - 6..].bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// Waits until `dst` equals `src`; panics with the remaining differences and the node's log.
 pub fn wait_same(src: &Path, dst: &Path, timeout: Duration, node: Option<&Node>) {
+    wait_same_where(src, dst, timeout, node, false);
+}
+
+/// [`wait_same`] after a `kill -9` of the pushing side mid-push: an rsync temporary file left on
+/// `dst` by a killed transfer is not a difference (each one is printed).
+pub fn wait_same_after_kill(src: &Path, dst: &Path, timeout: Duration, node: Option<&Node>) {
+    wait_same_where(src, dst, timeout, node, true);
+}
+
+fn wait_same_where(src: &Path, dst: &Path, timeout: Duration, node: Option<&Node>, temps_allowed: bool) {
     let end = Instant::now() + timeout;
     loop {
-        let d = differences(src, dst);
+        let all = differences(src, dst);
+        let (temps, rest): (Vec<&str>, Vec<&str>) =
+            all.lines().partition(|l| temps_allowed && is_leftover_rsync_temp(l));
+        let d = rest.join("\n");
+        if d.is_empty() && !temps.is_empty() {
+            eprintln!("left on {} by a killed rsync (not a difference): {temps:?}", dst.display());
+        }
         if d.is_empty() {
             return;
         }
