@@ -31,8 +31,9 @@ fn scenarios_replicate_exactly() {
     fs::write(src.join("preexisting"), "old").unwrap();
     let cfg = d.path().join("nfs-guard.toml");
     let hook_out = d.path().join("hook.out");
+    // (`quiet` as long as `settle`: the half-written file below pauses between its writes)
     let extra = format!(
-        "exclude = [\"*.swp\"]\nsettle = \"1s\"\n[storage.hook]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n",
+        "exclude = [\"*.swp\"]\nsettle = \"1s\"\nquiet = \"1s\"\n[storage.hook]\ncommand = [\"/bin/sh\", \"-c\", \"cat >> '{}'\"]\n",
         hook_out.display()
     );
     write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, &extra, "");

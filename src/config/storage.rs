@@ -35,8 +35,12 @@ pub struct RawStorage {
     pub max_delay: Option<Spanned<String>>,
     /// Paths per rsync run (10000).
     pub max_batch: Option<Spanned<i64>>,
-    /// How long a new file's creation waits for its `close_write` before it is pushed anyway (5s).
+    /// How long a file being written (a creation, or `modify` events) waits for its `close_write`
+    /// before it is pushed anyway (5s).
     pub settle: Option<Spanned<String>>,
+    /// A file being written is also pushed once this long passed without a write (200ms): an NFS
+    /// server (nfs-ganesha) keeps the files it writes open, so their `close_write` may never come.
+    pub quiet: Option<Spanned<String>>,
     /// rsync runs under way at once per remote, on non-overlapping paths (2). A full sync runs alone.
     pub push_concurrency: Option<Spanned<i64>>,
     /// Pending paths per remote before the queue collapses into "full sync needed" (200000).
@@ -162,8 +166,8 @@ pub struct Events {
 impl Default for Events {
     /// Everything on, `modify` included: an NFS server is the writer here, and it closes a file when
     /// it likes (nfs-ganesha keeps its descriptor open for as long as the file is in use: overwrites
-    /// and appends through NFS bring `modify` events and no `close_write` for minutes). A path is
-    /// pushed `window` after its last event, so a file written in many `write()`s still goes once.
+    /// and appends through NFS bring `modify` events and no `close_write` for minutes). A file being
+    /// written waits for its close, or `quiet` without a write, or `settle` (see `storage::batch`).
     fn default() -> Self {
         Events { create: true, close_write: true, modify: true, attrib: true, delete: true, moves: true }
     }
@@ -195,6 +199,7 @@ pub struct StorageConfig {
     pub max_delay: Duration,
     pub max_batch: usize,
     pub settle: Duration,
+    pub quiet: Duration,
     pub push_concurrency: usize,
     pub max_pending: usize,
     pub rsync_args: Vec<String>,
@@ -220,6 +225,7 @@ impl StorageConfig {
         let window = opt_duration_in(ctx, "storage.window", raw.window.as_ref(), ms(20), &(ms(1)..=mins(1)));
         let max_delay = opt_duration_in(ctx, "storage.max_delay", raw.max_delay.as_ref(), ms(500), &(ms(1)..=mins(10)));
         let settle = opt_duration_in(ctx, "storage.settle", raw.settle.as_ref(), secs(5), &(ms(1)..=hours(1)));
+        let quiet = opt_duration_in(ctx, "storage.quiet", raw.quiet.as_ref(), ms(200), &(ms(1)..=hours(1)));
         let max_batch =
             raw.max_batch.as_ref().map_or(Some(10_000), |v| ctx.int_in("storage.max_batch", v, 1..=1_000_000));
         let push_concurrency =
@@ -279,6 +285,7 @@ impl StorageConfig {
             max_delay: max_delay?,
             max_batch: usize::try_from(max_batch?).ok()?,
             settle: settle?,
+            quiet: quiet?,
             push_concurrency: usize::try_from(push_concurrency?).ok()?,
             max_pending: usize::try_from(max_pending?).ok()?,
             rsync_args,

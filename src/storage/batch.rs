@@ -20,10 +20,12 @@
 //! (`remote::Queue::next`): a free push slot takes what is queued now; while every slot is busy,
 //! what arrives accumulates and goes as the next batch. `max_delay` is a cap, not a timer.
 //!
-//! A file just created by `open()` is still being written: its `close_write` will announce the
-//! finished file, so its creation SETTLES instead of being pushed (a push would send a partial file
+//! A file being written (just created by `open()`, or a `modify` event) SETTLES instead of being
+//! pushed: its `close_write` will announce the finished file (a push now would send a partial file
 //! and the close would send it all again). Any other event of that path, or of a directory deleted
-//! above it, ends the wait; if none comes within `settle`, the creation is pushed anyway.
+//! above it, ends the wait; so does `quiet` without another write (an NFS server such as
+//! nfs-ganesha keeps the files it writes open: their close may not come for minutes), and at the
+//! latest `settle` after the wait began, the file is pushed anyway.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -261,8 +263,10 @@ pub struct Timing {
     pub window: Duration,
     pub max_delay: Duration,
     pub max_batch: usize,
-    /// How long a new file's creation waits for its `close_write`.
+    /// How long a file being written waits for its `close_write` at most.
     pub settle: Duration,
+    /// A file being written is pushed once this long passed without a write.
+    pub quiet: Duration,
 }
 
 /// The pending entries and when each is due.
@@ -276,7 +280,7 @@ pub struct Batcher {
     by_due: BTreeSet<(Instant, u64)>,
     /// The latest event (a full batch is due at once: this is "once", never later than now).
     last_at: Option<Instant>,
-    /// Creations waiting for their close.
+    /// Files being written, waiting for their close.
     settling: Settling,
 }
 
@@ -284,7 +288,8 @@ pub struct Batcher {
 /// deadline is found without a scan).
 #[derive(Debug, Default)]
 struct Settling {
-    by_path: BTreeMap<(u32, PathBuf), Instant>,
+    /// When each began to wait, and when it is pushed anyway.
+    by_path: BTreeMap<(u32, PathBuf), (Instant, Instant)>,
     by_deadline: BTreeSet<(Instant, u32, PathBuf)>,
 }
 
@@ -293,16 +298,37 @@ impl Settling {
         self.by_path.len()
     }
 
-    /// Adds `path` unless it already waits (the earlier deadline stays).
-    fn insert(&mut self, tree: u32, path: PathBuf, at: Instant) {
+    /// Adds `path`, waiting from `now` until `at`, unless it already waits (its deadline stays).
+    fn insert(&mut self, tree: u32, path: PathBuf, now: Instant, at: Instant) {
         if let std::collections::btree_map::Entry::Vacant(v) = self.by_path.entry((tree, path.clone())) {
-            v.insert(at);
+            v.insert((now, at));
             self.by_deadline.insert((at, tree, path));
         }
     }
 
+    /// A write to `path` at `now`: it waits until `quiet` passes without another, at most until
+    /// `settle` after it began to wait.
+    fn written(&mut self, tree: u32, path: PathBuf, now: Instant, t: &Timing) {
+        let key = (tree, path);
+        let since = match self.by_path.get(&key) {
+            Some(&(since, at)) => {
+                self.by_deadline.remove(&(at, key.0, key.1.clone()));
+                since
+            }
+            None => now,
+        };
+        let at = (now + t.quiet).min(since + t.settle);
+        self.by_deadline.insert((at, key.0, key.1.clone()));
+        self.by_path.insert(key, (since, at));
+    }
+
+    /// When the longest wait began.
+    fn oldest(&self) -> Option<Instant> {
+        self.by_path.values().map(|(since, _)| *since).min()
+    }
+
     fn remove(&mut self, tree: u32, path: &Path) {
-        if let Some((key, at)) = self.by_path.remove_entry(&(tree, path.to_path_buf())) {
+        if let Some((key, (_, at))) = self.by_path.remove_entry(&(tree, path.to_path_buf())) {
             self.by_deadline.remove(&(at, key.0, key.1));
         }
     }
@@ -412,14 +438,24 @@ impl Batcher {
         if self.set.seq_of(e.tree, &e.path).is_some() {
             return;
         }
-        self.settling.insert(e.tree, e.path, now + self.timing.settle);
+        self.settling.insert(e.tree, e.path, now, now + self.timing.settle);
+    }
+
+    /// Records a write to a file's data (`modify`): the file is being written, so it waits like a
+    /// creation, for its close or `quiet` without a write (see the module's doc). A path already
+    /// queued needs no wait (it goes with the batch, which reads the file when it runs).
+    pub fn add_written(&mut self, now: Instant, e: Entry) {
+        if self.set.seq_of(e.tree, &e.path).is_some() {
+            return;
+        }
+        self.settling.written(e.tree, e.path, now, &self.timing);
     }
 
     /// When the oldest event still waiting here came (settling creations included); `None` when
     /// nothing waits. Everything seen before it is in the queues.
     pub fn oldest(&self) -> Option<Instant> {
         let queued = self.times.values().map(|(first, _)| *first).min();
-        let settling = self.settling.next_deadline().and_then(|d| d.checked_sub(self.timing.settle));
+        let settling = self.settling.oldest();
         match (queued, settling) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -496,7 +532,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn timing() -> Timing {
-        Timing { window: 100 * MS, max_delay: 1000 * MS, max_batch: 3, settle: 5000 * MS }
+        Timing { window: 100 * MS, max_delay: 1000 * MS, max_batch: 3, settle: 5000 * MS, quiet: 300 * MS }
     }
 
     fn p(path: &str) -> Entry {
@@ -589,6 +625,36 @@ mod tests {
         b.add_settling(t0, p("s"));
         assert_eq!(b.len(), 2);
         assert_eq!(paths(&b.flush()), ["q", "s"]);
+    }
+
+    #[test]
+    fn a_file_being_written_goes_at_its_close_or_once_quiet_or_after_settle() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(timing());
+        // Written through NFS (no close): each write restarts `quiet` (300 ms); pushed once quiet.
+        b.add_settling(t0, p("nfs"));
+        b.add_written(t0 + 10 * MS, p("nfs"));
+        b.add_written(t0 + 200 * MS, p("nfs"));
+        assert_eq!(b.due(), Some(t0 + 500 * MS));
+        assert!(b.take_due(t0 + 499 * MS).is_none());
+        assert_eq!(b.oldest(), Some(t0), "the watermark sees the wait from its first event");
+        assert_eq!(paths(&b.take_due(t0 + 500 * MS).unwrap()), ["nfs"]);
+        // An existing file overwritten locally: its writes wait; its close makes one ordinary entry.
+        b.add_written(t0, p("local"));
+        b.add_written(t0 + 250 * MS, p("local"));
+        assert!(b.take_due(t0 + 400 * MS).is_none(), "still being written");
+        b.add(t0 + 450 * MS, p("local"), false);
+        assert_eq!(paths(&b.take_due(t0 + 550 * MS).unwrap()), ["local"]);
+        assert!(b.is_empty());
+        // Written without pause for longer than `settle`: pushed at settle after its first write.
+        for i in 0..60 {
+            b.add_written(t0 + i * 100 * MS, p("log"));
+        }
+        assert_eq!(b.due(), Some(t0 + 5000 * MS));
+        // A path already queued goes with its batch (which reads the file when it runs).
+        b.add(t0, p("q"), false);
+        b.add_written(t0 + 50 * MS, p("q"));
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

@@ -258,6 +258,7 @@ impl Replicator {
             max_delay: self.cfg.max_delay,
             max_batch: self.cfg.max_batch,
             settle: self.cfg.settle,
+            quiet: self.cfg.quiet,
         };
         let mut batcher = Batcher::new(timing);
         if let Some(d) = &mut self.duty {
@@ -408,7 +409,7 @@ impl Replicator {
                             }
                             self.overflow(tree, "the kernel's inotify queue overflowed", batcher);
                         }
-                        Change::Push { path, scope, dir_gone, created } => {
+                        Change::Push { path, scope, dir_gone, created, written } => {
                             let Some(rel) = watcher::relative(&t.path, &path) else { continue };
                             if cfg.filter.excluded(&rel) {
                                 continue;
@@ -416,6 +417,8 @@ impl Replicator {
                             let entry = Entry { tree, path: rel, scope };
                             if created && cfg.events.close_write && watcher::being_written(&path) {
                                 batcher.add_settling(now, entry);
+                            } else if written && cfg.events.close_write {
+                                batcher.add_written(now, entry);
                             } else {
                                 batcher.add(now, entry, dir_gone);
                             }

@@ -255,7 +255,13 @@ async fn a_free_slot_sends_at_once_and_a_busy_one_gathers_the_next_batch() {
     (cfg.max_batch, cfg.push_concurrency) = (10_000, 1);
     let cfg = Arc::new(cfg);
     let h = start(&cfg, FakePush::default());
-    let mut b = Batcher::new(Timing { window: 20 * MS, max_delay: 500 * MS, max_batch: 10_000, settle: 5000 * MS });
+    let mut b = Batcher::new(Timing {
+        window: 20 * MS,
+        max_delay: 500 * MS,
+        max_batch: 10_000,
+        settle: 5000 * MS,
+        quiet: 200 * MS,
+    });
     let t0 = Instant::now();
     let closed: Vec<Instant> = (0..60u32).map(|i| t0 + i * 5 * MS).collect();
     // The replicator's loop: events as they come, due entries to the queue when due.

@@ -31,8 +31,9 @@ pub enum Msg {
 }
 
 /// One change to push, from one event: path (absolute), scope, whether it is a directory's
-/// deletion (which subsumes queued paths beneath it), and whether it is the creation of a
-/// non-directory (which may settle until its close, see [`being_written`]).
+/// deletion (which subsumes queued paths beneath it), whether it is the creation of a
+/// non-directory (which may settle until its close, see [`being_written`]), and whether it is a
+/// write to a file's data (`modify`: the file is being written, its close may follow).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Push {
@@ -40,6 +41,7 @@ pub enum Change {
         scope: Scope,
         dir_gone: bool,
         created: bool,
+        written: bool,
     },
     /// The kernel queue overflowed: events were lost; the tree needs a full sync.
     Rescan,
@@ -75,7 +77,8 @@ pub fn changes(ev: &Event, on: &Events) -> Vec<Change> {
         return Vec::new();
     }
     let created = matches!(ev.kind, EventKind::Create(CreateKind::File | CreateKind::Any | CreateKind::Other));
-    ev.paths.iter().map(|p| Change::Push { path: p.clone(), scope, dir_gone, created }).collect()
+    let written = matches!(ev.kind, EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other));
+    ev.paths.iter().map(|p| Change::Push { path: p.clone(), scope, dir_gone, created, written }).collect()
 }
 
 /// Is a just-created `path` a regular file with one link, i.e. made by `open()` and about to be
@@ -245,7 +248,7 @@ mod tests {
     }
 
     fn push(p: &str, scope: Scope, dir_gone: bool) -> Vec<Change> {
-        vec![Change::Push { path: p.into(), scope, dir_gone, created: false }]
+        vec![Change::Push { path: p.into(), scope, dir_gone, created: false, written: false }]
     }
 
     #[test]
@@ -254,7 +257,11 @@ mod tests {
         assert_eq!(changes(&ev(EventKind::Create(CreateKind::Folder), "/t/d"), &on), push("/t/d", Scope::Tree, false));
         assert_eq!(
             changes(&ev(EventKind::Create(CreateKind::File), "/t/f"), &on),
-            [Change::Push { path: "/t/f".into(), scope: Scope::Path, dir_gone: false, created: true }]
+            [Change::Push { path: "/t/f".into(), scope: Scope::Path, dir_gone: false, created: true, written: false }]
+        );
+        assert_eq!(
+            changes(&ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/t/f"), &on),
+            [Change::Push { path: "/t/f".into(), scope: Scope::Path, dir_gone: false, created: false, written: true }]
         );
         assert_eq!(
             changes(&ev(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/t/f"), &on),
