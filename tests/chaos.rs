@@ -237,17 +237,26 @@ impl<'a> Farm<'a> {
         r.at("serving the primary");
     }
 
-    /// Serving the primary, and everything written there replicated.
+    /// Serving the primary, and everything written there replicated: the sentinel (written last) is
+    /// on the backup, and a status written since it arrived shows nothing pending (a file written
+    /// through NFS may still wait for `quiet` in the batcher after a later sentinel went out).
     fn quiesce(&self) {
         let (src, dst) = (self.lab.data_dir(Host::Primary), self.lab.data_dir(Host::Backup));
         let web = self.web();
         wait("the web node to settle on the primary", Duration::from_secs(120), web, || web.serving_primary_settled());
         fs::write(src.join("chaos-sentinel"), b"end").unwrap();
+        let status = self.primary_state().join("storage.status.json");
+        // ctime: when the file (the sentinel: its rename into place on the backup) last changed here
+        let changed = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(p).ok().map(|m| (m.ctime(), m.ctime_nsec()))
+        };
         wait("the sentinel on the backup and an idle replicator", Duration::from_secs(120), web, || {
-            dst.join("chaos-sentinel").exists()
+            changed(&dst.join("chaos-sentinel")).is_some_and(|arrived| changed(&status).is_some_and(|w| w > arrived))
                 && status_json(&self.primary_state()).is_some_and(|s| {
                     let q = &s["remotes"][0];
-                    q["state"] == "idle"
+                    s["pending"] == 0
+                        && q["state"] == "idle"
                         && q["queue"] == 0
                         && q["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
                 })

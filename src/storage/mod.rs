@@ -145,6 +145,8 @@ struct Replicator {
     /// This host is a storage agent (`[storage.agent]`).
     duty: Option<agent::duty::Duty>,
     api_stop: CancellationToken,
+    /// The batcher's size last published in the status.
+    pending: usize,
 }
 
 impl Replicator {
@@ -249,6 +251,7 @@ impl Replicator {
             watchdog: systemd::Watchdog::from_env(),
             duty,
             api_stop: CancellationToken::new(),
+            pending: 0,
         })
     }
 
@@ -338,6 +341,10 @@ impl Replicator {
                 if batcher.due().is_none_or(|d| d > Instant::now()) {
                     break;
                 }
+            }
+            if batcher.len() != self.pending {
+                self.pending = batcher.len();
+                self.board.update(|d| d.pending = batcher.len());
             }
         }
         self.finish(&mut batcher).await;
@@ -634,6 +641,7 @@ fn initial_status(cfg: &StorageConfig, roots: &[PathBuf], dirs: u64) -> StorageS
         trees: roots.iter().map(|p| p.display().to_string()).collect(),
         watches: dirs,
         overflows: 0,
+        pending: 0,
         remotes: cfg
             .remotes
             .iter()

@@ -34,6 +34,10 @@ pub struct StorageStatus {
     pub trees: Vec<String>,
     pub watches: u64,
     pub overflows: u64,
+    /// Changes seen but not handed to the remotes yet: in their coalescing window, or files still
+    /// being written (waiting for their close, `quiet` or `settle`). Caught up: 0 here and every
+    /// remote idle with an empty queue.
+    pub pending: usize,
     pub remotes: Vec<RemoteStatus>,
 }
 

@@ -287,7 +287,8 @@ pub fn wait_idle(state: &Path, node: &Node, timeout: Duration) {
     loop {
         if let Some(s) = status_json(state) {
             let r = &s["remotes"][0];
-            if r["state"] == "idle"
+            if s["pending"] == 0
+                && r["state"] == "idle"
                 && r["queue"] == 0
                 && r["full_sync_pending"].as_array().is_some_and(Vec::is_empty)
                 && r["last_success"].is_string()
