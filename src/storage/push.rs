@@ -33,12 +33,12 @@
 //!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
 //!   from the primary would overwrite or delete them.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::batch::{Entry, Scope};
+use super::batch::{cmp_rel, Entry, Scope};
 use crate::config::filter::Filter;
 use crate::config::storage::{FullSync, Tree};
 use crate::sys::rsync::{self, RsyncReport, RsyncTarget, SpawnError, Transport};
@@ -272,7 +272,7 @@ pub fn deletion_list_args(base: &[String], target: &RsyncTarget, tree: &Tree, fi
 pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
     let covered = coverage(entries);
     let top: Vec<&Entry> = entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)).collect();
-    let roots: Vec<PathBuf> = top.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let roots = sorted(top.iter().map(|e| e.path.clone()).collect());
     let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 3).sum();
     let fits = roots.len() <= MAX_ROOTS && bytes <= MAX_ROOT_BYTES;
     if fits && top.iter().any(|e| e.scope == Scope::Tree) && top.iter().all(|e| as_root(root, e)) {
@@ -307,7 +307,7 @@ fn as_root(root: &Path, e: &Entry) -> bool {
 
 /// Is a path beneath a recursive entry of `entries` (so a walk of that entry covers it)?
 fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
-    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope.recursive()).map(|e| e.path.as_path()).collect();
+    let trees: HashSet<&Path> = entries.iter().filter(|e| e.scope.recursive()).map(|e| e.path.as_path()).collect();
     move |p: &Path| {
         p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
     }
@@ -316,7 +316,7 @@ fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
 /// The relative paths to list for `entries` (all of one tree rooted at `root`): `Path` entries as
 /// they are, `Tree` entries with everything beneath them that the filter keeps. Sorted, no duplicates.
 pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
-    let mut out = BTreeSet::new();
+    let mut out = Vec::with_capacity(entries.len());
     // A tree inside another tree of the same batch is covered by the outer walk (a burst of nested
     // mkdirs would otherwise walk the same chain once per level).
     let covered = coverage(entries);
@@ -324,7 +324,7 @@ pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
         if filter.excluded(&e.path) {
             continue;
         }
-        out.insert(e.path.clone());
+        out.push(e.path.clone());
         // lstat: a symlink to a directory is listed as the link, never walked through.
         if e.scope.recursive()
             && !covered(&e.path)
@@ -333,12 +333,19 @@ pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
             walk(root, &e.path, filter, &mut out);
         }
     }
-    out.into_iter().collect()
+    sorted(out)
+}
+
+/// `paths` sorted as `Path` sorts them (component-wise, by [`cmp_rel`]: cheaper), without duplicates.
+fn sorted(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort_unstable_by(|a, b| cmp_rel(a, b));
+    paths.dedup();
+    paths
 }
 
 /// Adds everything beneath `root/rel` (a directory, not a symlink) to `out`. Errors (a directory
 /// vanishing mid-walk) end that branch: the vanished part is someone else's event.
-fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut BTreeSet<PathBuf>) {
+fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut Vec<PathBuf>) {
     let mut stack = vec![rel.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(root.join(&dir)) else { continue };
@@ -350,7 +357,7 @@ fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut BTreeSet<PathBuf>) {
             if de.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(child.clone());
             }
-            out.insert(child);
+            out.push(child);
         }
     }
 }
