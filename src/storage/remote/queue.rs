@@ -185,7 +185,7 @@ impl Queue {
             }
             Some((first, replace)) => {
                 *blocked_below = first;
-                let max = if replace { max.min(push::MAX_ROOTS) } else { max };
+                let max = if replace { max.min(push::MAX_REPLACE_ROOTS) } else { max };
                 pending.take_where_from(first, max, |e| (e.scope == Scope::Replace) == replace && free(e))
             }
         };
