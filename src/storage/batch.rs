@@ -113,17 +113,28 @@ pub struct PathKey {
 
 impl PathKey {
     pub fn new(tree: u32, path: &Path) -> PathKey {
-        let path = if normalized(path) {
-            path.to_path_buf()
+        if normalized(path) {
+            PathKey { tree, path: path.to_path_buf() }
         } else {
-            let mut p: PathBuf =
-                path.components().filter(|c| *c != Component::CurDir || path == Path::new(".")).collect();
-            if p.as_os_str().is_empty() {
-                p = PathBuf::from(".");
-            }
-            p
-        };
-        PathKey { tree, path }
+            PathKey::normalize(tree, path)
+        }
+    }
+
+    /// [`PathKey::new`] without a copy when `path` is normalized already.
+    pub fn owned(tree: u32, path: PathBuf) -> PathKey {
+        if normalized(&path) {
+            PathKey { tree, path }
+        } else {
+            PathKey::normalize(tree, &path)
+        }
+    }
+
+    fn normalize(tree: u32, path: &Path) -> PathKey {
+        let mut p: PathBuf = path.components().filter(|c| *c != Component::CurDir || path == Path::new(".")).collect();
+        if p.as_os_str().is_empty() {
+            p = PathBuf::from(".");
+        }
+        PathKey { tree, path: p }
     }
 
     /// Is `self` strictly beneath `dir` (of the same tree)?
@@ -373,9 +384,8 @@ impl Settling {
         self.by_path.len()
     }
 
-    /// Adds `path` unless it already waits (the earlier deadline stays).
-    fn insert(&mut self, tree: u32, path: PathBuf, at: Instant) {
-        let key = PathKey::new(tree, &path);
+    /// Adds `key` unless it already waits (the earlier deadline stays).
+    fn insert(&mut self, key: PathKey, at: Instant) {
         if let std::collections::btree_map::Entry::Vacant(v) = self.by_path.entry(key.clone()) {
             v.insert(at);
             self.by_deadline.insert((at, key));
@@ -496,7 +506,7 @@ impl Batcher {
         if self.set.seq_of(e.tree, &e.path).is_some() {
             return;
         }
-        self.settling.insert(e.tree, e.path, now + self.timing.settle);
+        self.settling.insert(PathKey::owned(e.tree, e.path), now + self.timing.settle);
     }
 
     /// When the oldest event still waiting here came (settling creations included); `None` when
