@@ -19,6 +19,9 @@
 #   BENCH_PREFILL=200000  the export (and the remote) already hold that many files in pre/ (100 per
 #                         directory), created once per run; every scenario runs beside them
 #   BENCH_TOOLS=a,b       only the tools whose names contain one of these
+#   BENCH_TRACE=1         print (stderr) when each bulk act began and ended and when the trees were
+#                         equal, in UTC, to read beside the tools' logs (RUST_LOG=nfs_guard=debug adds
+#                         nfs-guard's "batch formed" and "push started" lines, with the planning time)
 #
 # Tools: nfs-guard with the default config and a tuned one, lsyncd's default.rsync with its default
 # config (delay 15 s) and a tuned one (delay 0), and the recipe nfs-guard replaces ("recipe"):
