@@ -19,6 +19,9 @@
 #   BENCH_PREFILL=200000  the export (and the remote) already hold that many files in pre/ (100 per
 #                         directory), created once per run; every scenario runs beside them
 #   BENCH_TOOLS=a,b       only the tools whose names contain one of these
+#   BENCH_TRACE=1         print (stderr) when each bulk act began and ended and when the trees were
+#                         equal, in UTC, to read beside the tools' logs (RUST_LOG=nfs_guard=debug adds
+#                         nfs-guard's "batch formed" and "push started" lines, with the planning time)
 #
 # Tools: nfs-guard with the default config and a tuned one, lsyncd's default.rsync with its default
 # config (delay 15 s) and a tuned one (delay 0), and the recipe nfs-guard replaces ("recipe"):
@@ -287,6 +290,13 @@ def until_equal(deadline_s=600):
     return float("nan")
 
 results = []
+def trace(msg):
+    # BENCH_TRACE=1: when each act began and ended and the trees were equal (UTC, to read beside the
+    # tools' logs, which RUST_LOG=nfs_guard=debug makes detailed).
+    if os.environ.get("BENCH_TRACE"):
+        now = time.time(); mono = time.monotonic()
+        print(f"trace {time.strftime('%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1000):03} mono {mono:.3f} {msg}",
+              file=sys.stderr, flush=True)
 def row(*cols): print("  ".join(str(c).ljust(w) for c, w in zip(cols, (20, 38, 12, 10, 9, 9, 12))), flush=True)
 
 def run_bulk(key):
@@ -312,7 +322,9 @@ def run_bulk(key):
         open(COUNT, "w").close()
         c0 = tool_cpu(tool)
         t0 = time.monotonic(); act()
+        trace(f"({key}) {tool.name}: act {t0:.3f}-{time.monotonic():.3f}")
         t1 = until_equal()
+        trace(f"({key}) {tool.name}: equal {t1:.3f}")
         el = t1 - t0
         c1 = tool_cpu(tool); n = rsync_count()
         tool.stop()

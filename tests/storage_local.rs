@@ -254,3 +254,70 @@ fn a_same_size_rewrite_in_the_same_second_replicates() {
     });
     assert!(node.stop(Duration::from_secs(15)).success());
 }
+
+/// A burst of renames (issue 13, scenario e): more than the old 1,000-argument limit, hostile names
+/// among them, in directories that also hold files only the remote has (written there during a
+/// failover). The burst goes as arguments (`roots=true`: rsync reads a `--files-from` list one byte
+/// per read, twice the CPU), every old name is deleted and every new one arrives, and the
+/// remote-only files stay: deletions are exactly the journaled paths, never a `--delete` of a directory.
+#[test]
+fn a_rename_burst_goes_as_arguments_and_keeps_remote_only_files() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    let state = d.path().join("state");
+    let dirs = ["d0", "d1", "d2", "-d3 #"];
+    let mut names: Vec<std::path::PathBuf> = (0..400).map(|i| format!("f{i:04}").into()).collect();
+    names.extend(hostile_names());
+    for dir in dirs {
+        fs::create_dir_all(src.join(dir)).unwrap();
+        for n in &names {
+            fs::write(src.join(dir).join(n), b"x").unwrap();
+        }
+    }
+    let cfg = d.path().join("nfs-guard.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(30));
+    wait_same(&src, &daemon.root, Duration::from_secs(30), Some(&node));
+    // Only the remote has these (clients wrote them there while it served).
+    let remote_only = [std::ffi::OsString::from("written-on-backup"), std::ffi::OsString::from("f0000.old\n*")];
+    for dir in dirs {
+        for n in &remote_only {
+            fs::write(daemon.root.join(dir).join(n), b"keep me").unwrap();
+        }
+    }
+    let before = node.log_text().len();
+    for dir in dirs {
+        for n in &names {
+            let mut to = std::ffi::OsString::from("r-");
+            to.push(n.as_os_str());
+            fs::rename(src.join(dir).join(n), src.join(dir).join(to)).unwrap();
+        }
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = differences(&src, &daemon.root);
+        // What differs is exactly the remote-only files (checked by content below).
+        let extra_only = d.lines().all(|l| l.starts_with("*deleting"));
+        if extra_only && d.lines().count() == dirs.len() * remote_only.len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "the renames did not replicate:\n{d}\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for dir in dirs {
+        for n in &remote_only {
+            assert_eq!(fs::read(daemon.root.join(dir).join(n)).unwrap(), b"keep me", "{dir}/{n:?} was deleted");
+        }
+        for n in &names {
+            assert!(!daemon.root.join(dir).join(n).exists(), "{dir}/{n:?}: the old name is still there");
+        }
+    }
+    let log = node.log_text();
+    let burst = &log[before..];
+    assert!(count_in_log(burst, "batch pushed") >= 1, "{burst}");
+    assert_eq!(count_in_log(burst, "roots=false"), 0, "a list was used:\n{burst}");
+    assert!(node.stop(Duration::from_secs(15)).success());
+}

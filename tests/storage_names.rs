@@ -180,13 +180,21 @@ fn every_name_replicates_as_list_entries_roots_deletions_and_full_sync() {
     s.push(&entries(&listed, |_| Scope::Path), false);
     s.assert_same("after pushing every name as a list entry");
 
-    // 2. Deletions as list entries: files as Path, directories as Gone.
+    // 2. Deletions as list entries: files as Path, directories as Gone (beside the attributes of
+    // `dirs`, which keep the batch a list: alone, deletions go as missing roots, step 4).
     clear(&s.src.join("dirs"), &[]);
     clear(&s.src, &["dirs"]);
     let mut gone = top.clone();
+    gone.push("dirs".into());
     gone.extend(dirs.iter().cloned());
     s.push(
-        &entries(&gone, |p| if p.starts_with("dirs") || p == Path::new("nest") { Scope::Gone } else { Scope::Path }),
+        &entries(&gone, |p| {
+            if p != Path::new("dirs") && p.starts_with("dirs") || p == Path::new("nest") {
+                Scope::Gone
+            } else {
+                Scope::Path
+            }
+        }),
         false,
     );
     s.assert_same("after deleting every name through the list");

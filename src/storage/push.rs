@@ -10,16 +10,16 @@
 //! - `--delete-missing-args --force`: a listed path that no longer exists here is deleted on the
 //!   remote in the same run; `--force` lets that delete a non-empty directory (without it rsync
 //!   3.x refuses "cannot delete non-empty directory" and still exits 0).
-//! - A batch whose entries are new or moved-in subtrees (the common burst: `mkdir` and files
-//!   inside), plus any paths that are not directories (files, symlinks, deleted paths), goes as
-//!   source ARGUMENTS `SRC/./rel` with `-R -r`, and rsync walks the subtrees itself: rsync 3.4+ opens
-//!   every component of every `--files-from` path on its own, which makes a list of the files of a
-//!   deep tree ~2x slower than a recursive transfer. A non-directory argument is sent as in a list
+//! - A batch of new or moved-in subtrees (the common burst: `mkdir` and files inside) and of paths
+//!   that are not directories (files, symlinks, deleted paths) goes as source ARGUMENTS `SRC/./rel`
+//!   with `-R -r`, and rsync walks the subtrees itself: rsync 3.4+ opens every component of every
+//!   `--files-from` path on its own, which makes a list of the files of a deep tree ~2x slower than
+//!   a recursive transfer, and it reads the list one byte per read(2): 10,000 paths as a list cost
+//!   the client twice the CPU they cost as arguments. A non-directory argument is sent as in a list
 //!   (recursion does not apply to it); a missing one is deleted by `--delete-missing-args` as in a
-//!   list. Only a directory's own `Path` entry (its attributes, not its contents) needs the list. A
-//!   burst's later batches (files closed after their directory's walk began, beside the directories
-//!   made since) therefore stay recursive. Past [`MAX_ROOTS`] or [`MAX_ROOT_BYTES`] of arguments,
-//!   the list is used.
+//!   list (a rename burst is exactly that: its old names, its new names). Only a directory's own
+//!   `Path` entry (its attributes, not its contents) needs the list. Past [`MAX_ROOTS`] or
+//!   [`MAX_ROOT_BYTES`] of arguments, the list is used.
 //! - `Replace` entries (a directory deleted and made again) go as roots too, in batches of their own
 //!   (see `remote::Queue::next`), with `--delete`: what the remote has beneath them and the source
 //!   no longer has goes. `--delete` never reaches outside the roots (not even their parents, which
@@ -33,12 +33,12 @@
 //!   no `--delete`. After a failover the backup took writes the primary never saw; a careless full sync
 //!   from the primary would overwrite or delete them.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::batch::{Entry, Scope};
+use super::batch::{cmp_rel, Entry, Scope};
 use crate::config::filter::Filter;
 use crate::config::storage::{FullSync, Tree};
 use crate::sys::rsync::{self, RsyncReport, RsyncTarget, SpawnError, Transport};
@@ -84,14 +84,19 @@ fn common(base: &[String], target: &RsyncTarget, tree: &Tree) -> Vec<OsString> {
     a
 }
 
-/// At most this many subtree roots go as arguments (and at most this many bytes of them).
-pub const MAX_ROOTS: usize = 1000;
-pub const MAX_ROOT_BYTES: usize = 256 * 1024;
+/// At most this many roots go as arguments, and at most this many bytes of them (each with its
+/// `SRC/./` prefix, its NUL and its pointer: half of Linux's 2 MiB `ARG_MAX`, which also holds the
+/// options and the environment). About 25,000 paths of 30 bytes.
+pub const MAX_ROOTS: usize = 100_000;
+pub const MAX_ROOT_BYTES: usize = 1024 * 1024;
+/// Replaced directories per batch (`remote::Queue::next`): a batch of them that does not fit as
+/// roots would lose its `--delete`.
+pub const MAX_REPLACE_ROOTS: usize = 1000;
 
 /// How one batch of one tree goes to rsync.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Only subtrees: these roots as arguments, rsync recursing into them.
+    /// Subtrees, files and deleted paths: these roots as arguments, rsync recursing into the subtrees.
     Roots(Vec<PathBuf>),
     /// Only replaced directories: roots as arguments, with `--delete` inside them.
     Replace(Vec<PathBuf>),
@@ -266,16 +271,16 @@ pub fn deletion_list_args(base: &[String], target: &RsyncTarget, tree: &Tree, fi
 }
 
 /// How to push `entries` (all of one tree rooted at `root`): [`Plan::Roots`] when every entry that
-/// no recursive entry of the batch covers can go as a root ([`as_root`]), [`Plan::Replace`] when all
+/// no recursive entry of the batch covers can go as a root ([`as_root`]) and they fit in an argv, [`Plan::Replace`] when all
 /// are `Replace` entries, else [`Plan::List`] (which never deletes beneath a replaced directory: a
 /// warning says so).
 pub fn plan(root: &Path, entries: &[Entry], filter: &Filter) -> Plan {
     let covered = coverage(entries);
     let top: Vec<&Entry> = entries.iter().filter(|e| !filter.excluded(&e.path) && !covered(&e.path)).collect();
-    let roots: Vec<PathBuf> = top.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-    let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 3).sum();
+    let roots = sorted(top.iter().map(|e| e.path.clone()).collect());
+    let bytes: usize = roots.iter().map(|r| r.as_os_str().len() + root.as_os_str().len() + 4 + 8).sum();
     let fits = roots.len() <= MAX_ROOTS && bytes <= MAX_ROOT_BYTES;
-    if fits && top.iter().any(|e| e.scope == Scope::Tree) && top.iter().all(|e| as_root(root, e)) {
+    if fits && !top.is_empty() && top.iter().all(|e| as_root(root, e)) {
         return Plan::Roots(roots);
     }
     if fits && top.iter().all(|e| e.scope == Scope::Replace) {
@@ -307,7 +312,7 @@ fn as_root(root: &Path, e: &Entry) -> bool {
 
 /// Is a path beneath a recursive entry of `entries` (so a walk of that entry covers it)?
 fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
-    let trees: BTreeSet<&Path> = entries.iter().filter(|e| e.scope.recursive()).map(|e| e.path.as_path()).collect();
+    let trees: HashSet<&Path> = entries.iter().filter(|e| e.scope.recursive()).map(|e| e.path.as_path()).collect();
     move |p: &Path| {
         p.ancestors().skip(1).any(|a| trees.contains(a)) || (p != Path::new(".") && trees.contains(Path::new(".")))
     }
@@ -316,7 +321,7 @@ fn coverage(entries: &[Entry]) -> impl Fn(&Path) -> bool + '_ {
 /// The relative paths to list for `entries` (all of one tree rooted at `root`): `Path` entries as
 /// they are, `Tree` entries with everything beneath them that the filter keeps. Sorted, no duplicates.
 pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
-    let mut out = BTreeSet::new();
+    let mut out = Vec::with_capacity(entries.len());
     // A tree inside another tree of the same batch is covered by the outer walk (a burst of nested
     // mkdirs would otherwise walk the same chain once per level).
     let covered = coverage(entries);
@@ -324,7 +329,7 @@ pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
         if filter.excluded(&e.path) {
             continue;
         }
-        out.insert(e.path.clone());
+        out.push(e.path.clone());
         // lstat: a symlink to a directory is listed as the link, never walked through.
         if e.scope.recursive()
             && !covered(&e.path)
@@ -333,12 +338,19 @@ pub fn expand(root: &Path, entries: &[Entry], filter: &Filter) -> Vec<PathBuf> {
             walk(root, &e.path, filter, &mut out);
         }
     }
-    out.into_iter().collect()
+    sorted(out)
+}
+
+/// `paths` sorted as `Path` sorts them (component-wise, by [`cmp_rel`]: cheaper), without duplicates.
+fn sorted(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort_unstable_by(|a, b| cmp_rel(a, b));
+    paths.dedup();
+    paths
 }
 
 /// Adds everything beneath `root/rel` (a directory, not a symlink) to `out`. Errors (a directory
 /// vanishing mid-walk) end that branch: the vanished part is someone else's event.
-fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut BTreeSet<PathBuf>) {
+fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut Vec<PathBuf>) {
     let mut stack = vec![rel.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(root.join(&dir)) else { continue };
@@ -350,7 +362,7 @@ fn walk(root: &Path, rel: &Path, filter: &Filter, out: &mut BTreeSet<PathBuf>) {
             if de.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(child.clone());
             }
-            out.insert(child);
+            out.push(child);
         }
     }
 }
@@ -510,8 +522,25 @@ mod tests {
             let attrs = [Entry::new(0, "plain", Scope::Tree), Entry::new(0, dir, Scope::Path)];
             assert!(matches!(plan(root, &attrs, &filter), Plan::List(_)), "{dir}");
         }
-        // Without a subtree, a batch of paths stays a list (rsync's per-argument cost is the same).
-        assert!(matches!(plan(root, &[Entry::new(0, "plain", Scope::Path)], &filter), Plan::List(_)));
+        // Without a subtree too: files and deletions go as arguments. rsync reads a `--files-from`
+        // list one byte per read(2) (and a poll(2) each): a list of 10,000 paths cost the client
+        // twice the CPU of the same paths as arguments (0.27 s vs 0.11 s, lab, docs/bench-storage.md).
+        let files = [
+            Entry::new(0, "plain", Scope::Path),
+            Entry::new(0, "deleted", Scope::Path),
+            Entry::new(0, "gone-dir", Scope::Gone),
+        ];
+        assert_eq!(plan(root, &files, &filter), Plan::Roots(vec!["deleted".into(), "gone-dir".into(), "plain".into()]));
+        // A burst of 5,000 renames (moved_from: Gone, moved_to: Tree) goes as 10,000 arguments.
+        let renames: Vec<Entry> = (0..5000)
+            .flat_map(|i| {
+                [
+                    Entry::new(0, format!("e/d{}/f{i:05}", i % 50), Scope::Gone),
+                    Entry::new(0, format!("e/d{}/rf{i:05}", i % 50), Scope::Tree),
+                ]
+            })
+            .collect();
+        assert!(matches!(plan(root, &renames, &filter), Plan::Roots(r) if r.len() == 10_000));
         // Replaced directories alone: roots with --delete inside them; mixed with others: the list.
         let replaced = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "new/a/f", Scope::Gone)];
         let replace_plan = plan(root, &replaced, &filter);
@@ -523,9 +552,10 @@ mod tests {
         assert!(!argv.contains(&"--delete".to_owned()), "new subtrees never get --delete");
         let mixed = [Entry::new(0, "new", Scope::Replace), Entry::new(0, "plain", Scope::Path)];
         assert!(matches!(plan(root, &mixed, &filter), Plan::List(l) if l.len() == 4));
-        // Too many roots for an argument vector: the list.
-        let many: Vec<Entry> = (0..=MAX_ROOTS).map(|i| Entry::new(0, format!("d{i}"), Scope::Tree)).collect();
-        assert!(matches!(plan(root, &many, &filter), Plan::List(l) if l.len() == MAX_ROOTS + 1));
+        // Too many bytes of roots for an argument vector: the list.
+        let long = "x".repeat(60);
+        let many: Vec<Entry> = (0..15_000).map(|i| Entry::new(0, format!("d{i}{long}"), Scope::Tree)).collect();
+        assert!(matches!(plan(root, &many, &filter), Plan::List(l) if l.len() == 15_000));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! full syncs owed; the worker ([`super::worker`]) takes from it and acknowledges.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use crate::storage::batch::{Entry, PendingSet, Scope};
+use crate::storage::batch::{Entry, PathKey, PendingSet, Scope};
 use crate::storage::journal::{self, Journal};
 use crate::storage::push;
 
@@ -25,7 +25,7 @@ pub(super) struct QState {
     /// Paths of the batches being pushed (with a count: a path can be in one batch only, but the
     /// count keeps removal simple). A pending path equal to, above or below one of them waits, so two
     /// concurrent rsyncs never touch the same part of the tree and per-path order holds.
-    busy: BTreeMap<(u32, PathBuf), usize>,
+    busy: BTreeMap<PathKey, usize>,
     /// The entries of the batches being pushed: still live in the journal (a compaction keeps them).
     in_flight: BTreeMap<u64, Entry>,
     batches_in_flight: usize,
@@ -185,7 +185,7 @@ impl Queue {
             }
             Some((first, replace)) => {
                 *blocked_below = first;
-                let max = if replace { max.min(push::MAX_ROOTS) } else { max };
+                let max = if replace { max.min(push::MAX_REPLACE_ROOTS) } else { max };
                 pending.take_where_from(first, max, |e| (e.scope == Scope::Replace) == replace && free(e))
             }
         };
@@ -197,7 +197,7 @@ impl Queue {
             return None;
         }
         for (seq, e) in &batch {
-            *s.busy.entry((e.tree, e.path.clone())).or_insert(0) += 1;
+            *s.busy.entry(PathKey::new(e.tree, &e.path)).or_insert(0) += 1;
             s.in_flight.insert(*seq, e.clone());
         }
         s.batches_in_flight += 1;
@@ -215,7 +215,7 @@ impl Queue {
                 s.blocked_below = 0;
                 for (seq, e) in b {
                     s.in_flight.remove(seq);
-                    let key = (e.tree, e.path.clone());
+                    let key = PathKey::new(e.tree, &e.path);
                     if let Some(n) = s.busy.get_mut(&key) {
                         *n -= 1;
                         if *n == 0 {
@@ -361,18 +361,18 @@ impl Queue {
 
 /// Does `e` overlap a path in `busy` (the same path, an ancestor or a descendant, in the same tree)?
 /// The tree root `.` overlaps everything of its tree.
-pub fn overlaps(busy: &BTreeMap<(u32, PathBuf), usize>, e: &Entry) -> bool {
+pub fn overlaps(busy: &BTreeMap<PathKey, usize>, e: &Entry) -> bool {
     let t = e.tree;
-    if e.path == Path::new(".") {
-        return busy.keys().any(|(bt, _)| *bt == t);
+    let me = PathKey::new(t, &e.path);
+    if me.path == Path::new(".") {
+        return busy.keys().any(|k| k.tree == t);
     }
-    if busy.contains_key(&(t, PathBuf::from("."))) {
+    if busy.contains_key(&PathKey::new(t, Path::new("."))) {
         return true;
     }
-    if e.path.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| busy.contains_key(&(t, a.to_path_buf()))) {
+    if me.path.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| busy.contains_key(&PathKey::new(t, a))) {
         return true;
     }
     // Descendants sort right after the path itself (component-wise order).
-    let start = (t, e.path.clone());
-    busy.range(start..).next().is_some_and(|((bt, bp), _)| *bt == t && bp.starts_with(&e.path))
+    busy.range(&me..).next().is_some_and(|(k, _)| k.beneath(t, &me.path))
 }

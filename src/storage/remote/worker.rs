@@ -474,6 +474,7 @@ impl Pusher {
                         batch.iter().filter(|(_, e)| e.tree == t).map(|(_, e)| e.clone()).collect();
                     let root = tree.path.clone();
                     let filter = self.cfg.filter.clone();
+                    let planning = Instant::now();
                     let planned = tokio::task::spawn_blocking(move || {
                         let plan = push::plan(&root, &entries, &filter);
                         (plan, entries)
@@ -494,6 +495,8 @@ impl Pusher {
                     }
                     let started = Instant::now();
                     let paths = plan.len();
+                    tracing::debug!(remote = %self.remote.name, entries = entries.len(), paths,
+                        plan_ms = ms(started.duration_since(planning)), "push started");
                     let (c, target) = (&self.cfg, &self.remote.target);
                     let opts =
                         push::RunOpts { deadline: c.batch_timeout, cautious: self.cautious.load(Ordering::SeqCst) };
