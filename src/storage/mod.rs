@@ -529,6 +529,11 @@ impl Replicator {
 
     /// The reverse sync into `tree` ended: kept versions it replaced stay (pushed, alerted).
     fn guard_ended(&mut self, tree: usize) {
+        if let Ok(t) = u32::try_from(tree) {
+            for q in &self.queues {
+                q.forget_doubtful(t);
+            }
+        }
         let Some(kept) = self.kept.get_mut(tree).and_then(Option::take) else { return };
         let agent::orphans::Resolved { push, conflicts } =
             blocking_here(|| agent::orphans::resolve(&self.roots(), &kept));

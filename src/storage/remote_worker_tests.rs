@@ -240,6 +240,20 @@ async fn after_a_failed_push_pushes_are_cautious_until_caught_up() {
     h.queue.enqueue(&[Entry::new(0, "n", Scope::Path)]);
     wait_until("caught up", || h.fake.pushes_of("a") == 2 && h.queue.depth() == (0, vec![])).await;
     wait_until("cautious mode ends once caught up", || !h.cautious.load(Ordering::SeqCst)).await;
+    // what the cautious pushes acknowledged may not be on the remote (`--update` left a newer
+    // file there): still this server's to keep when a reverse sync writes here
+    let doubtful: Vec<_> = h.queue.unpushed(0).into_iter().map(|e| e.path).collect();
+    assert_eq!(doubtful, [Path::new("a"), Path::new("n")]);
+    // a push that overwrites settles one; the end of a failback guard settles the rest
+    h.queue.enqueue(&[Entry::new(0, "a", Scope::Path)]);
+    wait_until("an overwriting push of a", || {
+        h.fake.pushes_of("a") == 3 && h.queue.depth() == (0, vec![]) && h.queue.in_flight() == 0
+    })
+    .await;
+    let doubtful: Vec<_> = h.queue.unpushed(0).into_iter().map(|e| e.path).collect();
+    assert_eq!(doubtful, [Path::new("n")]);
+    h.queue.forget_doubtful(0);
+    assert!(h.queue.unpushed(0).is_empty());
     h.finish().await;
 }
 

@@ -42,7 +42,17 @@ pub(super) struct QState {
     max_pending: usize,
     /// Since when the queue has not been empty (the oldest unpushed change is at most this old).
     backlog_since: Option<std::time::Instant>,
+    /// Changes a CAUTIOUS push acknowledged (`--update`, see the worker): the remote may have kept
+    /// its own newer version of the file and the daemon does not say which it left alone, so both
+    /// servers may have changed it. Unpushed for a reverse sync ([`Queue::unpushed`]: the failback
+    /// guard keeps this server's version under a conflict name) until a push that overwrites
+    /// succeeds or the guard ended ([`Queue::forget_doubtful`]). In memory only, at most
+    /// [`MAX_DOUBTFUL`].
+    doubtful: BTreeMap<PathKey, Entry>,
 }
+
+/// The most changes remembered as doubtful (a remote out of reach for long, a huge backlog).
+pub const MAX_DOUBTFUL: usize = 100_000;
 
 impl QState {
     /// Rewrites the journal with the live state: the queued entries and those being pushed, the full
@@ -84,6 +94,7 @@ impl Queue {
                 full_sync: r.full_sync,
                 journal,
                 busy: BTreeMap::new(),
+                doubtful: BTreeMap::new(),
                 in_flight: BTreeMap::new(),
                 batches_in_flight: 0,
                 blocked_below: 0,
@@ -204,6 +215,30 @@ impl Queue {
         Some(Work::Batch(batch))
     }
 
+    /// [`Queue::done`] of a batch a cautious push acknowledged: its changes stay doubtful (see
+    /// `QState::doubtful`).
+    pub fn done_cautiously(&self, work: &Work) {
+        self.done(work.clone(), true);
+        if let Work::Batch(b) = work {
+            let mut s = self.lock();
+            let room = MAX_DOUBTFUL.saturating_sub(s.doubtful.len());
+            if b.len() > room {
+                tracing::warn!(
+                    changes = b.len() - room,
+                    "too many changes pushed without overwriting to remember: a reverse sync may replace them unkept"
+                );
+            }
+            for (_, e) in b.iter().take(room) {
+                s.doubtful.insert(PathKey::new(e.tree, &e.path), e.clone());
+            }
+        }
+    }
+
+    /// The failback guard of `tree` ended: what was doubtful there was kept, and is resolved.
+    pub fn forget_doubtful(&self, tree: u32) {
+        self.lock().doubtful.retain(|k, _| k.tree != tree);
+    }
+
     /// Records the outcome of `work`: acknowledged in the journal, or put back in place.
     pub fn done(&self, work: Work, ok: bool) {
         let mut s = self.lock();
@@ -235,6 +270,11 @@ impl Queue {
                 s.full_sync.insert(t);
             }
             (Work::Batch(b), true) => {
+                if !s.doubtful.is_empty() {
+                    for (_, e) in &b {
+                        s.doubtful.remove(&PathKey::new(e.tree, &e.path));
+                    }
+                }
                 let _ = s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>());
             }
             (Work::Batch(b), false) => {
@@ -284,10 +324,17 @@ impl Queue {
         self.lock().in_flight.len()
     }
 
-    /// The changes of tree `tree` queued or being pushed (copies; the queue is unchanged).
+    /// The changes of tree `tree` queued, being pushed, or doubtful (copies; the queue is unchanged).
     pub fn unpushed(&self, tree: u32) -> Vec<Entry> {
         let s = self.lock();
-        s.pending.iter().map(|(_, e)| e).chain(s.in_flight.values()).filter(|e| e.tree == tree).cloned().collect()
+        s.pending
+            .iter()
+            .map(|(_, e)| e)
+            .chain(s.in_flight.values())
+            .chain(s.doubtful.values())
+            .filter(|e| e.tree == tree)
+            .cloned()
+            .collect()
     }
 
     /// Asks the worker to stop every push under way (their rsyncs killed) and to queue their

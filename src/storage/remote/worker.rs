@@ -281,7 +281,12 @@ impl Worker {
                 self.give_up(&work, &outcome);
             }
             h.attempt = 0;
-            self.queue.done(work.clone(), true);
+            if outcome.ok && self.cautious.load(Ordering::SeqCst) {
+                // `--update` may have left the remote's newer version in place: doubtful
+                self.queue.done_cautiously(&work);
+            } else {
+                self.queue.done(work.clone(), true);
+            }
             if gave_up {
                 // Re-running a full sync that keeps failing partially would loop: its alert says so.
                 if let Work::Batch(b) = &work {
