@@ -624,13 +624,13 @@ async fn once_mode_runs_a_due_reconciliation_to_completion() {
     d.fsm.phase = Phase::Serving { server: Server::Primary };
     d.fsm.epoch = 2;
     d.fsm.reconcile_epoch = Some(2);
-    d.fsm.backup_up_since = Some(0); // up for ages (wall clock)
+    d.fsm.up_since.backup = Some(0); // up for ages (wall clock)
     for h in [&mut d.health.primary, &mut d.health.backup] {
         h.status = nfs_guard::web::health::Status::Up;
         h.oks = 3;
     }
-    d.fsm.health.primary = nfs_guard::web::health::Status::Up;
-    d.fsm.health.backup = nfs_guard::web::health::Status::Up;
+    d.fsm.health.status.primary = nfs_guard::web::health::Status::Up;
+    d.fsm.health.status.backup = nfs_guard::web::health::Status::Up;
     state::save(&rig.state_dir(), &d).unwrap();
     let d = rig.controller().run(true, CancellationToken::new()).await;
     assert_eq!(rig.fake.calls(), vec!["reconcile"]);

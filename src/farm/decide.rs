@@ -76,13 +76,13 @@ pub fn follow(local: &Snapshot, serving: Option<Server>, view: &View) -> Snapsho
     match active {
         // the farm serves the primary: this node stays on it, whatever it sees alone
         Server::Primary => {
-            s.primary = Status::Up;
-            s.primary_failing = false;
+            s.status.primary = Status::Up;
+            s.failing.primary = false;
         }
         // the farm left the primary: this node leaves it too, and does not go back on its own
         Server::Backup => {
-            s.primary = Status::Down;
-            s.primary_failing = true;
+            s.status.primary = Status::Down;
+            s.failing.primary = true;
         }
     }
     s
@@ -183,6 +183,7 @@ pub fn all_serve(record: &FarmRecord, serves: &[Serves]) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::domain::PerServer;
     use Status::{Down, Unknown, Up};
 
     fn o(primary: Status, backup: Status) -> Observation {
@@ -199,33 +200,37 @@ mod tests {
     }
 
     fn local(primary: Status) -> Snapshot {
-        Snapshot { primary, backup: Up, primary_failing: primary == Down, ..Snapshot::default() }
+        Snapshot {
+            status: PerServer { primary, backup: Up },
+            failing: PerServer { primary: primary == Down, backup: false },
+            ..Snapshot::default()
+        }
     }
 
     #[test]
     fn a_node_follows_the_record_not_its_own_view_of_the_primary() {
         let s = follow(&local(Down), None, &view(Server::Primary, true, false));
-        assert_eq!((s.primary, s.primary_failing, s.backup), (Up, false, Up));
+        assert_eq!((s.status.primary, s.failing.primary, s.status.backup), (Up, false, Up));
         let s = follow(&local(Up), Some(Server::Primary), &view(Server::Backup, true, false));
-        assert_eq!((s.primary, s.primary_failing), (Down, true));
+        assert_eq!((s.status.primary, s.failing.primary), (Down, true));
         // no record ever written: the primary
         let empty = View { record: None, connected: true, autonomy: false };
-        assert_eq!(follow(&local(Down), Some(Server::Backup), &empty).primary, Up);
+        assert_eq!(follow(&local(Down), Some(Server::Backup), &empty).status.primary, Up);
         // the farm never read (etcd down at start): what the node serves
         let unread = View { record: None, connected: false, autonomy: false };
-        assert_eq!(follow(&local(Up), Some(Server::Backup), &unread).primary, Down);
-        assert_eq!(follow(&local(Down), Some(Server::Primary), &unread).primary, Up);
-        assert_eq!(follow(&local(Down), None, &unread).primary, Up);
+        assert_eq!(follow(&local(Up), Some(Server::Backup), &unread).status.primary, Down);
+        assert_eq!(follow(&local(Down), Some(Server::Primary), &unread).status.primary, Up);
+        assert_eq!(follow(&local(Down), None, &unread).status.primary, Up);
     }
 
     #[test]
     fn a_node_that_lost_etcd_keeps_the_last_record_unless_autonomous() {
         let s = follow(&local(Down), Some(Server::Primary), &view(Server::Primary, false, false));
-        assert_eq!(s.primary, Up, "no failover alone");
+        assert_eq!(s.status.primary, Up, "no failover alone");
         let s = follow(&local(Down), Some(Server::Primary), &view(Server::Primary, false, true));
         assert_eq!(s, local(Down), "autonomy: its own checks");
         let s = follow(&local(Down), Some(Server::Primary), &view(Server::Primary, true, true));
-        assert_eq!(s.primary, Up, "autonomy only matters while etcd is lost");
+        assert_eq!(s.status.primary, Up, "autonomy only matters while etcd is lost");
     }
 
     #[test]

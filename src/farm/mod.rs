@@ -51,8 +51,10 @@ pub struct Link {
 
 impl Follow for Link {
     fn follow(&self, local: Snapshot, serving: Option<Server>) -> Snapshot {
-        self.local
-            .send_replace(Some(Local { obs: Observation { primary: local.primary, backup: local.backup }, serving }));
+        self.local.send_replace(Some(Local {
+            obs: Observation { primary: local.status.primary, backup: local.status.backup },
+            serving,
+        }));
         decide::follow(&local, serving, &self.view.borrow())
     }
 

@@ -444,13 +444,10 @@ impl<P: Prober, M: Mounter, S: Syncer> Controller<P, M, S> {
     fn snapshot(&self) -> Snapshot {
         let h = &self.d.health;
         Snapshot {
-            primary: h.primary.status,
-            backup: h.backup.status,
+            status: PerServer { primary: h.primary.status, backup: h.backup.status },
             witness: self.cfg.witness.as_ref().map(|_| h.witness.status),
-            primary_error: h.primary.last_error.clone(),
-            backup_error: h.backup.last_error.clone(),
-            primary_failing: h.primary.fails > 0,
-            backup_failing: h.backup.fails > 0,
+            error: PerServer { primary: h.primary.last_error.clone(), backup: h.backup.last_error.clone() },
+            failing: PerServer { primary: h.primary.fails > 0, backup: h.backup.fails > 0 },
             witness_failing: self.cfg.witness.is_some() && h.witness.fails > 0,
         }
     }

@@ -166,8 +166,8 @@ impl Out<'_> {
             epoch: self.s.epoch,
             pending_reverse_sync: self.s.pending_reverse_sync,
             reconcile_epoch: self.s.reconcile_epoch,
-            status: PerServer::from_fn(|s| h.of(s)),
-            error: PerServer { primary: h.primary_error.clone(), backup: h.backup_error.clone() },
+            status: h.status.clone(),
+            error: h.error.clone(),
             witness: h.witness,
         };
         self.acts.push(Action::Notify(Notice { fact, ctx }));
@@ -255,7 +255,8 @@ pub fn step(state: &State, event: Event, p: &Policy, now_ms: u64) -> Transition 
             // pass 1 copied the whole backup tree: an older pending reconciliation is included
             o.s.reconcile_epoch = None;
             o.notify(Fact::ReverseSyncSucceeded { attempt, files, bytes, elapsed_ms });
-            if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.primary != Status::Up {
+            if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) || o.s.health.status.primary != Status::Up
+            {
                 o.s.phase = Phase::Serving { server: Server::Backup };
                 o.acts.push(Action::Persist);
             } else {

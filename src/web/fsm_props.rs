@@ -182,20 +182,24 @@ impl Weather {
         let primary = status(rng, self.primary);
         let backup = status(rng, self.backup);
         Snapshot {
-            primary,
-            backup,
+            status: PerServer { primary, backup },
             witness: self.witness.map(|w| if w { Status::Up } else { Status::Down }),
-            primary_error: Some("rpc timeout".into()),
-            backup_error: None,
-            primary_failing: !self.primary || rng.u8(0..10) == 0,
-            backup_failing: !self.backup || rng.u8(0..10) == 0,
+            error: PerServer { primary: Some("rpc timeout".into()), backup: None },
+            failing: PerServer {
+                primary: !self.primary || rng.u8(0..10) == 0,
+                backup: !self.backup || rng.u8(0..10) == 0,
+            },
             witness_failing: self.witness == Some(false),
         }
     }
 }
 
 fn healthy(witness: bool) -> Snapshot {
-    Snapshot { primary: Status::Up, backup: Status::Up, witness: witness.then_some(Status::Up), ..Snapshot::default() }
+    Snapshot {
+        status: PerServer { primary: Status::Up, backup: Status::Up },
+        witness: witness.then_some(Status::Up),
+        ..Snapshot::default()
+    }
 }
 
 fn request(rng: &mut fastrand::Rng) -> Request {
@@ -281,8 +285,7 @@ fn random_state(rng: &mut fastrand::Rng, p: &Policy) -> State {
             _ => Hold::None,
         },
         health: Snapshot::default(),
-        primary_up_since: any_time(rng),
-        backup_up_since: any_time(rng),
+        up_since: PerServer { primary: any_time(rng), backup: any_time(rng) },
         resync_failures: if rng.bool() { u32::MAX } else { rng.u32(0..4) },
         resync_not_before: any_time(rng),
         mount_failures: if rng.bool() { u32::MAX } else { rng.u32(0..4) },

@@ -10,13 +10,10 @@ fn policy() -> Policy {
 
 fn snap(primary: Status, backup: Status) -> Snapshot {
     Snapshot {
-        primary,
-        backup,
+        status: PerServer { primary, backup },
         witness: None,
-        primary_error: Some("rpc timeout".into()),
-        backup_error: None,
-        primary_failing: primary == Status::Down,
-        backup_failing: backup == Status::Down,
+        error: PerServer { primary: Some("rpc timeout".into()), backup: None },
+        failing: PerServer { primary: primary == Status::Down, backup: backup == Status::Down },
         witness_failing: false,
     }
 }
@@ -115,7 +112,7 @@ fn primary_down_backup_up_fails_over_with_one_alert() {
 #[test]
 fn a_backup_whose_latest_check_failed_is_not_switched_to() {
     let mut h = snap(DOWN, UP);
-    h.backup_failing = true;
+    h.failing.backup = true;
     let t = step(&serving(Server::Primary), Event::HealthObserved(h), &policy(), 0);
     assert!(t.actions.is_empty());
 }
@@ -250,7 +247,7 @@ fn a_failing_witness_delays_the_failover_by_one_check() {
 fn primary_recovery_alerts_once_and_waits_for_hold_down() {
     let t = step(&on_backup(), Event::HealthObserved(snap(UP, UP)), &policy(), 1_000);
     assert_eq!(kinds(&t), vec![AlertKind::PrimaryRecovered]);
-    assert_eq!(t.next.primary_up_since, Some(1_000));
+    assert_eq!(t.next.up_since.primary, Some(1_000));
     assert!(effects(&t).is_empty());
     let t2 = step(&t.next, Event::Ticked, &policy(), 10_999);
     assert!(t2.actions.is_empty());
@@ -271,7 +268,7 @@ fn a_flapping_primary_restarts_the_hold_down_and_never_moves_the_mount() {
         now += 5_000;
         let t = step(&t.next, Event::HealthObserved(snap(DOWN, UP)), &p, now);
         assert!(effects(&t).is_empty());
-        assert_eq!(t.next.primary_up_since, None);
+        assert_eq!(t.next.up_since.primary, None);
         s = t.next;
         now += 1_000;
     }
@@ -283,7 +280,7 @@ fn reverse_sync_failure_backs_off_then_retries_with_the_next_attempt() {
     let p = policy();
     let s = State {
         phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 },
-        primary_up_since: Some(0),
+        up_since: PerServer { primary: Some(0), backup: None },
         ..on_backup()
     };
     let s = State { health: snap(UP, UP), recovered_alerted: true, ..s };
@@ -442,7 +439,7 @@ fn reconciliation_waits_for_the_backup_to_be_up_for_the_hold_down() {
     let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &p, 0);
     assert!(t.actions.is_empty());
     let t = step(&t.next, Event::HealthObserved(snap(UP, UP)), &p, 1_000);
-    assert_eq!(t.next.backup_up_since, Some(1_000));
+    assert_eq!(t.next.up_since.backup, Some(1_000));
     assert!(effects(&t).is_empty());
     let t2 = step(&t.next, Event::Ticked, &p, 10_999);
     assert!(t2.actions.is_empty());
@@ -462,7 +459,7 @@ fn a_flapping_backup_restarts_the_reconciliation_hold_down() {
     let p = policy();
     let t = step(&on_primary_reconcile_pending(), Event::HealthObserved(snap(UP, UP)), &p, 0);
     let t = step(&t.next, Event::HealthObserved(snap(UP, DOWN)), &p, 9_000);
-    assert_eq!(t.next.backup_up_since, None);
+    assert_eq!(t.next.up_since.backup, None);
     let t = step(&t.next, Event::HealthObserved(snap(UP, UP)), &p, 10_000);
     assert!(step(&t.next, Event::Ticked, &p, 19_999).actions.is_empty());
     assert_eq!(effects(&step(&t.next, Event::Ticked, &p, 20_000)), vec![Action::Reconcile { attempt: 1, pass: 1 }]);
@@ -471,9 +468,13 @@ fn a_flapping_backup_restarts_the_reconciliation_hold_down() {
 #[test]
 fn reconciliation_needs_a_usable_primary_and_runs_while_held() {
     let p = policy();
-    let s = State { health: snap(UP, UP), backup_up_since: Some(0), ..on_primary_reconcile_pending() };
+    let s = State {
+        health: snap(UP, UP),
+        up_since: PerServer { primary: None, backup: Some(0) },
+        ..on_primary_reconcile_pending()
+    };
     let mut failing = s.clone();
-    failing.health.primary_failing = true;
+    failing.health.failing.primary = true;
     assert!(step(&failing, Event::Ticked, &p, 60_000).actions.is_empty());
     // held on the primary: the mount does not move, so the reconciliation still runs
     let held = State { hold: Hold::Stay, ..s };
@@ -504,7 +505,7 @@ fn reconciliation_failure_backs_off_then_retries_with_the_next_attempt() {
     let s = State {
         phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
-        backup_up_since: Some(0),
+        up_since: PerServer { primary: None, backup: Some(0) },
         ..on_primary_reconcile_pending()
     };
     let t = step(&s, Event::ReconcileFailed { pass: 0, error: "rsync exit 10".into() }, &p, 20_000);
@@ -523,7 +524,7 @@ fn a_running_reconciliation_never_delays_a_failover_and_its_late_report_is_ignor
     let s = State {
         phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
-        backup_up_since: Some(0),
+        up_since: PerServer { primary: None, backup: Some(0) },
         ..on_primary_reconcile_pending()
     };
     // Reconciling --primary down, backup up--> Mounting(backup), new epoch, the pass aborted
@@ -555,7 +556,7 @@ fn manual_failover_to_backup_stages_when_the_primary_is_healthy() {
 
 #[test]
 fn manual_failover_to_primary_syncs_first_without_hold_down() {
-    let s = State { health: snap(UP, UP), primary_up_since: Some(0), ..on_backup() };
+    let s = State { health: snap(UP, UP), up_since: PerServer { primary: Some(0), backup: None }, ..on_backup() };
     let t = step(&s, Event::Requested(Request::FailoverTo(Server::Primary)), &policy(), 1);
     assert_eq!(effects(&t), vec![Action::ReverseSync { attempt: 1, pass: 1 }]);
 }
@@ -618,7 +619,7 @@ fn extreme_counters_and_times_from_a_state_file_never_panic() {
         epoch: u64::MAX,
         resync_failures: u32::MAX,
         resync_not_before: Some(0),
-        primary_up_since: Some(0),
+        up_since: PerServer { primary: Some(0), backup: None },
         health: snap(DOWN, UP),
         ..State::default()
     };
@@ -659,7 +660,7 @@ fn resyncing() -> State {
     State {
         phase: Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 },
         health: snap(UP, UP),
-        primary_up_since: Some(0),
+        up_since: PerServer { primary: Some(0), backup: None },
         ..on_backup()
     }
 }
@@ -706,7 +707,7 @@ fn both_dying_during_the_reverse_sync_aborts_it_and_says_both_are_down() {
 #[test]
 fn a_failing_check_below_fall_does_not_abort_the_reverse_sync() {
     let mut h = snap(UP, UP);
-    h.backup_failing = true;
+    h.failing.backup = true;
     let t = step(&resyncing(), Event::HealthObserved(h), &policy(), 5);
     assert_eq!(t.next.phase, Phase::Syncing { kind: SyncKind::ReverseSync, attempt: 1 });
     assert!(t.actions.is_empty());
@@ -742,7 +743,7 @@ fn the_backup_dying_during_a_reconciliation_aborts_it_and_keeps_it_owed() {
     let s = State {
         phase: Phase::Syncing { kind: SyncKind::Reconcile, attempt: 1 },
         health: snap(UP, UP),
-        backup_up_since: Some(0),
+        up_since: PerServer { primary: None, backup: Some(0) },
         ..on_primary_reconcile_pending()
     };
     let t = step(&s, Event::HealthObserved(snap(UP, DOWN)), &policy(), 5);
@@ -787,7 +788,12 @@ fn a_late_report_of_an_aborted_pass_is_not_taken_for_the_next_pass() {
 
 #[test]
 fn pass_ids_wrap_instead_of_panicking() {
-    let s = State { pass: u64::MAX, health: snap(UP, UP), primary_up_since: Some(0), ..on_backup() };
+    let s = State {
+        pass: u64::MAX,
+        health: snap(UP, UP),
+        up_since: PerServer { primary: Some(0), backup: None },
+        ..on_backup()
+    };
     let t = step(&s, Event::Ticked, &policy(), 20_000);
     assert_eq!(effects(&t), vec![Action::ReverseSync { attempt: 1, pass: 0 }]);
 }
@@ -845,13 +851,13 @@ fn times_in_the_future_never_hold_the_node_longer_than_configured() {
     let p = policy();
     let s = State {
         health: snap(UP, UP),
-        primary_up_since: Some(u64::MAX),
+        up_since: PerServer { primary: Some(u64::MAX), backup: None },
         resync_not_before: Some(u64::MAX),
         recovered_alerted: true,
         ..on_backup()
     };
     let t = step(&s, Event::Ticked, &p, 1_000);
-    assert_eq!(t.next.primary_up_since, Some(1_000), "the hold-down starts now");
+    assert_eq!(t.next.up_since.primary, Some(1_000), "the hold-down starts now");
     assert_eq!(t.next.resync_not_before, Some(5_000), "at most retry_max away");
     assert_eq!(effects(&step(&t.next, Event::Ticked, &p, 11_000)), vec![Action::ReverseSync { attempt: 1, pass: 1 }]);
     let u = State { phase: Phase::Unmounted, mount_not_before: Some(u64::MAX), ..serving(Server::Primary) };

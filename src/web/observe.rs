@@ -57,14 +57,14 @@ pub fn why(event: &Event) -> String {
     match event {
         Event::HealthObserved(s) => {
             let downs: Vec<String> = [
-                down("primary", s.primary, s.primary_error.as_ref()),
-                down("backup", s.backup, s.backup_error.as_ref()),
+                down("primary", s.status.primary, s.error.primary.as_ref()),
+                down("backup", s.status.backup, s.error.backup.as_ref()),
             ]
             .into_iter()
             .flatten()
             .collect();
             if downs.is_empty() {
-                format!("health: primary {}, backup {}", s.primary.name(), s.backup.name())
+                format!("health: primary {}, backup {}", s.status.primary.name(), s.status.backup.name())
             } else {
                 downs.join(", ")
             }
@@ -147,9 +147,8 @@ mod tests {
     #[test]
     fn why_names_the_server_that_went_down_and_its_error() {
         let s = crate::web::fsm::Snapshot {
-            primary: Status::Down,
-            backup: Status::Up,
-            primary_error: Some("rpc: no reply within 800ms".into()),
+            status: crate::domain::PerServer { primary: Status::Down, backup: Status::Up },
+            error: crate::domain::PerServer { primary: Some("rpc: no reply within 800ms".into()), backup: None },
             ..crate::web::fsm::Snapshot::default()
         };
         assert_eq!(why(&Event::HealthObserved(s)), "primary down (rpc: no reply within 800ms)");

@@ -256,7 +256,7 @@ mod tests {
         let mut s = Durable::default();
         s.fsm.epoch = 3;
         s.fsm.reconcile_epoch = Some(3);
-        s.fsm.backup_up_since = Some(1_000);
+        s.fsm.up_since.backup = Some(1_000);
         save(d.path(), &s).unwrap();
         assert_eq!(load(d.path()).unwrap().durable.fsm.reconcile_epoch, Some(3));
         // a state file written before the reconciliation fields existed
@@ -266,6 +266,27 @@ mod tests {
         fsm.remove("backup_up_since");
         std::fs::write(state_path(d.path()), v.to_string()).unwrap();
         assert_eq!(load(d.path()).unwrap(), Loaded::default());
+    }
+
+    /// The per-server values are written one field per server, as every earlier version wrote and
+    /// reads them (a downgrade, or a node of the farm still on the previous release).
+    #[test]
+    fn per_server_values_keep_the_state_files_flat_shape() {
+        let mut s = Durable::default();
+        s.fsm.up_since.primary = Some(7);
+        s.fsm.health.error.backup = Some("refused".into());
+        s.fsm.health.failing.primary = true;
+        let v = serde_json::to_value(&s).unwrap();
+        let fsm = &v["fsm"];
+        assert_eq!((fsm["primary_up_since"].as_u64(), fsm["backup_up_since"].is_null()), (Some(7), true), "{fsm}");
+        let h = &fsm["health"];
+        assert_eq!(
+            (h["primary"].as_str(), h["backup_error"].as_str(), h["primary_failing"].as_bool()),
+            (Some("unknown"), Some("refused"), Some(true)),
+            "{h}"
+        );
+        assert!(fsm.get("up_since").is_none() && h.get("status").is_none() && h.get("failing").is_none(), "{fsm}");
+        assert_eq!(serde_json::from_value::<Durable>(v).unwrap(), s);
     }
 
     /// Loads a state dir whose state file is unusable: a fresh state, the file moved aside (and

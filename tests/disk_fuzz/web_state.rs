@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use nfs_guard::web::fsm::{self, Event, Hold, Phase, Policy, Request, Server, Snapshot, SyncKind};
+use nfs_guard::web::fsm::{self, Event, Hold, PerServer, Phase, Policy, Request, Server, Snapshot, SyncKind};
 use nfs_guard::web::health::Status;
 use nfs_guard::web::state::{self, Durable, Taken, MAX_EPOCH};
 
@@ -30,12 +30,12 @@ fn bases() -> Vec<Vec<u8>> {
         d.fsm.epoch = i as u64 * 3;
         d.fsm.reconcile_epoch = (i % 2 == 1).then_some(i as u64);
         d.fsm.hold = [Hold::None, Hold::Stay, Hold::Pinned(Server::Backup)][i % 3];
-        d.fsm.primary_up_since = Some(1_700_000_000_000);
+        d.fsm.up_since.primary = Some(1_700_000_000_000);
         d.fsm.resync_failures = u32::try_from(i).unwrap();
         d.fsm.resync_not_before = Some(1_700_000_000_000 + i as u64);
         d.fsm.pass = 40 + i as u64;
         d.fsm.health.witness = Some(Status::Up);
-        d.fsm.health.primary_error = Some("connect: timed out \"quoted\"".into());
+        d.fsm.health.error.primary = Some("connect: timed out \"quoted\"".into());
         d.health.primary.fails = 2;
         d.health.backup.last_error = Some("ümlaut\n".into());
         out.push(serde_json::to_vec_pretty(&d).unwrap());
@@ -157,9 +157,9 @@ fn policy(failback: bool) -> Policy {
 
 /// The state machine steps from `s` on every kind of event, at the epoch, now and the end of time.
 fn steps(s: &fsm::State) {
-    let up = Snapshot { primary: Status::Up, backup: Status::Up, witness: Some(Status::Up), ..Snapshot::default() };
-    let down =
-        Snapshot { primary: Status::Down, backup: Status::Down, witness: Some(Status::Up), ..Snapshot::default() };
+    let both =
+        |s| Snapshot { status: PerServer { primary: s, backup: s }, witness: Some(Status::Up), ..Snapshot::default() };
+    let (up, down) = (both(Status::Up), both(Status::Down));
     let pass = s.pass;
     let events = [
         Event::Ticked,

@@ -53,16 +53,16 @@ pub(super) fn decide(o: &mut Out, now_ms: u64) {
         {
             // Serving(primary)|Reconciling --held, or primary not down--> (same), reconciling when due
             Hold::Stay | Hold::Pinned(Server::Primary) => reconcile_if_due(o, now_ms),
-            Hold::None if h.primary != Status::Down => reconcile_if_due(o, now_ms),
+            Hold::None if h.status.primary != Status::Down => reconcile_if_due(o, now_ms),
             // Serving(primary)|Reconciling --primary down--> see `server_down` (a running reconciliation
             // was aborted above: it cannot outlive a dead primary)
             Hold::None => server_down(o, Server::Primary, witness_down),
             // Serving(primary)|Reconciling --pinned to a dead backup--> (same)
-            Hold::Pinned(Server::Backup) if h.backup == Status::Down => {}
+            Hold::Pinned(Server::Backup) if h.status.backup == Status::Down => {}
             // Serving(primary)|Reconciling --pinned to backup, primary dead--> Mounting(backup), new
             // epoch before the mount is attempted (like any failover); a running reconciliation is
             // aborted by `step`
-            Hold::Pinned(Server::Backup) if h.primary == Status::Down => failover(o, FailoverCause::Pinned),
+            Hold::Pinned(Server::Backup) if h.status.primary == Status::Down => failover(o, FailoverCause::Pinned),
             // Serving(primary)|Reconciling --pinned to backup--> Staging(backup): the staged switch opens
             // the epoch when the backup is served (a switch that fails on the way leaves nothing owed)
             Hold::Pinned(Server::Backup) => o.stage(Server::Backup, false),
@@ -70,10 +70,10 @@ pub(super) fn decide(o: &mut Out, now_ms: u64) {
         Phase::Serving { server: Server::Backup } => {
             if matches!(o.s.hold, Hold::Stay | Hold::Pinned(Server::Backup)) {
                 // Serving(backup) --held there--> (same)
-            } else if h.backup == Status::Down {
+            } else if h.status.backup == Status::Down {
                 // Serving(backup) --backup down--> see `server_down`
                 server_down(o, Server::Backup, witness_down);
-            } else if h.primary == Status::Up {
+            } else if h.status.primary == Status::Up {
                 // Serving(backup) --primary up--> (same), alert once; failback when due
                 if once(&mut o.s.recovered_alerted) {
                     o.notify(Fact::PrimaryRecovered { failback: o.p.failback, hold_down_ms: o.p.hold_down_ms });
@@ -136,7 +136,7 @@ fn failover(o: &mut Out, cause: FailoverCause) {
 /// Resyncing(n) with writes to copy back, else (manual, nothing to sync) Staging(primary)
 fn failback_if_due(o: &mut Out, now_ms: u64) {
     let manual = o.s.hold == Hold::Pinned(Server::Primary);
-    let held_long = o.p.failback && up_for(o.s.primary_up_since, o.p.hold_down_ms, now_ms);
+    let held_long = o.p.failback && up_for(o.s.up_since.primary, o.p.hold_down_ms, now_ms);
     if !(manual || held_long) || !due(o.s.resync_not_before, now_ms) {
         return;
     }
@@ -156,7 +156,7 @@ fn reconcile_if_due(o: &mut Out, now_ms: u64) {
         && o.p.failback
         && h.usable(Server::Backup)
         && h.usable(Server::Primary)
-        && up_for(o.s.backup_up_since, o.p.hold_down_ms, now_ms)
+        && up_for(o.s.up_since.backup, o.p.hold_down_ms, now_ms)
         && due(o.s.resync_not_before, now_ms)
     {
         start_sync(o, SyncKind::Reconcile);
@@ -211,14 +211,14 @@ fn both_down(o: &mut Out, witness_down: bool) {
         if once(&mut o.s.network_lost_alerted) {
             o.notify(Fact::NetworkLost);
         }
-    } else if h.primary == Status::Down && h.backup == Status::Down && once(&mut o.s.both_down_alerted) {
+    } else if h.status.primary == Status::Down && h.status.backup == Status::Down && once(&mut o.s.both_down_alerted) {
         o.notify(Fact::BothDown);
     }
 }
 
 /// A server an rsync pass reads or writes is DOWN (after hysteresis): the pass cannot finish.
 fn pass_side_down(h: &Snapshot) -> bool {
-    h.primary == Status::Down || h.backup == Status::Down
+    h.status.primary == Status::Down || h.status.backup == Status::Down
 }
 
 /// Sets a once-per-episode flag; true the first time.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Phase, Server, Status, SyncKind};
+use crate::domain::PerServer;
 use crate::timing::Backoff;
 
 /// [`Phase`] as state files (and the status document) hold it, and as logs show it: one phase per
@@ -69,42 +70,74 @@ pub enum Hold {
 }
 
 /// Health verdicts (after hysteresis) and the last check errors, for decisions and alert texts.
+/// Persisted (in [`State`]) in the flat shape of [`StoredSnapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(from = "StoredSnapshot", into = "StoredSnapshot")]
 pub struct Snapshot {
-    pub primary: Status,
-    pub backup: Status,
+    pub status: PerServer<Status>,
     /// `None` when no witness is configured.
     pub witness: Option<Status>,
-    pub primary_error: Option<String>,
-    pub backup_error: Option<String>,
+    pub error: PerServer<Option<String>>,
     /// The latest check of the server failed (it may still be UP while below `fall`). A server is only
     /// switched TO when it is UP and its latest check passed, so two servers dying together never
     /// cause a switch to the one whose failure count is one step behind.
-    #[serde(default)]
-    pub primary_failing: bool,
-    #[serde(default)]
-    pub backup_failing: bool,
+    pub failing: PerServer<bool>,
     /// The witness's latest check failed: no switch is started until it passes again or the witness
     /// is DOWN (then the node has lost its network), so losing our own link never races a failover.
-    #[serde(default)]
     pub witness_failing: bool,
 }
 
 impl Snapshot {
     pub fn of(&self, s: Server) -> Status {
-        match s {
-            Server::Primary => self.primary,
-            Server::Backup => self.backup,
-        }
+        self.status[s]
     }
 
     /// UP and the latest check passed: safe to switch to.
     pub fn usable(&self, s: Server) -> bool {
-        let failing = match s {
-            Server::Primary => self.primary_failing,
-            Server::Backup => self.backup_failing,
-        };
-        self.of(s) == Status::Up && !failing
+        self.of(s) == Status::Up && !self.failing[s]
+    }
+}
+
+/// [`Snapshot`] as state files hold it (one field per server, as written since the first release).
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    primary: Status,
+    backup: Status,
+    witness: Option<Status>,
+    primary_error: Option<String>,
+    backup_error: Option<String>,
+    #[serde(default)]
+    primary_failing: bool,
+    #[serde(default)]
+    backup_failing: bool,
+    #[serde(default)]
+    witness_failing: bool,
+}
+
+impl From<StoredSnapshot> for Snapshot {
+    fn from(s: StoredSnapshot) -> Snapshot {
+        Snapshot {
+            status: PerServer { primary: s.primary, backup: s.backup },
+            witness: s.witness,
+            error: PerServer { primary: s.primary_error, backup: s.backup_error },
+            failing: PerServer { primary: s.primary_failing, backup: s.backup_failing },
+            witness_failing: s.witness_failing,
+        }
+    }
+}
+
+impl From<Snapshot> for StoredSnapshot {
+    fn from(s: Snapshot) -> StoredSnapshot {
+        StoredSnapshot {
+            primary: s.status.primary,
+            backup: s.status.backup,
+            witness: s.witness,
+            primary_error: s.error.primary,
+            backup_error: s.error.backup,
+            primary_failing: s.failing.primary,
+            backup_failing: s.failing.backup,
+            witness_failing: s.witness_failing,
+        }
     }
 }
 
@@ -124,11 +157,11 @@ pub struct State {
     pub reconcile_epoch: Option<u64>,
     pub hold: Hold,
     pub health: Snapshot,
-    /// Wall-clock ms since which the primary has been continuously UP (hold-down for failback).
-    pub primary_up_since: Option<u64>,
-    /// Wall-clock ms since which the backup has been continuously UP (hold-down for reconciliation).
-    #[serde(default)]
-    pub backup_up_since: Option<u64>,
+    /// Wall-clock ms since which each server has been continuously UP: the primary's is the
+    /// failback's hold-down, the backup's the reconciliation's. Stored as `primary_up_since` and
+    /// `backup_up_since`.
+    #[serde(flatten, with = "stored_up_since")]
+    pub up_since: PerServer<Option<u64>>,
     /// Failed reverse-sync attempts in a row (attempt numbers in alerts; backoff).
     pub resync_failures: u32,
     /// No reverse-sync attempt before this wall-clock ms (backoff).
@@ -218,28 +251,28 @@ impl State {
         let cap = |t: &mut Option<u64>, max: u64| *t = t.map(|t| t.min(max));
         cap(&mut self.resync_not_before, now_ms.saturating_add(p.retry_max_ms));
         cap(&mut self.mount_not_before, now_ms.saturating_add(MOUNT_RETRY_MAX_MS));
-        cap(&mut self.primary_up_since, now_ms);
-        cap(&mut self.backup_up_since, now_ms);
+        cap(&mut self.up_since.primary, now_ms);
+        cap(&mut self.up_since.backup, now_ms);
     }
 
     /// Records the new verdicts and the episode flags that depend on them.
     pub(super) fn observe(&mut self, snap: Snapshot, now_ms: u64) {
         let was = &self.health;
-        if snap.primary == Status::Up && was.primary != Status::Up {
-            self.primary_up_since = Some(now_ms);
+        if snap.status.primary == Status::Up && was.status.primary != Status::Up {
+            self.up_since.primary = Some(now_ms);
         }
-        if snap.primary != Status::Up {
-            self.primary_up_since = None;
+        if snap.status.primary != Status::Up {
+            self.up_since.primary = None;
             self.recovered_alerted = false;
         }
-        if snap.backup == Status::Up && (was.backup != Status::Up || self.backup_up_since.is_none()) {
-            self.backup_up_since = Some(now_ms);
+        if snap.status.backup == Status::Up && (was.status.backup != Status::Up || self.up_since.backup.is_none()) {
+            self.up_since.backup = Some(now_ms);
         }
-        if snap.backup != Status::Up {
-            self.backup_up_since = None;
+        if snap.status.backup != Status::Up {
+            self.up_since.backup = None;
         }
-        self.both_down_alerted &= snap.primary != Status::Up && snap.backup != Status::Up;
-        self.stranded_alerted &= snap.backup != Status::Up;
+        self.both_down_alerted &= snap.status.primary != Status::Up && snap.status.backup != Status::Up;
+        self.stranded_alerted &= snap.status.backup != Status::Up;
         self.network_lost_alerted &= snap.witness == Some(Status::Down);
         self.health = snap;
     }
@@ -269,5 +302,28 @@ impl Policy {
     /// peers to fall out of lockstep with.
     pub fn backoff_ms(&self, failures: u32) -> u64 {
         Backoff::from_ms(self.retry_initial_ms, self.retry_max_ms).delay_ms(failures)
+    }
+}
+
+/// [`State::up_since`] as state files hold it: two fields (the backup's since a later release).
+mod stored_up_since {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::domain::PerServer;
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        primary_up_since: Option<u64>,
+        #[serde(default)]
+        backup_up_since: Option<u64>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &PerServer<Option<u64>>, s: S) -> Result<S::Ok, S::Error> {
+        Stored { primary_up_since: v.primary, backup_up_since: v.backup }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PerServer<Option<u64>>, D::Error> {
+        let s = Stored::deserialize(d)?;
+        Ok(PerServer { primary: s.primary_up_since, backup: s.backup_up_since })
     }
 }
