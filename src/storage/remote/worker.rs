@@ -281,8 +281,9 @@ impl Worker {
                 self.give_up(&work, &outcome);
             }
             h.attempt = 0;
-            if outcome.ok && self.cautious.load(Ordering::SeqCst) {
-                // `--update` may have left the remote's newer version in place: doubtful
+            if outcome.ok && self.cautious.load(Ordering::SeqCst) && self.cfg.agent.is_none() {
+                // `--update` may have left the remote's newer version in place: doubtful (for the
+                // reverse-sync mode's failback guard; agents keep orphans per epoch instead)
                 self.queue.done_cautiously(&work);
             } else {
                 self.queue.done(work.clone(), true);
