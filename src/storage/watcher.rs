@@ -105,11 +105,13 @@ pub fn kernel_mask(on: &Events) -> EventKindMask {
 }
 
 /// Cheap pre-filter on notify's thread: kinds that never lead to a push do not cross the channel.
+/// A rename's `Both` event repeats its `From` and `To` events: a third of a rename burst's messages.
 fn interesting(ev: &Event) -> bool {
     ev.need_rescan()
         || !matches!(
             ev.kind,
             EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::Both))
         )
 }
 
@@ -282,6 +284,8 @@ mod tests {
         assert_eq!(changes(&ev(EventKind::Remove(RemoveKind::Folder), "/t/d"), &on), push("/t/d", Scope::Path, true));
         assert!(changes(&ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/t/f"), &on).is_empty());
         assert!(changes(&ev(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), "/t/f"), &on).is_empty());
+        assert!(!interesting(&ev(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), "/t/f")), "not even sent");
+        assert!(interesting(&ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/t/f")));
     }
 
     #[test]
