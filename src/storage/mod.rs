@@ -601,6 +601,9 @@ impl Replicator {
             self.hard_stop.cancel();
             while self.workers.join_next().await.is_some() {}
         }
+        // An agent's last sign of life comes after its last push: the next start's prune on the peer
+        // then never takes a file this run pushed for one the peer wrote itself (and keeps it).
+        self.store_watermark(batcher);
         self.api_stop.cancel();
         self.status_stop.cancel();
         let _ = self.status_task.await;
