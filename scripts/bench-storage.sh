@@ -19,6 +19,8 @@
 #   BENCH_PREFILL=200000  the export (and the remote) already hold that many files in pre/ (100 per
 #                         directory), created once per run; every scenario runs beside them
 #   BENCH_TOOLS=a,b       only the tools whose names contain one of these
+#   LAB_RSYNCD_NODELAY=0  the backup's rsync daemon without `socket options = TCP_NODELAY` (Nagle on,
+#                         as in rsyncd.conf's default): every push with an io timeout waits 40 ms more
 #   BENCH_TRACE=1         print (stderr) when each bulk act began and ended and when the trees were
 #                         equal, in UTC, to read beside the tools' logs (RUST_LOG=nfs_guard=debug adds
 #                         nfs-guard's "batch formed" and "push started" lines, with the planning time)
@@ -29,7 +31,10 @@
 # --delete SRC/ rsync://backup/...; done` (inotify-tools). Floors measured in the same run: the time to write the
 # files plus one plain `rsync -a` of the final tree (a, c, d, e, f), and one single-file push (b).
 # Printed per tool and scenario: seconds until equal (or latency percentiles), CPU seconds of the tool
-# and its children, and the number of rsync processes it spawned (counted by an rsync wrapper).
+# and its children, and the number of rsync processes it spawned (counted by an rsync wrapper). A
+# scenario named several times (`e f e f e f`) runs that many rounds, the tools in a rotated order each
+# round, and a summary at the end gives each tool's median and, per peer, the median of the per-round
+# ratios (first tool / peer) and in how many rounds the first tool was ahead.
 # Needs root. Not a test: it prints figures; results with the command go to docs/bench-storage.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -289,7 +294,16 @@ def until_equal(deadline_s=600):
         time.sleep(0.02)
     return float("nan")
 
-results = []
+# (scenario, tool) -> figures of each round, for the summary: bulk seconds, or lag/latency p99.
+results = {}
+rounds = {}
+def record(key, tool, value):
+    results.setdefault(key, {}).setdefault(tool, []).append(value)
+def rotated(key):
+    # The tools in a different order each round of a scenario (no tool always runs right after the floor).
+    k = rounds.get(key, 0); rounds[key] = k + 1
+    k %= len(tools)
+    return tools[k:] + tools[:k]
 def trace(msg):
     # BENCH_TRACE=1: when each act began and ended and the trees were equal (UTC, to read beside the
     # tools' logs, which RUST_LOG=nfs_guard=debug makes detailed).
@@ -316,7 +330,8 @@ def run_bulk(key):
     measure_floor(); tw, tr = measure_floor()
     floor = tw + tr
     row(f"({key}) floor", title, f"{floor:.2f}s", f"(write {tw:.2f}s + rsync {tr:.2f}s)", "", "")
-    for tool in tools:
+    record(f"({key}) {title}", "floor", floor)
+    for tool in rotated(key):
         reset()
         tool.start(f"-{key}", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
@@ -329,6 +344,7 @@ def run_bulk(key):
         c1 = tool_cpu(tool); n = rsync_count()
         tool.stop()
         row(f"({key}) {tool.name}", title, f"{el:.2f}s", f"{el / floor:.2f}x floor", f"cpu {c1 - c0:.2f}s", f"rsync {n}")
+        record(f"({key}) {title}", tool.name, el)
 
 def run_trickle():
     clean(P); clean(B)
@@ -341,7 +357,7 @@ def run_trickle():
     lat.sort()
     fp50, fp99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1 if len(lat) < 100 else int(len(lat) * 0.99)]
     row("(b) floor", "single-file push", f"p50 {fp50*1000:.0f}ms", f"p99 {max(lat)*1000:.0f}ms", "", "")
-    for tool in tools:
+    for tool in rotated("b"):
         clean(P); clean(B); os.makedirs(P + "/t"); plain_rsync()
         tool.start("-b", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
@@ -374,6 +390,7 @@ def run_trickle():
         p50 = statistics.median(ls) if ls else float("nan"); p99 = ls[int(len(ls) * 0.99) - 1] if ls else float("nan")
         row(f"(b) {tool.name}", "trickle 200 files 50ms apart", f"p50 {p50*1000:.0f}ms", f"p99 {p99*1000:.0f}ms",
             f"cpu {c1 - c0:.2f}s", f"rsync {n}" + (f" MISSING {missing}" if missing else ""))
+        record("(b) trickle, latency p99", tool.name, p99 if not missing else float("inf"))
 
 def pct(xs, q):
     return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
@@ -383,7 +400,7 @@ def run_rate(rate, secs=float(os.environ.get("BENCH_SECS", "30"))):
     blob = os.urandom(1 << 20)
     rnd = random.Random(rate)
     sizes = [rnd.randint(4096, 16384) for _ in range(n)]
-    for tool in tools:
+    for tool in rotated(f"s{rate}"):
         clean(P); clean(B); os.makedirs(P + "/s"); plain_rsync()
         tool.start(f"-s{rate}", timeout=START_TIMEOUT)
         open(COUNT, "w").close()
@@ -422,6 +439,7 @@ def run_rate(rate, secs=float(os.environ.get("BENCH_SECS", "30"))):
             f"p99 {ms(pct(ls, .99))}", f"max {ms(ls[-1])}", f"cpu {c1 - c0:.2f}s",
             f"rsync {nr}  p50 first/last third {ms(pct(early, .5))}/{ms(pct(late, .5))}"
             + (f"  MISSING {missing} after 60s" if missing else ""))
+        record(f"(s{rate}) {rate} files/s, lag p99", tool.name, pct(ls, .99))
 
 def rss_mib(pid):
     return int([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
@@ -487,6 +505,25 @@ for s in scenarios:
     elif s == "m": run_big()
     elif s in SCEN: run_bulk(s)
     else: print(f"unknown scenario {s}", file=sys.stderr)
+def summary():
+    # Only scenarios that ran more than one round; the first tool (in BENCH_TOOLS order) against each peer.
+    if not any(len(v) > 1 for by in results.values() for v in by.values()): return
+    print("summary: median over the rounds; 'vs' = median of the per-round ratios first tool / peer, "
+          "and the rounds in which the first tool was ahead", flush=True)
+    fmt = lambda x: f"{x:.2f}s" if x < 30 else "inf"
+    for key, by in results.items():
+        names = [t.name for t in tools if t.name in by]
+        if not names: continue
+        first = by[names[0]]
+        cols = [f"{n} {fmt(statistics.median(v))}" for n, v in by.items()]
+        vs = []
+        for peer in names[1:]:
+            pairs = list(zip(first, by[peer]))
+            ahead = sum(1 for a, b in pairs if a < b)
+            vs.append(f"vs {peer} {statistics.median(a / b for a, b in pairs):.2f} ahead {ahead}/{len(pairs)}")
+        print(f"  {key} ({len(first)} rounds): " + ", ".join(cols) + ("; " + ", ".join(vs) if vs else ""), flush=True)
+
+summary()
 if os.environ.get("BENCH_IDLE", "1") == "1":
   # Idle CPU: nfs-guard watching the (now populated) tree for 10 s with no changes.
   t = tools[0]; t.start(); c0 = cpu(t.p.pid); time.sleep(10); c1 = cpu(t.p.pid); t.stop()

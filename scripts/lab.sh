@@ -26,6 +26,8 @@
 # image file (<state>/<host>/data.img, LAB_DATA_SIZE, default 8G, one inode per 4 KiB), loop-mounted
 # in the root namespace; `down` unmounts it. The benchmarks use it: a fresh journaled ext4, as on an
 # NFS server, instead of whatever filesystem /var/tmp happens to be on.
+# LAB_RSYNCD_NODELAY=0 (read by `up`) leaves Nagle on in the rsync daemons (rsyncd.conf's default;
+# the lab turns it off, as the README recommends): for benchmarks of a daemon configured as shipped.
 #
 # State: /var/tmp/nfs-guard-lab/<name>/ (see `env`). Faults (fault HOST KIND):
 #   freeze       SIGSTOP every process of the host (kernel still answers ping and TCP handshakes)
@@ -480,6 +482,10 @@ log file = $r/rsyncd.log
 transfer logging = yes
 log format = %o %f %l %M
 reverse lookup = no
+# No Nagle on the daemon's socket: nfs-guard always sets an io timeout (--timeout), so the daemon
+# first sends a small MSG_IO_TIMEOUT and its next small write waits for the client's delayed ACK:
+# 40 ms of every push (docs/bench-storage.md). Production rsyncd.conf should do the same.
+$( [[ ${LAB_RSYNCD_NODELAY:-1} == 0 ]] || echo "socket options = TCP_NODELAY" )
 # chroot: a non-chrooted daemon strips the leading / of incoming symlinks, so absolute symlinks
 # would not replicate as they are (production rsyncd.conf should do the same).
 use chroot = yes

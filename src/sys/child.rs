@@ -1,7 +1,9 @@
 //! THE child-process runner: every external program (the mount helper, rsync, hook commands, unit
 //! restarts) runs through [`run`]. The child leads its own process group (with whatever it starts:
 //! rsync's ssh, a mount helper's `mount.nfs`), which is killed whole with SIGKILL at the deadline or
-//! when the caller drops the run before the child exited. Arguments are a vector: no shell sees a
+//! when the caller drops the run before the child exited; its TCP connections are reset first, so
+//! that what they still had to send is dropped, not delivered after a partition heals
+//! ([`super::tcp_abort`]). Arguments are a vector: no shell sees a
 //! path. stdout/stderr are kept bounded (their last [`OUTPUT_KEEP`] bytes).
 
 use std::io;
@@ -151,6 +153,10 @@ struct Group(Option<i32>);
 impl Group {
     fn kill(&mut self) {
         if let Some(pgid) = self.0.take() {
+            let reset = super::tcp_abort::reset_group_connections(pgid);
+            if reset > 0 {
+                tracing::debug!(pgid, connections = reset, "connections of a killed child reset");
+            }
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
         }
     }
@@ -258,5 +264,27 @@ mod tests {
         for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
             wait_gone(pid.parse().unwrap()).await;
         }
+    }
+
+    /// A killed child's TCP connections are reset, not closed: what it had not sent yet is dropped
+    /// (a push stalled by a partition must not complete after the heal). The peer sees the reset;
+    /// without it, an orderly end of stream.
+    #[tokio::test]
+    async fn a_killed_childs_connections_are_reset_not_closed() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 300"));
+        let spec = Spec { cmd, stdin: None, stdout_keep: 0, deadline: Duration::from_secs(60), end: End::OutputClosed };
+        let accept = tokio::task::spawn_blocking(move || listener.accept().unwrap().0);
+        let mut peer = tokio::select! {
+            _ = run(spec) => panic!("ended"),
+            s = accept => s.unwrap(),
+        };
+        // The run was dropped: its group is gone.
+        peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let got = peer.read(&mut [0u8; 16]);
+        assert_eq!(got.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset), "the connection was not reset");
     }
 }

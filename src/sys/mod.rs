@@ -12,3 +12,4 @@ pub mod rsync;
 pub mod shutdown;
 pub mod smtp;
 pub mod systemd;
+pub mod tcp_abort;

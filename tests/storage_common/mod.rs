@@ -24,12 +24,12 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// rsyncd.conf of a test daemon serving module `data` from `root` (chrooted, so absolute symlinks
-/// arrive as they are; root so owners replicate).
-/// rsyncd.conf serving `root` as module `data`; the module's comment is `root`, so a test can tell
-/// its own daemon from another test's on the same port ([`serves`]).
+/// arrive as they are; root so owners replicate; no Nagle, as the README recommends). The module's
+/// comment is `root`, so a test can tell its own daemon from another test's on the same port
+/// ([`serves`]).
 pub fn daemon_conf(root: &Path) -> String {
     format!(
-        "use chroot = yes\nmunge symlinks = no\nuid = root\ngid = root\n[data]\npath = {0}\ncomment = {0}\nread only = no\n",
+        "use chroot = yes\nmunge symlinks = no\nsocket options = TCP_NODELAY\nuid = root\ngid = root\n[data]\npath = {0}\ncomment = {0}\nread only = no\n",
         root.display()
     )
 }
