@@ -321,3 +321,66 @@ fn a_rename_burst_goes_as_arguments_and_keeps_remote_only_files() {
     assert_eq!(count_in_log(burst, "roots=false"), 0, "a list was used:\n{burst}");
     assert!(node.stop(Duration::from_secs(15)).success());
 }
+
+/// The reverse-sync mode after `kill -9`: what changed while no replicator watched (here written
+/// while it was down; at a real kill also what its batcher still held) is journaled at the restart,
+/// so the failback guard keeps this server's version when the reverse sync replaces the file with
+/// the backup's (found by the chaos test on the kernel client: appends acknowledged just before a
+/// kill of the primary were lost at the failback). Without it the start-up full sync (`--update`)
+/// skips the file, the backup's copy being newer, and nothing remembers it.
+#[test]
+fn after_a_kill_what_changed_unwatched_is_kept_at_failback() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let remote = daemon.root.clone();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    fs::write(src.join("f"), "replicated\n").unwrap();
+    wait_same(&src, &remote, Duration::from_secs(20), Some(&node));
+    node.kill9();
+    // Acknowledged on this server, never journaled; then the failover: a client appends on the
+    // backup, whose copy is newer.
+    fs::write(src.join("f"), "replicated\nprimary's append\n").unwrap();
+    let backup_copy = "replicated\nbackup's append\n";
+    fs::write(remote.join("f"), backup_copy).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(10);
+    fs::File::options().write(true).open(remote.join("f")).unwrap().set_modified(later).unwrap();
+    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node2.log"));
+    // f is journaled at the start and goes cautiously: the backup's newer copy stays.
+    wait_for("the restart's pushes", Duration::from_secs(30), || node.log_text().contains("caught up"));
+    assert!(node.log_text().contains("journaled now paths=1"), "{}", node.log_text());
+    assert_eq!(fs::read_to_string(remote.join("f")).unwrap(), backup_copy, "a cautious push keeps the newer copy");
+    // The failback: the reverse sync raises the guard and replaces f with the backup's copy.
+    let marker = src.join(nfs_guard::failback_guard::MARKER);
+    fs::write(&marker, nfs_guard::failback_guard::encode(Duration::from_secs(120))).unwrap();
+    wait_for("the failback guard on", Duration::from_secs(20), || node.log_text().contains("failback guard on"));
+    let conflict_copy = || {
+        fs::read_dir(&src)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("f.nfs-guard-conflict-"))
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while conflict_copy().is_none() {
+        assert!(std::time::Instant::now() < end, "this server's version was not kept:\n{}", node.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(src.join(".f.tmp"), backup_copy).unwrap();
+    fs::rename(src.join(".f.tmp"), src.join("f")).unwrap();
+    fs::remove_file(&marker).unwrap();
+    wait_for("the failback guard off", Duration::from_secs(20), || node.log_text().contains("failback guard off"));
+    let kept = conflict_copy().expect("the conflict copy stays once the reverse sync replaced the file");
+    assert_eq!(fs::read_to_string(&kept).unwrap(), "replicated\nprimary's append\n");
+    let on_backup = remote.join(kept.file_name().unwrap());
+    wait_for("the conflict copy pushed", Duration::from_secs(20), || on_backup.exists());
+    assert_eq!(fs::read_to_string(remote.join("f")).unwrap(), backup_copy);
+    assert!(node.stop(Duration::from_secs(15)).success(), "{}", node.log_text());
+    drop(daemon);
+}

@@ -131,6 +131,12 @@ struct Replicator {
     status_stop: CancellationToken,
     status_task: tokio::task::JoinHandle<()>,
     marker: PathBuf,
+    /// The state directory (journals, watermark, run marker).
+    dir: PathBuf,
+    /// Without an agent: the watermark (see `agent::unclean`; an agent keeps its own), and whether
+    /// events came since it was stored (an idle replicator without an agent writes nothing).
+    watermark_ms: u64,
+    unmarked: bool,
     /// Held for the life of the replicator.
     _lock: crate::sys::lockfile::LockFile,
     last_overflow_warn: Option<Instant>,
@@ -181,6 +187,12 @@ impl Replicator {
                 .as_ref()
                 .map(|(a, peer, _)| (*peer, a.is_active() && recover.is_none() && cfg.full_sync.at_start));
             owe_start_full_syncs(&queues, cfg.trees.len(), peer);
+        }
+        // after the full syncs owed (which would drop the paths queued before them)
+        if agent.is_none() {
+            if let Some(previous) = previous {
+                journal_unwatched(&dir, previous, watched, &cfg, &queues);
+            }
         }
         crate::metrics::storage()
             .started(dirs, cfg.remotes.iter().map(|r| r.name.clone()).zip(queues.iter().map(queue_view::of)).collect());
@@ -243,6 +255,9 @@ impl Replicator {
             status_stop,
             status_task,
             marker,
+            watermark_ms: crate::cluster::now_ms().saturating_sub(agent::unclean::MARGIN_MS),
+            unmarked: true,
+            dir,
             _lock: lock,
             last_overflow_warn: None,
             overflows_suppressed: 0,
@@ -264,6 +279,13 @@ impl Replicator {
             quiet: self.cfg.quiet,
         };
         let mut batcher = Batcher::new(timing);
+        // A restart during a failback (the marker was there): what is unpushed (replayed, or
+        // journaled after an unclean stop) is kept as when the guard goes on while running.
+        for tree in 0..self.cfg.trees.len() {
+            if self.guards.is_on(tree) {
+                self.guard_began(tree);
+            }
+        }
         if let Some(d) = &mut self.duty {
             // orphans quarantined before the API tells anyone this agent's record
             d.start().await;
@@ -273,8 +295,8 @@ impl Replicator {
                 tokio::spawn(agent::unclean::settle(cfg, d.peer, agent, owed, stop));
             }
         }
-        // an agent's watermark: see `agent::unclean`
-        let mut watermark = self.duty.as_ref().map(|_| Instant::now());
+        // the watermark: see `agent::unclean`
+        let mut watermark = Some(Instant::now());
         let mut periodic = self.cfg.full_sync.interval.map(|i| Instant::now() + i);
         let wake = Arc::clone(&self.watchers.overflow_wake);
         let mut result = Ok(());
@@ -355,15 +377,22 @@ impl Replicator {
     /// event channel holds events not yet batched), with the time it was written (a sign of life).
     fn store_watermark(&mut self, batcher: &Batcher) {
         let empty = self.rx.is_empty();
-        let Some(d) = &mut self.duty else { return };
+        if self.duty.is_none() && empty && batcher.is_empty() && !std::mem::take(&mut self.unmarked) {
+            // nothing happened since the last one: it still holds (an agent's is its sign of life too)
+            return;
+        }
+        let mark = match &mut self.duty {
+            Some(d) => &mut d.watermark_ms,
+            None => &mut self.watermark_ms,
+        };
         let now = crate::cluster::now_ms();
         if empty {
             let waiting = batcher.oldest().map_or(Duration::ZERO, |o| Instant::now().saturating_duration_since(o));
-            d.watermark_ms = now
+            *mark = now
                 .saturating_sub(u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX))
                 .saturating_sub(agent::unclean::MARGIN_MS);
         }
-        if let Err(e) = agent::unclean::store_watermark(d.agent.dir(), d.watermark_ms, now) {
+        if let Err(e) = agent::unclean::store_watermark(&self.dir, *mark, now) {
             tracing::warn!(error = %e, "cannot persist the watermark");
         }
     }
@@ -371,6 +400,7 @@ impl Replicator {
     fn handle(&mut self, msg: Msg, now: Instant, batcher: &mut Batcher) {
         match msg {
             Msg::Event(tree, ev) => {
+                self.unmarked = true;
                 let cfg = Arc::clone(&self.cfg);
                 let Some(t) = cfg.trees.get(tree as usize) else { return };
                 tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
@@ -701,6 +731,29 @@ fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
     fsutil::write_atomic(&marker, std::process::id().to_string().as_bytes())
         .map_err(|source| Error::StateDir { path: marker.clone(), source })?;
     Ok((marker, previous))
+}
+
+/// The reverse-sync mode after an unclean stop (`previous`: when that run began, unix ms): what
+/// changed since its last persisted watermark (the batcher's contents at a kill, what clients wrote
+/// while no replicator ran) was never journaled. It is journaled now for every realtime remote, so
+/// it is pushed (cautiously: the remote may have served clients meanwhile) and, until a push
+/// overwrites it there, counts as unpushed for the failback guard, which keeps this server's
+/// version beside the backup's (found by the chaos test on the kernel client: appends acknowledged
+/// 150 ms before a kill of the primary were replaced by the failback's reverse sync). A watermark
+/// older than `previous` is an older run's: the window then starts at `previous`.
+fn journal_unwatched(dir: &Path, previous: u64, roots: &[PathBuf], cfg: &StorageConfig, queues: &[Arc<Queue>]) {
+    let since = agent::unclean::load_watermark(dir).map_or(previous, |(w, _)| w.max(previous));
+    let entries = blocking_here(|| agent::unclean::changed_since(roots, &cfg.filter, since));
+    tracing::warn!(
+        paths = entries.len(),
+        since_ms = since,
+        "previous run did not stop cleanly: what changed since its last journaled event is journaled now"
+    );
+    for (q, r) in queues.iter().zip(&cfg.remotes) {
+        if r.realtime && !entries.is_empty() {
+            q.enqueue(&entries);
+        }
+    }
 }
 
 /// Full syncs at start (configured, or after an unclean stop) of every tree to every remote. With

@@ -23,15 +23,32 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// rsyncd.conf of a test daemon serving module `data` from `root` (chrooted, so absolute symlinks
-/// arrive as they are; root so owners replicate; no Nagle, as the README recommends). The module's
-/// comment is `root`, so a test can tell its own daemon from another test's on the same port
-/// ([`serves`]).
+/// rsyncd.conf of a test daemon: the README's recommended one (so that example cannot rot: every
+/// storage test's daemon runs it), serving module `data` from `root` without authentication. The
+/// module's comment is `root`, so a test can tell its own daemon from another test's on the same
+/// port ([`serves`]).
 pub fn daemon_conf(root: &Path) -> String {
-    format!(
-        "use chroot = yes\nmunge symlinks = no\nsocket options = TCP_NODELAY\nuid = root\ngid = root\n[data]\npath = {0}\ncomment = {0}\nread only = no\n",
-        root.display()
-    )
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("**rsync daemons**")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("README.md: no rsyncd.conf example after **rsync daemons**");
+    let mut conf = String::new();
+    for line in block.lines() {
+        let t = line.trim();
+        if t.starts_with("auth users") || t.starts_with("secrets file") {
+            continue;
+        }
+        if t == "path = /srv/nfs" {
+            conf += &format!("    path = {0}\n    comment = {0}\n", root.display());
+        } else {
+            conf += line;
+            conf.push('\n');
+        }
+    }
+    assert!(conf.contains("comment = "), "README.md's rsyncd.conf example has no `path = /srv/nfs`:\n{block}");
+    conf
 }
 
 /// Does the rsync daemon on 127.0.0.1:`port` serve `root` (and not some other test's directory)?
