@@ -28,6 +28,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// module's comment is `root`, so a test can tell its own daemon from another test's on the same
 /// port ([`serves`]).
 pub fn daemon_conf(root: &Path) -> String {
+    use std::fmt::Write as _;
     let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let block = readme
         .split("**rsync daemons**")
@@ -41,7 +42,7 @@ pub fn daemon_conf(root: &Path) -> String {
             continue;
         }
         if t == "path = /srv/nfs" {
-            conf += &format!("    path = {0}\n    comment = {0}\n", root.display());
+            let _ = write!(conf, "    path = {0}\n    comment = {0}\n", root.display());
         } else {
             conf += line;
             conf.push('\n');

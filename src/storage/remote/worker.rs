@@ -176,7 +176,10 @@ impl Worker {
         let mut aborts = self.queue.aborts();
         let mut was_cautious = self.cautious.load(Ordering::SeqCst);
         let mut h = Health::default();
+        // When the last batch push started: the next starts `window` later at the earliest (see below).
+        let mut last_batch: Option<Instant> = None;
         loop {
+            let mut paced: Option<Instant> = None;
             // Pushes become cautious when the remote may have served clients meanwhile (a push
             // failed, this process stood still): those under way were started without `--update`
             // and may be stalled by the same fault, to land later over what clients write there
@@ -199,7 +202,19 @@ impl Worker {
                     h.retry_at = Some(Instant::now() + GATE_RETRY);
                 }
                 while h.retry_at.is_none() && tasks.len() < self.cfg.push_concurrency {
+                    // Pushes start at most once per `window`: each costs an rsync process (5-10 ms of
+                    // CPU), and under a steady stream of files a push that started at once would
+                    // carry one or two of them (a core's worth of rsyncs at 200 files/s, measured);
+                    // paced, each carries what arrived meanwhile, for at most `window` more lag.
+                    let next_at = last_batch.map(|t| t + self.cfg.window);
+                    if next_at.is_some_and(|t| t > Instant::now()) {
+                        paced = next_at;
+                        break;
+                    }
                     let Some(work) = self.queue.next(self.cfg.max_batch) else { break };
+                    if matches!(work, Work::Batch(_)) {
+                        last_batch = Some(Instant::now());
+                    }
                     let state = if matches!(work, Work::FullSync(_)) { "full-sync" } else { "pushing" };
                     self.board.remote(self.idx, |r| r.state = state.into());
                     let p = Arc::clone(&pusher);
@@ -241,6 +256,7 @@ impl Worker {
                 },
                 () = self.queue.wake.notified() => {}
                 () = timing::sleep_until(h.retry_at) => {}
+                () = timing::sleep_until(paced) => {}
                 () = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
                 () = self.hard_stop.cancelled() => {
                     // The aborted pushes were never acknowledged: the journal still holds them.
