@@ -13,6 +13,30 @@ use std::time::Duration;
 
 use storage_common::*;
 
+/// A tree `src`, a local rsync daemon and `nfs-guard storage` with the default config pushing to
+/// it (state under `d`/state), running and idle.
+struct Running {
+    d: tempfile::TempDir,
+    daemon: Daemon,
+    src: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    node: Node,
+}
+
+fn running() -> Running {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
+    wait_idle(&state, &node, Duration::from_secs(20));
+    Running { d, daemon, src, cfg, node }
+}
+
 fn require_root() {
     assert!(nix::unistd::geteuid().is_root(), "storage component tests need root (chown, rsync daemon as root)");
 }
@@ -226,16 +250,7 @@ fn journal_survives_a_dead_remote_and_a_restart() {
 /// the remote kept the old content for good (found by the chaos test's post-mortem).
 #[test]
 fn a_same_size_rewrite_in_the_same_second_replicates() {
-    require_root();
-    let d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(d.path());
-    let src = d.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    let state = d.path().join("state");
-    let cfg = d.path().join("n.toml");
-    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
-    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
-    wait_idle(&state, &node, Duration::from_secs(20));
+    let Running { d: _d, daemon, src, cfg: _, mut node } = running();
     // Explicit mtimes make "the same second" certain on any machine.
     let second = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let put = |content: &str, nanos: u64| {
@@ -330,17 +345,8 @@ fn a_rename_burst_goes_as_arguments_and_keeps_remote_only_files() {
 /// skips the file, the backup's copy being newer, and nothing remembers it.
 #[test]
 fn after_a_kill_what_changed_unwatched_is_kept_at_failback() {
-    require_root();
-    let d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(d.path());
+    let Running { d, daemon, src, cfg, mut node } = running();
     let remote = daemon.root.clone();
-    let src = d.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    let state = d.path().join("state");
-    let cfg = d.path().join("n.toml");
-    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
-    let mut node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
-    wait_idle(&state, &node, Duration::from_secs(20));
     fs::write(src.join("f"), "replicated\n").unwrap();
     wait_same(&src, &remote, Duration::from_secs(20), Some(&node));
     node.kill9();
