@@ -91,6 +91,41 @@ mod tests {
         assert_eq!(b[0].1.path, Path::new("c"));
     }
 
+    /// What a cautious push acknowledged stays live in the journal until a push overwrites it or a
+    /// failback guard ends: a restart in between queues it again (to be pushed again cautiously),
+    /// so the guard still keeps this server's version (fails without: gone after the restart).
+    #[test]
+    fn doubtful_changes_survive_a_restart_until_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let unpushed = |q: &Queue| q.unpushed(0).into_iter().map(|e| e.path).collect::<Vec<_>>();
+        {
+            let q = Queue::open(d.path(), "r", 100).unwrap();
+            q.enqueue(&[e("a"), e("b"), e("c")]);
+            let w = q.next(10).unwrap();
+            q.done_cautiously(&w);
+            assert_eq!((q.depth(), unpushed(&q).len()), ((0, vec![]), 3));
+        }
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (3, vec![]), "queued again after the restart");
+        let w = q.next(10).unwrap();
+        q.done_cautiously(&w);
+        // a push that overwrites settles a; the end of a failback guard settles the rest
+        q.enqueue(&[e("a")]);
+        let w = q.next(10).unwrap();
+        q.done(w, true);
+        assert_eq!(unpushed(&q), [Path::new("b"), Path::new("c")]);
+        drop(q);
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (2, vec![]), "b and c still doubtful after a second restart");
+        let w = q.next(10).unwrap();
+        q.done_cautiously(&w);
+        q.forget_doubtful(0);
+        assert!(unpushed(&q).is_empty());
+        drop(q);
+        let q = Queue::open(d.path(), "r", 100).unwrap();
+        assert_eq!(q.depth(), (0, vec![]), "settled for good");
+    }
+
     /// A drain waits for what was queued before it, not for changes queued after.
     #[test]
     fn drained_before_ignores_later_changes() {

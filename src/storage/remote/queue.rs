@@ -46,9 +46,10 @@ pub(super) struct QState {
     /// its own newer version of the file and the daemon does not say which it left alone, so both
     /// servers may have changed it. Unpushed for a reverse sync ([`Queue::unpushed`]: the failback
     /// guard keeps this server's version under a conflict name) until a push that overwrites
-    /// succeeds or the guard ended ([`Queue::forget_doubtful`]). In memory only, at most
-    /// [`MAX_DOUBTFUL`].
-    doubtful: BTreeMap<PathKey, Entry>,
+    /// succeeds or the guard ended ([`Queue::forget_doubtful`]). Their records stay live in the
+    /// journal until then (with their numbers here): after a restart they are queued again, pushed
+    /// again cautiously, and doubtful again. At most [`MAX_DOUBTFUL`].
+    doubtful: BTreeMap<PathKey, (u64, Entry)>,
 }
 
 /// The most changes remembered as doubtful (a remote out of reach for long, a huge backlog).
@@ -58,9 +59,11 @@ impl QState {
     /// Rewrites the journal with the live state: the queued entries and those being pushed, the full
     /// syncs asked for and the one running.
     fn compact(&mut self) {
-        let QState { pending, in_flight, full_sync, journal, full_sync_running, .. } = self;
+        let QState { pending, in_flight, doubtful, full_sync, journal, full_sync_running, .. } = self;
         let owed: BTreeSet<u32> = full_sync.iter().copied().chain(*full_sync_running).collect();
-        let _ = journal.compact(pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))), &owed);
+        let live =
+            pending.iter().chain(in_flight.iter().map(|(q, e)| (*q, e))).chain(doubtful.values().map(|(q, e)| (*q, e)));
+        let _ = journal.compact(live, &owed);
     }
 }
 
@@ -218,29 +221,30 @@ impl Queue {
     /// [`Queue::done`] of a batch a cautious push acknowledged: its changes stay doubtful (see
     /// `QState::doubtful`).
     pub fn done_cautiously(&self, work: &Work) {
-        self.done(work.clone(), true);
-        if let Work::Batch(b) = work {
-            let mut s = self.lock();
-            let room = MAX_DOUBTFUL.saturating_sub(s.doubtful.len());
-            if b.len() > room {
-                tracing::warn!(
-                    changes = b.len() - room,
-                    "too many changes pushed without overwriting to remember: a reverse sync may replace them unkept"
-                );
-            }
-            for (_, e) in b.iter().take(room) {
-                s.doubtful.insert(PathKey::new(e.tree, &e.path), e.clone());
-            }
-        }
+        self.finish(work.clone(), true, true);
     }
 
     /// The failback guard of `tree` ended: what was doubtful there was kept, and is resolved.
     pub fn forget_doubtful(&self, tree: u32) {
-        self.lock().doubtful.retain(|k, _| k.tree != tree);
+        let mut s = self.lock();
+        let mut settled = Vec::new();
+        s.doubtful.retain(|k, (q, _)| {
+            let keep = k.tree != tree;
+            if !keep {
+                settled.push(*q);
+            }
+            keep
+        });
+        let _ = s.journal.ack_seqs(&settled);
     }
 
     /// Records the outcome of `work`: acknowledged in the journal, or put back in place.
     pub fn done(&self, work: Work, ok: bool) {
+        self.finish(work, ok, false);
+    }
+
+    /// [`Queue::done`]; `cautious`: a successful batch's changes stay doubtful.
+    fn finish(&self, work: Work, ok: bool, cautious: bool) {
         let mut s = self.lock();
         match &work {
             Work::FullSync(_) => s.full_sync_running = None,
@@ -270,12 +274,28 @@ impl Queue {
                 s.full_sync.insert(t);
             }
             (Work::Batch(b), true) => {
-                if !s.doubtful.is_empty() {
-                    for (_, e) in &b {
-                        s.doubtful.remove(&PathKey::new(e.tree, &e.path));
+                let mut acked = Vec::with_capacity(b.len());
+                let mut unkept = 0;
+                for (seq, e) in b {
+                    let key = PathKey::new(e.tree, &e.path);
+                    if cautious && (s.doubtful.len() < MAX_DOUBTFUL || s.doubtful.contains_key(&key)) {
+                        // live in the journal until a push overwrites it or a guard ends
+                        acked.extend(s.doubtful.insert(key, (seq, e)).map(|(old, _)| old).filter(|old| *old != seq));
+                        continue;
                     }
+                    unkept += usize::from(cautious);
+                    if !s.doubtful.is_empty() {
+                        acked.extend(s.doubtful.remove(&key).map(|(old, _)| old));
+                    }
+                    acked.push(seq);
                 }
-                let _ = s.journal.ack_seqs(&b.iter().map(|(q, _)| *q).collect::<Vec<_>>());
+                if unkept > 0 {
+                    tracing::warn!(
+                        changes = unkept,
+                        "too many changes pushed without overwriting to remember: a reverse sync may replace them unkept"
+                    );
+                }
+                let _ = s.journal.ack_seqs(&acked);
             }
             (Work::Batch(b), false) => {
                 // A put-back entry that absorbed a newer record of its path (queued meanwhile) carries
@@ -302,7 +322,7 @@ impl Queue {
             }
         }
         // Compact when the log is mostly dead records (cheap when little is pending).
-        let live = (s.pending.len() + s.in_flight.len()) as u64 * 64 + 4096;
+        let live = (s.pending.len() + s.in_flight.len() + s.doubtful.len()) as u64 * 64 + 4096;
         if s.journal.size() > (1 << 20) && s.journal.size() > 4 * live {
             s.compact();
         }
@@ -331,7 +351,7 @@ impl Queue {
             .iter()
             .map(|(_, e)| e)
             .chain(s.in_flight.values())
-            .chain(s.doubtful.values())
+            .chain(s.doubtful.values().map(|(_, e)| e))
             .filter(|e| e.tree == tree)
             .cloned()
             .collect()
