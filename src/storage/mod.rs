@@ -177,9 +177,8 @@ impl Replicator {
         let roots: Vec<PathBuf> = cfg.trees.iter().map(|t| t.path.clone()).collect();
         // A node whose remotes all take full syncs only (a backup) needs no watches at all.
         let watched: &[PathBuf] = if cfg.remotes.iter().any(|r| r.realtime) { &roots } else { &[] };
-        let dirs = if watched.is_empty() { 0 } else { watcher::check_limits(watched)? };
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let watchers = watcher::start(watched, &cfg.events, &tx, dirs)?;
+        let (watchers, dirs) = start_watching(watched, &cfg, &tx)?;
         tracing::info!(trees = watched.len(), watches = dirs, remotes = cfg.remotes.len(), "watching");
         if fullsync::needed_at_start(cfg.full_sync.at_start, clean) {
             // the agent's peer: only on a first run (seeding it); later what changed is journaled
@@ -715,6 +714,24 @@ fn open_agent(
     Ok((Some((agent, peer, control)), recover))
 }
 
+/// Counts the directories of `watched` and watches them (two walks of the trees: systemd hears
+/// about them, see `systemd::while_starting`).
+fn start_watching(
+    watched: &[PathBuf],
+    cfg: &StorageConfig,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<(watcher::Watchers, u64), Error> {
+    let dirs = if watched.is_empty() {
+        0
+    } else {
+        systemd::while_starting("counting directories", || watcher::check_limits(watched))?
+    };
+    let watchers = systemd::while_starting(&format!("watching {dirs} directories"), || {
+        watcher::start(watched, &cfg.events, tx, dirs)
+    })?;
+    Ok((watchers, dirs))
+}
+
 /// Writes the run marker `<dir>/running` (removed at a clean stop); returns its path and, when the
 /// previous run left its marker (it did not stop cleanly), when that run began (unix ms).
 fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
@@ -743,7 +760,11 @@ fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
 /// older than `previous` is an older run's: the window then starts at `previous`.
 fn journal_unwatched(dir: &Path, previous: u64, roots: &[PathBuf], cfg: &StorageConfig, queues: &[Arc<Queue>]) {
     let since = agent::unclean::load_watermark(dir).map_or(previous, |(w, _)| w.max(previous));
-    let entries = blocking_here(|| agent::unclean::changed_since(roots, &cfg.filter, since));
+    let entries = blocking_here(|| {
+        systemd::while_starting("after an unclean stop: finding what changed since the last journaled event", || {
+            agent::unclean::changed_since(roots, &cfg.filter, since)
+        })
+    });
     tracing::warn!(
         paths = entries.len(),
         since_ms = since,
