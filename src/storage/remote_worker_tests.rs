@@ -108,12 +108,8 @@ struct Harness {
 }
 
 fn start(cfg: &Arc<StorageConfig>, fake: FakePush) -> Harness {
-    start_in(cfg, fake, tempfile::tempdir().unwrap())
-}
-
-/// [`start`] on the journal already in `dir`.
-fn start_in(cfg: &Arc<StorageConfig>, fake: FakePush, dir: tempfile::TempDir) -> Harness {
-    let queue = Arc::new(Queue::open(dir.path(), "backup", 100_000).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), "backup", 1000).unwrap());
     let fake = Arc::new(fake);
     let alerts = Arc::new(Alerts::default());
     let stop = CancellationToken::new();
@@ -357,27 +353,5 @@ async fn pushes_start_at_most_once_per_window_under_a_steady_stream() {
     for i in 0..100 {
         assert_eq!(h.fake.pushes_of(&format!("f{i}")), 1, "f{i}");
     }
-    h.finish().await;
-}
-
-/// A backlog is split across the push slots, the pushes at once (not paced): two rsyncs of half
-/// the paths each finish sooner than one of all (fails without: one push of 3,000 paths).
-#[tokio::test(start_paused = true)]
-async fn a_backlog_is_split_across_the_push_slots_at_once() {
-    let mut batched = (*config("")).clone();
-    batched.max_batch = 10_000;
-    let cfg = Arc::new(batched);
-    let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(dir.path(), "backup", 100_000).unwrap();
-    let entries: Vec<Entry> = (0..3000).map(|i| Entry::new(0, format!("f{i:04}"), Scope::Path)).collect();
-    queue.enqueue(&entries);
-    drop(queue);
-    let h = start_in(&cfg, FakePush::default(), dir);
-    wait_until("every path pushed", || h.queue.idle()).await;
-    let calls = h.fake.calls.lock().unwrap().clone();
-    let sizes: Vec<usize> = calls.iter().map(|w| if let Work::Batch(b) = w { b.len() } else { 0 }).collect();
-    assert_eq!(sizes, [1500, 1500]);
-    let started = h.fake.started.lock().unwrap().clone();
-    assert_eq!(started[0], started[1], "both at once");
     h.finish().await;
 }

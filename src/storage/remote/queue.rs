@@ -333,11 +333,6 @@ impl Queue {
         self.lock().journal.flush()
     }
 
-    /// Paths queued (not being pushed).
-    pub fn queued(&self) -> usize {
-        self.lock().pending.len()
-    }
-
     /// (paths queued, trees waiting for a full sync)
     pub fn depth(&self) -> (usize, Vec<u32>) {
         let s = self.lock();

@@ -24,9 +24,6 @@ use super::queue::{Queue, Work};
 /// Retry delay after `attempt` consecutive failures (1-based): `min * 2^(attempt-1)` capped at
 /// `max`, then spread by ±20% (`jitter` in 0..1) so workers do not retry in lockstep. Saturates:
 /// absurd durations give a long delay, never a panic.
-/// Queued paths from which a batch is split across the push slots (one rsync per slot).
-pub const SPLIT_BACKLOG: usize = 1_000;
-
 pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
     timing::jittered(timing::doubling(min, max, attempt), jitter)
 }
@@ -204,24 +201,17 @@ impl Worker {
                 if !self.admitted(tasks.len()).await {
                     h.retry_at = Some(Instant::now() + GATE_RETRY);
                 }
-                // A backlog's share per push slot, fixed for this turn (see below).
-                let queued = self.queue.queued();
-                let share = (queued >= SPLIT_BACKLOG).then(|| queued.div_ceil(self.cfg.push_concurrency));
                 while h.retry_at.is_none() && tasks.len() < self.cfg.push_concurrency {
                     // Pushes start at most once per `window`: each costs an rsync process (5-10 ms of
                     // CPU), and under a steady stream of files a push that started at once would
                     // carry one or two of them (a core's worth of rsyncs at 200 files/s, measured);
                     // paced, each carries what arrived meanwhile, for at most `window` more lag.
-                    // A backlog is split instead, a share per push slot, and not paced: two rsyncs
-                    // of 5,000 paths each took 0.25 s where one of 10,000 took 0.41 s (2 cores,
-                    // measured; the recipe's whole-tree rsync 0.30 s).
                     let next_at = last_batch.map(|t| t + self.cfg.window);
-                    if share.is_none() && next_at.is_some_and(|t| t > Instant::now()) {
+                    if next_at.is_some_and(|t| t > Instant::now()) {
                         paced = next_at;
                         break;
                     }
-                    let max = share.unwrap_or(self.cfg.max_batch).min(self.cfg.max_batch);
-                    let Some(work) = self.queue.next(max) else { break };
+                    let Some(work) = self.queue.next(self.cfg.max_batch) else { break };
                     if matches!(work, Work::Batch(_)) {
                         last_batch = Some(Instant::now());
                     }
