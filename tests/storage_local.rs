@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use storage_common::*;
 
-/// A tree `src`, a local rsync daemon and `nfs-guard storage` with the default config pushing to
-/// it (state under `d`/state), running and idle.
+/// [`site`] with `nfs-guard storage` running there, idle.
 struct Running {
     d: tempfile::TempDir,
     daemon: Daemon,
@@ -25,13 +24,7 @@ struct Running {
 
 fn running() -> Running {
     require_root();
-    let d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(d.path());
-    let src = d.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    let state = d.path().join("state");
-    let cfg = d.path().join("n.toml");
-    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let Site { d, daemon, src, state, cfg } = site();
     let node = Node::spawn(Command::new(BIN), &cfg, &d.path().join("node.log"));
     wait_idle(&state, &node, Duration::from_secs(20));
     Running { d, daemon, src, cfg, node }

@@ -26,13 +26,7 @@ impl Drop for Restore {
 #[test]
 fn inotify_overflow_becomes_a_full_sync() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root (sysctl fs.inotify.max_queued_events)");
-    let d = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(d.path());
-    let src = d.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    let state = d.path().join("state");
-    let cfg = d.path().join("n.toml");
-    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    let Site { d, daemon, src, state, cfg } = site();
 
     // Two runs of this test at once (two checkouts) would each restore the other's 32: serialize.
     let lock = fs::OpenOptions::new().create(true).append(true).open("/tmp/nfs-guard-inotify-sysctl.lock").unwrap();

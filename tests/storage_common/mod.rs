@@ -52,6 +52,27 @@ pub fn daemon_conf(root: &Path) -> String {
     conf
 }
 
+/// A tree `src` under a temporary directory `d`, a local rsync daemon, and `cfg`, a default
+/// config of `nfs-guard storage` pushing `src` to it (state in `state`).
+pub struct Site {
+    pub d: tempfile::TempDir,
+    pub daemon: Daemon,
+    pub src: PathBuf,
+    pub state: PathBuf,
+    pub cfg: PathBuf,
+}
+
+pub fn site() -> Site {
+    let d = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(d.path());
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let state = d.path().join("state");
+    let cfg = d.path().join("n.toml");
+    write_config(&cfg, &state, &src, "127.0.0.1", daemon.port, "", "");
+    Site { d, daemon, src, state, cfg }
+}
+
 /// Does the rsync daemon on 127.0.0.1:`port` serve `root` (and not some other test's directory)?
 pub fn serves(port: u16, root: &Path) -> bool {
     Command::new("rsync")
