@@ -3,8 +3,8 @@
 //! rsync's ssh, a mount helper's `mount.nfs`), which is killed whole with SIGKILL at the deadline or
 //! when the caller drops the run before the child exited; its TCP connections are reset first, so
 //! that what they still had to send is dropped, not delivered after a partition heals
-//! ([`super::tcp_abort`]). Arguments are a vector: no shell sees a
-//! path. stdout/stderr are kept bounded (their last [`OUTPUT_KEEP`] bytes).
+//! ([`super::tcp_abort`]). Arguments are a vector: no shell sees a path. stdout/stderr are kept
+//! bounded (their last [`OUTPUT_KEEP`] bytes).
 
 use std::io;
 use std::process::{ExitStatus, Stdio};
