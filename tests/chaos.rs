@@ -386,7 +386,7 @@ fn run(agents: bool) -> (Findings, Findings) {
     let mode = if agents { "storage agents" } else { "reverse sync" };
     eprintln!("chaos ({mode}): {cycles} cycles, CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    // The reverse-sync mode lost 1 acknowledged write in 1 of 4 final 10-cycle runs on the kernel
+    // The reverse-sync mode lost 1 acknowledged write in 1 of 5 10-cycle runs on the kernel
     // client (docs/chaos.md, open): it runs on the stand-in unless LAB_WEB says.
     let web = WebKind::from_env_or(if agents { WebKind::Uml } else { WebKind::Sshfs });
     let lab = Lab::up_with(if agents { "chagt" } else { "chaos" }, web);
