@@ -130,11 +130,11 @@ struct Replicator {
     hard_stop: CancellationToken,
     status_stop: CancellationToken,
     status_task: tokio::task::JoinHandle<()>,
-    marker: PathBuf,
     /// The state directory (journals, watermark, run marker).
     dir: PathBuf,
-    /// Without an agent: the watermark (see `agent::unclean`; an agent keeps its own), and whether
-    /// events came since it was stored (an idle replicator without an agent writes nothing).
+    /// Every event before this (unix ms) is journaled (see `agent::unclean`), and whether events
+    /// came since it was stored (an idle replicator without an agent writes nothing; an agent's is
+    /// its sign of life too).
     watermark_ms: u64,
     unmarked: bool,
     /// Held for the life of the replicator.
@@ -166,7 +166,7 @@ impl Replicator {
         fsutil::ensure_private_dir(&dir).map_err(|source| Error::StateDir { path: dir.clone(), source })?;
         // One replicator per state directory: two would interleave records in the same journals.
         let lock = crate::sys::lockfile::LockFile::acquire(&dir.join("lock"))?;
-        let (marker, previous) = mark_running(&dir)?;
+        let previous = mark_running(&dir)?;
         let clean = previous.is_none();
         let mut queues = Vec::new();
         for r in &cfg.remotes {
@@ -230,6 +230,7 @@ impl Replicator {
         workers.spawn(watch_for_lost_time(cautious.clone(), stop.clone()));
         systemd::ready(&format!("watching {} trees ({dirs} directories)", roots.len()));
         let guards = Guards::new(&roots.iter().map(PathBuf::as_path).collect::<Vec<_>>(), Instant::now());
+        let watermark_ms = initial_watermark(agent.as_ref().map(|(a, _, _)| a.as_ref()));
         let duty = agent.map(|(a, peer, control)| {
             let (q, c) = (Arc::clone(&queues[peer]), Arc::clone(&cautious[peer]));
             let mut d = agent::duty::Duty::new(a, peer, control, q, c, roots.clone(), Arc::clone(&alerts));
@@ -253,8 +254,7 @@ impl Replicator {
             hard_stop,
             status_stop,
             status_task,
-            marker,
-            watermark_ms: crate::cluster::now_ms().saturating_sub(agent::unclean::MARGIN_MS),
+            watermark_ms,
             unmarked: true,
             dir,
             _lock: lock,
@@ -380,18 +380,14 @@ impl Replicator {
             // nothing happened since the last one: it still holds (an agent's is its sign of life too)
             return;
         }
-        let mark = match &mut self.duty {
-            Some(d) => &mut d.watermark_ms,
-            None => &mut self.watermark_ms,
-        };
         let now = crate::cluster::now_ms();
         if empty {
             let waiting = batcher.oldest().map_or(Duration::ZERO, |o| Instant::now().saturating_duration_since(o));
-            *mark = now
+            self.watermark_ms = now
                 .saturating_sub(u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX))
                 .saturating_sub(agent::unclean::MARGIN_MS);
         }
-        if let Err(e) = agent::unclean::store_watermark(&self.dir, *mark, now) {
+        if let Err(e) = agent::unclean::store_watermark(&self.dir, self.watermark_ms, now) {
             tracing::warn!(error = %e, "cannot persist the watermark");
         }
     }
@@ -636,8 +632,9 @@ impl Replicator {
         self.api_stop.cancel();
         self.status_stop.cancel();
         let _ = self.status_task.await;
-        if let Err(e) = std::fs::remove_file(&self.marker) {
-            tracing::warn!(path = %self.marker.display(), error = %e, "cannot remove the run marker");
+        let marker = running_marker(&self.dir);
+        if let Err(e) = std::fs::remove_file(&marker) {
+            tracing::warn!(path = %marker.display(), error = %e, "cannot remove the run marker");
         }
     }
 }
@@ -732,10 +729,24 @@ fn start_watching(
     Ok((watchers, dirs))
 }
 
-/// Writes the run marker `<dir>/running` (removed at a clean stop); returns its path and, when the
-/// previous run left its marker (it did not stop cleanly), when that run began (unix ms).
-fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
-    let marker = dir.join("running");
+/// The watermark at start: an agent's covers what it journaled before the watches went in (nothing
+/// seen since is journaled yet); without one, now.
+fn initial_watermark(agent: Option<&agent::Agent>) -> u64 {
+    agent.map_or_else(
+        || crate::cluster::now_ms().saturating_sub(agent::unclean::MARGIN_MS),
+        |a| a.covered_since_ms.load(std::sync::atomic::Ordering::SeqCst),
+    )
+}
+
+/// The run marker: there while a replicator runs, removed at a clean stop.
+fn running_marker(dir: &Path) -> PathBuf {
+    dir.join("running")
+}
+
+/// Writes the run marker; returns, when the previous run left its marker (it did not stop
+/// cleanly), when that run began (unix ms).
+fn mark_running(dir: &Path) -> Result<Option<u64>, Error> {
+    let marker = running_marker(dir);
     let previous = std::fs::symlink_metadata(&marker).ok().map(|m| {
         m.modified()
             .ok()
@@ -747,7 +758,7 @@ fn mark_running(dir: &Path) -> Result<(PathBuf, Option<u64>), Error> {
     }
     fsutil::write_atomic(&marker, std::process::id().to_string().as_bytes())
         .map_err(|source| Error::StateDir { path: marker.clone(), source })?;
-    Ok((marker, previous))
+    Ok(previous)
 }
 
 /// The reverse-sync mode after an unclean stop (`previous`: when that run began, unix ms): what
@@ -770,10 +781,11 @@ fn journal_unwatched(dir: &Path, previous: u64, roots: &[PathBuf], cfg: &Storage
         since_ms = since,
         "previous run did not stop cleanly: what changed since its last journaled event is journaled now"
     );
-    for (q, r) in queues.iter().zip(&cfg.remotes) {
-        if r.realtime && !entries.is_empty() {
-            q.enqueue(&entries);
-        }
+    if entries.is_empty() {
+        return;
+    }
+    for (q, _) in queues.iter().zip(&cfg.remotes).filter(|(_, r)| r.realtime) {
+        q.enqueue(&entries);
     }
 }
 

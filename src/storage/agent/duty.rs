@@ -47,8 +47,6 @@ pub struct Duty {
     alerts: Arc<dyn AlertSink>,
     /// After an unclean stop while active: journal what changed since then (unix ms) at start.
     recover: Option<(u64, Filter)>,
-    /// Every event before this (unix ms) is journaled (see `unclean`).
-    pub watermark_ms: u64,
 }
 
 /// What an event was to the agent.
@@ -71,21 +69,7 @@ impl Duty {
         alerts: Arc<dyn AlertSink>,
     ) -> Duty {
         let ring = Ring::new(agent.covered_since_ms.load(Ordering::SeqCst));
-        // opened before the watches went in: nothing seen since is journaled yet
-        let watermark_ms = agent.covered_since_ms.load(Ordering::SeqCst);
-        Duty {
-            agent,
-            peer,
-            control,
-            ring,
-            peer_queue,
-            cautious,
-            roots,
-            drain: None,
-            alerts,
-            recover: None,
-            watermark_ms,
-        }
+        Duty { agent, peer, control, ring, peer_queue, cautious, roots, drain: None, alerts, recover: None }
     }
 
     /// Does a change go into remote `idx`'s queue? Not into the peer's while standby (it goes into
